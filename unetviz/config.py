@@ -1,0 +1,388 @@
+"""UNet configuration: a plain dataclass with diffusers' ``config.json`` keys.
+
+Keeping diffusers' key names means a ``unet/config.json`` from any Stable Diffusion checkpoint
+loads as is, and our presets can be compared line by line with the published configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
+UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
+MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn",)
+CLASS_EMBED_TYPES = (None, "timestep", "identity", "projection")
+
+
+class ConfigError(ValueError):
+    """A UNet config that unetviz cannot build: names the key, the value and what was expected."""
+
+
+# Keys diffusers writes that we accept only at one value (the value every SD 1.x/2.x/SDXL
+# checkpoint uses). Anything else would need code paths no Stable Diffusion UNet exercises.
+_FIXED: dict[str, tuple[Any, str]] = {
+    "dual_cross_attention": (False, "dual cross-attention is a Versatile Diffusion feature"),
+    "only_cross_attention": (False, "self-attention replaced by cross-attention is not used by SD"),
+    "resnet_time_scale_shift": ("default", "only additive time conditioning is implemented"),
+    "time_embedding_type": ("positional", "only sinusoidal (positional) timesteps are used by SD"),
+    "time_embedding_act_fn": (None, "SD applies no extra activation after the time embedding"),
+    "timestep_post_act": (None, "SD applies no activation after the time embedding"),
+    "time_cond_proj_dim": (None, "LCM-style guidance embeddings are not implemented"),
+    "time_embedding_dim": (None, "the time embedding is always 4 x block_out_channels[0] in SD"),
+    "encoder_hid_dim": (None, "text projections inside the UNet are not used by SD"),
+    "encoder_hid_dim_type": (None, "text projections inside the UNet are not used by SD"),
+    "class_embeddings_concat": (False, "class embeddings are added to temb, not concatenated"),
+    "conv_in_kernel": (3, "SD uses 3x3 conv_in"),
+    "conv_out_kernel": (3, "SD uses 3x3 conv_out"),
+    "act_fn": ("silu", "SD uses SiLU everywhere"),
+    "resnet_skip_time_act": (False, "SD applies SiLU to temb before time_emb_proj"),
+    "resnet_out_scale_factor": (1.0, "SD resnets use output_scale_factor 1"),
+    "cross_attention_norm": (None, "SD does not normalise encoder_hidden_states in attention"),
+    "mid_block_only_cross_attention": (None, "SD mid blocks use self- and cross-attention"),
+    "attention_type": ("default", "gated (GLIGEN) attention is not implemented"),
+    "reverse_transformer_layers_per_block": (None, "SD up blocks mirror the down blocks"),
+    "addition_embed_type_num_heads": (64, "only used by text_image embeddings"),
+    "dropout": (0.0, "inference tool: dropout is always 0"),
+}
+
+
+@dataclass
+class UNetConfig:
+    """Diffusers' ``UNet2DConditionModel`` config keys that Stable Diffusion UNets use."""
+
+    sample_size: int = 64
+    in_channels: int = 4
+    out_channels: int = 4
+    center_input_sample: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    down_block_types: tuple[str, ...] = (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    )
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple[str, ...] = (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    )
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int | tuple[int, ...] = 2
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    cross_attention_dim: int = 768
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    attention_head_dim: int | tuple[int, ...] = 8
+    num_attention_heads: int | tuple[int, ...] | None = None
+    use_linear_projection: bool = False
+    upcast_attention: bool | None = False
+    class_embed_type: str | None = None
+    num_class_embeds: int | None = None
+    addition_embed_type: str | None = None
+    addition_time_embed_dim: int | None = None
+    projection_class_embeddings_input_dim: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for key in (
+            "down_block_types",
+            "up_block_types",
+            "block_out_channels",
+            "layers_per_block",
+            "transformer_layers_per_block",
+            "attention_head_dim",
+            "num_attention_heads",
+            "cross_attention_dim",
+        ):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                setattr(self, key, tuple(value))
+        self.validate()
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_out_channels)
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.block_out_channels[0] * 4
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        """Attention heads per down block (diffusers' quirk: ``attention_head_dim`` is heads)."""
+        value = (
+            self.num_attention_heads
+            if self.num_attention_heads is not None
+            else self.attention_head_dim
+        )
+        return _per_block(value, self.n_blocks)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return _per_block(self.layers_per_block, self.n_blocks)
+
+    @property
+    def transformer_layers(self) -> tuple[int, ...]:
+        return _per_block(self.transformer_layers_per_block, self.n_blocks)
+
+    @property
+    def num_downsamplers(self) -> int:
+        return self.n_blocks - 1
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError naming the first key whose value unetviz cannot build."""
+        n = self.n_blocks
+        if n < 1:
+            raise ConfigError("block_out_channels is empty: expected at least one block")
+        for t in self.down_block_types:
+            if t not in DOWN_BLOCK_TYPES:
+                raise ConfigError(
+                    f"unknown down block type {t!r}: expected one of {list(DOWN_BLOCK_TYPES)}"
+                )
+        for t in self.up_block_types:
+            if t not in UP_BLOCK_TYPES:
+                raise ConfigError(
+                    f"unknown up block type {t!r}: expected one of {list(UP_BLOCK_TYPES)}"
+                )
+        if self.mid_block_type not in MID_BLOCK_TYPES:
+            raise ConfigError(
+                f"unknown mid block type {self.mid_block_type!r}: expected one of "
+                f"{list(MID_BLOCK_TYPES)}"
+            )
+        for key in ("down_block_types", "up_block_types"):
+            if len(getattr(self, key)) != n:
+                raise ConfigError(
+                    f"{key} has {len(getattr(self, key))} entries but block_out_channels has {n}: "
+                    "they must have the same length"
+                )
+        for key in (
+            "layers_per_block",
+            "transformer_layers_per_block",
+            "attention_head_dim",
+            "num_attention_heads",
+        ):
+            value = getattr(self, key)
+            if isinstance(value, tuple) and len(value) != n:
+                raise ConfigError(
+                    f"{key} has {len(value)} entries but block_out_channels has {n}: "
+                    "give one value per block or a single int"
+                )
+        if isinstance(self.cross_attention_dim, tuple):
+            if len(set(self.cross_attention_dim)) != 1:
+                raise ConfigError(
+                    f"cross_attention_dim {list(self.cross_attention_dim)}: per-block values "
+                    "are not supported (no SD checkpoint uses them); give one int"
+                )
+            self.cross_attention_dim = self.cross_attention_dim[0]
+        for i, ch in enumerate(self.block_out_channels):
+            if ch <= 0 or ch % self.norm_num_groups:
+                raise ConfigError(
+                    f"block_out_channels[{i}] = {ch} is not divisible by norm_num_groups = "
+                    f"{self.norm_num_groups}: GroupNorm needs channels divisible by groups"
+                )
+            heads = self.heads[i]
+            if heads <= 0 or ch % heads:
+                raise ConfigError(
+                    f"block_out_channels[{i}] = {ch} is not divisible by {heads} attention heads "
+                    "(attention_head_dim / num_attention_heads): head size must be an integer"
+                )
+        if self.class_embed_type not in CLASS_EMBED_TYPES:
+            raise ConfigError(
+                f"class_embed_type {self.class_embed_type!r} is not supported: expected one of "
+                f"{list(CLASS_EMBED_TYPES)}"
+            )
+        if self.class_embed_type == "projection" and not self.projection_class_embeddings_input_dim:
+            raise ConfigError(
+                "class_embed_type 'projection' needs projection_class_embeddings_input_dim"
+            )
+        if self.addition_embed_type not in (None, "text_time"):
+            raise ConfigError(
+                f"addition_embed_type {self.addition_embed_type!r} is not supported: "
+                "expected None or 'text_time' (SDXL)"
+            )
+        if self.addition_embed_type == "text_time" and (
+            not self.addition_time_embed_dim or not self.projection_class_embeddings_input_dim
+        ):
+            raise ConfigError(
+                "addition_embed_type 'text_time' needs addition_time_embed_dim and "
+                "projection_class_embeddings_input_dim"
+            )
+        for key, value in self.extra.items():
+            expected, why = _FIXED[key]
+            if value != expected and not (expected is None and value is False):
+                raise ConfigError(
+                    f"{key} = {value!r} is not supported (expected {expected!r}): {why}"
+                )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        """Build from a diffusers-style dict; ``_``-prefixed metadata keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            if key.startswith("_") or key == "extra":
+                continue
+            if key in names:
+                kwargs[key] = value
+            elif key in _FIXED:
+                extra[key] = value
+            elif value not in (None, False):
+                raise ConfigError(
+                    f"unknown config key {key!r} = {value!r}: unetviz does not know what it "
+                    "changes in the UNet"
+                )
+        if kwargs.get("upcast_attention") is None:
+            kwargs["upcast_attention"] = False
+        return cls(**kwargs, extra=extra)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> UNetConfig:
+        """Read a diffusers ``config.json``; errors name the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
+        if data.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
+            raise ConfigError(
+                f"{path} describes a {data['_class_name']}, expected a UNet2DConditionModel"
+            )
+        return cls.from_dict(data)
+
+    @classmethod
+    def preset(cls, name: str) -> UNetConfig:
+        """The published UNet config of ``sd15``, ``sd21`` or ``sdxl``."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)}")
+        return cls.from_dict(PRESETS[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A diffusers-compatible dict (lists, not tuples) that ``from_dict`` reads back."""
+        out: dict[str, Any] = {"_class_name": "UNet2DConditionModel"}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        out.update(self.extra)
+        return out
+
+    def replace(self, **changes: Any) -> UNetConfig:
+        """A copy with some keys changed (validated again)."""
+        data = self.to_dict()
+        data.update(changes)
+        return UNetConfig.from_dict(data)
+
+
+def _per_block(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, tuple) else (value,) * n
+
+
+_SD15 = {
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ],
+}
+_SD21 = {
+    **_SD15,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "dual_cross_attention": False,
+    "sample_size": 96,
+    "upcast_attention": True,
+    "use_linear_projection": True,
+}
+_SDXL = {
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False,
+    "class_embed_type": None,
+    "class_embeddings_concat": False,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "cross_attention_dim": 2048,
+    "cross_attention_norm": None,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default",
+    "sample_size": 128,
+    "time_cond_proj_dim": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "time_embedding_type": "positional",
+    "timestep_post_act": None,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "upcast_attention": None,
+    "use_linear_projection": True,
+}
+
+#: Published UNet configs: runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1,
+#: stabilityai/stable-diffusion-xl-base-1.0 (``unet/config.json``, metadata keys dropped).
+PRESETS: dict[str, dict[str, Any]] = {"sd15": _SD15, "sd21": _SD21, "sdxl": _SDXL}
