@@ -68,11 +68,12 @@ class CrossAttnDownBlock2D(nn.Module):
         self, cin, cout, num_layers, common: _Common, add_downsample, transformer_layers, padding=1
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            common.resnet(cin if i == 0 else cout, cout) for i in range(num_layers)
-        )
+        # attentions registered first, as diffusers does, so state_dict order matches
         self.attentions = nn.ModuleList(
             common.transformer(cout, transformer_layers) for _ in range(num_layers)
+        )
+        self.resnets = nn.ModuleList(
+            common.resnet(cin if i == 0 else cout, cout) for i in range(num_layers)
         )
         self.downsamplers = nn.ModuleList([Downsample2D(cout, padding)]) if add_downsample else None
 
@@ -98,10 +99,10 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
     def __init__(self, channels, common: _Common, transformer_layers, output_scale_factor=1.0):
         super().__init__()
+        self.attentions = nn.ModuleList([common.transformer(channels, transformer_layers)])
         self.resnets = nn.ModuleList(
             common.resnet(channels, channels, output_scale_factor) for _ in range(2)
         )
-        self.attentions = nn.ModuleList([common.transformer(channels, transformer_layers)])
 
     def forward(
         self, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
@@ -142,7 +143,10 @@ class UpBlock2D(nn.Module):
         **_,
     ) -> torch.Tensor:
         for resnet in self.resnets:
-            skip, res_hidden_states_tuple = res_hidden_states_tuple[-1], res_hidden_states_tuple[:-1]
+            skip, res_hidden_states_tuple = (
+                res_hidden_states_tuple[-1],
+                res_hidden_states_tuple[:-1],
+            )
             hidden_states = resnet(torch.cat([hidden_states, skip], dim=1), temb)
         if self.upsamplers is not None:
             hidden_states = self.upsamplers[0](hidden_states, upsample_size)
@@ -157,10 +161,10 @@ class CrossAttnUpBlock2D(nn.Module):
         self, cin, cout, prev, num_layers, common: _Common, add_upsample, transformer_layers
     ):
         super().__init__()
-        self.resnets = _up_resnets(cin, cout, prev, num_layers, common)
         self.attentions = nn.ModuleList(
             common.transformer(cout, transformer_layers) for _ in range(num_layers)
         )
+        self.resnets = _up_resnets(cin, cout, prev, num_layers, common)
         self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if add_upsample else None
 
     def forward(
@@ -172,7 +176,10 @@ class CrossAttnUpBlock2D(nn.Module):
         upsample_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         for resnet, attn in zip(self.resnets, self.attentions, strict=True):
-            skip, res_hidden_states_tuple = res_hidden_states_tuple[-1], res_hidden_states_tuple[:-1]
+            skip, res_hidden_states_tuple = (
+                res_hidden_states_tuple[-1],
+                res_hidden_states_tuple[:-1],
+            )
             hidden_states = resnet(torch.cat([hidden_states, skip], dim=1), temb)
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states)
         if self.upsamplers is not None:

@@ -58,18 +58,19 @@ class Transformer2DModel(nn.Module):
         inner = num_attention_heads * attention_head_dim
         self.use_linear_projection = use_linear_projection
         self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6, affine=True)
-        if use_linear_projection:
-            self.proj_in = nn.Linear(in_channels, inner)
-            self.proj_out = nn.Linear(inner, in_channels)
-        else:
-            self.proj_in = nn.Conv2d(in_channels, inner, kernel_size=1)
-            self.proj_out = nn.Conv2d(inner, in_channels, kernel_size=1)
+        layer = nn.Linear if use_linear_projection else lambda i, o: nn.Conv2d(i, o, kernel_size=1)
+        self.proj_in = layer(in_channels, inner)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(
-                inner, num_attention_heads, attention_head_dim, cross_attention_dim, upcast_attention
+                inner,
+                num_attention_heads,
+                attention_head_dim,
+                cross_attention_dim,
+                upcast_attention,
             )
             for _ in range(num_layers)
         )
+        self.proj_out = layer(inner, in_channels)
 
     def forward(
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor

@@ -61,10 +61,16 @@ class UNet2DConditionModel(nn.Module):
             )
 
         if c.addition_embed_type == "text_time":
-            self.add_time_proj = Timesteps(c.addition_time_embed_dim, c.flip_sin_to_cos, c.freq_shift)
-            self.add_embedding = TimestepEmbedding(c.projection_class_embeddings_input_dim, temb_dim)
+            self.add_time_proj = Timesteps(
+                c.addition_time_embed_dim, c.flip_sin_to_cos, c.freq_shift
+            )
+            self.add_embedding = TimestepEmbedding(
+                c.projection_class_embeddings_input_dim, temb_dim
+            )
 
+        # registration order follows diffusers (down, up, then mid) so state_dict order matches
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
         cout = ch[0]
         for i, kind in enumerate(c.down_block_types):
             cin, cout = cout, ch[i]
@@ -84,7 +90,6 @@ class UNet2DConditionModel(nn.Module):
             ch[-1], common(c.n_blocks - 1), tlayers[-1], c.mid_block_scale_factor
         )
 
-        self.up_blocks = nn.ModuleList()
         rch = list(reversed(ch))
         rlayers, rtlayers = list(reversed(layers)), list(reversed(tlayers))
         rcommon = [common(i) for i in reversed(range(c.n_blocks))]
