@@ -1,0 +1,90 @@
+"""diffusers name <-> LDM single-file key <-> A1111 label, checked against diffusers' own
+single-file converter for every parameter of every preset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unetviz import UNet2DConditionModel, UNetConfig
+from unetviz.names import (
+    LDM_PREFIX,
+    UnknownNameError,
+    a1111_label,
+    diffusers_name,
+    ldm_key,
+    unet_names,
+)
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sd21", "sdxl"])
+def test_every_parameter_matches_diffusers_single_file_converter(preset):
+    single_file = pytest.importorskip("diffusers.loaders.single_file_utils")
+    cfg = UNetConfig.preset(preset)
+    with torch.device("meta"):
+        keys = list(UNet2DConditionModel(cfg).state_dict())
+    names = unet_names(cfg)
+    # an LDM "checkpoint" whose values are the diffusers names we expect back
+    ldm = {LDM_PREFIX + names.ldm(k): k for k in keys}
+    assert len(ldm) == len(keys)
+    converted = single_file.convert_ldm_unet_checkpoint(ldm, cfg.to_dict())
+    assert converted == {k: k for k in keys}
+    assert all(names.diffusers(LDM_PREFIX + names.ldm(k)) == k for k in keys)
+
+
+def test_sd15_labels_and_keys():
+    cfg = UNetConfig.preset("sd15")
+    cases = {
+        "conv_in": ("input_blocks.0.0", "IN00"),
+        "down_blocks.0.resnets.0": ("input_blocks.1.0", "IN01"),
+        "down_blocks.0.downsamplers.0": ("input_blocks.3.0", "IN03"),
+        "down_blocks.1.attentions.0": ("input_blocks.4.1", "IN04"),
+        "down_blocks.3.resnets.1": ("input_blocks.11.0", "IN11"),
+        "mid_block.resnets.0": ("middle_block.0", "M00"),
+        "mid_block.attentions.0": ("middle_block.1", "M00"),
+        "mid_block.resnets.1": ("middle_block.2", "M00"),
+        "up_blocks.0.upsamplers.0": ("output_blocks.2.1", "OUT02"),
+        "up_blocks.1.resnets.2": ("output_blocks.5.0", "OUT05"),
+        "up_blocks.1.upsamplers.0": ("output_blocks.5.2", "OUT05"),
+        "up_blocks.3.attentions.2": ("output_blocks.11.1", "OUT11"),
+        "conv_out": ("out.2", None),
+        "time_embedding.linear_1": ("time_embed.0", None),
+    }
+    for name, (key, label) in cases.items():
+        assert ldm_key(name, cfg) == key, name
+        assert a1111_label(name, cfg) == label, name
+        assert diffusers_name(key, cfg) == name
+    assert ldm_key("down_blocks.1", cfg) == "input_blocks.4-6"
+    assert a1111_label("down_blocks.1", cfg) == "IN04-IN06"
+    assert a1111_label("up_blocks.3", cfg) == "OUT09-OUT11"
+    assert ldm_key("time_proj", cfg) is None
+    # a resnet's inner modules use LDM's names
+    assert ldm_key("up_blocks.1.resnets.2.conv_shortcut.weight", cfg) == (
+        "output_blocks.5.0.skip_connection.weight"
+    )
+
+
+def test_sdxl_layout_from_config_dict():
+    cfg = UNetConfig.preset("sdxl").to_dict()  # a plain dict works too (trace.meta["config"])
+    names = unet_names(cfg)
+    assert names.n_input_blocks == 9 and names.n_output_blocks == 9
+    assert names.ldm("down_blocks.0.resnets.1") == "input_blocks.2.0"
+    assert names.ldm("down_blocks.2.attentions.1") == "input_blocks.8.1"
+    assert names.a1111("down_blocks.2") == "IN07-IN08"
+    assert names.ldm("up_blocks.0.upsamplers.0") == "output_blocks.2.2"
+    assert names.ldm("up_blocks.2.resnets.2") == "output_blocks.8.0"
+    assert names.ldm("add_embedding.linear_2") == "label_emb.0.2"
+    # every block and layer has all three names where they exist
+    for name in names.layer_names():
+        n = names.names(name)
+        assert n.ldm, name
+        if name.startswith(("down_blocks", "mid_block", "up_blocks", "conv_in")):
+            assert n.a1111, name
+
+
+def test_unknown_names_are_clear_errors():
+    names = unet_names(UNetConfig.preset("sdxl"))
+    with pytest.raises(UnknownNameError, match="down_blocks.3"):
+        names.ldm("down_blocks.3.resnets.0")
+    with pytest.raises(UnknownNameError, match="input_blocks.11"):
+        names.diffusers("input_blocks.11.0.in_layers.0.weight")
