@@ -1,0 +1,332 @@
+"""Cross-attention heatmaps from a Trace: select layers / resolutions / steps / heads, reduce,
+upsample, normalise. Presets reproduce DAAM and Prompt-to-Prompt.
+
+Presets (a preset fixes which maps are used, how steps are reduced, clamping and the default
+size; ``layers``, ``steps``, ``heads`` still narrow the selection, ``upsample``, ``normalize`` and
+an explicit ``size`` still apply):
+
+- ``"daam"`` (Tang et al. 2022, "What the DAAM"): every map is upsampled (bicubic) to 64x64
+  and clamped at 0, then averaged over layers x heads (per head when captured with
+  ``per_head=True``), summed over steps; the 8x8 maps are dropped. Generalised by latent size:
+  maps whose side is <= latent/8 are dropped (SD 1.x at 512 px: the 8x8 ones); a model with no
+  such maps but more than two attention resolutions drops its lowest one (small demo models).
+  Target size: the latent's size times ``ceil(64 / latent side)`` (64x64 for SD 1.x at 512 px,
+  128x128 for SDXL at 1024 px, 64x64 for a 16x16 demo latent).
+- ``"p2p"`` (Hertz et al. 2022, "Prompt-to-Prompt"): the 16x16 maps of the down and up blocks
+  (not mid), averaged over layers, heads and steps. Small models: the captured down/up
+  resolution closest to 16 (ties: the larger). Default size: native (16x16).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn import functional as F
+
+from .trace import TraceError
+
+if TYPE_CHECKING:
+    from .trace import AttentionRecord, Trace
+
+PRESETS = ("daam", "p2p")
+UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest", "area")
+NORMALIZE_MODES = ("minmax", "max", "sum")
+
+
+# ---------------------------------------------------------------------------------- tokens
+def _clean(label: str) -> str:
+    return label.replace("</w>", "").replace("Ġ", "").replace("▁", "").strip().lower()
+
+
+def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
+    """Positions of ``token``: an index, a list of indices, or a word. A word selects every
+    token whose ``trace.words`` entry equals it (case-insensitive): its sub-tokens are merged
+    (averaged); without ``words``, token labels are matched with ``</w>`` stripped."""
+    n = _n_tokens(trace)
+    if isinstance(token, bool):
+        raise TraceError(f"token={token!r}: expected an index, a list of indices or a word")
+    if isinstance(token, int):
+        token = [token]
+    if isinstance(token, (list, tuple)):
+        out = []
+        for t in token:
+            if not isinstance(t, int) or isinstance(t, bool) or not -n <= t < n:
+                raise TraceError(f"token index {t!r} out of range: this trace has {n} tokens")
+            out.append(t % n)
+        if not out:
+            raise TraceError("token=[]: give at least one token index")
+        return out
+    if not isinstance(token, str):
+        raise TraceError(f"token={token!r}: expected an index, a list of indices or a word")
+    word = token.strip().lower()
+    if trace.words:
+        hits = [i for i, w in enumerate(trace.words) if w is not None and w.lower() == word]
+    else:
+        hits = [i for i, t in enumerate(trace.tokens) if _clean(t) == word]
+    hits = [i for i in hits if i < n]
+    if not hits:
+        if not trace.tokens:
+            raise TraceError(
+                f"token {token!r}: this trace has no token labels (trace.tokens is empty: "
+                "captured outside a pipeline); address tokens by index 0..{n - 1}".replace(
+                    "{n - 1}", str(n - 1)
+                )
+            )
+        known = sorted({w for w in trace.words if w} or {_clean(t) for t in trace.tokens} - {""})
+        raise TraceError(f"word {token!r} is not in the prompt; words: {known}")
+    return hits
+
+
+def _n_tokens(trace: Trace) -> int:
+    for rec in trace.attention.values():
+        if rec.captured:
+            m = rec.maps[0] if rec.maps else rec.sum
+            return int(m.shape[-1])
+    raise TraceError(
+        "this trace holds no cross-attention maps: capture with attention=True on a model with "
+        "real (not meta) weights"
+    )
+
+
+# ---------------------------------------------------------------------------------- cache
+def _stacked(trace: Trace, rec: AttentionRecord) -> tuple[torch.Tensor, list[int]]:
+    """(tokens, steps_or_1, heads_or_1, h, w) float32, cached on the trace, and the forward
+    index of each step (empty in streaming mode)."""
+    key = ("stack", rec.name, len(rec.maps), rec.count)
+    hit = trace._cache.get(key)
+    if hit is None:
+        if rec.maps:
+            shapes = {tuple(m.shape) for m in rec.maps}
+            if len(shapes) != 1:
+                raise TraceError(
+                    f"{rec.name}: the query grid changed between forwards {sorted(shapes)}; "
+                    "aggregate steps of one resolution only"
+                )
+            data = torch.stack(rec.maps).float().permute(4, 0, 1, 2, 3).contiguous()
+            hit = (data, list(rec.steps))
+        else:
+            data = rec.sum.float().permute(3, 0, 1, 2).unsqueeze(1).contiguous()
+            hit = (data, [])
+        trace._cache[key] = hit
+    return hit
+
+
+# ---------------------------------------------------------------------------------- selection
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple, set, range)) else [value]
+
+
+def _select_layers(trace: Trace, layers: Any, resolutions: Any) -> list[AttentionRecord]:
+    recs = [r for r in trace.attention.values() if r.captured]
+    if not recs:
+        _n_tokens(trace)  # raises the "no maps" error
+    if layers is not None:
+        chosen = []
+        for want in _as_list(layers):
+            hits = [
+                r
+                for r in recs
+                if r.name == want
+                or r.name.startswith(str(want) + ".")
+                or r.location == want
+                or r.block == want
+            ]
+            if not hits:
+                raise TraceError(
+                    f"layer {want!r} matches no captured cross-attention layer; use a name or "
+                    f"prefix such as {recs[0].name!r}, a block ('up_blocks.1') or a location "
+                    "('down', 'mid', 'up')"
+                )
+            chosen += [h for h in hits if h not in chosen]
+        recs = [r for r in recs if r in chosen]
+    if resolutions is not None:
+        wanted = set()
+        for res in _as_list(resolutions):
+            wanted.add(tuple(res) if isinstance(res, (list, tuple)) else (int(res), int(res)))
+        have = sorted({r.res for r in recs})
+        recs = [r for r in recs if r.res in wanted or (r.res[0],) * 2 in wanted]
+        if not recs:
+            raise TraceError(
+                f"resolutions={resolutions!r} match no selected layer; captured resolutions: "
+                f"{[h for h, _ in have]}"
+            )
+    return recs
+
+
+def _step_positions(trace: Trace, rec: AttentionRecord, steps: Any, rec_steps: list[int]):
+    if steps is None:
+        return None
+    if not rec_steps:
+        raise TraceError(
+            "this trace was captured with mode='stream' (a sum over steps): steps cannot be "
+            "selected; capture with mode='steps' to scrub through time"
+        )
+    total = trace.steps or (max(rec_steps) + 1)
+    if isinstance(steps, slice):
+        wanted = list(range(total))[steps]
+    else:
+        wanted = []
+        for s in _as_list(steps):
+            if not isinstance(s, int) or not -total <= s < total:
+                raise TraceError(f"step {s!r} out of range: this trace has {total} steps")
+            wanted.append(s % total)
+    where = {s: i for i, s in enumerate(rec_steps)}
+    pos = [where[s] for s in wanted if s in where]
+    if not pos:
+        raise TraceError(f"steps {steps!r}: layer {rec.name} has no maps at those steps")
+    return pos
+
+
+def _maps(
+    trace: Trace,
+    rec: AttentionRecord,
+    idx: list[int],
+    steps: Any,
+    heads: Any,
+    reduce: str,
+) -> torch.Tensor:
+    """(heads_or_1, h, w): token(s) averaged, steps reduced (``sum`` / ``mean``), heads chosen."""
+    data, rec_steps = _stacked(trace, rec)
+    x = data[idx[0]] if len(idx) == 1 else data[idx].mean(0)  # (S, Hd, h, w)
+    pos = _step_positions(trace, rec, steps, rec_steps)
+    if pos is not None:
+        x = x[pos]
+    if rec_steps:
+        x = x.sum(0) if reduce == "sum" else x.mean(0)
+    else:  # streaming: one sum over `count` forwards
+        x = x[0] if reduce == "sum" else x[0] / max(rec.count, 1)
+    if heads is not None:
+        if not rec.per_head:
+            raise TraceError(
+                "heads=... needs a trace captured with per_head=True (this one kept the "
+                "mean over heads)"
+            )
+        hs = _as_list(heads)
+        bad = [h for h in hs if not isinstance(h, int) or not 0 <= h < x.shape[0]]
+        if bad:
+            raise TraceError(f"heads {bad} out of range: {rec.name} has {x.shape[0]} heads")
+        x = x[hs]
+    return x
+
+
+def layer_maps(
+    trace: Trace,
+    token: int | str | list[int],
+    layers: Any = None,
+    resolutions: Any = None,
+    steps: Any = None,
+    heads: Any = None,
+    reduce: str = "mean",
+) -> dict[str, torch.Tensor]:
+    """Per-layer (h, w) float32 maps at native resolution: tokens merged, steps reduced
+    (``reduce`` = "mean" or "sum"), heads averaged. Keys: attn2 names."""
+    idx = token_indices(trace, token)
+    recs = _select_layers(trace, layers, resolutions)
+    return {r.name: _maps(trace, r, idx, steps, heads, reduce).mean(0) for r in recs}
+
+
+# ---------------------------------------------------------------------------------- heatmap
+def _latent(trace: Trace, recs: list[AttentionRecord]) -> tuple[int, int]:
+    lat = trace.meta.get("latent")
+    if isinstance(lat, (list, tuple)) and len(lat) == 2:
+        return int(lat[0]), int(lat[1])
+    return max(r.res for r in recs)
+
+
+def _preset(trace: Trace, preset: str, recs: list[AttentionRecord]):
+    """(records kept, step reduction, clamp, default size)."""
+    if preset == "daam":
+        lh, lw = _latent(trace, recs)
+        sides = sorted({min(r.res) for r in recs})
+        keep = [r for r in recs if min(r.res) * 8 > min(lh, lw)]
+        if len(keep) == len(recs) and len(sides) > 2:
+            keep = [r for r in recs if min(r.res) > sides[0]]
+        if not keep:
+            keep = recs
+        factor = max(1, math.ceil(64 / max(lh, lw)))
+        return keep, "sum", True, (lh * factor, lw * factor)
+    if preset == "p2p":
+        pool = [r for r in recs if r.location in ("down", "up")] or recs
+        sides = sorted({r.res[0] for r in pool}, key=lambda s: (abs(s - 16), -s))
+        keep = [r for r in pool if r.res[0] == sides[0]]
+        return keep, "mean", False, keep[0].res
+    raise TraceError(f"preset={preset!r}: expected one of {list(PRESETS)} or None")
+
+
+def heatmap(
+    trace: Trace,
+    token: int | str | list[int],
+    layers: Any = None,
+    resolutions: Any = None,
+    steps: Any = None,
+    heads: Any = None,
+    upsample: str | None = "bicubic",
+    size: int | tuple[int, int] | None = None,
+    normalize: str | None = "minmax",
+    preset: str | None = None,
+) -> torch.Tensor:
+    """One (H, W) float32 CPU heatmap of ``token`` (index, list of indices, or word).
+
+    ``layers``: attn2 names / prefixes, blocks (``"up_blocks.1"``) or locations (``"down"``,
+    ``"mid"``, ``"up"``); ``resolutions``: map sides (``16`` or ``(16, 16)``); ``steps``: forward
+    indices (int, list, range or slice; mode='steps' traces only) averaged; ``heads``: head
+    indices (per_head traces only). Each selected layer's map (per head) is upsampled with
+    ``upsample`` to ``size`` (default: the largest selected map), then all are averaged.
+    ``normalize``: "minmax" (to [0, 1]), "max" (divide by the max), "sum" (sum to 1) or None.
+    ``preset``: "daam" or "p2p" (module docstring).
+    """
+    if upsample is not None and upsample not in UPSAMPLE_MODES:
+        raise TraceError(f"upsample={upsample!r}: expected one of {list(UPSAMPLE_MODES)} or None")
+    if normalize not in (None, "none") and normalize not in NORMALIZE_MODES:
+        raise TraceError(
+            f"normalize={normalize!r}: expected one of {list(NORMALIZE_MODES)} or None"
+        )
+    idx = token_indices(trace, token)
+    recs = _select_layers(trace, layers, resolutions)
+    reduce, clamp, default_size = "mean", False, None
+    if preset is not None:
+        recs, reduce, clamp, default_size = _preset(trace, preset, recs)
+    if size is None:
+        size = default_size or max(r.res for r in recs)
+    elif isinstance(size, int):
+        size = (size, size)
+    size = (int(size[0]), int(size[1]))
+    if size[0] <= 0 or size[1] <= 0:
+        raise TraceError(f"size={size}: expected positive (H, W)")
+
+    groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for rec in recs:
+        groups.setdefault(rec.res, []).append(_maps(trace, rec, idx, steps, heads, reduce))
+    total = torch.zeros(size, dtype=torch.float32)
+    n = 0
+    for res, maps in groups.items():
+        x = torch.cat(maps, 0).unsqueeze(1)  # (layers x heads, 1, h, w)
+        if tuple(res) != size:
+            if upsample is None:
+                raise TraceError(
+                    f"upsample=None but maps of {res[0]}x{res[1]} differ from size "
+                    f"{size[0]}x{size[1]}: choose an upsample mode or matching resolutions"
+                )
+            kw = {} if upsample in ("nearest", "area") else {"align_corners": False}
+            x = F.interpolate(x, size=size, mode=upsample, **kw)
+        if clamp:
+            x = x.clamp_min(0)
+        total += x.sum((0, 1))
+        n += x.shape[0]
+    out = total / max(n, 1)
+    return _normalize(out, normalize)
+
+
+def _normalize(x: torch.Tensor, how: str | None) -> torch.Tensor:
+    if how in (None, "none"):
+        return x
+    if how == "minmax":
+        lo, hi = x.min(), x.max()
+        return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    if how == "max":
+        hi = x.max()
+        return x / hi if hi > 0 else torch.zeros_like(x)
+    s = x.sum()
+    return x / s if s != 0 else torch.zeros_like(x)
