@@ -42,8 +42,22 @@ class ResnetBlock2D(nn.Module):
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         hidden = self.conv1(self.nonlinearity(self.norm1(input_tensor)))
         temb = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
-        hidden = hidden + temb
+        hidden = _add(hidden, temb)
         hidden = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden))))
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        return (input_tensor + hidden) / self.output_scale_factor
+        hidden = _add(hidden, input_tensor)
+        if self.output_scale_factor != 1.0:
+            hidden = hidden / self.output_scale_factor
+        return hidden
+
+
+def _add(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, in place when ``fresh`` is a temporary only this forward owns.
+
+    Same bits as ``+`` (addition commutes exactly); saves an allocation per residual. Not
+    in place under autograd, where the tensor may be saved for backward.
+    """
+    if torch.is_grad_enabled() and (fresh.requires_grad or other.requires_grad):
+        return fresh + other
+    return fresh.add_(other)

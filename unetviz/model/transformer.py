@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .attention import Attention, FeedForward
+from .resnet import _add
 
 
 class BasicTransformerBlock(nn.Module):
@@ -31,9 +32,11 @@ class BasicTransformerBlock(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
-        hidden_states = self.attn1(self.norm1(hidden_states)) + hidden_states
-        hidden_states = self.attn2(self.norm2(hidden_states), encoder_hidden_states) + hidden_states
-        return self.ff(self.norm3(hidden_states)) + hidden_states
+        hidden_states = _add(self.attn1(self.norm1(hidden_states)), hidden_states)
+        hidden_states = _add(
+            self.attn2(self.norm2(hidden_states), encoder_hidden_states), hidden_states
+        )
+        return _add(self.ff(self.norm3(hidden_states)), hidden_states)
 
 
 class Transformer2DModel(nn.Module):
@@ -91,4 +94,4 @@ class Transformer2DModel(nn.Module):
         else:
             hidden_states = hidden_states.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
             hidden_states = self.proj_out(hidden_states)
-        return hidden_states + residual
+        return _add(hidden_states, residual)
