@@ -1,0 +1,734 @@
+"""Real Stable Diffusion checkpoints (SD 1.x, 2.x, SDXL): prompt -> CLIP -> sampling loop with
+unetviz's UNet under ``unetviz.capture`` -> VAE decode.
+
+Two inputs, both offline: a local diffusers folder (``model_index.json``, ``unet/``,
+``text_encoder/``, ``tokenizer/``, ``vae/``, ``scheduler/``) or a single original-format
+``.safetensors`` file (see :mod:`unetviz.single_file`). The denoiser is unetviz's UNet; the text
+encoders/tokenizers come from transformers, the VAE and the schedulers from diffusers (the
+optional ``sd`` extra: ``pip install unetviz[sd]``).
+
+The sampling loop mirrors diffusers' ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``
+step for step (same noise from the same seed, same scheduler calls), so the images match.
+
+Prompts longer than the text encoder's window (75 tokens + SOS/EOS) are truncated, as diffusers
+does, with a :class:`PromptTruncatedWarning` naming the dropped text; ``trace.meta["truncated"]``
+keeps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import PipelineError, Run
+
+SD_EXTRA_HINT = "pip install 'unetviz[sd]'"
+
+#: Scheduler short names accepted by ``scheduler=`` (any diffusers class name works too).
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "ddpm": "DDPMScheduler",
+}
+
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+_SUPPORTED_UNET = "UNet2DConditionModel"
+_KNOWN_NON_SD = {
+    "StableDiffusion3Pipeline": "Stable Diffusion 3 (an MMDiT transformer, not a UNet)",
+    "FluxPipeline": "FLUX (a transformer, not a UNet)",
+    "PixArtAlphaPipeline": "PixArt-alpha (a transformer, not a UNet)",
+    "KandinskyV22Pipeline": "Kandinsky 2.2 (image-embedding conditioned)",
+    "StableDiffusionXLRefinerPipeline": "the SDXL refiner",
+}
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt longer than the text encoder's 75-token window; the tail was dropped."""
+
+
+def require_sd_extra() -> tuple[Any, Any]:
+    """Import diffusers and transformers, or raise PipelineError naming the ``sd`` extra."""
+    try:
+        import diffusers
+        import transformers
+    except ImportError as exc:
+        raise PipelineError(
+            f"real Stable Diffusion models need diffusers and transformers ({exc.name} is "
+            f"missing): {SD_EXTRA_HINT}"
+        ) from None
+    return diffusers, transformers
+
+
+# ---------------------------------------------------------------------------------- prompts
+@dataclass
+class Tokens:
+    """One tokenized prompt: ids (1, T), labels as the tokenizer makes them, owning words."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: list[str]
+    words: list[str | None]
+    truncated: str = ""
+    n_tokens: int = 0  # content tokens before truncation (SOS/EOS excluded)
+
+
+def tokenize(tokenizer: Any, text: str, max_length: int | None = None) -> Tokens:
+    """Tokenize like diffusers (pad to ``max_length``, truncate) and label every position.
+
+    Labels are the tokenizer's own strings (``<|startoftext|>``, ``cat</w>``,
+    ``<|endoftext|>``; padding positions keep the pad token's label). ``words`` merges BPE
+    pieces into the word they spell (``zebra`` for ``ze`` + ``bra</w>``); specials and padding
+    are ``None``.
+    """
+    max_length = int(max_length or tokenizer.model_max_length)
+    enc = tokenizer(
+        text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    )
+    ids = enc.input_ids
+    full = tokenizer(text, padding="longest", return_tensors="pt").input_ids[0]
+    n_content = max(int(full.shape[0]) - 2, 0)
+    truncated = ""
+    if full.shape[0] > max_length:
+        truncated = tokenizer.decode(full[max_length - 1 : -1])
+    labels = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    specials = set(tokenizer.all_special_tokens)
+    words: list[str | None] = [None] * len(labels)
+    eos_seen = False
+    group: list[int] = []
+    for i, label in enumerate(labels):
+        if eos_seen or label in specials:
+            eos_seen = eos_seen or (i > 0 and label == tokenizer.eos_token)
+            if group:  # a word cut by truncation
+                _assign(tokenizer, labels, words, group)
+                group = []
+            continue
+        group.append(i)
+        if label.endswith("</w>"):
+            _assign(tokenizer, labels, words, group)
+            group = []
+    if group:
+        _assign(tokenizer, labels, words, group)
+    return Tokens(
+        ids=ids,
+        mask=enc.attention_mask,
+        labels=labels,
+        words=words,
+        truncated=truncated,
+        n_tokens=n_content,
+    )
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of CLIP's byte -> printable-unicode table (GPT-2 style byte-level BPE)."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def _assign(tokenizer: Any, labels: list[str], words: list[str | None], group: list[int]) -> None:
+    text = "".join(labels[i] for i in group).replace("</w>", "")
+    try:
+        word = bytearray(_BYTE_DECODER[c] for c in text).decode("utf-8", errors="replace")
+    except KeyError:  # not a byte-level BPE vocabulary
+        word = tokenizer.convert_tokens_to_string([labels[i] for i in group])
+    word = word.strip() or None
+    for i in group:
+        words[i] = word
+
+
+# ---------------------------------------------------------------------------------- pipeline
+@dataclass
+class SDComponents:
+    """Everything a Stable Diffusion pipeline needs, already loaded."""
+
+    unet: nn.Module
+    vae: nn.Module
+    scheduler: Any
+    tokenizers: list[Any]
+    text_encoders: list[nn.Module]
+    family: str  # "sd1" | "sd2" | "sdxl"
+    name: str
+    force_zeros_for_empty_prompt: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SDPipeline:
+    """``pipe(prompt, negative_prompt="", seed=0, steps=25, guidance=None, height=None,
+    width=None, progress=None) -> Run``, the same call shape as the demo pipeline.
+
+    The UNet runs inside ``unetviz.capture`` for every call; ``trace.tokens`` are the CLIP
+    token labels of the prompt (or of the negative prompt with ``half="uncond"``).
+    """
+
+    def __init__(
+        self,
+        parts: SDComponents,
+        device: str | torch.device = "cpu",
+        offload: bool = False,
+    ):
+        self.parts = parts
+        self.name = parts.name
+        self.family = parts.family
+        self.unet = parts.unet
+        self.vae = parts.vae
+        self.scheduler = parts.scheduler
+        self.tokenizers = parts.tokenizers
+        self.text_encoders = parts.text_encoders
+        self.device = torch.device(device)
+        self.offload = offload
+        self.dtype = next(self.unet.parameters()).dtype
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.unet.to(self.device)
+        for module in [self.vae, *self.text_encoders]:
+            module.to("cpu" if offload else self.device)
+
+    @property
+    def is_xl(self) -> bool:
+        return self.family == "sdxl"
+
+    @property
+    def default_guidance(self) -> float:
+        return 5.0 if self.is_xl else 7.5
+
+    @property
+    def default_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @contextlib.contextmanager
+    def _on_device(self, module: nn.Module) -> Iterator[nn.Module]:
+        """Sequential offload: with ``offload``, ``module`` visits the GPU only while used."""
+        if not self.offload:
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode(
+        self, prompt: str, negative_prompt: str, cfg: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Tokens, Tokens]:
+        """Prompt embeddings ``[uncond, cond]`` (or ``cond``), SDXL's pooled embeddings, and
+        the tokens of prompt and negative prompt."""
+        pos = [tokenize(t, prompt) for t in self.tokenizers]
+        neg = [
+            tokenize(t, negative_prompt, pos[i].ids.shape[1]) for i, t in enumerate(self.tokenizers)
+        ]
+        if pos[0].truncated:
+            warnings.warn(
+                f"prompt has {pos[0].n_tokens} tokens but the text encoder takes "
+                f"{pos[0].ids.shape[1] - 2}: truncated, dropped {pos[0].truncated!r}",
+                PromptTruncatedWarning,
+                stacklevel=3,
+            )
+        if neg[0].truncated:
+            warnings.warn(
+                f"negative prompt has {neg[0].n_tokens} tokens: truncated, dropped "
+                f"{neg[0].truncated!r}",
+                PromptTruncatedWarning,
+                stacklevel=3,
+            )
+        cond, pooled = self._embed(pos)
+        if not cfg:
+            return cond, pooled, pos[0], neg[0]
+        if self.is_xl and negative_prompt == "" and self.parts.force_zeros_for_empty_prompt:
+            uncond, uncond_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
+        else:
+            uncond, uncond_pooled = self._embed(neg)
+        embeds = torch.cat([uncond, cond])
+        if pooled is not None:
+            pooled = torch.cat([uncond_pooled, pooled])
+        return embeds, pooled, pos[0], neg[0]
+
+    def _embed(self, toks: list[Tokens]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.is_xl:
+            encoder = self.text_encoders[0]
+            with self._on_device(encoder):
+                dev = next(encoder.parameters()).device
+                mask = None
+                if getattr(encoder.config, "use_attention_mask", False):
+                    mask = toks[0].mask.to(dev)
+                out = encoder(toks[0].ids.to(dev), attention_mask=mask)[0]
+            return out.to(device=self.device, dtype=self.dtype), None
+        hidden, pooled = [], None
+        for tok, encoder in zip(toks, self.text_encoders, strict=True):
+            with self._on_device(encoder):
+                dev = next(encoder.parameters()).device
+                out = encoder(tok.ids.to(dev), output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        embeds = torch.cat(hidden, dim=-1).to(device=self.device, dtype=self.dtype)
+        return embeds, pooled.to(device=self.device, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ call
+    def _check(self, prompt: Any, steps: int, height: int, width: int) -> None:
+        if not isinstance(prompt, str):
+            raise PipelineError(f"prompt must be a string, got {type(prompt).__name__}")
+        if int(steps) < 1:
+            raise PipelineError(f"steps must be >= 1, got {steps}")
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        for key, value in (("height", height), ("width", width)):
+            if value <= 0 or value % multiple:
+                raise PipelineError(
+                    f"{key}={value}: expected a positive multiple of {multiple} pixels for this "
+                    f"model (VAE x{self.vae_scale_factor}, UNet x"
+                    f"{multiple // self.vae_scale_factor})"
+                )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: int = 0,
+        steps: int = 25,
+        guidance: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        detail: str = "layers",
+        **capture_kwargs: Any,
+    ) -> Run:
+        """Generate one image and capture the UNet while sampling.
+
+        ``guidance`` None: 7.5 (SD 1.x/2.x) or 5.0 (SDXL), diffusers' defaults; guidance <= 1
+        runs without classifier-free guidance. ``capture_kwargs`` go to ``unetviz.capture``
+        (``half="uncond"`` captures the negative prompt's maps; ``mode="stream"`` bounds
+        memory).
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        import unetviz
+
+        guidance = self.default_guidance if guidance is None else float(guidance)
+        height = int(height or self.default_size)
+        width = int(width or self.default_size)
+        negative_prompt = negative_prompt or ""
+        self._check(prompt, steps, height, width)
+        cfg = guidance > 1.0
+        embeds, pooled, pos, neg = self.encode(prompt, negative_prompt, cfg)
+
+        scheduler = copy.deepcopy(self.scheduler)  # steppers keep state: one per call
+        scheduler.set_timesteps(int(steps), device=self.device)
+        timesteps = scheduler.timesteps
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        shape = (
+            1,
+            int(self.unet.config.in_channels),
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_params = set(inspect.signature(scheduler.step).parameters)
+        step_kwargs: dict[str, Any] = {}
+        if "eta" in step_params:
+            step_kwargs["eta"] = 0.0
+        if "generator" in step_params:
+            step_kwargs["generator"] = generator
+
+        added: dict[str, torch.Tensor] | None = None
+        if self.is_xl:
+            time_ids = torch.tensor(
+                [[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device
+            )
+            added = {
+                "text_embeds": pooled,
+                "time_ids": torch.cat([time_ids, time_ids]) if cfg else time_ids,
+            }
+
+        half = capture_kwargs.get("half", "cond")
+        start = time.perf_counter()
+        with unetviz.capture(
+            self.unet, attention=True, temb=True, detail=detail, cfg=cfg, **capture_kwargs
+        ) as trace:
+            for i, t in enumerate(timesteps):
+                inp = torch.cat([latents] * 2) if cfg else latents
+                inp = scheduler.scale_model_input(inp, t)
+                noise = self.unet(inp, t, embeds, added_cond_kwargs=added)
+                if cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + guidance * (noise_cond - noise_uncond)
+                latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+                if progress is not None:
+                    progress(i + 1, len(timesteps))
+        image = self.decode(latents)
+
+        shown = neg if (cfg and half == "uncond") else pos
+        trace.tokens = list(shown.labels)
+        trace.words = list(shown.words)
+        trace.meta.update(
+            model=self.name,
+            family=self.family,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=int(seed),
+            steps=int(steps),
+            guidance=guidance,
+            height=height,
+            width=width,
+            batch=2 if cfg else 1,
+            cfg=cfg,
+            detail=detail,
+            scheduler=type(scheduler).__name__,
+            dtype=str(self.dtype).removeprefix("torch."),
+            tokens_of="negative_prompt" if shown is neg else "prompt",
+            truncated=pos.truncated,
+            config=self.unet.config.to_dict(),
+            seconds=time.perf_counter() - start,
+        )
+        return Run(
+            image=image,
+            trace=trace,
+            tokens=list(pos.labels),
+            words=list(pos.words),
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=int(seed),
+            steps=int(steps),
+            guidance=guidance,
+            latents=latents,
+            extra={
+                "negative_tokens": list(neg.labels),
+                "negative_words": list(neg.words),
+                "truncated": pos.truncated,
+                "family": self.family,
+            },
+        )
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> Any:
+        """Latents -> PIL image through the VAE, exactly as diffusers post-processes."""
+        import numpy as np
+        from PIL import Image
+
+        vae = self.vae
+        with self._on_device(vae):
+            upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+            if upcast:
+                vae.to(torch.float32)
+            dev = next(vae.parameters()).device
+            z = latents.to(device=dev, dtype=next(vae.parameters()).dtype)
+            mean = getattr(vae.config, "latents_mean", None)
+            std = getattr(vae.config, "latents_std", None)
+            if mean is not None and std is not None:
+                mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(z)
+                std_t = torch.tensor(std).view(1, -1, 1, 1).to(z)
+                z = z * std_t / vae.config.scaling_factor + mean_t
+            else:
+                z = z / vae.config.scaling_factor
+            image = vae.decode(z, return_dict=False)[0]
+            if upcast:
+                vae.to(torch.float16)
+        image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+        return Image.fromarray((image[0] * 255).round().astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------- loading
+def _default_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _default_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    from unetviz.weights import WeightsError, resolve_dtype
+
+    try:
+        resolved = resolve_dtype(dtype)
+    except WeightsError as exc:
+        raise PipelineError(str(exc)) from None
+    if resolved is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return resolved
+
+
+def make_scheduler(config: dict[str, Any], name: str | None = None) -> Any:
+    """A diffusers scheduler from a ``scheduler_config.json`` dict; ``name`` (``ddim``,
+    ``euler``, ``euler_a``, ``dpm``, ``pndm``, ``lms``, ``ddpm`` or a diffusers class name)
+    swaps the class while keeping the betas and prediction type."""
+    diffusers, _ = require_sd_extra()
+    cls_name = SCHEDULERS.get(str(name).lower(), name) if name else config.get("_class_name")
+    cls = getattr(diffusers, str(cls_name), None) if cls_name else None
+    if cls is None or not hasattr(cls, "from_config") or "Scheduler" not in str(cls_name):
+        raise PipelineError(
+            f"unknown scheduler {cls_name!r}: expected one of {sorted(SCHEDULERS)} or a diffusers "
+            "scheduler class name"
+        )
+    return cls.from_config(config)
+
+
+def check_safetensors(folder: Path) -> None:
+    """Open the header of every ``.safetensors`` file in ``folder``; a truncated or corrupt
+    file raises PipelineError naming it (before diffusers/transformers see it)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PipelineError(
+                f"{file} is not a readable safetensors file (truncated or corrupt?): {exc}"
+            ) from None
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence diffusers'/transformers' loading chatter (progress bars, accelerate hints)."""
+    diffusers, transformers = require_sd_extra()
+    d_log, t_log = diffusers.utils.logging, transformers.utils.logging
+    d_level, t_level = d_log.get_verbosity(), t_log.get_verbosity()
+    d_log.set_verbosity_error()
+    t_log.set_verbosity_error()
+    t_bar = t_log.is_progress_bar_enabled()
+    t_log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        d_log.set_verbosity(d_level)
+        t_log.set_verbosity(t_level)
+        if t_bar:
+            t_log.enable_progress_bar()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path} must hold a JSON object")
+    return data
+
+
+def _describe_folder(path: Path) -> str:
+    """What kind of model folder ``path`` is, for error messages."""
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        kind = (
+            data.get("_class_name")
+            or ", ".join(data.get("architectures") or [])
+            or (data.get("model_type"))
+        )
+        if kind == _SUPPORTED_UNET:
+            return (
+                f"{path} is a single UNet2DConditionModel folder, not a whole pipeline: pass the "
+                "model root that holds model_index.json, unet/, text_encoder/, tokenizer/, vae/ "
+                "and scheduler/"
+            )
+        if kind:
+            return (
+                f"{path} holds a {kind} model (config.json), not a Stable Diffusion pipeline "
+                "folder (model_index.json with unet/, text_encoder/, tokenizer/, vae/, scheduler/)"
+            )
+    return (
+        f"{path} has no model_index.json: expected a diffusers Stable Diffusion folder "
+        "(model_index.json, unet/, text_encoder/, tokenizer/, vae/, scheduler/) or a single "
+        "original-format .safetensors file"
+    )
+
+
+def load_diffusers_components(
+    path: Path,
+    dtype: torch.dtype,
+    scheduler: str | None = None,
+) -> SDComponents:
+    """Load a local diffusers SD 1.x/2.x/SDXL folder: unetviz's UNet, transformers' CLIP
+    text encoder(s) and tokenizer(s), diffusers' VAE and scheduler. Never unpickles."""
+    diffusers, transformers = require_sd_extra()
+    from unetviz.weights import load_unet
+
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise PipelineError(_describe_folder(path))
+    index = _read_json(index_path)
+    cls_name = str(index.get("_class_name", "?"))
+    if cls_name in _KNOWN_NON_SD:
+        raise PipelineError(
+            f"{path} is a {cls_name} folder ({_KNOWN_NON_SD[cls_name]}): unetviz opens Stable "
+            "Diffusion 1.x/2.x/XL pipelines (a UNet2DConditionModel with CLIP text encoders)"
+        )
+    xl = "text_encoder_2" in index or "XL" in cls_name
+    needed = ["unet", "vae", "scheduler"] + (
+        ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
+        if xl
+        else ["text_encoder", "tokenizer"]
+    )
+    for name in needed:
+        entry = index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            if name in ("text_encoder", "tokenizer") and xl:
+                raise PipelineError(
+                    f"{path}: model_index.json has no {name} ({cls_name}); SDXL refiner-style "
+                    "pipelines without the first text encoder are not supported"
+                )
+            raise PipelineError(
+                f"{path} is a {cls_name} folder without a {name} component in model_index.json: "
+                f"unetviz needs {', '.join(needed)}"
+            )
+        if not (path / name).is_dir():
+            raise PipelineError(
+                f"{path} is missing its {name}/ subfolder (model_index.json lists {entry[1]}); "
+                "re-download or re-save the model with save_pretrained"
+            )
+    unet_cls = index["unet"][1]
+    if unet_cls != _SUPPORTED_UNET:
+        raise PipelineError(
+            f"{path} is a {cls_name} whose denoiser is a {unet_cls}: unetviz visualizes "
+            f"{_SUPPORTED_UNET}s (Stable Diffusion 1.x/2.x/XL)"
+        )
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if name in needed:
+            check_safetensors(path / name)
+
+    unet = load_unet(path / "unet", dtype=dtype)
+    if int(unet.config.in_channels) != 4:
+        raise PipelineError(
+            f"{path}/unet takes {unet.config.in_channels} input channels ({cls_name}): only "
+            "text-to-image UNets with 4 latent channels are supported (not inpainting/depth)"
+        )
+
+    def load(sub: str, loader: Callable[[], Any]) -> Any:
+        try:
+            return loader()
+        except PipelineError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise PipelineError(f"cannot load {path / sub}: {exc}") from None
+
+    vae_cls = index["vae"][1]
+    if vae_cls != "AutoencoderKL":
+        raise PipelineError(f"{path}/vae is a {vae_cls}: expected an AutoencoderKL")
+    vae = load(
+        "vae",
+        lambda: diffusers.AutoencoderKL.from_pretrained(
+            path / "vae", use_safetensors=True, torch_dtype=dtype
+        ),
+    )
+    tokenizers, encoders = [], []
+    pairs = [("tokenizer", "text_encoder")] + ([("tokenizer_2", "text_encoder_2")] if xl else [])
+    for tok_name, enc_name in pairs:
+        enc_cls_name = index[enc_name][1]
+        if enc_cls_name not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+            raise PipelineError(
+                f"{path}/{enc_name} is a {enc_cls_name}: expected a CLIPTextModel or "
+                "CLIPTextModelWithProjection"
+            )
+        tokenizers.append(
+            load(tok_name, lambda t=tok_name: transformers.CLIPTokenizer.from_pretrained(path / t))
+        )
+        enc_cls = getattr(transformers, enc_cls_name)
+        encoder = load(
+            enc_name,
+            lambda c=enc_cls, e=enc_name: c.from_pretrained(path / e, use_safetensors=True),
+        )
+        encoders.append(encoder.to(dtype).eval().requires_grad_(False))
+    sched_config = _read_json(path / "scheduler" / "scheduler_config.json")
+    sd2 = not xl and int(unet.config.cross_attention_dim) == 1024
+    return SDComponents(
+        unet=unet,
+        vae=vae.eval().requires_grad_(False),
+        scheduler=make_scheduler(sched_config, scheduler),
+        tokenizers=tokenizers,
+        text_encoders=encoders,
+        family="sdxl" if xl else ("sd2" if sd2 else "sd1"),
+        name=path.name,
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)),
+    )
+
+
+def load_sd_pipeline(
+    path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    scheduler: str | None = None,
+    offload: bool | None = None,
+    config: str | Path | None = None,
+) -> SDPipeline:
+    """Open a local Stable Diffusion model (offline) as a pipeline with the demo's call shape.
+
+    ``path``: a diffusers folder (SD 1.x, 2.x, SDXL) or a single original-format
+    ``.safetensors`` file (``config``: an optional diffusers folder whose configs/tokenizers
+    describe it; otherwise the shipped SD 1.x/2.x/XL configs are used). ``.ckpt`` and other
+    pickles are refused. ``dtype``: ``float32`` / ``float16`` / ``bfloat16`` (None: float32 on
+    CPU, float16 on CUDA). ``device`` None: CUDA when present. ``offload`` (default: on when
+    the device is CUDA) keeps the text encoders and the VAE on the CPU between uses.
+    ``scheduler`` swaps the scheduler class (``ddim``, ``euler``, ``euler_a``, ``dpm``, ...).
+    """
+    require_sd_extra()
+    path = Path(path).expanduser()
+    dev = _default_device(device)
+    torch_dtype = _default_dtype(dtype, dev)
+    if not path.exists():
+        raise PipelineError(
+            f"model not found: {str(path)!r} is neither 'demo' nor an existing diffusers folder "
+            "or .safetensors file (unetviz works offline: download models beforehand)"
+        )
+    if path.is_file():
+        if path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise PipelineError(pickle_refusal(path))
+        from unetviz.single_file import SingleFileError, load_single_file_components
+
+        try:
+            with quiet_loading():
+                parts = load_single_file_components(
+                    path, dtype=torch_dtype, config=config, scheduler=scheduler
+                )
+        except SingleFileError as exc:
+            raise PipelineError(str(exc)) from None
+    else:
+        with quiet_loading():
+            parts = load_diffusers_components(path, torch_dtype, scheduler=scheduler)
+    use_offload = dev.type == "cuda" if offload is None else bool(offload)
+    return SDPipeline(parts, device=dev, offload=use_offload)
+
+
+def pickle_refusal(path: Path) -> str:
+    """The message for a pickle checkpoint (``.ckpt``): refused, and how to convert it."""
+    return (
+        f"{path} is a pickle checkpoint ({path.suffix}): unetviz never unpickles files, because "
+        "loading a pickle can run arbitrary code. Convert it once, in a trusted sandbox, to "
+        'safetensors, e.g.: python -c "import torch, safetensors.torch as st; '
+        f"sd = torch.load('{path.name}', map_location='cpu', weights_only=True); "
+        "sd = sd.get('state_dict', sd); "
+        "st.save_file({k: v.contiguous() for k, v in sd.items() if hasattr(v, 'contiguous')}, "
+        f"'{path.stem}.safetensors')\" (weights_only=True refuses code), or download the "
+        ".safetensors release of the model, then pass that file"
+    )
