@@ -1,0 +1,170 @@
+"""Heatmap aggregation: selection, presets (DAAM, Prompt-to-Prompt) on a demo-shaped UNet,
+word lookup, normalisation and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from unetviz import UNet2DConditionModel, UNetConfig, capture
+from unetviz.capture import TraceError
+
+# the demo model's shape: latent 32x32, cross-attention at 32, 16 (down/up) and 8 (mid)
+DEMO = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 64,
+    "attention_head_dim": [2, 2, 2],
+}
+TOKENS = ["<bos>", "a", "big", "blue", "square", "<eos>", "<pad>", "<pad>"]
+WORDS = [None, "a", "big", "blue", "square", None, None, None]
+
+
+@pytest.fixture(scope="module")
+def trace():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(UNetConfig.from_dict(DEMO)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, ehs = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 8, 64, generator=g)
+    with torch.no_grad(), capture(unet, per_head=True, attention_dtype=torch.float32) as tr:
+        for t in (900, 600, 300, 50):
+            unet(x, t, ehs)
+    tr.tokens, tr.words = list(TOKENS), list(WORDS)
+    return tr
+
+
+def _layer(tr, name, token, steps=None, reduce="mean"):
+    rec = tr[name]
+    maps = torch.stack(rec.maps)  # (S, heads, h, w, T)
+    if steps is not None:
+        maps = maps[steps]
+    maps = maps.sum(0) if reduce == "sum" else maps.mean(0)
+    return maps[..., token]  # (heads, h, w)
+
+
+def _minmax(x):
+    return (x - x.min()) / (x.max() - x.min())
+
+
+def test_resolutions_and_layers(trace):
+    res = {n: r.res for n, r in trace.attention.items()}
+    assert sorted(set(res.values())) == [(8, 8), (16, 16), (32, 32)]
+    assert len(res) == 7
+    maps = trace.layer_maps("blue", layers="up")
+    assert set(maps) == {n for n in res if n.startswith("up_blocks")}
+    assert all(m.shape == res[n] for n, m in maps.items())
+    only16 = trace.layer_maps(3, resolutions=16)
+    assert {res[n] for n in only16} == {(16, 16)} and len(only16) == 3
+    mid = trace.layer_maps(3, layers="mid_block")
+    assert list(mid) == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    name = "up_blocks.2.attentions.1.transformer_blocks.0.attn2"
+    torch.testing.assert_close(
+        trace.layer_maps(3, layers=name, steps=[1, 3])[name],
+        _layer(trace, name, 3, steps=[1, 3]).mean(0),
+    )
+
+
+def test_daam_preset_on_a_small_model(trace):
+    # latent 32: no map is <= 32/8, three resolutions -> drop the lowest (8x8, the mid block);
+    # size 32 * ceil(64 / 32) = 64; bicubic, clamp >= 0 per head, mean over layers x heads,
+    # sum over steps
+    got = trace.heatmap("square", preset="daam", normalize=None)
+    assert got.shape == (64, 64)
+    ups = []
+    for name, rec in trace.attention.items():
+        if rec.res == (8, 8):
+            continue
+        m = _layer(trace, name, 4, reduce="sum")
+        ups.append(F.interpolate(m[:, None], size=(64, 64), mode="bicubic")[:, 0].clamp(min=0))
+    want = torch.cat(ups).mean(0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got.min() >= 0
+    # an explicit size wins over the preset's
+    assert trace.heatmap("square", preset="daam", size=48).shape == (48, 48)
+
+
+def test_p2p_preset_on_a_small_model(trace):
+    got = trace.heatmap("blue", preset="p2p", normalize="max")
+    assert got.shape == (16, 16)
+    layers = [n for n, r in trace.attention.items() if r.res == (16, 16) and r.location != "mid"]
+    assert len(layers) == 3
+    want = torch.stack([_layer(trace, n, 3).mean(0) for n in layers]).mean(0)
+    torch.testing.assert_close(got, want / want.max(), atol=1e-5, rtol=1e-5)
+    assert trace.heatmap("blue", preset="p2p", size=256).shape == (256, 256)
+
+
+def test_default_heatmap_word_merge_and_normalize(trace):
+    default = trace.heatmap("big")
+    assert default.shape == (32, 32) and default.dtype == torch.float32
+    assert default.min() == 0 and default.max() == 1
+    ups = []
+    for name in trace.attention:
+        m = _layer(trace, name, [2, 3]).mean(-1).mean(0, keepdim=True)
+        ups.append(F.interpolate(m[:, None], size=(32, 32), mode="bicubic")[:, 0])
+    want = _minmax(torch.cat(ups).mean(0))
+    torch.testing.assert_close(trace.heatmap([2, 3]), want, atol=1e-5, rtol=0)
+    # a word made of several tokens averages them
+    trace.words[3] = "big"
+    try:
+        torch.testing.assert_close(trace.heatmap("big"), want, atol=1e-5, rtol=0)
+    finally:
+        trace.words[3] = "blue"
+    summed = trace.heatmap("big", normalize="sum")
+    assert summed.sum().item() == pytest.approx(1.0, abs=1e-4)
+    nearest = trace.heatmap("big", upsample="nearest", resolutions=[8, 16], size=16)
+    assert nearest.shape == (16, 16)
+    assert trace.heatmap("BIG", steps=slice(0, 2)).shape == (32, 32)
+    assert trace.heatmap("big", heads=1, steps=-1).shape == (32, 32)
+
+
+def test_cached_stacks_are_reused(trace):
+    trace._cache.clear()
+    trace.heatmap("square")
+    n = len(trace._cache)
+    assert n == 7
+    trace.heatmap("blue", preset="daam")
+    trace.heatmap(1, steps=[0])
+    assert len(trace._cache) == n
+
+
+def test_errors_are_specific(trace):
+    with pytest.raises(TraceError, match="word 'dog' is not in the prompt"):
+        trace.heatmap("dog")
+    with pytest.raises(TraceError, match="token index 8 out of range: this trace has 8 tokens"):
+        trace.heatmap(8)
+    with pytest.raises(TraceError, match="step 9 out of range"):
+        trace.heatmap(1, steps=9)
+    with pytest.raises(TraceError, match="heads \\[5\\] out of range"):
+        trace.heatmap(1, heads=[5])
+    with pytest.raises(TraceError, match="resolutions=64 match no selected layer"):
+        trace.heatmap(1, resolutions=64)
+    with pytest.raises(TraceError, match="layer 'side' matches no captured"):
+        trace.heatmap(1, layers="side")
+    with pytest.raises(TraceError, match="preset='sdxl'"):
+        trace.heatmap(1, preset="sdxl")
+    with pytest.raises(TraceError, match="upsample='cubic'"):
+        trace.heatmap(1, upsample="cubic")
+    with pytest.raises(TraceError, match="normalize='z'"):
+        trace.heatmap(1, normalize="z")
+    with pytest.raises(TraceError, match="upsample=None"):
+        trace.heatmap(1, upsample=None)
+
+
+def test_head_selection_needs_per_head_capture():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(UNetConfig.from_dict(DEMO | {"sample_size": 16})).eval()
+    x, ehs = torch.randn(1, 3, 16, 16), torch.randn(1, 8, 64)
+    with torch.no_grad(), capture(unet) as tr:
+        unet(x, 10, ehs)
+    assert tr.heatmap(0).shape == (16, 16)
+    with pytest.raises(TraceError, match="per_head=True"):
+        tr.heatmap(0, heads=[0])
+    with pytest.raises(TraceError, match="no token labels"):
+        tr.heatmap("cat")
