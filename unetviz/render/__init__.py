@@ -1,0 +1,41 @@
+"""Pure functions from a Trace to pictures: graphviz diagrams, plotly figures, PNG/SVG bytes.
+
+Nothing here touches a model or imports torch hooks. Heavy modules (graphviz, plotly, PIL) are
+imported on first use, so ``import unetviz.render`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_graph": "unetviz.render.graph",
+    "ArchGraph": "unetviz.render.graph",
+    "diagram": "unetviz.render.diagram",
+    "draw": "unetviz.render.diagram",
+    "export": "unetviz.render.export",
+    "render": "unetviz.render.export",
+    "to_dot": "unetviz.render.export",
+    "to_svg": "unetviz.render.export",
+    "to_png": "unetviz.render.export",
+    "to_pdf": "unetviz.render.export",
+    "to_json": "unetviz.render.export",
+    "ExportError": "unetviz.render.export",
+    "FORMATS": "unetviz.render.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'unetviz.render' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
