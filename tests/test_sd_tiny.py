@@ -7,8 +7,10 @@ downloaded. This module holds no tests of its own.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -192,10 +194,15 @@ def build_tiny_sd(folder: Path, kind: str = "sd1") -> Path:
     return folder
 
 
-_ROOT = Path(tempfile.mkdtemp(prefix="unetviz-tiny-sd-"))
+@cache
+def _root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="unetviz-tiny-sd-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 @cache
 def tiny_sd_dir(kind: str = "sd1") -> Path:
-    """The session's saved tiny pipeline folder of ``kind`` (built once, then reused)."""
-    return build_tiny_sd(_ROOT / kind, kind)
+    """The session's saved tiny pipeline folder of ``kind`` (built once, then reused; removed
+    when the test process exits)."""
+    return build_tiny_sd(_root() / kind, kind)

@@ -47,7 +47,6 @@ SCHEDULERS = {
     "ddpm": "DDPMScheduler",
 }
 
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 _SUPPORTED_UNET = "UNet2DConditionModel"
 _KNOWN_NON_SD = {
     "StableDiffusion3Pipeline": "Stable Diffusion 3 (an MMDiT transformer, not a UNet)",
@@ -702,9 +701,15 @@ def load_sd_pipeline(
             "or .safetensors file (unetviz works offline: download models beforehand)"
         )
     if path.is_file():
-        if path.suffix.lower() in _PICKLE_SUFFIXES:
-            raise PipelineError(pickle_refusal(path))
-        from unetviz.single_file import SingleFileError, load_single_file_components
+        from unetviz.single_file import (
+            PICKLE_SUFFIXES,
+            SingleFileError,
+            load_single_file_components,
+            pickle_message,
+        )
+
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise PipelineError(pickle_message(path))
 
         try:
             with quiet_loading():
@@ -718,17 +723,3 @@ def load_sd_pipeline(
             parts = load_diffusers_components(path, torch_dtype, scheduler=scheduler)
     use_offload = dev.type == "cuda" if offload is None else bool(offload)
     return SDPipeline(parts, device=dev, offload=use_offload)
-
-
-def pickle_refusal(path: Path) -> str:
-    """The message for a pickle checkpoint (``.ckpt``): refused, and how to convert it."""
-    return (
-        f"{path} is a pickle checkpoint ({path.suffix}): unetviz never unpickles files, because "
-        "loading a pickle can run arbitrary code. Convert it once, in a trusted sandbox, to "
-        'safetensors, e.g.: python -c "import torch, safetensors.torch as st; '
-        f"sd = torch.load('{path.name}', map_location='cpu', weights_only=True); "
-        "sd = sd.get('state_dict', sd); "
-        "st.save_file({k: v.contiguous() for k, v in sd.items() if hasattr(v, 'contiguous')}, "
-        f"'{path.stem}.safetensors')\" (weights_only=True refuses code), or download the "
-        ".safetensors release of the model, then pass that file"
-    )

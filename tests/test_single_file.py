@@ -1,0 +1,288 @@
+"""Single-file (LDM-keyed) checkpoints: detection, in-memory conversion, equal weights and
+equal outputs against the diffusers folder they were written from.
+
+The LDM file is written by a diffusers -> LDM mapping spelled out in this test (independent of
+unetviz's converter), and that mapping is itself checked against diffusers' own
+single-file converters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from tests.test_sd_tiny import tiny_sd_dir  # noqa: E402
+from unetviz.pipelines.base import PipelineError  # noqa: E402
+from unetviz.pipelines.sd import load_sd_pipeline  # noqa: E402
+from unetviz.single_file import (  # noqa: E402
+    SingleFileError,
+    detect_family,
+    load_single_file_components,
+)
+
+# ---------------------------------------------------------------- diffusers -> LDM, by hand
+_RESNET = [
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
+]
+
+
+def unet_to_ldm(state: dict, config: dict) -> dict:
+    """diffusers UNet2DConditionModel state dict -> ``model.diffusion_model.*`` keys."""
+    n = len(config["block_out_channels"])
+    lpb = config["layers_per_block"]
+    prefixes = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+        "mid_block.attentions.0.": "middle_block.1.",
+        "mid_block.resnets.0.": "middle_block.0.",
+        "mid_block.resnets.1.": "middle_block.2.",
+    }
+    for i in range(n):
+        for j in range(lpb):
+            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{i * (lpb + 1) + j + 1}.0."
+            prefixes[f"down_blocks.{i}.attentions.{j}."] = (
+                f"input_blocks.{i * (lpb + 1) + j + 1}.1."
+            )
+        for j in range(lpb + 1):
+            prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (lpb + 1) + j}.0."
+            prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (lpb + 1) + j}.1."
+        if i < n - 1:
+            prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = (
+                f"input_blocks.{(lpb + 1) * (i + 1)}.0.op."
+            )
+            slot = 2 if config["up_block_types"][i].startswith("CrossAttn") else 1
+            prefixes[f"up_blocks.{i}.upsamplers.0."] = (
+                f"output_blocks.{(lpb + 1) * i + lpb}.{slot}."
+            )
+    out = {}
+    for key, value in state.items():
+        new = key
+        if "resnets" in key:
+            for hf, ldm in _RESNET:
+                new = new.replace(f".{hf}.", f".{ldm}.")
+        for hf, ldm in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):
+            if new.startswith(hf):
+                new = ldm + new[len(hf) :]
+                break
+        else:
+            raise AssertionError(f"no LDM name for {key}")
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def vae_to_ldm(state: dict, config: dict) -> dict:
+    """diffusers AutoencoderKL state dict -> ``first_stage_model.*`` keys."""
+    n = len(config["block_out_channels"])
+    out = {}
+    for key, value in state.items():
+        new = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+        for i in range(n):
+            new = new.replace(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.")
+            new = new.replace(
+                f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."
+            )
+            new = new.replace(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block.")
+            new = new.replace(
+                f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."
+            )
+        for j in (0, 1):
+            new = new.replace(f"mid_block.resnets.{j}.", f"mid.block_{j + 1}.")
+        attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+        for hf, ldm in attn.items():
+            if f"mid_block.attentions.0.{hf}." in new:
+                new = new.replace(f"mid_block.attentions.0.{hf}.", f"mid.attn_1.{ldm}.")
+                if hf != "group_norm" and value.ndim == 2:
+                    value = value[:, :, None, None]
+        out["first_stage_model." + new] = value
+    return out
+
+
+def clip_to_openclip(state: dict, prefix: str) -> dict:
+    """transformers CLIPTextModelWithProjection state dict -> OpenCLIP text-tower keys."""
+    out = {}
+    layers = sorted({int(k.split(".")[3]) for k in state if ".encoder.layers." in k})
+    for i in layers:
+        src = f"text_model.encoder.layers.{i}."
+        dst = f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{kind}"] = torch.cat(
+                [state[src + f"self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            )
+            for hf, oc in (
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ):
+                out[dst + f"{oc}.{kind}"] = state[src + f"{hf}.{kind}"]
+    out[prefix + "token_embedding.weight"] = state["text_model.embeddings.token_embedding.weight"]
+    out[prefix + "positional_embedding"] = state["text_model.embeddings.position_embedding.weight"]
+    out[prefix + "ln_final.weight"] = state["text_model.final_layer_norm.weight"]
+    out[prefix + "ln_final.bias"] = state["text_model.final_layer_norm.bias"]
+    out[prefix + "text_projection"] = state["text_projection.weight"].T.contiguous()
+    out[prefix + "logit_scale"] = torch.tensor(4.6)
+    return out
+
+
+def _parts(folder):
+    import json
+
+    def load(sub):
+        return load_file(str(next((folder / sub).glob("*.safetensors"))))
+
+    cfg = {s: json.loads((folder / s / "config.json").read_text()) for s in ("unet", "vae")}
+    return load, cfg
+
+
+def write_ldm_file(kind: str, path) -> dict:
+    """Write the tiny ``kind`` pipeline as one LDM-keyed safetensors file; returns the LDM dict."""
+    folder = tiny_sd_dir(kind)
+    load, cfg = _parts(folder)
+    ldm = {**unet_to_ldm(load("unet"), cfg["unet"]), **vae_to_ldm(load("vae"), cfg["vae"])}
+    te = load("text_encoder")
+    if kind == "sd1":
+        ldm.update({"cond_stage_model.transformer." + k: v for k, v in te.items()})
+    else:
+        ldm.update({"conditioner.embedders.0.transformer." + k: v for k, v in te.items()})
+        ldm.update(clip_to_openclip(load("text_encoder_2"), "conditioner.embedders.1.model."))
+    ldm["alphas_cumprod"] = torch.linspace(1, 0, 10)  # extra non-model tensors are ignored
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(path))
+    return ldm
+
+
+def _equal(a: dict, b: dict) -> None:
+    # transformers >= 5 flattens CLIPTextModel's state dict (no text_model. level)
+    a = {k.removeprefix("text_model."): v for k, v in a.items()}
+    b = {k.removeprefix("text_model."): v for k, v in b.items()}
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module", params=["sd1", "sdxl"])
+def ldm_file(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("single") / f"tiny-{request.param}.safetensors"
+    ldm = write_ldm_file(request.param, path)
+    return request.param, path, ldm
+
+
+# ---------------------------------------------------------------- tests
+def test_test_mapping_agrees_with_diffusers_converters(ldm_file):
+    """The hand-written diffusers -> LDM mapping above inverts diffusers' own converters."""
+    su = pytest.importorskip("diffusers.loaders.single_file_utils")
+    kind, _, ldm = ldm_file
+    folder = tiny_sd_dir(kind)
+    load, cfg = _parts(folder)
+    _equal(su.convert_ldm_unet_checkpoint(ldm, cfg["unet"]), load("unet"))
+    vae = su.convert_ldm_vae_checkpoint(ldm, cfg["vae"])
+    _equal({k: v.reshape(load("vae")[k].shape) for k, v in vae.items()}, load("vae"))
+    if kind == "sdxl":
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        te_cfg = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+        model = CLIPTextModelWithProjection(te_cfg)
+        conv = su.convert_open_clip_checkpoint(model, ldm, prefix="conditioner.embedders.1.model.")
+        conv.pop("text_model.embeddings.position_ids", None)
+        _equal(conv, load("text_encoder_2"))
+
+
+def test_single_file_loads_equal_weights(ldm_file):
+    kind, path, _ = ldm_file
+    folder = tiny_sd_dir(kind)
+    load, _ = _parts(folder)
+    parts = load_single_file_components(path, config=folder)
+    assert parts.family == kind
+    _equal(parts.unet.state_dict(), load("unet"))
+    _equal(parts.vae.state_dict(), load("vae"))
+    _equal(parts.text_encoders[0].state_dict(), load("text_encoder"))
+    if kind == "sdxl":
+        assert len(parts.text_encoders) == 2
+        _equal(parts.text_encoders[1].state_dict(), load("text_encoder_2"))
+
+
+def test_single_file_gives_equal_outputs(ldm_file):
+    kind, path, _ = ldm_file
+    folder = tiny_sd_dir(kind)
+    a = load_sd_pipeline(path, config=folder)(
+        "a photo of a cat", negative_prompt="blurry", seed=5, steps=2
+    )
+    b = load_sd_pipeline(folder)("a photo of a cat", negative_prompt="blurry", seed=5, steps=2)
+    # Weights are equal bit for bit (above); the only numeric difference left is memory
+    # alignment (mmap-loaded vs freshly allocated tensors pick different SIMD paths: ~1e-7).
+    diff = np.abs(np.asarray(a.image, dtype=np.float64) - np.asarray(b.image, dtype=np.float64))
+    assert diff.mean() <= 1 / 255 and diff.max() <= 2, (diff.mean(), diff.max())
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=1e-4)
+    assert a.trace.meta["family"] == kind
+
+
+def test_detect_family_by_keys():
+    u = "model.diffusion_model."
+    base = {u + "input_blocks.0.0.weight": (320, 4, 3, 3)}
+    sd1 = {**base, "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": ()}
+    sd2 = {**base, "cond_stage_model.model.token_embedding.weight": ()}
+    xl = {
+        **base,
+        u + "label_emb.0.0.weight": (),
+        "conditioner.embedders.1.model.ln_final.weight": (),
+    }
+    refiner = {**xl, "conditioner.embedders.0.model.ln_final.weight": ()}
+    assert detect_family(list(sd1), sd1) == "sd1"
+    assert detect_family(list(sd2), sd2) == "sd2"
+    assert detect_family(list(xl), xl) == "sdxl"
+    with pytest.raises(SingleFileError, match="refiner"):
+        detect_family(list(refiner), refiner)
+    inpaint = {**sd1, u + "input_blocks.0.0.weight": (320, 9, 3, 3)}
+    with pytest.raises(SingleFileError, match="9 input channels"):
+        detect_family(list(inpaint), inpaint)
+    for keys, what in (
+        (["down_blocks.0.resnets.0.conv1.weight"], "diffusers-named"),
+        (["lora_unet_down.alpha"], "LoRA"),
+        (["double_blocks.0.img_attn.qkv.weight"], "FLUX"),
+        (["encoder.down.0.block.0.conv1.weight"], "VAE"),
+        (["foo"], "not an original Stable Diffusion"),
+    ):
+        with pytest.raises(SingleFileError, match=what):
+            detect_family(keys)
+
+
+def test_single_file_without_config_names_the_layout_problem(ldm_file):
+    """A tiny (non-release) layout with no config: the shipped preset does not fit, and the
+    error says so instead of loading garbage."""
+    kind, path, _ = ldm_file
+    with pytest.raises(PipelineError, match="UNet"):
+        load_sd_pipeline(path)
+
+
+def test_ckpt_is_refused_without_unpickling(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"\x80\x04this would be a pickle")
+    with pytest.raises(PipelineError, match="never unpickles.*safetensors"):
+        load_sd_pipeline(ckpt)
+    with pytest.raises(SingleFileError, match="weights_only=True"):
+        load_single_file_components(ckpt)
+
+
+def test_truncated_single_file(ldm_file, tmp_path):
+    _, path, _ = ldm_file
+    bad = tmp_path / "truncated.safetensors"
+    data = path.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match="truncated or corrupt"):
+        load_sd_pipeline(bad, config=tiny_sd_dir("sd1"))

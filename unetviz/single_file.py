@@ -1,0 +1,593 @@
+"""Original-format (LDM) single-file Stable Diffusion checkpoints, converted in memory.
+
+A single ``.safetensors`` file from the original releases or a fine-tune holds the UNet
+(``model.diffusion_model.*``), the VAE (``first_stage_model.*``) and the text encoder(s)
+(``cond_stage_model.*`` for SD 1.x/2.x, ``conditioner.embedders.{0,1}.*`` for SDXL).
+:func:`detect_family` tells SD 1.x / SD 2.x / SDXL apart by their keys; the ``convert_*``
+functions rename keys to diffusers/transformers names (the UNet through :mod:`unetviz.names`);
+:func:`load_single_file_components` builds the parts, with the family configs shipped here
+(the UNet ones are :meth:`UNetConfig.preset`) or those of a diffusers folder given as
+``config``. Nothing is downloaded; pickle files (``.ckpt``) are refused.
+
+The CLIP tokenizers are not part of a single file: they come from ``config`` (a diffusers
+folder of the same family) or, offline, from the Hugging Face cache
+(``openai/clip-vit-large-patch14``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .config import UNetConfig
+from .names import LDM_PREFIX, UnknownNameError, unet_names
+from .weights import _offenders, build_unet
+
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIXES = {
+    "sd1": ["cond_stage_model.transformer."],
+    "sd2": ["cond_stage_model.model."],
+    "sdxl": ["conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."],
+}
+FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+TOKENIZER_CACHE_REPO = "openai/clip-vit-large-patch14"
+
+_UNET_PRESET = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
+
+#: AutoencoderKL config of every SD 1.x/2.x/XL release (sizes differ only in sample_size and
+#: the latent scaling factor).
+VAE_CONFIG: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+VAE_FAMILY = {
+    "sd1": {"sample_size": 512},
+    "sd2": {"sample_size": 768},
+    "sdxl": {"sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+}
+
+#: Scheduler configs of the releases (diffusers names); DDIM for 1.x/2.x, Euler for SDXL.
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
+SCHEDULER_FAMILY = {
+    "sd1": {"_class_name": "DDIMScheduler"},
+    "sd2": {"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"},
+    "sdxl": {"_class_name": "EulerDiscreteScheduler", "interpolation_type": "linear"},
+}
+
+
+class SingleFileError(ValueError):
+    """A single-file checkpoint that cannot be opened: names the file and what is wrong."""
+
+
+# ---------------------------------------------------------------------------------- reading
+class SingleFile:
+    """Lazy view of one safetensors file: keys and shapes now, tensors on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SingleFileError(f"checkpoint not found: {self.path}")
+        if self.path.suffix.lower() in PICKLE_SUFFIXES:
+            raise SingleFileError(pickle_message(self.path))
+        try:
+            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            self._file = self._handle.__enter__()
+            self.keys = list(self._file.keys())
+            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self.keys}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise SingleFileError(
+                f"{self.path} is not a readable safetensors file (truncated or corrupt?): {exc}"
+            ) from None
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise SingleFileError(f"{self.path}: cannot read tensor {key!r}: {exc}") from None
+
+    def close(self) -> None:
+        self._handle.__exit__(None, None, None)
+
+    def __enter__(self) -> SingleFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pickle_message(path: Path) -> str:
+    """Why a pickle checkpoint is refused, and how to convert it safely."""
+    return (
+        f"{path} is a pickle checkpoint ({path.suffix}): unetviz never unpickles files, because "
+        "loading a pickle can run arbitrary code. Convert it once, in a trusted sandbox, with "
+        'python -c "import torch, safetensors.torch as st; '
+        f"sd = torch.load('{path.name}', map_location='cpu', weights_only=True); "
+        "sd = sd.get('state_dict', sd); "
+        "st.save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, "
+        f"'{path.stem}.safetensors')\" (weights_only=True refuses code), or download the "
+        "model's .safetensors release, then pass that file"
+    )
+
+
+# ---------------------------------------------------------------------------------- detection
+def detect_family(keys: list[str] | set[str], shapes: dict[str, tuple] | None = None) -> str:
+    """``"sd1"``, ``"sd2"`` or ``"sdxl"`` from a single file's keys; SingleFileError for
+    anything else (naming what it looks like)."""
+    keys = set(keys)
+    shapes = shapes or {}
+    unet = [k for k in keys if k.startswith(LDM_PREFIX)]
+    if not unet:
+        raise SingleFileError(_not_sd(keys))
+    if any(k.startswith(LDM_PREFIX + "joint_blocks.") for k in unet):
+        raise SingleFileError("this is a Stable Diffusion 3 checkpoint (MMDiT), not a UNet")
+    conv_in = shapes.get(LDM_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is not None and conv_in[1] != 4:
+        raise SingleFileError(
+            f"the UNet takes {conv_in[1]} input channels (an inpainting or depth model): only "
+            "text-to-image UNets with 4 latent channels are supported"
+        )
+    if any(k.startswith("conditioner.embedders.1.") for k in keys) or (
+        LDM_PREFIX + "label_emb.0.0.weight" in keys
+    ):
+        if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+            raise SingleFileError(
+                "this is an SDXL refiner checkpoint (one OpenCLIP encoder, image-to-image): "
+                "unetviz opens text-to-image SD 1.x/2.x/SDXL base models"
+            )
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd1"
+    to_k = shapes.get(LDM_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
+    if to_k is not None:
+        return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(to_k[1], "sd1")
+    return "sd1"
+
+
+def _not_sd(keys: set[str]) -> str:
+    if any(k.startswith(("down_blocks.", "mid_block.", "up_blocks.")) for k in keys):
+        return (
+            "this file has diffusers-named UNet weights (down_blocks.*), not an original "
+            "single-file checkpoint: put it in a diffusers folder (unet/) with its config.json"
+        )
+    if any("lora" in k for k in keys):
+        return "this is a LoRA (lora_* keys), not a full Stable Diffusion checkpoint"
+    if any(k.startswith(("double_blocks.", "single_blocks.", "transformer_blocks.")) for k in keys):
+        return "this is a transformer (FLUX / DiT-style) checkpoint, not a Stable Diffusion UNet"
+    if any(k.startswith(("encoder.down.", "decoder.up.")) for k in keys):
+        return "this is a standalone VAE, not a full Stable Diffusion checkpoint"
+    if any(k.startswith("joint_blocks.") for k in keys):
+        return "this is a Stable Diffusion 3 checkpoint (MMDiT), not a UNet"
+    head = ", ".join(sorted(keys)[:3])
+    return (
+        f"no {LDM_PREFIX}* keys: not an original Stable Diffusion single-file checkpoint "
+        f"(first keys: {head})"
+    )
+
+
+# ---------------------------------------------------------------------------------- key maps
+def convert_unet_key(key: str, config: UNetConfig | dict) -> str:
+    """``model.diffusion_model.input_blocks.1.0.in_layers.0.weight`` ->
+    ``down_blocks.0.resnets.0.norm1.weight`` (for the layout of ``config``)."""
+    return unet_names(config).diffusers(key)
+
+
+_VAE_RESNET = {"nin_shortcut": "conv_shortcut"}
+_VAE_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+
+
+def convert_vae_key(key: str, n_blocks: int) -> str:
+    """An LDM VAE key (without ``first_stage_model.``) -> diffusers' AutoencoderKL name."""
+    p = key.split(".")
+    if p[0] in ("quant_conv", "post_quant_conv"):
+        return key
+    side, rest = p[0], p[1:]
+    if side not in ("encoder", "decoder"):
+        raise UnknownNameError(f"{key!r} is not an LDM VAE key")
+    if rest[0] in ("conv_in", "conv_out"):
+        return key
+    if rest[0] == "norm_out":
+        return ".".join([side, "conv_norm_out", *rest[1:]])
+    if rest[0] in ("down", "up"):
+        i = int(rest[1])
+        block = f"down_blocks.{i}" if rest[0] == "down" else f"up_blocks.{n_blocks - 1 - i}"
+        if rest[2] == "block":
+            sub = _VAE_RESNET.get(rest[4], rest[4])
+            return ".".join([side, block, "resnets", rest[3], sub, *rest[5:]])
+        if rest[2] in ("downsample", "upsample"):
+            kind = "downsamplers" if rest[2] == "downsample" else "upsamplers"
+            return ".".join([side, block, kind, "0", *rest[3:]])
+    if rest[0] == "mid":
+        if rest[1] in ("block_1", "block_2"):
+            j = int(rest[1][-1]) - 1
+            sub = _VAE_RESNET.get(rest[2], rest[2])
+            return ".".join([side, "mid_block.resnets", str(j), sub, *rest[3:]])
+        if rest[1] == "attn_1":
+            return ".".join([side, "mid_block.attentions.0", _VAE_ATTN[rest[2]], *rest[3:]])
+    raise UnknownNameError(f"{key!r} is not an LDM VAE key")
+
+
+_OPENCLIP_LAYER = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+
+
+def convert_openclip(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """OpenCLIP text tower keys (prefix removed) -> transformers CLIPTextModel(WithProjection)
+    names. ``in_proj`` is split into q/k/v; ``text_projection`` is transposed; resblocks past
+    ``n_layers`` (SD 2.x uses the penultimate layer, diffusers drops the last) are skipped."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "token_embedding.weight":
+            out["text_model.embeddings.token_embedding.weight"] = value
+        elif key == "positional_embedding":
+            out["text_model.embeddings.position_embedding.weight"] = value
+        elif key.startswith("ln_final."):
+            out["text_model.final_layer_norm." + key.split(".", 1)[1]] = value
+        elif key == "text_projection":
+            out["text_projection.weight"] = value.T.contiguous()
+        elif key.startswith("transformer.resblocks."):
+            parts = key.split(".")
+            i, sub = int(parts[2]), ".".join(parts[3:])
+            if i >= n_layers:
+                continue
+            base = f"text_model.encoder.layers.{i}."
+            if sub in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = sub.rsplit("_", 1)[1]
+                for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0), strict=True):
+                    out[f"{base}self_attn.{name}_proj.{kind}"] = (
+                        chunk.clone()
+                    )  # own, aligned storage
+                continue
+            head, _, leaf = sub.rpartition(".")
+            if head not in _OPENCLIP_LAYER:
+                raise UnknownNameError(f"{key!r} is not an OpenCLIP text-tower key")
+            out[base + _OPENCLIP_LAYER[head] + "." + leaf] = value
+        elif key in ("logit_scale", "attn_mask"):
+            continue
+        else:
+            raise UnknownNameError(f"{key!r} is not an OpenCLIP text-tower key")
+    return out
+
+
+def convert_hf_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF-layout CLIP keys (prefix removed): adds ``text_model.`` where old files lack it and
+    drops the ``position_ids`` buffer."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        out[key if key.startswith("text_model.") else "text_model." + key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------- configs
+def _clip_config_from_shapes(state: dict[str, torch.Tensor], openclip: bool, **over: Any) -> Any:
+    from transformers import CLIPTextConfig
+
+    tok = state["text_model.embeddings.token_embedding.weight"]
+    layers = {int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers.")}
+    hidden = int(tok.shape[1])
+    proj = state.get("text_projection.weight")
+    return CLIPTextConfig(
+        vocab_size=int(tok.shape[0]),
+        hidden_size=hidden,
+        intermediate_size=int(state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        num_hidden_layers=len(layers),
+        num_attention_heads=max(hidden // 64, 1),
+        max_position_embeddings=int(
+            state["text_model.embeddings.position_embedding.weight"].shape[0]
+        ),
+        hidden_act="gelu" if openclip else "quick_gelu",
+        projection_dim=int(proj.shape[0]) if proj is not None else 768,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+        **over,
+    )
+
+
+def _load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Strict assignment of ``state`` into a meta-built module; fills non-persistent buffers."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_offenders(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_offenders(unexpected)}")
+        if misshaped:
+            parts.append(f"{len(misshaped)} keys with the wrong shape: {_offenders(misshaped)}")
+        raise SingleFileError(f"{what} does not match its config: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True, assign=True)
+    for name, buf in list(module.named_buffers()):
+        if buf.is_meta:
+            owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
+            leaf = name.rpartition(".")[2]
+            if leaf == "position_ids":
+                value = torch.arange(buf.shape[-1]).expand(buf.shape)
+            else:
+                raise SingleFileError(f"{what}: buffer {name} has no value after loading")
+            owner.register_buffer(leaf, value, persistent=False)
+
+
+def _take(sf: SingleFile, prefix: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    out = {}
+    for key in sf.keys:
+        if key.startswith(prefix):
+            t = sf.tensor(key)
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            out[key[len(prefix) :]] = t
+    return out
+
+
+# ---------------------------------------------------------------------------------- parts
+def load_unet_from_single_file(
+    sf: SingleFile, config: UNetConfig, dtype: torch.dtype | None = None
+) -> torch.nn.Module:
+    """unetviz's UNet with the file's ``model.diffusion_model.*`` weights (strict)."""
+    model = build_unet(config, device="meta")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    names = unet_names(config)
+    state: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key in sf.keys:
+        if not key.startswith(LDM_PREFIX):
+            continue
+        try:
+            name = names.diffusers(key)
+        except UnknownNameError:
+            unknown.append(key)
+            continue
+        if name not in expected:
+            unknown.append(key)
+            continue
+        t = sf.tensor(key)
+        if len(expected[name]) == 2 and t.ndim == 4 and t.shape[2:] == (1, 1):
+            t = t[:, :, 0, 0]  # 1x1 conv proj_in/proj_out in a linear-projection UNet
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        state[name] = t
+    if unknown:
+        raise SingleFileError(
+            f"{sf.path}: {len(unknown)} UNet keys do not fit the UNet layout of its config: "
+            f"{_offenders(sorted(unknown))}"
+        )
+    _load_module(model, state, f"the UNet in {sf.path}")
+    if dtype is None:
+        dtypes = {p.dtype for p in model.parameters()}
+        if len(dtypes) > 1:
+            model = model.to(torch.float32)
+    return model.eval().requires_grad_(False)
+
+
+def load_vae_from_single_file(
+    sf: SingleFile, config: dict[str, Any], dtype: torch.dtype | None = None
+) -> torch.nn.Module:
+    """diffusers' AutoencoderKL with the file's ``first_stage_model.*`` weights (strict)."""
+    from diffusers import AutoencoderKL
+
+    n = len(config["block_out_channels"])
+    state = {}
+    for key, value in _take(sf, VAE_PREFIX, dtype).items():
+        try:
+            name = convert_vae_key(key, n)
+        except (UnknownNameError, IndexError, ValueError, KeyError):
+            raise SingleFileError(f"{sf.path}: {VAE_PREFIX}{key} is not a VAE key") from None
+        if ".mid_block.attentions." in name and value.ndim == 4:
+            value = value[:, :, 0, 0]  # 1x1 conv attention -> linear
+        state[name] = value
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(config)
+    _load_module(vae, state, f"the VAE in {sf.path}")
+    return vae.eval().requires_grad_(False)
+
+
+def load_text_encoder_from_single_file(
+    sf: SingleFile,
+    prefix: str,
+    openclip: bool,
+    config: Any | None = None,
+    with_projection: bool = False,
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """transformers' CLIPTextModel(WithProjection) from the file's ``prefix`` keys."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    raw = _take(sf, prefix, dtype)
+    if openclip:
+        n_layers = (
+            config.num_hidden_layers
+            if config is not None
+            else len({k.split(".")[2] for k in raw if k.startswith("transformer.resblocks.")})
+            - (0 if with_projection else 1)  # SD 2.x: diffusers drops the last layer
+        )
+        try:
+            state = convert_openclip(raw, n_layers)
+        except UnknownNameError as exc:
+            raise SingleFileError(f"{sf.path}: {exc}") from None
+    else:
+        state = convert_hf_clip(raw)
+    if not with_projection:
+        state.pop("text_projection.weight", None)
+    if config is None:
+        config = _clip_config_from_shapes(state, openclip)
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    with torch.device("meta"):
+        model = cls(config)
+    if not any(k.startswith("text_model.") for k in model.state_dict()):
+        # transformers >= 5 flattens CLIPTextModel (no text_model. level)
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    _load_module(model, state, f"the text encoder {prefix}* in {sf.path}")
+    return model.eval().requires_grad_(False)
+
+
+def _tokenizer(config_dir: Path | None, sub: str, openclip: bool) -> Any:
+    from transformers import CLIPTokenizer
+
+    if config_dir is not None and (config_dir / sub).is_dir():
+        return CLIPTokenizer.from_pretrained(config_dir / sub)
+    try:
+        tok = CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)
+    except (OSError, ValueError):
+        raise SingleFileError(
+            "a single-file checkpoint holds no tokenizer, and the CLIP tokenizer "
+            f"({TOKENIZER_CACHE_REPO}) is not in the local Hugging Face cache: pass config= "
+            "(CLI: --config) a diffusers folder of the same family (its tokenizer/ is used)"
+        ) from None
+    if openclip:  # OpenCLIP pads with "!" (id 0), CLIP-L with <|endoftext|>
+        tok.pad_token = "!"
+    return tok
+
+
+def load_single_file_components(
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    config: str | Path | None = None,
+    scheduler: str | None = None,
+    prediction_type: str | None = None,
+) -> Any:
+    """Open a single-file SD 1.x / 2.x / SDXL checkpoint as ``SDComponents`` (see
+    :mod:`unetviz.pipelines.sd`): detect the family, convert every part in memory.
+
+    ``config``: a diffusers folder whose ``unet/``, ``vae/``, ``text_encoder*/`` configs,
+    tokenizers and scheduler describe the file (for fine-tunes with another layout, or when the
+    tokenizer is not cached); parts missing from the file are loaded from that folder.
+    ``prediction_type`` overrides the scheduler's (SD 2.x files default to ``v_prediction``).
+    """
+    from unetviz.pipelines.sd import SDComponents, make_scheduler
+
+    path = Path(path)
+    config_dir = Path(config) if config is not None else None
+    if config_dir is not None and not (config_dir / "model_index.json").is_file():
+        raise SingleFileError(
+            f"config={str(config_dir)!r} is not a diffusers model folder (no model_index.json)"
+        )
+    with SingleFile(path) as sf:
+        family = detect_family(sf.keys, sf.shapes)
+        keys = set(sf.keys)
+
+        def cfg_json(sub: str, name: str = "config.json") -> dict[str, Any] | None:
+            if config_dir is None or not (config_dir / sub / name).is_file():
+                return None
+            return json.loads((config_dir / sub / name).read_text())
+
+        unet_cfg_dict = cfg_json("unet")
+        unet_cfg = (
+            UNetConfig.from_dict(unet_cfg_dict)
+            if unet_cfg_dict
+            else UNetConfig.preset(_UNET_PRESET[family])
+        )
+        unet = load_unet_from_single_file(sf, unet_cfg, dtype)
+
+        vae_cfg = cfg_json("vae") or {**VAE_CONFIG, **VAE_FAMILY[family]}
+        if any(k.startswith(VAE_PREFIX) for k in keys):
+            vae = load_vae_from_single_file(sf, vae_cfg, dtype)
+        else:
+            vae = _from_folder(config_dir, "vae", path, dtype)
+
+        encoders, tokenizers = [], []
+        specs = {
+            "sd1": [("text_encoder", "tokenizer", CLIP_PREFIXES["sd1"][0], False, False)],
+            "sd2": [("text_encoder", "tokenizer", CLIP_PREFIXES["sd2"][0], True, False)],
+            "sdxl": [
+                ("text_encoder", "tokenizer", CLIP_PREFIXES["sdxl"][0], False, False),
+                ("text_encoder_2", "tokenizer_2", CLIP_PREFIXES["sdxl"][1], True, True),
+            ],
+        }[family]
+        for enc_sub, tok_sub, prefix, openclip, proj in specs:
+            if any(k.startswith(prefix) for k in keys):
+                te_cfg = None
+                te_json = cfg_json(enc_sub)
+                if te_json is not None:
+                    from transformers import CLIPTextConfig
+
+                    te_cfg = CLIPTextConfig.from_dict(te_json)
+                encoders.append(
+                    load_text_encoder_from_single_file(sf, prefix, openclip, te_cfg, proj, dtype)
+                )
+            else:
+                encoders.append(_from_folder(config_dir, enc_sub, path, dtype, proj))
+            tokenizers.append(_tokenizer(config_dir, tok_sub, openclip))
+    sched_cfg = cfg_json("scheduler", "scheduler_config.json") or {
+        **SCHEDULER_CONFIG,
+        **SCHEDULER_FAMILY[family],
+    }
+    if prediction_type is not None:
+        sched_cfg = {**sched_cfg, "prediction_type": prediction_type}
+    elif "v_pred" in keys:
+        sched_cfg = {**sched_cfg, "prediction_type": "v_prediction"}
+    index = cfg_json("", "model_index.json") or {}
+    return SDComponents(
+        unet=unet,
+        vae=vae,
+        scheduler=make_scheduler(sched_cfg, scheduler),
+        tokenizers=tokenizers,
+        text_encoders=encoders,
+        family=family,
+        name=path.stem,
+        force_zeros_for_empty_prompt=bool(
+            index.get("force_zeros_for_empty_prompt", family == "sdxl")
+        ),
+        extra={"single_file": str(path)},
+    )
+
+
+def _from_folder(
+    config_dir: Path | None, sub: str, path: Path, dtype: torch.dtype | None, proj: bool = False
+) -> torch.nn.Module:
+    part = "VAE (first_stage_model.*)" if sub == "vae" else f"text encoder ({sub})"
+    if config_dir is None or not (config_dir / sub).is_dir():
+        raise SingleFileError(
+            f"{path} has no {part} weights: pass config= (CLI: --config) a diffusers folder of "
+            f"the same family whose {sub}/ provides them"
+        )
+    if sub == "vae":
+        from diffusers import AutoencoderKL
+
+        model = AutoencoderKL.from_pretrained(config_dir / sub, use_safetensors=True)
+    else:
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        cls = CLIPTextModelWithProjection if proj else CLIPTextModel
+        model = cls.from_pretrained(config_dir / sub, use_safetensors=True)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval().requires_grad_(False)
