@@ -1,0 +1,94 @@
+"""The unetviz web app (Gradio): ``create_app(...)`` builds it, ``launch(...)`` serves it.
+
+Offline by construction: analytics and hub telemetry are switched off before gradio is
+imported, the server binds 127.0.0.1 unless told otherwise, and share links are never made.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+# must happen before gradio is imported anywhere
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from .registry import ModelAccessError, ModelRegistry  # noqa: E402
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ModelAccessError",
+    "ModelRegistry",
+    "create_app",
+    "launch",
+    "launch_kwargs",
+]
+
+
+def create_app(
+    model_roots: Iterable[str | os.PathLike] | None = None,
+    demo_folder: str | os.PathLike | None = None,
+    preload: bool = True,
+) -> tuple[Any, ModelRegistry]:
+    """Build the Blocks and their registry; ``preload`` loads the demo model in the
+    background so the first Run does not wait for it."""
+    from .ui import build_blocks
+
+    registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder)
+    blocks = build_blocks(registry)
+    if preload:
+        registry.preload()
+    return blocks, registry
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """What gradio 6 takes at ``launch()`` (theme, css) plus the offline-safe settings."""
+    import gradio as gr
+
+    from .ui import CSS
+
+    theme = gr.themes.Soft(
+        primary_hue="orange",
+        font=[gr.themes.Font("DejaVu Sans"), gr.themes.Font("sans-serif")],
+        font_mono=[gr.themes.Font("DejaVu Sans Mono"), gr.themes.Font("monospace")],
+    )
+    return {
+        "theme": theme,
+        "css": CSS,
+        "share": False,
+        "ssr_mode": False,
+        "mcp_server": False,
+        "show_error": True,
+        "footer_links": [],
+        "pwa": False,
+    }
+
+
+def launch(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    model_roots: Iterable[str | os.PathLike] | None = None,
+    demo_folder: str | os.PathLike | None = None,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> tuple[Any, ModelRegistry, str]:
+    """Build and serve the app on ``host:port``; returns (blocks, registry, local url)."""
+    blocks, registry = create_app(model_roots=model_roots, demo_folder=demo_folder)
+    blocks.queue(default_concurrency_limit=1)
+    _, url, _ = blocks.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        **launch_kwargs(),
+    )
+    return blocks, registry, url
+

@@ -1,0 +1,283 @@
+"""Which models the app may touch, and the one lock every model-touching call holds.
+
+- Architecture views build a UNet on the ``meta`` device (no weights, no memory) from the demo
+  model's config, a preset (``sd15`` / ``sd21`` / ``sdxl``) or a local folder's ``config.json``,
+  run one meta forward under ``unetviz.capture`` and keep the resulting Trace (shapes only).
+- Generations load a pipeline (``unetviz.load_pipeline``) once and keep it; calls are
+  serialised by :attr:`ModelRegistry.lock` so two sessions never interleave their captures.
+- A folder typed in the UI must resolve (symlinks followed) inside one of the allowed model
+  roots: nothing else on disk is ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRESETS = ("sd15", "sd21", "sdxl")
+DEMO = "demo"
+ROOTS_ENV = "UNETVIZ_MODEL_ROOTS"
+#: latent side per pixel side for latent-diffusion models (SD's VAE downsamples 8x)
+VAE_FACTOR = 8
+
+
+class ModelAccessError(ValueError):
+    """A model name or folder the app will not open (unknown, outside the roots, not a model)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model choice: what to build and how pixels map to the UNet's sample."""
+
+    key: str  # "demo", "sd15", ... or the resolved folder path
+    label: str
+    config: dict[str, Any]
+    factor: int  # pixels per latent cell (1: pixel-space demo, 8: SD)
+    tokens: int  # text tokens fed to cross-attention
+    folder: Path | None = None  # a local folder (or the demo folder) that can be run
+
+    @property
+    def default_size(self) -> int:
+        """The model's native image side in pixels."""
+        return int(self.config.get("sample_size", 64)) * self.factor
+
+
+def default_roots() -> list[Path]:
+    """Model roots when none are configured: ``$UNETVIZ_MODEL_ROOTS`` (os.pathsep-separated),
+    else ``<repo>/assets`` and ``./models``."""
+    env = os.environ.get(ROOTS_ENV, "").strip()
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p.strip()]
+    return [REPO_ROOT / "assets", Path.cwd() / "models"]
+
+
+class ModelRegistry:
+    """Resolves model choices, caches architecture traces and pipelines, owns the model lock."""
+
+    def __init__(
+        self,
+        roots: Iterable[str | os.PathLike] | None = None,
+        demo_folder: str | os.PathLike | None = None,
+        max_pipelines: int = 2,
+    ) -> None:
+        self.roots = [Path(r).expanduser().resolve() for r in (roots or default_roots())]
+        self.demo_folder = Path(demo_folder) if demo_folder else None
+        self.lock = threading.RLock()  # held around every pipeline load and call
+        self._arch_lock = threading.Lock()
+        self._arch: OrderedDict[tuple, Any] = OrderedDict()
+        self._pipes: OrderedDict[str, Any] = OrderedDict()
+        self.max_pipelines = max_pipelines
+        self.pipeline_calls = 0  # how many generations ran (tests count re-aggregations)
+
+    # ------------------------------------------------------------------ paths
+    def resolve_folder(self, text: str) -> Path:
+        """A typed folder -> its resolved path, if it lies inside an allowed root.
+
+        Relative paths are taken relative to each root in turn. Raises ModelAccessError naming
+        the path and the roots otherwise."""
+        raw = (text or "").strip()
+        if not raw:
+            raise ModelAccessError("empty model folder: type a folder inside the model roots")
+        if "\x00" in raw:
+            raise ModelAccessError("model folder path contains a NUL byte")
+        p = Path(raw).expanduser()
+        candidates = [p] if p.is_absolute() else [root / p for root in self.roots]
+        for cand in candidates:
+            real = cand.resolve()
+            if any(real == root or real.is_relative_to(root) for root in self.roots):
+                if not real.is_dir():
+                    continue
+                return real
+        for cand in candidates:
+            real = cand.resolve()
+            if not any(real == root or real.is_relative_to(root) for root in self.roots):
+                raise ModelAccessError(
+                    f"model folder {raw!r} is outside the allowed model roots "
+                    f"{[str(r) for r in self.roots]}; start the app with --model-root "
+                    f"(or set {ROOTS_ENV}) to allow another folder"
+                )
+        raise ModelAccessError(
+            f"model folder {raw!r} does not exist inside the model roots "
+            f"{[str(r) for r in self.roots]}"
+        )
+
+    # ------------------------------------------------------------------ specs
+    def _demo_dir(self) -> Path:
+        if self.demo_folder is not None:
+            return self.demo_folder
+        from unetviz.pipelines.demo import DEMO_DIR
+
+        return DEMO_DIR
+
+    def spec(self, choice: str, folder: str = "") -> ModelSpec:
+        """``choice``: "demo", a preset name, or "folder" (then ``folder`` is the typed path)."""
+        from unetviz.config import UNetConfig
+
+        choice = (choice or "").strip()
+        if choice == DEMO:
+            cfg_path = self._demo_dir() / "unet" / "config.json"
+            if cfg_path.is_file():
+                config = _read_json(cfg_path)
+            else:
+                from unetviz.pipelines.demo import demo_unet_config
+
+                config = demo_unet_config()
+            config = UNetConfig.from_dict(config).to_dict()
+            return ModelSpec(DEMO, "demo model", config, 1, 16, self._demo_dir())
+        if choice in PRESETS:
+            config = UNetConfig.preset(choice).to_dict()
+            return ModelSpec(choice, f"{choice} preset (meta)", config, VAE_FACTOR, 77)
+        if choice == "folder":
+            path = self.resolve_folder(folder)
+            for cfg_path in (path / "unet" / "config.json", path / "config.json"):
+                if cfg_path.is_file():
+                    break
+            else:
+                raise ModelAccessError(
+                    f"{path} holds no UNet config: expected unet/config.json or config.json"
+                )
+            try:
+                config = UNetConfig.from_json(cfg_path).to_dict()
+            except Exception as exc:  # ConfigError and malformed JSON alike
+                raise ModelAccessError(f"{cfg_path}: not a UNet config ({exc})") from None
+            demo_like = (path / "tokenizer" / "vocab.json").is_file() and not (
+                path / "vae"
+            ).is_dir()
+            factor = 1 if demo_like else VAE_FACTOR
+            tokens = 16 if demo_like else 77
+            return ModelSpec(str(path), path.name, config, factor, tokens, path)
+        raise ModelAccessError(
+            f"unknown model {choice!r}: expected 'demo', one of {list(PRESETS)} or 'folder'"
+        )
+
+    # ------------------------------------------------------------------ architecture
+    def architecture(self, spec: ModelSpec, height: int, width: int, batch: int) -> Any:
+        """A shapes-only Trace (detail="modules") of one meta forward, cached."""
+        key = (spec.key, json.dumps(spec.config, sort_keys=True), height, width, batch)
+        with self._arch_lock:
+            if key in self._arch:
+                self._arch.move_to_end(key)
+                return self._arch[key]
+        trace = architecture_trace(spec, height, width, batch)
+        with self._arch_lock:
+            self._arch[key] = trace
+            while len(self._arch) > 16:
+                self._arch.popitem(last=False)
+        return trace
+
+    # ------------------------------------------------------------------ pipelines
+    def pipeline(self, choice: str) -> Any:
+        """The pipeline for "demo" or a folder inside the roots (loaded once, under the lock)."""
+        from unetviz.pipelines import load_pipeline
+
+        choice = (choice or "").strip() or DEMO
+        if choice == DEMO:
+            key = DEMO
+        else:
+            key = str(self.resolve_folder(choice))
+        with self.lock:
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key]
+            if key == DEMO:
+                pipe = load_pipeline(self.demo_folder) if self.demo_folder else load_pipeline(DEMO)
+            else:
+                pipe = load_pipeline(key)
+            self._pipes[key] = pipe
+            while len(self._pipes) > self.max_pipelines:
+                self._pipes.popitem(last=False)
+            return pipe
+
+    def generate(self, choice: str, **kwargs: Any) -> Any:
+        """Run a pipeline under the model lock; returns its Run."""
+        with self.lock:
+            pipe = self.pipeline(choice)
+            self.pipeline_calls += 1
+            return pipe(**kwargs)
+
+    def preload(self) -> threading.Thread:
+        """Load the demo pipeline in a background thread (start-up stays fast)."""
+
+        def work() -> None:
+            try:
+                self.pipeline(DEMO)
+            except Exception:  # shown to the user on first Run instead
+                pass
+
+        t = threading.Thread(target=work, name="unetviz-preload", daemon=True)
+        t.start()
+        return t
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelAccessError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelAccessError(f"{path} is not a JSON object")
+    return data
+
+
+def size_multiple(spec: ModelSpec) -> int:
+    """Image sides must be multiples of this (latent factor x 2**downsamplers)."""
+    n_down = max(len(spec.config.get("down_block_types", ())) - 1, 0)
+    return spec.factor * 2**n_down
+
+
+def architecture_trace(spec: ModelSpec, height: int, width: int, batch: int) -> Any:
+    """Build ``spec``'s UNet on meta and capture one forward at ``height`` x ``width`` pixels
+    with UNet batch ``batch``: every module's shapes, params and MACs, no weights."""
+    import torch
+
+    import unetviz
+
+    height, width, batch = int(height), int(width), int(batch)
+    step = size_multiple(spec)
+    for name, v in (("height", height), ("width", width)):
+        if v <= 0 or v % step:
+            raise ValueError(
+                f"{name}={v}: must be a positive multiple of {step} for {spec.label} "
+                f"(latent factor {spec.factor} x {step // spec.factor} for its downsamplers)"
+            )
+    if not 1 <= batch <= 64:
+        raise ValueError(f"batch={batch}: expected 1..64")
+    cfg = spec.config
+    unet = unetviz.build_unet(dict(cfg), device="meta")
+    c_in = int(cfg.get("in_channels", 4))
+    cross = cfg.get("cross_attention_dim", 768)
+    cross = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
+    with torch.device("meta"):
+        sample = torch.empty(batch, c_in, height // spec.factor, width // spec.factor)
+        ehs = torch.empty(batch, spec.tokens, cross)
+        added = None
+        if cfg.get("addition_embed_type") == "text_time":
+            t_dim = int(cfg.get("addition_time_embed_dim") or 256)
+            proj = int(cfg.get("projection_class_embeddings_input_dim") or 2816)
+            added = {
+                "text_embeds": torch.empty(batch, proj - 6 * t_dim),
+                "time_ids": torch.empty(batch, 6),
+            }
+        t = torch.empty(batch)
+    meta = {
+        "model": spec.key,
+        "height": height,
+        "width": width,
+        "batch": batch,
+        "config": dict(cfg),
+    }
+    with torch.no_grad(), unetviz.capture(unet, detail="modules", attention=False, meta=meta) as tr:
+        unet(sample, t, ehs, added_cond_kwargs=added)
+    return tr
+
+
+def describe_roots(roots: Sequence[Path]) -> str:
+    """The roots as one short line for the UI."""
+    return ", ".join(f"`{r}`" for r in roots) or "(none)"
