@@ -1,0 +1,513 @@
+"""plotly figures and browser-free PNG heatmaps from a Trace.
+
+Every function is a pure function of a Trace (plus an optional image): no model, no hooks.
+They are built to be re-run on every slider move of the app, so they keep figures small:
+mosaics are one ``go.Heatmap`` rather than hundreds of subplots, and overlays place the image
+once as a PNG and the heatmap at its native size on top.
+
+- :func:`token_grid` — one heatmap per prompt token, optionally over the generated image.
+- :func:`layer_token_grid` — cross-attention layers (rows) x tokens (columns), native maps.
+- :func:`temb_heatmap`, :func:`temb_lines` — temb ratio per resnet / block across timesteps.
+- :func:`attention_stats` — spatial entropy (or attention mass) per layer and token.
+- :func:`heatmap_image`, :func:`heatmap_png` — a colour-mapped heatmap (over an image) as a
+  PIL image / PNG bytes, with no browser (PIL + a plotly colorscale lookup table).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .graph import field_of
+
+FONT = "DejaVu Sans, Arial, sans-serif"
+
+
+# ---------------------------------------------------------------------------- helpers
+def _np(x: Any) -> np.ndarray:
+    """A float32 numpy array from a tensor / array / list (detached, on CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().to("cpu").float().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _image_array(image: Any) -> np.ndarray:
+    """(H, W, 3) uint8 from a PIL image, an (H, W[, C]) array (uint8 or float in [0, 1]) or
+    a (C, H, W) tensor."""
+    if hasattr(image, "convert"):  # PIL
+        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "detach"):
+        image = image.detach().to("cpu").float().numpy()
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image of shape {a.shape}: expected (H, W), (H, W, 3) or (3, H, W)")
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
+    return a
+
+
+def _image_uri(rgb: np.ndarray, max_side: int = 256) -> tuple[str, int, int]:
+    """(JPEG data URI of the image shrunk to ``max_side``, its height, width): small enough
+    to resend on every slider move."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    scale = max_side / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return uri, img.height, img.width
+
+
+def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D array (for mosaics of maps of different sizes)."""
+    rows = (np.arange(h) * a.shape[0] // h).clip(0, a.shape[0] - 1)
+    cols = (np.arange(w) * a.shape[1] // w).clip(0, a.shape[1] - 1)
+    return a[rows][:, cols]
+
+
+def token_labels(trace: Any) -> list[str]:
+    """Display labels of the trace's tokens (``cat</w>`` -> ``cat``), ``#i`` if unknown."""
+    tokens = list(field_of(trace, "tokens", []) or [])
+    if not tokens:
+        n = _n_tokens(trace)
+        return [f"#{i}" for i in range(n)]
+    return [t.replace("</w>", "") for t in tokens]
+
+
+def _n_tokens(trace: Any) -> int:
+    for rec in (field_of(trace, "attention", {}) or {}).values():
+        t = field_of(rec, "tokens")
+        if t:
+            return int(t)
+    return len(field_of(trace, "tokens", []) or [])
+
+
+def default_tokens(trace: Any, limit: int = 12) -> list[int]:
+    """The prompt's word tokens (no ``<bos>``/``<eos>``/padding), at most ``limit``."""
+    words = list(field_of(trace, "words", []) or [])
+    idx = [i for i, w in enumerate(words) if w is not None]
+    if not idx:
+        n = _n_tokens(trace)
+        idx = list(range(1, n - 1)) if n > 2 else list(range(n))
+    return idx[:limit]
+
+
+def _tokens(trace: Any, tokens: Any) -> list[int]:
+    if tokens is None:
+        return default_tokens(trace)
+    out = []
+    for t in [tokens] if isinstance(tokens, (int, str)) else list(tokens):
+        out.extend(trace.token_indices(t) if isinstance(t, str) else [int(t)])
+    return out
+
+
+def _captured_layers(trace: Any, layers: Any = None) -> list[str]:
+    attn = field_of(trace, "attention", {}) or {}
+    names = [n for n, r in attn.items() if getattr(r, "captured", True)]
+    if layers is not None:
+        wanted = [layers] if isinstance(layers, str) else list(layers)
+        names = [n for n in names if any(n == w or n.startswith(w + ".") for w in wanted)]
+    if not names:
+        raise ValueError(
+            "this trace holds no cross-attention maps"
+            + (f" for layers {layers!r}" if layers is not None else "")
+            + ": capture with attention=True"
+        )
+    return names
+
+
+def short_layer(name: str) -> str:
+    """``up_blocks.1.attentions.2.transformer_blocks.0.attn2`` -> ``up1.a2.t0``."""
+    p = name.split(".")
+    out = []
+    i = 0
+    while i < len(p):
+        if p[i] in ("down_blocks", "up_blocks") and i + 1 < len(p):
+            out.append(p[i][:-7] + p[i + 1])
+            i += 2
+        elif p[i] == "mid_block":
+            out.append("mid")
+            i += 1
+        elif p[i] in ("attentions", "transformer_blocks") and i + 1 < len(p):
+            out.append(p[i][0] + p[i + 1])
+            i += 2
+        else:
+            i += 1
+    return ".".join(out) if out else name
+
+
+def _layout(fig: go.Figure, title: str | None, height: int | None = None) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        font={"family": FONT, "size": 12},
+        margin={"l": 10, "r": 10, "t": 50 if title else 20, "b": 10},
+        template="plotly_white",
+    )
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+# ---------------------------------------------------------------------------- attention
+def token_grid(
+    trace: Any,
+    tokens: Any = None,
+    image: Any = None,
+    cols: int = 4,
+    opacity: float = 0.55,
+    colorscale: str = "Viridis",
+    size: int | tuple[int, int] | None = None,
+    title: str | None = "cross-attention per token",
+    image_max_side: int = 256,
+    **heatmap_kwargs: Any,
+) -> go.Figure:
+    """One heatmap per token (``trace.heatmap``), in a grid of ``cols`` columns.
+
+    ``tokens``: indices / words (default: the prompt's word tokens). ``image``: a PIL image or
+    array; each heatmap is then drawn over it with ``opacity`` (the image is sent as a JPEG of
+    at most ``image_max_side`` px). ``size``: heatmap resolution
+    (default: the trace's default, e.g. 64x64; the image is never upsampled into the data).
+    Other keyword arguments (``layers``, ``resolutions``, ``steps``, ``heads``, ``preset``,
+    ``normalize``, ``upsample``) go to ``trace.heatmap``.
+    """
+    from plotly.subplots import make_subplots
+
+    idx = _tokens(trace, tokens)
+    if not idx:
+        raise ValueError("no tokens to show")
+    labels = token_labels(trace)
+    maps = [_np(trace.heatmap(i, size=size, **heatmap_kwargs)) for i in idx]
+    cols = max(1, min(cols, len(idx)))
+    rows = math.ceil(len(idx) / cols)
+    names = [f"{labels[i] if i < len(labels) else i} (#{i})" for i in idx]
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=names,
+        horizontal_spacing=0.02,
+        vertical_spacing=0.06 if rows > 1 else 0.0,
+    )
+    uri = None
+    if image is not None:
+        uri, ih, iw = _image_uri(_image_array(image), image_max_side)
+    for k, m in enumerate(maps):
+        r, c = k // cols + 1, k % cols + 1
+        h, w = m.shape
+        if uri is not None:
+            fig.add_trace(go.Image(source=uri, hoverinfo="skip"), row=r, col=c)
+            dy, dx = ih / h, iw / w
+            heat = go.Heatmap(z=m, x0=dx / 2 - 0.5, dx=dx, y0=dy / 2 - 0.5, dy=dy, opacity=opacity)
+        else:
+            heat = go.Heatmap(z=m)
+        heat.update(
+            colorscale=colorscale,
+            zmin=0.0 if heatmap_kwargs.get("normalize", "minmax") == "minmax" else None,
+            zmax=1.0 if heatmap_kwargs.get("normalize", "minmax") == "minmax" else None,
+            showscale=k == 0,
+            colorbar={"thickness": 10, "len": 0.8},
+            name=names[k],
+            hovertemplate=names[k] + "<br>x=%{x:.0f} y=%{y:.0f}<br>%{z:.3f}<extra></extra>",
+        )
+        fig.add_trace(heat, row=r, col=c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    for k in range(1, len(maps)):  # every subplot keeps its own square aspect
+        fig.layout[f"yaxis{k + 1}"].scaleanchor = f"x{k + 1}"
+    return _layout(fig, title, height=80 + 230 * rows)
+
+
+def layer_token_grid(
+    trace: Any,
+    tokens: Any = None,
+    layers: Any = None,
+    steps: Any = None,
+    cell: int = 24,
+    colorscale: str = "Viridis",
+    title: str | None = "cross-attention: layers x tokens",
+) -> go.Figure:
+    """A mosaic: one row per cross-attention layer, one column per token, each cell that
+    layer's map at native resolution (nearest-upsampled to ``cell`` px, min-max normalised
+    per cell). One ``go.Heatmap``, so it stays fast for 70 SDXL layers."""
+    idx = _tokens(trace, tokens)
+    names = _captured_layers(trace, layers)
+    labels = token_labels(trace)
+    gap = max(1, cell // 8)
+    z = np.full(
+        (len(names) * (cell + gap) - gap, len(idx) * (cell + gap) - gap), np.nan, np.float32
+    )
+    for c, t in enumerate(idx):
+        maps = trace.layer_maps(t, layers=names, steps=steps)
+        for r, name in enumerate(names):
+            m = _minmax(_np(maps[name]))
+            y, x = r * (cell + gap), c * (cell + gap)
+            z[y : y + cell, x : x + cell] = _resize(m, cell, cell)
+    res = {n: field_of(trace.attention[n], "res") for n in names}
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            colorscale=colorscale,
+            zmin=0,
+            zmax=1,
+            hovertemplate="%{z:.3f}<extra></extra>",
+            colorbar={"thickness": 10},
+        )
+    )
+    fig.update_xaxes(
+        tickvals=[c * (cell + gap) + cell / 2 for c in range(len(idx))],
+        ticktext=[labels[i] if i < len(labels) else f"#{i}" for i in idx],
+        side="top",
+        showgrid=False,
+    )
+    fig.update_yaxes(
+        tickvals=[r * (cell + gap) + cell / 2 for r in range(len(names))],
+        ticktext=[
+            f"{short_layer(n)} {res[n][0]}x{res[n][1]}" if res[n] else short_layer(n) for n in names
+        ],
+        autorange="reversed",
+        scaleanchor="x",
+        showgrid=False,
+    )
+    height = min(4000, 120 + len(names) * (cell + gap) * 1.2)
+    return _layout(fig, title, height=int(height))
+
+
+def _entropy(m: np.ndarray) -> float:
+    p = np.clip(m.astype(np.float64).ravel(), 0, None)
+    s = p.sum()
+    if s <= 0 or p.size < 2:
+        return float("nan")
+    p = p / s
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / math.log(p.size))
+
+
+def attention_stats(
+    trace: Any,
+    stat: str = "entropy",
+    tokens: Any = None,
+    layers: Any = None,
+    steps: Any = None,
+    colorscale: str = "Viridis",
+    title: str | None = None,
+) -> go.Figure:
+    """Layers (rows) x tokens (columns) heatmap of a per-map statistic:
+
+    - ``"entropy"``: normalised spatial entropy of the token's map, in [0, 1] (1 = attention
+      spread evenly over the image, low = concentrated on a region);
+    - ``"mass"``: mean attention probability the token receives over all query positions
+      (the softmax share; ``<bos>`` typically takes most of it).
+    """
+    if stat not in ("entropy", "mass"):
+        raise ValueError(f"unknown stat {stat!r}: expected 'entropy' or 'mass'")
+    idx = _tokens(trace, tokens)
+    names = _captured_layers(trace, layers)
+    labels = token_labels(trace)
+    z = np.zeros((len(names), len(idx)), np.float32)
+    for c, t in enumerate(idx):
+        maps = trace.layer_maps(t, layers=names, steps=steps)
+        for r, name in enumerate(names):
+            m = _np(maps[name])
+            z[r, c] = _entropy(m) if stat == "entropy" else float(m.mean())
+    xs = [f"{labels[i] if i < len(labels) else i} #{i}" for i in idx]
+    ys = [short_layer(n) for n in names]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=xs,
+            y=ys,
+            colorscale=colorscale,
+            zmin=0 if stat == "entropy" else None,
+            zmax=1 if stat == "entropy" else None,
+            customdata=np.array(names)[:, None].repeat(len(idx), 1),
+            hovertemplate="%{customdata}<br>token %{x}<br>" + stat + " %{z:.3f}<extra></extra>",
+            colorbar={"thickness": 10, "title": {"text": stat}},
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(side="top")
+    default = "spatial entropy per layer and token" if stat == "entropy" else "attention mass"
+    return _layout(fig, title or default, height=int(150 + 22 * len(names)))
+
+
+def attention_entropy(trace: Any, **kwargs: Any) -> go.Figure:
+    """:func:`attention_stats` with ``stat="entropy"``."""
+    return attention_stats(trace, stat="entropy", **kwargs)
+
+
+# ---------------------------------------------------------------------------- temb
+def temb_table(trace: Any, by: str = "layer") -> tuple[list[str], list[int], np.ndarray]:
+    """(row names, steps, ratio array rows x steps) of the trace's temb records. ``by``:
+    ``"layer"`` (one row per ResnetBlock2D, forward order) or ``"block"`` (mean per
+    down/mid/up block)."""
+    if by not in ("layer", "block"):
+        raise ValueError(f"unknown by={by!r}: expected 'layer' or 'block'")
+    records = list(field_of(trace, "temb", []) or [])
+    if not records:
+        raise ValueError("this trace has no temb records: capture with temb=True")
+    steps = sorted({int(field_of(r, "step")) for r in records})
+    col = {s: i for i, s in enumerate(steps)}
+
+    def key(name: str) -> str:
+        if by == "layer":
+            return name
+        p = name.split(".")
+        return ".".join(p[:2]) if p[0] in ("down_blocks", "up_blocks") else p[0]
+
+    rows: list[str] = []
+    for r in records:
+        k = key(field_of(r, "block"))
+        if k not in rows:
+            rows.append(k)
+    row = {k: i for i, k in enumerate(rows)}
+    total = np.zeros((len(rows), len(steps)), np.float64)
+    count = np.zeros_like(total)
+    for r in records:
+        i, j = row[key(field_of(r, "block"))], col[int(field_of(r, "step"))]
+        ratio = field_of(r, "ratio")
+        if ratio is not None and math.isfinite(ratio):
+            total[i, j] += ratio
+            count[i, j] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return rows, steps, z.astype(np.float32)
+
+
+def _step_labels(trace: Any, steps: list[int]) -> list[str]:
+    ts = list(field_of(trace, "timesteps", []) or [])
+    out = []
+    for s in steps:
+        t = ts[s] if s < len(ts) else None
+        out.append(f"{s}: t={t:g}" if isinstance(t, (int, float)) else str(s))
+    return out
+
+
+def temb_heatmap(
+    trace: Any,
+    by: str = "layer",
+    colorscale: str = "Viridis",
+    log: bool = False,
+    title: str | None = "temb ratio (RMS of time_emb_proj / RMS of conv1 output)",
+) -> go.Figure:
+    """Resnets (or blocks with ``by="block"``) x timesteps heatmap of the temb ratio: how big
+    the time embedding added in each ResnetBlock2D is next to the feature map it is added to.
+    ``log`` colours log10(ratio)."""
+    rows, steps, z = temb_table(trace, by=by)
+    shown = np.log10(np.clip(z, 1e-12, None)) if log else z
+    fig = go.Figure(
+        go.Heatmap(
+            z=shown,
+            x=_step_labels(trace, steps),
+            y=rows,
+            customdata=z,
+            colorscale=colorscale,
+            hovertemplate="%{y}<br>step %{x}<br>ratio %{customdata:.4g}<extra></extra>",
+            colorbar={"thickness": 10, "title": {"text": "log10 ratio" if log else "ratio"}},
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title="step: timestep")
+    return _layout(fig, title, height=int(160 + 18 * len(rows)))
+
+
+def temb_lines(
+    trace: Any,
+    by: str = "block",
+    x: str = "timestep",
+    log: bool = True,
+    title: str | None = "temb ratio across the sampling run",
+) -> go.Figure:
+    """One line per block (or resnet with ``by="layer"``) of the temb ratio against the
+    timestep (``x="timestep"``, noisy on the left as sampling runs) or the step index."""
+    if x not in ("timestep", "step"):
+        raise ValueError(f"unknown x={x!r}: expected 'timestep' or 'step'")
+    rows, steps, z = temb_table(trace, by=by)
+    ts = list(field_of(trace, "timesteps", []) or [])
+    if x == "timestep" and all(s < len(ts) and ts[s] is not None for s in steps):
+        xs = [ts[s] for s in steps]
+        xtitle = "timestep"
+    else:
+        xs, xtitle = steps, "step"
+    fig = go.Figure()
+    for i, name in enumerate(rows):
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=z[i],
+                mode="lines+markers" if len(xs) < 30 else "lines",
+                name=name,
+                hovertemplate=name + "<br>" + xtitle + " %{x}<br>ratio %{y:.4g}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title=xtitle, autorange="reversed" if xtitle == "timestep" else None)
+    fig.update_yaxes(title="temb ratio", type="log" if log else "linear")
+    return _layout(fig, title, height=420)
+
+
+# ---------------------------------------------------------------------------- static PNG
+@lru_cache(maxsize=16)
+def colormap_lut(colorscale: str = "Viridis") -> np.ndarray:
+    """A (256, 3) uint8 lookup table sampled from a plotly colorscale."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    colors = sample_colorscale(colorscale, [i / 255 for i in range(256)], colortype="rgb")
+    return np.array([[round(v) for v in unlabel_rgb(c)] for c in colors], dtype=np.uint8)
+
+
+def heatmap_image(
+    heatmap: Any,
+    image: Any = None,
+    size: int | tuple[int, int] | None = None,
+    colorscale: str = "Viridis",
+    alpha: float = 0.6,
+    normalize: bool = True,
+) -> Any:
+    """A colour-mapped heatmap as a PIL RGB image, bilinearly resized to ``size`` ((H, W) or
+    side) or to the image's size, and blended over ``image`` with ``alpha``. No browser."""
+    from PIL import Image
+
+    a = _np(heatmap)
+    if a.ndim != 2:
+        raise ValueError(f"heatmap of shape {a.shape}: expected (H, W)")
+    a = _minmax(a) if normalize else np.clip(a, 0.0, 1.0)
+    base = _image_array(image) if image is not None else None
+    if size is None:
+        size = base.shape[:2] if base is not None else a.shape
+    elif isinstance(size, int):
+        size = (size, size)
+    h, w = int(size[0]), int(size[1])
+    if (h, w) != a.shape:
+        a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
+    rgb = colormap_lut(colorscale)[np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)]
+    if base is not None:
+        if base.shape[:2] != (h, w):
+            base = np.asarray(Image.fromarray(base).resize((w, h), Image.BICUBIC))
+        rgb = (alpha * rgb + (1 - alpha) * base).astype(np.uint8)
+    return Image.fromarray(rgb, mode="RGB")
+
+
+def heatmap_png(heatmap: Any, image: Any = None, **kwargs: Any) -> bytes:
+    """PNG bytes of :func:`heatmap_image`."""
+    buf = io.BytesIO()
+    heatmap_image(heatmap, image=image, **kwargs).save(buf, format="PNG")
+    return buf.getvalue()
