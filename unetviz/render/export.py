@@ -226,7 +226,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def export(
+def write_diagram(
     trace: Any,
     path: str | os.PathLike,
     detail: str = "blocks",
