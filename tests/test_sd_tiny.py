@@ -206,3 +206,16 @@ def tiny_sd_dir(kind: str = "sd1") -> Path:
     """The session's saved tiny pipeline folder of ``kind`` (built once, then reused; removed
     when the test process exits)."""
     return build_tiny_sd(_root() / kind, kind)
+
+
+def one_thread():
+    """Generator body of an autouse fixture: tiny models run fastest on one thread, and on a
+    shared, busy CPU torch's thread pool costs up to 10x (spinning workers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -100,7 +100,7 @@ def tokenize(tokenizer: Any, text: str, max_length: int | None = None) -> Tokens
         text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
     )
     ids = enc.input_ids
-    full = tokenizer(text, padding="longest", return_tensors="pt").input_ids[0]
+    full = tokenizer(text, padding="longest", return_tensors="pt", verbose=False).input_ids[0]
     n_content = max(int(full.shape[0]) - 2, 0)
     truncated = ""
     if full.shape[0] > max_length:

@@ -1,0 +1,251 @@
+"""Real Stable Diffusion pipelines (issue 7): parity with diffusers on tiny random SD 1.x and
+SDXL pipelines saved with save_pretrained, token maps, prompts, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from tests.test_sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
+from unetviz.pipelines.base import PipelineError, Run  # noqa: E402
+from unetviz.pipelines.sd import (  # noqa: E402
+    PromptTruncatedWarning,
+    SDPipeline,
+    load_sd_pipeline,
+    require_sd_extra,
+)
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+PROMPT = "a photo of a zebra cat"
+
+
+def _reference(kind: str, scheduler_cls: type):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionPipeline if kind == "sd1" else StableDiffusionXLPipeline
+    ref = cls.from_pretrained(tiny_sd_dir(kind))
+    ref.scheduler = scheduler_cls.from_config(ref.scheduler.config)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+def _mean_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+@pytest.mark.parametrize(
+    "kind,scheduler,negative",
+    [
+        ("sd1", "ddim", ""),
+        ("sd1", "euler", "blurry ugly"),
+        ("sd1", "dpm", "blurry"),
+        ("sdxl", "euler", ""),
+        ("sdxl", "dpm", "low quality"),
+    ],
+)
+def test_image_matches_diffusers(kind, scheduler, negative):
+    pipe = load_sd_pipeline(tiny_sd_dir(kind), scheduler=scheduler)
+    steps = []
+    run = pipe(
+        PROMPT,
+        negative_prompt=negative,
+        seed=7,
+        steps=3,
+        progress=lambda i, n: steps.append((i, n)),
+    )
+    ref = _reference(kind, type(pipe.scheduler))
+    image = ref(
+        PROMPT,
+        negative_prompt=negative or None,  # diffusers' default: SDXL zeroes an empty negative
+        generator=torch.Generator("cpu").manual_seed(7),
+        num_inference_steps=3,
+        guidance_scale=pipe.default_guidance,
+    ).images[0]
+    assert isinstance(run, Run)
+    assert run.image.size == image.size == (32, 32)
+    assert _mean_abs(run.image, image) <= 1 / 255
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+    trace = run.trace
+    assert trace.meta["cfg"] is True and trace.meta["family"] == kind
+    assert trace.meta["scheduler"] == type(pipe.scheduler).__name__
+    assert len(trace.timesteps) == 3
+    assert len(trace.tokens) == len(trace.words) == 77
+    assert trace.attention and all(len(r.maps) == 3 for r in trace.attention.values())
+    for rec in trace.attention.values():
+        assert rec.maps[-1].shape[-1] == 77  # a map for every token position
+    eos = trace.tokens.index("<|endoftext|>")
+    for i in range(eos + 2):  # every prompt token, SOS, EOS and the first padding token
+        hm = trace.heatmap(i, size=32)
+        assert hm.shape == (32, 32) and torch.isfinite(hm).all()
+
+
+def test_tokens_labels_and_words():
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    run = pipe(PROMPT, seed=0, steps=1)
+    assert run.tokens[:6] == ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "z"]
+    eos = run.tokens.index("<|endoftext|>")
+    assert run.tokens[eos - 1] == "cat</w>"
+    assert run.words[:6] == [None, "a", "photo", "of", "a", "zebra"]
+    assert run.words[eos - 5 : eos] == ["zebra"] * 4 + ["cat"]  # z e b r a</w> merged
+    assert run.words[eos:] == [None] * (77 - eos)
+    assert run.trace.tokens == run.tokens and run.trace.words == run.words
+    zebra = run.trace.heatmap("zebra")
+    assert zebra.ndim == 2 and torch.isfinite(zebra).all()
+    assert run.trace.token_indices("zebra") == list(range(5, 10))
+
+
+def test_negative_prompt_maps_from_the_unconditional_half():
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    cond = pipe(PROMPT, negative_prompt="blurry house", seed=1, steps=2)
+    uncond = pipe(PROMPT, negative_prompt="blurry house", seed=1, steps=2, half="uncond")
+    assert np.array_equal(np.asarray(cond.image), np.asarray(uncond.image))
+    assert uncond.trace.tokens[:4] == [
+        "<|startoftext|>",
+        "blurry</w>",
+        "house</w>",
+        "<|endoftext|>",
+    ]
+    assert uncond.trace.meta["tokens_of"] == "negative_prompt"
+    assert uncond.extra["negative_words"][1:3] == ["blurry", "house"]
+    name = next(iter(cond.trace.attention))
+    a, b = cond.trace.attention[name].maps[0], uncond.trace.attention[name].maps[0]
+    assert not torch.equal(a, b)
+    assert uncond.trace.heatmap("house").shape == cond.trace.heatmap("cat").shape
+
+
+def test_long_prompt_is_truncated_with_a_warning():
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    prompt = " ".join(["red cat"] * 150)  # 300 tokens
+    with pytest.warns(PromptTruncatedWarning, match="300 tokens.*75.*truncated"):
+        run = pipe(prompt, seed=0, steps=1)
+    assert run.extra["truncated"].startswith("cat red cat")
+    assert run.trace.meta["truncated"] == run.extra["truncated"]
+    assert len(run.tokens) == 77 and run.tokens[-1] == "<|endoftext|>"
+
+
+def test_no_guidance_runs_without_cfg_batch():
+    pipe = load_sd_pipeline(tiny_sd_dir("sdxl"))
+    run = pipe("a red house", seed=0, steps=2, guidance=1.0)
+    assert run.trace.meta["cfg"] is False and run.trace.meta["batch"] == 1
+    assert run.image.size == (32, 32)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_dtypes(dtype):
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"), dtype=dtype)
+    assert pipe.dtype == getattr(torch, dtype)
+    assert pipe.text_encoders[0].dtype == pipe.vae.dtype == pipe.dtype
+    ref = load_sd_pipeline(tiny_sd_dir("sd1"))
+    a = pipe("a cat", seed=2, steps=1)
+    b = ref("a cat", seed=2, steps=1)
+    assert _mean_abs(a.image, b.image) < 8  # same picture, lower precision
+    assert a.trace.meta["dtype"] == dtype
+
+
+def test_load_pipeline_routes_sd_folders():
+    import unetviz
+
+    pipe = unetviz.load_pipeline(tiny_sd_dir("sd1"))
+    assert isinstance(pipe, SDPipeline)
+    assert pipe.family == "sd1" and pipe.name == "sd1"
+
+
+def test_trace_bundle_roundtrip(tmp_path):
+    from unetviz import Trace
+
+    run = load_sd_pipeline(tiny_sd_dir("sd1"))("a cat on a mat", seed=0, steps=2)
+    path = run.trace.save(tmp_path / "run.trace")
+    back = Trace.load(path)
+    assert back.tokens == run.trace.tokens and back.words == run.trace.words
+    assert back.meta["prompt"] == "a cat on a mat"
+    torch.testing.assert_close(back.heatmap("mat"), run.trace.heatmap("mat"))
+
+
+# ---------------------------------------------------------------------------- bad inputs
+def _copy(tmp_path, kind="sd1"):
+    dst = tmp_path / f"copy-{kind}"
+    shutil.copytree(tiny_sd_dir(kind), dst)
+    return dst
+
+
+def test_missing_subfolder(tmp_path):
+    folder = _copy(tmp_path)
+    shutil.rmtree(folder / "vae")
+    with pytest.raises(PipelineError, match=r"missing its vae/ subfolder"):
+        load_sd_pipeline(folder)
+
+
+def test_folder_of_another_model_type(tmp_path):
+    flux = tmp_path / "flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(PipelineError, match="FluxPipeline.*FLUX"):
+        load_sd_pipeline(flux)
+    # a transformers model folder (no model_index.json): say what it is
+    with pytest.raises(PipelineError, match="CLIPTextModel model"):
+        load_sd_pipeline(tiny_sd_dir("sd1") / "text_encoder")
+    with pytest.raises(PipelineError, match="single UNet2DConditionModel folder"):
+        load_sd_pipeline(tiny_sd_dir("sd1") / "unet")
+    other = _copy(tmp_path)
+    index = json.loads((other / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet2DModel"]
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(PipelineError, match="UNet2DModel"):
+        load_sd_pipeline(other)
+    with pytest.raises(PipelineError, match="not found"):
+        load_sd_pipeline(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("part", ["unet", "vae", "text_encoder"])
+def test_truncated_safetensors(tmp_path, part):
+    folder = _copy(tmp_path)
+    file = next((folder / part).glob("*.safetensors"))
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ValueError, match="truncated or corrupt") as info:
+        load_sd_pipeline(folder)
+    assert str(file) in str(info.value)
+
+
+def test_pickle_only_folder_and_ckpt(tmp_path):
+    ckpt = tmp_path / "v1-5-pruned.ckpt"
+    ckpt.write_bytes(b"not unpickled")
+    with pytest.raises(PipelineError, match="never unpickles"):
+        load_sd_pipeline(ckpt)
+
+
+def test_bad_call_arguments():
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    with pytest.raises(PipelineError, match="height=30"):
+        pipe("a cat", height=30, steps=1)
+    with pytest.raises(PipelineError, match="steps must be >= 1"):
+        pipe("a cat", steps=0)
+    with pytest.raises(PipelineError, match="unknown scheduler 'heun2'"):
+        load_sd_pipeline(tiny_sd_dir("sd1"), scheduler="heun2")
+    with pytest.raises(PipelineError, match="unknown dtype"):
+        load_sd_pipeline(tiny_sd_dir("sd1"), dtype="float8")
+
+
+def test_missing_sd_extra_names_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(PipelineError, match=r"unetviz\[sd\]"):
+        require_sd_extra()
+
+
+def test_no_warning_for_short_prompt():
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptTruncatedWarning)
+        pipe("a cat", seed=0, steps=1)
