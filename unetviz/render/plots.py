@@ -489,7 +489,6 @@ def heatmap_image(
     a = _np(heatmap)
     if a.ndim != 2:
         raise ValueError(f"heatmap of shape {a.shape}: expected (H, W)")
-    a = _minmax(a) if normalize else np.clip(a, 0.0, 1.0)
     base = _image_array(image) if image is not None else None
     if size is None:
         size = base.shape[:2] if base is not None else a.shape
@@ -498,6 +497,7 @@ def heatmap_image(
     h, w = int(size[0]), int(size[1])
     if (h, w) != a.shape:
         a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
+    a = _minmax(a) if normalize else np.clip(a, 0.0, 1.0)
     rgb = colormap_lut(colorscale)[np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)]
     if base is not None:
         if base.shape[:2] != (h, w):
