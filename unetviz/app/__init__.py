@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 # must happen before gradio is imported anywhere
@@ -91,4 +90,3 @@ def launch(
         **launch_kwargs(),
     )
     return blocks, registry, url
-

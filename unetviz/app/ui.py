@@ -447,8 +447,12 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                         negative = gr.Textbox("", label="Negative prompt", elem_id="negative")
                         with gr.Row():
                             seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
-                            steps = gr.Slider(
-                                1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps"
+                            steps = gr.Number(
+                                25,
+                                label="Steps",
+                                precision=0,
+                                info=f"denoising steps, 1..{MAX_STEPS}",
+                                elem_id="steps",
                             )
                             guidance = gr.Slider(
                                 1, 15, value=4.0, step=0.5, label="Guidance", elem_id="guidance"

