@@ -1,0 +1,56 @@
+"""The call shape every unetviz pipeline shares: ``pipe(prompt, ...) -> Run``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from unetviz.capture import Trace
+
+
+class PipelineError(ValueError):
+    """Bad pipeline input or a model folder that cannot be loaded; the message says which."""
+
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(step, total)``: called after each sampling step (1-based)."""
+
+
+@dataclass
+class Run:
+    """One generation: the image, the trace captured while sampling, and the token labels."""
+
+    image: Image.Image
+    trace: Trace
+    tokens: list[str]
+    words: list[str | None] = field(default_factory=list)
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 0
+    guidance: float = 1.0
+    latents: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(Protocol):
+    """What the app and the CLI call; ``height``/``width`` are pixels (None: the model's size)."""
+
+    name: str
+
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: int = 0,
+        steps: int = 25,
+        guidance: float = 4.0,
+        height: int | None = None,
+        width: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Run: ...
