@@ -85,12 +85,17 @@ def _model_config(model: Path) -> Path:
             return candidate
     if model.is_file() and model.suffix == ".json":
         return model
-    from .weights import WeightsError, find_unet_dir  # its wording for every other case
-
-    try:
-        return find_unet_dir(model) / "config.json"
-    except WeightsError as exc:
-        raise CliError(str(exc)) from None
+    if not model.exists():
+        raise CliError(f"model path not found: {model}")
+    if model.is_file():
+        raise CliError(
+            f"{model} is a file: --model expects a diffusers unet folder (with config.json) or "
+            "a model root with a unet/ subfolder; for a config file use --config"
+        )
+    raise CliError(
+        f"{model} has no config.json and no unet/config.json: expected a diffusers unet folder "
+        "or a model root with a unet/ subfolder"
+    )
 
 
 def check_size(cfg: Any, height: int | None, width: int | None, batch: int) -> tuple[int, int]:
@@ -360,6 +365,12 @@ def _register_subcommands(argv: list[str]) -> None:
     """Import the subcommand being run; show the others as stubs in ``--help``."""
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
+        # idempotent: main() may run more than once in a process (tests, notebooks)
+        app.registered_commands[:] = [
+            c
+            for c in app.registered_commands
+            if (c.name or getattr(c.callback, "__name__", None)) != name
+        ]
         if name == wanted:
             try:
                 mod = importlib.import_module(module)
