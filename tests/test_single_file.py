@@ -288,3 +288,49 @@ def test_truncated_single_file(ldm_file, tmp_path):
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(PipelineError, match="truncated or corrupt"):
         load_sd_pipeline(bad, config=tiny_sd_dir("sd1"))
+
+
+def test_release_sized_layouts_convert_on_meta():
+    """The shipped VAE config and an SDXL-sized OpenCLIP bigG tower round-trip through the
+    converters with every key and shape (meta tensors: no memory)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from unetviz.single_file import (
+        VAE_CONFIG,
+        _clip_config_from_shapes,
+        convert_openclip,
+        convert_vae_key,
+    )
+
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(VAE_CONFIG)
+    state = vae.state_dict()
+    ldm = vae_to_ldm(state, VAE_CONFIG)
+    back = {convert_vae_key(k.removeprefix("first_stage_model."), 4): v for k, v in ldm.items()}
+    assert sorted(back) == sorted(state)
+
+    big_g = CLIPTextConfig(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        projection_dim=1280,
+        hidden_act="gelu",
+    )
+    with torch.device("meta"):
+        te = CLIPTextModelWithProjection(big_g)
+    state = {k: v for k, v in te.state_dict().items() if not k.endswith("position_ids")}
+    state = {
+        ("text_model." + k if k.startswith(("embeddings", "encoder", "final")) else k): v
+        for k, v in state.items()
+    }
+    oc = clip_to_openclip(state, "")
+    back = convert_openclip(oc, 32)
+    assert sorted(back) == sorted(state)
+    assert all(back[k].shape == state[k].shape for k in state)
+    cfg = _clip_config_from_shapes(back, openclip=True)
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers) == (1280, 20, 32)
+    assert (cfg.intermediate_size, cfg.projection_dim, cfg.hidden_act) == (5120, 1280, "gelu")
+    # SD 2.x: the last resblock is dropped (the penultimate layer conditions the UNet)
+    assert len({k.split(".")[3] for k in convert_openclip(oc, 31) if ".layers." in k}) == 31
