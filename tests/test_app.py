@@ -129,7 +129,7 @@ def test_architecture_of_a_folder_inside_the_roots(served, client):
 
 def test_run_gives_image_tokens_and_one_heatmap_per_word(ran, served):
     image, tokens, token_pick, step_from, step_to, res, heads, gallery, status, temb_step = ran
-    assert _pixels(image).shape == (32, 32, 3)
+    assert _pixels(image).shape == (256, 256, 3)  # the 32 px image, shown 8x
     labels = [t["token"] for t in tokens]
     assert labels == ["<bos>", "a", "red", "circle", "<eos>"]
     assert token_pick["value"] == [1, 2, 3]

