@@ -249,3 +249,20 @@ def test_no_warning_for_short_prompt():
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptTruncatedWarning)
         pipe("a cat", seed=0, steps=1)
+
+
+def test_fp16_variant_files_and_pickle_only_parts(tmp_path):
+    folder = _copy(tmp_path)
+    for sub in ("unet", "vae", "text_encoder"):
+        for f in (folder / sub).glob("*.safetensors"):
+            f.rename(f.with_name(f.name.replace(".safetensors", ".fp16.safetensors")))
+    a = load_sd_pipeline(folder)("a cat", seed=0, steps=1)
+    b = load_sd_pipeline(tiny_sd_dir("sd1"))("a cat", seed=0, steps=1)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.trace.meta["model_path"] == str(folder)
+
+    pickled = _copy(tmp_path / "p")
+    vae_file = next((pickled / "vae").glob("*.safetensors"))
+    vae_file.rename(vae_file.with_suffix(".bin"))
+    with pytest.raises(PipelineError, match=r"only has pickle weights .*never unpickles"):
+        load_sd_pipeline(pickled)

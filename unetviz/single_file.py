@@ -566,7 +566,7 @@ def load_single_file_components(
         force_zeros_for_empty_prompt=bool(
             index.get("force_zeros_for_empty_prompt", family == "sdxl")
         ),
-        extra={"single_file": str(path)},
+        extra={"path": str(path), "single_file": True},
     )
 
 

@@ -390,6 +390,7 @@ class SDPipeline:
         trace.words = list(shown.words)
         trace.meta.update(
             model=self.name,
+            model_path=self.parts.extra.get("path"),
             family=self.family,
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -489,12 +490,15 @@ def make_scheduler(config: dict[str, Any], name: str | None = None) -> Any:
     return cls.from_config(config)
 
 
-def check_safetensors(folder: Path) -> None:
-    """Open the header of every ``.safetensors`` file in ``folder``; a truncated or corrupt
-    file raises PipelineError naming it (before diffusers/transformers see it)."""
+def check_safetensors(folder: Path) -> str | None:
+    """Check a component folder's weights before diffusers/transformers see them: every
+    ``.safetensors`` header must open (a truncated or corrupt file raises PipelineError naming
+    it); pickle-only folders are refused. Returns the variant to load (``"fp16"`` when only
+    ``*.fp16.safetensors`` files are there, else None)."""
     from safetensors import SafetensorError, safe_open
 
-    for file in sorted(folder.glob("*.safetensors")):
+    files = sorted(folder.glob("*.safetensors"))
+    for file in files:
         try:
             with safe_open(str(file), framework="pt") as f:
                 f.keys()
@@ -502,6 +506,21 @@ def check_safetensors(folder: Path) -> None:
             raise PipelineError(
                 f"{file} is not a readable safetensors file (truncated or corrupt?): {exc}"
             ) from None
+    if not files:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+            p.name for p in folder.glob("*.ckpt")
+        )
+        if pickles:
+            raise PipelineError(
+                f"{folder} only has pickle weights ({', '.join(pickles)}): unetviz never "
+                "unpickles files (they can run code). Convert them once, in a trusted "
+                "environment, with diffusers/transformers: Model.from_pretrained(dir)"
+                ".save_pretrained(dir, safe_serialization=True)"
+            )
+        raise PipelineError(f"{folder} has no .safetensors weights")
+    if all(".fp16." in f.name for f in files):
+        return "fp16"
+    return None
 
 
 @contextlib.contextmanager
@@ -613,9 +632,11 @@ def load_diffusers_components(
             f"{path} is a {cls_name} whose denoiser is a {unet_cls}: unetviz visualizes "
             f"{_SUPPORTED_UNET}s (Stable Diffusion 1.x/2.x/XL)"
         )
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        if name in needed:
-            check_safetensors(path / name)
+    variants = {
+        name: check_safetensors(path / name)
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+        if name in needed
+    }
 
     unet = load_unet(path / "unet", dtype=dtype)
     if int(unet.config.in_channels) != 4:
@@ -629,7 +650,7 @@ def load_diffusers_components(
             return loader()
         except PipelineError:
             raise
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise PipelineError(f"cannot load {path / sub}: {exc}") from None
 
     vae_cls = index["vae"][1]
@@ -638,7 +659,7 @@ def load_diffusers_components(
     vae = load(
         "vae",
         lambda: diffusers.AutoencoderKL.from_pretrained(
-            path / "vae", use_safetensors=True, torch_dtype=dtype
+            path / "vae", use_safetensors=True, torch_dtype=dtype, variant=variants["vae"]
         ),
     )
     tokenizers, encoders = [], []
@@ -656,7 +677,9 @@ def load_diffusers_components(
         enc_cls = getattr(transformers, enc_cls_name)
         encoder = load(
             enc_name,
-            lambda c=enc_cls, e=enc_name: c.from_pretrained(path / e, use_safetensors=True),
+            lambda c=enc_cls, e=enc_name: c.from_pretrained(
+                path / e, use_safetensors=True, variant=variants[e]
+            ),
         )
         encoders.append(encoder.to(dtype).eval().requires_grad_(False))
     sched_config = _read_json(path / "scheduler" / "scheduler_config.json")
@@ -670,6 +693,7 @@ def load_diffusers_components(
         family="sdxl" if xl else ("sd2" if sd2 else "sd1"),
         name=path.name,
         force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)),
+        extra={"path": str(path)},
     )
 
 
