@@ -334,3 +334,31 @@ def test_release_sized_layouts_convert_on_meta():
     assert (cfg.intermediate_size, cfg.projection_dim, cfg.hidden_act) == (5120, 1280, "gelu")
     # SD 2.x: the last resblock is dropped (the penultimate layer conditions the UNet)
     assert len({k.split(".")[3] for k in convert_openclip(oc, 31) if ".layers." in k}) == 31
+
+
+def test_sd2_layout_openclip_with_dropped_last_layer(tmp_path):
+    """An SD 2.x-style file: the text tower is OpenCLIP (``cond_stage_model.model.*``) with one
+    resblock more than diffusers keeps (SD 2.x conditions on the penultimate layer)."""
+    folder = tiny_sd_dir("sd1")
+    load, cfg = _parts(folder)
+    ldm = {**unet_to_ldm(load("unet"), cfg["unet"]), **vae_to_ldm(load("vae"), cfg["vae"])}
+    te = {
+        ("text_model." + k if not k.startswith("text_model.") else k): v
+        for k, v in load("text_encoder").items()
+    }
+    hidden = te["text_model.final_layer_norm.weight"].shape[0]
+    extra = {
+        k.replace(".layers.1.", ".layers.2."): v + 1 for k, v in te.items() if ".layers.1." in k
+    }
+    te = {**te, **extra, "text_projection.weight": torch.eye(hidden)}
+    ldm.update(clip_to_openclip(te, "cond_stage_model.model."))
+    path = tmp_path / "sd2-style.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(path))
+
+    parts = load_single_file_components(path, config=folder)
+    assert parts.family == "sd2"
+    _equal(parts.text_encoders[0].state_dict(), load("text_encoder"))  # layer 2 dropped
+    a = load_sd_pipeline(path, config=folder)("a red house", seed=1, steps=1)
+    b = load_sd_pipeline(folder)("a red house", seed=1, steps=1)
+    diff = np.abs(np.asarray(a.image, np.float64) - np.asarray(b.image, np.float64))
+    assert diff.mean() <= 1 / 255
