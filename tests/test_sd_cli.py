@@ -78,3 +78,23 @@ def test_attention_errors_leave_nothing(tmp_path, capsys):
     assert not out.exists()
     assert _run(["attention", "a cat", "-m", str(tmp_path / "missing"), "-o", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_attention_on_a_demo_model_folder(tmp_path, capsys):
+    """The same command drives the demo pipeline (random weights here: shapes only)."""
+    import torch
+
+    from unetviz.demo.train import build
+    from unetviz.pipelines.demo import DDIMSchedule, save_demo
+
+    torch.manual_seed(0)
+    unet, cfg, te, tok = build()
+    demo = tmp_path / "demo"
+    save_demo(demo, unet, cfg, te, tok, DDIMSchedule())
+    out = tmp_path / "out"
+    word = tok.words[0]
+    assert _run(["attention", word, "-m", str(demo), "-o", str(out), "--steps", "2"]) == 0
+    info = json.loads((out / "tokens.json").read_text())
+    assert [h["word"] for h in info["heatmaps"]] == [word]
+    assert _run(["attention", word, "-m", str(demo), "-o", str(out), "--dtype", "float16"]) == 2
+    assert "only for Stable Diffusion models" in capsys.readouterr().err

@@ -59,7 +59,9 @@ def _load(model: str, dtype: str | None, device: str | None, scheduler: str | No
         return load_sd_pipeline(path, **sd_options)
     given = [f"--{k}" for k, v in sd_options.items() if v is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} apply to Stable Diffusion models, not to {model!r}")
+        raise ValueError(
+            f"{', '.join(given)}: only for Stable Diffusion models, and {model!r} is a demo model"
+        )
     return load_pipeline(model)
 
 
