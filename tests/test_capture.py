@@ -387,6 +387,8 @@ def test_temb_records_match_manual_computation(ounet):
     assert rec.feature_rms == pytest.approx(f.pow(2).mean().sqrt().item(), rel=1e-5)
     assert rec.ratio == pytest.approx(rec.temb_rms / rec.feature_rms)
     torch.testing.assert_close(rec.vector, t[0])
+    mean = torch.stack([r.vector for r in trace.temb_for("down_blocks.0.resnets.0")]).mean(0)
+    torch.testing.assert_close(trace.temb_vectors["down_blocks.0.resnets.0"], mean)
     assert [s["step"] for s in trace.temb_sources] == [0, 1]
     assert all(s["time_rms"] > 0 for s in trace.temb_sources)
 

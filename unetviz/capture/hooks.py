@@ -325,6 +325,8 @@ class Capture:
         self.records: dict[str, BlockRecord] = {}
         self.pending_temb: list[tuple[str, int, float | None, torch.Tensor, Any, Any]] = []
         self.pending_sources: list[tuple[int, str, torch.Tensor]] = []
+        self.temb_sum: dict[str, torch.Tensor] = {}
+        self.temb_count: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Trace:
@@ -573,6 +575,11 @@ class Capture:
                 self.pending_temb, values.tolist(), strict=True
             ):
                 ratio = trms / frms if frms > 0 else None
+                acc = self.temb_sum.get(block)
+                self.temb_sum[block] = vector.clone() if acc is None else acc.add_(vector)
+                self.temb_count[block] = self.temb_count.get(block, 0) + 1
+                if self.mode == "stream":  # memory independent of the step count
+                    vector = None
                 self.trace.temb.append(TembRecord(block, step, ts, trms, frms, ratio, vector))
             self.pending_temb.clear()
         if self.pending_sources:
@@ -916,6 +923,7 @@ class Capture:
             rec = self.records.get(s.target)
             if rec is not None:
                 rec.inputs["skip"] = list(s.shape)
+        self.trace.temb_vectors = {b: v / self.temb_count[b] for b, v in self.temb_sum.items()}
         self.trace.meta.setdefault("steps", len(self.trace.timesteps))
         self.trace._cache.clear()
 

@@ -60,7 +60,7 @@ class SkipRecord:
     shape: list[int]
 
 
-@dataclass
+@dataclass(slots=True)
 class TembRecord:
     """The time-embedding contribution of one ResnetBlock2D in one forward (step)."""
 
@@ -152,6 +152,7 @@ class Trace:
         self.timesteps: list[float | None] = []
         self.temb: list[TembRecord] = []
         self.temb_sources: list[dict[str, Any]] = []
+        self.temb_vectors: dict[str, torch.Tensor] = {}
         self.attention: dict[str, AttentionRecord] = {}
         self.self_attention: dict[str, SelfAttentionRecord] = {}
         self.tokens: list[str] = []
@@ -252,12 +253,16 @@ class Trace:
         tensors: dict[str, torch.Tensor] = {}
         temb = []
         for i, rec in enumerate(self.temb):
-            d = dataclasses.asdict(rec) | {"vector": None}
+            d = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+            d["vector"] = None
             if rec.vector is not None:
                 key = f"temb/{i}"
                 tensors[key] = rec.vector
                 d["vector"] = key
             temb.append(d)
+
+        for block, vec in self.temb_vectors.items():
+            tensors[f"temb_vectors/{block}"] = vec
 
         def attn_state(rec: AttentionRecord | SelfAttentionRecord, kind: str) -> dict[str, Any]:
             d = {
@@ -295,6 +300,7 @@ class Trace:
             "skips": [dataclasses.asdict(s) for s in self.skips],
             "temb": temb,
             "temb_sources": _jsonable(self.temb_sources),
+            "temb_vectors": list(self.temb_vectors),
             "attention": {n: attn_state(r, "attention") for n, r in self.attention.items()},
             "self_attention": {
                 n: attn_state(r, "self_attention") for n, r in self.self_attention.items()
@@ -318,6 +324,7 @@ class Trace:
             key = d.pop("vector")
             trace.temb.append(TembRecord(**d, vector=tensors[key] if key else None))
         trace.temb_sources = list(state["temb_sources"])
+        trace.temb_vectors = {b: tensors[f"temb_vectors/{b}"] for b in state["temb_vectors"]}
 
         def attn(d: dict[str, Any], record_cls: type) -> Any:
             d = dict(d)
