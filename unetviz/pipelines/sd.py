@@ -303,7 +303,8 @@ class SDPipeline:
                 raise PipelineError(
                     f"{key}={value}: expected a positive multiple of {multiple} pixels for this "
                     f"model (VAE x{self.vae_scale_factor}, UNet x"
-                    f"{multiple // self.vae_scale_factor})"
+                    f"{multiple // self.vae_scale_factor}): try "
+                    f"{max(multiple, round(value / multiple) * multiple)}"
                 )
 
     @torch.no_grad()
