@@ -266,3 +266,20 @@ def test_fp16_variant_files_and_pickle_only_parts(tmp_path):
     vae_file.rename(vae_file.with_suffix(".bin"))
     with pytest.raises(PipelineError, match=r"only has pickle weights .*never unpickles"):
         load_sd_pipeline(pickled)
+
+
+def test_repo_id_from_the_local_hf_cache(tmp_path, monkeypatch):
+    """``org/name`` resolves offline to a snapshot already in the Hugging Face cache."""
+    import huggingface_hub.constants as hf_constants
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-sd"
+    shutil.copytree(tiny_sd_dir("sd1"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    pipe = load_sd_pipeline("tiny-org/tiny-sd")
+    assert pipe.family == "sd1"
+    assert pipe.parts.extra["path"] == str(repo / "snapshots" / commit)
+    with pytest.raises(PipelineError, match="nor a repo id in the local Hugging Face cache"):
+        load_sd_pipeline("tiny-org/not-cached")

@@ -698,6 +698,20 @@ def load_diffusers_components(
     )
 
 
+def from_hf_cache(repo_id: str) -> Path | None:
+    """The local snapshot folder of a Hugging Face repo id (``org/name``) already in the cache,
+    found offline; None if it is not a repo id or not cached."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not available offline"
+        return None
+    return Path(folder)
+
+
 def load_sd_pipeline(
     path: str | Path,
     dtype: str | torch.dtype | None = None,
@@ -708,7 +722,8 @@ def load_sd_pipeline(
 ) -> SDPipeline:
     """Open a local Stable Diffusion model (offline) as a pipeline with the demo's call shape.
 
-    ``path``: a diffusers folder (SD 1.x, 2.x, SDXL) or a single original-format
+    ``path``: a diffusers folder (SD 1.x, 2.x, SDXL), a repo id already in the local Hugging
+    Face cache (``stabilityai/stable-diffusion-xl-base-1.0``), or a single original-format
     ``.safetensors`` file (``config``: an optional diffusers folder whose configs/tokenizers
     describe it; otherwise the shipped SD 1.x/2.x/XL configs are used). ``.ckpt`` and other
     pickles are refused. ``dtype``: ``float32`` / ``float16`` / ``bfloat16`` (None: float32 on
@@ -721,10 +736,14 @@ def load_sd_pipeline(
     dev = _default_device(device)
     torch_dtype = _default_dtype(dtype, dev)
     if not path.exists():
-        raise PipelineError(
-            f"model not found: {str(path)!r} is neither 'demo' nor an existing diffusers folder "
-            "or .safetensors file (unetviz works offline: download models beforehand)"
-        )
+        cached = from_hf_cache(str(path))
+        if cached is None:
+            raise PipelineError(
+                f"model not found: {str(path)!r} is neither 'demo' nor an existing diffusers "
+                "folder or .safetensors file, nor a repo id in the local Hugging Face cache "
+                "(unetviz works offline: download models beforehand)"
+            )
+        path = cached
     if path.is_file():
         from unetviz.single_file import (
             PICKLE_SUFFIXES,
