@@ -177,7 +177,8 @@ def _label(n: Node, detail: str) -> str:
         lines.append(
             n.composition.replace(", ", "\n") if len(n.composition) > 44 else n.composition
         )
-    ins, outs = n.inputs.get("sample"), n.outputs.get("sample")
+    ins = n.inputs.get("sample", n.inputs.get("timestep"))
+    outs = n.outputs.get("sample")
     if ins is not None and outs is not None and ins != outs:
         lines.append(f"{fmt_shape(ins)} \u2192 {fmt_shape(outs)}")
     elif outs is not None:
@@ -185,7 +186,7 @@ def _label(n: Node, detail: str) -> str:
     if n.params:
         stats = f"{human_params(n.params)} params"
         if n.macs:
-            stats += f"  \u00b7  {human(n.macs)}MAC"
+            stats += f"  \u00b7  {human(n.macs)} MACs"
         lines.append(stats)
     return "\n".join(lines)
 
@@ -324,7 +325,7 @@ def draw(
             if n.level == "block":
                 label += f"\n{n.type}  \u00b7  {human_params(n.params)} params"
                 if n.macs:
-                    label += f"  \u00b7  {human(n.macs)}MAC"
+                    label += f"  \u00b7  {human(n.macs)} MACs"
             else:
                 label += f"  ({n.type})"
             c.attr(

@@ -279,7 +279,8 @@ def build_graph(
     timestep_shape = None
     for r in records:
         if field_of(r, "name") == "time_proj":
-            timestep_shape = (field_of(r, "inputs", {}) or {}).get("sample")
+            ins = field_of(r, "inputs", {}) or {}
+            timestep_shape = ins.get("timestep", ins.get("sample"))
 
     edges: list[Edge] = []
     emb_leaves = [n for n in leaves if n.name.split(".")[0] in _EMBEDDINGS]
