@@ -23,7 +23,7 @@ from unetviz.pipelines.sd import load_sd_pipeline  # noqa: E402
 from unetviz.single_file import (  # noqa: E402
     SingleFileError,
     detect_family,
-    load_single_file_components,
+    load_single_file,
 )
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
@@ -209,7 +209,7 @@ def test_single_file_loads_equal_weights(ldm_file):
     kind, path, _ = ldm_file
     folder = tiny_sd_dir(kind)
     load, _ = _parts(folder)
-    parts = load_single_file_components(path, config=folder)
+    parts = load_single_file(path, config=folder)
     assert parts.family == kind
     _equal(parts.unet.state_dict(), load("unet"))
     _equal(parts.vae.state_dict(), load("vae"))
@@ -278,7 +278,7 @@ def test_ckpt_is_refused_without_unpickling(tmp_path):
     with pytest.raises(PipelineError, match="never unpickles.*safetensors"):
         load_sd_pipeline(ckpt)
     with pytest.raises(SingleFileError, match="weights_only=True"):
-        load_single_file_components(ckpt)
+        load_single_file(ckpt)
 
 
 def test_truncated_single_file(ldm_file, tmp_path):
@@ -355,8 +355,11 @@ def test_sd2_layout_openclip_with_dropped_last_layer(tmp_path):
     path = tmp_path / "sd2-style.safetensors"
     save_file({k: v.contiguous() for k, v in ldm.items()}, str(path))
 
-    parts = load_single_file_components(path, config=folder)
+    parts = load_single_file(path, config=folder)
     assert parts.family == "sd2"
+    assert parts.scheduler_config["prediction_type"] == "epsilon"  # the config folder's
+    v = load_single_file(path, config=folder, prediction_type="v_prediction")
+    assert v.scheduler_config["prediction_type"] == "v_prediction"
     _equal(parts.text_encoders[0].state_dict(), load("text_encoder"))  # layer 2 dropped
     a = load_sd_pipeline(path, config=folder)("a red house", seed=1, steps=1)
     b = load_sd_pipeline(folder)("a red house", seed=1, steps=1)

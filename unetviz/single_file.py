@@ -5,7 +5,7 @@ A single ``.safetensors`` file from the original releases or a fine-tune holds t
 (``cond_stage_model.*`` for SD 1.x/2.x, ``conditioner.embedders.{0,1}.*`` for SDXL).
 :func:`detect_family` tells SD 1.x / SD 2.x / SDXL apart by their keys; the ``convert_*``
 functions rename keys to diffusers/transformers names (the UNet through :mod:`unetviz.names`);
-:func:`load_single_file_components` builds the parts, with the family configs shipped here
+:func:`load_single_file` builds the parts, with the family configs shipped here
 (the UNet ones are :meth:`UNetConfig.preset`) or those of a diffusers folder given as
 ``config``. Nothing is downloaded; pickle files (``.ckpt``) are refused.
 
@@ -17,13 +17,14 @@ folder of the same family) or, offline, from the Hugging Face cache
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import UNetConfig
+from .config import ConfigError, UNetConfig
 from .names import LDM_PREFIX, UnknownNameError, unet_names
 from .weights import _offenders, build_unet
 
@@ -477,23 +478,35 @@ def _tokenizer(config_dir: Path | None, sub: str, openclip: bool) -> Any:
     return tok
 
 
-def load_single_file_components(
+@dataclass
+class SingleFileParts:
+    """The loaded parts of a single-file checkpoint (the SD pipeline assembles them)."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list[Any]
+    scheduler_config: dict[str, Any]
+    family: str  # "sd1" | "sd2" | "sdxl"
+    name: str
+    path: str
+    force_zeros_for_empty_prompt: bool = False
+
+
+def load_single_file(
     path: str | Path,
     dtype: torch.dtype | None = None,
     config: str | Path | None = None,
-    scheduler: str | None = None,
     prediction_type: str | None = None,
-) -> Any:
-    """Open a single-file SD 1.x / 2.x / SDXL checkpoint as ``SDComponents`` (see
-    :mod:`unetviz.pipelines.sd`): detect the family, convert every part in memory.
+) -> SingleFileParts:
+    """Open a single-file SD 1.x / 2.x / SDXL checkpoint: detect the family, convert every part
+    in memory, and return the parts with the scheduler config of the release.
 
     ``config``: a diffusers folder whose ``unet/``, ``vae/``, ``text_encoder*/`` configs,
     tokenizers and scheduler describe the file (for fine-tunes with another layout, or when the
     tokenizer is not cached); parts missing from the file are loaded from that folder.
     ``prediction_type`` overrides the scheduler's (SD 2.x files default to ``v_prediction``).
     """
-    from unetviz.pipelines.sd import SDComponents, make_scheduler
-
     path = Path(path)
     config_dir = Path(config) if config is not None else None
     if config_dir is not None and not (config_dir / "model_index.json").is_file():
@@ -505,16 +518,23 @@ def load_single_file_components(
         keys = set(sf.keys)
 
         def cfg_json(sub: str, name: str = "config.json") -> dict[str, Any] | None:
-            if config_dir is None or not (config_dir / sub / name).is_file():
+            file = config_dir / sub / name if config_dir is not None else None
+            if file is None or not file.is_file():
                 return None
-            return json.loads((config_dir / sub / name).read_text())
+            try:
+                return json.loads(file.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise SingleFileError(f"cannot read {file}: {exc}") from None
 
         unet_cfg_dict = cfg_json("unet")
-        unet_cfg = (
-            UNetConfig.from_dict(unet_cfg_dict)
-            if unet_cfg_dict
-            else UNetConfig.preset(_UNET_PRESET[family])
-        )
+        try:
+            unet_cfg = (
+                UNetConfig.from_dict(unet_cfg_dict)
+                if unet_cfg_dict
+                else UNetConfig.preset(_UNET_PRESET[family])
+            )
+        except ConfigError as exc:
+            raise SingleFileError(f"{config_dir}/unet/config.json: {exc}") from None
         unet = load_unet_from_single_file(sf, unet_cfg, dtype)
 
         vae_cfg = cfg_json("vae") or {**VAE_CONFIG, **VAE_FAMILY[family]}
@@ -555,18 +575,18 @@ def load_single_file_components(
     elif "v_pred" in keys:
         sched_cfg = {**sched_cfg, "prediction_type": "v_prediction"}
     index = cfg_json("", "model_index.json") or {}
-    return SDComponents(
+    return SingleFileParts(
         unet=unet,
         vae=vae,
-        scheduler=make_scheduler(sched_cfg, scheduler),
-        tokenizers=tokenizers,
         text_encoders=encoders,
+        tokenizers=tokenizers,
+        scheduler_config=sched_cfg,
         family=family,
         name=path.stem,
+        path=str(path),
         force_zeros_for_empty_prompt=bool(
             index.get("force_zeros_for_empty_prompt", family == "sdxl")
         ),
-        extra={"path": str(path), "single_file": True},
     )
 
 

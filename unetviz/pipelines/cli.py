@@ -47,17 +47,16 @@ def word_groups(words: list[str | None], tokens: list[str], specials: bool = Fal
     return out
 
 
-def _load(model: str, dtype: str | None, device: str | None, scheduler: str | None, config):
+def _load(model: str, **sd_options: Any):
     from unetviz.pipelines import load_pipeline
 
     path = Path(model)
-    sd_options = {"dtype": dtype, "device": device, "scheduler": scheduler, "config": config}
     is_sd = path.is_file() or (path / "model_index.json").is_file()
     if model != "demo" and (is_sd or not path.exists()):
         from unetviz.pipelines.sd import load_sd_pipeline
 
         return load_sd_pipeline(path, **sd_options)
-    given = [f"--{k}" for k, v in sd_options.items() if v is not None]
+    given = [f"--{k.replace('_', '-')}" for k, v in sd_options.items() if v is not None]
     if given:
         raise ValueError(
             f"{', '.join(given)}: only for Stable Diffusion models, and {model!r} is a demo model"
@@ -94,6 +93,7 @@ def run_attention(
     device: str | None = None,
     scheduler: str | None = None,
     config: Path | None = None,
+    prediction_type: str | None = None,
     negative_maps: bool = False,
     stream: bool = False,
     specials: bool = False,
@@ -102,7 +102,14 @@ def run_attention(
 ) -> dict[str, Any]:
     """Generate, then write the image, one heatmap PNG per word, the trace bundle and
     tokens.json into ``output`` (replaced atomically). Returns the tokens.json content."""
-    pipe = _load(model, dtype, device, scheduler, config)
+    pipe = _load(
+        model,
+        dtype=dtype,
+        device=device,
+        scheduler=scheduler,
+        config=config,
+        prediction_type=prediction_type,
+    )
     kwargs: dict[str, Any] = {"negative_prompt": negative_prompt, "seed": seed}
     if steps is not None:
         kwargs["steps"] = steps
@@ -196,6 +203,9 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(
             None, "--config", help="For a single file: a diffusers folder with its configs."
         ),
+        prediction_type: str = typer.Option(
+            None, "--prediction-type", help="epsilon or v_prediction (default: the model's)."
+        ),
         negative_maps: bool = typer.Option(
             False, "--negative-maps", help="Maps of the negative prompt (unconditional half)."
         ),
@@ -229,6 +239,7 @@ def register(app: typer.Typer) -> None:
                     device=device,
                     scheduler=scheduler,
                     config=config,
+                    prediction_type=prediction_type,
                     negative_maps=negative_maps,
                     stream=stream,
                     specials=specials,

@@ -588,6 +588,7 @@ def load_diffusers_components(
     path: Path,
     dtype: torch.dtype,
     scheduler: str | None = None,
+    prediction_type: str | None = None,
 ) -> SDComponents:
     """Load a local diffusers SD 1.x/2.x/SDXL folder: unetviz's UNet, transformers' CLIP
     text encoder(s) and tokenizer(s), diffusers' VAE and scheduler. Never unpickles."""
@@ -684,6 +685,8 @@ def load_diffusers_components(
         )
         encoders.append(encoder.to(dtype).eval().requires_grad_(False))
     sched_config = _read_json(path / "scheduler" / "scheduler_config.json")
+    if prediction_type is not None:
+        sched_config["prediction_type"] = prediction_type
     sd2 = not xl and int(unet.config.cross_attention_dim) == 1024
     return SDComponents(
         unet=unet,
@@ -719,6 +722,7 @@ def load_sd_pipeline(
     scheduler: str | None = None,
     offload: bool | None = None,
     config: str | Path | None = None,
+    prediction_type: str | None = None,
 ) -> SDPipeline:
     """Open a local Stable Diffusion model (offline) as a pipeline with the demo's call shape.
 
@@ -729,7 +733,9 @@ def load_sd_pipeline(
     pickles are refused. ``dtype``: ``float32`` / ``float16`` / ``bfloat16`` (None: float32 on
     CPU, float16 on CUDA). ``device`` None: CUDA when present. ``offload`` (default: on when
     the device is CUDA) keeps the text encoders and the VAE on the CPU between uses.
-    ``scheduler`` swaps the scheduler class (``ddim``, ``euler``, ``euler_a``, ``dpm``, ...).
+    ``scheduler`` swaps the scheduler class (``ddim``, ``euler``, ``euler_a``, ``dpm``, ...);
+    ``prediction_type`` (``epsilon`` / ``v_prediction``) overrides the scheduler's, e.g. for an
+    SD 2.x 512-base single file (2.x files default to the 768-v releases' ``v_prediction``).
     """
     require_sd_extra()
     path = Path(path).expanduser()
@@ -748,22 +754,34 @@ def load_sd_pipeline(
         from unetviz.single_file import (
             PICKLE_SUFFIXES,
             SingleFileError,
-            load_single_file_components,
+            load_single_file,
             pickle_message,
         )
 
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise PipelineError(pickle_message(path))
-
         try:
             with quiet_loading():
-                parts = load_single_file_components(
-                    path, dtype=torch_dtype, config=config, scheduler=scheduler
+                sf = load_single_file(
+                    path, dtype=torch_dtype, config=config, prediction_type=prediction_type
                 )
         except SingleFileError as exc:
             raise PipelineError(str(exc)) from None
+        parts = SDComponents(
+            unet=sf.unet,
+            vae=sf.vae,
+            scheduler=make_scheduler(sf.scheduler_config, scheduler),
+            tokenizers=sf.tokenizers,
+            text_encoders=sf.text_encoders,
+            family=sf.family,
+            name=sf.name,
+            force_zeros_for_empty_prompt=sf.force_zeros_for_empty_prompt,
+            extra={"path": sf.path, "single_file": True},
+        )
     else:
         with quiet_loading():
-            parts = load_diffusers_components(path, torch_dtype, scheduler=scheduler)
+            parts = load_diffusers_components(
+                path, torch_dtype, scheduler=scheduler, prediction_type=prediction_type
+            )
     use_offload = dev.type == "cuda" if offload is None else bool(offload)
     return SDPipeline(parts, device=dev, offload=use_offload)
