@@ -371,9 +371,8 @@ class SDPipeline:
 
         half = capture_kwargs.get("half", "cond")
         start = time.perf_counter()
-        with unetviz.capture(
-            self.unet, attention=True, temb=True, detail=detail, cfg=cfg, **capture_kwargs
-        ) as trace:
+        options = {"attention": True, "temb": True, **capture_kwargs, "detail": detail, "cfg": cfg}
+        with unetviz.capture(self.unet, **options) as trace:
             for i, t in enumerate(timesteps):
                 inp = torch.cat([latents] * 2) if cfg else latents
                 inp = scheduler.scale_model_input(inp, t)
