@@ -270,3 +270,24 @@ def test_temb_fill_is_the_mean_ratio_of_each_node(tiny):
     assert lo <= blocks.node("up_blocks.0").temb_ratio <= hi
     svg = to_svg(diagram(tiny, detail="layers", temb_step=1))
     assert "temb ratio" in svg and "t=500" in svg
+
+
+def test_modules_detail_and_flat_shape(tiny):
+    unet_cfg = UNetConfig.from_dict(tiny.meta["config"])
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(unet_cfg)
+    x = torch.zeros(2, 4, 16, 16, device="meta")
+    with torch.no_grad(), capture(unet, detail="modules", attention=False, temb=False) as tr:
+        unet(x, 10, torch.zeros(2, 8, 32, device="meta"))
+    graph = build_graph(tr, detail="modules")
+    ids = {n.id for n in graph.nodes}
+    assert "down_blocks.0.resnets.0.time_emb_proj" in ids
+    temb = {e.target for e in graph.edges if e.kind == "temb"}
+    assert temb == {n for n in ids if n.endswith(".time_emb_proj")}
+    ctx = {e.target for e in graph.edges if e.kind == "context"}
+    assert ctx == {n for n in ids if n.endswith(".attn2.to_k") or n.endswith(".attn2.to_v")}
+    svg = to_svg(diagram(tr, detail="modules"))
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn2" in svg  # a cluster
+    flat = diagram(tr, detail="blocks", shape="flat", direction="LR")
+    assert "dir=back" not in flat.source and "rankdir=LR" in flat.source
+    assert "dir=back" in diagram(tr, detail="blocks").source  # the U's up path
