@@ -30,6 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--demo", default=None, metavar="DIR", help="demo model folder (default: assets/demo)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: $UNETVIZ_TORCH_THREADS or 1; SD pipelines use torch's "
+        "default while generating)",
+    )
     return p.parse_args(argv)
 
 
@@ -38,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from unetviz.app import launch
 
-    launch(host=args.host, port=args.port, model_roots=args.model_root, demo_folder=args.demo)
+    launch(
+        host=args.host,
+        port=args.port,
+        model_roots=args.model_root,
+        demo_folder=args.demo,
+        threads=args.threads,
+    )
     return 0
 
 

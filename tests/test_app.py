@@ -129,13 +129,15 @@ def test_architecture_of_a_folder_inside_the_roots(served, client):
 
 def test_run_gives_image_tokens_and_one_heatmap_per_word(ran, served):
     image, tokens, token_pick, step_from, step_to, res, heads, gallery, status, temb_step = ran
-    assert _pixels(image).shape == (256, 256, 3)  # the 32 px image, shown 8x
+    side = served.registry.spec("demo").default_size
+    k = max(1, 256 // side)  # small images are shown scaled up
+    assert _pixels(image).shape == (side * k, side * k, 3)
     labels = [t["token"] for t in tokens]
     assert labels == ["<bos>", "a", "red", "circle", "<eos>"]
     assert token_pick["value"] == [1, 2, 3]
     assert [g["caption"] for g in gallery] == ["a (1)", "red (2)", "circle (3)"]
     assert step_to["maximum"] == TEST_STEPS - 1 and step_to["value"] == TEST_STEPS - 1
-    assert sorted(res["value"]) == [8, 16, 32]
+    assert len(res["value"]) >= 2 and res["value"] == sorted(res["value"], reverse=True)
     assert heads["choices"][0] == ["head 0", 0]  # per-head maps kept for the demo model
     assert f"{TEST_STEPS} steps" in status
 
@@ -152,7 +154,7 @@ def test_reaggregation_does_not_run_the_model(ran, served, client):
     for args in (
         heatmap_args([1, 2, 3], 0, 1, preset="daam"),
         heatmap_args([2], 0, 3, preset="p2p", normalize="max"),
-        heatmap_args([0, 4], 1, 2, locations=("up",), resolutions=[32], heads=[0]),
+        heatmap_args([0, 4], 1, 2, locations=("up",), resolutions=ran[5]["value"][:1], heads=[0]),
         heatmap_args([3], 0, 3, normalize="none", threshold=0.5, opacity=0.3),
     ):
         out = client.predict(*args, api_name="/heatmaps")

@@ -36,12 +36,15 @@ def create_app(
     model_roots: Iterable[str | os.PathLike] | None = None,
     demo_folder: str | os.PathLike | None = None,
     preload: bool = True,
+    threads: int | None = None,
 ) -> tuple[Any, ModelRegistry]:
     """Build the Blocks and their registry; ``preload`` loads the demo model in the
-    background so the first Run does not wait for it."""
+    background so the first Run does not wait for it; ``threads``: torch threads (default
+    ``$UNETVIZ_TORCH_THREADS`` or 1, see ``ModelRegistry.apply_thread_policy``)."""
     from .ui import build_blocks
 
-    registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder)
+    registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder, threads=threads)
+    registry.apply_thread_policy()
     blocks = build_blocks(registry)
     if preload:
         registry.preload()
@@ -78,9 +81,10 @@ def launch(
     demo_folder: str | os.PathLike | None = None,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
+    threads: int | None = None,
 ) -> tuple[Any, ModelRegistry, str]:
     """Build and serve the app on ``host:port``; returns (blocks, registry, local url)."""
-    blocks, registry = create_app(model_roots=model_roots, demo_folder=demo_folder)
+    blocks, registry = create_app(model_roots=model_roots, demo_folder=demo_folder, threads=threads)
     blocks.queue(default_concurrency_limit=1)
     _, url, _ = blocks.launch(
         server_name=host,

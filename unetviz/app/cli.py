@@ -21,7 +21,16 @@ def register(app: typer.Typer) -> None:
             "$UNETVIZ_MODEL_ROOTS or <repo>/assets and ./models).",
         ),
         demo: Path = typer.Option(None, help="Demo model folder (default: assets/demo)."),  # noqa: B008
+        threads: int = typer.Option(
+            None, help="Torch threads (default: $UNETVIZ_TORCH_THREADS or 1)."
+        ),
     ) -> None:
         from unetviz.app import launch
 
-        launch(host=host, port=port, model_roots=model_root or None, demo_folder=demo)
+        launch(
+            host=host,
+            port=port,
+            model_roots=model_root or None,
+            demo_folder=demo,
+            threads=threads,
+        )

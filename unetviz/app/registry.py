@@ -24,6 +24,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ("sd15", "sd21", "sdxl")
 DEMO = "demo"
 ROOTS_ENV = "UNETVIZ_MODEL_ROOTS"
+THREADS_ENV = "UNETVIZ_TORCH_THREADS"
+#: torch intra-op threads while the demo model runs: its ops are tiny, and on a busy 2-core
+#: machine two spinning threads made 10 steps take 25 s instead of 0.6 s (bench/app.py)
+DEMO_THREADS = 1
 #: latent side per pixel side for latent-diffusion models (SD's VAE downsamples 8x)
 VAE_FACTOR = 8
 
@@ -66,6 +70,7 @@ class ModelRegistry:
         roots: Iterable[str | os.PathLike] | None = None,
         demo_folder: str | os.PathLike | None = None,
         max_pipelines: int = 2,
+        threads: int | None = None,
     ) -> None:
         self.roots = [Path(r).expanduser().resolve() for r in (roots or default_roots())]
         self.demo_folder = Path(demo_folder) if demo_folder else None
@@ -75,6 +80,9 @@ class ModelRegistry:
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self.max_pipelines = max_pipelines
         self.pipeline_calls = 0  # how many generations ran (tests count re-aggregations)
+        env = os.environ.get(THREADS_ENV, "").strip()
+        self.threads = threads if threads else (int(env) if env.isdigit() and int(env) else None)
+        self._default_threads: int | None = None
 
     # ------------------------------------------------------------------ paths
     def resolve_folder(self, text: str) -> Path:
@@ -195,12 +203,37 @@ class ModelRegistry:
                 self._pipes.popitem(last=False)
             return pipe
 
+    def apply_thread_policy(self) -> None:
+        """Torch intra-op threads for the app process: ``threads`` (``$UNETVIZ_TORCH_THREADS``)
+        or 1. Re-aggregation and the demo model are small ops where a second spinning thread
+        on a busy 2-core machine costs 10-40x (bench/app.py); other pipelines get torch's
+        default back while they generate (see :meth:`generate`)."""
+        import torch
+
+        if self._default_threads is None:
+            self._default_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads or DEMO_THREADS)
+
     def generate(self, choice: str, **kwargs: Any) -> Any:
-        """Run a pipeline under the model lock; returns its Run."""
+        """Run a pipeline under the model lock; returns its Run. Torch threads for the call:
+        ``threads`` if set, else 1 for the demo model and torch's default for others."""
+        import torch
+
         with self.lock:
             pipe = self.pipeline(choice)
             self.pipeline_calls += 1
-            return pipe(**kwargs)
+            if self.threads:
+                want = self.threads
+            elif getattr(pipe, "name", "") == DEMO:
+                want = DEMO_THREADS
+            else:
+                want = self._default_threads or torch.get_num_threads()
+            before = torch.get_num_threads()
+            torch.set_num_threads(want)
+            try:
+                return pipe(**kwargs)
+            finally:
+                torch.set_num_threads(before)
 
     def preload(self) -> threading.Thread:
         """Load the demo pipeline in a background thread (start-up stays fast)."""
