@@ -85,8 +85,9 @@ class ModelRegistry:
         self._default_threads: int | None = None
 
     # ------------------------------------------------------------------ paths
-    def resolve_folder(self, text: str) -> Path:
-        """A typed folder -> its resolved path, if it lies inside an allowed root.
+    def resolve_folder(self, text: str, allow_file: bool = False) -> Path:
+        """A typed folder (or, with ``allow_file``, a single checkpoint file) -> its resolved
+        path, if it lies inside an allowed root.
 
         Relative paths are taken relative to each root in turn. Raises ModelAccessError naming
         the path and the roots otherwise."""
@@ -100,7 +101,7 @@ class ModelRegistry:
         for cand in candidates:
             real = cand.resolve()
             if any(real == root or real.is_relative_to(root) for root in self.roots):
-                if not real.is_dir():
+                if not (real.is_dir() or (allow_file and real.is_file())):
                     continue
                 return real
         for cand in candidates:
@@ -189,7 +190,7 @@ class ModelRegistry:
         if choice == DEMO:
             key = DEMO
         else:
-            key = str(self.resolve_folder(choice))
+            key = str(self.resolve_folder(choice, allow_file=True))
         with self.lock:
             if key in self._pipes:
                 self._pipes.move_to_end(key)
