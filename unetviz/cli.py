@@ -317,7 +317,7 @@ def summary_table(trace: Any, detail: str = "blocks") -> str:
         if n.kind != "module":
             continue
         name = ("  " if n.level == "layer" else "") + n.name
-        ins, outs = n.inputs.get("sample"), n.outputs.get("sample")
+        ins, outs = n.inputs.get("sample", n.inputs.get("timestep")), n.outputs.get("sample")
         shapes = (
             f"{fmt_shape(ins)} \u2192 {fmt_shape(outs)}" if ins is not None else fmt_shape(outs)
         )
