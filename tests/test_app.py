@@ -233,7 +233,7 @@ def test_trace_bundle_roundtrip_and_corrupt_upload(served, tmp_path):
 
 def test_time_embedding_endpoints(ran, client):
     # the module session's latest trace has >= 2 steps
-    heat, lines, sinus, svg = client.predict(1, "layers", 100, api_name="/temb_figures")
+    heat, lines, sinus, svg = client.predict(1, "layers", 100, "layer", api_name="/temb_figures")
     for fig in (heat, lines, sinus):
         assert fig["type"] == "plotly" or "plot" in json.dumps(fig)[:200]
     assert "<svg" in svg

@@ -86,6 +86,7 @@ def test_run_default_prompt_then_step_window_without_model_run(offline_page, ser
         timeout=WAIT,
     )
     page.wait_for_selector("#image img", timeout=WAIT)
+    page.wait_for_selector("#layer_grid .js-plotly-plot .main-svg", timeout=WAIT)
     assert served.registry.pipeline_calls == calls + 1
     tokens = page.locator("#tokens").inner_text()
     for word in prompt.split():

@@ -339,15 +339,37 @@ class AppHandlers:
 
     # ------------------------------------------------------------------ time embedding
     @ui_errors
-    def temb(self, session: views.Session | None, step: float, detail: str, zoom: float) -> tuple:
-        """temb heatmap, lines, sinusoidal embedding and the diagram coloured at ``step``."""
+    def temb(
+        self,
+        session: views.Session | None,
+        step: float,
+        detail: str,
+        zoom: float,
+        by: str = "layer",
+    ) -> tuple:
+        """temb heatmap, lines (per resnet or block), sinusoidal embedding and the diagram
+        coloured at ``step``."""
         if session is None:
             raise ValueError("nothing to show yet: press Run or upload a trace bundle first")
         tr = session.trace
-        heat, lines = views.temb_figures(tr)
+        heat, lines = views.temb_figures(tr, by=by or "layer")
         sinus = views.sinusoid_figure(tr)
         svg = views.temb_diagram(tr, _int(step, "step"), detail or "layers", zoom)
         return heat, lines, sinus, svg
+
+    @ui_errors
+    def temb_plots(self, session: views.Session | None, by: str) -> tuple:
+        """Only the heatmap and lines (grouping changed)."""
+        if session is None:
+            return None, None
+        return views.temb_figures(session.trace, by=by or "layer")
+
+    @ui_errors
+    def layer_grid(self, session: views.Session | None, *control_values: Any) -> Any:
+        """Layers x tokens mosaic for the current tokens and step window."""
+        if session is None:
+            return None
+        return views.layer_figure(session.trace, self.controls(*control_values))
 
     @ui_errors
     def temb_diagram(
@@ -558,6 +580,10 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                         with gr.Row():
                             dl_zip = gr.DownloadButton("Heatmaps (PNG zip)", elem_id="dl_heatmaps")
                             dl_trace = gr.DownloadButton("Trace bundle", elem_id="dl_trace")
+                        layer_plot = gr.Plot(
+                            label="Every layer's own map (rows: layers, columns: tokens)",
+                            elem_id="layer_grid",
+                        )
 
             # ---------------------------------------------------------- time embedding
             with gr.Tab("Time embedding", id="temb", elem_id="tab-temb"):
@@ -583,6 +609,12 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                     )
                     temb_zoom = gr.Slider(
                         20, 200, value=100, step=5, label="Zoom %", elem_id="temb_zoom"
+                    )
+                    temb_by = gr.Radio(
+                        [("per resnet", "layer"), ("per block", "block")],
+                        value="layer",
+                        label="Plots",
+                        elem_id="temb_by",
                     )
                 temb_svg = gr.HTML(elem_id="temb_diagram")
                 temb_btn = gr.Button("Refresh", visible=False, elem_id="temb_refresh")
@@ -650,7 +682,9 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
         def after(ev: Any) -> None:
             ev.then(
                 h.downloads, [session, *controls], [dl_zip, dl_trace], api_visibility="private"
-            ).then(h.temb, temb_in, temb_out, api_visibility="private")
+            ).then(h.layer_grid, [session, *controls], layer_plot, api_visibility="private").then(
+                h.temb, [*temb_in, temb_by], temb_out, api_visibility="private"
+            )
 
         after(
             gr.on(
@@ -682,7 +716,12 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
             show_progress="minimal",
             concurrency_limit=4,
         )
-        re.then(h.downloads, [session, *controls], [dl_zip, dl_trace], api_visibility="private")
+        re.then(
+            h.downloads, [session, *controls], [dl_zip, dl_trace], api_visibility="private"
+        ).then(h.layer_grid, [session, *controls], layer_plot, api_visibility="private")
+        temb_by.input(
+            h.temb_plots, [session, temb_by], [temb_heat, temb_lines], api_visibility="private"
+        )
         gr.on(
             [temb_step.input, temb_detail.input, temb_zoom.input],
             h.temb_diagram,
@@ -692,5 +731,5 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
             trigger_mode="always_last",
             show_progress="minimal",
         )
-        temb_btn.click(h.temb, temb_in, temb_out, api_name="temb_figures")
+        temb_btn.click(h.temb, [*temb_in, temb_by], temb_out, api_name="temb_figures")
     return demo

@@ -9,7 +9,6 @@ import json
 import math
 import re
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -410,63 +409,36 @@ def load_bundle(path: str | Path) -> Session:
 
 
 # ---------------------------------------------------------------------------------- temb
-def _temb_matrix(trace: Any) -> tuple[list[str], list[int], np.ndarray]:
-    blocks: list[str] = []
-    for r in trace.temb:
-        if r.block not in blocks:
-            blocks.append(r.block)
-    steps = sorted({r.step for r in trace.temb})
-    z = np.full((len(blocks), len(steps)), np.nan, np.float32)
-    bi = {b: i for i, b in enumerate(blocks)}
-    si = {s: j for j, s in enumerate(steps)}
-    for r in trace.temb:
-        z[bi[r.block], si[r.step]] = r.ratio
-    return blocks, steps, z
-
-
-def _t_labels(trace: Any, steps: Sequence[int]) -> list[str]:
-    ts = trace.timesteps
-    return [f"{s} (t={ts[s]:g})" if s < len(ts) and ts[s] is not None else str(s) for s in steps]
-
-
-def temb_figures(trace: Any) -> tuple[Any, Any]:
-    """(heatmap, lines) of the temb ratio (temb RMS / feature RMS) per resnet x step."""
-    import plotly.graph_objects as go
+def temb_figures(trace: Any, by: str = "layer", log: bool = False) -> tuple[Any, Any]:
+    """(heatmap, lines) of the temb ratio per resnet (``by="layer"``) or block x step, from
+    ``unetviz.render.plots``."""
+    from unetviz.render import plots
 
     if not trace.temb:
         raise ValueError("this trace has no temb records (captured with temb=False?)")
-    blocks, steps, z = _temb_matrix(trace)
-    labels = _t_labels(trace, steps)
-    heat = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=labels,
-            y=blocks,
-            colorscale="Viridis",
-            colorbar={"title": {"text": "ratio"}},
-            hovertemplate="%{y}<br>step %{x}<br>ratio %{z:.3g}<extra></extra>",
-        )
-    )
-    heat.update_layout(
-        title="temb ratio per ResnetBlock2D × step (‖time_emb_proj‖ / ‖conv1 out‖, RMS)",
-        xaxis_title="denoising step (timestep)",
-        yaxis={"autorange": "reversed"},
-        height=max(320, 22 * len(blocks) + 140),
-        margin={"l": 10, "r": 10, "t": 60, "b": 40},
-    )
-    lines = go.Figure()
-    xs = [trace.timesteps[s] if s < len(trace.timesteps) else s for s in steps]
-    for b, row in zip(blocks, z, strict=True):
-        lines.add_trace(go.Scatter(x=xs, y=row, mode="lines+markers", name=b))
-    lines.update_layout(
-        title="temb ratio over the denoising trajectory",
-        xaxis={"title": "timestep", "autorange": "reversed"},
-        yaxis_title="temb RMS / feature RMS",
-        height=420,
-        margin={"l": 10, "r": 10, "t": 60, "b": 40},
-        legend={"font": {"size": 9}},
-    )
+    if by not in ("layer", "block"):
+        raise ValueError(f"by={by!r}: expected 'layer' or 'block'")
+    heat = plots.temb_heatmap(trace, by=by, log=log)
+    lines = plots.temb_lines(trace, by=by, log=log)
     return heat, lines
+
+
+def layer_figure(trace: Any, c: HeatmapControls) -> Any:
+    """The layers x tokens mosaic (``plots.layer_token_grid``) for the chosen tokens and step
+    window: every cross-attention layer's own map at its native resolution."""
+    from unetviz.render import plots
+
+    tokens = list(c.tokens) or word_tokens(trace)
+    total = trace.steps
+    b = total - 1 if c.step_to < 0 else int(c.step_to)
+    steps = (
+        None
+        if not total or (c.step_from == 0 and b >= total - 1)
+        else list(range(int(c.step_from), b + 1))
+    )
+    if steps is not None and not steps:
+        raise ValueError(f"step window {c.step_from}..{b} is empty")
+    return plots.layer_token_grid(trace, tokens=tokens, steps=steps)
 
 
 def sinusoid_figure(trace: Any, n_t: int = 200) -> Any:
