@@ -44,10 +44,11 @@ def create_app(
     from .ui import build_blocks
 
     registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder, threads=threads)
-    registry.apply_thread_policy()
     blocks = build_blocks(registry)
     if preload:
-        registry.preload()
+        registry.preload()  # imports torch and applies the thread policy in the background
+    else:
+        registry.apply_thread_policy()
     return blocks, registry
 
 

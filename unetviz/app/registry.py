@@ -211,15 +211,17 @@ class ModelRegistry:
         default back while they generate (see :meth:`generate`)."""
         import torch
 
-        if self._default_threads is None:
-            self._default_threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads or DEMO_THREADS)
+        with self._arch_lock:
+            if self._default_threads is None:
+                self._default_threads = torch.get_num_threads()
+                torch.set_num_threads(self.threads or DEMO_THREADS)
 
     def generate(self, choice: str, **kwargs: Any) -> Any:
         """Run a pipeline under the model lock; returns its Run. Torch threads for the call:
         ``threads`` if set, else 1 for the demo model and torch's default for others."""
         import torch
 
+        self.apply_thread_policy()  # no-op once applied
         with self.lock:
             pipe = self.pipeline(choice)
             self.pipeline_calls += 1
@@ -237,10 +239,12 @@ class ModelRegistry:
                 torch.set_num_threads(before)
 
     def preload(self) -> threading.Thread:
-        """Load the demo pipeline in a background thread (start-up stays fast)."""
+        """Import torch, apply the thread policy and load the demo pipeline in a background
+        thread, so the first page is served before any of that (start-up stays fast)."""
 
         def work() -> None:
             try:
+                self.apply_thread_policy()
                 self.pipeline(DEMO)
             except Exception:  # shown to the user on first Run instead
                 pass

@@ -307,6 +307,7 @@ class AppHandlers:
         if file is None:
             raise ValueError("no file: upload a trace bundle (.zip written by unetviz)")
         path = Path(file if isinstance(file, str) else getattr(file, "name", file))
+        self.registry.apply_thread_policy()  # no-op once applied
         session = views.load_bundle(path)
         c = self.controls(*control_values)
         m = session.trace.meta
@@ -322,6 +323,7 @@ class AppHandlers:
         """Re-aggregate from the cached trace (no model run)."""
         if session is None:
             raise ValueError("nothing to show yet: press Run or upload a trace bundle first")
+        self.registry.apply_thread_policy()  # no-op once applied
         return views.heatmap_gallery(session, self.controls(*control_values))
 
     @ui_errors
@@ -384,6 +386,10 @@ class AppHandlers:
 def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blocks:
     """The whole app as a ``gr.Blocks`` (launch it with :func:`unetviz.app.launch_kwargs`)."""
     h = AppHandlers(registry, workdir)
+    try:
+        demo_side = registry.spec(DEMO).default_size
+    except Exception:  # a broken demo folder: the Architecture tab says so on load
+        demo_side = 32
     with gr.Blocks(title="unetviz", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
         session = gr.State(None)
         arch_state = gr.State(None)
@@ -408,7 +414,7 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                         )
                         with gr.Row():
                             height = gr.Number(
-                                32, label="height (px)", precision=0, elem_id="arch_h"
+                                demo_side, label="height (px)", precision=0, elem_id="arch_h"
                             )
                             width = gr.Number(32, label="width (px)", precision=0, elem_id="arch_w")
                             batch = gr.Number(
