@@ -120,31 +120,46 @@ def centred_blob(size: int) -> torch.Tensor:
 
 
 class AttentionProbe:
-    """Forward hooks on every ``attn2`` that sum DAAM maps (B, T, size, size) of the
-    conditional batch half: used during training, before/independently of ``unetviz.capture``."""
+    """Forward hooks on every ``attn2`` that keep, per layer, the head-averaged cross-attention
+    maps (B, T, size, size) of the conditional batch half summed over forwards. Used during
+    training, and as an independent check of ``unetviz.capture``."""
 
     def __init__(self, unet: nn.Module, size: int, cond_half: bool = True):
         self.size = size
         self.cond_half = cond_half
-        self.sum: torch.Tensor | None = None
+        self.sums: dict[str, torch.Tensor] = {}
+        self.res: dict[str, int] = {}
         self.handles = [
-            m.register_forward_hook(self._hook)
+            m.register_forward_hook(self._hook(n))
             for n, m in unet.named_modules()
             if n.endswith("attn2")
         ]
 
-    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        hs, ctx = args[0], args[1]
-        if self.cond_half:
-            hs, ctx = hs[hs.shape[0] // 2 :], ctx[ctx.shape[0] // 2 :]
-        b, n, _ = hs.shape
-        q = module.to_q(hs).view(b, n, module.heads, -1).transpose(1, 2)
-        k = module.to_k(ctx).view(b, ctx.shape[1], module.heads, -1).transpose(1, 2)
-        probs = (q @ k.transpose(-1, -2) * module.scale).softmax(-1).mean(1)  # (b, n, T)
-        side = int(math.isqrt(n))
-        maps = probs.transpose(1, 2).reshape(b, -1, side, side)
-        maps = F.interpolate(maps, size=(self.size, self.size), mode="bicubic", align_corners=False)
-        self.sum = maps if self.sum is None else self.sum + maps
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            hs, ctx = args[0], args[1]
+            if self.cond_half:
+                hs, ctx = hs[hs.shape[0] // 2 :], ctx[ctx.shape[0] // 2 :]
+            b, n, _ = hs.shape
+            q = module.to_q(hs).view(b, n, module.heads, -1).transpose(1, 2)
+            k = module.to_k(ctx).view(b, ctx.shape[1], module.heads, -1).transpose(1, 2)
+            probs = (q @ k.transpose(-1, -2) * module.scale).softmax(-1).mean(1)  # (b, n, T)
+            side = int(math.isqrt(n))
+            maps = probs.transpose(1, 2).reshape(b, -1, side, side)
+            maps = F.interpolate(maps, size=(self.size, self.size), mode="bicubic")
+            self.res[name] = side
+            self.sums[name] = maps if name not in self.sums else self.sums[name] + maps
+
+        return hook
+
+    @property
+    def sum(self) -> torch.Tensor:
+        """DAAM aggregate (B, T, size, size): layers averaged, steps summed, maps clamped at 0;
+        like the ``"daam"`` preset, the lowest resolution is dropped when there are more than
+        two (here: the mid block)."""
+        sides = sorted(set(self.res.values()))
+        keep = [n for n in self.sums if len(sides) <= 2 or self.res[n] > sides[0]]
+        return torch.stack([self.sums[n].clamp_min(0) for n in keep]).mean(0)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -153,7 +168,7 @@ class AttentionProbe:
 
 @contextmanager
 def probe(unet: nn.Module, size: int, cond_half: bool = True) -> Iterator[AttentionProbe]:
-    """``with probe(unet, 32) as p: ...`` then ``p.sum`` holds the summed maps."""
+    """``with probe(unet, 32) as p: ...`` then ``p.sum`` holds the aggregated maps."""
     p = AttentionProbe(unet, size, cond_half)
     try:
         yield p
@@ -220,6 +235,45 @@ def quick_eval(
             )
         for k, v in score_scenes(scenes, images, maps).items():
             result[prefix + k] = None if v is None else round(v, 4)
+    result.update(teacher_forced_iou(unet, text_encoder, tokenizer, schedule, n, seed=seed))
+    return result
+
+
+@torch.no_grad()
+def teacher_forced_iou(
+    unet: nn.Module,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    schedule: Any,
+    n: int = 32,
+    timesteps: tuple[int, ...] = (300, 500, 700),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Localisation against the exact rendered masks: dataset images noised to ``timesteps``,
+    one conditional forward each, DAAM maps summed over them, IoU per noun / colour word."""
+    size = int(unet.config.sample_size)
+    blob = daam_binary(centred_blob(size))
+    result: dict[str, Any] = {}
+    for n_obj, prefix in ((1, "one_"), (2, "two_")):
+        scenes = eval_scenes(n, size, n_obj)
+        x0 = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2) * 2 - 1
+        ids = tokenizer([s.caption for s in scenes])
+        cond = text_encoder(ids)
+        gen = torch.Generator().manual_seed(seed + n_obj)
+        with probe(unet, size, cond_half=False) as p:
+            for t in timesteps:
+                noise = torch.randn(x0.shape, generator=gen)
+                x_t, _ = schedule.add_noise(x0, noise, torch.full((n,), t))
+                unet(x_t, torch.tensor(t), cond)
+        ious: dict[str, list[float]] = {"noun": [], "colour": [], "blob": []}
+        for i, scene in enumerate(scenes):
+            labels = tokenizer.encode(scene.caption)[1]
+            for obj in scene.objects:
+                ious["blob"].append(iou(blob, obj.mask))
+                for kind, word in (("noun", obj.shape), ("colour", obj.colour)):
+                    ious[kind].append(iou(daam_binary(p.sum[i, labels.index(word)]), obj.mask))
+        for k, v in ious.items():
+            result[f"tf_{prefix}{k}_miou"] = round(float(np.mean(v)), 4)
     return result
 
 
