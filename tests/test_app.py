@@ -58,9 +58,38 @@ def test_endpoints_are_named(client):
         assert want in names
 
 
-def test_starts_fast_and_binds_localhost(served):
+def test_binds_localhost_by_default(served):
+    import app as app_py
+
     assert served.url.startswith("http://127.0.0.1:")
-    assert served.start_s < 10
+    args = app_py.parse_args([])
+    assert args.host == "127.0.0.1" and args.port == 7860
+    args = app_py.parse_args(["--host", "0.0.0.0", "--port", "8080", "--model-root", "/m"])
+    assert (args.host, args.port, args.model_root) == ("0.0.0.0", 8080, ["/m"])
+
+
+def test_unetviz_app_subcommand_is_registered():
+    from typer.testing import CliRunner
+
+    from unetviz import cli
+
+    cli._register_subcommands(["app"])
+    out = CliRunner().invoke(cli.app, ["app", "--help"])
+    assert out.exit_code == 0 and "--model-root" in out.output and "127.0.0.1" in out.output
+
+
+def test_run_reports_progress_every_step(served):
+    from unetviz.app.ui import AppHandlers
+
+    seen = []
+
+    def progress(value, desc=None, unit=None, **_):
+        seen.append(value)
+
+    h = AppHandlers(served.registry)
+    out = h.run("demo", "a red circle", "", 0, 3, 4.0, *heatmap_args(), progress=progress)
+    assert [v for v in seen if isinstance(v, tuple)] == [(1, 3), (2, 3), (3, 3)]
+    assert len(out[7]) == 3
 
 
 def test_architecture_demo_and_preset(served, client):
@@ -125,6 +154,24 @@ def test_architecture_of_a_folder_inside_the_roots(served, client):
     )
     assert "<svg" in html and "mine" in status
     assert any(r[0] == "conv_in" for r in table["data"])
+
+
+def test_a_stable_diffusion_folder_inside_the_roots(served, client):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tests.test_sd_tiny import build_tiny_sd
+
+    build_tiny_sd(served.root / "tiny-sd", "sd1")
+    _, table, *_, status, _ = client.predict(
+        "folder", "tiny-sd", 64, 64, 2, "blocks", 100, api_name="/architecture"
+    )
+    rows = {r[0]: r for r in table["data"]}
+    assert rows["conv_in"][2].startswith("(2,4,8,8)")  # a latent model: 64 px -> 8x8
+    c = Client(served.url, verbose=False)
+    out = c.predict(*run_args("a photo of a cat", steps=2, model="tiny-sd"), api_name="/run")
+    words = [t["token"] for t in out[1] if t["class_or_confidence"] == "word"]
+    assert words == ["a", "photo", "of", "a", "cat"]
+    assert [g["caption"] for g in out[7]][-1] == "cat (5)"
 
 
 def test_run_gives_image_tokens_and_one_heatmap_per_word(ran, served):

@@ -63,6 +63,17 @@ def test_page_loads_and_diagram_renders(offline_page):
     page.screenshot(path=str(ARTIFACTS / "app-architecture.png"), full_page=True)
 
 
+def test_clicking_a_table_row_shows_its_parts(offline_page):
+    page = offline_page
+    cell = page.locator("#block_table [role=gridcell]", has_text="down_blocks.0.attentions.0").first
+    cell.click()
+    page.wait_for_function(
+        "() => document.querySelector('#block_parts').innerText.includes('transformer_blocks.0')",
+        timeout=WAIT,
+    )
+    assert "proj_in" in page.locator("#block_parts").inner_text()
+
+
 def test_architecture_download(offline_page):
     page = offline_page
     page.wait_for_selector("#diagram-svg svg", timeout=WAIT)

@@ -206,7 +206,7 @@ def highlighted_tokens(trace: Any) -> list[tuple[str, str]]:
     """(token, "word" | "special") pairs for ``gr.HighlightedText``."""
     words = set(word_tokens(trace))
     return [
-        (trace.tokens[i] if trace.tokens else str(i), "word" if i in words else "special")
+        (token_label(trace, i), "word" if i in words else "special")
         for _, i in token_choices(trace)
     ]
 
