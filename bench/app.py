@@ -1,5 +1,7 @@
 """App timings on this machine: ``python bench/app.py [--steps 25] [--repeat 5]``.
 
+0. Start-up: ``python app.py`` in a fresh process until the first page answers 200.
+   Target <= 10 s.
 1. Demo generation + capture: ``pipe(prompt, steps=25)`` under ``unetviz.capture`` exactly as
    the app's Run does it (per-head maps), wall time (median of ``--repeat``). Target <= 5 s.
 2. Re-aggregation for a control change: the app's heatmap handler on the cached trace (step
@@ -43,12 +45,49 @@ def _demo_folder(tmp: Path) -> tuple[Path | None, str]:
     return tmp / "demo", "RANDOM-WEIGHT demo model (assets/demo not present yet)"
 
 
+def startup_seconds(timeout: float = 60.0) -> float:
+    """Wall time from spawning ``python app.py`` to the first HTTP 200 of its page."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while time.perf_counter() - t0 < timeout:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"app.py did not serve a page within {timeout:.0f} s")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run both measurements and print them with their targets."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
     args = p.parse_args(argv)
+
+    if not args.no_startup:
+        up = startup_seconds()
+        print(
+            f"start-up to first page (python app.py): {up:.2f} s | target <= 10 s: "
+            f"{'OK' if up <= 10 else 'MISSED'}"
+        )
 
     from unetviz.app import views
     from unetviz.app.registry import ModelRegistry

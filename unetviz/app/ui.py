@@ -8,8 +8,10 @@ Re-aggregation events read only the session's cached Trace in ``gr.State``.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
+import shutil
 import tempfile
 import time
 import uuid
@@ -97,12 +99,26 @@ def _int(value: Any, name: str) -> int:
 class AppHandlers:
     """Event handlers: plain methods (tests call them directly), errors as ``gr.Error``."""
 
+    #: download files older than this are removed (gradio keeps its own copies)
+    KEEP_S = 2 * 3600
+
     def __init__(self, registry: ModelRegistry, workdir: Path | None = None) -> None:
         self.registry = registry
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="unetviz-app-"))
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="unetviz-app-"))
+            atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     def _outdir(self) -> Path:
+        """A fresh folder for one response's files; old ones are pruned."""
+        now = time.time()
+        for old in self.workdir.iterdir():
+            try:
+                if old.is_dir() and now - old.stat().st_mtime > self.KEEP_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
         d = self.workdir / uuid.uuid4().hex[:12]
         d.mkdir(parents=True)
         return d
