@@ -912,11 +912,14 @@ class Capture:
                 rec.sum = rec.sum.to("cpu", torch.float32)
         # MACs: leaves summed into every recorded ancestor (per call of the first forward)
         if self.leaf_macs:
+            totals: dict[str, int] = {}
+            for leaf, value in self.leaf_macs.items():
+                parts = leaf.split(".")
+                for i in range(1, len(parts) + 1):
+                    key = ".".join(parts[:i])
+                    totals[key] = totals.get(key, 0) + value
             for rec in self.trace.blocks:
-                prefix = rec.name + "."
-                rec.macs = sum(
-                    v for k, v in self.leaf_macs.items() if k == rec.name or k.startswith(prefix)
-                )
+                rec.macs = totals.get(rec.name, 0)
         # the skip each up-block resnet concatenated, on that resnet's record
         self.trace.skips.sort(key=lambda s: s.index)
         for s in self.trace.skips:
