@@ -155,10 +155,16 @@ class AppHandlers:
         trace = self.registry.architecture(spec, h, w, b)
         from unetviz.render.diagram import diagram
 
-        svg = views.render_svg(diagram(trace, detail=detail))
+        graph = diagram(trace, detail=detail)
+        svg = views.render_svg(graph)
         rows = views.block_table(trace, detail)
         files = views.write_exports(
-            trace, detail, self._outdir(), f"{views.slug(spec.label)}-{w}x{h}-{detail}"
+            trace,
+            detail,
+            self._outdir(),
+            f"{views.slug(spec.label)}-{w}x{h}-{detail}",
+            graph=graph,
+            svg=svg,
         )
         total = sum(r.params for r in trace.blocks if r.level == "block")
         status = (

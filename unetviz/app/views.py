@@ -151,13 +151,21 @@ def block_parts(trace: Any, name: str) -> list[list[Any]]:
     ]
 
 
-def write_exports(trace: Any, detail: str, folder: Path, stem: str) -> dict[str, Path]:
-    """SVG, PNG, DOT and JSON of the diagram into ``folder``: ``{"svg": path, ...}``."""
+def write_exports(
+    trace: Any,
+    detail: str,
+    folder: Path,
+    stem: str,
+    graph: Any = None,
+    svg: str | None = None,
+) -> dict[str, Path]:
+    """SVG, PNG, DOT and JSON of the diagram into ``folder``: ``{"svg": path, ...}``
+    (``graph`` / ``svg``: an already drawn Digraph and its SVG, to render only once)."""
     from unetviz.render.diagram import diagram
     from unetviz.render.export import to_json
 
-    g = diagram(trace, detail=detail)
-    svg = render_svg(g)
+    g = graph if graph is not None else diagram(trace, detail=detail)
+    svg = svg if svg is not None else render_svg(g)
     folder.mkdir(parents=True, exist_ok=True)
     out = {k: folder / f"{stem}.{k}" for k in ("svg", "png", "dot", "json")}
     out["svg"].write_text(svg)
