@@ -434,3 +434,20 @@ def test_bad_options_are_named():
         capture(lin, half="cond_only")
     with pytest.raises(TraceError, match="nn.Module"):
         capture("unet")
+
+
+def test_unetviz_capture_is_callable_in_any_import_order():
+    import subprocess
+    import sys
+
+    code = (
+        "from unetviz.capture import Trace\n"  # binds the subpackage on unetviz first
+        "import torch, unetviz\n"
+        "lin = torch.nn.Linear(2, 2)\n"
+        "with unetviz.capture(lin) as t:\n"
+        "    lin(torch.zeros(1, 2))\n"
+        "assert isinstance(t, Trace), t\n"
+        "from unetviz import capture\n"
+        "assert callable(capture)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
