@@ -117,11 +117,15 @@ def test_hooks_removed_after_exception(ounet):
 
 
 def test_nested_capture_of_one_model_is_refused(ounet):
-    with capture(ounet):
+    cap = capture(ounet)
+    with cap:
         with pytest.raises(TraceError, match="already being captured"):
             with capture(ounet):
                 pass
     assert _hook_count(ounet) == 0
+    with pytest.raises(TraceError, match="entered once"):
+        with cap:
+            pass
 
 
 # ---------------------------------------------------------------------------------- threads

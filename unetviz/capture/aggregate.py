@@ -70,9 +70,7 @@ def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
         if not trace.tokens:
             raise TraceError(
                 f"token {token!r}: this trace has no token labels (trace.tokens is empty: "
-                "captured outside a pipeline); address tokens by index 0..{n - 1}".replace(
-                    "{n - 1}", str(n - 1)
-                )
+                f"captured outside a pipeline); address tokens by index 0..{n - 1}"
             )
         known = sorted({w for w in trace.words if w} or {_clean(t) for t in trace.tokens} - {""})
         raise TraceError(f"word {token!r} is not in the prompt; words: {known}")

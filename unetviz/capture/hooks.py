@@ -330,6 +330,8 @@ class Capture:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Trace:
+        if self.thread is not None:
+            raise TraceError("a Capture is entered once: call capture(model, ...) again")
         ident = threading.get_ident()
         with _LOCKS_GUARD:
             nested = _OWNERS.get(self.model) == ident
@@ -374,7 +376,6 @@ class Capture:
 
     def _reset_forward(self) -> None:
         self.step = -1
-        self.in_forward = False
         self.keep: slice = slice(None)
         self.batch = 0
         self.starts: dict[str, list[float]] = {}
@@ -522,7 +523,6 @@ class Capture:
             bound = {}
         sample = bound.get("sample", args[0] if args else None)
         t = bound.get("timestep", bound.get("timesteps", args[1] if len(args) > 1 else None))
-        self.in_forward = True
         self.step = len(self.trace.timesteps)
         self.trace.timesteps.append(self._timestep_value(t))
         batch = sample.shape[0] if isinstance(sample, torch.Tensor) else 0
