@@ -106,7 +106,7 @@ def render(objects: list[ShapeObject], size: int) -> np.ndarray:
 
 def make_scene(
     rng: random.Random,
-    size: int = 32,
+    size: int = 24,
     n_objects: int | None = None,
     p_position: float = 0.5,
 ) -> Scene:
@@ -123,7 +123,7 @@ def make_scene(
         colours = rng.sample(COLOURS, 2)
         first = rng.choice(POSITIONS)
         for shape, colour, pos in zip(shapes, colours, (first, OPPOSITE[first]), strict=True):
-            r = rng.uniform(0.11, 0.20) * size
+            r = rng.uniform(0.13, 0.20) * size
             cx, cy = _centre(rng, r, size, pos)
             word = pos if rng.random() < p_position else None
             objects.append(ShapeObject(shape, colour, cx, cy, r, word))
@@ -138,7 +138,7 @@ def make_scene(
 
 
 def make_batch(
-    rng: random.Random, batch: int, size: int = 32, p_two: float = 0.5
+    rng: random.Random, batch: int, size: int = 24, p_two: float = 0.5
 ) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """A training batch: images (B, 3, size, size) in [-1, 1], captions and scenes."""
     scenes = [make_scene(rng, size, 2 if rng.random() < p_two else 1) for _ in range(batch)]
@@ -146,7 +146,7 @@ def make_batch(
     return torch.from_numpy(images) * 2 - 1, [s.caption for s in scenes], scenes
 
 
-def eval_scenes(n: int, size: int = 32, n_objects: int = 1, seed: int = 1234) -> list[Scene]:
+def eval_scenes(n: int, size: int = 24, n_objects: int = 1, seed: int = 1234) -> list[Scene]:
     """A fixed evaluation set (same seed, same scenes), one- or two-object captions."""
     rng = random.Random(seed * 10 + n_objects)
     return [make_scene(rng, size, n_objects) for _ in range(n)]

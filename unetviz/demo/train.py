@@ -35,7 +35,7 @@ from unetviz.pipelines.demo import (
 )
 
 
-def build(size: int = 32) -> tuple[nn.Module, dict, DemoTextEncoder, WordTokenizer]:
+def build(size: int = 24) -> tuple[nn.Module, dict, DemoTextEncoder, WordTokenizer]:
     """Fresh (unet, unet_config, text_encoder, tokenizer) for the demo model."""
     unet_config = demo_unet_config(size)
     unet = UNet2DConditionModel(UNetConfig.from_dict(unet_config))
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, default=24)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)

@@ -8,7 +8,7 @@ Everything runs offline from ``assets/demo/`` (diffusers-style folder layout)::
     assets/demo/scheduler/scheduler_config.json
     assets/demo/model_card.md
 
-The model works in pixel space (3 x 32 x 32, values in [-1, 1]) and predicts v.
+The model works in pixel space (3 x 24 x 24, values in [-1, 1]) and predicts v.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class DDIMSchedule:
         }
 
 
-def demo_unet_config(size: int = 32) -> dict[str, Any]:
+def demo_unet_config(size: int = 24) -> dict[str, Any]:
     """The demo UNet's diffusers-style config: SD's block structure in miniature."""
     return {
         "_class_name": "UNet2DConditionModel",
@@ -235,7 +235,7 @@ def sample(
     generator: torch.Generator,
     steps: int = 25,
     guidance: float = 4.0,
-    size: int = 32,
+    size: int = 24,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """DDIM with classifier-free guidance; returns images (B, 3, size, size) in [-1, 1].
