@@ -125,6 +125,31 @@ def test_run_default_prompt_then_step_window_without_model_run(offline_page, ser
     assert sum(n.endswith("_overlay.png") for n in names) == len(prompt.split())
 
 
+def test_trace_bundle_download_and_upload_without_model(offline_page, served, tmp_path):
+    page = offline_page
+    with page.expect_download(timeout=WAIT) as info:
+        page.click("#dl_trace")
+    assert info.value.suggested_filename.endswith(".trace.zip")
+    bundle = tmp_path / info.value.suggested_filename
+    info.value.save_as(bundle)
+    assert {"trace.json", "tensors.safetensors"} <= set(zipfile.ZipFile(bundle).namelist())
+    calls = served.registry.pipeline_calls
+    before = _gallery_srcs(page)
+    page.get_by_text("Explore a saved trace bundle").click()
+    page.locator("#upload input[type=file]").set_input_files(str(bundle))
+    page.wait_for_function(
+        "() => document.querySelector('#status').innerText.includes('loaded trace')",
+        timeout=WAIT,
+    )
+    page.wait_for_function(
+        "old => { const s = [...document.querySelectorAll('#heatmaps img')].map(e => e.src);"
+        " return s.length === old.length && s.some((x, i) => x !== old[i]); }",
+        arg=before,
+        timeout=WAIT,
+    )
+    assert served.registry.pipeline_calls == calls
+
+
 def test_time_embedding_tab(offline_page):
     page = offline_page
     page.get_by_role("tab", name="Time embedding").click()
