@@ -278,7 +278,8 @@ def teacher_forced_iou(
 
 
 def evaluate_pipeline(pipe: Any, n: int = 16, steps: int = 25, guidance: float = 4.0) -> dict:
-    """Score a demo pipeline through its public call (capture + ``trace.heatmap``)."""
+    """Score a demo pipeline through its public call: ``pipe(caption, seed=i)`` per caption,
+    maps from ``run.trace.heatmap(word, preset="daam")`` (the capture code path)."""
     result: dict[str, Any] = {}
     for n_obj, prefix in ((1, "one_"), (2, "two_")):
         scenes = eval_scenes(n, pipe.size, n_obj)
@@ -293,34 +294,60 @@ def evaluate_pipeline(pipe: Any, n: int = 16, steps: int = 25, guidance: float =
     return result
 
 
+def full_eval(
+    folder: str | Path, n: int = 32, steps: int = 25, guidance: float = 4.0, fast: bool = False
+) -> dict[str, Any]:
+    """The scores of a demo model folder: generation through the pipeline and capture (or,
+    with ``fast``, batched generation with hooks), plus teacher-forced localisation."""
+    from unetviz.pipelines.demo import DemoPipeline
+
+    pipe = DemoPipeline(folder)
+    parts = (pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.schedule)
+    if fast:
+        return quick_eval(*parts, n=n, steps=steps, guidance=guidance)
+    scores = evaluate_pipeline(pipe, n, steps, guidance)
+    scores.update(teacher_forced_iou(*parts, n=n))
+    return scores
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """A plain-text table of the scores (one / two objects, with the centred-blob baseline)."""
+    lines = [f"{'':<30}{'one object':>12}{'two objects':>13}"]
+    for key in ("colour_acc", "shape_acc", "position_acc", "noun_miou", "colour_miou"):
+        one, two = scores["one_" + key], scores["two_" + key]
+        lines.append(f"{key:<30}{one:>12.3f}{two:>13.3f}")
+    lines.append(
+        f"{'centred blob mIoU':<30}{scores['one_blob_noun_miou']:>12.3f}"
+        f"{scores['two_blob_noun_miou']:>13.3f}"
+    )
+    if "tf_one_noun_miou" in scores:
+        for key in ("noun_miou", "colour_miou", "blob_miou"):
+            one, two = scores["tf_one_" + key], scores["tf_two_" + key]
+            lines.append(f"{'teacher-forced ' + key:<30}{one:>12.3f}{two:>13.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: print the scores as a table and JSON."""
-    from unetviz.pipelines.demo import DEMO_DIR, load_demo_parts
+    from unetviz.pipelines.demo import DEMO_DIR
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(DEMO_DIR))
     p.add_argument("--n", type=int, default=32, help="captions per set (one- and two-object)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fast", action="store_true", help="batched generation with hooks")
     p.add_argument("--json", default=None, help="also write the scores to this file")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
-    unet, text_encoder, tokenizer, schedule = load_demo_parts(Path(args.model))
-    scores = quick_eval(unet, text_encoder, tokenizer, schedule, args.n, args.steps, args.guidance)
+    scores = full_eval(args.model, args.n, args.steps, args.guidance, args.fast)
     print(
         f"demo model {args.model}: {args.n} one-object + {args.n} two-object captions, "
-        f"{args.steps} DDIM steps, guidance {args.guidance} ({time.time() - t0:.0f} s)"
+        f"{args.steps} DDIM steps, guidance {args.guidance} ({time.time() - t0:.0f} s)\n"
     )
-    for prefix, title in (("one_", "one object"), ("two_", "two objects")):
-        print(f"\n{title}:")
-        for key in ("colour_acc", "shape_acc", "position_acc"):
-            print(f"  {key:<14} {scores[prefix + key]}")
-        for key in ("noun", "colour"):
-            print(
-                f"  {key + ' mIoU':<14} {scores[prefix + key + '_miou']:.3f}"
-                f"   (centred blob {scores[prefix + 'blob_' + key + '_miou']:.3f})"
-            )
+    print(format_scores(scores))
     if args.json:
         Path(args.json).write_text(json.dumps(scores, indent=1) + "\n")
     print("\n" + json.dumps(scores))

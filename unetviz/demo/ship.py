@@ -1,7 +1,7 @@
 """Ship a trained checkpoint: ``python -m unetviz.demo.ship runs/demo/step_N [--dest assets/demo]``.
 
 Copies the diffusers-style folder (unet/, text_encoder/, tokenizer/, scheduler/), scores it
-with ``evaluate.quick_eval`` and writes ``model_card.md`` (data, model, training, scores vs the
+with ``evaluate.full_eval`` (pipeline + capture) and writes ``model_card.md`` (data, model, training, scores vs the
 targets and the centred-blob baseline, and the score curve from ``evals.jsonl``) plus
 ``scores.json``. The destination is replaced atomically.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from unetviz.demo.evaluate import quick_eval
+from unetviz.demo.evaluate import full_eval
 from unetviz.pipelines.demo import DEMO_DIR, load_demo_parts
 
 TARGETS = {
@@ -129,8 +129,8 @@ caption dropout, EMA {info.get("ema", 0.999)} (these weights are the EMA).
 
 ## Scores
 `python -m unetviz.demo.evaluate` ({info["eval_n"]} one-object and {info["eval_n"]}
-two-object captions, 25 DDIM steps, guidance 4.0, seeds fixed; {info["eval_s"]:.0f} s).
-Adherence is measured on the generated pixels; localisation follows the DAAM protocol
+two-object captions, one `pipe(caption, seed=i, steps=25, guidance=4.0)` call each, maps from
+`run.trace.heatmap(word, preset="daam")`; {info["eval_s"]:.0f} s on the shared CPU). Adherence is measured on the generated pixels; localisation follows the DAAM protocol
 (head-averaged maps, bicubic upsampling, layers averaged, steps summed, min-max, tau = 0.4)
 against the mask of the object the word names in the generated image; the teacher-forced rows
 noise dataset images (t = 300, 500, 700) and score against their exact rendered masks.
@@ -150,8 +150,8 @@ def ship(src: str | Path, dest: str | Path = DEMO_DIR, n: int = 32, steps: int =
     src, dest = Path(src), Path(dest)
     torch.set_num_threads(1)
     t0 = time.time()
-    unet, text_encoder, tokenizer, schedule = load_demo_parts(src)
-    scores = quick_eval(unet, text_encoder, tokenizer, schedule, n=n, steps=steps)
+    unet = load_demo_parts(src)[0]
+    scores = full_eval(src, n=n, steps=steps)
     run_dir = src.parent
     info: dict[str, Any] = {"eval_n": n, "eval_s": time.time() - t0}
     info["unet_params"] = sum(p.numel() for p in unet.parameters())
