@@ -1,5 +1,5 @@
-"""Helpers shared by the app tests (no tests here): a demo model folder and an in-process
-server on a free port."""
+"""Helpers shared by the app tests (no tests here): an in-process server on a free port,
+running the shipped demo model (assets/demo)."""
 
 from __future__ import annotations
 
@@ -24,23 +24,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def demo_folder(tmp: Path) -> Path | None:
-    """None when the shipped demo model is present (the app then uses it); else a
-    random-weight demo folder written to ``tmp`` (only until the trained weights land)."""
-    if DEMO_WEIGHTS.is_file():
-        return None
-    import torch
-
-    from unetviz.demo.train import build
-    from unetviz.pipelines.demo import DDIMSchedule, save_demo
-
-    torch.manual_seed(0)
-    unet, cfg, te, tok = build()
-    folder = tmp / "demo"
-    save_demo(folder, unet, cfg, te, tok, DDIMSchedule())
-    return folder
-
-
 class Served:
     """A running app: ``url``, ``registry``, ``blocks``, ``root`` (its one model root)."""
 
@@ -49,10 +32,8 @@ class Served:
 
         self.root = tmp / "models"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.demo = demo_folder(tmp)
-        self.blocks, self.registry = create_app(
-            model_roots=[self.root], demo_folder=self.demo, preload=False
-        )
+        assert DEMO_WEIGHTS.is_file(), f"the shipped demo model is missing: {DEMO_WEIGHTS}"
+        self.blocks, self.registry = create_app(model_roots=[self.root], preload=False)
         self.blocks.queue(default_concurrency_limit=1)
         self.port = free_port()
         t0 = time.perf_counter()
