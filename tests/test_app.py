@@ -115,6 +115,18 @@ def test_architecture_demo_and_preset(served, client):
     assert rows["mid_block"][5] != "-" and rows["mid_block"][6] != "-"
 
 
+def test_arch_defaults_follow_the_model(client):
+    h, w, folder = client.predict("sdxl", "", api_name="/arch_defaults")
+    assert h["value"] == w["value"] == 1024 and h["step"] == 32
+    assert folder["visible"] is False
+    h, w, folder = client.predict("folder", "", api_name="/arch_defaults")
+    assert folder["visible"] is True
+    with pytest.raises(AppError, match="outside the allowed model roots"):
+        client.predict("folder", "/etc", api_name="/arch_defaults")
+    h, _, _ = client.predict("demo", "", api_name="/arch_defaults")
+    assert h["value"] == client.predict("demo", "", api_name="/arch_defaults")[1]["value"]
+
+
 def test_block_parts(client):
     client.predict("sd15", "", 512, 512, 2, "layers", 100, api_name="/architecture")
     parts = client.predict("down_blocks.0.attentions.0", api_name="/block_parts")
