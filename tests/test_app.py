@@ -183,6 +183,7 @@ def test_a_stable_diffusion_folder_inside_the_roots(served, client):
     out = c.predict(*run_args("a photo of a cat", steps=2, model="tiny-sd"), api_name="/run")
     words = [t["token"] for t in out[1] if t["class_or_confidence"] == "word"]
     assert words == ["a", "photo", "of", "a", "cat"]
+    assert len(out[1]) == 7  # <|startoftext|> ... <|endoftext|>, not 77 padded positions
     assert [g["caption"] for g in out[7]][-1] == "cat (5)"
 
 

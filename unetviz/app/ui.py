@@ -734,7 +734,7 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                 concurrency_limit=2,
             )
         )
-        re = gr.on(
+        reaggregate = gr.on(
             [c.input for c in controls],
             h.heatmaps,
             [session, *controls],
@@ -744,7 +744,7 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
             show_progress="minimal",
             concurrency_limit=4,
         )
-        re.then(
+        reaggregate.then(
             h.downloads, [session, *controls], [dl_zip, dl_trace], api_visibility="private"
         ).then(h.layer_grid, [session, *controls], layer_plot, api_visibility="private")
         temb_by.input(

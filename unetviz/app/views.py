@@ -182,13 +182,18 @@ def slug(text: str, default: str = "unet") -> str:
 
 
 # ---------------------------------------------------------------------------------- tokens
+_EOS = ("<eos>", "<|endoftext|>", "</s>")
+
+
 def token_choices(trace: Any) -> list[tuple[str, int]]:
-    """(label, index) of every token up to the first padding token."""
+    """(label, index) of every token up to the first end-of-text (or padding) token."""
     out = []
     for i, tok in enumerate(trace.tokens):
         if tok == "<pad>":
             break
         out.append((f"{i}: {tok.replace('</w>', '')}", i))
+        if tok in _EOS:  # CLIP pads with <|endoftext|>: stop after the first one
+            break
     if not out:  # a trace without labels: address by index
         from unetviz.capture.aggregate import _n_tokens
 
@@ -203,11 +208,11 @@ def word_tokens(trace: Any) -> list[int]:
         if idx:
             return idx
     specials = {"<bos>", "<eos>", "<pad>", "<|startoftext|>", "<|endoftext|>"}
-    return (
-        [i for _, i in token_choices(trace) if trace.tokens[i] not in specials]
-        if trace.tokens
-        else []
-    )
+    if trace.tokens:
+        idx = [i for _, i in token_choices(trace) if trace.tokens[i] not in specials]
+        if idx:
+            return idx
+    return [i for _, i in token_choices(trace)][:8]  # unlabelled trace: the first positions
 
 
 def highlighted_tokens(trace: Any) -> list[tuple[str, str]]:
