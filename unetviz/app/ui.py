@@ -636,7 +636,7 @@ def build_blocks(registry: ModelRegistry, workdir: Path | None = None) -> gr.Blo
                         elem_id="temb_detail",
                     )
                     temb_zoom = gr.Slider(
-                        20, 200, value=100, step=5, label="Zoom %", elem_id="temb_zoom"
+                        20, 200, value=70, step=5, label="Zoom %", elem_id="temb_zoom"
                     )
                     temb_by = gr.Radio(
                         [("per resnet", "layer"), ("per block", "block")],
