@@ -33,7 +33,7 @@ import typer
 
 #: lazily imported subcommands: name -> (module with ``register(app)``, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "attention": ("unetviz.pipelines.cli", "Cross-attention heatmaps of a prompt."),
+    "attention": ("unetviz.attention_cli", "Cross-attention heatmaps of a prompt."),
     "app": ("unetviz.app.cli", "Start the web app."),
 }
 
