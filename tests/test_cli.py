@@ -185,3 +185,32 @@ def test_lazy_subcommands(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("uvz_not_there", "Nothing."))
     assert run_main(["ghost"]) == 2
     assert "`unetviz ghost` is not available" in capsys.readouterr().err
+
+
+def test_bundled_preset_structures_are_current_and_equal_a_fresh_capture():
+    """The shipped structures make the first preset diagram torch-free; they must match the
+    current model/capture code (else run ``python -m unetviz.cli bundle-structures``)."""
+    import gzip
+    import json
+
+    from unetviz import UNetConfig
+    from unetviz.cli import BUNDLED, BUNDLED_DIR, _meta_capture, check_size, structure_key
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("time_ms", "model")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    for preset, detail in BUNDLED:
+        cfg = UNetConfig.preset(preset)
+        h, w = check_size(cfg, None, None, 2)
+        path = BUNDLED_DIR / f"{structure_key(cfg, h, w, 2, detail)}.json.gz"
+        assert path.is_file(), (
+            f"bundled structure for {preset}/{detail} is stale or missing: run "
+            "`python -m unetviz.cli bundle-structures`"
+        )
+        if (preset, detail) in (("sd15", "layers"), ("sdxl", "blocks")):
+            shipped = json.loads(gzip.decompress(path.read_bytes()))
+            assert strip(shipped) == strip(_meta_capture(cfg, h, w, 2, detail, None))

@@ -21,6 +21,7 @@ imported only when its command is run, so ``unetviz diagram`` stays fast.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib
 import json
@@ -127,15 +128,51 @@ def cache_dir() -> Path:
     return Path(base) / "unetviz" / "traces"
 
 
-def _code_fingerprint() -> list[Any]:
-    """Files whose change changes a structure trace (model and capture code)."""
+#: Structures of the presets at their default sizes, shipped with the package so that the
+#: first ``unetviz diagram --preset ...`` needs no torch. Named by the same key as the cache, so
+#: a change to the model or capture code simply misses them (tests/test_cli.py checks they are
+#: current; ``python -m unetviz.cli bundle`` rewrites them).
+BUNDLED_DIR = Path(__file__).parent / "presets" / "structures"
+BUNDLED = [(p, d) for p in ("sd15", "sd21", "sdxl") for d in ("blocks", "layers")]
+
+
+def _code_fingerprint() -> str:
+    """Hash of the files whose change changes a structure trace (config, model, capture)."""
     root = Path(__file__).parent
-    out = []
-    for sub in ("model", "capture"):
-        for f in sorted((root / sub).glob("*.py")):
-            st = f.stat()
-            out.append([f"{sub}/{f.name}", st.st_size, st.st_mtime_ns])
-    return out
+    digest = hashlib.sha256()
+    for f in [root / "config.py", *sorted((root / "model").glob("*.py"))] + sorted(
+        (root / "capture").glob("*.py")
+    ):
+        digest.update(f.relative_to(root).as_posix().encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def structure_key(cfg: Any, height: int, width: int, batch: int, detail: str) -> str:
+    """The cache (and bundle) key of a structure: config, size, batch, detail and code."""
+    from . import __version__
+
+    key_data = {
+        "config": cfg.to_dict(),
+        "height": height,
+        "width": width,
+        "batch": batch,
+        "detail": detail,
+        "tokens": TOKENS,
+        "version": __version__,
+        "code": _code_fingerprint(),
+    }
+    return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_state(path: Path, label: str | None) -> dict[str, Any] | None:
+    try:
+        raw = path.read_bytes()
+        state = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+    except (OSError, ValueError, EOFError):
+        return None  # a broken entry is rebuilt
+    state.setdefault("meta", {})["model"] = label or state["meta"].get("model")
+    return state
 
 
 def structure(
@@ -151,27 +188,13 @@ def structure(
     capture (no weights), returned as the Trace's JSON state (``Trace.to_state()[0]``), which
     every ``unetviz.render`` function reads like a Trace. Cached on disk unless ``cache`` is
     False."""
-    from . import __version__
-
-    key_data = {
-        "config": cfg.to_dict(),
-        "height": height,
-        "width": width,
-        "batch": batch,
-        "detail": detail,
-        "tokens": TOKENS,
-        "version": __version__,
-        "code": _code_fingerprint(),
-    }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
+    key = structure_key(cfg, height, width, batch, detail)
     path = cache_dir() / f"{key}.json"
-    if cache and path.is_file():
-        try:
-            state = json.loads(path.read_text())
-            state.setdefault("meta", {})["model"] = label or state["meta"].get("model")
-            return state
-        except (OSError, ValueError):
-            pass  # a broken cache entry is rebuilt
+    if cache:
+        for candidate in (BUNDLED_DIR / f"{key}.json.gz", path):
+            state = _read_state(candidate, label) if candidate.is_file() else None
+            if state is not None:
+                return state
     state = _meta_capture(cfg, height, width, batch, detail, label)
     if cache:
         try:
@@ -285,6 +308,24 @@ def diagram(
         raise CliError(str(exc)) from None
     if output is not None:
         typer.echo(f"wrote {output} ({len(data):,} bytes, {detail} detail)", err=True)
+
+
+@app.command(name="bundle-structures", hidden=True)
+def bundle_structures() -> None:
+    """Rewrite the structures shipped in unetviz/presets/structures (maintainers only)."""
+    from .config import UNetConfig
+
+    BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
+    for old in BUNDLED_DIR.glob("*.json.gz"):
+        old.unlink()
+    for preset, detail in BUNDLED:
+        cfg = UNetConfig.preset(preset)
+        h, w = check_size(cfg, None, None, 2)
+        state = _meta_capture(cfg, h, w, 2, detail, None)
+        key = structure_key(cfg, h, w, 2, detail)
+        data = gzip.compress(json.dumps(state, separators=(",", ":")).encode(), mtime=0)
+        (BUNDLED_DIR / f"{key}.json.gz").write_bytes(data)
+        typer.echo(f"{preset} {detail}: {key}.json.gz ({len(data):,} bytes)", err=True)
 
 
 @app.command()
