@@ -30,3 +30,32 @@ def browser_type_launch_args(browser_type_launch_args):
         "executable_path": "/usr/bin/chromium",
         "args": CHROMIUM_ARGS,
     }
+
+
+def tiny_capture(timesteps=(900, 500, 100), tokens: int = 8):
+    """A real capture of a tiny random-weight UNet (one cross-attention level, 16x16 latent)
+    run for ``timesteps``: attention, temb and skips, in well under a second."""
+    import torch
+
+    from unetviz import UNet2DConditionModel, UNetConfig, capture
+
+    cfg = UNetConfig.from_dict(
+        dict(
+            sample_size=16,
+            block_out_channels=[32, 64],
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+            layers_per_block=1,
+            norm_num_groups=8,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+        )
+    )
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    x, ehs = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, tokens, 32, generator=g)
+    with torch.no_grad(), capture(unet, detail="layers") as trace:
+        for t in timesteps:
+            unet(x, t, ehs)
+    return trace

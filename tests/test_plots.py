@@ -14,6 +14,8 @@ from PIL import Image
 from unetviz import UNet2DConditionModel, UNetConfig, capture
 from unetviz.render import plots
 
+from .conftest import tiny_capture
+
 TOKENS = ["<bos>", "a", "red", "cat</w>", "on", "a", "mat</w>", "<eos>"]
 WORDS = [None, "a", "red", "cat", "on", "a", "mat", None]
 TIMESTEPS = (900, 500, 100)
@@ -21,25 +23,7 @@ TIMESTEPS = (900, 500, 100)
 
 @pytest.fixture(scope="module")
 def trace():
-    cfg = UNetConfig.from_dict(
-        dict(
-            sample_size=16,
-            block_out_channels=[32, 64],
-            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-            layers_per_block=1,
-            norm_num_groups=8,
-            cross_attention_dim=32,
-            attention_head_dim=4,
-        )
-    )
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    x, ehs = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 8, 32, generator=g)
-    with torch.no_grad(), capture(unet, detail="layers") as tr:
-        for t in TIMESTEPS:
-            unet(x, t, ehs)
+    tr = tiny_capture(TIMESTEPS)
     tr.tokens, tr.words = list(TOKENS), list(WORDS)
     return tr
 

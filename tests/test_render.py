@@ -24,6 +24,8 @@ from unetviz.render.export import (
     write_diagram,
 )
 
+from .conftest import tiny_capture
+
 # the seed's skip tensors (SD 1.5, 512 px, batch 2): conv_in, then each down block's outputs
 SD15_SKIPS = (
     [[2, 320, 64, 64]] * 3
@@ -67,26 +69,7 @@ def sdxl():
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny random-weight UNet run for 3 steps with temb and attention capture."""
-    cfg = UNetConfig.from_dict(
-        dict(
-            sample_size=16,
-            block_out_channels=[32, 64],
-            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-            layers_per_block=1,
-            norm_num_groups=8,
-            cross_attention_dim=32,
-            attention_head_dim=4,
-        )
-    )
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    x, ehs = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 8, 32, generator=g)
-    with torch.no_grad(), capture(unet, detail="layers") as trace:
-        for t in (900, 500, 100):
-            unet(x, t, ehs)
-    return trace
+    return tiny_capture((900, 500, 100))
 
 
 def _json(trace, detail="blocks"):
