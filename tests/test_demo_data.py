@@ -178,7 +178,7 @@ def test_probe_matches_capture_heatmap():
     torch.manual_seed(0)
     unet = UNet2DConditionModel(UNetConfig.from_dict(demo_unet_config())).eval()
     ctx = torch.randn(2, 16, 64)
-    x = torch.randn(2, 3, 24, 24)
+    x = torch.randn(2, 5, 24, 24)
     with torch.no_grad(), probe(unet, 24) as p, unetviz.capture(unet, cfg=True) as trace:
         unet(x, torch.tensor(500), ctx)
         unet(x, torch.tensor(300), ctx)
@@ -188,3 +188,18 @@ def test_probe_matches_capture_heatmap():
         ours = (ours - ours.min()) / (ours.max() - ours.min())
         theirs = trace.heatmap(token, preset="daam", size=24)
         assert torch.allclose(ours, theirs, atol=2e-2), (ours - theirs).abs().max()
+
+
+def test_unet_input_appends_coordinate_channels_only_when_configured():
+    from unetviz import UNet2DConditionModel, UNetConfig
+    from unetviz.pipelines.demo import unet_input
+
+    cfg = demo_unet_config()
+    unet5 = UNet2DConditionModel(UNetConfig.from_dict(cfg))
+    x = torch.zeros(2, 3, 24, 24)
+    inp = unet_input(unet5, x)
+    assert inp.shape == (2, 5, 24, 24)
+    assert inp[0, 3, 0, 0] == -1 and inp[0, 3, 0, -1] == 1  # x runs left to right
+    assert inp[0, 4, 0, 0] == -1 and inp[0, 4, -1, 0] == 1  # y runs top to bottom
+    unet3 = UNet2DConditionModel(UNetConfig.from_dict(dict(cfg, in_channels=3)))
+    assert unet_input(unet3, x) is x

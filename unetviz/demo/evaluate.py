@@ -251,6 +251,8 @@ def teacher_forced_iou(
 ) -> dict[str, Any]:
     """Localisation against the exact rendered masks: dataset images noised to ``timesteps``,
     one conditional forward each, DAAM maps summed over them, IoU per noun / colour word."""
+    from unetviz.pipelines.demo import unet_input
+
     size = int(unet.config.sample_size)
     blob = daam_binary(centred_blob(size))
     result: dict[str, Any] = {}
@@ -264,7 +266,7 @@ def teacher_forced_iou(
             for t in timesteps:
                 noise = torch.randn(x0.shape, generator=gen)
                 x_t, _ = schedule.add_noise(x0, noise, torch.full((n,), t))
-                unet(x_t, torch.tensor(t), cond)
+                unet(unet_input(unet, x_t), torch.tensor(t), cond)
         ious: dict[str, list[float]] = {"noun": [], "colour": [], "blob": []}
         for i, scene in enumerate(scenes):
             labels = tokenizer.encode(scene.caption)[1]

@@ -32,6 +32,7 @@ from unetviz.pipelines.demo import (
     WordTokenizer,
     demo_unet_config,
     save_demo,
+    unet_input,
 )
 
 
@@ -51,6 +52,14 @@ class Both(nn.Module):
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
+
+
+def _pad_in(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """Zero-pad dim 1 of a conv weight (or its Adam moment) to ``channels`` input channels:
+    function preserving, the new coordinate channels start with zero weight."""
+    if t.shape[1] >= channels:
+        return t
+    return torch.cat([t, t.new_zeros(t.shape[0], channels - t.shape[1], *t.shape[2:])], 1)
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -92,8 +101,19 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = out / "ckpt.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
+        w = model.unet.conv_in.weight
+        key = "unet.conv_in.weight"
+        grown = state["model"][key].shape[1] < w.shape[1]
+        for part in ("model", "ema"):
+            state[part][key] = _pad_in(state[part][key], w.shape[1])
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        if grown:  # conv_in gained the coordinate channels: pad its Adam moments too
+            idx = [i for i, p in enumerate(model.parameters()) if p is w][0]
+            for mom in ("exp_avg", "exp_avg_sq"):
+                moments = state["opt"]["state"][idx]
+                moments[mom] = _pad_in(moments[mom], w.shape[1])
+            print(f"conv_in grown to {w.shape[1]} input channels (zero-initialised)", flush=True)
         opt.load_state_dict(state["opt"])
         step, minutes_before = state["step"], state.get("minutes", 0.0)
         torch.set_rng_state(state["torch_rng"])
@@ -152,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         t = (u * schedule.num_train_timesteps).long().clamp(0, schedule.num_train_timesteps - 1)
         noise = torch.randn_like(images)
         x_t, target = schedule.add_noise(images, noise, t)
-        pred = model.unet(x_t, t, model.text_encoder(ids))
+        pred = model.unet(unet_input(model.unet, x_t), t, model.text_encoder(ids))
         loss = nn.functional.mse_loss(pred, target)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
