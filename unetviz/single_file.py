@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 
 from .config import ConfigError, UNetConfig
 from .names import LDM_PREFIX, UnknownNameError, unet_names
-from .weights import _offenders, build_unet
+from .weights import _offenders, build_unet, key_mismatches
 
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIXES = {
@@ -319,23 +319,10 @@ def _clip_config_from_shapes(state: dict[str, torch.Tensor], openclip: bool, **o
 
 def _load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Strict assignment of ``state`` into a meta-built module; fills non-persistent buffers."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = [
-        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-        for k, v in state.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_offenders(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_offenders(unexpected)}")
-        if misshaped:
-            parts.append(f"{len(misshaped)} keys with the wrong shape: {_offenders(misshaped)}")
-        raise SingleFileError(f"{what} does not match its config: " + "; ".join(parts))
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    problem = key_mismatches(expected, {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise SingleFileError(f"{what} does not match its config: {problem}")
     module.load_state_dict(state, strict=True, assign=True)
     for name, buf in list(module.named_buffers()):
         if buf.is_meta:

@@ -7,7 +7,7 @@ safetensors, and assigns them into the module, so peak memory is about one copy 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -139,6 +139,28 @@ def _offenders(names: list[str], limit: int = 5) -> str:
     return head + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def key_mismatches(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]
+) -> str | None:
+    """Compare a model's parameter shapes with a file's: None when they agree, else one line
+    with the counts and first offenders of missing, unexpected and mis-shaped keys."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = [
+        f"{k} {found[k]} (expected {expected[k]})"
+        for k in sorted(set(found) & set(expected))
+        if tuple(found[k]) != tuple(expected[k])
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {_offenders(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {_offenders(unexpected)}")
+    if misshaped:
+        parts.append(f"{len(misshaped)} keys with the wrong shape: {_offenders(misshaped)}")
+    return "; ".join(parts) or None
+
+
 def load_unet(
     path: str | Path,
     dtype: str | torch.dtype | None = None,
@@ -156,17 +178,14 @@ def load_unet(
     model = build_unet(config, device="meta")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
+    found = {
+        key: tuple(handle.get_slice(key).get_shape()) for key, _, handle in _iter_tensors(files)
+    }
+    problem = key_mismatches(expected, found)
+    if problem:
+        raise WeightsError(f"weights in {unet_dir} do not match its config.json: {problem}")
     state: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    misshaped: list[str] = []
     for key, file, handle in _iter_tensors(files):
-        if key not in expected:
-            unexpected.append(key)
-            continue
-        shape = tuple(handle.get_slice(key).get_shape())
-        if shape != expected[key]:
-            misshaped.append(f"{key} {shape} (expected {expected[key]})")
-            continue
         try:
             tensor = handle.get_tensor(key)
         except (SafetensorError, OSError, RuntimeError) as exc:
@@ -174,18 +193,6 @@ def load_unet(
         if target_dtype is not None and tensor.dtype != target_dtype:
             tensor = tensor.to(target_dtype)
         state[key] = tensor.to(device) if str(device) != "cpu" else tensor
-    missing = sorted(set(expected) - set(state) - {k.split(" ")[0] for k in misshaped})
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_offenders(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_offenders(sorted(unexpected))}")
-        if misshaped:
-            parts.append(f"{len(misshaped)} keys with the wrong shape: {_offenders(misshaped)}")
-        raise WeightsError(
-            f"weights in {unet_dir} do not match its config.json: " + "; ".join(parts)
-        )
     dtypes = {t.dtype for t in state.values()}
     if len(dtypes) > 1 and target_dtype is None:
         # A file with mixed dtypes: unify on the widest so the forward does not fail.
