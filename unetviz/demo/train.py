@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-min", type=float, default=10.0)
     p.add_argument("--eval-n", type=int, default=32)
     p.add_argument("--time-limit-min", type=float, default=1e9)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
     args = p.parse_args(argv)
 
