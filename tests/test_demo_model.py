@@ -14,22 +14,25 @@ import torch
 from unetviz.demo.evaluate import evaluate_pipeline, teacher_forced_iou
 from unetviz.pipelines import load_pipeline
 
-# measured on the shipped weights with exactly these settings (see the module docstring)
+# On this set the shipped checkpoint (step 10659) measures: colour 1.00 / 1.00, shape 1.00 /
+# 0.875, noun mIoU 0.71 / 0.55, colour mIoU 0.85 / 0.77 (one / two objects), centred blob
+# 0.41 / 0.15; teacher-forced noun 0.76 / 0.68, colour 0.91 / 0.94, blob 0.30 / 0.15.
+# The floors leave a margin for BLAS / torch-version noise.
 FLOORS = {
     "one_colour_acc": 0.85,
-    "two_colour_acc": 0.75,
-    "one_shape_acc": 0.25,
-    "two_shape_acc": 0.10,
-    "one_noun_miou": 0.45,
-    "two_noun_miou": 0.25,
-    "one_colour_miou": 0.60,
-    "two_colour_miou": 0.45,
+    "two_colour_acc": 0.85,
+    "one_shape_acc": 0.85,
+    "two_shape_acc": 0.70,
+    "one_noun_miou": 0.60,
+    "two_noun_miou": 0.45,
+    "one_colour_miou": 0.70,
+    "two_colour_miou": 0.65,
 }
 TF_FLOORS = {
-    "tf_one_noun_miou": 0.45,
-    "tf_two_noun_miou": 0.28,
-    "tf_one_colour_miou": 0.65,
-    "tf_two_colour_miou": 0.60,
+    "tf_one_noun_miou": 0.65,
+    "tf_two_noun_miou": 0.55,
+    "tf_one_colour_miou": 0.80,
+    "tf_two_colour_miou": 0.80,
 }
 
 
@@ -52,12 +55,13 @@ def test_generated_scores_above_floor(scores, key):
 def test_token_maps_beat_the_centred_blob(scores):
     for n in ("one", "two"):
         blob = scores[f"{n}_blob_noun_miou"]
-        assert scores[f"{n}_noun_miou"] >= blob + 0.1, scores
-        assert scores[f"{n}_colour_miou"] >= blob + 0.2, scores
+        assert scores[f"{n}_noun_miou"] >= blob + 0.25, scores
+        assert scores[f"{n}_colour_miou"] >= blob + 0.35, scores
 
 
 def test_teacher_forced_localisation_against_exact_masks(pipe):
     tf = teacher_forced_iou(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.schedule, n=16)
     for key, floor in TF_FLOORS.items():
         assert tf[key] >= floor, (key, tf)
-    assert tf["tf_one_noun_miou"] >= tf["tf_one_blob_miou"] + 0.15, tf
+    assert tf["tf_one_noun_miou"] >= tf["tf_one_blob_miou"] + 0.3, tf
+    assert tf["tf_two_noun_miou"] >= tf["tf_two_blob_miou"] + 0.3, tf

@@ -123,9 +123,10 @@ left and a green triangle". Generated on the fly (`unetviz/demo/data.py`), exact
 
 ## Training
 Step {info["step"]} after {info["minutes"]:.0f} minutes on a shared 2-core CPU (1 torch thread;
-other jobs running), batch {info.get("batch", 32)}, AdamW lr {info.get("lr", 1e-3)} with
-{info.get("warmup", 200)}-step warm-up, timesteps drawn logit-normal (mid noise levels), 10%
-caption dropout, EMA {info.get("ema", 0.999)} (these weights are the EMA).
+other jobs running), batch {info.get("batch", 32)}, AdamW with {info.get("warmup", 200)}-step
+warm-up (lr in the history below; {info.get("lr", 1e-3)} at the end), timesteps drawn
+logit-normal (mid noise levels) mixed with uniform draws from the noisier half, 10% caption
+dropout, EMA {info.get("ema", 0.999)} (these weights are the EMA).
 
 ## Scores
 `python -m unetviz.demo.evaluate` ({info["eval_n"]} one-object and {info["eval_n"]}
