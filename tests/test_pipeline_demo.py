@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -73,15 +71,6 @@ def test_clear_errors(pipe):
     with pytest.raises(PipelineError, match="steps"):
         pipe("a red circle", steps=0)
     assert issubclass(UnknownWordError, PipelineError) and issubclass(PipelineError, ValueError)
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("unetviz.pipelines.sd") is not None,
-    reason="the SD pipeline module exists: non-demo names go there",
-)
-def test_unknown_pipeline_without_sd_module_is_a_clear_error(tmp_path):
-    with pytest.raises(PipelineError, match="only 'demo' is available"):
-        load_pipeline(tmp_path / "nothing")
 
 
 def test_demo_folder_path_loads_as_demo(tmp_path):

@@ -6,7 +6,6 @@ name or path goes to the Stable Diffusion pipeline (``unetviz.pipelines.sd``).
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,6 @@ def load_pipeline(name_or_path: str | Path = "demo", **kwargs: Any) -> Pipeline:
         and not (path / "model_index.json").is_file()  # real SD folders also have these
     ):
         return DemoPipeline(path, **kwargs)
-    try:
-        sd = importlib.import_module("unetviz.pipelines.sd")
-    except ModuleNotFoundError as exc:
-        if exc.name != "unetviz.pipelines.sd":
-            raise
-        raise PipelineError(
-            f"cannot load pipeline {str(name_or_path)!r}: only 'demo' is available "
-            "(the Stable Diffusion pipeline, unetviz.pipelines.sd, is not installed)"
-        ) from None
-    return sd.load_sd_pipeline(name_or_path, **kwargs)
+    from .sd import load_sd_pipeline  # imports diffusers/transformers only when it loads
+
+    return load_sd_pipeline(name_or_path, **kwargs)
