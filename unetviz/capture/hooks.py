@@ -220,7 +220,24 @@ def _select(kind: str, wanted: Iterable[str], available: Sequence[str]) -> list[
 
 # ---------------------------------------------------------------------------------- capture
 class Capture:
-    """Context manager returned by ``capture``; ``__enter__`` gives the Trace being filled."""
+    """``capture(model, ...)``: hook ``model`` (a UNet2DConditionModel, unetviz's or
+    diffusers') for the ``with`` block; ``__enter__`` gives the Trace being filled.
+
+    ``with capture(unet) as trace: unet(sample, t, encoder_hidden_states)`` records, per
+    forward: block shapes/params/MACs/time down to ``detail`` ("blocks", "layers", "modules"),
+    skip connections, temb contributions (``temb``), and cross-attention probabilities of the
+    layers chosen by ``attention`` (True, False, or attn2 names / prefixes such as
+    ``"up_blocks.1"``). ``mode="steps"`` keeps every forward's maps (``attention_dtype`` on CPU,
+    at most ``memory_budget`` bytes, else MemoryBudgetError); ``mode="stream"`` keeps a float32
+    sum and a count. ``cfg`` says the batch is [uncond, cond] halves (None: any even batch);
+    ``half`` picks "cond", "uncond" or "both". ``per_head`` keeps heads apart. Self-attention
+    rows are captured only for ``self_attention_layers`` (attn1 names / prefixes) at
+    ``self_attention_points`` ((y, x) fractions). ``meta`` is merged into ``trace.meta``.
+
+    Every hook is removed on exit (normal or exception); outputs are unchanged bit for bit.
+    Captures of one model are serialised by a per-model lock; forwards of the model in other
+    threads are not recorded.
+    """
 
     def __init__(
         self,
@@ -931,51 +948,5 @@ class Capture:
         self.trace._cache.clear()
 
 
-def capture(
-    model: nn.Module,
-    *,
-    detail: str = "layers",
-    attention: bool | str | Sequence[str] = True,
-    temb: bool = True,
-    mode: str = "steps",
-    half: str = "cond",
-    cfg: bool | None = None,
-    per_head: bool = False,
-    attention_dtype: torch.dtype = torch.float16,
-    memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
-    self_attention_layers: Sequence[str] | None = None,
-    self_attention_points: Sequence[tuple[float, float]] | None = None,
-    meta: dict[str, Any] | None = None,
-) -> Capture:
-    """Hook ``model`` (a UNet2DConditionModel, unetviz's or diffusers') for the ``with`` block.
-
-    ``with capture(unet) as trace: unet(sample, t, encoder_hidden_states)`` records, per
-    forward: block shapes/params/MACs/time down to ``detail`` ("blocks", "layers", "modules"),
-    skip connections, temb contributions (``temb``), and cross-attention probabilities of the
-    layers chosen by ``attention`` (True, False, or attn2 names / prefixes such as
-    ``"up_blocks.1"``). ``mode="steps"`` keeps every forward's maps (``attention_dtype`` on CPU,
-    at most ``memory_budget`` bytes, else MemoryBudgetError); ``mode="stream"`` keeps a float32
-    sum and a count. ``cfg`` says the batch is [uncond, cond] halves (None: any even batch);
-    ``half`` picks "cond", "uncond" or "both". ``per_head`` keeps heads apart. Self-attention
-    rows are captured only for ``self_attention_layers`` (attn1 names / prefixes) at
-    ``self_attention_points`` ((y, x) fractions). ``meta`` is merged into ``trace.meta``.
-
-    Every hook is removed on exit (normal or exception); outputs are unchanged bit for bit.
-    Captures of one model are serialised by a per-model lock; forwards of the model in other
-    threads are not recorded.
-    """
-    return Capture(
-        model,
-        detail=detail,
-        attention=attention,
-        temb=temb,
-        mode=mode,
-        half=half,
-        cfg=cfg,
-        per_head=per_head,
-        attention_dtype=attention_dtype,
-        memory_budget=memory_budget,
-        self_attention_layers=self_attention_layers,
-        self_attention_points=self_attention_points,
-        meta=meta,
-    )
+#: ``capture(unet, ...)`` builds a :class:`Capture`; one signature, one set of defaults.
+capture = Capture
