@@ -23,6 +23,18 @@ WORDS = (
 ).split()
 
 
+#: What the tiny SD1- and SDXL-style UNets share: two levels, one layer each, 16x16 latents.
+_TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
+
+
 def _bytes_to_unicode() -> list[str]:
     """CLIP's byte -> printable unicode table (256 base symbols)."""
     bs = (
@@ -134,16 +146,7 @@ def build_tiny_sd(folder: Path, kind: str = "sd1") -> Path:
         from diffusers import StableDiffusionPipeline
 
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            norm_num_groups=8,
-            attention_head_dim=(2, 4),
+            **_TINY_UNET, cross_attention_dim=32, norm_num_groups=8, attention_head_dim=(2, 4)
         )
         text_encoder = CLIPTextModel(_clip_config(vocab_size, eos, act="quick_gelu"))
         pipe = StableDiffusionPipeline(
@@ -160,13 +163,7 @@ def build_tiny_sd(folder: Path, kind: str = "sd1") -> Path:
         from diffusers import StableDiffusionXLPipeline
 
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **_TINY_UNET,
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
