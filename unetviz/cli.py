@@ -140,9 +140,11 @@ def _code_fingerprint() -> str:
     """Hash of the files whose change changes a structure trace (config, model, capture)."""
     root = Path(__file__).parent
     digest = hashlib.sha256()
-    for f in [root / "config.py", *sorted((root / "model").glob("*.py"))] + sorted(
-        (root / "capture").glob("*.py")
-    ):
+    for f in [
+        root / "config.py",
+        root / "structure.py",
+        *sorted((root / "model").glob("*.py")),
+    ] + sorted((root / "capture").glob("*.py")):
         digest.update(f.relative_to(root).as_posix().encode())
         digest.update(f.read_bytes())
     return digest.hexdigest()
@@ -210,35 +212,10 @@ def structure(
 def _meta_capture(
     cfg: Any, height: int, width: int, batch: int, detail: str, label: str | None
 ) -> dict[str, Any]:
-    import torch
+    from .structure import meta_trace
 
-    from .capture import capture
-    from .weights import build_unet
-
-    unet = build_unet(cfg, device="meta")
-    meta = torch.device("meta")
-    sample = torch.zeros(batch, cfg.in_channels, height // 8, width // 8, device=meta)
-    context = torch.zeros(batch, TOKENS, cfg.cross_attention_dim, device=meta)
-    kwargs: dict[str, Any] = {}
-    if cfg.addition_embed_type == "text_time":
-        n_time = 6
-        text_dim = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.zeros(batch, text_dim, device=meta),
-            "time_ids": torch.zeros(batch, n_time, device=meta),
-        }
-    if cfg.class_embed_type is not None or cfg.num_class_embeds is not None:
-        if cfg.class_embed_type == "projection":
-            labels = torch.zeros(batch, cfg.projection_class_embeddings_input_dim, device=meta)
-        else:
-            labels = torch.zeros(batch, dtype=torch.long, device=meta)
-        kwargs["class_labels"] = labels
     info = {"model": label, "height": height, "width": width, "batch": batch, "tokens": TOKENS}
-    with (
-        torch.no_grad(),
-        capture(unet, detail=detail, attention=False, temb=False, meta=info) as trace,
-    ):
-        unet(sample, torch.tensor(999.0, device=meta), context, **kwargs)
+    trace = meta_trace(cfg, height // 8, width // 8, batch, TOKENS, detail, meta=info)
     state, _ = trace.to_state()
     return state
 

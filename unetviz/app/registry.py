@@ -273,9 +273,6 @@ def size_multiple(spec: ModelSpec) -> int:
 def architecture_trace(spec: ModelSpec, height: int, width: int, batch: int) -> Any:
     """Build ``spec``'s UNet on meta and capture one forward at ``height`` x ``width`` pixels
     with UNet batch ``batch``: every module's shapes, params and MACs, no weights."""
-    import torch
-
-    import unetviz
 
     height, width, batch = int(height), int(width), int(batch)
     step = size_multiple(spec)
@@ -287,33 +284,17 @@ def architecture_trace(spec: ModelSpec, height: int, width: int, batch: int) -> 
             )
     if not 1 <= batch <= 64:
         raise ValueError(f"batch={batch}: expected 1..64")
-    cfg = spec.config
-    unet = unetviz.build_unet(dict(cfg), device="meta")
-    c_in = int(cfg.get("in_channels", 4))
-    cross = cfg.get("cross_attention_dim", 768)
-    cross = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
-    with torch.device("meta"):
-        sample = torch.empty(batch, c_in, height // spec.factor, width // spec.factor)
-        ehs = torch.empty(batch, spec.tokens, cross)
-        added = None
-        if cfg.get("addition_embed_type") == "text_time":
-            t_dim = int(cfg.get("addition_time_embed_dim") or 256)
-            proj = int(cfg.get("projection_class_embeddings_input_dim") or 2816)
-            added = {
-                "text_embeds": torch.empty(batch, proj - 6 * t_dim),
-                "time_ids": torch.empty(batch, 6),
-            }
-        t = torch.empty(batch)
+    from unetviz.structure import meta_trace
+
     meta = {
         "model": spec.key,
         "height": height,
         "width": width,
         "batch": batch,
-        "config": dict(cfg),
+        "config": dict(spec.config),
     }
-    with torch.no_grad(), unetviz.capture(unet, detail="modules", attention=False, meta=meta) as tr:
-        unet(sample, t, ehs, added_cond_kwargs=added)
-    return tr
+    latent = (height // spec.factor, width // spec.factor)
+    return meta_trace(dict(spec.config), *latent, batch, spec.tokens, "modules", meta=meta)
 
 
 def describe_roots(roots: Sequence[Path]) -> str:
