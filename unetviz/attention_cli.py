@@ -14,15 +14,14 @@ original-format ``.safetensors`` file. A progress bar shows the sampling steps. 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from unetviz.outputs import check_output_folder, write_folder
 
 _SAFE = re.compile(r"[^0-9A-Za-z_-]+")
 
@@ -99,9 +98,14 @@ def run_attention(
     specials: bool = False,
     preset: str | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Generate, then write the image, one heatmap PNG per word, the trace bundle and
-    tokens.json into ``output`` (replaced atomically). Returns the tokens.json content."""
+    tokens.json into ``output`` (``unetviz.outputs.write_folder``: atomic, and a folder
+    unetviz did not write is refused unless ``force``). Returns the tokens.json content.
+
+    The destination is checked before the model loads, so a refused folder costs nothing."""
+    check_output_folder(output, force)
     pipe = _load(
         model,
         dtype=dtype,
@@ -139,10 +143,9 @@ def run_attention(
         run = pipe(prompt, **kwargs)
 
     trace = run.trace
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    info: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
         run.image.save(tmp / "image.png")
         (tmp / "heatmaps").mkdir()
         files = []
@@ -153,26 +156,20 @@ def run_attention(
             _overlay(heat, run.image).save(tmp / name)
             files.append({"word": label, "tokens": indices, "file": name})
         trace.save(tmp / "run.trace")
-        info = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "maps_of": "negative_prompt" if negative_maps else "prompt",
-            "model": trace.meta.get("model", str(model)),
-            "seed": seed,
-            "tokens": list(trace.tokens),
-            "words": list(trace.words),
-            "heatmaps": files,
-            "truncated": run.extra.get("truncated", "") if run.extra else "",
-        }
+        info.update(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            maps_of="negative_prompt" if negative_maps else "prompt",
+            model=trace.meta.get("model", str(model)),
+            seed=seed,
+            tokens=list(trace.tokens),
+            words=list(trace.words),
+            heatmaps=files,
+            truncated=run.extra.get("truncated", "") if run.extra else "",
+        )
         (tmp / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
-        if output.exists():
-            if not output.is_dir():
-                raise ValueError(f"{output} exists and is not a folder")
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder(output, fill, force=force)
     return info
 
 
@@ -214,6 +211,12 @@ def register(app: typer.Typer) -> None:
         ),
         specials: bool = typer.Option(False, "--specials", help="Also write SOS/EOS maps."),
         preset: str = typer.Option(None, "--preset", help="Aggregation preset (daam, p2p)."),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Write into an existing non-empty folder unetviz did not create "
+            "(replaces same-named files only, deletes nothing).",
+        ),
     ) -> None:
         """Generate an image and write one cross-attention heatmap per prompt word."""
         import warnings
@@ -244,6 +247,7 @@ def register(app: typer.Typer) -> None:
                     stream=stream,
                     specials=specials,
                     preset=preset,
+                    force=force,
                 )
             except (PipelineError, WeightsError, TraceError, ValueError, OSError) as exc:
                 raise CliError(str(exc)) from None

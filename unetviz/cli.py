@@ -426,4 +426,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m unetviz.cli``: run the imported module's main, so that the CliError raised by
+    # subcommand modules (which import unetviz.cli) is the class main() catches
+    from unetviz.cli import main as _main
+
+    _main()

@@ -8,14 +8,14 @@ import difflib
 import json
 import math
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..outputs import atomic_file, write_folder
 
 FORMAT = "unetviz-trace"
 VERSION = 1
@@ -359,26 +359,15 @@ class Trace:
         text = json.dumps(state, indent=1, allow_nan=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         if folder:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-            try:
+
+            def fill(tmp: Path) -> None:
                 (tmp / _JSON_NAME).write_text(text)
                 (tmp / _TENSORS_NAME).write_bytes(blob)
-                if path.is_dir():
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            return path
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
-                zf.writestr(_JSON_NAME, text, compress_type=zipfile.ZIP_DEFLATED)
-                zf.writestr(_TENSORS_NAME, blob, compress_type=zipfile.ZIP_STORED)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+
+            return write_folder(path, fill)
+        with atomic_file(path) as fh, zipfile.ZipFile(fh, "w") as zf:
+            zf.writestr(_JSON_NAME, text, compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(_TENSORS_NAME, blob, compress_type=zipfile.ZIP_STORED)
         return path
 
     @classmethod

