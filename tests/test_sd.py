@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tests.test_sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
+from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
 from unetviz.pipelines.base import PipelineError, Run  # noqa: E402
 from unetviz.pipelines.sd import (  # noqa: E402
     PromptTruncatedWarning,

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
 
-from tests.test_sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
+from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
 from unetviz.cli import main  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)

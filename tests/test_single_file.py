@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tests.test_sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
+from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
 from unetviz.pipelines.base import PipelineError  # noqa: E402
 from unetviz.pipelines.sd import load_sd_pipeline  # noqa: E402
 from unetviz.single_file import (  # noqa: E402
