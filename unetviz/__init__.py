@@ -21,6 +21,15 @@ _EXPORTS = {
     "capture": "unetviz.capture",
     "Trace": "unetviz.capture",
     "load_pipeline": "unetviz.pipelines",
+    # every error a user can cause derives from UnetvizError (itself a ValueError)
+    "UnetvizError": "unetviz.errors",
+    "OutputError": "unetviz.errors",
+    "TraceError": "unetviz.capture",
+    "MemoryBudgetError": "unetviz.capture",
+    "PipelineError": "unetviz.pipelines.base",
+    "ExportError": "unetviz.render.export",
+    "SingleFileError": "unetviz.single_file",
+    "UnknownNameError": "unetviz.names",
 }
 
 __all__ = sorted(_EXPORTS)
