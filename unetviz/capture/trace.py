@@ -219,7 +219,7 @@ class Trace:
         """One (H, W) float32 heatmap of ``token`` (index, word, or list of indices).
 
         See ``unetviz.capture.aggregate.heatmap`` for every argument and the presets."""
-        from .aggregate import heatmap
+        from .heatmap import heatmap  # a Heatmap tensor: knows its word and recipe
 
         return heatmap(
             self,
