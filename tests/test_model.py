@@ -149,7 +149,7 @@ def test_meta_build_is_fast_and_allocates_nothing():
     ("sample", "context", "message"),
     [
         ((2, 3, 64, 64), (2, 77, 768), r"sample has shape \(2, 3, 64, 64\): expected \(batch, 4"),
-        ((2, 4, 60, 64), (2, 77, 768), "latent size 60x64 is not divisible by 8"),
+        ((2, 4, 60, 64), (2, 77, 768), "latent height=60 is not a positive multiple of 8"),
         ((2, 4, 64, 64), (2, 77, 1024), r"expected \(2, tokens, 768\)"),
         ((2, 4, 64, 64), (1, 77, 768), r"expected \(2, tokens, 768\)"),
     ],

@@ -15,6 +15,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
+from unetviz.config import ConfigError  # noqa: E402
+from unetviz.detect import ModelPathError  # noqa: E402
 from unetviz.pipelines.base import PipelineError, Run  # noqa: E402
 from unetviz.pipelines.sd import (  # noqa: E402
     PromptTruncatedWarning,
@@ -22,6 +24,7 @@ from unetviz.pipelines.sd import (  # noqa: E402
     load_sd_pipeline,
     require_sd_extra,
 )
+from unetviz.weights import WeightsError  # noqa: E402
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
@@ -202,7 +205,7 @@ def test_folder_of_another_model_type(tmp_path):
     (other / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(PipelineError, match="UNet2DModel"):
         load_sd_pipeline(other)
-    with pytest.raises(PipelineError, match="not found"):
+    with pytest.raises(ModelPathError, match="not found"):
         load_sd_pipeline(tmp_path / "nowhere")
 
 
@@ -220,19 +223,19 @@ def test_truncated_safetensors(tmp_path, part):
 def test_pickle_only_folder_and_ckpt(tmp_path):
     ckpt = tmp_path / "v1-5-pruned.ckpt"
     ckpt.write_bytes(b"not unpickled")
-    with pytest.raises(PipelineError, match="never unpickles"):
+    with pytest.raises(ModelPathError, match="never unpickles"):
         load_sd_pipeline(ckpt)
 
 
 def test_bad_call_arguments():
     pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
-    with pytest.raises(PipelineError, match="height=30"):
+    with pytest.raises(ConfigError, match="height=30"):
         pipe("a cat", height=30, steps=1)
     with pytest.raises(PipelineError, match="steps must be >= 1"):
         pipe("a cat", steps=0)
     with pytest.raises(PipelineError, match="unknown scheduler 'heun2'"):
         load_sd_pipeline(tiny_sd_dir("sd1"), scheduler="heun2")
-    with pytest.raises(PipelineError, match="unknown dtype"):
+    with pytest.raises(WeightsError, match="unknown dtype"):
         load_sd_pipeline(tiny_sd_dir("sd1"), dtype="float8")
 
 

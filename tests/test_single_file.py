@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
-from unetviz.pipelines.base import PipelineError  # noqa: E402
+from unetviz.detect import ModelPathError  # noqa: E402
 from unetviz.pipelines.sd import load_sd_pipeline  # noqa: E402
 from unetviz.single_file import (  # noqa: E402
     SingleFileError,
@@ -268,14 +268,14 @@ def test_single_file_without_config_names_the_layout_problem(ldm_file):
     """A tiny (non-release) layout with no config: the shipped preset does not fit, and the
     error says so instead of loading garbage."""
     kind, path, _ = ldm_file
-    with pytest.raises(PipelineError, match="UNet"):
+    with pytest.raises(SingleFileError, match="UNet"):
         load_sd_pipeline(path)
 
 
 def test_ckpt_is_refused_without_unpickling(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"\x80\x04this would be a pickle")
-    with pytest.raises(PipelineError, match="never unpickles.*safetensors"):
+    with pytest.raises(ModelPathError, match="never unpickles.*safetensors"):
         load_sd_pipeline(ckpt)
     with pytest.raises(SingleFileError, match="weights_only=True"):
         load_single_file(ckpt)
@@ -286,7 +286,7 @@ def test_truncated_single_file(ldm_file, tmp_path):
     bad = tmp_path / "truncated.safetensors"
     data = path.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(PipelineError, match="truncated or corrupt"):
+    with pytest.raises(SingleFileError, match="truncated or corrupt"):
         load_sd_pipeline(bad, config=tiny_sd_dir("sd1"))
 
 

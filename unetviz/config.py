@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UnetvizError
+
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
 MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn",)
 CLASS_EMBED_TYPES = (None, "timestep", "identity", "projection")
+#: The largest latent side accepted (SDXL's native size is 128; 2048 is 16,384 pixels).
+MAX_LATENT_SIDE = 2048
 
 
-class ConfigError(ValueError):
+class ConfigError(UnetvizError):
     """A UNet config that unetviz cannot build: names the key, the value and what was expected."""
 
 
@@ -138,6 +142,37 @@ class UNetConfig:
     @property
     def num_downsamplers(self) -> int:
         return self.n_blocks - 1
+
+    def check_size(
+        self,
+        height: int,
+        width: int,
+        scale: int = 8,
+        names: tuple[str, str] = ("height", "width"),
+    ) -> tuple[int, int]:
+        """``(height, width)`` if each is a positive multiple of ``scale`` x 2^downsamplers
+        (``scale``: 8 for SD pixels through the VAE, 1 for latents) and at most
+        ``MAX_LATENT_SIDE * scale``; else ConfigError naming the value and a size that works.
+        The one home of this rule: the model, the pipelines, the CLI and the app call it."""
+        multiple = scale * 2**self.num_downsamplers
+        out = []
+        for name, value in zip(names, (height, width), strict=True):
+            label = f"{name} {value!r}" if name.startswith("-") else f"{name}={value!r}"
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{label}: expected an integer number of pixels")
+            if value <= 0 or value % multiple:
+                raise ConfigError(
+                    f"{label} is not a positive multiple of {multiple} ({scale} x 2^"
+                    f"{self.num_downsamplers} downsamplers): try "
+                    f"{max(multiple, round(value / multiple) * multiple)}"
+                )
+            if value > MAX_LATENT_SIDE * scale:
+                raise ConfigError(
+                    f"{label} is larger than the {MAX_LATENT_SIDE * scale} allowed "
+                    f"({MAX_LATENT_SIDE} latent pixels)"
+                )
+            out.append(value)
+        return out[0], out[1]
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UnetvizError
+
 #: The prefix of every UNet key in an original single-file (``.ckpt`` / ``.safetensors``) model.
 LDM_PREFIX = "model.diffusion_model."
 
@@ -51,7 +53,7 @@ _TOP = {
 }
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UnetvizError):
     """A name that is not part of the UNet described by the config."""
 
 

@@ -25,6 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import ConfigError, UNetConfig
+from .detect import PICKLE_SUFFIXES, pickle_message
+from .errors import UnetvizError
 from .names import LDM_PREFIX, UnknownNameError, unet_names
 from .weights import _offenders, build_unet, key_mismatches
 
@@ -35,7 +37,6 @@ CLIP_PREFIXES = {
     "sdxl": ["conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."],
 }
 FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 TOKENIZER_CACHE_REPO = "openai/clip-vit-large-patch14"
 
 _UNET_PRESET = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
@@ -80,7 +81,7 @@ SCHEDULER_FAMILY = {
 }
 
 
-class SingleFileError(ValueError):
+class SingleFileError(UnetvizError):
     """A single-file checkpoint that cannot be opened: names the file and what is wrong."""
 
 
@@ -118,20 +119,6 @@ class SingleFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def pickle_message(path: Path) -> str:
-    """Why a pickle checkpoint is refused, and how to convert it safely."""
-    return (
-        f"{path} is a pickle checkpoint ({path.suffix}): unetviz never unpickles files, because "
-        "loading a pickle can run arbitrary code. Convert it once, in a trusted sandbox, with "
-        'python -c "import torch, safetensors.torch as st; '
-        f"sd = torch.load('{path.name}', map_location='cpu', weights_only=True); "
-        "sd = sd.get('state_dict', sd); "
-        "st.save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, "
-        f"'{path.stem}.safetensors')\" (weights_only=True refuses code), or download the "
-        "model's .safetensors release, then pass that file"
-    )
 
 
 # ---------------------------------------------------------------------------------- detection

@@ -14,6 +14,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import UNetConfig
+from .detect import pickle_folder_message
+from .errors import UnetvizError
 from .model import UNet2DConditionModel
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -28,7 +30,7 @@ _DTYPES = {
 }
 
 
-class WeightsError(ValueError):
+class WeightsError(UnetvizError):
     """Weights that cannot be loaded: names the file and the offending keys or bytes."""
 
 
@@ -109,12 +111,7 @@ def weight_files(unet_dir: Path) -> list[Path]:
             return shards
     pickles = sorted(p.name for p in unet_dir.glob(f"{WEIGHTS_NAME}*.bin"))
     if pickles:
-        raise WeightsError(
-            f"{unet_dir} only has pickle weights ({', '.join(pickles)}): unetviz never unpickles "
-            "files (they can run code). Convert them once, in a trusted environment, with "
-            "diffusers: UNet2DConditionModel.from_pretrained(dir).save_pretrained(dir, "
-            "safe_serialization=True)"
-        )
+        raise WeightsError(pickle_folder_message(unet_dir, pickles))
     raise WeightsError(
         f"no {WEIGHTS_NAME}.safetensors (or .fp16. variant, or sharded index) in {unet_dir}"
     )

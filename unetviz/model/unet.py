@@ -124,18 +124,13 @@ class UNet2DConditionModel(nn.Module):
 
     def _check_inputs(self, sample, encoder_hidden_states, added_cond_kwargs, class_labels):
         c = self.config
-        factor = 2**c.num_downsamplers
         if sample.ndim != 4 or sample.shape[1] != c.in_channels:
             raise ValueError(
                 f"sample has shape {tuple(sample.shape)}: expected (batch, {c.in_channels}, "
                 "height, width)"
             )
         b, _, h, w = sample.shape
-        if h % factor or w % factor:
-            raise ValueError(
-                f"latent size {h}x{w} is not divisible by {factor} (2^{c.num_downsamplers} "
-                f"downsamplers): use a multiple of {factor} (image size a multiple of {8 * factor})"
-            )
+        c.check_size(h, w, scale=1, names=("latent height", "latent width"))
         if (
             encoder_hidden_states.ndim != 3
             or encoder_hidden_states.shape[0] != b

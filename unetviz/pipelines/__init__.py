@@ -1,7 +1,9 @@
 """Pipelines: prompt -> tokens -> embeddings -> sampling loop that calls the UNet under capture.
 
-``load_pipeline("demo")`` gives the small offline model shipped in ``assets/demo/``; any other
-name or path goes to the Stable Diffusion pipeline (``unetviz.pipelines.sd``).
+``load_pipeline("demo")`` gives the small offline model shipped with unetviz; any other name or
+path goes through :func:`unetviz.detect.detect_model`: a demo-format folder opens as the demo
+pipeline, a Stable Diffusion folder, single file or cached repo id as the SD pipeline
+(``unetviz.pipelines.sd``).
 """
 
 from __future__ import annotations
@@ -9,25 +11,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from unetviz.detect import detect_model
+
 from .base import Pipeline, PipelineError, ProgressCallback, Run
 
 __all__ = ["Pipeline", "PipelineError", "ProgressCallback", "Run", "load_pipeline"]
 
 
-def load_pipeline(name_or_path: str | Path = "demo", **kwargs: Any) -> Pipeline:
-    """``"demo"`` (or a folder holding a demo model) -> DemoPipeline; anything else -> the SD
-    pipeline module's ``load_sd_pipeline(name_or_path, **kwargs)``."""
-    from .demo import DEMO_DIR, DemoPipeline
+def load_pipeline(name_or_path: str | Path = "demo", **sd_options: Any) -> Pipeline:
+    """``"demo"`` or a demo-format folder -> DemoPipeline; a diffusers SD folder, a single-file
+    ``.safetensors`` or a cached repo id -> ``load_sd_pipeline(path, **sd_options)``.
 
-    if str(name_or_path) == "demo":
-        return DemoPipeline(DEMO_DIR, **kwargs)
-    path = Path(name_or_path)
-    if (
-        (path / "text_encoder" / "config.json").is_file()
-        and (path / "tokenizer" / "vocab.json").is_file()
-        and not (path / "model_index.json").is_file()  # real SD folders also have these
-    ):
-        return DemoPipeline(path, **kwargs)
+    ``sd_options`` (dtype, device, scheduler, offload, config, prediction_type) are only for
+    Stable Diffusion models: given (not None) for a demo model they raise PipelineError."""
+    kind = detect_model(name_or_path)
+    if kind.is_demo:
+        given = sorted(k for k, v in sd_options.items() if v is not None)
+        if given:
+            raise PipelineError(
+                f"{', '.join(given)}: only for Stable Diffusion models, and "
+                f"{str(name_or_path)!r} is a demo model"
+            )
+        from .demo import DemoPipeline
+
+        return DemoPipeline(kind.path)
     from .sd import load_sd_pipeline  # imports diffusers/transformers only when it loads
 
-    return load_sd_pipeline(name_or_path, **kwargs)
+    return load_sd_pipeline(name_or_path, **sd_options)

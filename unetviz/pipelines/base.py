@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from unetviz.errors import UnetvizError
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
     from unetviz.capture import Trace
 
 
-class PipelineError(ValueError):
+class PipelineError(UnetvizError):
     """Bad pipeline input or a model folder that cannot be loaded; the message says which."""
 
 

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unetviz.detect import PICKLE_SUFFIXES, pickle_folder_message
+
 from .base import PipelineError, Run
 
 SD_EXTRA_HINT = "pip install 'unetviz[sd]'"
@@ -297,15 +299,7 @@ class SDPipeline:
             raise PipelineError(f"prompt must be a string, got {type(prompt).__name__}")
         if int(steps) < 1:
             raise PipelineError(f"steps must be >= 1, got {steps}")
-        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        for key, value in (("height", height), ("width", width)):
-            if value <= 0 or value % multiple:
-                raise PipelineError(
-                    f"{key}={value}: expected a positive multiple of {multiple} pixels for this "
-                    f"model (VAE x{self.vae_scale_factor}, UNet x"
-                    f"{multiple // self.vae_scale_factor}): try "
-                    f"{max(multiple, round(value / multiple) * multiple)}"
-                )
+        self.unet.config.check_size(height, width, scale=self.vae_scale_factor)
 
     @torch.no_grad()
     def __call__(
@@ -464,12 +458,9 @@ def _default_device(device: str | torch.device | None) -> torch.device:
 
 
 def _default_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    from unetviz.weights import WeightsError, resolve_dtype
+    from unetviz.weights import resolve_dtype
 
-    try:
-        resolved = resolve_dtype(dtype)
-    except WeightsError as exc:
-        raise PipelineError(str(exc)) from None
+    resolved = resolve_dtype(dtype)
     if resolved is None:
         return torch.float16 if device.type == "cuda" else torch.float32
     return resolved
@@ -507,16 +498,9 @@ def check_safetensors(folder: Path) -> str | None:
                 f"{file} is not a readable safetensors file (truncated or corrupt?): {exc}"
             ) from None
     if not files:
-        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
-            p.name for p in folder.glob("*.ckpt")
-        )
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
-            raise PipelineError(
-                f"{folder} only has pickle weights ({', '.join(pickles)}): unetviz never "
-                "unpickles files (they can run code). Convert them once, in a trusted "
-                "environment, with diffusers/transformers: Model.from_pretrained(dir)"
-                ".save_pretrained(dir, safe_serialization=True)"
-            )
+            raise PipelineError(pickle_folder_message(folder, pickles))
         raise PipelineError(f"{folder} has no .safetensors weights")
     if all(".fp16." in f.name for f in files):
         return "fp16"
@@ -700,6 +684,30 @@ def load_diffusers_components(
     )
 
 
+def _single_file_components(
+    path: Path,
+    dtype: torch.dtype,
+    scheduler: str | None,
+    config: str | Path | None,
+    prediction_type: str | None,
+) -> SDComponents:
+    from unetviz.single_file import load_single_file
+
+    with quiet_loading():
+        sf = load_single_file(path, dtype=dtype, config=config, prediction_type=prediction_type)
+    return SDComponents(
+        unet=sf.unet,
+        vae=sf.vae,
+        scheduler=make_scheduler(sf.scheduler_config, scheduler),
+        tokenizers=sf.tokenizers,
+        text_encoders=sf.text_encoders,
+        family=sf.family,
+        name=sf.name,
+        force_zeros_for_empty_prompt=sf.force_zeros_for_empty_prompt,
+        extra={"path": sf.path, "single_file": True},
+    )
+
+
 def from_hf_cache(repo_id: str) -> Path | None:
     """The local snapshot folder of a Hugging Face repo id (``org/name``) already in the cache,
     found offline; None if it is not a repo id or not cached."""
@@ -736,11 +744,14 @@ def load_sd_pipeline(
     ``prediction_type`` (``epsilon`` / ``v_prediction``) overrides the scheduler's, e.g. for an
     SD 2.x 512-base single file (2.x files default to the 768-v releases' ``v_prediction``).
     """
+    from unetviz.detect import detect_model
+
     require_sd_extra()
-    path = Path(path).expanduser()
+    kind = detect_model(path)
     dev = _default_device(device)
     torch_dtype = _default_dtype(dtype, dev)
-    if not path.exists():
+    path = kind.path
+    if kind.kind == "hub":
         cached = from_hf_cache(str(path))
         if cached is None:
             raise PipelineError(
@@ -749,34 +760,8 @@ def load_sd_pipeline(
                 "(unetviz works offline: download models beforehand)"
             )
         path = cached
-    if path.is_file():
-        from unetviz.single_file import (
-            PICKLE_SUFFIXES,
-            SingleFileError,
-            load_single_file,
-            pickle_message,
-        )
-
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise PipelineError(pickle_message(path))
-        try:
-            with quiet_loading():
-                sf = load_single_file(
-                    path, dtype=torch_dtype, config=config, prediction_type=prediction_type
-                )
-        except SingleFileError as exc:
-            raise PipelineError(str(exc)) from None
-        parts = SDComponents(
-            unet=sf.unet,
-            vae=sf.vae,
-            scheduler=make_scheduler(sf.scheduler_config, scheduler),
-            tokenizers=sf.tokenizers,
-            text_encoders=sf.text_encoders,
-            family=sf.family,
-            name=sf.name,
-            force_zeros_for_empty_prompt=sf.force_zeros_for_empty_prompt,
-            extra={"path": sf.path, "single_file": True},
-        )
+    if kind.kind == "single":
+        parts = _single_file_components(path, torch_dtype, scheduler, config, prediction_type)
     else:
         with quiet_loading():
             parts = load_diffusers_components(
