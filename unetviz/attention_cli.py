@@ -2,28 +2,52 @@
 what the UNet attended to.
 
     out/image.png                 the generated image
-    out/heatmaps/NN_word.png      one cross-attention heatmap per prompt word, over the image
+    out/heatmaps/NN_word.png      one cross-attention heatmap per prompt word, over a greyscale
+                                  copy of the image, captioned (word, layers, steps, scale) with
+                                  a colour bar
+    out/grid.png                  with --grid: every word on one contact sheet
     out/run.trace                 the trace bundle (``unetviz.Trace.load``)
-    out/tokens.json               token labels, words, and the files written
+    out/tokens.json               token labels, words, scale, and the files written
 
-``--model`` is ``demo`` (the shipped model), a diffusers SD 1.x/2.x/SDXL folder, or a single
-original-format ``.safetensors`` file. A progress bar shows the sampling steps. Errors print one
-``error:`` line (exit status 2) and leave no partial output folder behind.
+``--model`` is ``demo`` (the shipped model), ``assets/demo`` or any demo-format folder, a
+diffusers SD 1.x/2.x/SDXL folder, or a single original-format ``.safetensors`` file
+(``unetviz.detect.detect_model`` decides). By default every word's map is drawn on one shared
+colour scale of raw attention probabilities, so words compare (``--scale per-token`` gives
+each map its own range; ``--normalize`` rescales each map first). ``--recipe daam|p2p``
+aggregates as those papers' code does (``--preset`` is its deprecated old name). Errors print
+one ``error:`` line (exit status 2) and leave no partial output folder behind.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from unetviz.errors import UnetvizError
 from unetviz.outputs import check_output_folder, write_folder
 
 _SAFE = re.compile(r"[^0-9A-Za-z_-]+")
+#: Aggregation recipes (``trace.heatmap(preset=...)``): each reproduces its paper's code.
+RECIPES = ("daam", "p2p")
+#: Per-map normalisation before colouring (``trace.heatmap(normalize=...)``).
+NORMALIZE = ("none", "max", "sum", "minmax")
+SCALES = ("shared", "per-token")
+MAX_SEED = 2**63 - 1
+MIN_SIDE = 256  # heatmap PNGs are at least this many pixels on their shorter side
+_VALUE = {
+    "none": "mean attention probability",
+    "max": "attention / its max",
+    "sum": "attention share (map sums to 1)",
+    "minmax": "min-max normalised attention",
+}
 
 
 def _file_word(word: str) -> str:
@@ -31,51 +55,35 @@ def _file_word(word: str) -> str:
 
 
 def word_groups(words: list[str | None], tokens: list[str], specials: bool = False):
-    """``(label, indices)`` per distinct word in prompt order (merged BPE pieces, repeated
-    words together); with ``specials``, SOS and the first EOS too."""
-    groups: dict[str, list[int]] = {}
-    for i, word in enumerate(words):
-        if word is not None and any(c.isalnum() for c in word):
-            groups.setdefault(word, []).append(i)
-    out = list(groups.items())
-    if specials and tokens:
-        out.insert(0, (tokens[0], [0]))
-        eos = next((i for i, w in enumerate(words) if i > 0 and w is None), None)
-        if eos is not None:
-            out.append((tokens[eos], [eos]))
-    return out
+    """``(label, indices)`` per distinct word (``unetviz.render.heatmaps.word_groups`` on a
+    trace with these words and tokens; kept for callers of the first release)."""
+    from unetviz.render.heatmaps import word_groups as groups
+
+    return groups({"words": words, "tokens": tokens}, specials)
 
 
-def _load(model: str, **sd_options: Any):
-    from unetviz.pipelines import load_pipeline
+@dataclass(frozen=True)
+class HeatmapStyle:
+    """How the heatmap PNGs are computed and drawn (checked by :meth:`check`)."""
 
-    path = Path(model)
-    is_sd = path.is_file() or (path / "model_index.json").is_file()
-    if model != "demo" and (is_sd or not path.exists()):
-        from unetviz.pipelines.sd import load_sd_pipeline
+    recipe: str | None = None
+    normalize: str = "none"
+    scale: str = "shared"
+    grid: bool = False
+    specials: bool = False
 
-        return load_sd_pipeline(path, **sd_options)
-    given = [f"--{k.replace('_', '-')}" for k, v in sd_options.items() if v is not None]
-    if given:
-        raise ValueError(
-            f"{', '.join(given)}: only for Stable Diffusion models, and {model!r} is a demo model"
-        )
-    return load_pipeline(model)
-
-
-def _overlay(heatmap: Any, image: Any) -> Any:
-    try:
-        from unetviz.render.plots import heatmap_image
-    except ImportError:  # render not installed: a plain PIL overlay
-        import numpy as np
-        from PIL import Image
-
-        a = heatmap.float().numpy()
-        a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
-        heat = Image.fromarray((a * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
-        red = Image.merge("RGB", (heat, Image.new("L", heat.size), Image.new("L", heat.size)))
-        return Image.blend(image.convert("RGB"), red, 0.6)
-    return heatmap_image(heatmap, image=image)
+    def check(self) -> HeatmapStyle:
+        """Raise UnetvizError naming a value that is not one of the choices."""
+        for flag, value, allowed in (
+            ("--recipe", self.recipe, RECIPES),
+            ("--normalize", self.normalize, NORMALIZE),
+            ("--scale", self.scale, SCALES),
+        ):
+            if value is not None and value not in allowed:
+                raise UnetvizError(
+                    f"{flag} {str(value)[:40]!r}: expected one of {', '.join(allowed)}"
+                )
+        return self
 
 
 def run_attention(
@@ -99,14 +107,23 @@ def run_attention(
     preset: str | None = None,
     progress: bool = True,
     force: bool = False,
+    recipe: str | None = None,
+    normalize: str = "none",
+    scale: str = "shared",
+    grid: bool = False,
 ) -> dict[str, Any]:
-    """Generate, then write the image, one heatmap PNG per word, the trace bundle and
-    tokens.json into ``output`` (``unetviz.outputs.write_folder``: atomic, and a folder
-    unetviz did not write is refused unless ``force``). Returns the tokens.json content.
+    """Generate, then write the image, one captioned heatmap PNG per word (and a contact sheet
+    with ``grid``), the trace bundle and tokens.json into ``output``
+    (``unetviz.outputs.write_folder``: atomic, and a folder unetviz did not write is refused
+    unless ``force``). ``preset`` is the old name of ``recipe``. Returns tokens.json's content.
 
-    The destination is checked before the model loads, so a refused folder costs nothing."""
+    Every argument is checked, and the destination too, before the model loads."""
+    style = HeatmapStyle(recipe or preset, normalize, scale, grid, specials).check()
+    _check_numbers(seed, guidance)
     check_output_folder(output, force)
-    pipe = _load(
+    from unetviz.pipelines import load_pipeline
+
+    pipe = load_pipeline(
         model,
         dtype=dtype,
         device=device,
@@ -115,147 +132,200 @@ def run_attention(
         prediction_type=prediction_type,
     )
     kwargs: dict[str, Any] = {"negative_prompt": negative_prompt, "seed": seed}
-    if steps is not None:
-        kwargs["steps"] = steps
-    if guidance is not None:
-        kwargs["guidance"] = guidance
-    if height is not None:
-        kwargs["height"] = height
+    for key, value in (("steps", steps), ("guidance", guidance), ("height", height)):
+        if value is not None:
+            kwargs[key] = value
     if width is not None:
         kwargs["width"] = width
     if negative_maps:
         kwargs["half"] = "uncond"
     if stream:
         kwargs["mode"] = "stream"
-    total = steps or 25
-    if progress:
-        with typer.progressbar(length=total, label="sampling", file=sys.stderr) as bar:
-            done = [0]
-
-            def tick(i: int, n: int) -> None:
-                if bar.length != n:
-                    bar.length = n
-                bar.update(i - done[0])
-                done[0] = i
-
-            run = pipe(prompt, progress=tick, **kwargs)
-    else:
-        run = pipe(prompt, **kwargs)
-
-    trace = run.trace
-    info: dict[str, Any] = {}
-
-    def fill(tmp: Path) -> None:
-        run.image.save(tmp / "image.png")
-        (tmp / "heatmaps").mkdir()
-        files = []
-        groups = word_groups(trace.words, trace.tokens, specials)
-        for n, (label, indices) in enumerate(groups):
-            heat = trace.heatmap(indices, preset=preset)
-            name = f"heatmaps/{n:02d}_{_file_word(label)}.png"
-            _overlay(heat, run.image).save(tmp / name)
-            files.append({"word": label, "tokens": indices, "file": name})
-        trace.save(tmp / "run.trace")
-        info.update(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            maps_of="negative_prompt" if negative_maps else "prompt",
-            model=trace.meta.get("model", str(model)),
-            seed=seed,
-            tokens=list(trace.tokens),
-            words=list(trace.words),
-            heatmaps=files,
-            truncated=run.extra.get("truncated", "") if run.extra else "",
-        )
-        (tmp / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
-
-    write_folder(output, fill, force=force)
+    run = _generate(pipe, prompt, kwargs, steps or 25, progress)
+    info = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "maps_of": "negative_prompt" if negative_maps else "prompt",
+        "model": run.trace.meta.get("model", str(model)),
+        "seed": seed,
+        "truncated": run.extra.get("truncated", "") if run.extra else "",
+    }
+    write_folder(output, lambda tmp: _fill(tmp, run, style, info), force=force)
     return info
+
+
+def _check_numbers(seed: int, guidance: float | None) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UnetvizError(f"--seed {str(seed)[:40]}: expected an integer 0..{MAX_SEED} (2**63-1)")
+    if guidance is not None and not math.isfinite(guidance):
+        raise UnetvizError(f"--guidance {guidance}: expected a finite number")
+
+
+def _generate(pipe: Any, prompt: str, kwargs: dict[str, Any], total: int, progress: bool) -> Any:
+    """Run the pipeline, with a progress bar of its sampling steps on stderr."""
+    if not progress:
+        return pipe(prompt, **kwargs)
+    with typer.progressbar(length=total, label="sampling", file=sys.stderr) as bar:
+        done = [0]
+
+        def tick(i: int, n: int) -> None:
+            if bar.length != n:
+                bar.length = n
+            bar.update(i - done[0])
+            done[0] = i
+
+        return pipe(prompt, progress=tick, **kwargs)
+
+
+def _fill(tmp: Path, run: Any, style: HeatmapStyle, info: dict[str, Any]) -> None:
+    """Write every output of ``run`` into the temporary folder ``tmp``."""
+    trace = run.trace
+    run.image.save(tmp / "image.png")
+    (tmp / "heatmaps").mkdir()
+    pictures = heatmap_pictures(trace, run.image, style)
+    files = []
+    for n, (label, indices, tile, _) in enumerate(pictures["words"]):
+        name = f"heatmaps/{n:02d}_{_file_word(label)}.png"
+        tile.save(tmp / name)
+        files.append({"word": label, "tokens": indices, "file": name})
+    if style.grid:
+        pictures["grid"].save(tmp / "grid.png")
+    trace.save(tmp / "run.trace")
+    info.update(
+        tokens=list(trace.tokens),
+        words=list(trace.words),
+        heatmaps=files,
+        grid="grid.png" if style.grid else None,
+        recipe=style.recipe,
+        normalize=style.normalize,
+        scale=style.scale,
+        scales=[list(s) for *_, s in pictures["words"]],
+        colormap=pictures["colormap"],
+    )
+    (tmp / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def heatmap_pictures(trace: Any, image: Any, style: HeatmapStyle) -> dict[str, Any]:
+    """The captioned heatmap of every word (``(word, tokens, PIL image, (vmin, vmax))``) and,
+    with ``style.grid``, the contact sheet of all of them."""
+    from unetviz.render import heatmaps as hm
+
+    groups = hm.word_groups(trace, style.specials)
+    if not groups:
+        raise UnetvizError("the prompt has no words to draw heatmaps of")
+    norm = None if style.normalize == "none" else style.normalize
+    maps = [trace.heatmap(idx, preset=style.recipe, normalize=norm) for _, idx in groups]
+    scales = hm.heat_scales(maps, style.scale)
+    size = _tile_size(image)
+    lines = describe(trace, style, len(groups))
+    label = _VALUE[style.normalize]
+    words = []
+    for (word, idx), m, sc in zip(groups, maps, scales, strict=True):
+        tile = hm.overlay(m, image, *sc, size=size)
+        words.append((word, idx, hm.captioned(tile, word, lines, sc, label), sc))
+    out: dict[str, Any] = {"words": words, "colormap": hm.COLORMAP}
+    if style.grid:
+        shared = style.scale == "shared"
+        tiles = [
+            hm.captioned(hm.overlay(m, image, *sc, size=size), w, [], None if shared else sc, label)
+            for (w, _), m, sc in zip(groups, maps, scales, strict=True)
+        ]
+        sheet = hm.contact_sheet(tiles, cols=min(4, len(tiles)))
+        title = _prompt_title(trace)
+        out["grid"] = hm.captioned(sheet, title, lines, scales[0] if shared else None, label)
+    return out
+
+
+def _tile_size(image: Any) -> tuple[int, int]:
+    """The heatmap's size: the image's, enlarged so the shorter side is at least MIN_SIDE."""
+    w, h = image.size
+    k = max(1.0, MIN_SIDE / min(w, h))
+    return round(h * k), round(w * k)
+
+
+def _prompt_title(trace: Any) -> str:
+    words = [w for w in (trace.words or []) if w]
+    return " ".join(dict.fromkeys(words)) if words else "cross-attention"
+
+
+def describe(trace: Any, style: HeatmapStyle, n_words: int) -> list[str]:
+    """Caption lines: which layers and steps were averaged, and the colour scale."""
+    recs = [r for r in trace.attention.values() if r.captured]
+    res = sorted({r.res[0] for r in recs}, reverse=True)
+    if style.recipe:
+        layers = f"layers: the {style.recipe} recipe's choice of {len(recs)} captured"
+    else:
+        layers = f"layers: all {len(recs)} cross-attention, maps {'/'.join(map(str, res))} px"
+    ts = [t for t in (trace.timesteps or []) if t is not None]
+    n = trace.steps
+    steps = f"steps: all {n}" + (f" (t={ts[0]:g}..{ts[-1]:g})" if ts else "")
+    if style.scale == "shared":
+        scale = f"scale: shared by {n_words} words"
+    else:
+        scale = "scale: this word's own range"
+    return [layers, steps, f"{scale}, normalize {style.normalize}"]
 
 
 def register(app: typer.Typer) -> None:
     """Add ``attention`` to the ``unetviz`` command (called by unetviz.cli)."""
-    from unetviz.cli import CliError
+    app.command(name="attention")(attention)
 
-    @app.command()
-    def attention(
-        prompt: str = typer.Argument(..., help="The prompt."),
-        model: str = typer.Option(
-            "demo", "--model", "-m", help="demo, a diffusers SD folder or a .safetensors file."
-        ),
-        output: Path = typer.Option(Path("out"), "--output", "-o", help="Output folder."),
-        negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
-        seed: int = typer.Option(0, "--seed", "-s"),
-        steps: int = typer.Option(None, "--steps", help="Sampling steps (default 25)."),
-        guidance: float = typer.Option(
-            None, "--guidance", "-g", help="CFG scale (default: the model's)."
-        ),
-        height: int = typer.Option(None, "--height", help="Pixels (default: the model's)."),
-        width: int = typer.Option(None, "--width", help="Pixels (default: the model's)."),
-        dtype: str = typer.Option(None, "--dtype", help="float32, float16 or bfloat16."),
-        device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
-        scheduler: str = typer.Option(
-            None, "--scheduler", help="ddim, euler, euler_a, dpm, pndm, lms (default: model's)."
-        ),
-        config: Path = typer.Option(
-            None, "--config", help="For a single file: a diffusers folder with its configs."
-        ),
-        prediction_type: str = typer.Option(
-            None, "--prediction-type", help="epsilon or v_prediction (default: the model's)."
-        ),
-        negative_maps: bool = typer.Option(
-            False, "--negative-maps", help="Maps of the negative prompt (unconditional half)."
-        ),
-        stream: bool = typer.Option(
-            False, "--stream", help="Keep a running sum of maps, not every step's."
-        ),
-        specials: bool = typer.Option(False, "--specials", help="Also write SOS/EOS maps."),
-        preset: str = typer.Option(None, "--preset", help="Aggregation preset (daam, p2p)."),
-        force: bool = typer.Option(
-            False,
-            "--force",
-            help="Write into an existing non-empty folder unetviz did not create "
-            "(replaces same-named files only, deletes nothing).",
-        ),
-    ) -> None:
-        """Generate an image and write one cross-attention heatmap per prompt word."""
-        import warnings
 
-        from unetviz.capture import TraceError
-        from unetviz.pipelines.base import PipelineError
-        from unetviz.weights import WeightsError
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                info = run_attention(
-                    prompt,
-                    model=model,
-                    output=output,
-                    negative_prompt=negative,
-                    seed=seed,
-                    steps=steps,
-                    guidance=guidance,
-                    height=height,
-                    width=width,
-                    dtype=dtype,
-                    device=device,
-                    scheduler=scheduler,
-                    config=config,
-                    prediction_type=prediction_type,
-                    negative_maps=negative_maps,
-                    stream=stream,
-                    specials=specials,
-                    preset=preset,
-                    force=force,
-                )
-            except (PipelineError, WeightsError, TraceError, ValueError, OSError) as exc:
-                raise CliError(str(exc)) from None
-        for w in caught:
-            if issubclass(w.category, UserWarning):
-                typer.echo(f"warning: {w.message}", err=True)
-        typer.echo(
-            f"wrote {output}/image.png, {len(info['heatmaps'])} heatmaps in {output}/heatmaps/, "
-            f"{output}/run.trace",
-            err=True,
-        )
+def attention(
+    prompt: str = typer.Argument(..., help="The prompt."),
+    model: str = typer.Option(
+        "demo", "--model", "-m", help="demo, a diffusers SD folder or a .safetensors file."
+    ),
+    output: Path = typer.Option(Path("out"), "--output", "-o", help="Output folder."),
+    negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
+    seed: int = typer.Option(0, "--seed", "-s", help=f"0..{MAX_SEED}."),
+    steps: int = typer.Option(None, "--steps", help="Sampling steps (default 25)."),
+    guidance: float = typer.Option(None, "--guidance", "-g", help="CFG scale (default: model's)."),
+    height: int = typer.Option(None, "--height", help="Pixels (default: the model's)."),
+    width: int = typer.Option(None, "--width", help="Pixels (default: the model's)."),
+    dtype: str = typer.Option(None, "--dtype", help="float32, float16 or bfloat16."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
+    scheduler: str = typer.Option(
+        None, "--scheduler", help="ddim, euler, euler_a, dpm, pndm, lms (default: model's)."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="For a single file: a diffusers folder with its configs."
+    ),
+    prediction_type: str = typer.Option(
+        None, "--prediction-type", help="epsilon or v_prediction (default: the model's)."
+    ),
+    negative_maps: bool = typer.Option(
+        False, "--negative-maps", help="Maps of the negative prompt (unconditional half)."
+    ),
+    stream: bool = typer.Option(False, "--stream", help="Keep a running sum, not every step."),
+    specials: bool = typer.Option(False, "--specials", help="Also write SOS/EOS maps."),
+    recipe: str = typer.Option(None, "--recipe", help="Aggregation recipe: daam or p2p."),
+    preset: str = typer.Option(None, "--preset", hidden=True, help="Old name of --recipe."),
+    normalize: str = typer.Option("none", "--normalize", help="none, max, sum or minmax."),
+    scale: str = typer.Option("shared", "--scale", help="shared (words compare) or per-token."),
+    grid: bool = typer.Option(False, "--grid", help="Also write grid.png: all words, one sheet."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into an existing non-empty folder unetviz did not create "
+        "(replaces same-named files only, deletes nothing).",
+    ),
+) -> None:
+    """Generate an image and write one cross-attention heatmap per prompt word."""
+    if preset is not None:
+        if recipe is not None and recipe != preset:
+            raise UnetvizError(f"--preset {preset!r} and --recipe {recipe!r}: give only --recipe")
+        typer.echo("warning: --preset is deprecated for attention; use --recipe", err=True)
+    options = {k: v for k, v in locals().items() if k not in ("negative", "preset", "recipe")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = run_attention(negative_prompt=negative, recipe=recipe or preset, **options)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+    grid_note = f", {output}/grid.png" if grid else ""
+    typer.echo(
+        f"wrote {output}/image.png, {len(info['heatmaps'])} heatmaps in {output}/heatmaps/"
+        f"{grid_note}, {output}/run.trace",
+        err=True,
+    )

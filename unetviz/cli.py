@@ -3,16 +3,19 @@
     unetviz diagram --preset sdxl -o sdxl.svg          # .svg .png .pdf .dot/.gv .json
     unetviz diagram --config unet/config.json --height 768 --width 512 --detail layers -o u.png
     unetviz diagram --model path/to/model -o model.pdf  # reads only the config: no weights
+    unetviz diagram --model demo -o demo.svg            # the shipped demo model (or assets/demo)
     unetviz summary --preset sd15 [--detail layers]     # a table: shapes, params, MACs, names
 
-Structure comes from a capture of the UNet built on PyTorch's ``meta`` device: shapes only, no
-weights, no memory. A structure trace is cached (``~/.cache/unetviz/traces``, keyed by config,
-size, batch, detail and the model/capture code; ``--no-cache`` or ``UNETVIZ_CACHE_DIR``) because
-importing torch and running meta kernels the first time costs seconds; a cached diagram needs
-no torch at all.
+``--preset`` names a *model* preset (sd15, sd21, sdxl); the aggregation recipes of
+``unetviz attention`` are ``--recipe`` (daam, p2p). Structure comes from a capture of the UNet
+built on PyTorch's ``meta`` device: shapes only, no weights, no memory, cached by
+:mod:`unetviz.structure` (the preset structures ship with the package; ``unetviz
+bundle-structures`` rewrites them), so a cached diagram needs no torch at all.
 
-Bad input (unknown preset, unreadable config, unknown extension, a size the UNet cannot take)
-prints one ``error:`` line and exits with status 2, leaving no file behind.
+Bad input (unknown preset, unreadable config, unknown extension, a size the UNet cannot take, a
+bad flag, a full disk) prints one ``error:`` line and exits with status 2, leaving no file
+behind: every ``unetviz.errors.UnetvizError`` is such an error. Anything else is a bug and
+keeps its traceback.
 
 Adding a subcommand (``attention``, ``app``): write a module with ``register(app: typer.Typer)``
 that adds the command with ``@app.command()``, and name it in :data:`SUBCOMMANDS`. It is
@@ -21,16 +24,31 @@ imported only when its command is run, so ``unetviz diagram`` stays fast.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
+import errno
 import importlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from .errors import UnetvizError
+from .structure import BUNDLED, BUNDLED_DIR, cache_dir, structure, structure_key
+
+__all__ = [
+    "BUNDLED",
+    "BUNDLED_DIR",
+    "CliError",
+    "app",
+    "cache_dir",
+    "main",
+    "structure",
+    "structure_key",
+    "summary_table",
+]
 
 #: lazily imported subcommands: name -> (module with ``register(app)``, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -42,10 +60,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("unetviz.report.cli", "One self-contained HTML report of a run or trace."),
 }
 
-PRESETS = ("sd15", "sd21", "sdxl")
-DETAILS = ("blocks", "layers", "modules")
+DETAILS = ("blocks", "layers", "modules")  # the diagram's detail levels (capture's DETAILS)
 DIRECTIONS = ("TB", "LR")
-TOKENS = 77
+MAX_BATCH = 64
 
 app = typer.Typer(
     name="unetviz",
@@ -57,178 +74,122 @@ app = typer.Typer(
 )
 
 
-class CliError(Exception):
-    """A user error: :func:`main` prints it as one ``error:`` line and exits with status 2."""
+class CliError(UnetvizError):
+    """A user error found by the CLI itself. :func:`main` prints every ``UnetvizError`` as one
+    ``error:`` line and exits with status 2; anything else is a bug and keeps its traceback."""
 
 
 # ---------------------------------------------------------------------------- structure
-def resolve_config(preset: str | None, config: Path | None, model: Path | None) -> tuple[Any, str]:
-    """(UNetConfig, label) from exactly one of ``--preset`` / ``--config`` / ``--model``
-    (``sd15`` when none is given)."""
-    from .config import ConfigError, UNetConfig
+@dataclass(frozen=True)
+class Source:
+    """What ``--preset`` / ``--config`` / ``--model`` named: the UNet config, a label for the
+    title, pixels per latent pixel (8 through an SD VAE, 1 for the demo model) and the number
+    of context tokens its text encoder gives."""
+
+    config: Any
+    label: str
+    factor: int = 8
+    tokens: int = 77
+
+
+def resolve_source(preset: str | None, config: Path | None, model: str | None) -> Source:
+    """The :class:`Source` of exactly one of ``--preset`` / ``--config`` / ``--model``
+    (``sd15`` when none is given). ``--model`` takes anything ``unetviz.detect.detect_model``
+    knows (``demo``, ``assets/demo``, a diffusers folder, a model root, a unet folder, a
+    config.json); only the config is read."""
+    from .config import PRESETS, UNetConfig
 
     given = [x for x in (preset, config, model) if x is not None]
     if len(given) > 1:
         raise CliError("give only one of --preset, --config and --model")
-    try:
-        if config is not None:
-            return UNetConfig.from_json(config), str(config)
-        if model is not None:
-            return UNetConfig.from_json(_model_config(model)), str(model)
-        name = preset or "sd15"
-        if name not in PRESETS:
-            raise CliError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
-        return UNetConfig.preset(name), name
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+    if config is not None:
+        return Source(UNetConfig.from_json(config), str(config))
+    if model is not None:
+        return _model_source(model)
+    name = preset or "sd15"
+    if name not in PRESETS:
+        raise CliError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
+    return Source(UNetConfig.preset(name), name)
 
 
-def _model_config(model: Path) -> Path:
-    """config.json of a diffusers unet folder or model root (no weights are read)."""
-    for candidate in (model / "config.json", model / "unet" / "config.json"):
-        if candidate.is_file():
-            return candidate
-    if model.is_file() and model.suffix == ".json":
-        return model
-    if not model.exists():
-        raise CliError(f"model path not found: {model}")
-    if model.is_file():
+def resolve_config(preset: str | None, config: Path | None, model: str | None) -> tuple[Any, str]:
+    """(UNetConfig, label) of :func:`resolve_source` (kept for callers of the first release)."""
+    src = resolve_source(preset, config, model)
+    return src.config, src.label
+
+
+def _model_source(model: str) -> Source:
+    from .config import UNetConfig
+    from .detect import detect_model
+
+    found = detect_model(model)
+    if found.unet_config is None or not found.unet_config.is_file():
+        what = "a single-file checkpoint" if found.kind == "single" else "not a local folder"
         raise CliError(
-            f"{model} is a file: --model expects a diffusers unet folder (with config.json) or "
-            "a model root with a unet/ subfolder; for a config file use --config"
+            f"--model {_short(model)!r} is {what}: diagram and summary read only a UNet config; "
+            "give a diffusers folder, a unet folder or --config path/to/config.json"
         )
-    raise CliError(
-        f"{model} has no config.json and no unet/config.json: expected a diffusers unet folder "
-        "or a model root with a unet/ subfolder"
+    cfg = UNetConfig.from_json(found.unet_config)
+    if found.is_demo:
+        return Source(cfg, "demo" if model == "demo" else str(model), 1, _demo_tokens(found.path))
+    return Source(cfg, str(model))
+
+
+def _demo_tokens(folder: Path, default: int = 16) -> int:
+    """Context length of a demo-format text encoder (its config's ``max_length``)."""
+    try:
+        path = folder / "text_encoder" / "config.json"
+        if path.stat().st_size > 1 << 16:
+            return default
+        value = json.loads(path.read_text()).get("max_length", default)
+    except (OSError, ValueError, AttributeError):
+        return default
+    return value if isinstance(value, int) and 1 <= value <= 1024 else default
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters for an error message."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def check_size(
+    cfg: Any, height: int | None, width: int | None, batch: int, factor: int = 8
+) -> tuple[int, int]:
+    """Pixel (height, width), defaulting to the config's ``sample_size * factor``, checked by
+    ``UNetConfig.check_size`` (a positive multiple of factor x 2^downsamplers, bounded);
+    CliError unless 1 <= batch <= 64."""
+    default = cfg.sample_size * factor
+    h = default if height is None else height
+    w = default if width is None else width
+    size = cfg.check_size(h, w, scale=factor, names=("--height", "--width"))
+    if not 1 <= batch <= MAX_BATCH:
+        raise CliError(f"--batch {batch}: expected 1..{MAX_BATCH}")
+    return size
+
+
+def structure_of(
+    src: Source, height: int | None, width: int | None, batch: int, detail: str, cache: bool
+) -> dict[str, Any]:
+    """The structure (Trace JSON state) of ``src`` at the given size: ``unetviz.structure``."""
+    from .structure import structure
+
+    h, w = check_size(src.config, height, width, batch, src.factor)
+    return structure(
+        src.config, h, w, batch, detail, src.label, cache, tokens=src.tokens, factor=src.factor
     )
 
 
-def check_size(cfg: Any, height: int | None, width: int | None, batch: int) -> tuple[int, int]:
-    """Pixel (height, width), defaulting to the config's ``sample_size * 8``; CliError unless
-    each is a positive multiple of 8 x 2^downsamplers and batch >= 1."""
-    factor = 8 * 2 ** (len(cfg.block_out_channels) - 1)
-    default = cfg.sample_size * 8
-    sizes = []
-    for flag, value in (("--height", height), ("--width", width)):
-        value = default if value is None else value
-        if value <= 0 or value % factor:
-            raise CliError(
-                f"{flag} {value} is not a positive multiple of {factor} (8 x 2^"
-                f"{len(cfg.block_out_channels) - 1} downsamplers): try "
-                f"{max(factor, round(value / factor) * factor)}"
-            )
-        sizes.append(value)
-    if batch < 1:
-        raise CliError(f"--batch {batch}: expected at least 1")
-    return sizes[0], sizes[1]
-
-
-def cache_dir() -> Path:
-    """Where structure traces are cached: ``$UNETVIZ_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/unetviz/traces``, else ``~/.cache/unetviz/traces``."""
-    if os.environ.get("UNETVIZ_CACHE_DIR"):
-        return Path(os.environ["UNETVIZ_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "unetviz" / "traces"
-
-
-#: Structures of the presets at their default sizes, shipped with the package so that the
-#: first ``unetviz diagram --preset ...`` needs no torch. Named by the same key as the cache, so
-#: a change to the model or capture code simply misses them (tests/test_cli.py checks they are
-#: current; ``python -m unetviz.cli bundle`` rewrites them).
-BUNDLED_DIR = Path(__file__).parent / "presets" / "structures"
-BUNDLED = [(p, d) for p in ("sd15", "sd21", "sdxl") for d in ("blocks", "layers")]
-
-
-def _code_fingerprint() -> str:
-    """Hash of the files whose change changes a structure trace (config, model, capture)."""
-    root = Path(__file__).parent
-    digest = hashlib.sha256()
-    for f in [
-        root / "config.py",
-        root / "structure.py",
-        *sorted((root / "model").glob("*.py")),
-    ] + sorted((root / "capture").glob("*.py")):
-        digest.update(f.relative_to(root).as_posix().encode())
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
-
-
-def structure_key(cfg: Any, height: int, width: int, batch: int, detail: str) -> str:
-    """The cache (and bundle) key of a structure: config, size, batch, detail and code."""
-    from . import __version__
-
-    key_data = {
-        "config": cfg.to_dict(),
-        "height": height,
-        "width": width,
-        "batch": batch,
-        "detail": detail,
-        "tokens": TOKENS,
-        "version": __version__,
-        "code": _code_fingerprint(),
-    }
-    return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _read_state(path: Path, label: str | None) -> dict[str, Any] | None:
-    try:
-        raw = path.read_bytes()
-        state = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
-    except (OSError, ValueError, EOFError):
-        return None  # a broken entry is rebuilt
-    state.setdefault("meta", {})["model"] = label or state["meta"].get("model")
-    return state
-
-
-def structure(
-    cfg: Any,
-    height: int,
-    width: int,
-    batch: int = 2,
-    detail: str = "layers",
-    label: str | None = None,
-    cache: bool = True,
-) -> dict[str, Any]:
-    """The structure of the UNet ``cfg`` at ``height`` x ``width`` pixels: a meta-device
-    capture (no weights), returned as the Trace's JSON state (``Trace.to_state()[0]``), which
-    every ``unetviz.render`` function reads like a Trace. Cached on disk unless ``cache`` is
-    False."""
-    key = structure_key(cfg, height, width, batch, detail)
-    path = cache_dir() / f"{key}.json"
-    if cache:
-        for candidate in (BUNDLED_DIR / f"{key}.json.gz", path):
-            state = _read_state(candidate, label) if candidate.is_file() else None
-            if state is not None:
-                return state
-    state = _meta_capture(cfg, height, width, batch, detail, label)
-    if cache:
-        try:
-            from .render.export import write_atomic
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(state).encode())
-        except (OSError, ValueError):
-            pass  # caching is best effort (read-only home, full disk)
-    return state
-
-
-def _meta_capture(
-    cfg: Any, height: int, width: int, batch: int, detail: str, label: str | None
-) -> dict[str, Any]:
-    from .structure import meta_trace
-
-    info = {"model": label, "height": height, "width": width, "batch": batch, "tokens": TOKENS}
-    trace = meta_trace(cfg, height // 8, width // 8, batch, TOKENS, detail, meta=info)
-    state, _ = trace.to_state()
-    return state
-
-
 # ---------------------------------------------------------------------------- commands
-_PRESET = typer.Option(None, "--preset", "-p", help="sd15, sd21 or sdxl (default sd15).")
+_PRESET = typer.Option(
+    None, "--preset", "-p", help="A model preset: sd15, sd21 or sdxl (default sd15)."
+)
 _CONFIG = typer.Option(None, "--config", "-c", help="A diffusers UNet config.json.")
 _MODEL = typer.Option(
-    None, "--model", "-m", help="A diffusers model root or unet folder (only its config is read)."
+    None,
+    "--model",
+    "-m",
+    help="demo, a diffusers model folder, a model root or a unet folder (only its config is read).",
 )
 _HEIGHT = typer.Option(None, "--height", help="Image height in pixels (default: the config's).")
 _WIDTH = typer.Option(None, "--width", help="Image width in pixels (default: the config's).")
@@ -238,7 +199,7 @@ _NO_CACHE = typer.Option(False, "--no-cache", help="Recompute the structure (no 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise CliError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+        raise CliError(f"{flag} {_short(value)!r}: expected one of {', '.join(allowed)}")
     return value
 
 
@@ -246,7 +207,7 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
 def diagram(
     preset: str = _PRESET,
     config: Path = _CONFIG,
-    model: Path = _MODEL,
+    model: str = _MODEL,
     height: int = _HEIGHT,
     width: int = _WIDTH,
     batch: int = _BATCH,
@@ -263,57 +224,57 @@ def diagram(
     no_cache: bool = _NO_CACHE,
 ) -> None:
     """Draw the UNet's architecture (no weights needed)."""
-    from .render.export import ExportError, format_of, render, write_atomic
+    from .outputs import write_file
+    from .render.export import format_of, render
 
     _choice("--detail", detail, DETAILS)
     _choice("--direction", direction, DIRECTIONS)
     _choice("--shape", shape, ("u", "flat"))
-    try:
-        fmt = format_of(output) if output is not None else "dot"
-    except ExportError as exc:
-        raise CliError(str(exc)) from None
-    if output is not None and not output.parent.is_dir():
-        raise CliError(
-            f"cannot write {str(output)!r}: folder {str(output.parent)!r} does not exist"
-        )
-    cfg, label = resolve_config(preset, config, model)
-    h, w = check_size(cfg, height, width, batch)
-    trace = structure(cfg, h, w, batch, detail=detail, label=label, cache=not no_cache)
-    try:
-        data = render(trace, fmt, detail=detail, direction=direction, shape=shape, legend=legend)
-        if output is None:
-            sys.stdout.write(data.decode("utf-8"))
-        else:
-            write_atomic(output, data)
-    except (ExportError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+    fmt = format_of(output) if output is not None else "dot"
     if output is not None:
-        typer.echo(f"wrote {output} ({len(data):,} bytes, {detail} detail)", err=True)
+        _check_output_file(output)
+    src = resolve_source(preset, config, model)
+    trace = structure_of(src, height, width, batch, detail, not no_cache)
+    data = render(trace, fmt, detail=detail, direction=direction, shape=shape, legend=legend)
+    if output is None:
+        _write_stdout(data.decode("utf-8"))
+        return
+    write_file(output, data)
+    typer.echo(f"wrote {output} ({len(data):,} bytes, {detail} detail)", err=True)
+
+
+def _check_output_file(output: Path) -> None:
+    """Refuse, before any work, an output that is a folder or lies in a missing folder
+    (``unetviz.outputs.write_file`` checks again and writes atomically)."""
+    if output.is_dir():
+        raise CliError(f"cannot write {_short(str(output))!r}: it is a folder, expected a file")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(
+            f"cannot write {_short(str(output))!r}: folder {_short(str(parent))!r} does not exist"
+        )
+
+
+def _write_stdout(text: str) -> None:
+    """Write to stdout and flush now, so a full disk or closed pipe is reported here."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 @app.command(name="bundle-structures", hidden=True)
 def bundle_structures() -> None:
     """Rewrite the structures shipped in unetviz/presets/structures (maintainers only)."""
-    from .config import UNetConfig
+    from .structure import bundle_structures as bundle
 
-    BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
-    for old in BUNDLED_DIR.glob("*.json.gz"):
-        old.unlink()
-    for preset, detail in BUNDLED:
-        cfg = UNetConfig.preset(preset)
-        h, w = check_size(cfg, None, None, 2)
-        state = _meta_capture(cfg, h, w, 2, detail, None)
-        key = structure_key(cfg, h, w, 2, detail)
-        data = gzip.compress(json.dumps(state, separators=(",", ":")).encode(), mtime=0)
-        (BUNDLED_DIR / f"{key}.json.gz").write_bytes(data)
-        typer.echo(f"{preset} {detail}: {key}.json.gz ({len(data):,} bytes)", err=True)
+    for preset, detail, path, size in bundle(lambda cfg: check_size(cfg, None, None, 2)):
+        typer.echo(f"{preset} {detail}: {path.name} ({size:,} bytes)", err=True)
 
 
 @app.command()
 def summary(
     preset: str = _PRESET,
     config: Path = _CONFIG,
-    model: Path = _MODEL,
+    model: str = _MODEL,
     height: int = _HEIGHT,
     width: int = _WIDTH,
     batch: int = _BATCH,
@@ -321,65 +282,20 @@ def summary(
     no_cache: bool = _NO_CACHE,
 ) -> None:
     """Print a table: block, type, in -> out shape, params, MACs, LDM key, A1111 label."""
+    from .render.table import summary_text
+
     _choice("--detail", detail, ("blocks", "layers"))
-    cfg, label = resolve_config(preset, config, model)
-    h, w = check_size(cfg, height, width, batch)
-    trace = structure(cfg, h, w, batch, detail=detail, label=label, cache=not no_cache)
-    typer.echo(summary_table(trace, detail=detail))
+    src = resolve_source(preset, config, model)
+    trace = structure_of(src, height, width, batch, detail, not no_cache)
+    _write_stdout(summary_text(trace, detail=detail) + "\n")
 
 
 def summary_table(trace: Any, detail: str = "blocks") -> str:
-    """The ``unetviz summary`` table of a Trace (or its JSON state) as text."""
-    from .render.diagram import human, human_params
-    from .render.graph import build_graph, fmt_shape
+    """The ``unetviz summary`` table of a Trace (or its JSON state) as text
+    (``unetviz.render.table.summary_text``)."""
+    from .render.table import summary_text
 
-    graph = build_graph(trace, detail=detail)
-    rows = [("block", "type", "in \u2192 out", "params", "MACs", "LDM key", "A1111")]
-    for n in graph.nodes:
-        if n.kind != "module":
-            continue
-        name = ("  " if n.level == "layer" else "") + n.name
-        ins, outs = n.inputs.get("sample", n.inputs.get("timestep")), n.outputs.get("sample")
-        shapes = (
-            f"{fmt_shape(ins)} \u2192 {fmt_shape(outs)}" if ins is not None else fmt_shape(outs)
-        )
-        rows.append(
-            (
-                name,
-                n.type,
-                shapes,
-                human_params(n.params),
-                human(n.macs) if n.macs else "-",
-                n.ldm or "-",
-                n.a1111 or "-",
-            )
-        )
-    top = [n for n in graph.nodes if n.kind == "module" and n.level == "block"]
-    rows.append(
-        (
-            "total",
-            "",
-            "",
-            human_params(sum(n.params or 0 for n in top)),
-            human(sum(n.macs or 0 for n in top)),
-            "",
-            "",
-        )
-    )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {3, 4}
-    lines = []
-    meta = graph.meta
-    lines.append(
-        f"{meta.get('model') or 'UNet'}: {meta.get('width')}x{meta.get('height')} px, "
-        f"batch {meta.get('batch')}, MACs per forward"
-    )
-    for i, r in enumerate(rows):
-        cells = [c.rjust(widths[j]) if j in right else c.ljust(widths[j]) for j, c in enumerate(r)]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0 or i == len(rows) - 2:
-            lines.append("  ".join("-" * wd for wd in widths))
-    return "\n".join(lines)
+    return summary_text(trace, detail)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -419,14 +335,55 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _os_message(exc: OSError) -> str:
+    """A user-facing line for an OSError (no traceback): what failed, on which path."""
+    where = f" {_short(str(exc.filename))!r}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"cannot write{where or ' the output'}: no space left on the device"
+    if exc.errno == errno.EPIPE:
+        return "the output was closed before everything was written"
+    return f"cannot access{where}: {exc.strerror or exc}"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+#: click's usage error and abort classes (typer vendors click in recent versions, so they are
+#: found from typer's own names rather than imported from click)
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ABORT = (typer.Abort, KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``unetviz`` script: user errors -> one line and exit status 2."""
+    """Entry point of the ``unetviz`` script: a user error (``UnetvizError``, a bad flag, an
+    OSError such as a full disk) -> one ``error:`` line and exit status 2; anything else is a
+    bug and keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _register_subcommands(argv)
     try:
-        app(args=argv, prog_name="unetviz")
-    except CliError as exc:
+        code = app(args=argv, prog_name="unetviz", standalone_mode=False)
+    except _USAGE_ERROR as exc:  # a bad flag or value: click's message, one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `unetviz`: the help
+            typer.echo(exc.format_message(), err=True)
+            raise SystemExit(2) from None
+        _fail(exc.format_message())
+    except _ABORT:
+        typer.echo("aborted", err=True)
+        raise SystemExit(130) from None
+    except UnetvizError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EPIPE):
+            _silence_stdout()
+        _fail(_os_message(exc))
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -24,44 +24,31 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from ..colors import LUT, NAME
+from ..colors import colorscale as _colorscale
 from .graph import field_of
+from .heatmaps import (
+    HeatmapError,
+    _np,
+    heat_scales,
+    image_array,
+    layer_label,
+    layer_order,
+    overlay,
+    token_count,
+    word_tokens,
+)
+
+#: The plotly colour scale of unetviz's one colour map (:mod:`unetviz.colors`).
+COLORSCALE = _colorscale()
 
 FONT = "DejaVu Sans, Arial, sans-serif"
 
 
 # ---------------------------------------------------------------------------- helpers
-def _np(x: Any) -> np.ndarray:
-    """A float32 numpy array from a tensor / array / list (detached, on CPU)."""
-    if hasattr(x, "detach"):
-        x = x.detach().to("cpu").float().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
 def _minmax(a: np.ndarray) -> np.ndarray:
     lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-
-
-def _image_array(image: Any) -> np.ndarray:
-    """(H, W, 3) uint8 from a PIL image, an (H, W[, C]) array (uint8 or float in [0, 1]) or
-    a (C, H, W) tensor."""
-    if hasattr(image, "convert"):  # PIL
-        return np.asarray(image.convert("RGB"))
-    if hasattr(image, "detach"):
-        image = image.detach().to("cpu").float().numpy()
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 2:
-        a = np.stack([a] * 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image of shape {a.shape}: expected (H, W), (H, W, 3) or (3, H, W)")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
-    return a
 
 
 def _image_uri(rgb: np.ndarray, max_side: int = 256) -> tuple[str, int, int]:
@@ -90,27 +77,15 @@ def token_labels(trace: Any) -> list[str]:
     """Display labels of the trace's tokens (``cat</w>`` -> ``cat``), ``#i`` if unknown."""
     tokens = list(field_of(trace, "tokens", []) or [])
     if not tokens:
-        n = _n_tokens(trace)
+        n = token_count(trace)
         return [f"#{i}" for i in range(n)]
     return [t.replace("</w>", "") for t in tokens]
 
 
-def _n_tokens(trace: Any) -> int:
-    for rec in (field_of(trace, "attention", {}) or {}).values():
-        t = field_of(rec, "tokens")
-        if t:
-            return int(t)
-    return len(field_of(trace, "tokens", []) or [])
-
-
 def default_tokens(trace: Any, limit: int = 12) -> list[int]:
-    """The prompt's word tokens (no ``<bos>``/``<eos>``/padding), at most ``limit``."""
-    words = list(field_of(trace, "words", []) or [])
-    idx = [i for i, w in enumerate(words) if w is not None]
-    if not idx:
-        n = _n_tokens(trace)
-        idx = list(range(1, n - 1)) if n > 2 else list(range(n))
-    return idx[:limit]
+    """The prompt's word tokens (no ``<bos>``/``<eos>``/padding), at most ``limit``
+    (:func:`unetviz.render.heatmaps.word_tokens`)."""
+    return word_tokens(trace, limit)
 
 
 def _tokens(trace: Any, tokens: Any) -> list[int]:
@@ -123,18 +98,44 @@ def _tokens(trace: Any, tokens: Any) -> list[int]:
 
 
 def _captured_layers(trace: Any, layers: Any = None) -> list[str]:
+    """Captured cross-attention layers (optionally those under ``layers``) in UNet order."""
     attn = field_of(trace, "attention", {}) or {}
     names = [n for n, r in attn.items() if getattr(r, "captured", True)]
     if layers is not None:
         wanted = [layers] if isinstance(layers, str) else list(layers)
         names = [n for n in names if any(n == w or n.startswith(w + ".") for w in wanted)]
     if not names:
-        raise ValueError(
+        raise HeatmapError(
             "this trace holds no cross-attention maps"
             + (f" for layers {layers!r}" if layers is not None else "")
             + ": capture with attention=True"
         )
-    return names
+    return layer_order(names)
+
+
+def layer_labels(trace: Any, names: list[str]) -> list[str]:
+    """Readable labels of attn2 layers: ``IN04 · down_blocks.1.attentions.0 · 32×32``."""
+    from ..names import unet_names
+
+    cfg = (field_of(trace, "meta", {}) or {}).get("config")
+    try:
+        ids = unet_names(cfg) if cfg else None
+    except ValueError:
+        ids = None
+    attn = field_of(trace, "attention", {}) or {}
+    depth: dict[str, int] = {}
+    for n in names:
+        block = n.split(".transformer_blocks.")[0]
+        depth[block] = depth.get(block, 0) + 1
+    return [
+        layer_label(
+            n,
+            field_of(attn.get(n), "res") if n in attn else None,
+            ids,
+            depth[n.split(".transformer_blocks.")[0]],
+        )
+        for n in names
+    ]
 
 
 def short_layer(name: str) -> str:
@@ -157,6 +158,17 @@ def short_layer(name: str) -> str:
     return ".".join(out) if out else name
 
 
+def _label_rows(fig: go.Figure, labels: list[str]) -> None:
+    """Label every row of a heatmap drawn at y = 0..n-1 (plotly would skip some), top down."""
+    fig.update_yaxes(
+        tickmode="array",
+        tickvals=list(range(len(labels))),
+        ticktext=labels,
+        autorange="reversed",
+        automargin=True,
+    )
+
+
 def _layout(fig: go.Figure, title: str | None, height: int | None = None) -> go.Figure:
     fig.update_layout(
         title=title,
@@ -176,28 +188,32 @@ def token_grid(
     image: Any = None,
     cols: int = 4,
     opacity: float = 0.55,
-    colorscale: str = "Viridis",
+    colorscale: Any = None,
     size: int | tuple[int, int] | None = None,
     title: str | None = "cross-attention per token",
     image_max_side: int = 256,
+    scale: str = "shared",
     **heatmap_kwargs: Any,
 ) -> go.Figure:
     """One heatmap per token (``trace.heatmap``), in a grid of ``cols`` columns.
 
     ``tokens``: indices / words (default: the prompt's word tokens). ``image``: a PIL image or
-    array; each heatmap is then drawn over it with ``opacity`` (the image is sent as a JPEG of
-    at most ``image_max_side`` px). ``size``: heatmap resolution
-    (default: the trace's default, e.g. 64x64; the image is never upsampled into the data).
-    Other keyword arguments (``layers``, ``resolutions``, ``steps``, ``heads``, ``preset``,
-    ``normalize``, ``upsample``) go to ``trace.heatmap``.
+    array; each heatmap is then drawn over a greyscale copy of it with ``opacity`` (sent as a
+    JPEG of at most ``image_max_side`` px). ``size``: heatmap resolution (default: the
+    trace's, e.g. 64x64). ``scale``: ``"shared"`` (one colour range and bar for all tokens, so
+    they compare) or ``"per-token"``. Other keyword arguments (``layers``, ``resolutions``,
+    ``steps``, ``heads``, ``preset``, ``normalize`` - default None: raw probabilities,
+    ``upsample``) go to ``trace.heatmap``.
     """
     from plotly.subplots import make_subplots
 
     idx = _tokens(trace, tokens)
     if not idx:
-        raise ValueError("no tokens to show")
+        raise HeatmapError("no tokens to show")
+    heatmap_kwargs.setdefault("normalize", None)
     labels = token_labels(trace)
     maps = [_np(trace.heatmap(i, size=size, **heatmap_kwargs)) for i in idx]
+    scales = heat_scales(maps, scale)
     cols = max(1, min(cols, len(idx)))
     rows = math.ceil(len(idx) / cols)
     names = [f"{labels[i] if i < len(labels) else i} (#{i})" for i in idx]
@@ -210,7 +226,8 @@ def token_grid(
     )
     uri = None
     if image is not None:
-        uri, ih, iw = _image_uri(_image_array(image), image_max_side)
+        grey = np.repeat(np.asarray(image_array(image), np.float32).mean(-1, keepdims=True), 3, -1)
+        uri, ih, iw = _image_uri(grey.astype(np.uint8), image_max_side)
     for k, m in enumerate(maps):
         r, c = k // cols + 1, k % cols + 1
         h, w = m.shape
@@ -221,13 +238,13 @@ def token_grid(
         else:
             heat = go.Heatmap(z=m)
         heat.update(
-            colorscale=colorscale,
-            zmin=0.0 if heatmap_kwargs.get("normalize", "minmax") == "minmax" else None,
-            zmax=1.0 if heatmap_kwargs.get("normalize", "minmax") == "minmax" else None,
-            showscale=k == 0,
+            colorscale=colorscale or COLORSCALE,
+            zmin=scales[k][0],
+            zmax=scales[k][1],
+            showscale=k == 0 and scale == "shared",
             colorbar={"thickness": 10, "len": 0.8},
             name=names[k],
-            hovertemplate=names[k] + "<br>x=%{x:.0f} y=%{y:.0f}<br>%{z:.3f}<extra></extra>",
+            hovertemplate=names[k] + "<br>x=%{x:.0f} y=%{y:.0f}<br>%{z:.4g}<extra></extra>",
         )
         fig.add_trace(heat, row=r, col=c)
     fig.update_xaxes(visible=False)
@@ -237,40 +254,43 @@ def token_grid(
     return _layout(fig, title, height=80 + 230 * rows)
 
 
+#: How :func:`layer_token_grid` puts its cells on colour scales.
+GRID_SCALES = ("shared", "per-token", "per-cell")
+
+
 def layer_token_grid(
     trace: Any,
     tokens: Any = None,
     layers: Any = None,
     steps: Any = None,
     cell: int = 24,
-    colorscale: str = "Viridis",
+    colorscale: Any = None,
     title: str | None = "cross-attention: layers x tokens",
+    scale: str = "shared",
 ) -> go.Figure:
-    """A mosaic: one row per cross-attention layer, one column per token, each cell that
-    layer's map at native resolution (nearest-upsampled to ``cell`` px, min-max normalised
-    per cell). One ``go.Heatmap``, so it stays fast for 70 SDXL layers."""
+    """A mosaic: one row per cross-attention layer in UNet order (down, mid, up; labelled
+    ``IN04 · down_blocks.1.attentions.0 · 32×32``), one column per token, each cell that
+    layer's raw map at native resolution (nearest-upsampled to ``cell`` px). ``scale``:
+    ``"shared"`` (one range over every cell, with its colour bar), ``"per-token"`` (one per
+    column) or ``"per-cell"`` (each cell min-max normalised). One ``go.Heatmap``, so it stays
+    fast for 70 SDXL layers."""
+    if scale not in GRID_SCALES:
+        raise HeatmapError(f"scale={scale!r}: expected one of {list(GRID_SCALES)}")
     idx = _tokens(trace, tokens)
     names = _captured_layers(trace, layers)
     labels = token_labels(trace)
     gap = max(1, cell // 8)
-    z = np.full(
-        (len(names) * (cell + gap) - gap, len(idx) * (cell + gap) - gap), np.nan, np.float32
-    )
-    for c, t in enumerate(idx):
-        maps = trace.layer_maps(t, layers=names, steps=steps)
-        for r, name in enumerate(names):
-            m = _minmax(_np(maps[name]))
-            y, x = r * (cell + gap), c * (cell + gap)
-            z[y : y + cell, x : x + cell] = _resize(m, cell, cell)
-    res = {n: field_of(trace.attention[n], "res") for n in names}
+    columns = [trace.layer_maps(t, layers=names, steps=steps) for t in idx]
+    cells = [[_np(maps[n]) for n in names] for maps in columns]
+    z, (lo, hi) = _grid_values(cells, cell, gap, scale)
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            colorscale=colorscale,
-            zmin=0,
-            zmax=1,
-            hovertemplate="%{z:.3f}<extra></extra>",
-            colorbar={"thickness": 10},
+            colorscale=colorscale or COLORSCALE,
+            zmin=lo,
+            zmax=hi,
+            hovertemplate="%{z:.4g}<extra></extra>",
+            colorbar={"thickness": 10, "title": {"text": "" if scale == "shared" else "scaled"}},
         )
     )
     fig.update_xaxes(
@@ -280,16 +300,35 @@ def layer_token_grid(
         showgrid=False,
     )
     fig.update_yaxes(
+        tickmode="array",
         tickvals=[r * (cell + gap) + cell / 2 for r in range(len(names))],
-        ticktext=[
-            f"{short_layer(n)} {res[n][0]}x{res[n][1]}" if res[n] else short_layer(n) for n in names
-        ],
+        ticktext=layer_labels(trace, names),
         autorange="reversed",
         scaleanchor="x",
         showgrid=False,
     )
     height = min(4000, 120 + len(names) * (cell + gap) * 1.2)
     return _layout(fig, title, height=int(height))
+
+
+def _grid_values(
+    cells: list[list[np.ndarray]], cell: int, gap: int, scale: str
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The mosaic array (NaN gaps) of ``cells[token][layer]`` and its colour range."""
+    n_tok, n_lay = len(cells), len(cells[0]) if cells else 0
+    z = np.full((n_lay * (cell + gap) - gap, n_tok * (cell + gap) - gap), np.nan, np.float32)
+    shared = heat_scales([m for col in cells for m in col], "shared")[0] if cells else (0, 1)
+    for c, col in enumerate(cells):
+        col_scale = heat_scales(col, "shared")[0]
+        for r, m in enumerate(col):
+            if scale == "per-cell":
+                m = _minmax(m)
+            elif scale == "per-token":
+                lo, hi = col_scale
+                m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+            y, x = r * (cell + gap), c * (cell + gap)
+            z[y : y + cell, x : x + cell] = _resize(m, cell, cell)
+    return z, (shared if scale == "shared" else (0.0, 1.0))
 
 
 def _entropy(m: np.ndarray) -> float:
@@ -308,7 +347,7 @@ def attention_stats(
     tokens: Any = None,
     layers: Any = None,
     steps: Any = None,
-    colorscale: str = "Viridis",
+    colorscale: Any = None,
     title: str | None = None,
 ) -> go.Figure:
     """Layers (rows) x tokens (columns) heatmap of a per-map statistic:
@@ -319,7 +358,7 @@ def attention_stats(
       (the softmax share; ``<bos>`` typically takes most of it).
     """
     if stat not in ("entropy", "mass"):
-        raise ValueError(f"unknown stat {stat!r}: expected 'entropy' or 'mass'")
+        raise HeatmapError(f"unknown stat {stat!r}: expected 'entropy' or 'mass'")
     idx = _tokens(trace, tokens)
     names = _captured_layers(trace, layers)
     labels = token_labels(trace)
@@ -330,13 +369,11 @@ def attention_stats(
             m = _np(maps[name])
             z[r, c] = _entropy(m) if stat == "entropy" else float(m.mean())
     xs = [f"{labels[i] if i < len(labels) else i} #{i}" for i in idx]
-    ys = [short_layer(n) for n in names]
     fig = go.Figure(
         go.Heatmap(
             z=z,
             x=xs,
-            y=ys,
-            colorscale=colorscale,
+            colorscale=colorscale or COLORSCALE,
             zmin=0 if stat == "entropy" else None,
             zmax=1 if stat == "entropy" else None,
             customdata=np.array(names)[:, None].repeat(len(idx), 1),
@@ -344,7 +381,7 @@ def attention_stats(
             colorbar={"thickness": 10, "title": {"text": stat}},
         )
     )
-    fig.update_yaxes(autorange="reversed")
+    _label_rows(fig, layer_labels(trace, names))
     fig.update_xaxes(side="top")
     default = "spatial entropy per layer and token" if stat == "entropy" else "attention mass"
     return _layout(fig, title or default, height=int(150 + 22 * len(names)))
@@ -361,10 +398,10 @@ def temb_table(trace: Any, by: str = "layer") -> tuple[list[str], list[int], np.
     ``"layer"`` (one row per ResnetBlock2D, forward order) or ``"block"`` (mean per
     down/mid/up block)."""
     if by not in ("layer", "block"):
-        raise ValueError(f"unknown by={by!r}: expected 'layer' or 'block'")
+        raise HeatmapError(f"unknown by={by!r}: expected 'layer' or 'block'")
     records = list(field_of(trace, "temb", []) or [])
     if not records:
-        raise ValueError("this trace has no temb records: capture with temb=True")
+        raise HeatmapError("this trace has no temb records: capture with temb=True")
     steps = sorted({int(field_of(r, "step")) for r in records})
     col = {s: i for i, s in enumerate(steps)}
 
@@ -405,7 +442,7 @@ def _step_labels(trace: Any, steps: list[int]) -> list[str]:
 def temb_heatmap(
     trace: Any,
     by: str = "layer",
-    colorscale: str = "Viridis",
+    colorscale: Any = None,
     log: bool = False,
     title: str | None = "temb ratio (RMS of time_emb_proj / RMS of conv1 output)",
 ) -> go.Figure:
@@ -418,14 +455,14 @@ def temb_heatmap(
         go.Heatmap(
             z=shown,
             x=_step_labels(trace, steps),
-            y=rows,
-            customdata=z,
-            colorscale=colorscale,
-            hovertemplate="%{y}<br>step %{x}<br>ratio %{customdata:.4g}<extra></extra>",
+            customdata=np.stack([z, np.array(rows, object)[:, None].repeat(z.shape[1], 1)], -1),
+            colorscale=colorscale or COLORSCALE,
+            hovertemplate="%{customdata[1]}<br>step %{x}<br>ratio %{customdata[0]:.4g}"
+            "<extra></extra>",
             colorbar={"thickness": 10, "title": {"text": "log10 ratio" if log else "ratio"}},
         )
     )
-    fig.update_yaxes(autorange="reversed")
+    _label_rows(fig, rows)
     fig.update_xaxes(title="step: timestep")
     return _layout(fig, title, height=int(160 + 18 * len(rows)))
 
@@ -440,7 +477,7 @@ def temb_lines(
     """One line per block (or resnet with ``by="layer"``) of the temb ratio against the
     timestep (``x="timestep"``, noisy on the left as sampling runs) or the step index."""
     if x not in ("timestep", "step"):
-        raise ValueError(f"unknown x={x!r}: expected 'timestep' or 'step'")
+        raise HeatmapError(f"unknown x={x!r}: expected 'timestep' or 'step'")
     rows, steps, z = temb_table(trace, by=by)
     ts = list(field_of(trace, "timesteps", []) or [])
     if x == "timestep" and all(s < len(ts) and ts[s] is not None for s in steps):
@@ -466,8 +503,11 @@ def temb_lines(
 
 # ---------------------------------------------------------------------------- static PNG
 @lru_cache(maxsize=16)
-def colormap_lut(colorscale: str = "Viridis") -> np.ndarray:
-    """A (256, 3) uint8 lookup table sampled from a plotly colorscale."""
+def colormap_lut(colorscale: str | None = None) -> np.ndarray:
+    """A (256, 3) uint8 lookup table: unetviz's colour map (:data:`unetviz.colors.LUT`) by
+    default, else sampled from the named plotly colour scale."""
+    if colorscale is None or colorscale.lower() == NAME:
+        return LUT
     from plotly.colors import sample_colorscale, unlabel_rgb
 
     colors = sample_colorscale(colorscale, [i / 255 for i in range(256)], colortype="rgb")
@@ -478,32 +518,20 @@ def heatmap_image(
     heatmap: Any,
     image: Any = None,
     size: int | tuple[int, int] | None = None,
-    colorscale: str = "Viridis",
     alpha: float = 0.6,
     normalize: bool = True,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> Any:
-    """A colour-mapped heatmap as a PIL RGB image, bilinearly resized to ``size`` ((H, W) or
-    side) or to the image's size, and blended over ``image`` with ``alpha``. No browser."""
-    from PIL import Image
-
-    a = _np(heatmap)
-    if a.ndim != 2:
-        raise ValueError(f"heatmap of shape {a.shape}: expected (H, W)")
-    base = _image_array(image) if image is not None else None
-    if size is None:
-        size = base.shape[:2] if base is not None else a.shape
-    elif isinstance(size, int):
-        size = (size, size)
-    h, w = int(size[0]), int(size[1])
-    if (h, w) != a.shape:
-        a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
-    a = _minmax(a) if normalize else np.clip(a, 0.0, 1.0)
-    rgb = colormap_lut(colorscale)[np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)]
-    if base is not None:
-        if base.shape[:2] != (h, w):
-            base = np.asarray(Image.fromarray(base).resize((w, h), Image.BICUBIC))
-        rgb = (alpha * rgb + (1 - alpha) * base).astype(np.uint8)
-    return Image.fromarray(rgb, mode="RGB")
+    """A colour-mapped heatmap as a PIL RGB image of ``size`` ((H, W) or side; default the
+    image's size, else the map's), over a greyscale copy of ``image`` with ``alpha``
+    (:func:`unetviz.render.heatmaps.overlay`). The scale is ``vmin``..``vmax`` if given, else
+    the map's own range (``normalize``) or 0..1. No browser."""
+    if vmin is None or vmax is None:
+        vmin, vmax = (None, None) if normalize else (0.0, 1.0)
+    if image is None:
+        return overlay(heatmap, None, vmin, vmax, size=size, opacity=1.0)
+    return overlay(heatmap, image, vmin, vmax, size=size, opacity=alpha)
 
 
 def heatmap_png(heatmap: Any, image: Any = None, **kwargs: Any) -> bytes:
