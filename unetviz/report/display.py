@@ -1,0 +1,345 @@
+"""Rich notebook display of a Trace, a Run and an edit comparison: static HTML (inline SVG,
+PNG data URIs, ``<details>`` for the long tables) that needs no JavaScript, fetches nothing, and
+reads the same in JupyterLab, VS Code, an offline notebook and GitHub's static viewer.
+
+``Trace._repr_html_`` / ``Run._repr_html_`` import this module lazily (capture/ and pipelines/
+never import render/ at module level); the HTML report (:mod:`unetviz.report.html`) is built
+from the same pieces.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+#: How the per-word maps of a run are aggregated for display: DAAM's recipe, not normalised
+#: per map, so one colour scale shared by all words compares them.
+WORD_RECIPE: dict[str, Any] = {"preset": "daam", "normalize": None}
+TILE = 160  # px of one heatmap tile
+IMAGE_SIDE = 256  # px of the generated image (small images are enlarged, pixels kept)
+
+CSS = """
+.uvz{font-family:"DejaVu Sans",Arial,sans-serif;font-size:13px;color:#222;max-width:100%}
+.uvz h3{font-size:15px;margin:6px 0}.uvz h4{font-size:13px;margin:10px 0 4px}
+.uvz table{border-collapse:collapse;font-size:12px}
+.uvz td,.uvz th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+.uvz th{background:#f4f4f4}.uvz .num{text-align:right}
+.uvz .diagram{overflow:auto;max-width:100%;max-height:1000px;border:1px solid #eee}
+.uvz .diagram svg{max-width:100%;height:auto}
+.uvz .grid{display:flex;flex-wrap:wrap;gap:8px}
+.uvz figure{margin:0;text-align:center}.uvz figcaption{font-size:12px;max-width:220px}
+.uvz .tok{display:inline-block;border-radius:3px;padding:0 4px;margin:1px;background:#eee}
+.uvz .tok.word{background:#ffe9b3}.uvz .small{font-size:11px;color:#555}
+.uvz img.px{image-rendering:pixelated}
+"""
+
+
+# ---------------------------------------------------------------------------- pieces
+def esc(value: Any) -> str:
+    """HTML-escaped text."""
+    return html.escape(str(value))
+
+
+def png_bytes(image: Any) -> bytes:
+    """PNG bytes of a PIL image."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def img_tag(image: Any, alt: str, side: int | None = None, cls: str = "") -> str:
+    """An ``<img>`` with the PNG inline as a data URI; ``side`` sets the displayed width."""
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+    width = f' width="{int(side)}"' if side else ""
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img src="{uri}" alt="{esc(alt)}"{width}{klass}/>'
+
+
+def enlarge(image: Any, side: int = IMAGE_SIDE) -> Any:
+    """Small images scaled up by an integer factor with nearest-neighbour (pixels stay
+    visible); others unchanged."""
+    from PIL import Image
+
+    k = max(1, side // max(image.size))
+    if k == 1:
+        return image
+    return image.resize((image.width * k, image.height * k), Image.Resampling.NEAREST)
+
+
+def table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+    """An HTML table (cells escaped)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{esc(c)}</td>' if j in numeric else f"<td>{esc(c)}</td>"
+            for j, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def wrap(body: str) -> str:
+    """The fragment inside one styled ``div`` (the style travels with the output)."""
+    return f'<div class="uvz"><style>{CSS}</style>{body}</div>'
+
+
+# ---------------------------------------------------------------------------- trace
+def trace_bytes(trace: Any) -> int:
+    """Bytes held by the trace's tensors (attention maps and sums, temb vectors)."""
+    total = 0
+    for rec in [*trace.attention.values(), *trace.self_attention.values()]:
+        for t in [*rec.maps, rec.sum]:
+            if t is not None and not t.is_meta:
+                total += t.numel() * t.element_size()
+    for r in trace.temb:
+        if r.vector is not None:
+            total += r.vector.numel() * r.vector.element_size()
+    for v in trace.temb_vectors.values():
+        total += v.numel() * v.element_size()
+    return total
+
+
+def human_bytes(n: int) -> str:
+    """``1.2 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def trace_facts(trace: Any) -> list[tuple[str, str]]:
+    """(label, value) lines of a trace summary: model, sizes, steps, captured, memory."""
+    meta = dict(trace.meta or {})
+    attn = list(trace.attention.values())
+    captured = [a for a in attn if a.captured]
+    res = sorted({tuple(a.res) for a in captured if a.res}, reverse=True)
+    facts = [("model", str(meta.get("model") or "UNet"))]
+    if meta.get("prompt") is not None:
+        facts.append(("prompt", str(meta["prompt"])))
+    size = [f"{meta['width']}x{meta['height']} px" if meta.get("height") else None]
+    if meta.get("latent"):
+        size.append("latent " + "x".join(map(str, meta["latent"])))
+    if meta.get("batch"):
+        size.append(f"batch {meta['batch']}")
+    facts.append(("size", ", ".join(s for s in size if s) or "-"))
+    facts.append(("steps", f"{trace.steps} forward(s)"))
+    what = [f"{len(trace.blocks)} modules ({meta.get('detail', '?')} detail)"]
+    what.append(f"{len(trace.skips)} skips")
+    if attn:
+        what.append(
+            f"cross-attention {len(captured)}/{len(attn)} layers"
+            + (f" at {', '.join(f'{h}x{w}' for h, w in res)}" if res else "")
+            + (f", {meta.get('attention_mode')} mode" if captured else "")
+            + (", per head" if meta.get("per_head") else "")
+        )
+    if trace.temb:
+        what.append(f"temb {len(trace.temb)} records")
+    if trace.self_attention:
+        what.append(f"self-attention {len(trace.self_attention)} layers")
+    facts.append(("captured", "; ".join(what)))
+    if trace.tokens:
+        facts.append(("tokens", f"{len(trace.tokens)}"))
+    facts.append(("memory", human_bytes(trace_bytes(trace))))
+    return facts
+
+
+def diagram_svg(trace: Any, detail: str = "blocks") -> str:
+    """The block diagram as inline SVG text (XML prolog and doctype removed); an HTML note
+    when it cannot be drawn here."""
+    from ..render.diagram import diagram
+    from ..render.export import to_svg
+
+    try:
+        svg = to_svg(diagram(trace, detail=detail))
+    except Exception as exc:  # a display must not raise: say why instead
+        return f'<p class="small">diagram not available: {esc(type(exc).__name__)}: {esc(exc)}</p>'
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else svg
+
+
+def trace_html(trace: Any, detail: str = "blocks", title: str = "Trace") -> str:
+    """Summary, block diagram (inline SVG) and a collapsible per-module table."""
+    body = (
+        f"<h3>{esc(title)}</h3>{facts_table(trace_facts(trace))}"
+        f'<h4>Block diagram</h4><div class="diagram">{diagram_svg(trace, detail)}</div>'
+        f"{module_table(trace)}"
+    )
+    return wrap(body)
+
+
+def facts_table(facts: list[tuple[str, Any]]) -> str:
+    """Label / value pairs as a two-column table."""
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)
+        + "</table>"
+    )
+
+
+def module_table(trace: Any) -> str:
+    """The summary table (block, type, in -> out, params, MACs, LDM key, A1111) folded in a
+    ``<details>``: layers when the trace has them, else blocks."""
+    from ..render.table import SUMMARY_HEADERS, summary_rows, summary_total
+
+    detail = "layers" if (trace.meta or {}).get("detail") in ("layers", "modules") else "blocks"
+    rows = summary_rows(trace, detail=detail, indent=True)
+    body = table(SUMMARY_HEADERS, [*rows, summary_total(trace)], numeric={3, 4})
+    return f"<details><summary>Modules ({len(rows)})</summary>{body}</details>"
+
+
+def trace_mimebundle(trace: Any) -> dict[str, Any]:
+    """``Trace._repr_mimebundle_``: the HTML summary and the plain repr."""
+    return {"text/html": trace_html(trace), "text/plain": repr(trace)}
+
+
+# ---------------------------------------------------------------------------- heatmaps
+def word_maps(trace: Any, recipe: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
+    """``(word, Heatmap)`` for every prompt word (sub-tokens merged), aggregated by ``recipe``
+    (default :data:`WORD_RECIPE`); empty when the trace holds no attention maps."""
+    from ..render.heatmaps import word_groups
+
+    if not any(a.captured for a in trace.attention.values()):
+        return []
+    recipe = dict(WORD_RECIPE if recipe is None else recipe)
+    return [(word, trace.heatmap(idx, **recipe)) for word, idx in word_groups(trace)]
+
+
+def heatmap_grid(
+    trace: Any, image: Any = None, recipe: dict[str, Any] | None = None, tile: int = TILE
+) -> str:
+    """Every word's map over the (greyscale) image on ONE shared colour scale, with the
+    colour bar and the recipe: HTML figures."""
+    from ..colors import colorbar_image
+    from ..render.heatmaps import heat_scales, overlay
+
+    maps = word_maps(trace, recipe)
+    if not maps:
+        return '<p class="small">no cross-attention maps in this trace</p>'
+    lo, hi = heat_scales([m for _, m in maps], "shared")[0]
+    figures = []
+    for word, heat in maps:
+        picture = overlay(heat, image, vmin=lo, vmax=hi, size=tile)
+        tokens = ", ".join(map(str, heat.tokens))
+        figures.append(
+            f"<figure>{img_tag(picture, f'heatmap of {word}', tile, 'heatmap px')}"
+            f"<figcaption><b>{esc(word)}</b> (token {esc(tokens)})</figcaption></figure>"
+        )
+    bar = colorbar_image(lo, hi, width=2 * tile, label="attention (shared scale)")
+    recipe_line = maps[0][1].recipe_text
+    return (
+        f'<div class="grid">{"".join(figures)}</div>'
+        f"<div>{img_tag(bar, 'colour bar')}</div>"
+        f'<p class="small">recipe: {esc(recipe_line)}</p>'
+    )
+
+
+def tokens_html(tokens: list[str], words: list[Any]) -> str:
+    """The token list as chips, the prompt's words highlighted; trailing padding folded."""
+    shown = list(tokens)
+    pads = 0
+    while shown and shown[-1] in ("<pad>", "<|endoftext|>") and len(shown) > 2:
+        shown.pop()
+        pads += 1
+    chips = []
+    for i, t in enumerate(shown):
+        is_word = i < len(words) and words[i] is not None
+        chips.append(
+            f'<span class="tok{" word" if is_word else ""}" title="#{i}">'
+            f"{esc(t.replace('</w>', ''))}</span>"
+        )
+    more = f' <span class="small">+ {pads} padding</span>' if pads else ""
+    return "".join(chips) + more
+
+
+# ---------------------------------------------------------------------------- run
+def run_html(run: Any, title: str = "Run") -> str:
+    """The image, the token list and the per-word heatmap grid with its shared scale."""
+    trace = run.trace
+    facts = [
+        ("prompt", run.prompt),
+        ("seed / steps / guidance", f"{run.seed} / {run.steps} / {run.guidance:g}"),
+        ("model", (trace.meta or {}).get("model", "-")),
+    ]
+    if run.negative_prompt:
+        facts.insert(1, ("negative prompt", run.negative_prompt))
+    image = enlarge(run.image)
+    body = (
+        f"<h3>{esc(title)}</h3>"
+        f'<div class="grid"><figure>{img_tag(image, "generated image", IMAGE_SIDE, "px")}'
+        f"<figcaption>{run.image.width}x{run.image.height} px</figcaption></figure>"
+        f"<div>{facts_table(facts)}<h4>Tokens</h4>"
+        f"{tokens_html(list(run.tokens), list(run.words or trace.words or []))}</div></div>"
+        f"<h4>Cross-attention per word</h4>{heatmap_grid(trace, run.image)}"
+    )
+    return wrap(body)
+
+
+def run_png(run: Any) -> bytes:
+    """One PNG: the image and every word's map over it on the shared scale (for frontends
+    that show no HTML)."""
+    from ..colors import colorbar_image
+    from ..render.heatmaps import captioned, contact_sheet, heat_scales, overlay
+
+    tiles = [captioned(enlarge(run.image, TILE), "image")]
+    maps = word_maps(run.trace)
+    if maps:
+        lo, hi = heat_scales([m for _, m in maps], "shared")[0]
+        tiles += [captioned(overlay(m, run.image, lo, hi, size=TILE), w) for w, m in maps]
+        tiles.append(colorbar_image(lo, hi, width=TILE, label="shared scale"))
+    return png_bytes(contact_sheet(tiles, cols=min(5, len(tiles))))
+
+
+def run_mimebundle(run: Any) -> dict[str, Any]:
+    """``Run._repr_mimebundle_``: HTML, a PNG fallback and a one-line text."""
+    return {
+        "text/html": run_html(run),
+        "image/png": run_png(run),
+        "text/plain": f"Run({run.prompt!r}, seed={run.seed}, steps={run.steps})",
+    }
+
+
+# ---------------------------------------------------------------------------- edits
+def comparison_html(cmp: Any, title: str = "Edit comparison") -> str:
+    """``pipe.compare(...)``: base / edited / difference side by side, the edits and the
+    mean change. The difference is drawn in the colour map on its own scale."""
+    from PIL import Image
+
+    from ..colors import colorbar_image, colorize, scale_of
+
+    diff = cmp.diff
+    lo, hi = 0.0, max(scale_of(diff)[1], 1e-6)
+    diff_img = Image.fromarray(colorize(diff, lo, hi))
+    side = 200
+    cells = [
+        (enlarge(cmp.base.image, side), "base"),
+        (enlarge(cmp.edited.image, side), "edited"),
+        (enlarge(diff_img, side), f"|difference| (mean {cmp.score:.4f})"),
+    ]
+    figures = "".join(
+        f"<figure>{img_tag(img, cap, side, 'px')}<figcaption>{esc(cap)}</figcaption></figure>"
+        for img, cap in cells
+    )
+    edits = [", ".join(f"{k}={v}" for k, v in e.items()) for e in cmp.edits] or ["(none)"]
+    items = "".join(f"<li>{esc(e)}</li>" for e in edits)
+    bar = colorbar_image(lo, hi, width=side, label="mean |RGB difference|")
+    body = (
+        f"<h3>{esc(title)}</h3><p>prompt: {esc(cmp.base.prompt)}</p>"
+        f'<div class="grid">{figures}</div><div>{img_tag(bar, "colour bar")}</div>'
+        f"<h4>Edits</h4><ul>{items}</ul>"
+    )
+    return wrap(body)
+
+
+def comparison_mimebundle(cmp: Any) -> dict[str, Any]:
+    """``Comparison._repr_mimebundle_``: HTML and a one-line text."""
+    n = len(cmp.edits)
+    return {
+        "text/html": comparison_html(cmp),
+        "text/plain": f"Comparison({n} edit(s), mean change {cmp.score:.4f})",
+    }
