@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from unetviz.errors import UnetvizError
@@ -38,6 +40,18 @@ class Run:
     guidance: float = 1.0
     latents: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Notebook display hook: image, tokens, per-word heatmaps (``unetviz.report``)."""
+        from unetviz.report.display import run_mimebundle  # lazy: display code sits above
+
+        return run_mimebundle(self)
+
+    def report(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Write one self-contained HTML report of this run (``unetviz.report``)."""
+        from unetviz.report.html import write_report  # lazy: display code sits above
+
+        return write_report(self, path, title=title)
 
 
 class Pipeline(Protocol):
