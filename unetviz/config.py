@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,87 @@ _FIXED: dict[str, tuple[Any, str]] = {
     "addition_embed_type_num_heads": (64, "only used by text_image embeddings"),
     "dropout": (0.0, "inference tool: dropout is always 0"),
 }
+
+
+#: Bounds on every value, checked before anything is built: a hostile config must fail with a
+#: ConfigError, never allocate. Generous next to every published UNet (SDXL: 3 blocks, 1280
+#: channels, 10 transformer layers, 70 transformer blocks).
+MAX_BLOCKS = 8
+MAX_CHANNELS = 16384
+MAX_LAYERS = 16
+MAX_TRANSFORMER_BLOCKS = 256
+MAX_CONFIG_BYTES = 1 << 20
+
+_INT, _NUM, _BOOL, _STR = "an integer", "a finite number", "true or false", "a string"
+# key -> (kind, low, high, may be None, may be one value per block)
+_SCHEMA: dict[str, tuple[str, float, float, bool, bool]] = {
+    "sample_size": (_INT, 1, MAX_LATENT_SIDE, False, False),
+    "in_channels": (_INT, 1, 1024, False, False),
+    "out_channels": (_INT, 1, 1024, False, False),
+    "center_input_sample": (_BOOL, 0, 0, False, False),
+    "flip_sin_to_cos": (_BOOL, 0, 0, False, False),
+    "freq_shift": (_NUM, -1e3, 1e3, False, False),
+    "down_block_types": (_STR, 0, 0, False, True),
+    "mid_block_type": (_STR, 0, 0, False, False),
+    "up_block_types": (_STR, 0, 0, False, True),
+    "block_out_channels": (_INT, 1, MAX_CHANNELS, False, True),
+    "layers_per_block": (_INT, 1, MAX_LAYERS, False, True),
+    "downsample_padding": (_INT, 0, 8, False, False),
+    "mid_block_scale_factor": (_NUM, 1e-6, 1e6, False, False),
+    "norm_num_groups": (_INT, 1, MAX_CHANNELS, False, False),
+    "norm_eps": (_NUM, 1e-30, 1.0, False, False),
+    "cross_attention_dim": (_INT, 1, MAX_CHANNELS, False, True),
+    "transformer_layers_per_block": (_INT, 1, MAX_LAYERS, False, True),
+    "attention_head_dim": (_INT, 1, MAX_CHANNELS, False, True),
+    "num_attention_heads": (_INT, 1, MAX_CHANNELS, True, True),
+    "use_linear_projection": (_BOOL, 0, 0, False, False),
+    "upcast_attention": (_BOOL, 0, 0, True, False),
+    "class_embed_type": (_STR, 0, 0, True, False),
+    "num_class_embeds": (_INT, 1, 100_000, True, False),
+    "addition_embed_type": (_STR, 0, 0, True, False),
+    "addition_time_embed_dim": (_INT, 1, MAX_CHANNELS, True, False),
+    "projection_class_embeddings_input_dim": (_INT, 1, 65536, True, False),
+}
+
+
+def check_value(key: str, value: Any, kind: str, low: float = 0, high: float = 0) -> None:
+    """ConfigError unless ``value`` is of ``kind`` (an integer / a finite number / true or
+    false / a string) and, for numbers, within [low, high]. Bools are not numbers here."""
+    ok = {
+        _INT: isinstance(value, int) and not isinstance(value, bool),
+        _NUM: isinstance(value, (int, float)) and not isinstance(value, bool),
+        _BOOL: isinstance(value, bool),
+        _STR: isinstance(value, str) and len(value) <= 200,
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{key} = {_short(value)}: expected {kind}")
+    if kind in (_INT, _NUM) and not (low <= value <= high):  # NaN fails this too
+        raise ConfigError(f"{key} = {_short(value)}: expected {kind} in [{low:g}, {high:g}]")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_types(data: Mapping[str, Any]) -> None:
+    for key, (kind, low, high, nullable, per_block) in _SCHEMA.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if value is None and nullable:
+            continue
+        if per_block and isinstance(value, (list, tuple)):
+            if not 1 <= len(value) <= MAX_BLOCKS:
+                raise ConfigError(
+                    f"{key} has {len(value)} entries: expected 1 to {MAX_BLOCKS} (one per block)"
+                )
+            for i, item in enumerate(value):
+                check_value(f"{key}[{i}]", item, kind, low, high)
+        elif key in ("down_block_types", "up_block_types", "block_out_channels"):
+            raise ConfigError(f"{key} = {_short(value)}: expected a list, one entry per block")
+        else:
+            check_value(key, value, kind, low, high)
 
 
 @dataclass
@@ -176,10 +258,10 @@ class UNetConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ConfigError naming the first key whose value unetviz cannot build."""
+        """Raise ConfigError naming the first key whose value unetviz cannot build: types and
+        bounds first (nothing is built from an unchecked value), then the structure."""
+        _check_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         n = self.n_blocks
-        if n < 1:
-            raise ConfigError("block_out_channels is empty: expected at least one block")
         for t in self.down_block_types:
             if t not in DOWN_BLOCK_TYPES:
                 raise ConfigError(
@@ -232,6 +314,15 @@ class UNetConfig:
                     f"block_out_channels[{i}] = {ch} is not divisible by {heads} attention heads "
                     "(attention_head_dim / num_attention_heads): head size must be an integer"
                 )
+        blocks = sum(
+            (2 * lay + 1) * t for lay, t in zip(self.layers, self.transformer_layers, strict=True)
+        )
+        if blocks + self.transformer_layers[-1] > MAX_TRANSFORMER_BLOCKS:
+            raise ConfigError(
+                f"layers_per_block {self.layers_per_block} x transformer_layers_per_block "
+                f"{self.transformer_layers_per_block} make {blocks} transformer blocks: more "
+                f"than the {MAX_TRANSFORMER_BLOCKS} allowed (SDXL has 70)"
+            )
         if self.class_embed_type not in CLASS_EMBED_TYPES:
             raise ConfigError(
                 f"class_embed_type {self.class_embed_type!r} is not supported: expected one of "
@@ -263,11 +354,16 @@ class UNetConfig:
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        """Build from a diffusers-style dict; ``_``-prefixed metadata keys are ignored."""
+        """Build from a diffusers-style dict; ``_``-prefixed metadata keys are ignored. Every
+        value is type- and bounds-checked before anything is built from it."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a UNet config must be a JSON object, found {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in data.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"config key {_short(key)} is not a string")
             if key.startswith("_") or key == "extra":
                 continue
             if key in names:
@@ -276,30 +372,22 @@ class UNetConfig:
                 extra[key] = value
             elif value not in (None, False):
                 raise ConfigError(
-                    f"unknown config key {key!r} = {value!r}: unetviz does not know what it "
-                    "changes in the UNet"
+                    f"unknown config key {_short(key)} = {_short(value)}: unetviz does not know "
+                    "what it changes in the UNet"
                 )
         if kwargs.get("upcast_attention") is None:
             kwargs["upcast_attention"] = False
+        _check_types(kwargs)
         return cls(**kwargs, extra=extra)
 
     @classmethod
     def from_json(cls, path: str | Path) -> UNetConfig:
         """Read a diffusers ``config.json``; errors name the file."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
+        data = read_json(path, "config file")
         if data.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
             raise ConfigError(
-                f"{path} describes a {data['_class_name']}, expected a UNet2DConditionModel"
+                f"{path} describes a {_short(data['_class_name'])}, expected a UNet2DConditionModel"
             )
         return cls.from_dict(data)
 
@@ -326,6 +414,80 @@ class UNetConfig:
         data = self.to_dict()
         data.update(changes)
         return UNetConfig.from_dict(data)
+
+
+def read_json(path: str | Path, what: str = "config", limit: int = MAX_CONFIG_BYTES) -> dict:
+    """A JSON object from a regular file of at most ``limit`` bytes; ConfigError otherwise
+    (FIFOs and devices refused before reading, nesting too deep, not an object). Errors name
+    the file, never echo its content."""
+    from .detect import ModelPathError, read_bytes
+
+    path = Path(path)
+    try:
+        raw = read_bytes(path, limit, what)
+    except ModelPathError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not valid JSON: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not valid JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------- demo parts
+#: Bounds of the demo-format parts (text_encoder/config.json, tokenizer/vocab.json,
+#: scheduler/scheduler_config.json); the shipped model: vocab 18, 16 tokens, width 64, 2 layers.
+DEMO_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
+    "text_encoder": {
+        "vocab_size": (_INT, 1, 100_000),
+        "max_length": (_INT, 3, 1024),
+        "width": (_INT, 1, 4096),
+        "layers": (_INT, 1, 48),
+        "heads": (_INT, 1, 64),
+        "n_special": (_INT, 0, 100_000),
+    },
+    "tokenizer": {"max_length": (_INT, 3, 1024)},
+    "scheduler": {"num_train_timesteps": (_INT, 2, 100_000)},
+}
+MAX_DEMO_TEXT_PARAMS = 50_000_000  # 200 MB in float32
+
+
+def check_demo_config(part: str, data: Any) -> dict[str, Any]:
+    """Check a demo-format part's config (``part``: ``text_encoder``, ``tokenizer`` or
+    ``scheduler``) before anything is built from it: types, bounds, and for the text encoder a
+    parameter budget (``MAX_DEMO_TEXT_PARAMS``). Returns ``data``; ConfigError otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{part} config must be a JSON object, found {type(data).__name__}")
+    for key, (kind, low, high) in DEMO_SCHEMAS[part].items():
+        if key in data:
+            check_value(f"{part}.{key}", data[key], kind, low, high)
+    if part == "text_encoder":
+        width, heads = data.get("width", 64), data.get("heads", 2)
+        if width % heads:
+            raise ConfigError(f"text_encoder.width {width} is not divisible by heads {heads}")
+        params = 12 * width * width * data.get("layers", 2) + width * (
+            data.get("vocab_size", 0) + data.get("max_length", 16)
+        )
+        if params > MAX_DEMO_TEXT_PARAMS:
+            raise ConfigError(
+                f"text_encoder config describes {params:,} parameters: more than the "
+                f"{MAX_DEMO_TEXT_PARAMS:,} a demo-format text encoder may have"
+            )
+    if part == "tokenizer":
+        vocab = data.get("vocab")
+        if not isinstance(vocab, list) or not 1 <= len(vocab) <= 100_000:
+            raise ConfigError("tokenizer.vocab: expected a list of 1 to 100,000 words")
+        for i, word in enumerate(vocab):
+            check_value(f"tokenizer.vocab[{i}]", word, _STR)
+    return data
 
 
 def _per_block(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
