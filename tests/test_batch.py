@@ -1,0 +1,211 @@
+"""unetviz batch: prompt-set validation, statistics, the output folder, resume, failures,
+Ctrl-C (fast: in-process, 1-2 steps on the shipped demo model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from unetviz.batch import BatchError, JobSpec, read_prompts, run_batch  # noqa: E402
+from unetviz.batch.rows import load_masks  # noqa: E402
+from unetviz.batch.stats import buckets, map_stats  # noqa: E402
+from unetviz.outputs import MARKER  # noqa: E402
+
+SPEC = dict(steps=1, guidance=1.0, buckets=1)
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---------------------------------------------------------------------------- rows
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("not json", "not valid JSON"),
+        ('["a"]', "expected a JSON object"),
+        ('{"prompt": ""}', "'prompt' must be a non-empty string"),
+        ('{"prompt": "a cat", "sed": 1}', "unknown key(s) ['sed']"),
+        ('{"prompt": "a cat", "seed": -1}', "'seed' must be an integer"),
+        ('{"prompt": "a cat", "seed": true}', "'seed' must be an integer"),
+        ('{"prompt": "a cat", "steps": 0}', "'steps' must be an integer from 1"),
+        ('{"prompt": "a cat", "guidance": NaN}', "'guidance' must be a finite number"),
+        ('{"prompt": "a cat", "masks": "../x.npz"}', "outside the prompts file's folder"),
+        ('{"prompt": "a cat", "masks": "nope.npz"}', "no such file or folder"),
+        ('{"prompt": "a cat", "classes": ["noun"]}', "'classes' must map words"),
+    ],
+)
+def test_bad_rows_are_named_with_their_line(tmp_path, line, needle):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a red circle"}\n\n' + line + "\n")
+    with pytest.raises(BatchError) as err:
+        read_prompts(f)
+    assert "p.jsonl line 3:" in str(err.value) and needle in str(err.value)
+
+
+def test_rows_defaults_keys_and_limits(tmp_path):
+    f = _jsonl(tmp_path / "p.jsonl", [{"prompt": "a red circle"}, {"prompt": "a", "seed": 9}])
+    a, b = read_prompts(f)
+    assert (a.seed, b.seed, a.index, b.line) == (0, 9, 0, 2)
+    assert (
+        a.key.startswith("0000000-")
+        and a.key != read_prompts(_jsonl(tmp_path / "q.jsonl", [{"prompt": "a red square"}]))[0].key
+    )
+    with pytest.raises(BatchError, match="no prompts"):
+        read_prompts(_jsonl(tmp_path / "e.jsonl", []))
+    with pytest.raises(BatchError, match="is a folder"):
+        read_prompts(tmp_path)
+    with pytest.raises(BatchError, match="not found"):
+        read_prompts(tmp_path / "missing.jsonl")
+
+
+def test_masks_npz_and_png_folder(tmp_path):
+    from PIL import Image
+
+    m = np.zeros((8, 8), bool)
+    m[2:4, 2:4] = True
+    np.savez(tmp_path / "m.npz", Circle=m, red=m.astype(np.uint8))
+    got = load_masks(tmp_path, "m.npz")
+    assert set(got) == {"circle", "red"} and got["red"].dtype == bool and got["red"].sum() == 4
+    (tmp_path / "pngs").mkdir()
+    Image.fromarray(m.astype(np.uint8) * 255).save(tmp_path / "pngs" / "cat.png")
+    assert load_masks(tmp_path, "pngs")["cat"].sum() == 4
+    np.savez(tmp_path / "bad.npz", cat=np.zeros((2, 2, 2)))
+    with pytest.raises(BatchError, match="expected 2-D"):
+        load_masks(tmp_path, "bad.npz")
+    np.savez(tmp_path / "vals.npz", cat=np.full((2, 2), 0.5))
+    with pytest.raises(BatchError, match="booleans or 0/1"):
+        load_masks(tmp_path, "vals.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(BatchError, match="not a readable .npz"):
+        load_masks(tmp_path, "junk.npz")
+
+
+# ---------------------------------------------------------------------------- statistics
+def test_map_stats_on_known_maps():
+    one = torch.zeros(4, 4)
+    one[1, 2] = 1.0
+    mask = np.zeros((4, 4), bool)
+    mask[1, 2] = True
+    s = map_stats(one, mask, 0.4)
+    assert s["entropy"] == 0.0 and s["concentration"] == 1.0
+    assert (s["peak_y"], s["peak_x"]) == (0.375, 0.625)
+    assert s["area"] == 1 / 16 and s["iou"] == 1.0 and s["mass_in"] == 1.0
+    flat = map_stats(torch.ones(4, 4), ~mask, 0.4)
+    assert abs(flat["entropy"] - 1.0) < 1e-12 and abs(flat["mass_in"] - 15 / 16) < 1e-12
+    # a map at half the mask's resolution is upsampled (bicubic) to it
+    quadrant = np.zeros((4, 4), bool)
+    quadrant[:2, :2] = True
+    half = map_stats(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), quadrant, 0.4)
+    assert 0.5 <= half["iou"] <= 1 and half["mass_in"] > 0.5 > half["mass_out"]
+    assert map_stats(torch.ones(2, 2), None, 0.4)["iou"] is None
+
+
+def test_buckets_cover_the_schedule():
+    assert buckets(10, 4) == [(0, 2), (2, 5), (5, 8), (8, 10)]
+    assert buckets(2, 4) == [(0, 1), (1, 2)]
+    assert buckets(1, 1) == [(0, 1)]
+
+
+# ---------------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    d = tmp_path_factory.mktemp("set")
+    m = np.zeros((24, 24), bool)
+    m[4:12, 4:12] = True
+    np.savez(d / "m0.npz", circle=m, red=m)
+    rows = [
+        {"prompt": "a red circle", "masks": "m0.npz"},
+        {"prompt": "a green dog"},  # not in the demo vocabulary: fails, recorded
+        {"prompt": "a blue square on the left", "seed": 5},
+        {"prompt": "a yellow triangle", "classes": {"triangle": "shape-noun"}},
+    ]
+    return _jsonl(d / "prompts.jsonl", rows)
+
+
+def test_run_writes_tables_records_failures_and_resumes(small_set, tmp_path):
+    out = tmp_path / "out"
+    res = run_batch(small_set, out, JobSpec(**SPEC))
+    assert (res.ran, res.failed, res.skipped) == (4, 1, 0)
+    assert "UnknownWordError" in res.errors[0][1] and res.errors[0][0] == 2
+    table = pq.read_table(out / "table.parquet").to_pandas()
+    prompts = pq.read_table(out / "prompts.parquet").to_pandas()
+    assert list(prompts["status"]) == ["ok", "error", "ok", "ok"]
+    assert "'dog'" in prompts["error"][1] and prompts["image"].isna()[1]
+    assert sorted(table["row"].unique()) == [0, 2, 3]
+    # one row per (prompt, word, layer, bucket) + one DAAM row per word; 7 demo attn layers
+    words0 = table[table["row"] == 0]
+    assert len(words0) == 3 * (7 + 1)
+    assert set(words0[words0["has_mask"]]["word"]) == {"circle", "red"}
+    assert words0["iou"].notna().sum() == 2 * 8
+    assert (table[table["word"] == "triangle"]["word_class"] == "shape-noun").all()
+    assert (table[table["word"] == "a"]["word_class"] == "function").all()
+    for image in prompts["image"].dropna():
+        assert (out / image).is_file()
+    html = (out / "summary.html").read_text()
+    assert "Failed prompts" in html and "a green dog" in html
+    assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js embedded, no CDN
+    listed = set(json.loads((out / MARKER).read_text())["files"])
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*")} - {MARKER}
+    assert present <= listed  # the folder stays recognisably unetviz's own
+    before = (out / "table.parquet").read_bytes()
+    again = run_batch(small_set, out, JobSpec(**SPEC))
+    assert (again.ran, again.skipped) == (0, 4)
+    assert (out / "table.parquet").read_bytes() == before
+    retry = run_batch(small_set, out, JobSpec(**SPEC), retry_failed=True)
+    assert (retry.ran, retry.failed) == (1, 1)
+    assert len(pq.read_table(out / "prompts.parquet")) == 4  # the latest result per prompt
+    with pytest.raises(BatchError, match="other options .*steps"):
+        run_batch(small_set, out, JobSpec(**{**SPEC, "steps": 2}))
+
+
+def test_ctrl_c_leaves_a_consistent_table_and_resumes(small_set, tmp_path):
+    out = tmp_path / "out"
+
+    def interrupt(p):
+        if p.done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(small_set, out, JobSpec(**SPEC), part_size=1, progress=interrupt)
+    prompts = pq.read_table(out / "prompts.parquet").to_pandas()
+    assert list(prompts["row"]) == [0, 1]
+    assert set(pq.read_table(out / "table.parquet").column("row").to_pylist()) == {0}
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    res = run_batch(small_set, out, JobSpec(**SPEC))
+    assert (res.ran, res.skipped) == (2, 2)
+    assert len(pq.read_table(out / "prompts.parquet")) == 4
+
+
+def test_refuses_foreign_folder_and_bad_options(small_set, tmp_path):
+    from unetviz.errors import OutputError
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(OutputError, match="not empty and was not written by unetviz"):
+        run_batch(small_set, foreign, JobSpec(**SPEC))
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    with pytest.raises(BatchError, match="mask source"):
+        run_batch(small_set, tmp_path / "o", JobSpec(mask_source="layout"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from unetviz.cli import main
+
+    with pytest.raises(SystemExit) as ex:
+        main(["batch", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o")])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: prompts file not found") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as ex:
+        main(["batch", "-o", str(tmp_path / "o")])
+    assert ex.value.code == 2 and "--demo-set" in capsys.readouterr().err

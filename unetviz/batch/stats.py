@@ -1,0 +1,175 @@
+"""Per-(word, layer, step-bucket) statistics of one run's cross-attention maps.
+
+A layer's map for a word is its probability map (tokens of the word averaged, heads averaged)
+averaged over the steps of a bucket, at the layer's native resolution. From it:
+
+- ``entropy``: spatial entropy of the map as a distribution, divided by log(h*w) (0 = one
+  pixel, 1 = uniform); ``concentration`` = 1 - entropy.
+- ``peak_y`` / ``peak_x``: the argmax cell's centre as fractions of the height / width.
+- ``area``: fraction of cells at or above ``tau`` after min-max normalisation.
+- with a mask (upsampled bicubic to the mask's size and clamped at 0, as DAAM does):
+  ``mass_in`` / ``mass_out`` (share of the map's mass inside / outside the mask) and ``iou`` of
+  the map thresholded at ``tau`` (min-max normalised) with the mask.
+
+Each word also gets one row with ``layer == "daam"``, ``bucket == -1``: the DAAM-preset heatmap
+(all steps, the preset's layers), scored the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+TAU = 0.4
+DAAM = "daam"
+FUNCTION_WORDS = frozenset(
+    "a an the of on in at to and or with by for from under over near next is are its his her "
+    "their this that these those".split()
+)
+COLOUR_WORDS = frozenset(
+    "red green blue yellow orange purple pink brown black white grey gray gold silver".split()
+)
+COLUMNS = (
+    "key", "row", "prompt", "seed", "word", "word_index", "word_class", "layer", "block",
+    "location", "resolution", "bucket", "step_lo", "step_hi", "t_hi", "t_lo", "entropy",
+    "concentration", "peak_y", "peak_x", "area", "has_mask", "mass_in", "mass_out", "iou",
+)  # fmt: skip
+
+
+def buckets(steps: int, n: int) -> list[tuple[int, int]]:
+    """``n`` contiguous step ranges [lo, hi) covering ``steps`` (fewer when steps < n)."""
+    n = max(1, min(n, steps))
+    edges = [round(i * steps / n) for i in range(n + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+def word_class(word: str, classes: dict[str, str], known: dict[str, str]) -> str:
+    """The row's own ``classes`` first, then the model's known classes, then a small
+    built-in guess (function word, colour, else content)."""
+    w = word.lower()
+    if w in classes:
+        return classes[w]
+    if w in known:
+        return known[w]
+    if w in FUNCTION_WORDS:
+        return "function"
+    if w in COLOUR_WORDS:
+        return "colour"
+    return "content"
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = x.amin((-2, -1), keepdim=True), x.amax((-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def map_stats(m: torch.Tensor, mask: np.ndarray | None, tau: float) -> dict[str, Any]:
+    """Statistics of one (h, w) non-negative map (see module docstring)."""
+    m = m.double().clamp_min(0)
+    h, w = m.shape
+    total = float(m.sum())
+    p = m / total if total > 0 else torch.full_like(m, 1.0 / (h * w))
+    ent = float(-(p * p.clamp_min(1e-300).log()).sum()) / math.log(h * w) if h * w > 1 else 0.0
+    flat = int(torch.argmax(m))
+    out: dict[str, Any] = {
+        "entropy": ent,
+        "concentration": 1.0 - ent,
+        "peak_y": ((flat // w) + 0.5) / h,
+        "peak_x": ((flat % w) + 0.5) / w,
+        "area": float((_minmax(m) >= tau).double().mean()),
+        "has_mask": mask is not None,
+        "mass_in": None,
+        "mass_out": None,
+        "iou": None,
+    }
+    if mask is not None:
+        target = torch.from_numpy(np.ascontiguousarray(mask))
+        up = m
+        if tuple(m.shape) != tuple(target.shape):
+            bigger = target.shape[0] >= m.shape[0]
+            mode = {"mode": "bicubic", "align_corners": False} if bigger else {"mode": "area"}
+            up = F.interpolate(m[None, None], size=tuple(target.shape), **mode)[0, 0]
+            up = up.clamp_min(0)
+        s = float(up.sum())
+        inside = float((up * target).sum()) / s if s > 0 else 0.0
+        binary = _minmax(up) >= tau
+        union = int((binary | target).sum())
+        out.update(
+            mass_in=inside,
+            mass_out=1.0 - inside,
+            iou=1.0 if union == 0 else int((binary & target).sum()) / union,
+        )
+    return out
+
+
+def word_groups(words: list[str | None]) -> list[tuple[str, list[int]]]:
+    """(word, token indices) per distinct prompt word, in prompt order."""
+    groups: dict[str, list[int]] = {}
+    for i, word in enumerate(words):
+        if word is not None and any(c.isalnum() for c in word):
+            groups.setdefault(word.lower(), []).append(i)
+    return list(groups.items())
+
+
+def run_records(
+    trace: Any,
+    masks: dict[str, np.ndarray] | None,
+    n_buckets: int,
+    tau: float = TAU,
+    classes: dict[str, str] | None = None,
+    known_classes: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every (word, layer, bucket) record of one captured run, plus one DAAM row per word.
+    Row identity columns (key, row, prompt, seed) are filled by the caller."""
+    steps = trace.steps
+    spans = buckets(steps, n_buckets)
+    ts = [float(t) if t is not None else math.nan for t in trace.timesteps]
+    layers = sorted(name for name, rec in trace.attention.items() if rec.captured)
+    records: list[dict[str, Any]] = []
+    for wi, (word, idx) in enumerate(word_groups(list(trace.words))):
+        mask = (masks or {}).get(word)
+        base = {
+            "word": word,
+            "word_index": wi,
+            "word_class": word_class(word, classes or {}, known_classes or {}),
+        }
+        for b, (lo, hi) in enumerate(spans):
+            maps = trace.layer_maps(idx, steps=list(range(lo, hi)), reduce="mean")
+            for name in layers:
+                rec = trace.attention[name]
+                records.append(
+                    {
+                        **base,
+                        "layer": name,
+                        "block": rec.block,
+                        "location": rec.location,
+                        "resolution": int(rec.res[0]),
+                        "bucket": b,
+                        "step_lo": lo,
+                        "step_hi": hi,
+                        "t_hi": ts[lo],
+                        "t_lo": ts[hi - 1],
+                        **map_stats(maps[name].float(), mask, tau),
+                    }
+                )
+        heat = trace.heatmap(idx, preset="daam", normalize=None)
+        records.append(
+            {
+                **base,
+                "layer": DAAM,
+                "block": DAAM,
+                "location": "all",
+                "resolution": int(heat.shape[0]),
+                "bucket": -1,
+                "step_lo": 0,
+                "step_hi": steps,
+                "t_hi": ts[0],
+                "t_lo": ts[-1],
+                **map_stats(heat, mask, tau),
+            }
+        )
+    return records

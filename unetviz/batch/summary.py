@@ -1,0 +1,148 @@
+"""The headline plots of a batch table and the self-contained ``summary.html``.
+
+Localisation is mIoU against the masks where the table has masks, else concentration
+(1 - normalised spatial entropy). Function words (a, the, on, ...) are left out of the
+plots: their maps do not name a region.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from unetviz.outputs import write_file
+
+from .stats import DAAM
+
+LOCATION_ORDER = {"down": 0, "mid": 1, "up": 2, "all": 3}
+
+
+def short_layer(name: str) -> str:
+    """``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` -> ``down1.a0``."""
+    if name == DAAM:
+        return "DAAM (all)"
+    p = name.split(".")
+    if p[0] == "mid_block":
+        return f"mid.a{p[2]}"
+    return f"{p[0].split('_')[0]}{p[1]}.a{p[3]}"
+
+
+def layer_order(names: list[str]) -> list[str]:
+    """Attention layers in the UNet's order: down blocks, mid, up blocks."""
+
+    def key(n: str) -> tuple:
+        p = n.split(".")
+        loc = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}.get(p[0], 3)
+        nums = [int(x) for x in p if x.isdigit()]
+        return (loc, nums)
+
+    return sorted(names, key=key)
+
+
+def _frame(table: Any) -> tuple[Any, str, str]:
+    """(pandas frame without function words, metric column, metric label)."""
+    df = table.to_pandas() if hasattr(table, "to_pandas") else table
+    df = df[df["word_class"] != "function"]
+    if len(df) and df["has_mask"].any():
+        return df[df["has_mask"]], "iou", "mIoU (tau 0.4)"
+    return df, "concentration", "concentration (1 - entropy)"
+
+
+def figures(table: Any) -> dict[str, Any]:
+    """``{"layer_time", "resolution", "word_class"}`` plotly figures of a batch table."""
+    import plotly.graph_objects as go
+
+    df, metric, label = _frame(table)
+    layers = df[df["layer"] != DAAM]
+    out: dict[str, Any] = {}
+    grid = layers.groupby(["layer", "bucket"])[metric].mean().unstack("bucket")
+    order = layer_order(list(grid.index))
+    grid = grid.loc[order] if len(grid) else grid
+    spans = layers.groupby("bucket")[["t_hi", "t_lo"]].first()
+    xlabels = [
+        f"{b}: t {spans.loc[b, 't_hi']:.0f}-{spans.loc[b, 't_lo']:.0f}" for b in grid.columns
+    ]
+    res = layers.groupby("layer")["resolution"].first()
+    ylabels = [f"{short_layer(n)} ({res[n]}px)" for n in grid.index]
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.values, x=xlabels, y=ylabels, colorscale="Viridis", colorbar={"title": label}
+        )
+    )
+    fig.update_layout(
+        title=f"Localisation by layer x timestep ({label}; noisiest steps left)",
+        xaxis_title="step bucket",
+        yaxis={"autorange": "reversed"},
+        height=380,
+    )
+    out["layer_time"] = fig
+
+    by_res = layers.groupby(["resolution", "word_class"])[metric].mean().unstack("word_class")
+    fig = go.Figure(
+        [go.Bar(name=c, x=[f"{r}x{r}" for r in by_res.index], y=by_res[c]) for c in by_res]
+    )
+    fig.update_layout(
+        title=f"Localisation by map resolution ({label})", barmode="group", height=340
+    )
+    out["resolution"] = fig
+
+    df = df.assign(place=df["location"].where(df["layer"] != DAAM, "DAAM (all)"))
+    by_class = df.groupby(["word_class", "place"])[metric].mean().unstack("place")
+    cols = sorted(by_class.columns, key=lambda c: LOCATION_ORDER.get(c, 3))
+    fig = go.Figure([go.Bar(name=c, x=list(by_class.index), y=by_class[c]) for c in cols])
+    fig.update_layout(title=f"Localisation by word class ({label})", barmode="group", height=340)
+    out["word_class"] = fig
+    return out
+
+
+def headline(table: Any, prompts: Any) -> list[tuple[str, str]]:
+    """A few numbers for the top of the summary."""
+    p = prompts.to_pandas() if hasattr(prompts, "to_pandas") else prompts
+    df, metric, label = _frame(table)
+    ok = int((p["status"] == "ok").sum()) if len(p) else 0
+    rows = [
+        ("prompts", f"{len(p)} ({ok} ok, {len(p) - ok} failed)"),
+        ("rows", f"{len(table)}"),
+        ("metric", label),
+    ]
+    daam = df[df["layer"] == DAAM]
+    for cls, v in daam.groupby("word_class")[metric].mean().items():
+        rows.append((f"DAAM {metric}, {cls}", f"{v:.3f}"))
+    layers = df[df["layer"] != DAAM]
+    if len(layers):
+        best = layers.groupby("layer")[metric].mean().idxmax()
+        rows.append(("best single layer", f"{short_layer(best)} ({best})"))
+    return rows
+
+
+def summary_html(table: Any, prompts: Any) -> str:
+    """One HTML page: headline numbers, the three figures (plotly.js embedded once, no CDN),
+    and the failed prompts with their errors."""
+    parts = ["<h1>unetviz batch summary</h1>", "<table>"]
+    for k, v in headline(table, prompts):
+        parts.append(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>")
+    parts.append("</table>")
+    if len(table):
+        for i, fig in enumerate(figures(table).values()):
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0))
+    p = prompts.to_pandas() if hasattr(prompts, "to_pandas") else prompts
+    bad = p[p["status"] != "ok"] if len(p) else p
+    if len(bad):
+        parts.append("<h2>Failed prompts</h2><table>")
+        for _, r in bad.iterrows():
+            parts.append(
+                f"<tr><td>{int(r['row'])}</td><td>{html.escape(str(r['prompt']))}</td>"
+                f"<td>{html.escape(str(r['error']))}</td></tr>"
+            )
+        parts.append("</table>")
+    style = "body{font-family:sans-serif;margin:2em}th{text-align:left;padding-right:1em}"
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>unetviz batch</title>'
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def write_summary(path: Path, table: Any, prompts: Any) -> Path:
+    """Write ``summary.html`` atomically."""
+    return write_file(path, summary_html(table, prompts))
