@@ -72,11 +72,12 @@ def test_resolutions_and_layers(trace):
     )
 
 
-def test_daam_preset_on_a_small_model(trace):
+def test_daam_approx_preset_on_a_small_model(trace):
+    # the earlier DAAM-like recipe (exact DAAM: tests/test_presets_reference.py):
     # latent 16: no map is <= 16/8, three resolutions -> drop the lowest (4x4, the mid block);
     # size 16 * ceil(64 / 16) = 64; bicubic, clamp >= 0 per head, mean over layers x heads,
     # sum over steps
-    got = trace.heatmap("square", preset="daam", normalize=None)
+    got = trace.heatmap("square", preset="daam-approx", normalize=None)
     assert got.shape == (64, 64)
     ups = []
     for name, rec in trace.attention.items():
@@ -88,7 +89,7 @@ def test_daam_preset_on_a_small_model(trace):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert got.min() >= 0
     # an explicit size wins over the preset's
-    assert trace.heatmap("square", preset="daam", size=48).shape == (48, 48)
+    assert trace.heatmap("square", preset="daam-approx", size=48).shape == (48, 48)
 
 
 def test_p2p_preset_on_a_small_model(trace):
@@ -126,13 +127,13 @@ def test_default_heatmap_word_merge_and_normalize(trace):
 
 
 def test_cached_stacks_are_reused(trace):
-    trace._cache.clear()
+    trace.clear_cache()
     trace.heatmap("square")
-    n = len(trace._cache)
+    n = len(trace.cache)
     assert n == 7
-    trace.heatmap("blue", preset="daam")
+    trace.heatmap("blue", preset="daam-approx")
     trace.heatmap(1, steps=[0])
-    assert len(trace._cache) == n
+    assert len(trace.cache) == n
 
 
 def test_errors_are_specific(trace):

@@ -35,6 +35,7 @@ def traces():
                 unet,
                 mode=mode,
                 per_head=mode == "steps",
+                daam=True,
                 self_attention_layers=["up_blocks.1"],
                 self_attention_points=[(0.25, 0.5)],
                 meta={"prompt": "a red cat", "seed": 3},
@@ -82,9 +83,10 @@ def test_save_load_round_trip(traces, tmp_path, mode, folder):
     _assert_same(trace, loaded)
     for token in ("cat", 2):
         assert torch.equal(trace.heatmap(token), loaded.heatmap(token))
-        assert torch.equal(
-            trace.heatmap(token, preset="daam"), loaded.heatmap(token, preset="daam")
-        )
+        for preset in ("daam", "daam-approx", "p2p"):
+            assert torch.equal(
+                trace.heatmap(token, preset=preset), loaded.heatmap(token, preset=preset)
+            )
     assert loaded.skips == trace.skips
     if mode == "steps":
         assert loaded.temb[3].vector.dtype == torch.float32

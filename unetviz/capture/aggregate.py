@@ -1,36 +1,43 @@
 """Cross-attention heatmaps from a Trace: select layers / resolutions / steps / heads, reduce,
-upsample, normalise. Presets reproduce DAAM and Prompt-to-Prompt.
+upsample, normalise. Presets reproduce published recipes (docs/trace.md cites the lines):
 
-Presets (a preset fixes which maps are used, how steps are reduced, clamping and the default
-size; ``layers``, ``steps``, ``heads`` still narrow the selection, ``upsample``, ``normalize`` and
-an explicit ``size`` still apply):
-
-- ``"daam"`` (Tang et al. 2022, "What the DAAM"): every map is upsampled (bicubic) to 64x64
-  and clamped at 0, then averaged over layers x heads (per head when captured with
-  ``per_head=True``), summed over steps; the 8x8 maps are dropped. Generalised by latent size:
-  maps whose side is <= latent/8 are dropped (SD 1.x at 512 px: the 8x8 ones); a model with no
-  such maps but more than two attention resolutions drops its lowest one (small demo models).
-  Target size: the latent's size times ``ceil(64 / latent side)`` (64x64 for SD 1.x at 512 px,
-  128x128 for SDXL at 1024 px, 64x64 for a 16x16 demo latent).
-- ``"p2p"`` (Hertz et al. 2022, "Prompt-to-Prompt"): the 16x16 maps of the down and up blocks
-  (not mid), averaged over layers, heads and steps. Small models: the captured down/up
-  resolution closest to 16 (ties: the larger). Default size: native (16x16).
+- ``"daam"``: DAAM 0.2.0's global word heat map (Tang et al. 2022, castorini/daam
+  ``daam/trace.py``): the down and up blocks' cross-attention (never the mid block), each head
+  summed over steps, every (layer, head) map bicubic-upsampled to 64x64 (96x96 unless the
+  model's ``sample_size`` x VAE factor is 512 or 1024) and clamped at 0, then averaged over
+  layers x heads; maps whose ``int(sqrt(latent_hw // queries))`` is 8 are dropped; a word's
+  pieces (and repeats) are averaged after that. Needs a capture with ``daam=True`` (per-head
+  sums); ``normalize=None`` gives DAAM's unnormalised values, the default min-max is DAAM's
+  ``expand_as``. An explicit ``size`` resizes the 64x64 map bicubically (DAAM's ``expand_as``).
+- ``"daam-approx"``: unetviz's earlier DAAM-like recipe, from whatever maps were kept: maps
+  whose side is <= latent/8 dropped (else, with more than two resolutions, the lowest one),
+  *head-mean* maps (per head with ``per_head=True``) summed over steps, upsampled, clamped,
+  averaged; size = latent x ceil(64 / latent side). It differs from DAAM where the clamp bites
+  (head mean before the clamp), on multi-piece words (pieces averaged before upsampling), on
+  SDXL (it keeps the mid block) and in its output size.
+- ``"p2p"`` (Hertz et al. 2022, prompt-to-prompt ``aggregate_attention``): the 16x16 maps of the
+  down and up blocks (not mid), averaged over steps, layers and heads, no upsampling. Small
+  models: the captured down/up resolution closest to 16 (ties: the larger).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
 
-from .trace import TraceError
+from .errors import TraceError
+from .records import AttentionRecord
 
 if TYPE_CHECKING:
-    from .trace import AttentionRecord, Trace
+    from .trace import Trace
 
-PRESETS = ("daam", "p2p")
+PRESETS = ("daam", "daam-approx", "p2p")
+#: DAAM hooks the down and up blocks' cross-attention only (daam/hook.py:110-120).
+DAAM_LOCATIONS = ("down", "up")
 UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest", "area")
 NORMALIZE_MODES = ("minmax", "max", "sum")
 
@@ -89,26 +96,40 @@ def _n_tokens(trace: Trace) -> int:
 
 
 # ---------------------------------------------------------------------------------- cache
-def _stacked(trace: Trace, rec: AttentionRecord) -> tuple[torch.Tensor, list[int]]:
-    """(tokens, steps_or_1, heads_or_1, h, w) float32, cached on the trace, and the forward
-    index of each step (empty in streaming mode)."""
-    key = ("stack", rec.name, len(rec.maps), rec.count)
-    hit = trace._cache.get(key)
-    if hit is None:
-        if rec.maps:
-            shapes = {tuple(m.shape) for m in rec.maps}
-            if len(shapes) != 1:
-                raise TraceError(
-                    f"{rec.name}: the query grid changed between forwards {sorted(shapes)}; "
-                    "aggregate steps of one resolution only"
-                )
-            data = torch.stack(rec.maps).float().permute(4, 0, 1, 2, 3).contiguous()
-            hit = (data, list(rec.steps))
-        else:
-            data = rec.sum.float().permute(3, 0, 1, 2).unsqueeze(1).contiguous()
-            hit = (data, [])
-        trace._cache[key] = hit
-    return hit
+class MapCache:
+    """Stacked maps of a trace's attention records, for re-aggregation without re-stacking.
+    The one owner of that cache: a Trace holds one (``trace.cache``) and clears it when its
+    records change (``trace.clear_cache()``)."""
+
+    def __init__(self) -> None:
+        self._stacks: dict[tuple[str, int, int], tuple[torch.Tensor, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._stacks)
+
+    def clear(self) -> None:
+        self._stacks.clear()
+
+    def stacked(self, rec: AttentionRecord) -> tuple[torch.Tensor, list[int]]:
+        """(tokens, steps_or_1, heads_or_1, h, w) float32 and the forward index of each step
+        (empty in streaming mode)."""
+        key = (rec.name, len(rec.maps), rec.count)
+        hit = self._stacks.get(key)
+        if hit is None:
+            if rec.maps:
+                shapes = {tuple(m.shape) for m in rec.maps}
+                if len(shapes) != 1:
+                    raise TraceError(
+                        f"{rec.name}: the query grid changed between forwards {sorted(shapes)}; "
+                        "aggregate steps of one resolution only"
+                    )
+                data = torch.stack(rec.maps).float().permute(4, 0, 1, 2, 3).contiguous()
+                hit = (data, list(rec.steps))
+            else:
+                data = rec.sum.float().permute(3, 0, 1, 2).unsqueeze(1).contiguous()
+                hit = (data, [])
+            self._stacks[key] = hit
+        return hit
 
 
 # ---------------------------------------------------------------------------------- selection
@@ -186,7 +207,7 @@ def _maps(
     reduce: str,
 ) -> torch.Tensor:
     """(heads_or_1, h, w): token(s) averaged, steps reduced (``sum`` / ``mean``), heads chosen."""
-    data, rec_steps = _stacked(trace, rec)
+    data, rec_steps = trace.cache.stacked(rec)
     x = data[idx[0]] if len(idx) == 1 else data[idx].mean(0)  # (S, Hd, h, w)
     pos = _step_positions(trace, rec, steps, rec_steps)
     if pos is not None:
@@ -233,9 +254,9 @@ def _latent(trace: Trace, recs: list[AttentionRecord]) -> tuple[int, int]:
     return max(r.res for r in recs)
 
 
-def _preset(trace: Trace, preset: str, recs: list[AttentionRecord]):
-    """(records kept, step reduction, clamp, default size)."""
-    if preset == "daam":
+def _approx_preset(trace: Trace, preset: str, recs: list[AttentionRecord]):
+    """(records kept, step reduction, clamp, default size) of "daam-approx" and "p2p"."""
+    if preset == "daam-approx":
         lh, lw = _latent(trace, recs)
         sides = sorted({min(r.res) for r in recs})
         keep = [r for r in recs if min(r.res) * 8 > min(lh, lw)]
@@ -251,6 +272,26 @@ def _preset(trace: Trace, preset: str, recs: list[AttentionRecord]):
         keep = [r for r in pool if r.res[0] == sides[0]]
         return keep, "mean", False, keep[0].res
     raise TraceError(f"preset={preset!r}: expected one of {list(PRESETS)} or None")
+
+
+def _check_modes(upsample: str | None, normalize: str | None) -> None:
+    if upsample is not None and upsample not in UPSAMPLE_MODES:
+        raise TraceError(f"upsample={upsample!r}: expected one of {list(UPSAMPLE_MODES)} or None")
+    if normalize not in (None, "none") and normalize not in NORMALIZE_MODES:
+        raise TraceError(
+            f"normalize={normalize!r}: expected one of {list(NORMALIZE_MODES)} or None"
+        )
+
+
+def _size(size: int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    if size is None:
+        size = default
+    elif isinstance(size, int):
+        size = (size, size)
+    size = (int(size[0]), int(size[1]))
+    if size[0] <= 0 or size[1] <= 0:
+        raise TraceError(f"size={size}: expected positive (H, W)")
+    return size
 
 
 def heatmap(
@@ -273,27 +314,17 @@ def heatmap(
     indices (per_head traces only). Each selected layer's map (per head) is upsampled with
     ``upsample`` to ``size`` (default: the largest selected map), then all are averaged.
     ``normalize``: "minmax" (to [0, 1]), "max" (divide by the max), "sum" (sum to 1) or None.
-    ``preset``: "daam" or "p2p" (module docstring).
+    ``preset``: "daam", "daam-approx" or "p2p" (module docstring).
     """
-    if upsample is not None and upsample not in UPSAMPLE_MODES:
-        raise TraceError(f"upsample={upsample!r}: expected one of {list(UPSAMPLE_MODES)} or None")
-    if normalize not in (None, "none") and normalize not in NORMALIZE_MODES:
-        raise TraceError(
-            f"normalize={normalize!r}: expected one of {list(NORMALIZE_MODES)} or None"
-        )
+    _check_modes(upsample, normalize)
     idx = token_indices(trace, token)
+    if preset == "daam":
+        return _normalize(daam(trace, idx, layers, resolutions, steps, heads, size), normalize)
     recs = _select_layers(trace, layers, resolutions)
     reduce, clamp, default_size = "mean", False, None
     if preset is not None:
-        recs, reduce, clamp, default_size = _preset(trace, preset, recs)
-    if size is None:
-        size = default_size or max(r.res for r in recs)
-    elif isinstance(size, int):
-        size = (size, size)
-    size = (int(size[0]), int(size[1]))
-    if size[0] <= 0 or size[1] <= 0:
-        raise TraceError(f"size={size}: expected positive (H, W)")
-
+        recs, reduce, clamp, default_size = _approx_preset(trace, preset, recs)
+    size = _size(size, default_size or max(r.res for r in recs))
     groups: dict[tuple[int, int], list[torch.Tensor]] = {}
     for rec in recs:
         groups.setdefault(rec.res, []).append(_maps(trace, rec, idx, steps, heads, reduce))
@@ -313,8 +344,90 @@ def heatmap(
             x = x.clamp_min(0)
         total += x.sum((0, 1))
         n += x.shape[0]
-    out = total / max(n, 1)
-    return _normalize(out, normalize)
+    return _normalize(total / max(n, 1), normalize)
+
+
+def heatmap_signature() -> inspect.Signature:
+    """``heatmap``'s signature as a method (``Trace.heatmap``): one home for its arguments."""
+    sig = inspect.signature(heatmap)
+    return sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *list(sig.parameters.values())[1:]])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- DAAM
+def daam_grid(trace: Trace) -> tuple[int, int]:
+    """(latent_hw, side) as DAAM 0.2.0 sets them (daam/trace.py:32-33, 109): 4096 / 64 when
+    the model's ``sample_size`` x VAE scale factor is 512 or 1024, else 9216 / 96."""
+    lat = trace.meta.get("latent")
+    config = trace.meta.get("config") or {}
+    sample = config.get("sample_size") if isinstance(config, dict) else None
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0] if sample else None
+    if not isinstance(sample, int):
+        sample = int(lat[0]) if isinstance(lat, (list, tuple)) and lat else 64
+    height = trace.meta.get("height")
+    vae = 8
+    if isinstance(height, int) and isinstance(lat, (list, tuple)) and lat and lat[0]:
+        vae = max(1, round(height / int(lat[0])))
+    latent_hw = 4096 if sample * vae in (512, 1024) else 9216
+    return latent_hw, math.isqrt(latent_hw)
+
+
+def daam(
+    trace: Trace,
+    idx: list[int],
+    layers: Any = None,
+    resolutions: Any = None,
+    steps: Any = None,
+    heads: Any = None,
+    size: int | tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """DAAM 0.2.0's word heat map of token positions ``idx``, unnormalised (docs/trace.md)."""
+    if steps is not None:
+        raise TraceError(
+            "preset='daam' sums every step (DAAM's time aggregation); for a range of steps use "
+            "preset='daam-approx' or no preset with steps=..."
+        )
+    chosen = {r.name for r in _select_layers(trace, layers, resolutions)}
+    recs = [r for r in _daam_layers(trace) if r.name in chosen]
+    latent_hw, side = daam_grid(trace)
+    total, n = torch.zeros(side, side), 0
+    for rec in recs:
+        h, w = rec.res
+        if int(math.sqrt(latent_hw // (h * w))) == 8:  # daam/trace.py:285-289
+            continue
+        x = rec.head_sum.float()[..., idx]  # (heads, h, w, pieces): DAAM's per-head time sums
+        if heads is not None:
+            x = x[_head_list(rec, heads, x.shape[0])]
+        x = x.permute(0, 3, 1, 2).reshape(-1, 1, h, w)  # every (head, piece) map
+        x = F.interpolate(x, size=(side, side), mode="bicubic").clamp_(min=0)
+        total += x.sum((0, 1))
+        n += x.shape[0]
+    if not n:
+        raise TraceError("preset='daam': no DAAM layer left after the selection")
+    out = total / n  # mean over layers x heads (daam/trace.py:126), then pieces (heatmap.py:123)
+    if size is not None and _size(size, (side, side)) != (side, side):  # DAAM's expand_as
+        out = F.interpolate(out[None, None], size=_size(size, (side, side)), mode="bicubic")[0, 0]
+    return out
+
+
+def _daam_layers(trace: Trace) -> list[AttentionRecord]:
+    recs = [r for r in trace.attention.values() if r.location in DAAM_LOCATIONS and r.captured]
+    have = [r for r in recs if r.head_sum is not None]
+    if not have:
+        raise TraceError(
+            "preset='daam' needs each head's attention summed over steps, which this trace did "
+            "not keep: capture with daam=True (capture(unet, daam=True), or the pipeline's "
+            "capture options), or use preset='daam-approx' (DAAM-like, from the maps kept)"
+        )
+    return have
+
+
+def _head_list(rec: AttentionRecord, heads: Any, n: int) -> list[int]:
+    hs = _as_list(heads)
+    bad = [h for h in hs if not isinstance(h, int) or not 0 <= h < n]
+    if bad:
+        raise TraceError(f"heads {bad} out of range: {rec.name} has {n} heads")
+    return hs
 
 
 def _normalize(x: torch.Tensor, how: str | None) -> torch.Tensor:

@@ -9,132 +9,27 @@ import json
 import math
 import os
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..outputs import atomic_file, write_folder
+from . import aggregate
+from .aggregate import MapCache
+from .bundle import FORMAT, JSON_NAME, TENSORS_NAME, VERSION, check_state, read_bundle
+from .errors import MemoryBudgetError, TraceError
+from .records import (
+    AttentionRecord,
+    BlockRecord,
+    SelfAttentionRecord,
+    SkipRecord,
+    TembRecord,
+    block_of,
+    location_of,
+)
 
-FORMAT = "unetviz-trace"
-VERSION = 1
-_JSON_NAME = "trace.json"
-_TENSORS_NAME = "tensors.safetensors"
-
-
-class TraceError(ValueError):
-    """A capture that cannot proceed, a query a trace cannot answer, or a bad trace file."""
-
-
-class MemoryBudgetError(TraceError, MemoryError):
-    """Per-step attention storage would exceed the capture's ``memory_budget``."""
-
-
-# ---------------------------------------------------------------------------------- records
-@dataclass
-class BlockRecord:
-    """One hooked module: shapes of its first call, parameters, MACs per call, calls, time."""
-
-    name: str
-    type: str
-    level: str  # "block" | "layer" | "module"
-    parent: str | None
-    inputs: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    dtype: str | None = None
-    params: int = 0
-    macs: int = 0
-    calls: int = 0
-    time_ms: float = 0.0
-
-
-@dataclass
-class SkipRecord:
-    """One skip tensor: pushed by ``source`` on the down path at stack position ``index``,
-    concatenated on channels by the up-block resnet ``target``."""
-
-    index: int
-    source: str
-    target: str
-    shape: list[int]
-
-
-@dataclass(slots=True)
-class TembRecord:
-    """The time-embedding contribution of one ResnetBlock2D in one forward (step)."""
-
-    block: str
-    step: int
-    timestep: float | None
-    temb_rms: float
-    feature_rms: float
-    ratio: float
-    vector: torch.Tensor | None = field(
-        default=None, repr=False
-    )  # (C,) float32 CPU, kept-batch mean
-
-
-@dataclass
-class AttentionRecord:
-    """One cross-attention layer (``...attn2``).
-
-    ``maps[i]`` is the ``(heads_or_1, h, w, tokens)`` probability map of forward ``steps[i]``
-    (per-step mode); in streaming mode ``sum`` holds the float32 sum over ``count`` forwards.
-    ``q_shape`` / ``k_shape`` are per head: ``(batch, heads, queries, head_dim)``.
-    """
-
-    name: str
-    block: str
-    location: str  # "down" | "mid" | "up"
-    res: tuple[int, int] | None
-    heads: int
-    per_head: bool = False
-    q_shape: list[int] | None = None
-    k_shape: list[int] | None = None
-    tokens: int | None = None
-    maps: list[torch.Tensor] = field(default_factory=list, repr=False)
-    steps: list[int] = field(default_factory=list)
-    sum: torch.Tensor | None = field(default=None, repr=False)
-    count: int = 0
-
-    @property
-    def captured(self) -> bool:
-        """Whether this layer holds probabilities (not just shapes)."""
-        return bool(self.maps) or self.count > 0
-
-
-@dataclass
-class SelfAttentionRecord:
-    """Self-attention (``...attn1``) rows of chosen query points: ``maps[i]`` is
-    ``(heads_or_1, points, h, w)`` for forward ``steps[i]``; ``points`` are (row, col) on the
-    layer's query grid."""
-
-    name: str
-    block: str
-    location: str
-    res: tuple[int, int]
-    heads: int
-    points: list[tuple[int, int]]
-    per_head: bool = False
-    maps: list[torch.Tensor] = field(default_factory=list, repr=False)
-    steps: list[int] = field(default_factory=list)
-    sum: torch.Tensor | None = field(default=None, repr=False)
-    count: int = 0
-
-
-def block_of(name: str) -> str:
-    """``up_blocks.1.attentions.0...`` -> ``up_blocks.1``; ``mid_block...`` -> ``mid_block``."""
-    parts = name.split(".")
-    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
-        return ".".join(parts[:2])
-    return parts[0]
-
-
-def location_of(name: str) -> str:
-    """``down`` / ``mid`` / ``up`` (or the top-level name for anything else)."""
-    head = name.split(".")[0]
-    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(head, head)
+_TENSOR_FIELDS = ("maps", "sum", "head_sum")
 
 
 # ---------------------------------------------------------------------------------- trace
@@ -158,7 +53,12 @@ class Trace:
         self.tokens: list[str] = []
         self.words: list[str | None] = []
         self._index: dict[str, BlockRecord] = {}
-        self._cache: dict[Any, Any] = {}
+        #: stacked maps for re-aggregation (owned and keyed by ``aggregate.MapCache``)
+        self.cache = MapCache()
+
+    def clear_cache(self) -> None:
+        """Forget stacked maps (after the records changed: the capture does this on exit)."""
+        self.cache.clear()
 
     # ------------------------------------------------------------------ indexing
     def __getitem__(self, name: str) -> BlockRecord | AttentionRecord | SelfAttentionRecord:
@@ -203,49 +103,36 @@ class Trace:
             f"tokens={len(self.tokens)})"
         )
 
-    # ------------------------------------------------------------------ aggregation
-    def heatmap(
-        self,
-        token: int | str | list[int],
-        layers: str | list[str] | None = None,
-        resolutions: int | list[int] | None = None,
-        steps: int | list[int] | range | slice | None = None,
-        heads: int | list[int] | None = None,
-        upsample: str | None = "bicubic",
-        size: int | tuple[int, int] | None = None,
-        normalize: str | None = "minmax",
-        preset: str | None = None,
-    ) -> torch.Tensor:
-        """One (H, W) float32 heatmap of ``token`` (index, word, or list of indices).
+    def _repr_html_(self) -> str:
+        """Notebook display hook (summary, inline SVG diagram, module table)."""
+        from ..report.display import trace_html  # lazy: capture never imports render
 
-        See ``unetviz.capture.aggregate.heatmap`` for every argument and the presets."""
+        return trace_html(self)
+
+    def report(self, path: str | os.PathLike, image: Any = None, title: str | None = None) -> Path:
+        """Write one self-contained HTML report of this trace (``unetviz.report``)."""
+        from ..report.html import write_report  # lazy: capture never imports render
+
+        return write_report(self, path, image=image, title=title)
+
+    # ------------------------------------------------------------------ aggregation
+    def heatmap(self, token: int | str | list[int], **options: Any) -> torch.Tensor:
+        """One (H, W) float32 heatmap of ``token`` (index, word, or list of indices). The
+        options (one home) are ``unetviz.capture.aggregate.heatmap``'s keywords."""
         from .heatmap import heatmap  # a Heatmap tensor: knows its word and recipe
 
-        return heatmap(
-            self,
-            token,
-            layers=layers,
-            resolutions=resolutions,
-            steps=steps,
-            heads=heads,
-            upsample=upsample,
-            size=size,
-            normalize=normalize,
-            preset=preset,
-        )
+        return heatmap(self, token, **options)
+
+    heatmap.__signature__ = aggregate.heatmap_signature()  # type: ignore[attr-defined]
 
     def token_indices(self, token: int | str | list[int]) -> list[int]:
         """Token positions addressed by an index, a list of indices or a word."""
-        from .aggregate import token_indices
+        return aggregate.token_indices(self, token)
 
-        return token_indices(self, token)
-
-    def layer_maps(self, token: int | str | list[int], **kwargs: Any) -> dict[str, torch.Tensor]:
+    def layer_maps(self, token: int | str | list[int], **options: Any) -> dict[str, torch.Tensor]:
         """Per-layer (h, w) maps of ``token`` at native resolution (steps reduced like
-        ``heatmap``); keys are attn2 names."""
-        from .aggregate import layer_maps
-
-        return layer_maps(self, token, **kwargs)
+        ``heatmap``); keys are attn2 names. Options: ``aggregate.layer_maps``'s keywords."""
+        return aggregate.layer_maps(self, token, **options)
 
     # ------------------------------------------------------------------ save / load
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -268,9 +155,9 @@ class Trace:
             d = {
                 f.name: getattr(rec, f.name)
                 for f in dataclasses.fields(rec)
-                if f.name not in ("maps", "sum")
+                if f.name not in _TENSOR_FIELDS
             }
-            d["maps"] = d["sum"] = None
+            d["maps"] = None
             if rec.maps:
                 shapes = {tuple(m.shape) for m in rec.maps}
                 if len(shapes) == 1:
@@ -283,10 +170,11 @@ class Trace:
                         key = f"{kind}/{rec.name}/maps/{j}"
                         tensors[key] = m
                         d["maps"].append(key)
-            if rec.sum is not None:
-                key = f"{kind}/{rec.name}/sum"
-                tensors[key] = rec.sum
-                d["sum"] = key
+            for name in ("sum", "head_sum"):
+                value = getattr(rec, name, None)
+                d[name] = None if value is None else f"{kind}/{rec.name}/{name}"
+                if value is not None:
+                    tensors[d[name]] = value
             return d
 
         state = {
@@ -311,7 +199,18 @@ class Trace:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Trace:
-        """Inverse of ``to_state``; raises KeyError/TypeError/ValueError on malformed input."""
+        """Inverse of ``to_state``. The state is checked against its tensors and the limits of
+        ``bundle.check_state`` first; anything malformed raises ``TraceError``."""
+        check_state(state, tensors)
+        try:
+            return cls._from_checked_state(state, tensors)
+        except TraceError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise TraceError(f"malformed trace: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _from_checked_state(cls, state: dict[str, Any], tensors: dict[str, torch.Tensor]):
         trace = cls()
         trace.meta = dict(state["meta"])
         trace.tokens = list(state["tokens"])
@@ -328,18 +227,21 @@ class Trace:
 
         def attn(d: dict[str, Any], record_cls: type) -> Any:
             d = dict(d)
-            maps_key, sum_key = d.pop("maps"), d.pop("sum")
+            maps_key = d.pop("maps")
             if isinstance(maps_key, str):
                 maps = list(tensors[maps_key].unbind(0))
             elif isinstance(maps_key, list):
                 maps = [tensors[k] for k in maps_key]
             else:
                 maps = []
+            for name in ("sum", "head_sum"):
+                if name in d:
+                    d[name] = tensors[d[name]] if d[name] else None
             if d.get("res") is not None:
                 d["res"] = tuple(d["res"])
             if "points" in d:
                 d["points"] = [tuple(p) for p in d["points"]]
-            return record_cls(**d, maps=maps, sum=tensors[sum_key] if sum_key else None)
+            return record_cls(**d, maps=maps)
 
         trace.attention = {n: attn(d, AttentionRecord) for n, d in state["attention"].items()}
         trace.self_attention = {
@@ -361,63 +263,26 @@ class Trace:
         if folder:
 
             def fill(tmp: Path) -> None:
-                (tmp / _JSON_NAME).write_text(text)
-                (tmp / _TENSORS_NAME).write_bytes(blob)
+                (tmp / JSON_NAME).write_text(text)
+                (tmp / TENSORS_NAME).write_bytes(blob)
 
             return write_folder(path, fill)
         with atomic_file(path) as fh, zipfile.ZipFile(fh, "w") as zf:
-            zf.writestr(_JSON_NAME, text, compress_type=zipfile.ZIP_DEFLATED)
-            zf.writestr(_TENSORS_NAME, blob, compress_type=zipfile.ZIP_STORED)
+            zf.writestr(JSON_NAME, text, compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(TENSORS_NAME, blob, compress_type=zipfile.ZIP_STORED)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Trace:
-        """Read what ``save`` wrote (zip or folder). A missing, corrupt or foreign file raises
-        ``TraceError`` naming it."""
-        from safetensors.torch import load as st_load
-
-        path = Path(path)
-        if not path.exists():
-            raise TraceError(f"trace file not found: {path}")
+        """Read what ``save`` wrote (zip or folder). Sizes are checked before anything is read
+        and the tensors are streamed (``bundle.read_bundle``); the structure is checked against
+        its tensors. A missing, corrupt, oversized or foreign file raises ``TraceError`` naming
+        it."""
+        state, tensors = read_bundle(path)
         try:
-            if path.is_dir():
-                if not (path / _JSON_NAME).is_file():
-                    raise TraceError(
-                        f"{path} is a folder without {_JSON_NAME}: not a unetviz trace folder"
-                    )
-                text = (path / _JSON_NAME).read_text()
-                blob = (path / _TENSORS_NAME).read_bytes()
-            else:
-                if not zipfile.is_zipfile(path):
-                    raise TraceError(
-                        f"{path} is not a unetviz trace: expected a zip bundle with "
-                        f"{_JSON_NAME} and {_TENSORS_NAME} (written by Trace.save)"
-                    )
-                with zipfile.ZipFile(path) as zf:
-                    names = set(zf.namelist())
-                    if _JSON_NAME not in names or _TENSORS_NAME not in names:
-                        raise TraceError(
-                            f"{path} is a zip file but not a unetviz trace: it lacks "
-                            f"{sorted({_JSON_NAME, _TENSORS_NAME} - names)}"
-                        )
-                    text = zf.read(_JSON_NAME).decode("utf-8")
-                    blob = zf.read(_TENSORS_NAME)
-            state = json.loads(text)
-            if not isinstance(state, dict) or state.get("format") != FORMAT:
-                raise TraceError(f"{path} is not a unetviz trace (no '{FORMAT}' format marker)")
-            if state.get("version") != VERSION:
-                raise TraceError(
-                    f"{path} is a unetviz trace of version {state.get('version')!r}; this "
-                    f"unetviz reads version {VERSION}"
-                )
-            tensors = st_load(blob)
             return cls.from_state(state, tensors)
-        except TraceError:
-            raise
-        except Exception as exc:  # zip, JSON, safetensors, schema: all mean a bad file
-            raise TraceError(
-                f"{path} is a corrupt unetviz trace: {type(exc).__name__}: {exc}"
-            ) from None
+        except TraceError as exc:
+            raise TraceError(f"{path} is a corrupt unetviz trace: {exc}") from None
 
 
 def _jsonable(value: Any) -> Any:
