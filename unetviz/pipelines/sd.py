@@ -33,6 +33,7 @@ from torch import nn
 
 from unetviz.detect import PICKLE_SUFFIXES, pickle_folder_message
 
+from ..edits.session import compare, for_pipeline
 from .base import PipelineError, Run
 
 SD_EXTRA_HINT = "pip install 'unetviz[sd]'"
@@ -187,6 +188,8 @@ class SDPipeline:
     token labels of the prompt (or of the negative prompt with ``half="uncond"``).
     """
 
+    compare = compare  # pipe.compare(prompt, edits=[...], seed=0) -> Comparison
+
     def __init__(
         self,
         parts: SDComponents,
@@ -313,9 +316,11 @@ class SDPipeline:
         width: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         detail: str = "layers",
+        edits: list[Any] | None = None,
         **capture_kwargs: Any,
     ) -> Run:
-        """Generate one image and capture the UNet while sampling.
+        """Generate one image and capture the UNet while sampling (under ``edits``,
+        unetviz.edits interventions, if given).
 
         ``guidance`` None: 7.5 (SD 1.x/2.x) or 5.0 (SDXL), diffusers' defaults; guidance <= 1
         runs without classifier-free guidance. ``capture_kwargs`` go to ``unetviz.capture``
@@ -366,7 +371,12 @@ class SDPipeline:
         half = capture_kwargs.get("half", "cond")
         start = time.perf_counter()
         options = {"attention": True, "temb": True, **capture_kwargs, "detail": detail, "cfg": cfg}
-        with unetviz.capture(self.unet, **options) as trace:
+        call = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
+        call.update(height=height, width=width)
+        iv = for_pipeline(
+            self, edits, tokens=pos.labels, words=pos.words, steps=steps, cfg=cfg, call=call
+        )
+        with iv, unetviz.capture(self.unet, **options) as trace:
             for i, t in enumerate(timesteps):
                 inp = torch.cat([latents] * 2) if cfg else latents
                 inp = scheduler.scale_model_input(inp, t)
@@ -402,6 +412,7 @@ class SDPipeline:
             truncated=pos.truncated,
             config=self.unet.config.to_dict(),
             seconds=time.perf_counter() - start,
+            **iv.meta,
         )
         return Run(
             image=image,
