@@ -24,8 +24,8 @@ _EXPORTS = {
     # every error a user can cause derives from UnetvizError (itself a ValueError)
     "UnetvizError": "unetviz.errors",
     "OutputError": "unetviz.errors",
-    "TraceError": "unetviz.capture",
-    "MemoryBudgetError": "unetviz.capture",
+    "TraceError": "unetviz.capture.errors",
+    "MemoryBudgetError": "unetviz.capture.errors",
     "PipelineError": "unetviz.pipelines.base",
     "ExportError": "unetviz.render.export",
     "SingleFileError": "unetviz.single_file",
@@ -33,6 +33,15 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+# ``unetviz.capture`` is the function (``with unetviz.capture(unet) as trace``) and
+# ``unetviz.capture`` the package (``from unetviz.capture import Trace``). Python binds a
+# subpackage on its parent the first time it is imported; importing it here, once (cheap: its
+# names are lazy, no torch), and dropping that binding lets ``__getattr__`` below resolve the
+# public name to the function in any import order.
+from . import capture as _capture_package  # noqa: E402, F401
+
+del capture  # noqa: F821 - the import above bound the package on this name
 
 
 def __getattr__(name: str) -> Any:
