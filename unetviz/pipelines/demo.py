@@ -1,14 +1,24 @@
 """The demo text-to-image pipeline: word tokenizer, small text encoder, DDIM with guidance.
 
-Everything runs offline from ``assets/demo/`` (diffusers-style folder layout)::
+Everything runs offline from the shipped folder ``DEMO_DIR`` (package data, diffusers layout)::
 
-    assets/demo/unet/config.json, diffusion_pytorch_model.safetensors
-    assets/demo/text_encoder/config.json, model.safetensors
-    assets/demo/tokenizer/vocab.json
-    assets/demo/scheduler/scheduler_config.json
-    assets/demo/model_card.md
+    unet/config.json, diffusion_pytorch_model.safetensors
+    text_encoder/config.json, model.safetensors
+    tokenizer/vocab.json
+    scheduler/scheduler_config.json
+    vae/config.json, diffusion_pytorch_model.safetensors   (latent models only)
+    model_card.md
 
-The model works in pixel space (3 x 24 x 24, values in [-1, 1]) and predicts v.
+Two generations of the format load here, told apart by the files present:
+
+- latent (v2, with ``vae/``): the UNet denoises 4 x 24 x 24 latents, conditioned on the
+  caption through cross-attention and, as SDXL does, on a pooled caption embedding added to
+  the time embedding (``addition_embed_type="text_time"``); the autoencoder decodes the final
+  latents to a 96 x 96 image, as Stable Diffusion's VAE does.
+- pixel (v1, no ``vae/``): the UNet denoises the 24 x 24 RGB image itself (plus two coordinate
+  input channels).
+
+Both predict v on a cosine schedule and sample with deterministic DDIM.
 """
 
 from __future__ import annotations
@@ -27,9 +37,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from unetviz.detect import DEMO_DIR
+from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
+from unetviz.weights import load_unet
+
+from ..edits.session import compare, for_pipeline
 from .base import PipelineError, Run
 
-DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
+__all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 
 
@@ -107,6 +122,7 @@ class TextEncoderConfig:
     layers: int = 2
     heads: int = 2
     n_special: int = len(SPECIALS)
+    projection_dim: int | None = None  # pooled caption embedding size (None: no pooled output)
 
 
 class TextEncoderLayer(nn.Module):
@@ -147,17 +163,34 @@ class DemoTextEncoder(nn.Module):
         self.position_embedding = nn.Embedding(c.max_length, c.width)
         self.layers = nn.ModuleList(TextEncoderLayer(c.width, c.heads) for _ in range(c.layers))
         self.final_layer_norm = nn.LayerNorm(c.width)
+        if c.projection_dim:
+            self.text_projection = nn.Linear(c.width, c.projection_dim, bias=False)
         nn.init.normal_(self.token_embedding.weight, std=0.3)
         nn.init.normal_(self.position_embedding.weight, std=0.05)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, width) hidden states."""
+        return self.encode(ids)[0]
+
+    def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T) ids -> hidden states (B, T, width) and the pooled caption embedding
+        (B, projection_dim), or None for an encoder without ``text_projection``.
+
+        The pooled embedding is the last word token's state (the causal layers let it see the
+        whole caption, as CLIP pools its end token) through ``text_projection``; a caption with
+        no words pools to zeros (the unconditional embedding of classifier-free guidance)."""
         tok = self.token_embedding(ids)
         x = tok + self.position_embedding.weight[: ids.shape[1]]
         for layer in self.layers:
             x = layer(x)
-        special = (ids < self.config.n_special)[..., None]
-        return self.final_layer_norm(torch.where(special, tok, x))
+        is_word = ids >= self.config.n_special
+        hidden = self.final_layer_norm(torch.where(is_word[..., None], x, tok))
+        if not self.config.projection_dim:
+            return hidden, None
+        pos = torch.arange(ids.shape[1]).expand_as(ids)
+        last = torch.where(is_word, pos, -1).max(1).values  # (B,) -1 when no word
+        pooled = self.text_projection(hidden[torch.arange(ids.shape[0]), last.clamp_min(0)])
+        return hidden, pooled * (last >= 0)[:, None].to(pooled.dtype)
 
 
 # ---------------------------------------------------------------------------------- scheduler
@@ -168,6 +201,7 @@ class DDIMSchedule:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "v_prediction"
+    clip_sample: bool = True  # clamp the predicted x0 to [-1, 1]: pixels yes, latents no
 
     def __post_init__(self) -> None:
         n = self.num_train_timesteps
@@ -195,7 +229,9 @@ class DDIMSchedule:
         """One deterministic DDIM step from t to t_prev (t_prev < 0 means the clean image)."""
         ab = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
-        x0 = (ab.sqrt() * x - (1 - ab).sqrt() * v).clamp(-1, 1)
+        x0 = ab.sqrt() * x - (1 - ab).sqrt() * v
+        if self.clip_sample:
+            x0 = x0.clamp(-1, 1)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
         return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
@@ -206,26 +242,26 @@ class DDIMSchedule:
             "beta_schedule": self.beta_schedule,
             "prediction_type": self.prediction_type,
             "timestep_spacing": "trailing",
-            "clip_sample": True,
+            "clip_sample": self.clip_sample,
         }
 
 
-def demo_unet_config(size: int = 24) -> dict[str, Any]:
-    """The demo UNet's diffusers-style config: SD's block structure in miniature."""
-    return {
-        "_class_name": "UNet2DConditionModel",
-        "sample_size": size,
-        "in_channels": 5,  # RGB + (x, y) coordinate channels, see ``unet_input``
-        "out_channels": 3,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [16, 32, 64],
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "cross_attention_dim": 64,
-        "attention_head_dim": [1, 2, 2],
-    }
+def demo_unet_config(folder: str | Path = DEMO_DIR) -> dict[str, Any]:
+    """The shipped demo UNet's diffusers-style config (``unet/config.json``): the one source
+    for code that needs a demo-shaped UNet without its weights (benchmarks, tests)."""
+    path = Path(folder) / "unet" / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read the demo UNet config {path}: {exc}") from exc
+
+
+def added_conditions(pooled: torch.Tensor, image_size: int) -> dict[str, torch.Tensor]:
+    """SDXL's added conditions for a ``text_time`` UNet: the pooled caption embedding and the
+    six micro-conditioning numbers (original size, crop top-left, target size), here always
+    the whole ``image_size`` square image."""
+    ids = torch.tensor([image_size, image_size, 0, 0, image_size, image_size], dtype=pooled.dtype)
+    return {"text_embeds": pooled, "time_ids": ids.expand(pooled.shape[0], 6)}
 
 
 def unet_input(unet: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -248,21 +284,30 @@ def sample(
     generator: torch.Generator,
     steps: int = 25,
     guidance: float = 4.0,
-    size: int = 24,
+    size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    added: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """DDIM with classifier-free guidance; returns images (B, 3, size, size) in [-1, 1].
+    """DDIM with classifier-free guidance; returns the final sample (B, C, size, size) in the
+    UNet's space: latents for a latent model, pixels in [-1, 1] for a pixel model.
 
-    The UNet sees one batch per step: ``[uncond, cond]`` when guidance != 1, else ``cond``.
+    The UNet sees one batch per step: ``[uncond, cond]`` when guidance != 1, else ``cond``;
+    ``added`` is the (uncond, cond) pair of added conditions of a ``text_time`` UNet.
     """
     b = cond.shape[0]
-    x = torch.randn(b, 3, size, size, generator=generator)
+    size = int(unet.config.sample_size) if size is None else size
+    x = torch.randn(b, int(unet.config.out_channels), size, size, generator=generator)
     ts = schedule.timesteps(steps)
     cfg = guidance != 1.0
     context = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond
+    extra = None
+    if added is not None:
+        extra = added[1]
+        if cfg:
+            extra = {k: torch.cat([added[0][k].expand_as(v), v]) for k, v in extra.items()}
     for i, t in enumerate(ts):
         inp = unet_input(unet, torch.cat([x, x]) if cfg else x)
-        v = unet(inp, torch.tensor(t), context)
+        v = unet(inp, torch.tensor(t), context, added_cond_kwargs=extra)
         if cfg:
             v_u, v_c = v.chunk(2)
             v = v_u + guidance * (v_c - v_u)
@@ -279,6 +324,16 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------- save/load
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _tensors(module: nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous() for k, v in module.state_dict().items()})
+
+
 def save_demo(
     folder: str | Path,
     unet: nn.Module,
@@ -286,51 +341,51 @@ def save_demo(
     text_encoder: DemoTextEncoder,
     tokenizer: WordTokenizer,
     schedule: DDIMSchedule,
+    vae: AutoencoderKL | None = None,
 ) -> None:
-    """Write the diffusers-style folder (unet/, text_encoder/, tokenizer/, scheduler/)."""
-    from safetensors.torch import save_file
+    """Write the diffusers-style folder (unet/, text_encoder/, tokenizer/, scheduler/, and
+    vae/ for a latent model), each file atomically."""
+    from unetviz.outputs import write_file
 
     folder = Path(folder)
-    for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
+    for sub in ("unet", "text_encoder", "tokenizer", "scheduler", "vae" if vae else "unet"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    (folder / "unet" / "config.json").write_text(json.dumps(unet_config, indent=2) + "\n")
-    state = {k: v.detach().contiguous() for k, v in unet.state_dict().items()}
-    save_file(state, str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    write_file(folder / "unet" / "config.json", _json(unet_config))
+    write_file(folder / "unet" / "diffusion_pytorch_model.safetensors", _tensors(unet))
     te_config = dict(text_encoder.config.__dict__, _class_name="DemoTextEncoder")
-    (folder / "text_encoder" / "config.json").write_text(json.dumps(te_config, indent=2) + "\n")
-    state = {k: v.detach().contiguous() for k, v in text_encoder.state_dict().items()}
-    save_file(state, str(folder / "text_encoder" / "model.safetensors"))
+    write_file(folder / "text_encoder" / "config.json", _json(te_config))
+    write_file(folder / "text_encoder" / "model.safetensors", _tensors(text_encoder))
     tokenizer.save(folder / "tokenizer")
-    (folder / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps(schedule.to_dict(), indent=2) + "\n"
-    )
+    write_file(folder / "scheduler" / "scheduler_config.json", _json(schedule.to_dict()))
+    if vae is not None:
+        write_file(folder / "vae" / "config.json", _json(vae.config.to_dict()))
+        write_file(folder / "vae" / "diffusion_pytorch_model.safetensors", _tensors(vae))
 
 
-def _load_unet(folder: Path) -> nn.Module:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        from unetviz.weights import load_unet
-    except ImportError:
-        load_unet = None
-    if load_unet is not None:
-        try:
-            return load_unet(folder)
-        except TypeError:
-            pass
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path} holds {type(data).__name__}: expected a JSON object")
+    return data
+
+
+def _load_state(module: nn.Module, path: Path) -> None:
+    """Strictly load a safetensors file into a module (every key, every shape)."""
     from safetensors.torch import load_file
 
-    from unetviz import UNet2DConditionModel, UNetConfig
-
-    unet = UNet2DConditionModel(UNetConfig.from_json(folder / "config.json"))
-    unet.load_state_dict(load_file(str(folder / "diffusion_pytorch_model.safetensors")))
-    return unet
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as exc:
+        raise PipelineError(f"weights {path} do not fit their config.json: {exc}") from exc
 
 
 def load_demo_parts(
     folder: str | Path = DEMO_DIR,
 ) -> tuple[nn.Module, DemoTextEncoder, WordTokenizer, DDIMSchedule]:
     """Load (unet, text_encoder, tokenizer, schedule) from a demo folder, in eval mode."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     needed = [
         folder / "unet" / "config.json",
@@ -342,21 +397,35 @@ def load_demo_parts(
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise PipelineError(f"demo model folder {folder} is incomplete: missing {missing}")
-    unet = _load_unet(folder / "unet").eval()
-    te_cfg = json.loads((folder / "text_encoder" / "config.json").read_text())
+    unet = load_unet(folder / "unet").eval()
+    te_cfg = _read_json(folder / "text_encoder" / "config.json")
     te_cfg.pop("_class_name", None)
     text_encoder = DemoTextEncoder(TextEncoderConfig(**te_cfg))
-    text_encoder.load_state_dict(load_file(str(folder / "text_encoder" / "model.safetensors")))
+    _load_state(text_encoder, folder / "text_encoder" / "model.safetensors")
     text_encoder.eval()
     tokenizer = WordTokenizer.load(folder / "tokenizer")
     sched_path = folder / "scheduler" / "scheduler_config.json"
-    sched = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
+    sched = _read_json(sched_path) if sched_path.is_file() else {}
     schedule = DDIMSchedule(
         num_train_timesteps=sched.get("num_train_timesteps", 1000),
         beta_schedule=sched.get("beta_schedule", "squaredcos_cap_v2"),
         prediction_type=sched.get("prediction_type", "v_prediction"),
+        clip_sample=bool(sched.get("clip_sample", True)),
     )
     return unet, text_encoder, tokenizer, schedule
+
+
+def load_demo_vae(folder: str | Path = DEMO_DIR) -> AutoencoderKL | None:
+    """The autoencoder of a latent demo model (``vae/``), in eval mode; None for a pixel model."""
+    vae_dir = Path(folder) / "vae"
+    if not vae_dir.is_dir():
+        return None
+    weights = vae_dir / "diffusion_pytorch_model.safetensors"
+    if not (vae_dir / "config.json").is_file() or not weights.is_file():
+        raise PipelineError(f"{vae_dir} needs config.json and diffusion_pytorch_model.safetensors")
+    vae = AutoencoderKL(AutoencoderConfig.from_json(vae_dir / "config.json"))
+    _load_state(vae, weights)
+    return vae.eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------- pipeline
@@ -380,17 +449,67 @@ class DemoPipeline:
     token labels). The UNet runs inside ``unetviz.capture`` for every call."""
 
     name = "demo"
+    compare = compare  # pipe.compare(prompt, edits=[...], seed=0) -> Comparison
 
     def __init__(self, folder: str | Path = DEMO_DIR):
         self.folder = Path(folder)
         self.unet, self.text_encoder, self.tokenizer, self.schedule = load_demo_parts(folder)
-        self.size = int(self.unet.config.sample_size)
+        self.vae = load_demo_vae(folder)
+        self.latent_size = int(self.unet.config.sample_size)
+        self.vae_scale_factor = self.vae.config.downsampling_factor if self.vae else 1
+        self.size = self.latent_size * self.vae_scale_factor  # the image side in pixels
 
     @torch.no_grad()
     def encode(self, prompt: str) -> tuple[torch.Tensor, list[str], list[str | None]]:
         """Prompt -> (1, T, width) embeddings, token labels, token words."""
         ids, labels, words = self.tokenizer.encode(prompt)
         return self.text_encoder(torch.tensor([ids])), labels, words
+
+    @torch.no_grad()
+    def added(self, prompt: str) -> dict[str, torch.Tensor] | None:
+        """The added conditions (pooled caption embedding, size ids) of a ``text_time`` UNet
+        for ``prompt``; None for a UNet without them."""
+        if self.unet.config.addition_embed_type != "text_time":
+            return None
+        pooled = self.text_encoder.encode(torch.tensor([self.tokenizer.encode(prompt)[0]]))[1]
+        return added_conditions(pooled, self.size)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        generator: torch.Generator,
+        steps: int,
+        guidance: float,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop: final latents (1, 4, 24, 24) or pixels of a pixel model."""
+        cond = self.encode(prompt)[0]
+        uncond = self.encode(negative_prompt)[0]
+        added = None
+        if self.unet.config.addition_embed_type == "text_time":
+            added = (self.added(negative_prompt), self.added(prompt))
+        return sample(
+            self.unet,
+            self.schedule,
+            cond,
+            uncond,
+            generator,
+            steps,
+            guidance,
+            None,
+            progress,
+            added,
+        )
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Final samples -> images (B, 3, size, size) in [-1, 1]: the VAE decodes latents (as
+        in Stable Diffusion); a pixel model's samples are the image."""
+        if self.vae is None:
+            return x
+        return self.vae.decode(self.vae.unscale(x)).clamp(-1, 1)
 
     @torch.no_grad()
     def __call__(
@@ -404,10 +523,12 @@ class DemoPipeline:
         width: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         detail: str = "layers",
+        edits: Sequence[Any] | None = None,
         **capture_kwargs: Any,
     ) -> Run:
-        """Generate one image for ``prompt`` and capture the UNet while sampling."""
-        import unetviz
+        """Generate one image for ``prompt`` and capture the UNet while sampling (under
+        ``edits``, unetviz.edits interventions, if given)."""
+        from unetviz.capture import capture  # the capture engine loads with the first call
 
         size = self.size
         if (height not in (None, size)) or (width not in (None, size)):
@@ -417,15 +538,19 @@ class DemoPipeline:
             )
         if steps < 1:
             raise PipelineError(f"steps must be >= 1, got {steps}")
-        cond, labels, words = self.encode(prompt)
-        uncond = self.encode(negative_prompt)[0]
+        _, labels, words = self.tokenizer.encode(prompt)
+        self.tokenizer.encode(negative_prompt)  # an unknown word fails before sampling
         generator = torch.Generator().manual_seed(int(seed))
         start = time.perf_counter()
         options = {"attention": True, "temb": True, "detail": detail, **capture_kwargs}
-        with _torch_threads(1), unetviz.capture(self.unet, **options) as trace:
-            x = sample(
-                self.unet, self.schedule, cond, uncond, generator, steps, guidance, size, progress
-            )
+        call = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
+        iv = for_pipeline(
+            self, edits, tokens=labels, words=words, steps=steps, cfg=guidance != 1.0, call=call
+        )
+        with _torch_threads(1), iv, capture(self.unet, **options) as trace:
+            x = self.denoise(prompt, negative_prompt, generator, steps, guidance, progress)
+        with _torch_threads(1):
+            image = to_pil(self.decode(x)[0])
         trace.tokens = labels
         trace.words = words
         trace.meta.update(
@@ -437,14 +562,17 @@ class DemoPipeline:
             guidance=float(guidance),
             height=size,
             width=size,
+            latent_shape=list(x.shape[1:]),
+            vae_scale_factor=self.vae_scale_factor,
             batch=2 if guidance != 1.0 else 1,
             cfg=guidance != 1.0,
             detail=detail,
             config=self.unet.config.to_dict(),
             seconds=time.perf_counter() - start,
+            **iv.meta,
         )
         return Run(
-            image=to_pil(x[0]),
+            image=image,
             trace=trace,
             tokens=labels,
             words=words,

@@ -1,9 +1,12 @@
-"""Score the demo model: ``python -m unetviz.demo.evaluate [--model assets/demo] [--n 32]``.
+"""Score the demo model: ``python -m unetviz.training.evaluate [--model demo] [--n 32]``.
+
+Captions are drawn from the model's own vocabulary (a v1 model is scored on v1 words).
 
 (a) Prompt adherence, measured on the generated pixels: every pixel is classified as background
     or the nearest palette colour; colour accuracy (the caption's colour is there, and for one
-    object it is the dominant one), shape accuracy (fill ratio of the object's bounding box:
-    square ~1, circle ~0.79, triangle ~0.5) and position accuracy (centroid in the named half).
+    object it is the dominant one), shape accuracy (the shape template, fitted to the object's
+    bounding box, that overlaps it best), position accuracy (centroid in the named half) and
+    size accuracy (radius from the area, on the named side of the small/big split).
 (b) Token-map localisation, DAAM protocol: cross-attention probabilities of the conditional
     batch half, averaged over heads, each layer's map upsampled (bicubic) to the image size and
     summed over layers and sampling steps, min-max normalised, thresholded at tau = 0.4; IoU
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unetviz.demo.data import COLOURS, PALETTE, SHAPES, Scene, eval_scenes
+from .data import COLOURS, PALETTE, SHAPES, SIZE_SPLIT, Scene, eval_scenes, shape_mask
 
 TAU = 0.4
 
@@ -43,13 +46,33 @@ def classify_pixels(image: np.ndarray) -> np.ndarray:
     return labels
 
 
-def classify_shape(mask: np.ndarray) -> str | None:
-    """Shape of a mask from its bounding-box fill ratio (None for an empty mask)."""
+def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str | None:
+    """The shape whose template, fitted to the mask's bounding box, overlaps it best (IoU);
+    None for an (almost) empty mask."""
     ys, xs = np.nonzero(mask)
     if len(xs) < 4:
         return None
-    fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
-    return "square" if fill >= 0.88 else "circle" if fill >= 0.64 else "triangle"
+    w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    half = (w + h) / 4
+    radius = {"circle": half, "square": half / 0.9, "triangle": h / 2, "diamond": half}
+    best, best_iou = None, -1.0
+    for shape in shapes:
+        template = shape_mask(shape, cx, cy, radius[shape], mask.shape[0])
+        score = iou(template, mask)
+        if score > best_iou:
+            best, best_iou = shape, score
+    return best
+
+
+AREA = {"circle": math.pi, "square": 3.24, "triangle": 2.0, "diamond": 2.0}  # area / r^2
+
+
+def size_ok(mask: np.ndarray, shape: str, size_word: str, n_objects: int) -> bool:
+    """Whether the object's radius (from its area, for its named shape) lies on the named side
+    of the small/big split."""
+    r = math.sqrt(mask.sum() / AREA[shape]) / mask.shape[0]
+    return r < SIZE_SPLIT[n_objects] if size_word == "small" else r >= SIZE_SPLIT[n_objects]
 
 
 def position_ok(mask: np.ndarray, position: str) -> bool:
@@ -76,10 +99,13 @@ def generated_masks(scene: Scene, image: np.ndarray) -> list[np.ndarray]:
     return [labels == COLOURS.index(o.colour) for o in scene.objects]
 
 
-def adherence(scene: Scene, image: np.ndarray) -> dict[str, list[bool]]:
-    """Per-object colour / shape / position correctness of one generated image."""
+def adherence(
+    scene: Scene, image: np.ndarray, shapes: tuple[str, ...] = SHAPES
+) -> dict[str, list[bool]]:
+    """Per-object colour / shape / position / size correctness of one generated image
+    (``shapes``: the shape words the model knows)."""
     labels = classify_pixels(image)
-    out: dict[str, list[bool]] = {"colour": [], "shape": [], "position": []}
+    out: dict[str, list[bool]] = {"colour": [], "shape": [], "position": [], "size": []}
     fg = labels >= 0
     for obj, mask in zip(scene.objects, generated_masks(scene, image), strict=True):
         own = labels == COLOURS.index(obj.colour)
@@ -89,11 +115,12 @@ def adherence(scene: Scene, image: np.ndarray) -> dict[str, list[bool]]:
         else:
             ok = int(own.sum()) >= 6
         out["colour"].append(bool(ok))
-        out["shape"].append(classify_shape(own if len(scene.objects) == 2 else mask) == obj.shape)
+        mine = own if len(scene.objects) == 2 else mask
+        out["shape"].append(classify_shape(mine, shapes) == obj.shape)
         if obj.position is not None:
-            out["position"].append(
-                position_ok(own if len(scene.objects) == 2 else mask, obj.position)
-            )
+            out["position"].append(position_ok(mine, obj.position))
+        if obj.size_word is not None:
+            out["size"].append(size_ok(mine, obj.shape, obj.size_word, len(scene.objects)))
     return out
 
 
@@ -176,20 +203,20 @@ def probe(unet: nn.Module, size: int, cond_half: bool = True) -> Iterator[Attent
         p.remove()
 
 
-# ------------------------------------------------------------------------------ scoring
 def score_scenes(
     scenes: list[Scene],
     images: np.ndarray,
     maps: list[dict[str, torch.Tensor]],
+    shapes: tuple[str, ...] = SHAPES,
 ) -> dict[str, Any]:
     """Adherence and localisation for generated ``images`` (N, H, W, 3 in [0, 1]) with
     per-scene word maps (``{word: (H, W) map}``)."""
     size = images.shape[1]
     blob = daam_binary(centred_blob(size))
-    acc: dict[str, list[bool]] = {"colour": [], "shape": [], "position": []}
+    acc: dict[str, list[bool]] = {"colour": [], "shape": [], "position": [], "size": []}
     ious: dict[str, list[float]] = {"noun": [], "colour": [], "blob_noun": [], "blob_colour": []}
     for scene, image, word_maps in zip(scenes, images, maps, strict=True):
-        for key, vals in adherence(scene, image).items():
+        for key, vals in adherence(scene, image, shapes).items():
             acc[key] += vals
         for obj, mask in zip(scene.objects, generated_masks(scene, image), strict=True):
             for kind, word in (("noun", obj.shape), ("colour", obj.colour)):
@@ -198,6 +225,18 @@ def score_scenes(
     out: dict[str, Any] = {f"{k}_acc": float(np.mean(v)) if v else None for k, v in acc.items()}
     out.update({f"{k}_miou": float(np.mean(v)) for k, v in ious.items()})
     return out
+
+
+def _known_shapes(tokenizer: Any) -> tuple[str, ...]:
+    return tuple(s for s in SHAPES if s in tokenizer.words)
+
+
+def _conditioning(text_encoder: nn.Module, tokenizer: Any, captions: list[str], image_size: int):
+    """Cross-attention states and (for a ``text_time`` UNet) added conditions of captions."""
+    from unetviz.pipelines.demo import added_conditions
+
+    hidden, pooled = text_encoder.encode(tokenizer(captions))
+    return hidden, None if pooled is None else added_conditions(pooled, image_size)
 
 
 @torch.no_grad()
@@ -210,22 +249,27 @@ def quick_eval(
     steps: int = 20,
     guidance: float = 4.0,
     seed: int = 0,
+    vae: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` one-object and ``n`` two-object eval captions in one batch each (hooks,
-    no capture) and score them; keys are prefixed ``one_`` and ``two_``."""
+    no capture) and score them; keys are prefixed ``one_`` and ``two_``. With ``vae`` the
+    UNet works on latents and the decoded images are scored."""
     from unetviz.pipelines.demo import sample
 
-    size = int(unet.config.sample_size)
+    factor = vae.config.downsampling_factor if vae is not None else 1
+    size = int(unet.config.sample_size) * factor
     result: dict[str, Any] = {}
     for n_obj, prefix in ((1, "one_"), (2, "two_")):
-        scenes = eval_scenes(n, size, n_obj)
+        scenes = eval_scenes(n, size, n_obj, words=tokenizer.words)
         captions = [s.caption for s in scenes]
-        ids = tokenizer(captions)
-        cond = text_encoder(ids)
-        uncond = text_encoder(tokenizer([""]))
+        cond, added = _conditioning(text_encoder, tokenizer, captions, size)
+        uncond, added_u = _conditioning(text_encoder, tokenizer, [""], size)
+        pair = None if added is None else (added_u, added)
         gen = torch.Generator().manual_seed(seed + n_obj)
         with probe(unet, size) as p:
-            x = sample(unet, schedule, cond, uncond, gen, steps, guidance, size)
+            x = sample(unet, schedule, cond, uncond, gen, steps, guidance, None, None, pair)
+        if vae is not None:
+            x = torch.cat([vae.decode(vae.unscale(c)) for c in x.split(16)])
         images = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
         maps = []
         for i, caption in enumerate(captions):
@@ -233,9 +277,10 @@ def quick_eval(
             maps.append(
                 {w: p.sum[i, labels.index(w)] for w in set(labels) if w in SHAPES + COLOURS}
             )
-        for k, v in score_scenes(scenes, images, maps).items():
+        for k, v in score_scenes(scenes, images, maps, _known_shapes(tokenizer)).items():
             result[prefix + k] = None if v is None else round(v, 4)
-    result.update(teacher_forced_iou(unet, text_encoder, tokenizer, schedule, n, seed=seed))
+    parts = (unet, text_encoder, tokenizer, schedule)
+    result.update(teacher_forced_iou(*parts, n, seed=seed, vae=vae))
     return result
 
 
@@ -248,25 +293,29 @@ def teacher_forced_iou(
     n: int = 32,
     timesteps: tuple[int, ...] = (300, 500, 700),
     seed: int = 0,
+    vae: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Localisation against the exact rendered masks: dataset images noised to ``timesteps``,
-    one conditional forward each, DAAM maps summed over them, IoU per noun / colour word."""
+    """Localisation against the exact rendered masks: dataset images (their latents, with a
+    ``vae``) noised to ``timesteps``, one conditional forward each, DAAM maps summed over
+    them, IoU per noun / colour word."""
     from unetviz.pipelines.demo import unet_input
 
-    size = int(unet.config.sample_size)
+    factor = vae.config.downsampling_factor if vae is not None else 1
+    size = int(unet.config.sample_size) * factor
     blob = daam_binary(centred_blob(size))
     result: dict[str, Any] = {}
     for n_obj, prefix in ((1, "one_"), (2, "two_")):
-        scenes = eval_scenes(n, size, n_obj)
+        scenes = eval_scenes(n, size, n_obj, words=tokenizer.words)
         x0 = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2) * 2 - 1
-        ids = tokenizer([s.caption for s in scenes])
-        cond = text_encoder(ids)
+        if vae is not None:
+            x0 = torch.cat([vae.scale(vae.encode(c)[0]) for c in x0.split(16)])
+        cond, added = _conditioning(text_encoder, tokenizer, [s.caption for s in scenes], size)
         gen = torch.Generator().manual_seed(seed + n_obj)
         with probe(unet, size, cond_half=False) as p:
             for t in timesteps:
                 noise = torch.randn(x0.shape, generator=gen)
                 x_t, _ = schedule.add_noise(x0, noise, torch.full((n,), t))
-                unet(unet_input(unet, x_t), torch.tensor(t), cond)
+                unet(unet_input(unet, x_t), torch.tensor(t), cond, added_cond_kwargs=added)
         ious: dict[str, list[float]] = {"noun": [], "colour": [], "blob": []}
         for i, scene in enumerate(scenes):
             labels = tokenizer.encode(scene.caption)[1]
@@ -284,14 +333,15 @@ def evaluate_pipeline(pipe: Any, n: int = 16, steps: int = 25, guidance: float =
     maps from ``run.trace.heatmap(word, preset="daam")`` (the capture code path)."""
     result: dict[str, Any] = {}
     for n_obj, prefix in ((1, "one_"), (2, "two_")):
-        scenes = eval_scenes(n, pipe.size, n_obj)
+        scenes = eval_scenes(n, pipe.size, n_obj, words=pipe.tokenizer.words)
         images, maps = [], []
         for i, scene in enumerate(scenes):
-            run = pipe(scene.caption, seed=i, steps=steps, guidance=guidance)
+            run = pipe(scene.caption, seed=i, steps=steps, guidance=guidance, daam=True)
             images.append(np.asarray(run.image, np.float32) / 255)
             words = [w for w in set(run.words) if w in SHAPES + COLOURS]
             maps.append({w: run.trace.heatmap(w, preset="daam", size=pipe.size) for w in words})
-        for k, v in score_scenes(scenes, np.stack(images), maps).items():
+        shapes = _known_shapes(pipe.tokenizer)
+        for k, v in score_scenes(scenes, np.stack(images), maps, shapes).items():
             result[prefix + k] = None if v is None else round(v, 4)
     return result
 
@@ -306,18 +356,21 @@ def full_eval(
     pipe = DemoPipeline(folder)
     parts = (pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.schedule)
     if fast:
-        return quick_eval(*parts, n=n, steps=steps, guidance=guidance)
+        return quick_eval(*parts, n=n, steps=steps, guidance=guidance, vae=pipe.vae)
     scores = evaluate_pipeline(pipe, n, steps, guidance)
-    scores.update(teacher_forced_iou(*parts, n=n))
+    scores.update(teacher_forced_iou(*parts, n=n, vae=pipe.vae))
     return scores
 
 
 def format_scores(scores: dict[str, Any]) -> str:
     """A plain-text table of the scores (one / two objects, with the centred-blob baseline)."""
     lines = [f"{'':<30}{'one object':>12}{'two objects':>13}"]
-    for key in ("colour_acc", "shape_acc", "position_acc", "noun_miou", "colour_miou"):
-        one, two = scores["one_" + key], scores["two_" + key]
-        lines.append(f"{key:<30}{one:>12.3f}{two:>13.3f}")
+    for key in ("colour_acc", "shape_acc", "position_acc", "size_acc", "noun_miou", "colour_miou"):
+        one, two = scores.get("one_" + key), scores.get("two_" + key)
+        cells = "".join(
+            f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in ((one, 12), (two, 13))
+        )
+        lines.append(f"{key:<30}{cells}")
     lines.append(
         f"{'centred blob mIoU':<30}{scores['one_blob_noun_miou']:>12.3f}"
         f"{scores['two_blob_noun_miou']:>13.3f}"
@@ -334,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     from unetviz.pipelines.demo import DEMO_DIR
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(DEMO_DIR))
+    p.add_argument("--model", default=str(DEMO_DIR), help="a demo-format folder (default: shipped)")
     p.add_argument("--n", type=int, default=32, help="captions per set (one- and two-object)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)

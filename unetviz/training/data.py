@@ -1,36 +1,49 @@
 """Synthetic captioned shapes with exact masks: the demo model's training and evaluation data.
 
-Every image is ``size`` x ``size`` RGB on a black background with one or two flat-coloured
-objects: a shape (circle, square, triangle) in a colour (red, green, blue, yellow), optionally
-with a position word (left, right, top, bottom). Captions follow one small grammar::
+Every image is ``size`` x ``size`` RGB (96 for the latent model) on a black background with one
+or two flat-coloured objects: a shape (circle, square, triangle, diamond) in a colour (red,
+green, blue, yellow, white), optionally with a size word (small, big) and a position word
+(left, right, top, bottom). Captions follow one small grammar::
 
     a red circle
-    a blue square on the left
-    a green triangle on the top and a yellow circle
+    a small blue square on the left
+    a green triangle on the top and a big yellow diamond
 
 Two-object scenes always use two different shapes and two different colours, placed in
 opposite halves of the image (so every noun and colour word names exactly one mask).
+Every draw can be restricted to a model's vocabulary (``words=``), so a model that knows fewer
+words (the v1 pixel model) is scored on captions it can read.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-SHAPES = ("circle", "square", "triangle")
-COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = ("red", "green", "blue", "yellow", "white")
 POSITIONS = ("left", "right", "top", "bottom")
+SIZES = ("small", "big")
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 PALETTE: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0),
     "green": (0.0, 1.0, 0.0),
     "blue": (0.0, 0.0, 1.0),
     "yellow": (1.0, 1.0, 0.0),
+    "white": (1.0, 1.0, 1.0),
 }
-WORDS = ("a", "on", "the", "and", *COLOURS, *SHAPES, *POSITIONS)
+WORDS = ("a", "on", "the", "and", *COLOURS, *SHAPES, *POSITIONS, *SIZES)
+# radius ranges as fractions of the image side: (one object, two objects)
+RADIUS = {
+    None: ((0.14, 0.28), (0.12, 0.20)),
+    "small": ((0.12, 0.17), (0.10, 0.14)),
+    "big": ((0.24, 0.32), (0.18, 0.22)),
+}
+SIZE_SPLIT = {1: 0.205, 2: 0.16}  # radius fraction between "small" and "big" (for scoring)
 
 
 @dataclass
@@ -44,9 +57,11 @@ class ShapeObject:
     r: float
     position: str | None = None  # the position word used in the caption, if any
     mask: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool), repr=False)
+    size_word: str | None = None  # "small" / "big" when the caption says so
 
     def phrase(self) -> str:
-        text = f"a {self.colour} {self.shape}"
+        words = ["a", self.size_word, self.colour, self.shape]
+        text = " ".join(w for w in words if w)
         return text if self.position is None else f"{text} on the {self.position}"
 
 
@@ -78,21 +93,24 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndar
         top, bottom = cy - r, cy + r
         frac = (ys - top) / (2 * r)
         return (ys >= top) & (ys <= bottom) & (np.abs(xs - cx) <= frac * r)
+    if shape == "diamond":  # a square standing on a corner
+        return np.abs(xs - cx) + np.abs(ys - cy) <= r
     raise ValueError(f"unknown shape {shape!r}: expected one of {', '.join(SHAPES)}")
 
 
 def _centre(rng: random.Random, r: float, size: int, position: str | None) -> tuple[float, float]:
     lo, hi, mid = r + 1.0, size - r - 1.0, size / 2
+    gap = size * 2.5 / 24  # keep clear of the midline so the half is unambiguous
     x = rng.uniform(lo, hi)
     y = rng.uniform(lo, hi)
     if position == "left":
-        x = rng.uniform(lo, max(lo, mid - 2.5))
+        x = rng.uniform(lo, max(lo, mid - gap))
     elif position == "right":
-        x = rng.uniform(min(hi, mid + 2.5), hi)
+        x = rng.uniform(min(hi, mid + gap), hi)
     elif position == "top":
-        y = rng.uniform(lo, max(lo, mid - 2.5))
+        y = rng.uniform(lo, max(lo, mid - gap))
     elif position == "bottom":
-        y = rng.uniform(min(hi, mid + 2.5), hi)
+        y = rng.uniform(min(hi, mid + gap), hi)
     return x, y
 
 
@@ -104,29 +122,52 @@ def render(objects: list[ShapeObject], size: int) -> np.ndarray:
     return image
 
 
+def _known(options: tuple[str, ...], words: Collection[str] | None) -> tuple[str, ...]:
+    return options if words is None else tuple(o for o in options if o in words)
+
+
+def _object(
+    rng: random.Random, n: int, size: int, pos: str | None, words: Collection[str] | None
+) -> tuple[float, str | None]:
+    """Radius and size word (None when the caption says no size) of one object."""
+    sizes = _known(SIZES, words)
+    size_word = rng.choice(sizes) if sizes and rng.random() < 0.5 else None
+    lo, hi = RADIUS[size_word][n - 1]
+    return rng.uniform(lo, hi) * size, size_word
+
+
 def make_scene(
     rng: random.Random,
-    size: int = 24,
+    size: int = 96,
     n_objects: int | None = None,
     p_position: float = 0.5,
+    words: Collection[str] | None = None,
 ) -> Scene:
-    """Draw one random scene (1 or 2 objects) with its caption and exact masks."""
+    """Draw one random scene (1 or 2 objects) with its caption and exact masks; ``words``
+    restricts the draw to a vocabulary."""
+    shapes, colours = _known(SHAPES, words), _known(COLOURS, words)
+    positions = _known(POSITIONS, words)
     n = n_objects if n_objects is not None else rng.choice((1, 2))
     objects: list[ShapeObject] = []
     if n == 1:
-        r = rng.uniform(0.14, 0.28) * size
-        pos = rng.choice(POSITIONS) if rng.random() < p_position else None
+        pos = rng.choice(positions) if positions and rng.random() < p_position else None
+        r, size_word = _object(rng, 1, size, pos, words)
         cx, cy = _centre(rng, r, size, pos)
-        objects.append(ShapeObject(rng.choice(SHAPES), rng.choice(COLOURS), cx, cy, r, pos))
+        obj = ShapeObject(rng.choice(shapes), rng.choice(colours), cx, cy, r, pos)
+        obj.size_word = size_word
+        objects.append(obj)
     elif n == 2:
-        shapes = rng.sample(SHAPES, 2)
-        colours = rng.sample(COLOURS, 2)
+        pair_shapes, pair_colours = rng.sample(shapes, 2), rng.sample(colours, 2)
         first = rng.choice(POSITIONS)
-        for shape, colour, pos in zip(shapes, colours, (first, OPPOSITE[first]), strict=True):
-            r = rng.uniform(0.13, 0.20) * size
+        for shape, colour, pos in zip(
+            pair_shapes, pair_colours, (first, OPPOSITE[first]), strict=True
+        ):
+            r, size_word = _object(rng, 2, size, pos, words)
             cx, cy = _centre(rng, r, size, pos)
-            word = pos if rng.random() < p_position else None
-            objects.append(ShapeObject(shape, colour, cx, cy, r, word))
+            word = pos if positions and rng.random() < p_position else None
+            obj = ShapeObject(shape, colour, cx, cy, r, word)
+            obj.size_word = size_word
+            objects.append(obj)
     else:
         raise ValueError(f"n_objects must be 1 or 2, got {n}")
     for obj in objects:
@@ -138,15 +179,27 @@ def make_scene(
 
 
 def make_batch(
-    rng: random.Random, batch: int, size: int = 24, p_two: float = 0.5
+    rng: random.Random,
+    batch: int,
+    size: int = 96,
+    p_two: float = 0.5,
+    words: Collection[str] | None = None,
 ) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """A training batch: images (B, 3, size, size) in [-1, 1], captions and scenes."""
-    scenes = [make_scene(rng, size, 2 if rng.random() < p_two else 1) for _ in range(batch)]
+    scenes = [
+        make_scene(rng, size, 2 if rng.random() < p_two else 1, words=words) for _ in range(batch)
+    ]
     images = np.stack([s.image for s in scenes]).transpose(0, 3, 1, 2)
     return torch.from_numpy(images) * 2 - 1, [s.caption for s in scenes], scenes
 
 
-def eval_scenes(n: int, size: int = 24, n_objects: int = 1, seed: int = 1234) -> list[Scene]:
+def eval_scenes(
+    n: int,
+    size: int = 96,
+    n_objects: int = 1,
+    seed: int = 1234,
+    words: Collection[str] | None = None,
+) -> list[Scene]:
     """A fixed evaluation set (same seed, same scenes), one- or two-object captions."""
     rng = random.Random(seed * 10 + n_objects)
-    return [make_scene(rng, size, n_objects) for _ in range(n)]
+    return [make_scene(rng, size, n_objects, words=words) for _ in range(n)]

@@ -1,0 +1,209 @@
+"""Phase 3: train the UNet and the text encoder on the latent pool.
+
+v-prediction DDPM on the autoencoder's scaled latents (4 x 24 x 24): cosine schedule;
+timesteps drawn logit-normal (mid noise levels, where colour and shape form) mixed with uniform
+draws from the noisier half (where the layout is decided); a jointly trained word-level text
+encoder whose pooled caption embedding is added to the time embedding (SDXL's ``text_time``
+added conditioning: a global path for layout words like "left" and "big"); 10% caption dropout
+for classifier-free guidance; AdamW with warm-up and a lower final learning rate; EMA weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unetviz.config import UNetConfig
+from unetviz.model.autoencoder import AutoencoderKL
+from unetviz.model.unet import UNet2DConditionModel
+from unetviz.pipelines.demo import (
+    DDIMSchedule,
+    DemoTextEncoder,
+    TextEncoderConfig,
+    WordTokenizer,
+    added_conditions,
+    save_demo,
+)
+
+from .common import Clock, append_jsonl, ema_update, load_state, save_state, set_lr, write_json
+from .data import WORDS
+from .latents import Pool
+
+WIDTH = 64  # text encoder width = cross_attention_dim = pooled embedding size
+N_TIME_IDS, TIME_DIM = 6, 8  # SDXL's six size/crop numbers, each as 8 sinusoids
+
+
+def latent_unet_config(latent_size: int = 24) -> dict[str, Any]:
+    """The latent demo UNet: SD's block structure in miniature, 4 latent channels in and out,
+    and SDXL's ``text_time`` added conditioning (pooled text 64 + 6 x 8 size sinusoids)."""
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": latent_size,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [16, 32, 64],
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "cross_attention_dim": WIDTH,
+        "attention_head_dim": [1, 2, 2],
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": TIME_DIM,
+        "projection_class_embeddings_input_dim": WIDTH + N_TIME_IDS * TIME_DIM,
+    }
+
+
+class Both(nn.Module):
+    """UNet and text encoder as one module (one optimiser, one EMA)."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+
+def build(latent_size: int = 24) -> tuple[Both, dict[str, Any], WordTokenizer]:
+    """Fresh (UNet + text encoder, unet config, tokenizer)."""
+    config = latent_unet_config(latent_size)
+    tokenizer = WordTokenizer(WORDS, max_length=16)
+    te_config = TextEncoderConfig(vocab_size=len(tokenizer.vocab), width=WIDTH)
+    te_config.projection_dim = WIDTH
+    model = Both(UNet2DConditionModel(UNetConfig.from_dict(config)), DemoTextEncoder(te_config))
+    return model, config, tokenizer
+
+
+def draw_timesteps(n: int, p_high: float, schedule: DDIMSchedule) -> torch.Tensor:
+    """Logit-normal timesteps mixed with a ``p_high`` share uniform over the noisier half."""
+    u = torch.sigmoid(torch.randn(n))
+    high = torch.rand(n) < p_high
+    u = torch.where(high, 0.5 + 0.5 * torch.rand(n), u)
+    t = (u * schedule.num_train_timesteps).long()
+    return t.clamp(0, schedule.num_train_timesteps - 1)
+
+
+def loss_on(model: Both, batch: tuple, tokenizer: WordTokenizer, args: Any, schedule) -> Any:
+    """The v-prediction loss of one batch (captions dropped to "" with ``args.p_uncond``)."""
+    x0, captions = batch
+    ids = tokenizer(captions)
+    drop = torch.rand(len(captions)) < args.p_uncond
+    ids[drop] = tokenizer([""])[0]
+    t = draw_timesteps(len(captions), args.p_high, schedule)
+    x_t, target = schedule.add_noise(x0, torch.randn_like(x0), t)
+    hidden, pooled = model.text_encoder.encode(ids)
+    added = added_conditions(pooled, args.size)
+    pred = model.unet(x_t, t, hidden, added_cond_kwargs=added)
+    return nn.functional.mse_loss(pred, target)
+
+
+class Trainer:
+    """State of the UNet phase: models, optimiser, step, clock; save / eval / resume."""
+
+    def __init__(self, args: Any, out: Path, vae: AutoencoderKL):
+        torch.manual_seed(args.seed)
+        self.args, self.out, self.vae = args, out, vae
+        self.model, self.config, self.tokenizer = build(args.size // 4)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        params = self.model.parameters()
+        self.opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.schedule = DDIMSchedule(clip_sample=False)
+        self.step, before = 0, 0.0
+        self.ckpt = out / "unet_ckpt.pt"
+        if self.ckpt.is_file():
+            state = load_state(self.ckpt)
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, before = state["step"], state["minutes"]
+            torch.set_rng_state(state["torch_rng"])
+            print(f"unet: resumed at step {self.step} ({before:.1f} min)", flush=True)
+        self.clock = Clock(before)
+
+    def lr(self) -> float:
+        a = self.args
+        if self.clock.minutes() >= 0.85 * a.minutes or self.step >= 0.85 * a.steps:
+            return a.lr_final
+        return a.lr * min(1.0, (self.step + 1) / a.warmup)
+
+    def export(self, folder: Path) -> None:
+        e = self.ema
+        save_demo(
+            folder, e.unet, self.config, e.text_encoder, self.tokenizer, self.schedule, self.vae
+        )
+        write_json(folder / "train_state.json", {"step": self.step, "minutes": self.minutes()})
+
+    def minutes(self) -> float:
+        return round(self.clock.minutes(), 2)
+
+    def save(self) -> None:
+        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict()}
+        state.update(opt=self.opt.state_dict(), step=self.step, minutes=self.clock.minutes())
+        state["torch_rng"] = torch.get_rng_state()
+        save_state(self.ckpt, state)
+        self.export(self.out / "latest")
+
+    def evaluate(self) -> None:
+        from .evaluate import quick_eval
+
+        self.export(self.out / f"step_{self.step}")
+        t0 = time.time()
+        e = self.ema.eval()
+        parts = (e.unet, e.text_encoder, self.tokenizer, self.schedule)
+        scores = quick_eval(*parts, n=self.args.eval_n, vae=self.vae)
+        scores.update(phase="unet", step=self.step, minutes=self.minutes())
+        scores["eval_s"] = round(time.time() - t0, 1)
+        append_jsonl(self.out / "evals.jsonl", scores)
+        print("EVAL " + str(scores), flush=True)
+
+
+def train_unet(args: Any, out: Path, vae: AutoencoderKL, pool: Pool) -> None:
+    """Train (or resume) until ``args.steps`` or ``args.minutes`` of UNet time."""
+    tr = Trainer(args, out, vae)
+    rng = random.Random(args.seed * 1_000_003 + tr.step)
+    n = sum(p.numel() for p in tr.model.unet.parameters())
+    print(f"unet {n / 1e6:.2f} M params, pool {len(pool)} scenes", flush=True)
+    last_save = last_eval = tr.clock.minutes()
+    log_t, log_loss, log_n = time.time(), 0.0, 0
+    tr.model.train()
+    while True:
+        loss = loss_on(tr.model, pool.batch(rng, args.batch), tr.tokenizer, args, tr.schedule)
+        set_lr(tr.opt, tr.lr())
+        tr.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(tr.model.parameters(), 1.0)
+        tr.opt.step()
+        tr.step += 1
+        ema_update(tr.ema, tr.model, min(args.ema, (1 + tr.step) / (10 + tr.step)))
+        if not math.isfinite(loss.item()):
+            sys.exit(f"loss is {loss.item()} at step {tr.step}: stopping")
+        pool.refresh(vae, rng, args.refresh, args.size)
+        log_loss, log_n = log_loss + loss.item(), log_n + 1
+        if tr.step % args.log_every == 0:
+            rate = log_n / (time.time() - log_t)
+            print(
+                f"unet step {tr.step} loss {log_loss / log_n:.4f} lr {tr.lr():.2e} "
+                f"{rate:.2f} steps/s {tr.clock.minutes():.1f} min",
+                flush=True,
+            )
+            log_t, log_loss, log_n = time.time(), 0.0, 0
+        minutes = tr.clock.minutes()
+        done = tr.step >= args.steps or minutes >= args.minutes
+        if minutes - last_save >= args.save_min or done:
+            tr.save()
+            last_save = minutes
+        if args.eval_min > 0 and (minutes - last_eval >= args.eval_min or done):
+            tr.evaluate()
+            tr.model.train()
+            last_eval, log_t = tr.clock.minutes(), time.time()
+        if done:
+            break
+    print(f"unet done at step {tr.step} after {tr.clock.minutes():.1f} min", flush=True)
