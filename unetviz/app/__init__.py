@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from .registry import ModelAccessError, ModelRegistry  # noqa: E402
+from .sessions import DEFAULT_MAX_SESSIONS, DEFAULT_TTL_S, SessionStore  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -37,14 +38,20 @@ def create_app(
     demo_folder: str | os.PathLike | None = None,
     preload: bool = True,
     threads: int | None = None,
+    session_ttl_s: float = DEFAULT_TTL_S,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> tuple[Any, ModelRegistry]:
     """Build the Blocks and their registry; ``preload`` loads the demo model in the
     background so the first Run does not wait for it; ``threads``: torch threads (default
-    ``$UNETVIZ_TORCH_THREADS`` or 1, see ``ModelRegistry.apply_thread_policy``)."""
+    ``$UNETVIZ_TORCH_THREADS`` or 1, see ``ModelRegistry.apply_thread_policy``); a session's
+    results are freed after ``session_ttl_s`` idle seconds, on disconnect, or when more than
+    ``max_sessions`` are live (least recently used first)."""
     from .ui import build_blocks
 
     registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder, threads=threads)
-    blocks = build_blocks(registry)
+    sessions = SessionStore(ttl_s=session_ttl_s, max_sessions=max_sessions)
+    sessions.start_sweeper()
+    blocks = build_blocks(registry, sessions=sessions)
     if preload:
         registry.preload()  # imports torch and applies the thread policy in the background
     else:
@@ -53,10 +60,12 @@ def create_app(
 
 
 def launch_kwargs() -> dict[str, Any]:
-    """What gradio 6 takes at ``launch()`` (theme, css) plus the offline-safe settings."""
+    """What gradio 6 takes at ``launch()`` (theme, css) plus the offline-safe settings and
+    the limits (upload size, live gradio sessions)."""
     import gradio as gr
 
     from .ui import CSS
+    from .views import MAX_UPLOAD_MB
 
     theme = gr.themes.Soft(
         primary_hue="orange",
@@ -72,6 +81,9 @@ def launch_kwargs() -> dict[str, Any]:
         "show_error": True,
         "footer_links": [],
         "pwa": False,
+        "max_file_size": f"{MAX_UPLOAD_MB}mb",
+        "state_session_capacity": 2 * DEFAULT_MAX_SESSIONS,
+        "allowed_paths": [],
     }
 
 

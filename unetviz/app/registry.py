@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unetviz.errors import UnetvizError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ("sd15", "sd21", "sdxl")
 DEMO = "demo"
@@ -32,7 +34,7 @@ DEMO_THREADS = 1
 VAE_FACTOR = 8
 
 
-class ModelAccessError(ValueError):
+class ModelAccessError(UnetvizError):
     """A model name or folder the app will not open (unknown, outside the roots, not a model)."""
 
 
@@ -79,7 +81,6 @@ class ModelRegistry:
         self._arch: OrderedDict[tuple, Any] = OrderedDict()
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self.max_pipelines = max_pipelines
-        self.pipeline_calls = 0  # how many generations ran (tests count re-aggregations)
         env = os.environ.get(THREADS_ENV, "").strip()
         self.threads = threads if threads else (int(env) if env.isdigit() and int(env) else None)
         self._default_threads: int | None = None
@@ -118,7 +119,7 @@ class ModelRegistry:
         )
 
     # ------------------------------------------------------------------ specs
-    def _demo_dir(self) -> Path:
+    def demo_dir(self) -> Path:
         if self.demo_folder is not None:
             return self.demo_folder
         from unetviz.pipelines.demo import DEMO_DIR
@@ -131,7 +132,7 @@ class ModelRegistry:
 
         choice = (choice or "").strip()
         if choice == DEMO:
-            cfg_path = self._demo_dir() / "unet" / "config.json"
+            cfg_path = self.demo_dir() / "unet" / "config.json"
             if cfg_path.is_file():
                 config = _read_json(cfg_path)
             else:
@@ -139,7 +140,7 @@ class ModelRegistry:
 
                 config = demo_unet_config()
             config = UNetConfig.from_dict(config).to_dict()
-            return ModelSpec(DEMO, "demo model", config, 1, 16, self._demo_dir())
+            return ModelSpec(DEMO, "demo model", config, 1, 16, self.demo_dir())
         if choice in PRESETS:
             config = UNetConfig.preset(choice).to_dict()
             return ModelSpec(choice, f"{choice} preset (meta)", config, VAE_FACTOR, 77)
@@ -224,7 +225,6 @@ class ModelRegistry:
         self.apply_thread_policy()  # no-op once applied
         with self.lock:
             pipe = self.pipeline(choice)
-            self.pipeline_calls += 1
             if self.threads:
                 want = self.threads
             elif getattr(pipe, "name", "") == DEMO:
@@ -278,12 +278,12 @@ def architecture_trace(spec: ModelSpec, height: int, width: int, batch: int) -> 
     step = size_multiple(spec)
     for name, v in (("height", height), ("width", width)):
         if v <= 0 or v % step:
-            raise ValueError(
+            raise ModelAccessError(
                 f"{name}={v}: must be a positive multiple of {step} for {spec.label} "
                 f"(latent factor {spec.factor} x {step // spec.factor} for its downsamplers)"
             )
     if not 1 <= batch <= 64:
-        raise ValueError(f"batch={batch}: expected 1..64")
+        raise ModelAccessError(f"batch={batch}: expected 1..64")
     from unetviz.structure import meta_trace
 
     meta = {

@@ -1,15 +1,15 @@
 """What the app shows, as pure functions of a Trace (no gradio here, so tests and the bench
-call them directly): the diagram and its exports, the block table, heatmap overlays, the
-time-embedding figures."""
+call them directly): the diagram and its exports, the block table, heatmap tiles on one shared
+colour scale over a greyscale image, the time-embedding figures, the demo's vocabulary."""
 
 from __future__ import annotations
 
+import html
 import io
 import json
-import math
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,33 +17,45 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-DETAILS = ("blocks", "layers", "modules")
+from unetviz.errors import UnetvizError
+from unetviz.render.graph import DETAILS
+
+from .sessions import Session
+
+__all__ = ["DETAILS", "Session"]
+
 NORMALIZE = ("minmax", "max", "sum", "none")
+SCALES = ("shared", "per token")
 PRESETS = ("custom", "daam", "p2p")
 LOCATIONS = ("down", "mid", "up")
 TILE = 192  # side of one heatmap tile in pixels
 IMAGE_NAME = "image.png"  # extra entry the app adds to a trace bundle
+#: largest trace bundle the app accepts (also gradio's upload limit, stated in the UI)
+MAX_UPLOAD_MB = 64
+#: the colour map of tiles, colour bar and grid (plotly name; perceptual, no red/green pair,
+#: distinct from any colour once the image below it is grey)
+COLORSCALE = "Viridis"
+
+#: example prompts for the demo model: one and two objects, with and without position words
+EXAMPLES = (
+    "a red circle",
+    "a blue square and a yellow triangle",
+    "a green triangle on the left",
+    "a red square on the top and a blue circle on the bottom",
+)
+DEMO_LIMITS = (
+    "The demo model is small (24×24 px, trained in 98 minutes on this kind of scene) and knows "
+    "only the words above. It draws the colours and shapes it is asked for; **position words "
+    "(left / right / top / bottom) are not followed yet**: objects land where the model likes."
+)
 
 
-# ---------------------------------------------------------------------------------- session
-@dataclass
-class Session:
-    """Per-browser-session results kept in ``gr.State``: the trace and its image."""
-
-    trace: Any
-    image: Image.Image | None = None
-    source: str = "run"  # "run" | "upload"
-    label: str = ""
-    files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def steps(self) -> int:
-        """Captured forwards (denoising steps x 1)."""
-        return max(int(self.trace.steps), 1)
+class ViewError(UnetvizError):
+    """A view was asked for something the trace or the controls cannot give."""
 
 
 def display_image(image: Image.Image | None, side: int = 256) -> Image.Image | None:
-    """Small images (the demo's 32 px) scaled up with nearest-neighbour for display."""
+    """Small images (the demo's 24 px) scaled up with nearest-neighbour for display."""
     if image is None or max(image.size) >= side:
         return image
     k = max(1, side // max(image.size))
@@ -65,16 +77,17 @@ def render_png(graph: Any) -> bytes:
     return to_png(graph)
 
 
-def inline_svg(svg: str, zoom: float = 100.0, elem: str = "diagram-svg") -> str:
-    """SVG text ready for ``gr.HTML``: XML prolog dropped, wrapped in a scrolling div, scaled
-    by ``zoom`` percent."""
+def panel_html(svg: str, elem: str = "diagram-svg") -> str:
+    """SVG text for the pan/zoom panel: XML prolog dropped, sized by the panel (the browser
+    script moves the title and the legend out of the panel and fits the drawing)."""
     start = svg.find("<svg")
     body = svg[start:] if start >= 0 else svg
-    z = max(10.0, min(float(zoom or 100.0), 400.0)) / 100.0
     return (
-        f'<div class="unetviz-diagram" style="overflow:auto;max-width:100%;max-height:80vh;'
-        f'border:1px solid var(--border-color-primary);border-radius:8px;background:white">'
-        f'<div id="{elem}" style="zoom:{z:.2f};width:max-content">{body}</div></div>'
+        f'<div class="unetviz-diagram"><div class="uv-head"><span class="uv-title"></span>'
+        f'<span class="uv-tools"><button type="button" class="uv-fit" title="fit the whole '
+        f'diagram in the panel">Fit</button><button type="button" class="uv-in" title="zoom '
+        f'in">+</button><button type="button" class="uv-out" title="zoom out">−</button></span>'
+        f'</div><div class="uv-panel" id="{elem}">{body}</div><div class="uv-legend"></div></div>'
     )
 
 
@@ -99,22 +112,31 @@ def block_table(trace: Any, detail: str) -> list[list[Any]]:
     from unetviz.render.graph import build_graph
 
     graph = build_graph(trace, detail=detail)
-    rows = []
-    for n in graph.nodes:
-        if n.kind != "module":
-            continue
-        rows.append(
-            [
-                n.name,
-                n.type,
-                _io(n.inputs, n.outputs),
-                f"{n.params:,}" if n.params is not None else "-",
-                human(n.macs) if n.macs else "-",
-                n.ldm or "-",
-                n.a1111 or "-",
-            ]
-        )
-    return rows
+    return [
+        [
+            n.name,
+            n.type,
+            _io(n.inputs, n.outputs),
+            f"{n.params:,}" if n.params is not None else "-",
+            human(n.macs) if n.macs else "-",
+            n.ldm or "-",
+            n.a1111 or "-",
+        ]
+        for n in graph.nodes
+        if n.kind == "module"
+    ]
+
+
+def search_rows(rows: list[list[Any]], query: str, limit: int = 50) -> list[list[Any]]:
+    """Rows whose diffusers name, LDM key or A1111 label contains ``query`` (case-insensitive);
+    exact matches first."""
+    q = (query or "").strip().lower()
+    if not q:
+        return rows
+    keys = (0, 5, 6)
+    hits = [r for r in rows if any(q in str(r[k]).lower() for k in keys)]
+    hits.sort(key=lambda r: (not any(q == str(r[k]).lower() for k in keys), len(str(r[0]))))
+    return hits[:limit]
 
 
 PARTS_HEADERS = ["part", "type", "inputs", "outputs", "params"]
@@ -126,21 +148,18 @@ def block_parts(trace: Any, name: str) -> list[list[Any]]:
         return []
     try:
         rec = trace[name]
-    except KeyError as exc:
-        raise ValueError(str(exc).strip("\"'")) from None
+    except KeyError:
+        raise ViewError(f"no block named {name!r} in this diagram") from None
     prefix = name + "."
     below = [b for b in trace.blocks if b.name.startswith(prefix)]
     depth = min((b.name.count(".") for b in below), default=0)
-    # the shallowest descendants, plus anything whose parent is not itself listed
     names = {b.name for b in below}
     direct = [
         b
         for b in below
         if b.name.count(".") == depth
         or not any(b.name.startswith(o + ".") for o in names if o != b.name)
-    ]
-    if not direct:
-        direct = [rec]
+    ] or [rec]
 
     def fmt(d: dict[str, Any]) -> str:
         return "; ".join(f"{k} {_shape(v)}" for k, v in d.items()) or "-"
@@ -152,26 +171,17 @@ def block_parts(trace: Any, name: str) -> list[list[Any]]:
 
 
 def write_exports(
-    trace: Any,
-    detail: str,
-    folder: Path,
-    stem: str,
-    graph: Any = None,
-    svg: str | None = None,
+    trace: Any, detail: str, folder: Path, stem: str, graph: Any, svg: str
 ) -> dict[str, Path]:
-    """SVG, PNG, DOT and JSON of the diagram into ``folder``: ``{"svg": path, ...}``
-    (``graph`` / ``svg``: an already drawn Digraph and its SVG, to render only once)."""
-    from unetviz.render.diagram import diagram
+    """SVG, PNG, DOT and JSON of the drawn diagram into ``folder``: ``{"svg": path, ...}``."""
+    from unetviz.outputs import write_file
     from unetviz.render.export import to_json
 
-    g = graph if graph is not None else diagram(trace, detail=detail)
-    svg = svg if svg is not None else render_svg(g)
-    folder.mkdir(parents=True, exist_ok=True)
     out = {k: folder / f"{stem}.{k}" for k in ("svg", "png", "dot", "json")}
-    out["svg"].write_text(svg)
-    out["png"].write_bytes(render_png(g))
-    out["dot"].write_text(g.source)
-    out["json"].write_text(json.dumps(to_json(trace, detail=detail), indent=1))
+    write_file(out["svg"], svg)
+    write_file(out["png"], render_png(graph))
+    write_file(out["dot"], graph.source)
+    write_file(out["json"], json.dumps(to_json(trace, detail=detail), indent=1))
     return out
 
 
@@ -181,23 +191,40 @@ def slug(text: str, default: str = "unet") -> str:
     return s or default
 
 
+def legend_html(types: list[str]) -> str:
+    """A small HTML legend of node colours (for views drawn without graphviz's legend)."""
+    from unetviz.render.diagram import color_of
+
+    cells = "".join(
+        f'<span class="uv-swatch" style="background:{color_of(t)}">{html.escape(t)}</span>'
+        for t in types
+    )
+    return f'<div class="uv-legend-html">{cells}</div>'
+
+
 # ---------------------------------------------------------------------------------- tokens
 _EOS = ("<eos>", "<|endoftext|>", "</s>")
+_SPECIALS = {"<bos>", "<eos>", "<pad>", "<|startoftext|>", "<|endoftext|>"}
+
+
+def token_label(trace: Any, i: int) -> str:
+    """Display label of token ``i``."""
+    return trace.tokens[i].replace("</w>", "") if trace.tokens and i < len(trace.tokens) else str(i)
 
 
 def token_choices(trace: Any) -> list[tuple[str, int]]:
     """(label, index) of every token up to the first end-of-text (or padding) token."""
     out = []
-    for i, tok in enumerate(trace.tokens):
+    for i, tok in enumerate(trace.tokens or []):
         if tok == "<pad>":
             break
         out.append((f"{i}: {tok.replace('</w>', '')}", i))
         if tok in _EOS:  # CLIP pads with <|endoftext|>: stop after the first one
             break
     if not out:  # a trace without labels: address by index
-        from unetviz.capture.aggregate import _n_tokens
+        from unetviz.render.plots import default_tokens
 
-        out = [(f"{i}", i) for i in range(_n_tokens(trace))]
+        out = [(f"{i}", i) for i in default_tokens(trace, limit=77)]
     return out
 
 
@@ -207,12 +234,11 @@ def word_tokens(trace: Any) -> list[int]:
         idx = [i for i, w in enumerate(trace.words) if w is not None]
         if idx:
             return idx
-    specials = {"<bos>", "<eos>", "<pad>", "<|startoftext|>", "<|endoftext|>"}
     if trace.tokens:
-        idx = [i for _, i in token_choices(trace) if trace.tokens[i] not in specials]
+        idx = [i for _, i in token_choices(trace) if trace.tokens[i] not in _SPECIALS]
         if idx:
             return idx
-    return [i for _, i in token_choices(trace)][:8]  # unlabelled trace: the first positions
+    return [i for _, i in token_choices(trace)][:8]
 
 
 def highlighted_tokens(trace: Any) -> list[tuple[str, str]]:
@@ -239,6 +265,25 @@ def head_count(trace: Any) -> int:
     return min(counts) if counts else 0
 
 
+def preset_selection(trace: Any, preset: str) -> tuple[list[str], list[int], str]:
+    """(locations, resolutions, note) an aggregation preset uses on ``trace``: the boxes show
+    what the preset chose."""
+    if preset in ("", "custom"):
+        return list(LOCATIONS), resolutions(trace), ""
+    from unetviz.capture.aggregate import _preset
+
+    recs = [a for a in trace.attention.values() if a.captured]
+    keep, reduce, _, size = _preset(trace, preset, recs)
+    locs = [loc for loc in LOCATIONS if any(r.location == loc for r in keep)]
+    res = sorted({r.res[0] for r in keep}, reverse=True)
+    name = {"daam": "DAAM", "p2p": "Prompt-to-Prompt"}.get(preset, preset)
+    note = (
+        f"{name} uses the {', '.join(locs)} layers at {', '.join(f'{r}×{r}' for r in res)}; "
+        f"steps {'summed' if reduce == 'sum' else 'averaged'}; maps at {size[0]}×{size[1]}"
+    )
+    return locs, res, note
+
+
 # ---------------------------------------------------------------------------------- heatmaps
 @dataclass(frozen=True)
 class HeatmapControls:
@@ -254,87 +299,98 @@ class HeatmapControls:
     normalize: str = "minmax"
     threshold: float = 0.0  # 0: no outline
     opacity: float = 0.6
+    scale: str = "shared"
 
 
 @lru_cache(maxsize=4)
-def _lut(name: str = "Inferno") -> np.ndarray:
-    """(256, 3) uint8 colour table from a plotly colour scale."""
+def lut(name: str = COLORSCALE) -> np.ndarray:
+    """(256, 3) uint8 colour table of a plotly colour scale."""
     from plotly.colors import sample_colorscale, unlabel_rgb
 
     cols = sample_colorscale(name, [i / 255 for i in range(256)])
     return np.array([unlabel_rgb(c) for c in cols], dtype=np.float32).round().astype(np.uint8)
 
 
-def heatmap_arrays(trace: Any, c: HeatmapControls) -> list[tuple[int, np.ndarray]]:
-    """(token index, (h, w) float32 map) per selected token, aggregated per ``c``."""
-    if c.preset not in PRESETS:
-        raise ValueError(f"preset={c.preset!r}: expected one of {list(PRESETS)}")
-    if c.normalize not in NORMALIZE:
-        raise ValueError(f"normalisation={c.normalize!r}: expected one of {list(NORMALIZE)}")
+def _steps(trace: Any, c: HeatmapControls) -> list[int] | None:
     total = trace.steps
     a, b = int(c.step_from), int(c.step_to)
     if b < 0:
         b = total - 1
-    if total:
-        if not 0 <= a < total or not 0 <= b < total:
-            raise ValueError(f"step window {a}..{b} is outside this trace's steps 0..{total - 1}")
-        if a > b:
-            raise ValueError(f"step window {a}..{b} is empty: 'from' must not exceed 'to'")
-    steps = None if (not total or (a == 0 and b == total - 1)) else list(range(a, b + 1))
+    if not total:
+        return None
+    if not 0 <= a < total or not 0 <= b < total:
+        raise ViewError(f"step window {a}..{b} is outside this trace's steps 0..{total - 1}")
+    if a > b:
+        raise ViewError(f"step window {a}..{b} is empty: 'from' must not exceed 'to'")
+    return None if (a == 0 and b == total - 1) else list(range(a, b + 1))
+
+
+def heatmap_arrays(trace: Any, c: HeatmapControls) -> list[tuple[int, np.ndarray]]:
+    """(token index, (h, w) float32 map) per selected token, aggregated per ``c``."""
+    if c.preset not in PRESETS:
+        raise ViewError(f"preset={c.preset!r}: expected one of {list(PRESETS)}")
+    if c.normalize not in NORMALIZE:
+        raise ViewError(f"normalisation={c.normalize!r}: expected one of {list(NORMALIZE)}")
+    steps = _steps(trace, c)
     locs = [loc for loc in c.locations if loc in LOCATIONS]
     if not locs:
-        raise ValueError("choose at least one of the layer locations down / mid / up")
-    layers = None if set(locs) == set(LOCATIONS) else locs
+        raise ViewError("choose at least one of the layer locations down / mid / up")
     have = resolutions(trace)
     res = [r for r in c.resolutions if r in have]
     if c.resolutions and not res:
-        raise ValueError(f"resolutions {list(c.resolutions)} not captured; have {have}")
-    res_arg = None if not res or set(res) == set(have) else res
-    heads = list(c.heads) or None
+        raise ViewError(f"resolutions {list(c.resolutions)} not captured; have {have}")
     preset = None if c.preset == "custom" else c.preset
-    norm = None if c.normalize == "none" else c.normalize
+    kw = {
+        "layers": None if set(locs) == set(LOCATIONS) or preset else locs,
+        "resolutions": None if not res or set(res) == set(have) or preset else res,
+        "steps": steps,
+        "heads": list(c.heads) or None,
+        "normalize": None if c.normalize == "none" else c.normalize,
+        "preset": preset,
+    }
     tokens = list(c.tokens) or word_tokens(trace)
-    out = []
-    for i in tokens:
-        hm = trace.heatmap(
-            int(i),
-            layers=layers,
-            resolutions=res_arg,
-            steps=steps,
-            heads=heads,
-            normalize=norm,
-            preset=preset,
-        )
-        out.append((int(i), hm.numpy().astype(np.float32)))
-    return out
+    return [(int(i), trace.heatmap(int(i), **kw).numpy().astype(np.float32)) for i in tokens]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+def scale_range(maps: list[np.ndarray], scale: str = "shared") -> tuple[float, float]:
+    """(low, high) of the colour scale: over all shown maps (``"shared"``), or (0, 1) for
+    ``"per token"`` (each tile then spans its own range)."""
+    if scale not in SCALES:
+        raise ViewError(f"scale={scale!r}: expected one of {list(SCALES)}")
+    if scale == "per token" or not maps:
+        return 0.0, 1.0
+    lo = min(float(m.min()) for m in maps)
+    hi = max(float(m.max()) for m in maps)
+    return lo, hi
+
+
+def to_unit(heat: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``heat`` mapped onto the colour scale [lo, hi] -> [0, 1] (clipped)."""
+    if not hi > lo:
+        return np.zeros_like(heat, dtype=np.float32)
+    return ((heat - lo) / (hi - lo)).clip(0, 1).astype(np.float32)
 
 
 def overlay(
     image: Image.Image | None,
-    heat: np.ndarray,
+    unit: np.ndarray,
     opacity: float = 0.6,
     threshold: float = 0.0,
     size: int = TILE,
 ) -> Image.Image:
-    """The heatmap in colour over ``image`` (grey when None), with an optional outline where
-    the map (scaled to [0, 1]) reaches ``threshold``."""
+    """``unit`` (a heatmap already on the [0, 1] colour scale) in colour over a greyscale
+    copy of ``image`` (mid grey when None), outlined where it reaches ``threshold``."""
     h = np.asarray(
-        Image.fromarray(_unit(heat).astype(np.float32), mode="F").resize(
+        Image.fromarray(unit.astype(np.float32), mode="F").resize(
             (size, size), Image.Resampling.BILINEAR
         )
     ).clip(0, 1)
-    colour = _lut()[(h * 255).astype(np.uint8)].astype(np.float32)
+    colour = lut()[(h * 255).astype(np.uint8)].astype(np.float32)
     if image is None:
         base = np.full((size, size, 3), 96, np.float32)
     else:
-        base = np.asarray(
-            image.convert("RGB").resize((size, size), Image.Resampling.NEAREST), np.float32
-        )
+        grey = image.convert("L").resize((size, size), Image.Resampling.NEAREST)
+        base = np.repeat(np.asarray(grey, np.float32)[..., None], 3, axis=2)
     a = float(min(max(opacity, 0.0), 1.0))
     rgb = base * (1 - a) + colour * a
     if threshold and threshold > 0:
@@ -346,42 +402,74 @@ def overlay(
         inner[:, :-1] &= m[:, 1:]
         edge = m & ~inner
         edge = edge | np.roll(edge, 1, 0) | np.roll(edge, 1, 1)
-        rgb[edge] = (0, 255, 255)
+        rgb[edge] = (255, 64, 160)  # magenta: not in the colour map
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
 
 
-def token_label(trace: Any, i: int) -> str:
-    """Display label of token ``i``."""
-    return trace.tokens[i].replace("</w>", "") if trace.tokens and i < len(trace.tokens) else str(i)
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-def heatmap_gallery(session: Session, c: HeatmapControls) -> list[tuple[Image.Image, str]]:
-    """One overlay per selected token, captioned ``"red (2)"``."""
+def colorbar_html(lo: float, hi: float, c: HeatmapControls) -> str:
+    """One colour bar for all tiles: the gradient with its low, middle and high values."""
+    stops = ", ".join(
+        f"rgb({r},{g},{b}) {i / 8 * 100:.1f}%" for i, (r, g, b) in enumerate(lut()[::32][:9])
+    )
+    what = {
+        "minmax": "min-max normalised",
+        "max": "divided by its max",
+        "sum": "summed to 1",
+        "none": "raw attention probability",
+    }[c.normalize]
+    if c.scale == "per token":
+        label = f"each tile on its own scale ({what}): tiles are not comparable"
+        lo_s, mid_s, hi_s = "tile min", "", "tile max"
+    else:
+        label = f"one scale for all tiles ({what})"
+        lo_s, mid_s, hi_s = _fmt(lo), _fmt((lo + hi) / 2), _fmt(hi)
+    return (
+        f'<div class="uv-colorbar" id="colorbar"><div class="uv-cb-label">{html.escape(label)}'
+        f'</div><div class="uv-cb-bar" style="background:linear-gradient(to right, {stops})">'
+        f'</div><div class="uv-cb-ticks"><span>{lo_s}</span><span>{mid_s}</span>'
+        f"<span>{hi_s}</span></div></div>"
+    )
+
+
+def heatmap_tiles(
+    session: Session, c: HeatmapControls, size: int = TILE
+) -> tuple[list[tuple[Image.Image, str]], float, float]:
+    """(one captioned overlay per selected token, scale low, scale high)."""
     maps = heatmap_arrays(session.trace, c)
-    return [
-        (
-            overlay(session.image, hm, c.opacity, c.threshold),
-            f"{token_label(session.trace, i)} ({i})",
+    lo, hi = scale_range([m for _, m in maps], c.scale)
+    tiles = []
+    for i, hm in maps:
+        unit = to_unit(hm, *scale_range([hm], "shared")) if c.scale == "per token" else None
+        unit = unit if unit is not None else to_unit(hm, lo, hi)
+        tiles.append(
+            (
+                overlay(session.image, unit, c.opacity, c.threshold, size),
+                f"{token_label(session.trace, i)} ({i})",
+            )
         )
-        for i, hm in maps
-    ]
+    return tiles, lo, hi
 
 
 def heatmaps_zip(session: Session, c: HeatmapControls, path: Path) -> Path:
     """A zip of PNGs: per token the overlay and the raw map (greyscale), plus the image."""
+    from unetviz.outputs import atomic_file
+
+    tiles, lo, hi = heatmap_tiles(session, c, 256)
     maps = heatmap_arrays(session.trace, c)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as zf:
+    with atomic_file(path) as fh, zipfile.ZipFile(fh, "w") as zf:
         if session.image is not None:
             zf.writestr(IMAGE_NAME, _png(session.image))
-        for i, hm in maps:
+        for (i, hm), (tile, _) in zip(maps, tiles, strict=True):
             name = f"{i:02d}_{slug(token_label(session.trace, i), 'token')}"
-            zf.writestr(
-                f"{name}_overlay.png", _png(overlay(session.image, hm, c.opacity, c.threshold, 256))
-            )
-            grey = Image.fromarray((_unit(hm) * 255).round().astype(np.uint8), "L")
+            zf.writestr(f"{name}_overlay.png", _png(tile))
+            grey = Image.fromarray((to_unit(hm, lo, hi) * 255).round().astype(np.uint8), "L")
             zf.writestr(f"{name}_map.png", _png(grey))
-        zf.writestr("controls.json", json.dumps(c.__dict__, indent=1, default=list))
+        info = asdict(c) | {"scale_low": lo, "scale_high": hi, "colormap": COLORSCALE}
+        zf.writestr("controls.json", json.dumps(info, indent=1, default=list))
     return path
 
 
@@ -402,124 +490,125 @@ def save_bundle(session: Session, path: Path) -> Path:
 
 def load_bundle(path: str | Path) -> Session:
     """A trace bundle -> Session (image too, when the bundle carries one). TraceError on a bad
-    file."""
+    file; ViewError on one over :data:`MAX_UPLOAD_MB`."""
     from unetviz.capture import Trace, TraceError
 
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_MB * 2**20:
+        raise ViewError(
+            f"{path.name} is {size / 2**20:.0f} MB: the app accepts trace bundles up to "
+            f"{MAX_UPLOAD_MB} MB"
+        )
     trace = Trace.load(path)
     if not any(a.captured for a in trace.attention.values()) and not trace.temb:
         raise TraceError(
-            f"{Path(path).name} holds no attention maps and no temb records: nothing to explore"
+            f"{path.name} holds no attention maps and no temb records: nothing to explore"
         )
     image = None
     try:
         with zipfile.ZipFile(path) as zf:
-            if IMAGE_NAME in zf.namelist():
-                image = Image.open(io.BytesIO(zf.read(IMAGE_NAME))).convert("RGB")
-    except (zipfile.BadZipFile, OSError, ValueError):
+            info = zf.getinfo(IMAGE_NAME) if IMAGE_NAME in zf.namelist() else None
+            if info is not None and info.file_size < 16 * 2**20:
+                image = Image.open(io.BytesIO(zf.read(info))).convert("RGB")
+                if max(image.size) > 4096:
+                    image = None
+    except (zipfile.BadZipFile, OSError, ValueError, Image.DecompressionBombError):
         image = None
-    label = str(trace.meta.get("prompt") or Path(path).name)
-    return Session(trace=trace, image=image, source="upload", label=label)
+    label = str(trace.meta.get("prompt") or path.name)
+    return Session(trace=trace, image=image, label=label)
 
 
 # ---------------------------------------------------------------------------------- temb
+def _label_every_row(fig: Any) -> Any:
+    """Every row of a heatmap figure gets its tick label (plotly thins them by default)."""
+    for tr in fig.data:
+        if getattr(tr, "type", "") == "heatmap" and tr.y is not None:
+            fig.update_yaxes(tickmode="array", tickvals=list(tr.y), ticktext=list(tr.y))
+            fig.update_layout(height=max(fig.layout.height or 0, 120 + 16 * len(tr.y)))
+    return fig
+
+
 def temb_figures(trace: Any, by: str = "layer", log: bool = False) -> tuple[Any, Any]:
-    """(heatmap, lines) of the temb ratio per resnet (``by="layer"``) or block x step, from
-    ``unetviz.render.plots``."""
+    """(heatmap, lines) of the temb ratio per resnet (``by="layer"``) or block x step."""
     from unetviz.render import plots
 
     if not trace.temb:
-        raise ValueError("this trace has no temb records (captured with temb=False?)")
+        raise ViewError("this trace has no temb records (captured with temb=False?)")
     if by not in ("layer", "block"):
-        raise ValueError(f"by={by!r}: expected 'layer' or 'block'")
-    heat = plots.temb_heatmap(trace, by=by, log=log)
+        raise ViewError(f"by={by!r}: expected 'layer' or 'block'")
+    heat = _label_every_row(plots.temb_heatmap(trace, by=by, log=log))
     lines = plots.temb_lines(trace, by=by, log=log)
     return heat, lines
 
 
 def layer_figure(trace: Any, c: HeatmapControls) -> Any:
     """The layers x tokens mosaic (``plots.layer_token_grid``) for the chosen tokens and step
-    window: every cross-attention layer's own map at its native resolution."""
+    window, in the tiles' colour map."""
     from unetviz.render import plots
 
     tokens = list(c.tokens) or word_tokens(trace)
-    total = trace.steps
-    b = total - 1 if c.step_to < 0 else int(c.step_to)
-    steps = (
-        None
-        if not total or (c.step_from == 0 and b >= total - 1)
-        else list(range(int(c.step_from), b + 1))
-    )
-    if steps is not None and not steps:
-        raise ValueError(f"step window {c.step_from}..{b} is empty")
-    return plots.layer_token_grid(trace, tokens=tokens, steps=steps)
+    fig = plots.layer_token_grid(trace, tokens=tokens, steps=_steps(trace, c))
+    fig.update_traces(colorscale=COLORSCALE)
+    return fig
 
 
-def sinusoid_figure(trace: Any, n_t: int = 200) -> Any:
-    """The sinusoidal timestep embedding (``time_proj``) of the trace's model: timestep x dim,
-    with the trace's sampled timesteps marked."""
+def sinusoid_figure(config: dict[str, Any], timesteps: list[Any] | None = None) -> Any:
+    """The sinusoidal timestep embedding (``time_proj``) of a model ``config``: timestep x
+    dimension, with ``timesteps`` (a run's) marked. Needs no run."""
     import plotly.graph_objects as go
+    import torch
 
-    cfg = trace.meta.get("config") or {}
-    boc = cfg.get("block_out_channels") or [320]
+    from unetviz.model.embeddings import timestep_embedding
+
+    boc = config.get("block_out_channels") or [320]
     dim = int(boc[0])
-    flip = bool(cfg.get("flip_sin_to_cos", True))
-    shift = float(cfg.get("freq_shift", 0))
-    t = np.linspace(0, 999, n_t, dtype=np.float64)
-    z = sinusoidal(t, dim, flip, shift)
+    if not 2 <= dim <= 8192:
+        raise ViewError(f"block_out_channels[0]={dim}: expected 2..8192")
+    t = np.linspace(0, 999, 200, dtype=np.float64)
+    z = timestep_embedding(
+        torch.from_numpy(t),
+        dim,
+        bool(config.get("flip_sin_to_cos", True)),
+        float(config.get("freq_shift", 0)),
+    ).numpy()
     fig = go.Figure(
         go.Heatmap(
             z=z.T,
             x=t,
             y=list(range(dim)),
             colorscale="RdBu",
-            zmid=0,
-            colorbar={"title": {"text": "value"}},
+            zmin=-1,
+            zmax=1,
+            colorbar={"title": {"text": "value"}, "tickvals": [-1, -0.5, 0, 0.5, 1]},
             hovertemplate="t=%{x:.0f}<br>dim %{y}<br>%{z:.3f}<extra></extra>",
         )
     )
-    for ts in trace.timesteps or []:
+    for ts in timesteps or []:
         if ts is not None:
             fig.add_vline(x=float(ts), line_width=1, line_dash="dot", line_color="black")
+    marked = "; dotted: this run's timesteps" if timesteps else ""
     fig.update_layout(
-        title=f"sinusoidal timestep embedding ({dim} dims; dotted: this run's timesteps)",
-        xaxis_title="timestep",
-        yaxis_title="dimension",
+        title=f"sinusoidal timestep embedding: {dim} dimensions × timestep 0..999{marked}",
+        xaxis_title="timestep t",
+        yaxis_title="dimension (cos half, then sin half)",
         height=360,
         margin={"l": 10, "r": 10, "t": 60, "b": 40},
     )
     return fig
 
 
-def sinusoidal(
-    t: np.ndarray, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0
-) -> np.ndarray:
-    """diffusers' ``get_timestep_embedding``: (len(t), dim) of sin/cos at geometric
-    frequencies ``10000 ** (-i / (half - shift))``."""
-    half = dim // 2
-    freqs = np.exp(-math.log(10000) * np.arange(half) / (half - shift))
-    arg = t[:, None] * freqs[None]
-    emb = np.concatenate([np.sin(arg), np.cos(arg)], axis=1)
-    if flip_sin_to_cos:
-        emb = np.concatenate([emb[:, half:], emb[:, :half]], axis=1)
-    if dim % 2:
-        emb = np.pad(emb, ((0, 0), (0, 1)))
-    return emb.astype(np.float32)
-
-
-def temb_diagram(trace: Any, step: int, detail: str = "layers", zoom: float = 100.0) -> str:
-    """Inline SVG of the diagram filled by temb ratio at ``step``."""
+def temb_diagram(trace: Any, step: int, detail: str = "layers") -> str:
+    """The panel HTML of the diagram filled by temb ratio at ``step``."""
     from unetviz.render.diagram import diagram
-
-    if not trace.temb:
-        raise ValueError("this trace has no temb records")
-    steps = trace.steps
-    if not 0 <= int(step) < max(steps, 1):
-        raise ValueError(f"step {step} is outside this trace's steps 0..{steps - 1}")
     from unetviz.render.graph import trace_detail
 
+    if not trace.temb:
+        raise ViewError("this trace has no temb records")
+    steps = trace.steps
+    if not 0 <= int(step) < max(steps, 1):
+        raise ViewError(f"step {step} is outside this trace's steps 0..{steps - 1}")
     have = trace_detail(trace)
     if DETAILS.index(detail) > DETAILS.index(have):
         detail = have
-    return inline_svg(
-        render_svg(diagram(trace, detail=detail, temb_step=int(step))), zoom, "temb-svg"
-    )
+    return panel_html(render_svg(diagram(trace, detail=detail, temb_step=int(step))), "temb-svg")

@@ -1,0 +1,452 @@
+"""The app's event handlers: plain methods (tests and the bench call them directly).
+
+Errors keep the user's work: a user error (:class:`unetviz.errors.UnetvizError`) leaves every
+output as it was (``gr.skip()``) and writes its message in the one message slot beside the
+control that failed, logging one line; anything else is a bug: its traceback goes to the log
+and the slot says "internal error". No toasts, no red pills on outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from unetviz.errors import UnetvizError
+
+from . import views
+from .registry import DEMO, ModelRegistry, size_multiple
+from .sessions import Session, SessionStore
+
+log = logging.getLogger("unetviz.app")
+
+MAX_STEPS = 100
+MAX_PROMPT_SHOWN = 60
+SEED_MAX = 2**64 - 1
+
+
+def clean_message(text: str, limit: int = 400) -> str:
+    """A user-facing message without server temp paths and with long quoted values cut."""
+    tmp = re.escape(str(Path(tempfile.gettempdir())))
+    text = re.sub(tmp + r"/[^\s'\"]*/([^/\s'\"]+)", r"\1", text)
+    text = re.sub(
+        r"(['\"])([^'\"]{" + str(MAX_PROMPT_SHOWN + 1) + r",})\1",
+        lambda m: f"{m[1]}{m[2][: MAX_PROMPT_SHOWN - 1]}…{m[1]}",
+        text,
+    )
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def keep_work(n_out: int, msg_at: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a handler with ``n_out`` outputs whose output ``msg_at`` is its message slot:
+    on an error every other output is skipped (kept as it is on screen)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except UnetvizError as exc:
+                msg = clean_message(str(exc))
+                log.warning("%s: %s", fn.__name__, msg)
+                text = f"⚠ {msg}"
+            except Exception as exc:  # a bug: the traceback goes to the log
+                log.exception("internal error in %s", fn.__name__)
+                text = f"⚠ internal error in {fn.__name__} ({type(exc).__name__}); see the log"
+            out: list[Any] = [gr.skip()] * n_out
+            out[msg_at] = text
+            return out[0] if n_out == 1 else tuple(out)
+
+        return wrapper
+
+    return deco
+
+
+class InputError(UnetvizError):
+    """A value typed in the UI is out of range or not a number."""
+
+
+def parse_int(value: Any, name: str, lo: int, hi: int) -> int:
+    """``value`` (a number or its text) as an exact int in lo..hi, else InputError."""
+    text = str(value).strip() if value is not None else ""
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    if not re.fullmatch(r"[+-]?\d{1,40}", text):
+        raise InputError(f"{name}={text[:40]!r}: expected a whole number {lo}..{hi}")
+    n = int(text)
+    if not lo <= n <= hi:
+        raise InputError(f"{name}={n}: expected a whole number {lo}..{hi}")
+    return n
+
+
+def session_key(request: Any) -> str:
+    """The browser session's key (gradio's session hash)."""
+    return str(getattr(request, "session_hash", None) or "anonymous")
+
+
+def step_window(value: Any) -> tuple[int, int]:
+    """The step range control's value ``{"lo", "hi", "max"}`` -> (from, to)."""
+    if isinstance(value, dict):
+        lo, hi = int(value.get("lo", 0)), int(value.get("hi", -1))
+    elif isinstance(value, (list, tuple)) and len(value) >= 2:
+        lo, hi = int(value[0]), int(value[1])
+    else:
+        lo, hi = 0, -1
+    return (min(lo, hi), max(lo, hi)) if hi >= 0 else (lo, hi)
+
+
+class AppHandlers:
+    """Event handlers; results per browser session live in :attr:`sessions`."""
+
+    #: download files older than this are removed (gradio keeps its own copies)
+    KEEP_S = 2 * 3600
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        workdir: Path | None = None,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.registry = registry
+        self.sessions = sessions or SessionStore()
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="unetviz-app-"))
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def _outdir(self) -> Path:
+        """A fresh folder for one response's files; old ones are pruned."""
+        import shutil
+        import uuid
+
+        now = time.time()
+        for old in self.workdir.iterdir():
+            try:
+                if old.is_dir() and now - old.stat().st_mtime > self.KEEP_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        d = self.workdir / uuid.uuid4().hex[:12]
+        d.mkdir(parents=True, mode=0o700)
+        return d
+
+    def session(self, request: Any) -> Session | None:
+        """This browser's results, or None (never ran, or expired)."""
+        return self.sessions.get(session_key(request))
+
+    def forget(self, request: Any) -> None:
+        """Free this browser's results (on disconnect)."""
+        self.sessions.drop(session_key(request))
+
+    # ------------------------------------------------------------------ architecture
+    @keep_work(3, 2)
+    def arch_defaults(self, model: str, folder: str) -> tuple[Any, Any, Any]:
+        """Native size of the chosen model -> height, width; third: the message slot."""
+        if model == "folder" and not (folder or "").strip():
+            return gr.skip(), gr.skip(), "type a folder inside the model roots, then press Draw"
+        spec = self.registry.spec(model, folder)
+        size, step = spec.default_size, size_multiple(spec)
+        return gr.update(value=size, step=step), gr.update(value=size, step=step), ""
+
+    @keep_work(9, 8)
+    def architecture(
+        self, model: str, folder: str, height: Any, width: Any, batch: Any, detail: str
+    ) -> tuple[Any, ...]:
+        """Diagram panel, block table, 4 downloads, status, arch state, message."""
+        from unetviz.render.diagram import diagram
+
+        if detail not in views.DETAILS:
+            raise InputError(f"detail={detail!r}: expected one of {list(views.DETAILS)}")
+        t0 = time.perf_counter()
+        spec = self.registry.spec(model, folder)
+        h = parse_int(height, "height", 8, 4096)
+        w = parse_int(width, "width", 8, 4096)
+        b = parse_int(batch, "batch", 1, 64)
+        trace = self.registry.architecture(spec, h, w, b)
+        graph = diagram(trace, detail=detail)
+        svg = views.render_svg(graph)
+        rows = views.block_table(trace, detail)
+        stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}"
+        files = views.write_exports(trace, detail, self._outdir(), stem, graph, svg)
+        total = sum(r.params for r in trace.blocks if r.level == "block")
+        status = (
+            f"**{spec.label}** · {w}×{h} px · UNet batch {b} · {detail} detail · "
+            f"{len(rows)} rows · {total / 1e6:,.1f} M parameters · "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+        )
+        state = {"trace": trace, "rows": rows, "detail": detail}
+        downloads = (str(files[k]) for k in ("svg", "png", "dot", "json"))
+        return (views.panel_html(svg), rows, *downloads, status, state, "")
+
+    @keep_work(2, 1)
+    def search(self, arch: dict | None, query: str) -> tuple[Any, str]:
+        """Block table filtered to modules whose diffusers name, LDM key or A1111 label
+        contains ``query``."""
+        if not arch:
+            return gr.skip(), ""
+        rows = views.search_rows(arch["rows"], query)
+        if not rows:
+            return gr.skip(), f"no module matches {query.strip()[:60]!r}"
+        n = len(rows)
+        return rows, "" if not (query or "").strip() else f"{n} match{'es' * (n != 1)}"
+
+    @keep_work(3, 2)
+    def select_block(self, arch: dict | None, evt: gr.SelectData) -> tuple[Any, Any, str]:
+        """A table row (or a diagram node, through the table) -> its parts and its name."""
+        row = evt.row_value if evt is not None else None
+        if not arch or not row:
+            return gr.skip(), gr.skip(), ""
+        name = str(row[0])
+        parts = views.block_parts(arch["trace"], name)
+        return parts, f"**{name}** · {row[1]} · {row[2]}", ""
+
+    # ------------------------------------------------------------------ attention
+    @staticmethod
+    def controls(
+        tokens: list[int] | None,
+        steps: Any,
+        locations: list[str] | None,
+        resolutions: list[int] | None,
+        heads: list[int] | None,
+        preset: str,
+        normalize: str,
+        scale: str,
+        threshold: float,
+        opacity: float,
+    ) -> views.HeatmapControls:
+        """UI values -> HeatmapControls."""
+        lo, hi = step_window(steps)
+        return views.HeatmapControls(
+            tokens=tuple(int(t) for t in tokens or ()),
+            step_from=lo,
+            step_to=hi,
+            locations=tuple(locations or ()),
+            resolutions=tuple(int(r) for r in resolutions or ()),
+            heads=tuple(int(h) for h in heads or ()),
+            preset=preset or "custom",
+            normalize=normalize or "minmax",
+            scale=scale or "shared",
+            threshold=float(threshold or 0.0),
+            opacity=float(0.6 if opacity is None else opacity),
+        )
+
+    def _loaded(self, session: Session, c: views.HeatmapControls, note: str) -> tuple:
+        """Outputs shared by Run and upload (see :data:`LOADED`)."""
+        tr = session.trace
+        n = session.steps
+        words = views.word_tokens(tr)
+        locs, res, pnote = views.preset_selection(tr, c.preset)
+        c = views.HeatmapControls(
+            tokens=tuple(words),
+            step_to=n - 1,
+            locations=tuple(locs),
+            preset=c.preset,
+            normalize=c.normalize,
+            scale=c.scale,
+            threshold=c.threshold,
+            opacity=c.opacity,
+        )
+        tiles, lo, hi = views.heatmap_tiles(session, c)
+        nh = views.head_count(tr)
+        custom = c.preset == "custom"
+        return (
+            views.display_image(session.image),
+            views.highlighted_tokens(tr),
+            gr.update(choices=views.token_choices(tr), value=words),
+            {"lo": 0, "hi": n - 1, "max": n - 1},
+            gr.update(value=locs, interactive=custom),
+            gr.update(
+                choices=[(f"{r}×{r}", r) for r in views.resolutions(tr)],
+                value=res,
+                interactive=custom,
+            ),
+            gr.update(
+                choices=[(f"head {i}", i) for i in range(nh)],
+                value=[],
+                interactive=nh > 0,
+                info=None if nh else "this trace kept the mean over heads",
+            ),
+            tiles,
+            views.colorbar_html(lo, hi, c),
+            note,
+            "",
+            gr.update(maximum=max(n - 1, 1), value=min(n - 1, n // 2)),
+            pnote,
+        )
+
+    @keep_work(13, 10)
+    def run(
+        self,
+        request: gr.Request = None,
+        progress: Any = gr.Progress(),  # noqa: B008
+        model: str = DEMO,
+        prompt: str = "",
+        negative: str = "",
+        seed: Any = 0,
+        steps: Any = 25,
+        guidance: Any = 4.0,
+        *control_values: Any,
+    ) -> tuple:
+        """Generate with capture (under the model lock); keep the trace for this session.
+        ``request`` and ``progress`` come first: gradio injects only parameters before
+        ``*control_values``."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise InputError("the prompt is empty: type what to draw, e.g. 'a red circle'")
+        n = parse_int(steps, "steps", 1, MAX_STEPS)
+        try:
+            g = float(guidance)
+        except (TypeError, ValueError):
+            raise InputError(f"guidance={guidance!r}: expected a number 1..30") from None
+        if not 1.0 <= g <= 30.0:  # NaN fails too
+            raise InputError(f"guidance={g}: expected a number 1..30")
+        s = parse_int(seed, "seed", 0, SEED_MAX)
+        c = self.controls(*control_values)
+        model = (model or DEMO).strip() or DEMO
+        progress(0, desc="loading the model…")
+        pipe = self.registry.pipeline(model)
+        extra = {"per_head": True} if getattr(pipe, "name", "") == DEMO else {}
+
+        def on_step(i: int, total: int) -> None:
+            progress((i, total), desc=f"denoising step {i}/{total}", unit="steps")
+
+        t0 = time.perf_counter()
+        result = self.registry.generate(
+            model,
+            prompt=prompt,
+            negative_prompt=negative or "",
+            seed=s,
+            steps=n,
+            guidance=g,
+            progress=on_step,
+            **extra,
+        )
+        session = Session(trace=result.trace, image=result.image, label=prompt)
+        out = self._loaded(session, c, "")
+        self.sessions.put(session_key(request), session)
+        shown = prompt if len(prompt) <= MAX_PROMPT_SHOWN else prompt[: MAX_PROMPT_SHOWN - 1] + "…"
+        note = (
+            f"Showing **{shown}** · seed {s} · {n} steps · guidance {g:g} · generated and "
+            f"captured in {time.perf_counter() - t0:.1f} s"
+        )
+        return (*out[:9], note, *out[10:])
+
+    @keep_work(13, 10)
+    def upload(self, request: gr.Request, file: Any, *control_values: Any) -> tuple:
+        """Load a trace bundle (explored without any model)."""
+        if file is None:
+            raise InputError("no file: upload a trace bundle (.zip written by unetviz)")
+        path = Path(file if isinstance(file, str | os.PathLike) else getattr(file, "name", file))
+        self.registry.apply_thread_policy()  # no-op once applied
+        session = views.load_bundle(path)
+        c = self.controls(*control_values)
+        m = session.trace.meta
+        prompt = str(m.get("prompt", "?"))[:MAX_PROMPT_SHOWN]
+        note = (
+            f"Showing trace **{path.name}** · prompt {prompt!r} · {session.trace.steps} steps "
+            f"· model {m.get('model', '?')}"
+            + ("" if session.image is not None else " · no image in the bundle (grey background)")
+        )
+        out = self._loaded(session, c, note)
+        self.sessions.put(session_key(request), session)
+        return out
+
+    def _need(self, request: Any) -> Session:
+        session = self.session(request)
+        if session is None:
+            raise InputError(
+                "nothing to show yet (or your results expired after "
+                f"{self.sessions.ttl_s / 60:.0f} idle minutes): press Run or upload a trace"
+            )
+        return session
+
+    @keep_work(4, 2)
+    def heatmaps(self, request: gr.Request, *control_values: Any) -> tuple:
+        """Re-aggregate from the cached trace (no model run): tiles, colour bar, message and
+        the layer boxes (re-ticked when all were unticked)."""
+        session = self._need(request)
+        c = self.controls(*control_values)
+        fix, msg = gr.skip(), ""
+        if not c.locations:
+            c = views.HeatmapControls(**{**c.__dict__, "locations": views.LOCATIONS})
+            fix, msg = list(views.LOCATIONS), "at least one layer location stays ticked"
+        self.registry.apply_thread_policy()  # no-op once applied
+        tiles, lo, hi = views.heatmap_tiles(session, c)
+        return tiles, views.colorbar_html(lo, hi, c), msg, fix
+
+    @keep_work(4, 3)
+    def preset_changed(self, request: gr.Request, preset: str) -> tuple:
+        """An aggregation preset fixes the layers and resolutions: the boxes show its choice."""
+        session = self.session(request)
+        custom = preset in ("", "custom")
+        if session is None:
+            return gr.update(interactive=custom), gr.update(interactive=custom), "", ""
+        locs, res, note = views.preset_selection(session.trace, preset)
+        return (
+            gr.update(value=locs, interactive=custom),
+            gr.update(value=res, interactive=custom),
+            note,
+            "",
+        )
+
+    @keep_work(3, 2)
+    def downloads(self, request: gr.Request, *control_values: Any) -> tuple:
+        """Heatmaps zip and trace bundle for the download buttons."""
+        session = self.session(request)
+        if session is None:
+            return gr.skip(), gr.skip(), ""
+        out = self._outdir()
+        stem = views.slug(session.label, "trace")
+        c = self.controls(*control_values)
+        z = views.heatmaps_zip(session, c, out / f"{stem}-heatmaps.zip")
+        t = views.save_bundle(session, out / f"{stem}.trace.zip")
+        return str(z), str(t), ""
+
+    @keep_work(2, 1)
+    def layer_grid(self, request: gr.Request, *control_values: Any) -> tuple:
+        """Layers x tokens mosaic for the current tokens and step window."""
+        session = self.session(request)
+        if session is None:
+            return gr.skip(), ""
+        return views.layer_figure(session.trace, self.controls(*control_values)), ""
+
+    # ------------------------------------------------------------------ time embedding
+    def temb_intro(self) -> Any:
+        """The demo model's sinusoidal embedding, drawn before any run."""
+        try:
+            return views.sinusoid_figure(self.registry.spec(DEMO).config)
+        except UnetvizError as exc:
+            log.warning("temb_intro: %s", exc)
+            return None
+
+    @keep_work(5, 4)
+    def temb(self, request: gr.Request, step: Any, detail: str, by: str = "layer") -> tuple:
+        """temb heatmap, lines, sinusoidal embedding and the diagram coloured at ``step``."""
+        session = self._need(request)
+        tr = session.trace
+        heat, lines = views.temb_figures(tr, by=by or "layer")
+        sinus = views.sinusoid_figure(tr.meta.get("config") or {}, list(tr.timesteps or []))
+        n = parse_int(step, "step", 0, max(session.steps - 1, 0))
+        svg = views.temb_diagram(tr, n, detail or "layers")
+        return heat, lines, sinus, svg, ""
+
+    @keep_work(2, 1)
+    def temb_diagram(self, request: gr.Request, step: Any, detail: str) -> tuple:
+        """Only the diagram (a step or detail change)."""
+        session = self._need(request)
+        n = parse_int(step, "step", 0, max(session.steps - 1, 0))
+        return views.temb_diagram(session.trace, n, detail or "layers"), ""
+
+    @keep_work(3, 2)
+    def temb_plots(self, request: gr.Request, by: str) -> tuple:
+        """Only the heatmap and lines (grouping changed)."""
+        session = self._need(request)
+        return (*views.temb_figures(session.trace, by=by or "layer"), "")

@@ -1,0 +1,120 @@
+"""Per-browser results (a run's Trace and image) held by the server, with limits.
+
+gradio's own ``gr.State`` keeps a value per session for up to 10,000 sessions and an hour
+after a tab closes; a run's trace is ~5 MB, so 200 visitors would hold 1 GB. The app keeps
+only a session key in the browser's state and the heavy part here: a time-to-live after the
+last use, a cap on live sessions (the least recently used one goes first), and a free on
+disconnect (``demo.unload``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+#: idle seconds before a session's results are freed
+DEFAULT_TTL_S = 30 * 60
+#: live sessions kept at most (least recently used freed first)
+DEFAULT_MAX_SESSIONS = 64
+
+
+@dataclass
+class Session:
+    """One browser session's results: the trace, its image and a label (the prompt)."""
+
+    trace: Any
+    image: Image.Image | None = None
+    label: str = ""
+
+    @property
+    def steps(self) -> int:
+        """Captured forwards (denoising steps x 1)."""
+        return max(int(self.trace.steps), 1)
+
+    def nbytes(self) -> int:
+        """Bytes held by the trace's tensors and the image (what expiry frees)."""
+        total = 0
+        for rec in getattr(self.trace, "attention", {}).values():
+            for t in list(getattr(rec, "maps", None) or []) + [getattr(rec, "sum", None)]:
+                if t is not None and hasattr(t, "element_size"):
+                    total += t.element_size() * t.nelement()
+        if self.image is not None:
+            total += self.image.width * self.image.height * 3
+        return total
+
+
+class SessionStore:
+    """session key -> Session, expiring after ``ttl_s`` idle seconds, at most ``max_sessions``."""
+
+    def __init__(
+        self, ttl_s: float = DEFAULT_TTL_S, max_sessions: int = DEFAULT_MAX_SESSIONS
+    ) -> None:
+        self.ttl_s = float(ttl_s)
+        self.max_sessions = int(max_sessions)
+        self._data: OrderedDict[str, tuple[Session, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        dead = [k for k, (_, t) in self._data.items() if now - t > self.ttl_s]
+        for k in dead:
+            del self._data[k]
+        while len(self._data) > self.max_sessions:
+            self._data.popitem(last=False)
+
+    def get(self, key: str | None) -> Session | None:
+        """The session's results (refreshing its time-to-live), or None when expired/absent."""
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            if not key or key not in self._data:
+                return None
+            session, _ = self._data.pop(key)
+            self._data[key] = (session, now)
+            return session
+
+    def put(self, key: str, session: Session) -> None:
+        """Keep ``session`` under ``key`` (replacing what was there)."""
+        now = time.monotonic()
+        with self._lock:
+            self._data.pop(key, None)
+            self._data[key] = (session, now)
+            self._expire(now)
+
+    def drop(self, key: str | None) -> None:
+        """Free a session's results (on disconnect)."""
+        with self._lock:
+            self._data.pop(key or "", None)
+
+    def sweep(self) -> None:
+        """Free expired sessions now (a timer calls this; ``get``/``put`` do it too)."""
+        with self._lock:
+            self._expire(time.monotonic())
+
+    def start_sweeper(self, every_s: float | None = None) -> threading.Thread:
+        """A daemon thread freeing expired sessions every ``every_s`` seconds (default: a
+        quarter of the time-to-live, 1..60 s), so idle memory returns without new visits."""
+        period = every_s or min(60.0, max(1.0, self.ttl_s / 4))
+
+        def loop() -> None:
+            while True:
+                time.sleep(period)
+                self.sweep()
+
+        t = threading.Thread(target=loop, name="unetviz-session-sweeper", daemon=True)
+        t.start()
+        return t
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def nbytes(self) -> int:
+        """Bytes held by all live sessions' tensors and images."""
+        with self._lock:
+            sessions = [s for s, _ in self._data.values()]
+        return sum(s.nbytes() for s in sessions)

@@ -1,0 +1,135 @@
+// unetviz diagram panel: pan/zoom (svg-pan-zoom, vendored next to this file), title and legend
+// moved out of the zoomed area, node <-> table row selection. Runs as a gr.HTML js_on_load
+// body: `element` is the component's root, `watch` re-runs after a new value is drawn.
+(function (element, watch) {
+  const NS = "http://www.w3.org/2000/svg";
+  const nameOf = (g) => {
+    const t = g.querySelector(":scope > title");
+    return t ? t.textContent.replace(/^cluster_/, "") : "";
+  };
+  const state = (window.__uvPanels = window.__uvPanels || {});
+
+  function moveTitleAndLegend(box, svg) {
+    const g0 = svg.querySelector("g.graph");
+    const texts = [...g0.querySelectorAll("text")].filter((t) => !t.closest("g.node, g.cluster, g.edge"));
+    box.querySelector(".uv-title").textContent = texts.map((t) => t.textContent).join(" ");
+    texts.forEach((t) => t.remove());
+    const legBox = box.querySelector(".uv-legend");
+    legBox.innerHTML = "";
+    const leg = [...svg.querySelectorAll("g.node")].find((n) => nameOf(n) === "legend");
+    if (!leg) return;
+    const bb = leg.getBBox();
+    const s = document.createElementNS(NS, "svg");
+    s.setAttribute("viewBox", `${bb.x - 2} ${bb.y - 2} ${bb.width + 4} ${bb.height + 4}`);
+    s.setAttribute("width", String(Math.round((bb.width + 4) * 1.25)));
+    s.setAttribute("height", String(Math.round((bb.height + 4) * 1.25)));
+    s.appendChild(leg);
+    legBox.appendChild(s);
+  }
+
+  function highlight(panel, name, centre) {
+    const st = state[panel.id];
+    if (!st) return false;
+    st.svg.querySelectorAll(".uv-selected").forEach((n) => n.classList.remove("uv-selected"));
+    const hit = [...st.svg.querySelectorAll("g.node, g.cluster")].find((n) => nameOf(n) === name);
+    if (!hit) return false;
+    hit.classList.add("uv-selected");
+    if (centre) {
+      if (st.pz.getZoom() < 1) st.pz.zoom(1);
+      const r = hit.getBoundingClientRect();
+      const p = panel.getBoundingClientRect();
+      st.pz.panBy({ x: p.left + p.width / 2 - (r.left + r.width / 2), y: p.top + p.height / 2 - (r.top + r.height / 2) });
+    }
+    return true;
+  }
+  window.__uvHighlight = (name) => {
+    const panel = document.getElementById("diagram-svg");
+    return panel ? highlight(panel, name, true) : false;
+  };
+
+  function selectRow(name, retry) {
+    const table = document.querySelector("#block_table");
+    if (!table) return;
+    const cell = [...table.querySelectorAll("tbody td")].find(
+      (td) => td.cellIndex === 0 && td.textContent.trim() === name,
+    );
+    if (cell) {
+      cell.scrollIntoView({ block: "nearest" });
+      (cell.querySelector("span, div") || cell).click();
+      return;
+    }
+    if (retry) return;
+    const box = document.querySelector("#block_search textarea, #block_search input");
+    if (!box) return;
+    box.value = name;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    box.dispatchEvent(new KeyboardEvent("keydown", { key: "Enter", bubbles: true }));
+    setTimeout(() => selectRow(name, true), 800);
+  }
+
+  function setup() {
+    const box = element.querySelector(".unetviz-diagram");
+    const panel = box && box.querySelector(".uv-panel");
+    const svg = panel && panel.querySelector(":scope > svg");
+    if (!svg || svg.dataset.uvReady) return;
+    if (!window.svgPanZoom) {
+      setTimeout(setup, 50);
+      return;
+    }
+    svg.dataset.uvReady = "1";
+    moveTitleAndLegend(box, svg);
+    svg.setAttribute("width", "100%");
+    svg.setAttribute("height", "100%");
+    const pz = window.svgPanZoom(svg, {
+      fit: true,
+      center: true,
+      minZoom: 0.05,
+      maxZoom: 50,
+      zoomScaleSensitivity: 0.25,
+      dblClickZoomEnabled: false,
+      controlIconsEnabled: false,
+    });
+    state[panel.id] = { svg, pz };
+    const fit = () => {
+      pz.resize();
+      pz.fit();
+      pz.center();
+    };
+    box.querySelector(".uv-fit").onclick = fit;
+    // drawn while its tab was hidden (zero size): fit once the panel gets a size
+    let seen = panel.clientWidth > 0;
+    new ResizeObserver(() => {
+      if (!seen && panel.clientWidth > 0) {
+        seen = true;
+        fit();
+      }
+    }).observe(panel);
+    box.querySelector(".uv-in").onclick = () => pz.zoomIn();
+    box.querySelector(".uv-out").onclick = () => pz.zoomOut();
+    let down = null;
+    svg.addEventListener("mousedown", (e) => (down = [e.clientX, e.clientY]));
+    svg.addEventListener("click", (e) => {
+      if (down && Math.hypot(e.clientX - down[0], e.clientY - down[1]) > 4) return;
+      const g = e.target.closest("g.node, g.cluster");
+      const name = g && nameOf(g);
+      if (!name || name === "legend") return;
+      e.preventDefault();
+      highlight(panel, name, false);
+      if (panel.id === "diagram-svg") selectRow(name, false);
+    });
+    svg.dataset.uvFitZoom = String(pz.getSizes().realZoom);
+  }
+
+  if (!window.__uvTableHooked) {
+    window.__uvTableHooked = true;
+    document.addEventListener("click", (e) => {
+      const td = e.target.closest && e.target.closest("#block_table tbody td");
+      if (!td) return;
+      const first = td.parentElement.querySelector("td");
+      if (first) window.__uvHighlight(first.textContent.trim());
+    });
+  }
+  setup();
+  if (typeof watch === "function") watch("value", setup);
+  new MutationObserver(() => setup()).observe(element, { childList: true, subtree: true });
+})(element, typeof watch === "undefined" ? null : watch);
