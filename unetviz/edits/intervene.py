@@ -52,6 +52,12 @@ class Recording:
     tokens: list[str] | None = None
     words: list[str | None] | None = None
 
+    def __repr__(self) -> str:
+        return (
+            f"Recording(prompt={self.prompt!r}, outputs={sorted(self.outputs)}, "
+            f"attention={len(self.attention)} layers)"
+        )
+
     def outputs_at(self, name: str, step: int) -> list[torch.Tensor]:
         try:
             return self.outputs[name][step]
