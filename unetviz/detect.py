@@ -33,7 +33,7 @@ from pathlib import Path
 from .errors import UnetvizError
 
 #: The shipped demo model (a diffusers-style folder). The one place this path is written.
-DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO_DIR = Path(__file__).resolve().parent / "demo_model"  # package data (assets/demo links here)
 DEMO = "demo"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
