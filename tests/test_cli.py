@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from unetviz import UNetConfig, cli
+from unetviz import UNetConfig, cli, structure
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--preset", "sd9"], "unknown preset 'sd9'"),
         (["--config", "{tmp}/broken.json"], "is not valid JSON"),
         (["--config", "{tmp}/missing.json"], "config file not found"),
-        (["--model", "{tmp}"], "has no config.json"),
+        (["--model", "{tmp}"], "holds no model"),
         (["--height", "500"], "--height 500 is not a positive multiple of 64"),
         (["--preset", "sdxl", "--width", "1000"], "--width 1000 is not a positive multiple of 32"),
         (["--detail", "atoms"], "--detail 'atoms'"),
@@ -59,6 +59,25 @@ def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, args, message):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "{tmp}/nope"], "model path not found"),
+        (["--height", "1000000"], "--height 1000000 is larger than the 16384 allowed"),
+        (["--batch", "0"], "--batch 0: expected 1..64"),
+        (["--seed", "3"], "No such option: --seed"),
+        (["--height", "abc"], "Invalid value for '--height'"),
+        (["--detail", "x" * 5000], "--detail 'xxxx"),
+    ],
+)
+def test_more_bad_input_in_process(tmp_path, capsys, args, message):
+    out = tmp_path / "out.svg"
+    assert run_main(["diagram", *[a.format(tmp=tmp_path) for a in args], "-o", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert len(lines[0]) < 300 and not out.exists()
 
 
 def test_unknown_extension_names_the_formats(tmp_path):
@@ -157,7 +176,7 @@ def test_cached_structure_needs_no_capture(tmp_path, monkeypatch, cache_dir):
     def boom(*a, **k):
         raise AssertionError("a cached structure must not be captured again")
 
-    monkeypatch.setattr(cli, "_meta_capture", boom)
+    monkeypatch.setattr(structure, "capture_state", boom)
     again = tmp_path / "b.json"
     assert run_main(["diagram", "--preset", "sd15", "-o", str(again)]) == 0
     assert json.loads(out.read_text()) == json.loads(again.read_text())
@@ -194,7 +213,8 @@ def test_bundled_preset_structures_are_current_and_equal_a_fresh_capture():
     import json
 
     from unetviz import UNetConfig
-    from unetviz.cli import BUNDLED, BUNDLED_DIR, _meta_capture, check_size, structure_key
+    from unetviz.cli import check_size
+    from unetviz.structure import BUNDLED, BUNDLED_DIR, capture_state, structure_key
 
     def strip(value):
         if isinstance(value, dict):
@@ -213,4 +233,146 @@ def test_bundled_preset_structures_are_current_and_equal_a_fresh_capture():
         )
         if (preset, detail) in (("sd15", "layers"), ("sdxl", "blocks")):
             shipped = json.loads(gzip.decompress(path.read_bytes()))
-            assert strip(shipped) == strip(_meta_capture(cfg, h, w, 2, detail, None))
+            assert strip(shipped) == strip(capture_state(cfg, h, w, 2, detail, None))
+
+
+@pytest.mark.parametrize("model", ["demo", "assets/demo"])
+def test_demo_works_in_diagram_and_summary(model, tmp_path, capsys):
+    """``demo`` and the shipped folder name the same model: 24 px, no VAE, 16 tokens."""
+    from pathlib import Path
+
+    arg = model if model == "demo" else str(Path(__file__).parents[1] / model)
+    out = tmp_path / "demo.json"
+    assert run_main(["diagram", "--model", arg, "-o", str(out)]) == 0
+    node = {n["id"]: n for n in json.loads(out.read_text())["nodes"]}
+    assert node["conv_in"]["inputs"]["sample"] == [2, 5, 24, 24]
+    assert node["encoder_hidden_states"]["outputs"]["sample"][1] == 16
+    capsys.readouterr()
+    assert run_main(["summary", "-m", arg]) == 0
+    assert capsys.readouterr().out.startswith(f"{'demo' if model == 'demo' else arg}: 24x24 px")
+
+
+def test_stdout_to_a_full_device_is_one_error_line():
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "unetviz.cli", "summary"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: cannot write the output: no space left on the device"
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch):
+    """Only user errors become one line: a bug must still show where it is."""
+
+    def bug(*a, **k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "structure_of", bug)
+    with pytest.raises(KeyError):
+        cli.main(["summary"])
+
+
+def test_diagram_output_never_replaces_a_folder_and_keeps_a_files_mode(tmp_path):
+    folder = tmp_path / "x.svg"
+    folder.mkdir()
+    assert run_main(["diagram", "-o", str(folder)]) == 2
+    assert folder.is_dir() and not any(folder.iterdir())
+    target = tmp_path / "u.svg"
+    target.write_text("old")
+    target.chmod(0o600)
+    assert run_main(["diagram", "-o", str(target)]) == 0
+    assert (
+        target.read_text().rstrip().endswith("</svg>") and (target.stat().st_mode & 0o777) == 0o600
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.svg", "x.svg"]
+
+
+def test_bundle_structures_touches_only_its_own_files(tmp_path, monkeypatch):
+    """The maintainers' command replaces stale ``*.json.gz`` in its folder and nothing else."""
+    monkeypatch.setattr(structure, "BUNDLED", [("sd15", "blocks")])
+    monkeypatch.setattr(structure, "BUNDLED_DIR", tmp_path)
+    (tmp_path / "stale.json.gz").write_bytes(b"old")
+    (tmp_path / "README").write_text("keep")
+    assert run_main(["bundle-structures"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "README" in names and "stale.json.gz" not in names and len(names) == 2
+
+
+# ---------------------------------------------------------------------------- attention (demo)
+def _attention(tmp_path, name, *extra):
+    out = tmp_path / name
+    args = ["attention", "a red circle and a blue square", "--steps", "2", "-o", str(out)]
+    return run_main([*args, *extra]), out
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A real demo run with the defaults (shared scale, raw probabilities) and --grid."""
+    return _attention(tmp_path_factory.mktemp("attention"), "shared", "--grid")
+
+
+def test_attention_heatmaps_are_large_captioned_and_on_a_shared_scale(demo_run):
+    from PIL import Image
+
+    code, out = demo_run
+    assert code == 0
+    info = json.loads((out / "tokens.json").read_text())
+    assert [h["word"] for h in info["heatmaps"]] == ["a", "red", "circle", "and", "blue", "square"]
+    assert info["scale"] == "shared" and info["normalize"] == "none"
+    assert info["colormap"] == "magma" and len({tuple(s) for s in info["scales"]}) == 1
+    for h in info["heatmaps"]:
+        img = Image.open(out / h["file"])
+        assert min(img.size) >= 256 and img.height > img.width  # the caption and bar below
+    grid = Image.open(out / info["grid"])
+    assert grid.width >= 4 * 256 and grid.height > 2 * 256
+
+
+@pytest.mark.parametrize(
+    "scale, normalize", [("per-token", "none"), ("shared", "max"), ("shared", "sum")]
+)
+def test_attention_normalisation_and_scale_change_the_pictures(demo_run, scale, normalize):
+    """Every option draws different pixels from the default (shared scale, raw maps)."""
+    import numpy as np
+    from PIL import Image
+
+    from unetviz import Trace
+    from unetviz.attention_cli import HeatmapStyle, heatmap_pictures
+
+    code, out = demo_run
+    trace, image = Trace.load(out / "run.trace"), Image.open(out / "image.png")
+    style = HeatmapStyle(scale=scale, normalize=normalize)
+    words = heatmap_pictures(trace, image, style)["words"]
+    if scale == "per-token":
+        assert len({sc for *_, sc in words}) == len(words)  # each word its own range
+    default = np.asarray(Image.open(out / "heatmaps/00_a.png"), dtype=float)
+    other = np.asarray(words[0][2], dtype=float)  # "a": dim on the shared raw scale
+    assert other.shape == default.shape and np.abs(other - default).mean() > 3
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seed", "-1"], "--seed -1: expected an integer 0..9223372036854775807"),
+        (["--seed", str(2**64)], f"--seed {str(2**64)[:40]}: expected an integer 0.."),
+        (["--recipe", "dam"], "--recipe 'dam': expected one of daam"),
+        (["--scale", "log"], "--scale 'log': expected one of shared, per-token"),
+        (["--guidance", "nan"], "--guidance nan: expected a finite number"),
+    ],
+)
+def test_attention_bad_flags_fail_before_loading(tmp_path, capsys, extra, message):
+    code, out = _attention(tmp_path, "out", *extra)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_attention_preset_is_a_deprecated_alias_of_recipe(tmp_path, capsys):
+    code, out = _attention(tmp_path, "out", "--preset", "daam", "--recipe", "p2p")
+    assert code == 2 and "give only --recipe" in capsys.readouterr().err
+    code, out = _attention(tmp_path, "out", "--preset", "p2p")
+    assert code == 0 and "--preset is deprecated" in capsys.readouterr().err
+    assert json.loads((out / "tokens.json").read_text())["recipe"] == "p2p"

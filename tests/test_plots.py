@@ -13,6 +13,7 @@ from PIL import Image
 
 from unetviz import UNet2DConditionModel, UNetConfig, capture
 from unetviz.render import plots
+from unetviz.render.heatmaps import layer_order
 
 from .conftest import tiny_capture
 
@@ -36,10 +37,17 @@ def test_token_grid_shows_each_word_token(trace):
     fig = plots.token_grid(trace)
     heat = _heatmaps(fig)
     assert len(heat) == 6  # the six word tokens, no <bos>/<eos>
-    assert np.allclose(np.asarray(heat[2].z), trace.heatmap(3).numpy())  # "cat"
+    raw = [trace.heatmap(i, normalize=None).numpy() for i in (1, 2, 3, 4, 5, 6)]
+    assert np.allclose(np.asarray(heat[2].z), raw[2])  # "cat": raw probabilities
+    # one shared colour range (and one colour bar), so tokens compare
+    lo, hi = min(r.min() for r in raw), max(r.max() for r in raw)
+    assert all(h.zmin == pytest.approx(lo) and h.zmax == pytest.approx(hi) for h in heat)
+    assert [h.showscale for h in heat] == [True] + [False] * 5
+    per = _heatmaps(plots.token_grid(trace, scale="per-token"))
+    assert per[2].zmax == pytest.approx(raw[2].max()) and per[2].zmax < hi
     titles = [a.text for a in fig.layout.annotations]
     assert titles[2] == "cat (#3)"
-    one = plots.token_grid(trace, tokens="cat", steps=0, size=32)
+    one = plots.token_grid(trace, tokens="cat", steps=0, size=32, normalize="minmax")
     assert np.asarray(_heatmaps(one)[0].z).shape == (32, 32)
     assert np.allclose(np.asarray(_heatmaps(one)[0].z), trace.heatmap(3, steps=0, size=32).numpy())
 
@@ -57,9 +65,9 @@ def test_token_grid_over_an_image(trace):
 
 
 def test_layer_token_grid_mosaic(trace):
-    fig = plots.layer_token_grid(trace, cell=16)
+    fig = plots.layer_token_grid(trace, cell=16, scale="per-cell")
     (heat,) = _heatmaps(fig)
-    layers = list(trace.attention)
+    layers = layer_order(list(trace.attention))
     z = np.asarray(heat.z, dtype=float)
     gap = 2
     assert z.shape == (len(layers) * 18 - gap, 6 * 18 - gap)
@@ -73,11 +81,28 @@ def test_layer_token_grid_mosaic(trace):
     assert np.allclose(cell, native[rows][:, cols], atol=1e-6)
 
 
+def test_layer_grid_in_unet_order_with_readable_labels_and_a_shared_scale(trace):
+    fig = plots.layer_token_grid(trace, cell=8)
+    (heat,) = _heatmaps(fig)
+    labels = list(fig.layout.yaxis.ticktext)
+    kinds = [lab.split(" \u00b7 ")[1].split(".")[0] for lab in labels]
+    assert kinds == sorted(kinds, key=["down_blocks", "mid_block", "up_blocks"].index)
+    assert "mid_block" in kinds
+    first = labels[0].split(" \u00b7 ")
+    assert first[0].startswith("IN") and first[1] == "down_blocks.0.attentions.0"
+    res = trace.attention[next(iter(trace.attention))].res
+    assert first[2] == f"{res[0]}\u00d7{res[1]}"
+    raw = [m.numpy() for t in (1, 2, 3, 4, 5, 6) for m in trace.layer_maps(t).values()]
+    assert heat.zmin == pytest.approx(min(m.min() for m in raw))
+    assert heat.zmax == pytest.approx(max(m.max() for m in raw))
+    assert heat.colorscale[0][1] == "rgb(0,0,4)"  # magma, the one colour map
+
+
 def test_attention_entropy_and_mass(trace):
     fig = plots.attention_stats(trace, stat="entropy")
     (heat,) = _heatmaps(fig)
     z = np.asarray(heat.z, dtype=float)
-    layers = list(trace.attention)
+    layers = layer_order(list(trace.attention))  # rows in UNet order: down, mid, up
     assert z.shape == (len(layers), 6)
     assert np.all((z > 0) & (z <= 1))
     m = trace.layer_maps(3)[layers[1]].double().numpy().ravel()
@@ -99,6 +124,8 @@ def test_temb_heatmap_and_lines(trace):
     fig = plots.temb_heatmap(trace)
     (heat,) = _heatmaps(fig)
     assert list(heat.x) == ["0: t=900", "1: t=500", "2: t=100"]
+    assert list(fig.layout.yaxis.ticktext) == resnets  # every row labelled
+    assert list(fig.layout.yaxis.tickvals) == list(range(len(resnets)))
     brows, _, bz = plots.temb_table(trace, by="block")
     assert brows == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
     up0 = [r.ratio for r in trace.temb if r.block.startswith("up_blocks.0.") and r.step == 0]
@@ -114,15 +141,19 @@ def test_static_png_heatmap_without_a_browser(trace):
     png = plots.heatmap_png(hm, size=64)
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG" and img.size == (64, 64) and img.mode == "RGB"
-    lut = plots.colormap_lut("Viridis")
-    assert tuple(lut[0]) == (68, 1, 84) and tuple(lut[-1]) == (253, 231, 37)
+    lut = plots.colormap_lut()
+    assert tuple(lut[0]) == (0, 0, 4) and tuple(lut[-1]) == (252, 253, 191)  # magma
+    assert tuple(plots.colormap_lut("Viridis")[0]) == (68, 1, 84)
     a = np.asarray(img).reshape(-1, 3)
-    assert (a == lut[-1]).all(1).any()  # the maximum maps to viridis' top colour
+    assert (a == lut[-1]).all(1).any()  # the maximum maps to the map's top colour
     photo = Image.new("RGB", (80, 40), (255, 0, 0))
     blended = plots.heatmap_image(hm, image=photo, alpha=0.5)
     assert blended.size == (80, 40)
     px = np.asarray(blended).astype(int)
-    assert (px[..., 0] >= 127).all()  # half of the red photo shows through everywhere
+    grey = round(0.299 * 255)  # the red photo shows through as its grey, never as red
+    colour = (2 * px - grey).reshape(-1, 1, 3)  # what the colour map contributed
+    nearest = np.abs(colour - lut[None].astype(int)).max(-1).min(-1)
+    assert nearest.max() <= 3
 
 
 def test_clear_errors_without_maps_or_temb(trace):

@@ -39,8 +39,8 @@ def test_attention_writes_image_heatmaps_and_trace(tmp_path, capsys):
     info = json.loads((out / "tokens.json").read_text())
     assert [h["word"] for h in info["heatmaps"]] == ["a", "photo", "of", "zebra", "cat"]
     assert info["heatmaps"][3]["tokens"] == [5, 6, 7, 8, 9]  # z e b r a</w>
-    for h in info["heatmaps"]:
-        assert Image.open(out / h["file"]).size == (32, 32)
+    for h in info["heatmaps"]:  # captioned, enlarged from the 32 px image
+        assert min(Image.open(out / h["file"]).size) >= 256
     trace = Trace.load(out / "run.trace")
     assert trace.meta["prompt"] == "a photo of a zebra cat" and trace.meta["steps"] == 2
     assert trace.tokens[0] == "<|startoftext|>"

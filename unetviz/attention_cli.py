@@ -14,7 +14,7 @@ diffusers SD 1.x/2.x/SDXL folder, or a single original-format ``.safetensors`` f
 (``unetviz.detect.detect_model`` decides). By default every word's map is drawn on one shared
 colour scale of raw attention probabilities, so words compare (``--scale per-token`` gives
 each map its own range; ``--normalize`` rescales each map first). ``--recipe daam|p2p``
-aggregates as those papers' code does (``--preset`` is its deprecated old name). Errors print
+(or ``daam-approx``) aggregates as those papers' code does (``--preset`` is its deprecated old name). Errors print
 one ``error:`` line (exit status 2) and leave no partial output folder behind.
 """
 
@@ -35,8 +35,6 @@ from unetviz.errors import UnetvizError
 from unetviz.outputs import check_output_folder, write_folder
 
 _SAFE = re.compile(r"[^0-9A-Za-z_-]+")
-#: Aggregation recipes (``trace.heatmap(preset=...)``): each reproduces its paper's code.
-RECIPES = ("daam", "p2p")
 #: Per-map normalisation before colouring (``trace.heatmap(normalize=...)``).
 NORMALIZE = ("none", "max", "sum", "minmax")
 SCALES = ("shared", "per-token")
@@ -48,6 +46,13 @@ _VALUE = {
     "sum": "attention share (map sums to 1)",
     "minmax": "min-max normalised attention",
 }
+
+
+def recipes() -> tuple[str, ...]:
+    """The aggregation recipes (``trace.heatmap(preset=...)``; ``unetviz.capture.aggregate``)."""
+    from unetviz.capture.aggregate import PRESETS
+
+    return tuple(PRESETS)
 
 
 def _file_word(word: str) -> str:
@@ -75,7 +80,7 @@ class HeatmapStyle:
     def check(self) -> HeatmapStyle:
         """Raise UnetvizError naming a value that is not one of the choices."""
         for flag, value, allowed in (
-            ("--recipe", self.recipe, RECIPES),
+            ("--recipe", self.recipe, recipes()),
             ("--normalize", self.normalize, NORMALIZE),
             ("--scale", self.scale, SCALES),
         ):
@@ -141,6 +146,8 @@ def run_attention(
         kwargs["half"] = "uncond"
     if stream:
         kwargs["mode"] = "stream"
+    if style.recipe == "daam":  # DAAM's exact recipe needs per-head sums kept while sampling
+        kwargs["daam"] = True
     run = _generate(pipe, prompt, kwargs, steps or 25, progress)
     info = {
         "prompt": prompt,
@@ -182,7 +189,7 @@ def _fill(tmp: Path, run: Any, style: HeatmapStyle, info: dict[str, Any]) -> Non
     trace = run.trace
     run.image.save(tmp / "image.png")
     (tmp / "heatmaps").mkdir()
-    pictures = heatmap_pictures(trace, run.image, style)
+    pictures = heatmap_pictures(trace, run.image, style, info["prompt"])
     files = []
     for n, (label, indices, tile, _) in enumerate(pictures["words"]):
         name = f"heatmaps/{n:02d}_{_file_word(label)}.png"
@@ -205,9 +212,11 @@ def _fill(tmp: Path, run: Any, style: HeatmapStyle, info: dict[str, Any]) -> Non
     (tmp / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-def heatmap_pictures(trace: Any, image: Any, style: HeatmapStyle) -> dict[str, Any]:
+def heatmap_pictures(
+    trace: Any, image: Any, style: HeatmapStyle, title: str | None = None
+) -> dict[str, Any]:
     """The captioned heatmap of every word (``(word, tokens, PIL image, (vmin, vmax))``) and,
-    with ``style.grid``, the contact sheet of all of them."""
+    with ``style.grid``, the contact sheet of all of them, titled ``title``."""
     from unetviz.render import heatmaps as hm
 
     groups = hm.word_groups(trace, style.specials)
@@ -231,7 +240,7 @@ def heatmap_pictures(trace: Any, image: Any, style: HeatmapStyle) -> dict[str, A
             for (w, _), m, sc in zip(groups, maps, scales, strict=True)
         ]
         sheet = hm.contact_sheet(tiles, cols=min(4, len(tiles)))
-        title = _prompt_title(trace)
+        title = title or _prompt_title(trace)
         out["grid"] = hm.captioned(sheet, title, lines, scales[0] if shared else None, label)
     return out
 
@@ -252,18 +261,15 @@ def describe(trace: Any, style: HeatmapStyle, n_words: int) -> list[str]:
     """Caption lines: which layers and steps were averaged, and the colour scale."""
     recs = [r for r in trace.attention.values() if r.captured]
     res = sorted({r.res[0] for r in recs}, reverse=True)
+    sides = "/".join(map(str, res))
     if style.recipe:
-        layers = f"layers: the {style.recipe} recipe's choice of {len(recs)} captured"
+        layers = f"layers: {style.recipe} recipe (of {len(recs)}, {sides} px)"
     else:
-        layers = f"layers: all {len(recs)} cross-attention, maps {'/'.join(map(str, res))} px"
+        layers = f"layers: all {len(recs)} ({sides} px)"
     ts = [t for t in (trace.timesteps or []) if t is not None]
-    n = trace.steps
-    steps = f"steps: all {n}" + (f" (t={ts[0]:g}..{ts[-1]:g})" if ts else "")
-    if style.scale == "shared":
-        scale = f"scale: shared by {n_words} words"
-    else:
-        scale = "scale: this word's own range"
-    return [layers, steps, f"{scale}, normalize {style.normalize}"]
+    steps = f"steps: all {trace.steps}" + (f", t={ts[0]:g}..{ts[-1]:g}" if ts else "")
+    scale = f"shared, {n_words} words" if style.scale == "shared" else "per word"
+    return [layers, steps, f"scale: {scale}, norm {style.normalize}"]
 
 
 def register(app: typer.Typer) -> None:
@@ -299,7 +305,9 @@ def attention(
     ),
     stream: bool = typer.Option(False, "--stream", help="Keep a running sum, not every step."),
     specials: bool = typer.Option(False, "--specials", help="Also write SOS/EOS maps."),
-    recipe: str = typer.Option(None, "--recipe", help="Aggregation recipe: daam or p2p."),
+    recipe: str = typer.Option(
+        None, "--recipe", help="Aggregation recipe: daam, daam-approx or p2p (as in the papers)."
+    ),
     preset: str = typer.Option(None, "--preset", hidden=True, help="Old name of --recipe."),
     normalize: str = typer.Option("none", "--normalize", help="none, max, sum or minmax."),
     scale: str = typer.Option("shared", "--scale", help="shared (words compare) or per-token."),

@@ -330,7 +330,13 @@ def _stub(name: str):
     return stub
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, limit: int = 600) -> None:
+    """Print one ``error:`` line (a very long one, e.g. quoting a huge prompt, is cut in the
+    middle) and exit with status 2."""
+    message = " ".join(str(message).split("\n"))
+    if len(message) > limit:
+        cut = len(message) - limit
+        message = f"{message[: limit - 150]} [... {cut:,} characters ...] {message[-150:]}"
     typer.echo(f"error: {message}", err=True)
     raise SystemExit(2)
 
@@ -382,8 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         if exc.errno in (errno.ENOSPC, errno.EPIPE):
             _silence_stdout()
         _fail(_os_message(exc))
-    if isinstance(code, int) and code:
-        raise SystemExit(code)
+    raise SystemExit(code if isinstance(code, int) else 0)  # as click's standalone mode does
 
 
 if __name__ == "__main__":
