@@ -12,7 +12,7 @@ from unetviz import Trace, UNet2DConditionModel, UNetConfig, capture
 from unetviz.capture import AttentionRecord, BlockRecord, TraceError
 
 CFG = {
-    "sample_size": 16,
+    "sample_size": 64,  # x 8 = 512 (run at 16x16): DAAM's 64x64 grid, its 16x16 maps kept
     "block_out_channels": [32, 64],
     "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],

@@ -5,7 +5,8 @@ upsample, normalise. Presets reproduce published recipes (docs/trace.md cites th
   ``daam/trace.py``): the down and up blocks' cross-attention (never the mid block), each head
   summed over steps, every (layer, head) map bicubic-upsampled to 64x64 (96x96 unless the
   model's ``sample_size`` x VAE factor is 512 or 1024) and clamped at 0, then averaged over
-  layers x heads; maps whose ``int(sqrt(latent_hw // queries))`` is 8 are dropped; a word's
+  layers x heads; maps whose ``int(sqrt(latent_hw // queries))`` is 8 (or not a power of two
+  up to 64, or 0) are dropped; a word's
   pieces (and repeats) are averaged after that. Needs a capture with ``daam=True`` (per-head
   sums); ``normalize=None`` gives DAAM's unnormalised values, the default min-max is DAAM's
   ``expand_as``. An explicit ``size`` resizes the 64x64 map bicubically (DAAM's ``expand_as``).
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 PRESETS = ("daam", "daam-approx", "p2p")
 #: DAAM hooks the down and up blocks' cross-attention only (daam/hook.py:110-120).
 DAAM_LOCATIONS = ("down", "up")
+#: The map "factors" DAAM's compute_global_heat_map uses by default (daam/trace.py:103-104);
+#: factor = int(sqrt(latent_hw // queries)), and factor 8 is never recorded (trace.py:289).
+DAAM_FACTORS = (0, 1, 2, 4, 16, 32, 64)
 UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest", "area")
 NORMALIZE_MODES = ("minmax", "max", "sum")
 
@@ -393,7 +397,8 @@ def daam(
     total, n = torch.zeros(side, side), 0
     for rec in recs:
         h, w = rec.res
-        if int(math.sqrt(latent_hw // (h * w))) == 8:  # daam/trace.py:285-289
+        factor = int(math.sqrt(latent_hw // (h * w)))
+        if factor == 8 or factor not in DAAM_FACTORS:  # daam/trace.py:285-289, 103-104
             continue
         x = rec.head_sum.float()[..., idx]  # (heads, h, w, pieces): DAAM's per-head time sums
         if heads is not None:
@@ -403,7 +408,11 @@ def daam(
         total += x.sum((0, 1))
         n += x.shape[0]
     if not n:
-        raise TraceError("preset='daam': no DAAM layer left after the selection")
+        raise TraceError(
+            "preset='daam': no map left: DAAM keeps maps whose int(sqrt(latent_hw / queries)) "
+            f"is in {DAAM_FACTORS} (latent_hw={latent_hw} here, from the model's sample_size), "
+            "so a latent far from the model's native size has none; use preset='daam-approx'"
+        )
     out = total / n  # mean over layers x heads (daam/trace.py:126), then pieces (heatmap.py:123)
     if size is not None and _size(size, (side, side)) != (side, side):  # DAAM's expand_as
         out = F.interpolate(out[None, None], size=_size(size, (side, side)), mode="bicubic")[0, 0]

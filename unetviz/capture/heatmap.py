@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 _NORMALIZE = {"minmax": "min-max to [0, 1]", "max": "divided by its max", "sum": "sums to 1"}
 _PRESETS = {
-    "daam": "DAAM: the smallest maps dropped, the rest upsampled, clamped at 0, summed over "
-    "steps, mean over layers x heads",
+    "daam": "DAAM 0.2.0: down/up cross-attention, each head summed over steps, upsampled, "
+    "clamped at 0, mean over layers x heads",
+    "daam-approx": "DAAM-like from the kept maps: smallest maps dropped, head means summed over "
+    "steps, upsampled, clamped at 0, mean over layers",
     "p2p": "Prompt-to-Prompt: the ~16x16 down/up maps, mean over layers, heads and steps",
 }
 

@@ -170,8 +170,8 @@ class Trace:
                         key = f"{kind}/{rec.name}/maps/{j}"
                         tensors[key] = m
                         d["maps"].append(key)
-            for name in ("sum", "head_sum"):
-                value = getattr(rec, name, None)
+            for name in [f.name for f in dataclasses.fields(rec) if f.name in ("sum", "head_sum")]:
+                value = getattr(rec, name)
                 d[name] = None if value is None else f"{kind}/{rec.name}/{name}"
                 if value is not None:
                     tensors[d[name]] = value
