@@ -14,9 +14,11 @@ import html
 import io
 from typing import Any
 
-#: How the per-word maps of a run are aggregated for display: DAAM's recipe, not normalised
-#: per map, so one colour scale shared by all words compares them.
+#: How the per-word maps of a run are aggregated for display: DAAM's recipe (its DAAM-like
+#: approximation when the capture kept no per-head sums), not normalised per map, so one colour
+#: scale shared by all words compares them.
 WORD_RECIPE: dict[str, Any] = {"preset": "daam", "normalize": None}
+APPROX_RECIPE: dict[str, Any] = {"preset": "daam-approx", "normalize": None}
 TILE = 160  # px of one heatmap tile
 IMAGE_SIDE = 256  # px of the generated image (small images are enlarged, pixels kept)
 
@@ -45,7 +47,7 @@ def esc(value: Any) -> str:
 def png_bytes(image: Any) -> bytes:
     """PNG bytes of a PIL image."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -201,12 +203,15 @@ def trace_mimebundle(trace: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- heatmaps
 def word_maps(trace: Any, recipe: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
     """``(word, Heatmap)`` for every prompt word (sub-tokens merged), aggregated by ``recipe``
-    (default :data:`WORD_RECIPE`); empty when the trace holds no attention maps."""
+    (default :data:`WORD_RECIPE`, or :data:`APPROX_RECIPE` for a capture without per-head
+    sums); empty when the trace holds no attention maps."""
     from ..render.heatmaps import word_groups
 
     if not any(a.captured for a in trace.attention.values()):
         return []
-    recipe = dict(WORD_RECIPE if recipe is None else recipe)
+    if recipe is None:
+        exact = any(getattr(a, "head_sum", None) is not None for a in trace.attention.values())
+        recipe = WORD_RECIPE if exact else APPROX_RECIPE
     return [(word, trace.heatmap(idx, **recipe)) for word, idx in word_groups(trace)]
 
 
@@ -216,15 +221,16 @@ def heatmap_grid(
     """Every word's map over the (greyscale) image on ONE shared colour scale, with the
     colour bar and the recipe: HTML figures."""
     from ..colors import colorbar_image
-    from ..render.heatmaps import heat_scales, overlay
+    from ..render.heatmaps import heat_scales, overlay, scale_text
 
     maps = word_maps(trace, recipe)
     if not maps:
         return '<p class="small">no cross-attention maps in this trace</p>'
     lo, hi = heat_scales([m for _, m in maps], "shared")[0]
+    side = _native_side(maps[0][1], image, tile)
     figures = []
     for word, heat in maps:
-        picture = overlay(heat, image, vmin=lo, vmax=hi, size=tile)
+        picture = overlay(heat, image, vmin=lo, vmax=hi, size=side)
         tokens = ", ".join(map(str, heat.tokens))
         figures.append(
             f"<figure>{img_tag(picture, f'heatmap of {word}', tile, 'heatmap px')}"
@@ -235,8 +241,16 @@ def heatmap_grid(
     return (
         f'<div class="grid">{"".join(figures)}</div>'
         f"<div>{img_tag(bar, 'colour bar')}</div>"
-        f'<p class="small">recipe: {esc(recipe_line)}</p>'
+        f'<p class="small scale" data-vmin="{lo!r}" data-vmax="{hi!r}">one colour scale for '
+        f"all words: {esc(scale_text((lo, hi)))}; recipe: {esc(recipe_line)}</p>"
     )
+
+
+def _native_side(heat: Any, image: Any, tile: int) -> int:
+    """Pixel side at which to draw overlays: the larger of the map and the image, at most
+    ``tile`` (the browser scales them up pixelated; small PNGs keep reports small)."""
+    sides = [max(heat.shape[-2:])] + ([max(image.size)] if image is not None else [])
+    return int(min(tile, max(sides)))
 
 
 def tokens_html(tokens: list[str], words: list[Any]) -> str:

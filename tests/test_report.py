@@ -1,0 +1,139 @@
+"""The self-contained HTML report: run.report / trace.report / ``unetviz report``, its content,
+its size, bad input, and a real Chromium opening it from file:// with the network cut off."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+
+from unetviz import cli
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+PROMPT = "a red circle on the left and a blue square"
+WORDS = ["a", "red", "circle", "on", "the", "left", "and", "blue", "square"]
+EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", re.I)
+
+
+@pytest.fixture(scope="module")
+def run():
+    from unetviz.pipelines import load_pipeline
+
+    return load_pipeline("demo")(PROMPT, seed=0, steps=5)
+
+
+@pytest.fixture(scope="module")
+def report(run, tmp_path_factory) -> Path:
+    return run.report(tmp_path_factory.mktemp("report") / "run.html")
+
+
+def run_main(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    return exc.value.code or 0
+
+
+def test_run_report_is_one_self_contained_file(report):
+    html = report.read_text()
+    assert report.stat().st_size < 5 * 1024 * 1024
+    assert "<script" not in html.lower() and not EXTERNAL.search(html)
+    for section in ("run", "diagram", "heatmaps", "plots", "options"):
+        assert f'<section id="{section}">' in html
+    figures = re.findall(r'<figure><img src="data:image/png;base64,[^"]+"', html)
+    assert len(figures) == len(WORDS)
+    for word in WORDS:
+        assert f"<b>{word}</b>" in html
+    assert "recipe:" in html and "DAAM" in html  # the aggregation recipe is spelt out
+    assert html.count("<svg") >= 4  # diagram + layer grid + two temb plots
+    for item in ("attention_mode", "torch", "plotly", "python", PROMPT):
+        assert item in html
+    assert html.count('class="tok word"') == 10
+
+
+def test_trace_report_and_cli_read_saved_runs(run, tmp_path, capsys):
+    # a Trace.save bundle with the app's image.png inside; an attention-style folder
+    bundle = run.trace.save(tmp_path / "run.trace")
+    png = io.BytesIO()
+    run.image.save(png, format="PNG")
+    with zipfile.ZipFile(bundle, "a") as zf:
+        zf.writestr("image.png", png.getvalue())
+    folder = tmp_path / "attention"
+    folder.mkdir()
+    run.trace.save(folder / "run.trace")
+    run.image.save(folder / "image.png")
+    for source in (bundle, folder):
+        out = tmp_path / f"{source.stem}.html"
+        assert run_main(["report", str(source), "-o", str(out)]) == 0
+        html = out.read_text()
+        assert 'alt="generated image"' in html and PROMPT in html
+        assert "wrote" in capsys.readouterr().err
+    bare = run.trace.report(tmp_path / "trace.html")  # no image: maps over grey
+    assert 'alt="generated image"' not in bare.read_text()
+    assert bare.read_text().count("<figure>") == len(WORDS)
+
+
+@pytest.mark.parametrize("case", ["missing", "not-html", "corrupt", "no-folder", "huge-image"])
+def test_cli_bad_input_is_one_error_line_and_no_file(case, run, tmp_path, capsys):
+    source, out = tmp_path / "run.trace", tmp_path / "out.html"
+    if case != "missing":
+        run.trace.save(source)
+    if case == "not-html":
+        out = tmp_path / "out.txt"
+    elif case == "corrupt":
+        source.write_bytes(b"PK\x03\x04 not really a zip")
+    elif case == "no-folder":
+        out = tmp_path / "nowhere" / "out.html"
+    elif case == "huge-image":  # a valid PNG header claiming 20000 x 20000 px
+        img = io.BytesIO()
+        Image.new("L", (20000, 1)).save(img, format="PNG")
+        data = bytearray(img.getvalue())
+        data[20:24] = (20000).to_bytes(4, "big")  # IHDR height
+        with zipfile.ZipFile(source, "a") as zf:
+            zf.writestr("image.png", bytes(data))
+    assert run_main(["report", str(source), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        [] if case == "missing" else ["run.trace"]
+    )
+
+
+@pytest.mark.browser
+def test_report_opens_offline_in_chromium(report, browser):
+    pytest.importorskip("playwright")
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    outside: list[str] = []
+    requests: list[str] = []
+
+    def route(r):  # the file itself (and inline data) only: any network request fails
+        if urlparse(r.request.url).scheme in ("file", "data"):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(report.as_uri())
+    page.wait_for_selector("#diagram svg g.node")
+    for selector in ("#diagram svg", "#run img.image", "#heatmaps img.heatmap"):
+        assert page.locator(selector).first.is_visible(), selector
+    loaded = page.locator("img").evaluate_all(
+        "els => els.map(e => e.complete && e.naturalWidth > 0)"
+    )
+    assert loaded and all(loaded)
+    assert page.locator("#heatmaps img.heatmap").count() == len(WORDS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    context.close()
+    assert not outside, outside
+    assert all(urlparse(u).scheme in ("file", "data") for u in requests), requests
