@@ -147,19 +147,19 @@ def centred_blob(size: int) -> torch.Tensor:
 
 
 class AttentionProbe:
-    """Forward hooks on every ``attn2`` that keep, per layer, the head-averaged cross-attention
-    maps (B, T, size, size) of the conditional batch half summed over forwards. Used during
-    training, and as an independent check of ``unetviz.capture``."""
+    """Forward hooks on every down/up ``attn2`` that keep each head's cross-attention
+    probabilities of the conditional batch half, summed over forwards, and aggregate them as
+    DAAM 0.2.0 does (``sum``). Used during training, and as an independent check of
+    ``unetviz.capture``'s ``"daam"`` preset."""
 
     def __init__(self, unet: nn.Module, size: int, cond_half: bool = True):
         self.size = size
         self.cond_half = cond_half
-        self.sums: dict[str, torch.Tensor] = {}
-        self.res: dict[str, int] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # (B, heads, T, h, w)
         self.handles = [
             m.register_forward_hook(self._hook(n))
             for n, m in unet.named_modules()
-            if n.endswith("attn2")
+            if n.endswith("attn2") and not n.startswith("mid_block")
         ]
 
     def _hook(self, name: str):
@@ -170,23 +170,31 @@ class AttentionProbe:
             b, n, _ = hs.shape
             q = module.to_q(hs).view(b, n, module.heads, -1).transpose(1, 2)
             k = module.to_k(ctx).view(b, ctx.shape[1], module.heads, -1).transpose(1, 2)
-            probs = (q @ k.transpose(-1, -2) * module.scale).softmax(-1).mean(1)  # (b, n, T)
+            probs = (q @ k.transpose(-1, -2) * module.scale).softmax(-1)  # (b, heads, n, T)
             side = int(math.isqrt(n))
-            maps = probs.transpose(1, 2).reshape(b, -1, side, side)
-            maps = F.interpolate(maps, size=(self.size, self.size), mode="bicubic")
-            self.res[name] = side
+            maps = probs.transpose(2, 3).reshape(b, module.heads, -1, side, side)
             self.sums[name] = maps if name not in self.sums else self.sums[name] + maps
 
         return hook
 
     @property
     def sum(self) -> torch.Tensor:
-        """DAAM aggregate (B, T, size, size): layers averaged, steps summed, maps clamped at 0;
-        like the ``"daam"`` preset, the lowest resolution is dropped when there are more than
-        two (here: the mid block)."""
-        sides = sorted(set(self.res.values()))
-        keep = [n for n in self.sums if len(sides) <= 2 or self.res[n] > sides[0]]
-        return torch.stack([self.sums[n].clamp_min(0) for n in keep]).mean(0)
+        """DAAM aggregate (B, T, size, size): every (layer, head) map upsampled bicubically to
+        96 x 96, clamped at 0 and averaged; maps DAAM drops (``int(sqrt(9216 // hw)) == 8``)
+        left out; resized to ``size`` if that differs (DAAM's ``expand_as``)."""
+        total, count = None, 0
+        for maps in self.sums.values():
+            b, heads, t, h, w = maps.shape
+            if math.isqrt(9216 // (h * w)) == 8:
+                continue
+            up = F.interpolate(maps.reshape(b, heads * t, h, w), size=(96, 96), mode="bicubic")
+            up = up.clamp_(min=0).view(b, heads, t, 96, 96).sum(1)
+            total = up if total is None else total + up
+            count += heads
+        out = total / count
+        if self.size != 96:
+            out = F.interpolate(out, size=(self.size, self.size), mode="bicubic")
+        return out
 
     def remove(self) -> None:
         for h in self.handles:

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--pool", type=int, default=12000, help="scenes encoded before the UNet starts")
     add("--refresh", type=int, default=2, help="scenes re-drawn and encoded per UNet step")
     # UNet
+    add("--init-from", default=None, help="a pixel (v1) demo folder to start the UNet from")
     add("--steps", type=int, default=30000)
     add("--minutes", type=float, default=90.0, help="UNet phase time limit")
     add("--batch", type=int, default=32)

@@ -82,6 +82,32 @@ def build(latent_size: int = 24) -> tuple[Both, dict[str, Any], WordTokenizer]:
     return model, config, tokenizer
 
 
+def warm_start(model: Both, tokenizer: WordTokenizer, folder: Path) -> int:
+    """Initialise from a pixel (v1) demo model: every UNet / text-encoder tensor whose name and
+    shape match is copied (conv_in / conv_out differ: 5 -> 4 input, 3 -> 4 output channels),
+    word embeddings by word; the new added-conditioning MLP starts at zero output, so the
+    start is v1's function on a new input space. Returns the number of tensors copied."""
+    from unetviz.pipelines.demo import load_demo_parts
+
+    unet1, te1, tok1, _ = load_demo_parts(folder)
+    copied = 0
+    for mine, theirs in ((model.unet, unet1), (model.text_encoder, te1)):
+        state = mine.state_dict()
+        for key, value in theirs.state_dict().items():
+            if key in state and state[key].shape == value.shape:
+                state[key] = value
+                copied += 1
+        mine.load_state_dict(state)
+    with torch.no_grad():
+        emb, old = model.text_encoder.token_embedding.weight, te1.token_embedding.weight
+        for word, i in tok1.index.items():
+            if word in tokenizer.index:
+                emb[tokenizer.index[word]] = old[i]
+        nn.init.zeros_(model.unet.add_embedding.linear_2.weight)
+        nn.init.zeros_(model.unet.add_embedding.linear_2.bias)
+    return copied
+
+
 def draw_timesteps(n: int, p_high: float, schedule: DDIMSchedule) -> torch.Tensor:
     """Logit-normal timesteps mixed with a ``p_high`` share uniform over the noisier half."""
     u = torch.sigmoid(torch.randn(n))
@@ -126,6 +152,10 @@ class Trainer:
             self.step, before = state["step"], state["minutes"]
             torch.set_rng_state(state["torch_rng"])
             print(f"unet: resumed at step {self.step} ({before:.1f} min)", flush=True)
+        elif args.init_from:
+            n = warm_start(self.model, self.tokenizer, Path(args.init_from))
+            self.ema.load_state_dict(self.model.state_dict())
+            print(f"unet: {n} tensors initialised from {args.init_from}", flush=True)
         self.clock = Clock(before)
 
     def lr(self) -> float:
