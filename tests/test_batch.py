@@ -20,6 +20,14 @@ from unetviz.outputs import MARKER  # noqa: E402
 SPEC = dict(steps=1, guidance=1.0, buckets=1)
 
 
+@pytest.fixture(scope="module")
+def engine():
+    """One in-process engine for the module: the demo model loads once."""
+    from unetviz.batch.engines import InProcessEngine
+
+    return InProcessEngine()
+
+
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -130,9 +138,9 @@ def small_set(tmp_path_factory):
     return _jsonl(d / "prompts.jsonl", rows)
 
 
-def test_run_writes_tables_records_failures_and_resumes(small_set, tmp_path):
+def test_run_writes_tables_records_failures_and_resumes(small_set, tmp_path, engine):
     out = tmp_path / "out"
-    res = run_batch(small_set, out, JobSpec(**SPEC))
+    res = run_batch(small_set, out, JobSpec(**SPEC), engine=engine)
     assert (res.ran, res.failed, res.skipped) == (4, 1, 0)
     assert "UnknownWordError" in res.errors[0][1] and res.errors[0][0] == 2
     table = pq.read_table(out / "table.parquet").to_pandas()
@@ -156,17 +164,17 @@ def test_run_writes_tables_records_failures_and_resumes(small_set, tmp_path):
     present = {p.relative_to(out).as_posix() for p in out.rglob("*")} - {MARKER}
     assert present <= listed  # the folder stays recognisably unetviz's own
     before = (out / "table.parquet").read_bytes()
-    again = run_batch(small_set, out, JobSpec(**SPEC))
+    again = run_batch(small_set, out, JobSpec(**SPEC), engine=engine)
     assert (again.ran, again.skipped) == (0, 4)
     assert (out / "table.parquet").read_bytes() == before
-    retry = run_batch(small_set, out, JobSpec(**SPEC), retry_failed=True)
+    retry = run_batch(small_set, out, JobSpec(**SPEC), engine=engine, retry_failed=True)
     assert (retry.ran, retry.failed) == (1, 1)
     assert len(pq.read_table(out / "prompts.parquet")) == 4  # the latest result per prompt
     with pytest.raises(BatchError, match="other options .*steps"):
         run_batch(small_set, out, JobSpec(**{**SPEC, "steps": 2}))
 
 
-def test_ctrl_c_leaves_a_consistent_table_and_resumes(small_set, tmp_path):
+def test_ctrl_c_leaves_a_consistent_table_and_resumes(small_set, tmp_path, engine):
     out = tmp_path / "out"
 
     def interrupt(p):
@@ -174,12 +182,12 @@ def test_ctrl_c_leaves_a_consistent_table_and_resumes(small_set, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_batch(small_set, out, JobSpec(**SPEC), part_size=1, progress=interrupt)
+        run_batch(small_set, out, JobSpec(**SPEC), engine=engine, part_size=1, progress=interrupt)
     prompts = pq.read_table(out / "prompts.parquet").to_pandas()
     assert list(prompts["row"]) == [0, 1]
     assert set(pq.read_table(out / "table.parquet").column("row").to_pylist()) == {0}
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    res = run_batch(small_set, out, JobSpec(**SPEC))
+    res = run_batch(small_set, out, JobSpec(**SPEC), engine=engine)
     assert (res.ran, res.skipped) == (2, 2)
     assert len(pq.read_table(out / "prompts.parquet")) == 4
 

@@ -72,20 +72,34 @@ def _died(task: dict[str, Any], why: str, feed: _Feed) -> dict[str, Any] | None:
 
 
 class InProcessEngine:
-    """One worker, in this process."""
+    """One worker, in this process. The loaded model is kept for the next run of the same
+    model and options (an app or a notebook runs several prompt sets)."""
 
     name = "in-process"
 
     def __init__(self) -> None:
         self.deaths = 0
         self.workers = 1
+        self._worker: Worker | None = None
 
     def pids(self) -> list[int]:
         return [os.getpid()]
 
+    def _worker_for(self, spec: JobSpec) -> Worker:
+        w = self._worker
+        same = w is not None and (w.spec.model, w.spec.pipeline_options) == (
+            spec.model,
+            spec.pipeline_options,
+        )
+        if not same:
+            self._worker = None
+            self._worker = Worker(spec)
+        self._worker.spec = spec
+        return self._worker
+
     def run(self, spec: JobSpec, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         with one_thread():
-            worker = Worker(spec)
+            worker = self._worker_for(spec)
             for task in tasks:
                 yield failed(task, task["error"]) if task.get("error") else worker.process(task)
 
@@ -112,6 +126,17 @@ def _worker_main(conn: Any, spec: JobSpec) -> None:  # pragma: no cover - runs i
         if task is None:
             return
         conn.send(("result", worker.process(task)))
+
+
+def _context() -> Any:
+    """Workers fork from a fresh server process that has imported torch and unetviz once, so
+    starting (or replacing) a worker costs a fork and a model load, not a torch import. Never
+    a plain fork of this process: it may hold OpenMP threads a child would deadlock on."""
+    if "forkserver" not in mp.get_all_start_methods():  # pragma: no cover - not Linux
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "unetviz.batch.worker", "unetviz.pipelines"])
+    return ctx
 
 
 class _Proc:
@@ -142,7 +167,7 @@ class LocalEngine:
         return [p.proc.pid for p in sorted(live, key=lambda p: p.task is None)]
 
     def run(self, spec: JobSpec, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        ctx = mp.get_context("spawn")
+        ctx = _context()
         feed = _Feed(tasks)
         self._procs = [_Proc(ctx, spec) for _ in range(self.workers)]
         try:
@@ -302,7 +327,7 @@ class RayEngine:
         actors: list[Any] = []
         try:
             self.workers = self._size(ray)
-            actors = [self._start(ray, actor_cls, spec) for _ in range(self.workers)]
+            actors = self._start(ray, actor_cls, spec, self.workers)
             yield from self._loop(ray, actor_cls, spec, feed, actors)
         finally:
             for a in list(self._pids):
@@ -312,13 +337,15 @@ class RayEngine:
             if owned:
                 ray.shutdown()
 
-    def _start(self, ray: Any, actor_cls: Any, spec: JobSpec) -> Any:
-        actor = actor_cls.remote(spec)
+    def _start(self, ray: Any, actor_cls: Any, spec: JobSpec, n: int) -> list[Any]:
+        """``n`` actors, loading their models in parallel."""
+        actors = [actor_cls.remote(spec) for _ in range(n)]
         try:
-            self._pids[actor] = ray.get(actor.pid.remote())
+            pids = ray.get([a.pid.remote() for a in actors])
         except ray.exceptions.RayActorError as exc:
             raise BatchError(f"the model could not be loaded on a Ray worker: {exc}") from None
-        return actor
+        self._pids.update(zip(actors, pids, strict=True))
+        return actors
 
     def _loop(self, ray: Any, actor_cls: Any, spec: JobSpec, feed: _Feed, idle: list) -> Iterator:
         inflight: dict[Any, tuple[Any, dict[str, Any]]] = {}
@@ -346,7 +373,7 @@ class RayEngine:
                 res = _died(task, f"Ray actor died: {type(exc).__name__}", feed)
                 if res is not None:
                     yield res
-                idle.append(self._start(ray, actor_cls, spec))
+                idle += self._start(ray, actor_cls, spec, 1)
                 continue
             idle.append(actor)
             yield result
