@@ -126,7 +126,7 @@ class Intervention:
         if isinstance(edit, Reweight):
             layers = self.map.attention_layers(edit.layers, True, what)
             idx = token_indices(edit.token, self.tokens, self.words)
-            self._note(edit, layers=len(layers), tokens=idx)
+            self._note(edit, layer_count=len(layers), tokens=idx)
             return ReweightProbe(layers, idx, edit.scale, window(edit.steps, self.num_steps, what))
         if isinstance(edit, AblateSkip):
             skip = self.map.skip(edit.skip, what)

@@ -1,0 +1,87 @@
+"""Pictures of interventions: the architecture diagram filled by a sweep's effect, and the
+base / edited / difference strip of a comparison. Presentation, so it sits above render/ (it
+imports it); the CLI and the app call it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .sweep import SweepResult
+
+FILL_LABEL = "mean abs pixel change"
+
+
+def sweep_diagram(result: SweepResult, direction: str = "TB") -> Any:
+    """A ``graphviz.Digraph`` of the base run's trace with every swept block / layer filled by
+    its score (viridis, as the temb fill); a skip sweep fills each skip's source layer and
+    adds the score to the skip's label."""
+    from unetviz.render.diagram import draw
+    from unetviz.render.graph import build_graph
+
+    trace = result.base.trace
+    over = result.sweep.over
+    detail = "blocks" if over == "blocks" else "layers"
+    if trace.meta.get("detail") == "blocks":
+        detail = "blocks"
+    graph = build_graph(trace, detail=detail)
+    values = result.values()
+    by_id = {n.id: n for n in graph.nodes}
+    if over == "skips":
+        filled = _fill_skips(graph, values, by_id)
+    else:
+        filled = {k: v for k, v in values.items() if k in by_id}
+        for key, value in filled.items():
+            by_id[key].temb_ratio = value
+    if filled:
+        graph.temb_range = (min(filled.values()), max(filled.values()))
+    what = result.sweep.edit + (f" '{result.sweep.word}'" if result.sweep.word else "")
+    graph.meta["model"] = (
+        f"{graph.meta.get('model') or 'UNet'}  \u00b7  sweep: {what} per {over[:-1]}"
+        f" ({_mode(result)})  \u00b7  '{result.prompt}'  \u00b7  fill: {FILL_LABEL}"
+    )
+    g = draw(graph, direction=direction)
+    # the legend's scale is labelled for the temb fill it reuses (until render has a generic fill)
+    g.body[:] = [line.replace("fill: temb ratio", f"fill: {FILL_LABEL}") for line in g.body]
+    return g
+
+
+def _mode(result: SweepResult) -> str:
+    s = result.sweep
+    return f"mode {s.mode}" if s.edit == "ablate" else f"scale {s.scale:g}"
+
+
+def _fill_skips(graph: Any, values: dict[str, float], by_id: dict[str, Any]) -> dict[str, float]:
+    filled: dict[str, float] = {}
+    for e in graph.edges:
+        value = values.get(f"skip {e.index}") if e.kind == "skip" else None
+        if value is None:
+            continue
+        e.label = f"{e.label}  \u0394 {value:.3f}"
+        if e.source in by_id and not by_id[e.source].cluster:
+            node = by_id[e.source]
+            node.temb_ratio = max(value, node.temb_ratio or 0.0)
+            filled[e.source] = node.temb_ratio
+    return filled
+
+
+def comparison_strip(comparison: Any, scale: int = 1) -> Any:
+    """base | edited | difference (greyscale, stretched to its own maximum) as one PIL image,
+    each panel enlarged ``scale`` times with nearest-neighbour (the demo images are 24 px)."""
+    from PIL import Image
+
+    base = comparison.base.image.convert("RGB")
+    edited = comparison.edited.image.convert("RGB")
+    diff = comparison.diff
+    peak = float(diff.max()) or 1.0
+    heat = Image.fromarray((diff / peak * 255).round().astype(np.uint8), "L").convert("RGB")
+    w, h = base.size
+    gap = max(2, w // 12)
+    strip = Image.new("RGB", (3 * w + 2 * gap, h), "white")
+    for i, im in enumerate((base, edited, heat)):
+        strip.paste(im, (i * (w + gap), 0))
+    if scale != 1:
+        strip = strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST)
+    return strip
