@@ -41,6 +41,11 @@ def _diffusers_unet(name: str, seed: int = 0):
     return diffusers.UNet2DConditionModel(**{k: v for k, v in data.items() if k[0] != "_"}).eval()
 
 
+@pytest.fixture(scope="module")
+def sd15():
+    return _diffusers_unet("sd15")
+
+
 def _inputs(name: str, batch: int = 2):
     g = torch.Generator().manual_seed(1)
     sample = torch.randn(batch, 4, 16, 16, generator=g)
@@ -170,15 +175,16 @@ def test_no_edit_and_scale_one_are_bit_identical_and_leave_nothing():
         (edits.Reweight("red", 0.0, steps=(0.0, 0.5)), "number of sampling steps is unknown"),
     ],
 )
-def test_bad_edits_fail_before_any_forward_listing_what_exists(edit, message):
-    unet = _diffusers_unet("sd15")
+def test_bad_edits_fail_before_any_forward_listing_what_exists(edit, message, sd15):
+    unet = sd15
     calls = []
-    unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    handle = unet.register_forward_pre_hook(lambda *a: calls.append(1))
     hooks = _hooks(unet)
     tokens = ["<bos>", "a", "red", "circle", "<eos>"]
     with pytest.raises(EditError, match=message):
         intervene(unet, [edit], tokens=tokens, words=[None, "a", "red", "circle", None])
-    assert not calls and _hooks(unet) == hooks
+    handle.remove()
+    assert not calls and _hooks(unet) == hooks - 1
 
 
 @pytest.mark.parametrize(

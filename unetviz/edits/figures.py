@@ -43,8 +43,8 @@ def sweep_diagram(result: SweepResult, direction: str = "TB") -> Any:
         f" ({_mode(result)})  \u00b7  '{result.prompt}'  \u00b7  fill: {FILL_LABEL}"
     )
     g = draw(graph, direction=direction)
-    # the legend's scale is labelled for the temb fill it reuses (until render has a generic fill)
-    g.body[:] = [line.replace("fill: temb ratio", f"fill: {FILL_LABEL}") for line in g.body]
+    # legend and tooltips name the temb fill this reuses (until render has a generic fill)
+    g.body[:] = [line.replace("temb ratio", FILL_LABEL) for line in g.body]
     return g
 
 
