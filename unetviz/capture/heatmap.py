@@ -98,17 +98,6 @@ class Heatmap(torch.Tensor):
         self.image().save(buf, format="PNG")
         return buf.getvalue()
 
-    def _repr_html_(self) -> str:
-        import base64
-        import html
-
-        uri = "data:image/png;base64," + base64.b64encode(self._repr_png_()).decode("ascii")
-        return (
-            f'<figure class="unetviz-heatmap" style="margin:0"><img src="{uri}" '
-            f'alt="heatmap of {html.escape(self.word)}"/><figcaption style="font-size:12px;'
-            f'max-width:420px">{html.escape(self.caption)}</figcaption></figure>'
-        )
-
 
 def recipe_text(recipe: dict[str, Any], shape: tuple[int, ...] | None = None) -> str:
     """``trace.heatmap`` arguments -> e.g. "preset daam (...); steps all; 64x64, min-max"."""
