@@ -127,7 +127,7 @@ def test_pickles_are_refused_and_paths_checked(saved, tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         unetviz.load_unet(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(WeightsError, match="no config.json and no unet/config.json"):
+    with pytest.raises(WeightsError, match="holds no model"):
         unetviz.load_unet(tmp_path / "empty")
 
 

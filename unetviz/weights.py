@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import UNetConfig
-from .detect import pickle_folder_message
+from .config import ConfigError, UNetConfig, read_json
+from .detect import ModelPathError, detect_model, inside, pickle_folder_message
 from .errors import UnetvizError
 from .model import UNet2DConditionModel
 
@@ -73,39 +75,58 @@ def _as_config(config: UNetConfig | dict | str | Path) -> UNetConfig:
 
 
 def find_unet_dir(path: str | Path) -> Path:
-    """A diffusers unet folder, or a model root with a ``unet/`` subfolder."""
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"model path not found: {path}")
-    if not path.is_dir():
+    """A diffusers unet folder, or a model root with a ``unet/`` subfolder (which must not lead
+    outside the root through a symlink)."""
+    given = Path(path)
+    try:
+        kind = detect_model(given)
+    except ModelPathError as exc:
+        raise WeightsError(str(exc)) from None
+    if kind.kind in ("unet", "root", "diffusers", "demo") and kind.unet_config is not None:
+        if kind.kind != "unet":
+            try:
+                inside(kind.path, "unet", "subfolder")
+            except ModelPathError as exc:
+                raise WeightsError(str(exc)) from None
+        if kind.unet_config.is_file():
+            return kind.unet_config.parent
+    if kind.kind == "hub":
+        raise WeightsError(f"model path not found: {str(given)!r}")
+    if kind.kind in ("single", "config"):
         raise WeightsError(
-            f"{path} is a file: load_unet expects a diffusers unet folder (config.json + "
+            f"{given} is a file: load_unet expects a diffusers unet folder (config.json + "
             f"{WEIGHTS_NAME}.safetensors) or a model root with a unet/ subfolder"
         )
-    if (path / "config.json").is_file():
-        return path
-    if (path / "unet" / "config.json").is_file():
-        return path / "unet"
     raise WeightsError(
-        f"{path} has no config.json and no unet/config.json: expected a diffusers unet folder "
+        f"{given} has no config.json and no unet/config.json: expected a diffusers unet folder "
         "or a model root with a unet/ subfolder"
     )
 
 
 def weight_files(unet_dir: Path) -> list[Path]:
-    """The safetensors file(s) of a unet folder: plain, ``.fp16.`` variant, or sharded index."""
+    """The safetensors file(s) of a unet folder: plain, ``.fp16.`` variant, or sharded index.
+    Every file must resolve inside ``unet_dir`` (an index naming ``../x`` or ``/x`` is refused)."""
+    try:
+        return _weight_files(unet_dir)
+    except (ModelPathError, ConfigError) as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def _weight_files(unet_dir: Path) -> list[Path]:
     for stem in (WEIGHTS_NAME, f"{WEIGHTS_NAME}.fp16"):
         single = unet_dir / f"{stem}.safetensors"
-        if single.is_file():
-            return [single]
+        if single.is_file() or single.is_symlink():
+            return [inside(unet_dir, single.name, "weights file")]
         index = unet_dir / f"{stem}.safetensors.index.json"
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise WeightsError(f"{index} is not a valid shard index: {exc}") from None
-            shards = [unet_dir / name for name in dict.fromkeys(weight_map.values())]
-            missing = [str(s) for s in shards if not s.is_file()]
+            weight_map = read_json(inside(unet_dir, index.name), "shard index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()
+            ):
+                raise WeightsError(f"{index} is not a valid shard index: no weight_map of names")
+            names = list(dict.fromkeys(weight_map.values()))
+            shards = [inside(unet_dir, name, f"shard named in {index.name}") for name in names]
+            missing = [n for n, s in zip(names, shards, strict=True) if not s.is_file()]
             if missing:
                 raise WeightsError(f"{index} names shards that are missing: {missing[:5]}")
             return shards
@@ -117,18 +138,98 @@ def weight_files(unet_dir: Path) -> list[Path]:
     )
 
 
-def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, Path, object]]:
-    """Open each file once; yields (key, file, handle). Corrupt files raise WeightsError."""
-    for file in files:
-        try:
-            handle = safe_open(str(file), framework="pt", device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(
-                f"{file} is not a readable safetensors file (truncated or corrupt?): {exc}"
-            ) from None
-        with handle as f:
-            for key in f.keys():
-                yield key, file, f
+# ---------------------------------------------------------------------------------- reading
+#: safetensors dtype names unetviz loads; anything else (ints, bool, complex, float8) is refused.
+FLOAT_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives in a safetensors file (offsets from the file's start)."""
+
+    file: Path
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def read_index(file: Path) -> dict[str, TensorEntry]:
+    """Every tensor's dtype, shape and byte range, from the file's header only. safetensors
+    validates the header first (a truncated or corrupt file raises WeightsError naming it)."""
+    try:
+        with open(file, "rb") as fh:  # first, so a permission problem is named as one
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                f.keys()
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= _MAX_HEADER:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(fh.read(n))
+    except PermissionError:
+        raise WeightsError(f"{file}: permission denied") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{file} is not a readable safetensors file (truncated or corrupt?): {exc}"
+        ) from None
+    header.pop("__metadata__", None)
+    base = 8 + n
+    return {
+        key: TensorEntry(
+            file,
+            key,
+            v["dtype"],
+            tuple(v["shape"]),
+            base + v["data_offsets"][0],
+            base + v["data_offsets"][1],
+        )
+        for key, v in header.items()
+    }
+
+
+def _read_tensors(
+    entries: list[TensorEntry], target: torch.dtype, device: str | torch.device
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Read tensors one at a time with plain file reads. Without a cast the bytes land in the
+    final tensor; with a cast they land in one reused scratch buffer, so the peak is the model
+    at ``target`` plus the largest tensor (a float32 file loads as float16 at ~0.5x its size)."""
+    scratch: torch.Tensor | None = None
+    handles: dict[Path, Any] = {}
+    try:
+        for e in entries:
+            src = FLOAT_DTYPES[e.dtype]
+            fh = handles.get(e.file) or handles.setdefault(e.file, open(e.file, "rb"))  # noqa: SIM115
+            nbytes = e.end - e.start
+            if src == target:
+                tensor = torch.empty(e.shape, dtype=src)
+                buf = tensor.reshape(-1).view(torch.uint8)
+            else:
+                if scratch is None:  # one buffer, as large as the largest tensor to cast
+                    size = max(x.end - x.start for x in entries if FLOAT_DTYPES[x.dtype] != target)
+                    scratch = torch.empty(size, dtype=torch.uint8)
+                buf = scratch[:nbytes]
+            fh.seek(e.start)
+            if nbytes and fh.readinto(buf.numpy()) != nbytes:
+                raise WeightsError(f"{e.file}: tensor {e.key!r} is cut short (truncated file?)")
+            if src != target:
+                tensor = buf.view(src).reshape(e.shape).to(target)
+            if not bool(torch.isfinite(tensor).all()):
+                raise WeightsError(
+                    f"{e.file}: tensor {e.key!r} holds NaN or infinite values"
+                    + (f" (after casting {e.dtype} to {target})" if src != target else "")
+                )
+            yield e.key, tensor.to(device) if str(device) != "cpu" else tensor
+    except OSError as exc:
+        raise WeightsError(f"cannot read the UNet weights: {exc}") from None
+    finally:
+        for fh in handles.values():
+            fh.close()
 
 
 def _offenders(names: list[str], limit: int = 5) -> str:
@@ -158,42 +259,50 @@ def key_mismatches(
     return "; ".join(parts) or None
 
 
+def load_dtype(entries: list[TensorEntry], dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype the model gets. The rule: ``dtype`` when given; else the file's one dtype;
+    a file that mixes floating dtypes loads as float32 (which holds every float16 and
+    bfloat16 value exactly). Non-floating tensors are refused, naming the first one."""
+    bad = [e for e in entries if e.dtype not in FLOAT_DTYPES]
+    if bad:
+        e = bad[0]
+        raise WeightsError(
+            f"{e.file}: tensor {e.key!r} is {e.dtype}: unetviz loads floating-point weights only "
+            f"({', '.join(FLOAT_DTYPES)})" + (f"; {len(bad) - 1} more like it" if bad[1:] else "")
+        )
+    if dtype is not None:
+        return dtype
+    found = {e.dtype for e in entries}
+    return FLOAT_DTYPES[found.pop()] if len(found) == 1 else torch.float32
+
+
 def load_unet(
     path: str | Path,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
 ) -> UNet2DConditionModel:
-    """Load a diffusers-format UNet strictly: every key present, none extra, every shape equal.
+    """Load a diffusers-format UNet strictly: every key present, none extra, every shape equal,
+    every value finite, every file inside the folder given.
 
-    ``dtype`` None keeps the file's dtype. Nothing is half-loaded: on any error no model is
-    returned.
+    ``dtype`` None keeps the file's dtype (mixed floating dtypes: float32, see
+    :func:`load_dtype`). Nothing is half-loaded: on any error no model is returned.
     """
     unet_dir = find_unet_dir(path)
-    config = UNetConfig.from_json(unet_dir / "config.json")
+    try:
+        config = UNetConfig.from_dict(read_json(inside(unet_dir, "config.json"), "config.json"))
+    except ModelPathError as exc:
+        raise WeightsError(str(exc)) from None
     files = weight_files(unet_dir)
-    target_dtype = resolve_dtype(dtype)
     model = build_unet(config, device="meta")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-    found = {
-        key: tuple(handle.get_slice(key).get_shape()) for key, _, handle in _iter_tensors(files)
-    }
-    problem = key_mismatches(expected, found)
+    entries: dict[str, TensorEntry] = {}
+    for file in files:
+        entries.update(read_index(file))
+    problem = key_mismatches(expected, {k: e.shape for k, e in entries.items()})
     if problem:
         raise WeightsError(f"weights in {unet_dir} do not match its config.json: {problem}")
-    state: dict[str, torch.Tensor] = {}
-    for key, file, handle in _iter_tensors(files):
-        try:
-            tensor = handle.get_tensor(key)
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise WeightsError(f"{file}: cannot read tensor {key!r} (corrupt?): {exc}") from None
-        if target_dtype is not None and tensor.dtype != target_dtype:
-            tensor = tensor.to(target_dtype)
-        state[key] = tensor.to(device) if str(device) != "cpu" else tensor
-    dtypes = {t.dtype for t in state.values()}
-    if len(dtypes) > 1 and target_dtype is None:
-        # A file with mixed dtypes: unify on the widest so the forward does not fail.
-        widest = torch.float32 if torch.float32 in dtypes else next(iter(dtypes))
-        state = {k: v.to(widest) for k, v in state.items()}
+    ordered = list(entries.values())
+    target = load_dtype(ordered, resolve_dtype(dtype))
+    state = dict(_read_tensors(ordered, target, device))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
