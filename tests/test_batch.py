@@ -187,9 +187,33 @@ def test_ctrl_c_leaves_a_consistent_table_and_resumes(small_set, tmp_path, engin
     assert list(prompts["row"]) == [0, 1]
     assert set(pq.read_table(out / "table.parquet").column("row").to_pylist()) == {0}
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    res = run_batch(small_set, out, JobSpec(**SPEC), engine=engine)
+    res = run_batch(small_set, out, JobSpec(**SPEC, keep_traces=True), engine=engine)
     assert (res.ran, res.skipped) == (2, 2)
     assert len(pq.read_table(out / "prompts.parquet")) == 4
+    assert len(list((out / "traces").glob("*.trace"))) == 2  # --keep-traces: rows 2 and 3
+
+
+def test_dataset_view_opens_inside_roots_only(small_set, tmp_path, engine):
+    from unetviz.batch.dataset import open_dataset
+
+    out = tmp_path / "runs" / "out"
+    out.parent.mkdir()
+    run_batch(small_set, out, JobSpec(**SPEC, keep_traces=True), engine=engine)
+    ds = open_dataset("out", roots=[tmp_path / "runs"])
+    assert set(ds.figures()) == {"layer_time", "resolution", "word_class"}
+    heads, rows = ds.prompt_table()
+    assert heads[:3] == ["row", "status", "prompt"] and [r[1] for r in rows][:2] == ["ok", "error"]
+    d = ds.drill(0)
+    assert d.image.size == (24, 24) and [r[0] for r in d.words[1]] == ["a", "red", "circle"]
+    assert d.figure is not None and d.heatmaps is not None  # trace kept: per-word heatmaps
+    failed = ds.drill(1)
+    assert failed.status == "error" and "dog" in failed.error and failed.image is None
+    with pytest.raises(BatchError, match="not in this dataset"):
+        ds.drill(99)
+    with pytest.raises(BatchError, match="inside the allowed roots"):
+        open_dataset(out, roots=[tmp_path / "elsewhere"])
+    with pytest.raises(BatchError, match="inside the allowed roots"):
+        open_dataset("../runs/out", roots=[tmp_path / "runs" / "x"])
 
 
 def test_refuses_foreign_folder_and_bad_options(small_set, tmp_path):

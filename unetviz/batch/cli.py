@@ -10,7 +10,10 @@ A rerun of the same command skips every prompt already in ``out/``; Ctrl-C keeps
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,25 @@ def _engine(workers: int | None, ray: str | None, gpus: float) -> Any:
     if workers is None or workers == 1:
         return InProcessEngine()
     return LocalEngine(workers)
+
+
+@contextlib.contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: finished prompts are
+    written and the tables rebuilt before exiting."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_demo(model: str) -> bool:
@@ -96,7 +118,7 @@ def register(app: typer.Typer) -> None:
                 spec.known_classes = known_classes()
             engine = _engine(workers, ray, gpus_per_worker)
             kw = {"engine": engine, "retry_failed": retry_failed, "progress": text_progress()}
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _term_as_interrupt():
                 warnings.simplefilter("ignore", UserWarning)
                 if demo_set is not None:
                     res = run_demo_set(demo_set, output, spec, force=force, **kw)

@@ -64,6 +64,9 @@ def demo_vocabulary(model: str) -> tuple[list[str], int]:
     try:
         vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())["vocab"]
         size = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"])
+        vae = folder / "vae" / "config.json"
+        if vae.is_file():  # a latent model: the image is the latent times the VAE's factor
+            size *= 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BatchError(
             f"--demo-set needs a demo model (tokenizer/vocab.json, unet/config.json); "

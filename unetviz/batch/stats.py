@@ -106,6 +106,19 @@ def map_stats(m: torch.Tensor, mask: np.ndarray | None, tau: float) -> dict[str,
     return out
 
 
+def _daam(trace: Any, idx: list[int]) -> torch.Tensor:
+    """The DAAM heatmap (DAAM 0.2.0's recipe where the capture kept per-head sums, else
+    unetviz's DAAM-like recipe from the maps kept), not normalised."""
+    from unetviz.capture.aggregate import PRESETS
+
+    try:
+        return trace.heatmap(idx, preset="daam", normalize=None)
+    except ValueError:
+        if "daam-approx" not in PRESETS:
+            raise
+        return trace.heatmap(idx, preset="daam-approx", normalize=None)
+
+
 def word_groups(words: list[str | None]) -> list[tuple[str, list[int]]]:
     """(word, token indices) per distinct prompt word, in prompt order."""
     groups: dict[str, list[int]] = {}
@@ -156,7 +169,7 @@ def run_records(
                         **map_stats(maps[name].float(), mask, tau),
                     }
                 )
-        heat = trace.heatmap(idx, preset="daam", normalize=None)
+        heat = _daam(trace, idx)
         records.append(
             {
                 **base,

@@ -19,13 +19,10 @@ LOCATION_ORDER = {"down": 0, "mid": 1, "up": 2, "all": 3}
 
 
 def short_layer(name: str) -> str:
-    """``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` -> ``down1.a0``."""
-    if name == DAAM:
-        return "DAAM (all)"
-    p = name.split(".")
-    if p[0] == "mid_block":
-        return f"mid.a{p[2]}"
-    return f"{p[0].split('_')[0]}{p[1]}.a{p[3]}"
+    """``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` -> ``down1.a0.t0``."""
+    from unetviz.render.plots import short_layer as short
+
+    return "DAAM (all)" if name == DAAM else short(name)
 
 
 def layer_order(names: list[str]) -> list[str]:

@@ -100,7 +100,12 @@ class Worker:
             kwargs["steps"] = steps
         if guidance is not None:
             kwargs["guidance"] = guidance
-        run = self.pipe(row["prompt"], **kwargs)
+        try:  # daam=True: the capture keeps what preset="daam" (DAAM 0.2.0) needs
+            run = self.pipe(row["prompt"], daam=True, **kwargs)
+        except TypeError as exc:
+            if "daam" not in str(exc):
+                raise
+            run = self.pipe(row["prompt"], **kwargs)
         image = np.asarray(run.image.convert("RGB"))
         if spec.mask_source == "generated" and masks is not None:
             from .demo_set import generated_masks
