@@ -274,3 +274,64 @@ def test_modules_detail_and_flat_shape(tiny):
     flat = diagram(tr, detail="blocks", shape="flat", direction="LR")
     assert "dir=back" not in flat.source and "rankdir=LR" in flat.source
     assert "dir=back" in diagram(tr, detail="blocks").source  # the U's up path
+
+
+def _svg_boxes(svg: str) -> dict[str, tuple[float, float, float, float]]:
+    """(x0, y0, x1, y1) of every node's outline in a dot SVG, by node id (its <title>)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    boxes = {}
+    for g in ET.fromstring(svg.encode()).iter("{http://www.w3.org/2000/svg}g"):
+        if g.get("class") != "node":
+            continue
+        title = html.unescape(g.find("s:title", ns).text or "")
+        nums = []
+        for shape in g.iter():
+            if shape.tag.endswith("ellipse"):
+                cx, cy, rx, ry = (float(shape.get(k)) for k in ("cx", "cy", "rx", "ry"))
+                nums += [cx - rx, cy - ry, cx + rx, cy + ry]
+            elif shape.tag.endswith(("path", "polygon")):
+                points = shape.get("d") or shape.get("points") or ""
+                nums += [float(v) for v in re.findall(r"-?\d+\.?\d*", points)]
+        if nums:
+            xs, ys = nums[0::2], nums[1::2]
+            boxes[title] = (min(xs), min(ys), max(xs), max(ys))
+    return boxes
+
+
+@pytest.mark.parametrize(
+    "preset, detail", [("sd15", "blocks"), ("sd15", "layers"), ("sdxl", "blocks")]
+)
+def test_skip_labels_never_overlap_in_the_exported_svg(preset, detail, sd15, sdxl):
+    """Every skip arc's label is a box of its own that overlaps no other label or node."""
+    if not dot_program():
+        pytest.skip("needs Graphviz dot")
+    trace = sd15 if preset == "sd15" else sdxl
+    boxes = _svg_boxes(to_svg(diagram(trace, detail=detail)))
+    labels = {k: b for k, b in boxes.items() if k.startswith("skip~")}
+    arcs = len(trace.skips)
+    assert labels and sum(1 for _ in labels) <= arcs
+    text = html.unescape(to_svg(diagram(trace, detail=detail)))
+    assert all(f"res[{i}] " in text for i in range(arcs))  # every arc still labelled
+    for name, (a0, b0, a1, b1) in labels.items():
+        for other, (c0, d0, c1, d1) in boxes.items():
+            if other != name:
+                overlap = min(a1, c1) - max(a0, c0) > 0.5 and min(b1, d1) - max(b0, d0) > 0.5
+                assert not overlap, (name, other)
+
+
+def test_title_and_legend_as_separate_pieces(sd15, tiny):
+    """The app shows the title and legend outside its scrolled diagram: they exist apart."""
+    from unetviz.render.diagram import draw, legend_html, title_text
+
+    graph = build_graph(sd15, detail="blocks")
+    bare = draw(graph, legend=False, title=False).source
+    full = draw(graph).source
+    assert "legend" not in bare and "legend" in full
+    assert title_text(graph) in full and "label=" + json.dumps(title_text(graph)) not in bare
+    html_legend = legend_html(graph)
+    assert "CrossAttnDownBlock2D" in html_legend and "skip res[i]" in html_legend
+    filled = build_graph(tiny, detail="layers", temb_step=1)
+    assert "fill: temb ratio" in legend_html(filled) and "linear-gradient" in legend_html(filled)

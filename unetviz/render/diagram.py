@@ -9,10 +9,14 @@ by type (legend included); tooltips carry parameters, MACs, the LDM key and the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from html import escape
 from typing import Any
 
 import graphviz
 
+from ..colors import colorize
+from ..errors import UnetvizError
 from .graph import (
     ADDED,
     CONTEXT,
@@ -67,14 +71,9 @@ EDGE_STYLES: dict[str, dict[str, str]] = {
     "context": {"color": "#31a354", "style": "dotted", "arrowsize": "0.6"},
 }
 
-# a small viridis LUT for the temb-ratio fill (no plotly import: the CLI stays fast)
-_VIRIDIS = (
-    (0.0, (68, 1, 84)),
-    (0.25, (59, 82, 139)),
-    (0.5, (33, 145, 140)),
-    (0.75, (94, 201, 98)),
-    (1.0, (253, 231, 37)),
-)
+
+class DiagramError(UnetvizError):
+    """A diagram option that does not exist (direction, shape)."""
 
 
 def color_of(type_name: str) -> str:
@@ -84,16 +83,11 @@ def color_of(type_name: str) -> str:
     return _PASTELS[sum(map(ord, type_name)) % len(_PASTELS)]
 
 
-def viridis(x: float) -> str:
-    """``x`` in [0, 1] -> a viridis ``#rrggbb``."""
-    x = min(max(float(x), 0.0), 1.0)
-    for (x0, c0), (x1, c1) in zip(_VIRIDIS, _VIRIDIS[1:], strict=False):
-        if x <= x1:
-            f = (x - x0) / (x1 - x0)
-            return "#" + "".join(
-                f"{round(a + (b - a) * f):02x}" for a, b in zip(c0, c1, strict=True)
-            )
-    return "#fde725"
+def heat_color(x: float) -> str:
+    """``x`` in [0, 1] -> ``#rrggbb`` of unetviz's colour map (:mod:`unetviz.colors`), for
+    nodes filled by a value (temb ratio, a sweep's effect)."""
+    r, g, b = (int(v) for v in colorize([min(max(float(x), 0.0), 1.0)], 0.0, 1.0)[0])
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def human(n: float | None, unit: str = "") -> str:
@@ -111,7 +105,9 @@ def human_params(n: int | None) -> str:
     return human(n).replace("G", "B")
 
 
-def _title(graph: ArchGraph) -> str:
+def title_text(graph: ArchGraph) -> str:
+    """The diagram's one-line title: model, size, batch, params, detail, fill (the app shows
+    it outside the scrolled diagram; ``draw(title=False)`` leaves it out of the graph)."""
     m = graph.meta
     bits = [str(m.get("model") or "UNet2DConditionModel")]
     if m.get("height") and m.get("width"):
@@ -200,6 +196,44 @@ def _text_color(fill: str) -> str:
     return "#000000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#ffffff"
 
 
+@dataclass
+class _Drawing:
+    """What the phases of :func:`draw` share: the graph, its lookups and the options."""
+
+    graph: ArchGraph
+    shape: str
+    markers: bool
+    by_id: dict[str, Node] = field(default_factory=dict)
+    children: dict[str | None, list[Node]] = field(default_factory=dict)
+    first_leaf: dict[str, str] = field(default_factory=dict)
+    last_leaf: dict[str, str] = field(default_factory=dict)
+    stubs: dict[str | None, list[tuple[str, str, list[str]]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, graph: ArchGraph, shape: str, markers: bool) -> _Drawing:
+        d = cls(graph, shape, markers, by_id={n.id: n for n in graph.nodes})
+        for n in graph.nodes:
+            d.children.setdefault(n.parent if n.kind == "module" else None, []).append(n)
+            if n.cluster:
+                continue
+            parent = n.parent
+            while parent is not None:  # the first and last leaf inside every cluster
+                d.first_leaf.setdefault(parent, n.id)
+                d.last_leaf[parent] = n.id
+                parent = d.by_id[parent].parent
+        d.stubs = _marker_stubs(graph, d.by_id) if markers else {}
+        return d
+
+    @property
+    def detail(self) -> str:
+        return self.graph.detail
+
+    def fill_of(self, value: float) -> str:
+        """The heat fill of a node's value on the graph's fill range."""
+        lo, hi = self.graph.temb_range or (0.0, 1.0)
+        return heat_color((value - lo) / (hi - lo) if hi > lo else 0.5)
+
+
 def draw(
     graph: ArchGraph,
     direction: str = "TB",
@@ -207,26 +241,42 @@ def draw(
     legend: bool = True,
     edge_labels: bool = True,
     markers: bool = True,
+    title: bool = True,
 ) -> graphviz.Digraph:
     """Draw an :class:`ArchGraph` (see :func:`diagram`)."""
     if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}: expected one of {list(DIRECTIONS)}")
+        raise DiagramError(f"unknown direction {direction!r}: expected one of {list(DIRECTIONS)}")
     if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}: expected one of {list(SHAPES)}")
-    detail = graph.detail
+        raise DiagramError(f"unknown shape {shape!r}: expected one of {list(SHAPES)}")
+    g = _digraph(graph, direction, title)
+    d = _Drawing.of(graph, shape, markers)
+    for n in d.children.get(None, []):
+        _add(g, d, n)
+    _add_stubs(g, d, None)
+    _add_edges(g, d, edge_labels)
+    if shape == "u":
+        _u_ranks(g, graph)
+    if legend:
+        _legend(g, graph, markers)
+    return g
+
+
+def _digraph(graph: ArchGraph, direction: str, title: bool) -> graphviz.Digraph:
+    """An empty Digraph with the diagram's graph, node and edge attributes."""
     g = graphviz.Digraph("unet", engine="dot")
     g.attr(
         rankdir=direction,
         fontname=FONT,
         fontsize="16",
-        label=_title(graph),
         labelloc="t",
         newrank="true",
         nodesep="0.25",
-        ranksep="0.3" if detail == "modules" else "0.4",
+        ranksep="0.3" if graph.detail == "modules" else "0.4",
         compound="true",
-        tooltip=_title(graph),
+        tooltip=title_text(graph),
     )
+    if title:
+        g.attr(label=title_text(graph))
     g.attr(
         "node",
         fontname=FONT,
@@ -236,141 +286,133 @@ def draw(
         margin="0.1,0.04",
     )
     g.attr("edge", fontname=FONT, fontsize="8")
-    lo, hi = graph.temb_range or (0.0, 1.0)
-    by_id = {n.id: n for n in graph.nodes}
+    return g
 
-    def node_attrs(n: Node) -> dict[str, str]:
-        fill = color_of(n.type if n.kind == "module" else n.kind)
-        attrs = {"label": _label(n, detail), "tooltip": tooltip(n), "fillcolor": fill}
-        if n.kind in ("input", "output"):
-            attrs.update(shape="box", style="rounded,filled,bold")
-        if n.kind == "temb":
-            attrs.update(shape="ellipse", style="filled")
-        if markers and n.id in (TEMB, CONTEXT):
-            where = "resnet" if n.id == TEMB else "cross-attention"
-            attrs["tooltip"] += f"\nacts in every {where}: see the small '{n.id}' markers"
-        if n.temb_ratio is not None:
-            t = (n.temb_ratio - lo) / (hi - lo) if hi > lo else 0.5
-            attrs.update(
-                fillcolor=viridis(t),
-                fontcolor=_text_color(viridis(t)),
-                color=fill,
-                penwidth="3",
-            )
-        return attrs
 
-    # ---- temb / context markers: a small local node per cluster (or per target at blocks
-    # detail) instead of dozens of long arrows from one source across the whole U
-    marker_edges = [e for e in graph.edges if e.kind in ("temb", "context")] if markers else []
-    stubs: dict[str | None, list[tuple[str, str, list[str]]]] = {}
+def _node_attrs(d: _Drawing, n: Node) -> dict[str, str]:
+    fill = color_of(n.type if n.kind == "module" else n.kind)
+    attrs = {"label": _label(n, d.detail), "tooltip": tooltip(n), "fillcolor": fill}
+    if n.kind in ("input", "output"):
+        attrs.update(shape="box", style="rounded,filled,bold")
+    if n.kind == "temb":
+        attrs.update(shape="ellipse", style="filled")
+    if d.markers and n.id in (TEMB, CONTEXT):
+        where = "resnet" if n.id == TEMB else "cross-attention"
+        attrs["tooltip"] += f"\nacts in every {where}: see the small '{n.id}' markers"
+    if n.temb_ratio is not None:
+        heat = d.fill_of(n.temb_ratio)
+        attrs.update(fillcolor=heat, fontcolor=_text_color(heat), color=fill, penwidth="3")
+    return attrs
+
+
+def _marker_stubs(
+    graph: ArchGraph, by_id: dict[str, Node]
+) -> dict[str | None, list[tuple[str, str, list[str]]]]:
+    """temb / context markers: a small local node per cluster (or per target at blocks
+    detail) instead of dozens of long arrows from one source across the whole U."""
     grouped: dict[tuple[str | None, str], list[str]] = {}
-    for e in marker_edges:
-        home = by_id[e.target].parent if detail != "blocks" else e.target
-        grouped.setdefault((home, e.kind), []).append(e.target)
-    for (home, kind), targets in grouped.items():
-        stub = f"{home or 'top'}~{kind}"
-        stubs.setdefault(home, []).append((stub, kind, targets))
-
-    def add_stubs(container: graphviz.Digraph, key: str | None) -> None:
-        for stub, kind, targets in stubs.get(key, []):
-            src = by_id[TEMB if kind == "temb" else CONTEXT]
-            container.node(
-                stub,
-                label="temb" if kind == "temb" else "text",
-                shape="cds",
-                style="filled",
-                fillcolor=EDGE_STYLES[kind]["color"] + "33",
-                color=EDGE_STYLES[kind]["color"],
-                fontsize="8",
-                height="0.2",
-                margin="0.04,0.01",
-                tooltip=f"{kind}: {src.name} {fmt_shape(src.outputs.get('sample'))} acts in "
-                + ", ".join(targets),
-            )
-            for t in targets:
-                container.edge(stub, t, weight="20", **EDGE_STYLES[kind])
-            with container.subgraph() as s:
-                s.attr(rank="same")
-                s.node(stub)
-                s.node(targets[0])
-
-    # ---- clusters (layers / modules detail): nest by parent
-    children: dict[str | None, list[Node]] = {}
-    for n in graph.nodes:
-        children.setdefault(n.parent if n.kind == "module" else None, []).append(n)
-    first_leaf: dict[str, str] = {}
-    last_leaf: dict[str, str] = {}
-    for n in graph.nodes:
-        if n.cluster:
-            continue
-        parent = n.parent
-        while parent is not None:
-            first_leaf.setdefault(parent, n.id)
-            last_leaf[parent] = n.id
-            parent = by_id[parent].parent
-
-    def add(container: graphviz.Digraph, n: Node) -> None:
-        if not n.cluster and n.id in stubs:  # blocks detail: keep the markers beside the node
-            with container.subgraph(name=f"cluster_wrap_{n.id}") as c:
-                c.attr(label="", peripheries="0", margin="2")
-                c.node(n.id, **node_attrs(n))
-                add_stubs(c, n.id)
-            return
-        if not n.cluster:
-            container.node(n.id, **node_attrs(n))
-            return
-        with container.subgraph(name=f"cluster_{n.id}") as c:
-            fill = color_of(n.type)
-            label = n.name if not n.a1111 else f"{n.name}  \u00b7  {n.a1111}"
-            if n.level == "block":
-                label += f"\n{n.type}  \u00b7  {human_params(n.params)} params"
-                if n.macs:
-                    label += f"  \u00b7  {human(n.macs)} MACs"
-            else:
-                label += f"  ({n.type})"
-            c.attr(
-                label=label,
-                tooltip=tooltip(n),
-                style="rounded,filled",
-                fillcolor=fill + "66",
-                color="#999999",
-                fontname=FONT,
-                fontsize="11" if n.level == "block" else "9",
-            )
-            if n.temb_ratio is not None:
-                t = (n.temb_ratio - lo) / (hi - lo) if hi > lo else 0.5
-                c.attr(penwidth="3", color=viridis(t))
-            kids = children.get(n.id, [])
-            for k in kids:
-                add(c, k)
-            add_stubs(c, n.id)
-            if shape == "u" and n.id == "mid_block" and detail == "layers":
-                with c.subgraph() as s:
-                    s.attr(rank="same")
-                    for k in kids:
-                        s.node(k.id)
-
-    for n in children.get(None, []):
-        add(g, n)
-    add_stubs(g, None)
-
-    # ---- edges; in a U the up path's edges point the other way so it climbs back up.
-    # Parallel skip arcs (blocks detail) share one label, one line per arc, so labels of
-    # arcs drawn on top of each other do not overprint.
-    skip_labels: dict[tuple[str, str], list[str]] = {}
     for e in graph.edges:
+        if e.kind in ("temb", "context"):
+            home = by_id[e.target].parent if graph.detail != "blocks" else e.target
+            grouped.setdefault((home, e.kind), []).append(e.target)
+    stubs: dict[str | None, list[tuple[str, str, list[str]]]] = {}
+    for (home, kind), targets in grouped.items():
+        stubs.setdefault(home, []).append((f"{home or 'top'}~{kind}", kind, targets))
+    return stubs
+
+
+def _add_stubs(container: graphviz.Digraph, d: _Drawing, key: str | None) -> None:
+    for stub, kind, targets in d.stubs.get(key, []):
+        src = d.by_id[TEMB if kind == "temb" else CONTEXT]
+        container.node(
+            stub,
+            label="temb" if kind == "temb" else "text",
+            shape="cds",
+            style="filled",
+            fillcolor=EDGE_STYLES[kind]["color"] + "33",
+            color=EDGE_STYLES[kind]["color"],
+            fontsize="8",
+            height="0.2",
+            margin="0.04,0.01",
+            tooltip=f"{kind}: {src.name} {fmt_shape(src.outputs.get('sample'))} acts in "
+            + ", ".join(targets),
+        )
+        for t in targets:
+            if d.shape == "u" and d.detail == "blocks" and _is_up_path(t):
+                # on the up arm the marker sits outside the U, leaving the inside to skips
+                container.edge(t, stub, weight="20", dir="back", **EDGE_STYLES[kind])
+            else:
+                container.edge(stub, t, weight="20", **EDGE_STYLES[kind])
+        _same_rank(container, [stub, targets[0]])
+
+
+def _add(container: graphviz.Digraph, d: _Drawing, n: Node) -> None:
+    """Add node ``n`` (a box, or a cluster holding its children) to ``container``."""
+    if not n.cluster and n.id in d.stubs and not _is_up_path(n.id):
+        # blocks detail: a down-arm block and its markers in one borderless cluster; an
+        # up-arm block stays bare so skip labels can sit between it and the down arm
+        with container.subgraph(name=f"cluster_wrap_{n.id}") as c:
+            c.attr(label="", peripheries="0", margin="2")
+            c.node(n.id, **_node_attrs(d, n))
+            _add_stubs(c, d, n.id)
+        return
+    if not n.cluster:
+        container.node(n.id, **_node_attrs(d, n))
+        _add_stubs(container, d, n.id)
+        return
+    with container.subgraph(name=f"cluster_{n.id}") as c:
+        label = n.name if not n.a1111 else f"{n.name}  \u00b7  {n.a1111}"
+        if n.level == "block":
+            label += f"\n{n.type}  \u00b7  {human_params(n.params)} params"
+            if n.macs:
+                label += f"  \u00b7  {human(n.macs)} MACs"
+        else:
+            label += f"  ({n.type})"
+        c.attr(
+            label=label,
+            tooltip=tooltip(n),
+            style="rounded,filled",
+            fillcolor=color_of(n.type) + "66",
+            color="#999999",
+            fontname=FONT,
+            fontsize="11" if n.level == "block" else "9",
+        )
+        if n.temb_ratio is not None:
+            c.attr(penwidth="3", color=d.fill_of(n.temb_ratio))
+        kids = d.children.get(n.id, [])
+        for k in kids:
+            _add(c, d, k)
+        _add_stubs(c, d, n.id)
+        if d.shape == "u" and n.id == "mid_block" and d.detail == "layers":
+            _same_rank(c, [k.id for k in kids])
+
+
+def _leaf_ends(d: _Drawing, tail: str, head: str, attrs: dict[str, str]) -> tuple[str, str]:
+    """Edges to or from a cluster attach to its last / first leaf, clipped at its border."""
+    if d.by_id[tail].cluster:
+        attrs["ltail"] = f"cluster_{tail}"
+        tail = d.last_leaf[tail]
+    if d.by_id[head].cluster:
+        attrs["lhead"] = f"cluster_{head}"
+        head = d.first_leaf[head]
+    return tail, head
+
+
+def _add_edges(g: graphviz.Digraph, d: _Drawing, edge_labels: bool) -> None:
+    """Data edges (in a U the up path's point the other way, so it climbs back up) and skip
+    arcs. A skip's label is a node of its own on the arc, in the rank of the arc's target:
+    graphviz never lets nodes overlap, so skip labels never overprint each other (edge labels
+    of arcs drawn across the U did). Parallel arcs (blocks detail) share one label node."""
+    skip_labels: dict[tuple[str, str], list[str]] = {}
+    for e in d.graph.edges:
         if e.kind == "skip":
             skip_labels.setdefault((e.source, e.target), []).append(e.label)
-    labelled: set[tuple[str, str]] = set()
-    for e in graph.edges:
-        if e.kind in ("temb", "context") and markers:
+    label_nodes: dict[tuple[str, str], str] = {}
+    for e in d.graph.edges:
+        if e.kind in ("temb", "context") and d.markers:
             continue
         attrs = dict(EDGE_STYLES[e.kind])
-        if e.kind == "skip" and edge_labels:
-            if (e.source, e.target) not in labelled:
-                labelled.add((e.source, e.target))
-                attrs["label"] = "\n".join(skip_labels[(e.source, e.target)])
-        elif e.label and edge_labels and e.label != "?":
+        if e.kind != "skip" and e.label and edge_labels and e.label != "?":
             attrs["label"] = e.label
         shape_txt = fmt_shape(e.shape) if e.shape else ""
         attrs["tooltip"] = f"{e.kind}: {e.source} \u2192 {e.target}" + (
@@ -378,25 +420,56 @@ def draw(
         )
         if e.via:
             attrs["tooltip"] += f"  (at {e.via})"
-        tail, head = e.source, e.target
-        if by_id[tail].cluster:
-            attrs["ltail"] = f"cluster_{tail}"
-            tail = last_leaf[tail]
-        if by_id[head].cluster:
-            attrs["lhead"] = f"cluster_{head}"
-            head = first_leaf[head]
+        tail, head = _leaf_ends(d, e.source, e.target, attrs)
+        if e.kind == "skip" and edge_labels:
+            key = (e.source, e.target)
+            if key not in label_nodes:  # parallel arcs: drawn once through a shared label
+                lines = skip_labels[key]
+                level = d.shape == "u" and d.detail == "blocks"
+                k = len(label_nodes)
+                label_nodes[key] = _skip_label(g, tail, head, lines, attrs, k, level)
+            continue
         if e.kind != "data":
             attrs["constraint"] = "false"
-        elif shape == "u" and _is_up_path(e.target):
+        elif d.shape == "u" and _is_up_path(e.target):
             tail, head = head, tail
             attrs["dir"] = "back"
         g.edge(tail, head, **attrs)
 
-    if shape == "u":
-        _u_ranks(g, graph, first_leaf, last_leaf)
-    if legend:
-        _legend(g, graph, markers)
-    return g
+
+def _skip_label(
+    g: graphviz.Digraph,
+    tail: str,
+    head: str,
+    lines: list[str],
+    attrs: dict[str, str],
+    k: int,
+    level: bool = False,
+) -> str:
+    """Draw one skip arc (or several parallel ones) as tail -> label node -> head, the label
+    node in the head's rank just before it (in a U: inside the U, beside the up block)."""
+    node = f"skip~{k}"
+    g.node(
+        node,
+        label="\n".join(lines),
+        shape="box",
+        style="rounded,dashed",
+        color=EDGE_STYLES["skip"]["color"],
+        fontcolor=EDGE_STYLES["skip"]["fontcolor"],
+        fontsize="8",
+        margin="0.05,0.02",
+        height="0.2",
+        tooltip=attrs["tooltip"],
+    )
+    first = {k: v for k, v in attrs.items() if k != "lhead"}
+    second = {k: v for k, v in attrs.items() if k != "ltail"}
+    # at blocks detail a down block and the up block it feeds share a rank: both halves are
+    # flat edges there, which put the label between them, inside the U
+    flat = "true" if level else "false"
+    g.edge(tail, node, arrowhead="none", constraint=flat, **first)
+    g.edge(node, head, **second)  # a flat edge: the label sits just before the head
+    _same_rank(g, [node, head])
+    return node
 
 
 def _same_rank(g: graphviz.Digraph, ids: list[str]) -> None:
@@ -406,11 +479,10 @@ def _same_rank(g: graphviz.Digraph, ids: list[str]) -> None:
             s.node(i)
 
 
-def _u_ranks(
-    g: graphviz.Digraph, graph: ArchGraph, first_leaf: dict[str, str], last_leaf: dict[str, str]
-) -> None:
-    """Rank constraints that make the U: inputs on the top row, the output path beside
-    conv_in, each skip's two ends (or each down block and its up block) side by side."""
+def _u_ranks(g: graphviz.Digraph, graph: ArchGraph) -> None:
+    """Rank constraints that make the U: the inputs on the top row, the output path beside
+    conv_in and, at blocks detail, each down block beside the up block that pops its skips
+    (at finer detail the skip arcs' label nodes pull the two arms level)."""
     ids = {n.id: n for n in graph.nodes}
     _same_rank(g, [i for i in (SAMPLE, TIMESTEP, ADDED, CONTEXT) if i in ids])
     out_row = [i for i in ("conv_in", "conv_norm_out", "conv_act", "conv_out", OUTPUT) if i in ids]
@@ -419,56 +491,90 @@ def _u_ranks(
     if graph.detail == "blocks":
         downs = [n.id for n in graph.nodes if n.id.startswith("down_blocks.")]
         ups = [n.id for n in graph.nodes if n.id.startswith("up_blocks.")]
-        for d, u in zip(downs, reversed(ups), strict=False):
-            _same_rank(g, [d, u])
-        return
+        for down, up in zip(downs, reversed(ups), strict=False):
+            _same_rank(g, [down, up])
 
 
-def _legend(g: graphviz.Digraph, graph: ArchGraph, markers: bool) -> None:
-    """One HTML-table node: a swatch per node type, a line per edge kind, the temb scale."""
+_EDGE_WORDS = {
+    "data": "\u2501 data (shape)",
+    "skip": "\u2504 skip res[i] (shape)",
+    "temb": "\u2508 temb: time embedding",
+    "context": "\u2508 text context",
+}
+
+
+def legend_items(graph: ArchGraph, markers: bool = True) -> dict[str, Any]:
+    """What the legend shows, as data: ``types`` [(type, fill)], ``edges`` [(words, colour)],
+    ``fill`` (label, [(value, colour)] at 0, 1/4, ..., 1) or None."""
     types: list[str] = []
     for n in graph.nodes:
         if n.kind == "module" and n.type not in types:
             types.append(n.type)
-    rows = []
-    per_row = 4
-    cells = [
-        f'<td bgcolor="{color_of(t)}" border="1" style="rounded"><font point-size="9">{t}</font></td>'
-        for t in types
-    ]
-    for i in range(0, len(cells), per_row):
-        rows.append("<tr>" + "".join(cells[i : i + per_row]) + "</tr>")
-    kinds = [
-        k for k in ("data", "skip", "temb", "context") if any(e.kind == k for e in graph.edges)
-    ]
-    words = {
-        "data": "\u2501 data (shape)",
-        "skip": "\u2504 skip res[i] (shape)",
-        "temb": "\u2508 temb: time embedding" + (" (marker)" if markers else ""),
-        "context": "\u2508 text context" + (" (marker)" if markers else ""),
-    }
-    cells = [
-        f'<td><font color="{EDGE_STYLES[k]["color"]}" point-size="9">{words[k]}</font></td>'
-        for k in kinds
-    ]
-    rows.append("<tr>" + "".join(cells) + "</tr>")
+    edges = []
+    for k in ("data", "skip", "temb", "context"):
+        if any(e.kind == k for e in graph.edges):
+            words = _EDGE_WORDS[k] + (" (marker)" if markers and k in ("temb", "context") else "")
+            edges.append((words, EDGE_STYLES[k]["color"]))
+    fill = None
     if graph.temb_range is not None:
         lo, hi = graph.temb_range
-        cells = []
-        for x in (0.0, 0.25, 0.5, 0.75, 1.0):
-            col = viridis(x)
-            cells.append(
-                f'<td bgcolor="{col}"><font color="{_text_color(col)}" point-size="8">'
-                f"{lo + (hi - lo) * x:.3g}</font></td>"
-            )
-        rows.append('<tr><td colspan="4"><font point-size="9">fill: temb ratio</font></td></tr>')
+        steps = [(lo + (hi - lo) * x, heat_color(x)) for x in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        fill = (graph.fill_label, steps)
+    return {"types": [(t, color_of(t)) for t in types], "edges": edges, "fill": fill}
+
+
+def _legend(g: graphviz.Digraph, graph: ArchGraph, markers: bool) -> None:
+    """One HTML-table node: a swatch per node type, a line per edge kind, the fill scale."""
+    items = legend_items(graph, markers)
+    cells = [
+        f'<td bgcolor="{c}" border="1" style="rounded"><font point-size="9">{escape(t)}</font></td>'
+        for t, c in items["types"]
+    ]
+    rows = ["<tr>" + "".join(cells[i : i + 4]) + "</tr>" for i in range(0, len(cells), 4)]
+    cells = [
+        f'<td><font color="{c}" point-size="9">{escape(w)}</font></td>' for w, c in items["edges"]
+    ]
+    rows.append("<tr>" + "".join(cells) + "</tr>")
+    if items["fill"] is not None:
+        label, steps = items["fill"]
+        cells = [
+            f'<td bgcolor="{c}"><font color="{_text_color(c)}" point-size="8">{v:.3g}</font></td>'
+            for v, c in steps
+        ]
+        rows.append(
+            f'<tr><td colspan="4"><font point-size="9">fill: {escape(label)}</font></td></tr>'
+        )
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    table = (
-        '<<table border="0" cellborder="0" cellspacing="3" cellpadding="3">'
-        + "".join(rows)
-        + "</table>>"
-    )
+    table = '<<table border="0" cellborder="0" cellspacing="3" cellpadding="3">'
+    table += "".join(rows) + "</table>>"
     g.node("legend", label=table, shape="box", style="rounded", color="#bbbbbb", tooltip="legend")
+
+
+def legend_html(graph: ArchGraph, markers: bool = True) -> str:
+    """The legend as a compact HTML fragment (swatches, edge kinds, fill scale) for pages
+    that show it beside the diagram rather than inside it."""
+    parts = [
+        f'<span class="uv-swatch" style="background:{c};border:1px solid #999;border-radius:4px;'
+        f'padding:0 4px;margin:1px;display:inline-block">{escape(t)}</span>'
+        for t, c in legend_items(graph, markers)["types"]
+    ]
+    items = legend_items(graph, markers)
+    parts += [
+        f'<span style="color:{c};margin:0 6px;display:inline-block">{escape(w)}</span>'
+        for w, c in items["edges"]
+    ]
+    if items["fill"] is not None:
+        label, steps = items["fill"]
+        stops = ", ".join(c for _, c in steps)
+        parts.append(
+            f'<span style="margin:0 6px;display:inline-block">fill: {escape(label)} '
+            f"{steps[0][0]:.3g} "
+            f'<span style="display:inline-block;width:90px;height:10px;'
+            f'background:linear-gradient(to right, {stops})"></span> {steps[-1][0]:.3g}</span>'
+        )
+    return (
+        '<div class="uv-legend" style="font-size:12px;line-height:1.7">' + "".join(parts) + "</div>"
+    )
 
 
 def diagram(
@@ -480,6 +586,7 @@ def diagram(
     legend: bool = True,
     edge_labels: bool = True,
     markers: bool = True,
+    title: bool = True,
 ) -> graphviz.Digraph:
     """The architecture diagram of ``trace`` as a ``graphviz.Digraph``.
 
@@ -488,12 +595,16 @@ def diagram(
       not finer than the trace was captured at.
     - ``direction``: ``"TB"`` (a U: down path on the left, up path climbing the right) or
       ``"LR"`` (the U on its side).
-    - ``temb_step``: fill every node by its mean temb ratio at that forward (viridis), the type
+    - ``temb_step``: fill every node by its mean temb ratio at that forward (the colour map of
+      :mod:`unetviz.colors`), the type
       colour moving to the border.
     - ``shape="flat"`` draws one straight pipeline instead of a U.
     - ``markers``: draw temb / text context as small local markers beside every block (or
       inside every cluster) with arrows to the resnets / cross-attentions they act in, rather
       than long arrows from one source node (the JSON export always has the full edges).
+
+    - ``legend`` / ``title``: draw them in the graph (the app shows :func:`title_text` and
+      :func:`legend_html` outside its scrolled diagram instead, so they are never cut off).
 
     A pure function of the trace: no torch, no model. Render with ``unetviz.render.export``.
     """
@@ -507,4 +618,5 @@ def diagram(
         legend=legend,
         edge_labels=edge_labels,
         markers=markers,
+        title=title,
     )

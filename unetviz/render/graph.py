@@ -86,7 +86,8 @@ class ArchGraph:
     detail: str
     meta: dict[str, Any] = field(default_factory=dict)
     temb_step: int | None = None
-    temb_range: tuple[float, float] | None = None
+    temb_range: tuple[float, float] | None = None  # the range of the nodes' fill values
+    fill_label: str = "temb ratio"  # what the fill means (a sweep's score, ...)
 
     def node(self, node_id: str) -> Node:
         """The node with this id (KeyError if absent)."""
