@@ -44,14 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     """Parse options and serve until interrupted."""
     args = parse_args(argv)
     from unetviz.app import launch
+    from unetviz.errors import UnetvizError
 
-    launch(
-        host=args.host,
-        port=args.port,
-        model_roots=args.model_root,
-        demo_folder=args.demo,
-        threads=args.threads,
-    )
+    try:
+        launch(
+            host=args.host,
+            port=args.port,
+            model_roots=args.model_root,
+            demo_folder=args.demo,
+            threads=args.threads,
+        )
+    except UnetvizError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -311,6 +311,7 @@ class AppHandlers:
         s = parse_int(seed, "seed", 0, SEED_MAX)
         c = self.controls(*control_values)
         model = (model or DEMO).strip() or DEMO
+        progress = progress or (lambda *a, **k: None)
         progress(0, desc="loading the model…")
         pipe = self.registry.pipeline(model)
         extra = {"per_head": True} if getattr(pipe, "name", "") == DEMO else {}

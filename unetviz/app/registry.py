@@ -271,30 +271,21 @@ def size_multiple(spec: ModelSpec) -> int:
 
 
 def architecture_trace(spec: ModelSpec, height: int, width: int, batch: int) -> Any:
-    """Build ``spec``'s UNet on meta and capture one forward at ``height`` x ``width`` pixels
-    with UNet batch ``batch``: every module's shapes, params and MACs, no weights."""
+    """``spec``'s UNet at ``height`` x ``width`` pixels with UNet batch ``batch``: every
+    module's shapes, params and MACs, no weights (``unetviz.structure.structure_trace``: the
+    shipped preset structures or the on-disk cache, else one meta forward). The size check is
+    ``UNetConfig.check_size``."""
+    from unetviz.config import UNetConfig
+    from unetviz.structure import structure_trace
 
-    height, width, batch = int(height), int(width), int(batch)
-    step = size_multiple(spec)
-    for name, v in (("height", height), ("width", width)):
-        if v <= 0 or v % step:
-            raise ModelAccessError(
-                f"{name}={v}: must be a positive multiple of {step} for {spec.label} "
-                f"(latent factor {spec.factor} x {step // spec.factor} for its downsamplers)"
-            )
-    if not 1 <= batch <= 64:
+    cfg = UNetConfig.from_dict(dict(spec.config))
+    h, w = cfg.check_size(int(height), int(width), scale=spec.factor)
+    if not 1 <= int(batch) <= 64:
         raise ModelAccessError(f"batch={batch}: expected 1..64")
-    from unetviz.structure import meta_trace
-
-    meta = {
-        "model": spec.key,
-        "height": height,
-        "width": width,
-        "batch": batch,
-        "config": dict(spec.config),
-    }
-    latent = (height // spec.factor, width // spec.factor)
-    return meta_trace(dict(spec.config), *latent, batch, spec.tokens, "modules", meta=meta)
+    source = spec.key if spec.key in PRESETS else cfg
+    return structure_trace(
+        source, h, w, int(batch), "modules", spec.tokens, spec.factor, label=spec.label
+    )
 
 
 def describe_roots(roots: Sequence[Path]) -> str:

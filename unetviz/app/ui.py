@@ -425,7 +425,7 @@ def _wire_attention(ctx: TabContext) -> None:
     agg_out = [c["gallery"], c["colorbar"], c["ctrl_msg"], c["locations"]]
     triggers = [x.input for x in controls if x not in (c["step_range"], c["preset"])]
     triggers.append(c["step_range"].change)
-    follow_up(preset_ev.then(h.heatmaps, controls, agg_out, **quiet))
+    follow_up(preset_ev.then(h.heatmaps, controls, agg_out, api_name="preset_heatmaps", **quiet))
     agg = gr.on(
         triggers,
         h.heatmaps,

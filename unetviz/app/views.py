@@ -10,31 +10,28 @@ import json
 import re
 import zipfile
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from unetviz.capture.options import DETAILS
 from unetviz.errors import UnetvizError
-from unetviz.render.graph import DETAILS
+from unetviz.render import heatmaps as rh
 
 from .sessions import Session
 
 __all__ = ["DETAILS", "Session"]
 
 NORMALIZE = ("minmax", "max", "sum", "none")
-SCALES = ("shared", "per token")
+SCALES = rh.SCALES  # ("shared", "per-token")
 PRESETS = ("custom", "daam", "p2p")
 LOCATIONS = ("down", "mid", "up")
 TILE = 192  # side of one heatmap tile in pixels
 IMAGE_NAME = "image.png"  # extra entry the app adds to a trace bundle
 #: largest trace bundle the app accepts (also gradio's upload limit, stated in the UI)
 MAX_UPLOAD_MB = 64
-#: the colour map of tiles, colour bar and grid (plotly name; perceptual, no red/green pair,
-#: distinct from any colour once the image below it is grey)
-COLORSCALE = "Viridis"
 
 #: example prompts for the demo model: one and two objects, with and without position words
 EXAMPLES = (
@@ -97,34 +94,15 @@ def _shape(shape: Any) -> str:
     return fmt_shape(shape) if shape else "-"
 
 
-def _io(inputs: dict[str, Any], outputs: dict[str, Any]) -> str:
-    a = inputs.get("sample") or inputs.get("hidden_states") or next(iter(inputs.values()), None)
-    b = outputs.get("sample") or next(iter(outputs.values()), None)
-    return f"{_shape(a)} → {_shape(b)}"
-
-
 TABLE_HEADERS = ["name", "type", "in → out", "params", "MACs", "LDM key", "A1111 label"]
 
 
 def block_table(trace: Any, detail: str) -> list[list[Any]]:
-    """Rows of the block table at ``detail``: name, type, in → out, params, MACs, LDM, A1111."""
-    from unetviz.render.diagram import human
-    from unetviz.render.graph import build_graph
+    """Rows of the block table at ``detail`` (``unetviz.render.table.summary_rows``, exact
+    parameter counts)."""
+    from unetviz.render.table import summary_rows
 
-    graph = build_graph(trace, detail=detail)
-    return [
-        [
-            n.name,
-            n.type,
-            _io(n.inputs, n.outputs),
-            f"{n.params:,}" if n.params is not None else "-",
-            human(n.macs) if n.macs else "-",
-            n.ldm or "-",
-            n.a1111 or "-",
-        ]
-        for n in graph.nodes
-        if n.kind == "module"
-    ]
+    return summary_rows(trace, detail, exact=True)
 
 
 def search_rows(rows: list[list[Any]], query: str, limit: int = 50) -> list[list[Any]]:
@@ -204,7 +182,6 @@ def legend_html(types: list[str]) -> str:
 
 # ---------------------------------------------------------------------------------- tokens
 _EOS = ("<eos>", "<|endoftext|>", "</s>")
-_SPECIALS = {"<bos>", "<eos>", "<pad>", "<|startoftext|>", "<|endoftext|>"}
 
 
 def token_label(trace: Any, i: int) -> str:
@@ -222,23 +199,13 @@ def token_choices(trace: Any) -> list[tuple[str, int]]:
         if tok in _EOS:  # CLIP pads with <|endoftext|>: stop after the first one
             break
     if not out:  # a trace without labels: address by index
-        from unetviz.render.plots import default_tokens
-
-        out = [(f"{i}", i) for i in default_tokens(trace, limit=77)]
+        out = [(f"{i}", i) for i in rh.word_tokens(trace)]
     return out
 
 
 def word_tokens(trace: Any) -> list[int]:
-    """Indices of the prompt's word tokens (not <bos>/<eos>/padding)."""
-    if trace.words:
-        idx = [i for i, w in enumerate(trace.words) if w is not None]
-        if idx:
-            return idx
-    if trace.tokens:
-        idx = [i for _, i in token_choices(trace) if trace.tokens[i] not in _SPECIALS]
-        if idx:
-            return idx
-    return [i for _, i in token_choices(trace)][:8]
+    """Indices of the prompt's word tokens (``unetviz.render.heatmaps.word_tokens``)."""
+    return rh.word_tokens(trace)
 
 
 def highlighted_tokens(trace: Any) -> list[tuple[str, str]]:
@@ -267,20 +234,22 @@ def head_count(trace: Any) -> int:
 
 def preset_selection(trace: Any, preset: str) -> tuple[list[str], list[int], str]:
     """(locations, resolutions, note) an aggregation preset uses on ``trace``: the boxes show
-    what the preset chose."""
+    what the preset chose (``unetviz.capture.aggregate.preset_layers`` when it exists), else
+    they keep their values and the note says the preset chooses."""
     if preset in ("", "custom"):
         return list(LOCATIONS), resolutions(trace), ""
-    from unetviz.capture.aggregate import _preset
+    from unetviz.capture import aggregate
 
-    recs = [a for a in trace.attention.values() if a.captured]
-    keep, reduce, _, size = _preset(trace, preset, recs)
+    name = {"daam": "DAAM", "p2p": "Prompt-to-Prompt"}.get(preset, preset)
+    chooser = getattr(aggregate, "preset_layers", None)
+    if chooser is None:
+        note = f"{name} chooses its own layers and resolutions (docs/trace.md); boxes locked"
+        return list(LOCATIONS), resolutions(trace), note
+    names = set(chooser(trace, preset))
+    keep = [a for a in trace.attention.values() if a.name in names]
     locs = [loc for loc in LOCATIONS if any(r.location == loc for r in keep)]
     res = sorted({r.res[0] for r in keep}, reverse=True)
-    name = {"daam": "DAAM", "p2p": "Prompt-to-Prompt"}.get(preset, preset)
-    note = (
-        f"{name} uses the {', '.join(locs)} layers at {', '.join(f'{r}×{r}' for r in res)}; "
-        f"steps {'summed' if reduce == 'sum' else 'averaged'}; maps at {size[0]}×{size[1]}"
-    )
+    note = f"{name} uses the {', '.join(locs)} layers at {', '.join(f'{r}×{r}' for r in res)}"
     return locs, res, note
 
 
@@ -299,16 +268,7 @@ class HeatmapControls:
     normalize: str = "minmax"
     threshold: float = 0.0  # 0: no outline
     opacity: float = 0.6
-    scale: str = "shared"
-
-
-@lru_cache(maxsize=4)
-def lut(name: str = COLORSCALE) -> np.ndarray:
-    """(256, 3) uint8 colour table of a plotly colour scale."""
-    from plotly.colors import sample_colorscale, unlabel_rgb
-
-    cols = sample_colorscale(name, [i / 255 for i in range(256)])
-    return np.array([unlabel_rgb(c) for c in cols], dtype=np.float32).round().astype(np.uint8)
+    scale: str = "shared"  # or "per-token"
 
 
 def _steps(trace: Any, c: HeatmapControls) -> list[int] | None:
@@ -352,68 +312,12 @@ def heatmap_arrays(trace: Any, c: HeatmapControls) -> list[tuple[int, np.ndarray
     return [(int(i), trace.heatmap(int(i), **kw).numpy().astype(np.float32)) for i in tokens]
 
 
-def scale_range(maps: list[np.ndarray], scale: str = "shared") -> tuple[float, float]:
-    """(low, high) of the colour scale: over all shown maps (``"shared"``), or (0, 1) for
-    ``"per token"`` (each tile then spans its own range)."""
-    if scale not in SCALES:
-        raise ViewError(f"scale={scale!r}: expected one of {list(SCALES)}")
-    if scale == "per token" or not maps:
-        return 0.0, 1.0
-    lo = min(float(m.min()) for m in maps)
-    hi = max(float(m.max()) for m in maps)
-    return lo, hi
-
-
-def to_unit(heat: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``heat`` mapped onto the colour scale [lo, hi] -> [0, 1] (clipped)."""
-    if not hi > lo:
-        return np.zeros_like(heat, dtype=np.float32)
-    return ((heat - lo) / (hi - lo)).clip(0, 1).astype(np.float32)
-
-
-def overlay(
-    image: Image.Image | None,
-    unit: np.ndarray,
-    opacity: float = 0.6,
-    threshold: float = 0.0,
-    size: int = TILE,
-) -> Image.Image:
-    """``unit`` (a heatmap already on the [0, 1] colour scale) in colour over a greyscale
-    copy of ``image`` (mid grey when None), outlined where it reaches ``threshold``."""
-    h = np.asarray(
-        Image.fromarray(unit.astype(np.float32), mode="F").resize(
-            (size, size), Image.Resampling.BILINEAR
-        )
-    ).clip(0, 1)
-    colour = lut()[(h * 255).astype(np.uint8)].astype(np.float32)
-    if image is None:
-        base = np.full((size, size, 3), 96, np.float32)
-    else:
-        grey = image.convert("L").resize((size, size), Image.Resampling.NEAREST)
-        base = np.repeat(np.asarray(grey, np.float32)[..., None], 3, axis=2)
-    a = float(min(max(opacity, 0.0), 1.0))
-    rgb = base * (1 - a) + colour * a
-    if threshold and threshold > 0:
-        m = h >= float(threshold)
-        inner = m.copy()
-        inner[1:, :] &= m[:-1, :]
-        inner[:-1, :] &= m[1:, :]
-        inner[:, 1:] &= m[:, :-1]
-        inner[:, :-1] &= m[:, 1:]
-        edge = m & ~inner
-        edge = edge | np.roll(edge, 1, 0) | np.roll(edge, 1, 1)
-        rgb[edge] = (255, 64, 160)  # magenta: not in the colour map
-    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
-
-
 def colorbar_html(lo: float, hi: float, c: HeatmapControls) -> str:
-    """One colour bar for all tiles: the gradient with its low, middle and high values."""
+    """One colour bar for all tiles (``unetviz.colors``): the gradient with its values."""
+    from unetviz.colors import LUT, NAME, fmt_value
+
     stops = ", ".join(
-        f"rgb({r},{g},{b}) {i / 8 * 100:.1f}%" for i, (r, g, b) in enumerate(lut()[::32][:9])
+        f"rgb({r},{g},{b}) {i / 8 * 100:.1f}%" for i, (r, g, b) in enumerate(LUT[::32][:9])
     )
     what = {
         "minmax": "min-max normalised",
@@ -421,12 +325,12 @@ def colorbar_html(lo: float, hi: float, c: HeatmapControls) -> str:
         "sum": "summed to 1",
         "none": "raw attention probability",
     }[c.normalize]
-    if c.scale == "per token":
-        label = f"each tile on its own scale ({what}): tiles are not comparable"
+    if c.scale != "shared":
+        label = f"each tile on its own scale ({what}, {NAME}): tiles are not comparable"
         lo_s, mid_s, hi_s = "tile min", "", "tile max"
     else:
-        label = f"one scale for all tiles ({what})"
-        lo_s, mid_s, hi_s = _fmt(lo), _fmt((lo + hi) / 2), _fmt(hi)
+        label = f"one scale for all tiles ({what}, {NAME})"
+        lo_s, mid_s, hi_s = fmt_value(lo), fmt_value((lo + hi) / 2), fmt_value(hi)
     return (
         f'<div class="uv-colorbar" id="colorbar"><div class="uv-cb-label">{html.escape(label)}'
         f'</div><div class="uv-cb-bar" style="background:linear-gradient(to right, {stops})">'
@@ -438,24 +342,24 @@ def colorbar_html(lo: float, hi: float, c: HeatmapControls) -> str:
 def heatmap_tiles(
     session: Session, c: HeatmapControls, size: int = TILE
 ) -> tuple[list[tuple[Image.Image, str]], float, float]:
-    """(one captioned overlay per selected token, scale low, scale high)."""
+    """(one captioned overlay per selected token, shared scale low, high), each map drawn
+    by ``unetviz.render.heatmaps.overlay`` over a greyscale copy of the image."""
     maps = heatmap_arrays(session.trace, c)
-    lo, hi = scale_range([m for _, m in maps], c.scale)
-    tiles = []
-    for i, hm in maps:
-        unit = to_unit(hm, *scale_range([hm], "shared")) if c.scale == "per token" else None
-        unit = unit if unit is not None else to_unit(hm, lo, hi)
-        tiles.append(
-            (
-                overlay(session.image, unit, c.opacity, c.threshold, size),
-                f"{token_label(session.trace, i)} ({i})",
-            )
+    scales = rh.heat_scales([m for _, m in maps], c.scale) if maps else []
+    lo, hi = rh.heat_scales([m for _, m in maps], "shared")[0] if maps else (0.0, 1.0)
+    tiles = [
+        (
+            rh.overlay(hm, session.image, vmin, vmax, size, c.opacity, c.threshold),
+            f"{token_label(session.trace, i)} ({i})",
         )
+        for (i, hm), (vmin, vmax) in zip(maps, scales, strict=True)
+    ]
     return tiles, lo, hi
 
 
 def heatmaps_zip(session: Session, c: HeatmapControls, path: Path) -> Path:
     """A zip of PNGs: per token the overlay and the raw map (greyscale), plus the image."""
+    from unetviz.colors import NAME, unit
     from unetviz.outputs import atomic_file
 
     tiles, lo, hi = heatmap_tiles(session, c, 256)
@@ -466,9 +370,9 @@ def heatmaps_zip(session: Session, c: HeatmapControls, path: Path) -> Path:
         for (i, hm), (tile, _) in zip(maps, tiles, strict=True):
             name = f"{i:02d}_{slug(token_label(session.trace, i), 'token')}"
             zf.writestr(f"{name}_overlay.png", _png(tile))
-            grey = Image.fromarray((to_unit(hm, lo, hi) * 255).round().astype(np.uint8), "L")
+            grey = Image.fromarray((unit(hm, lo, hi) * 255).round().astype(np.uint8), "L")
             zf.writestr(f"{name}_map.png", _png(grey))
-        info = asdict(c) | {"scale_low": lo, "scale_high": hi, "colormap": COLORSCALE}
+        info = asdict(c) | {"scale_low": lo, "scale_high": hi, "colormap": NAME}
         zf.writestr("controls.json", json.dumps(info, indent=1, default=list))
     return path
 
@@ -548,9 +452,8 @@ def layer_figure(trace: Any, c: HeatmapControls) -> Any:
     from unetviz.render import plots
 
     tokens = list(c.tokens) or word_tokens(trace)
-    fig = plots.layer_token_grid(trace, tokens=tokens, steps=_steps(trace, c))
-    fig.update_traces(colorscale=COLORSCALE)
-    return fig
+    scale = "shared" if c.scale == "shared" else "per-cell"
+    return plots.layer_token_grid(trace, tokens=tokens, steps=_steps(trace, c), scale=scale)
 
 
 def sinusoid_figure(config: dict[str, Any], timesteps: list[Any] | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""Helpers shared by the app tests (no tests here): an in-process server on a free port,
+"""Helpers shared by the app tests: an in-process server on a free port,
 running the shipped demo model (assets/demo)."""
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ class Served:
         self.root.mkdir(parents=True, exist_ok=True)
         assert DEMO_WEIGHTS.is_file(), f"the shipped demo model is missing: {DEMO_WEIGHTS}"
         self.blocks, self.registry = create_app(model_roots=[self.root], preload=False)
+        self.handlers = self.blocks.unetviz_handlers
+        self.runs = 0  # generations through the registry (re-aggregation must not add any)
+        generate = self.registry.generate
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.runs += 1
+            return generate(*args, **kwargs)
+
+        self.registry.generate = counted  # type: ignore[method-assign]
         self.blocks.queue(default_concurrency_limit=1)
         self.port = free_port()
         t0 = time.perf_counter()
@@ -74,19 +83,27 @@ def heatmap_args(
     heads: list[int] | None = None,
     preset: str = "custom",
     normalize: str = "minmax",
+    scale: str = "shared",
     threshold: float = 0.0,
     opacity: float = 0.6,
 ) -> tuple:
-    """Positional inputs of the /heatmaps endpoint (the controls)."""
+    """Positional inputs of the /heatmaps endpoint (the controls, in ui.CONTROL_NAMES order)."""
     return (
         tokens or [],
-        step_from,
-        step_to,
+        {"lo": step_from, "hi": step_to, "max": max(step_to, TEST_STEPS - 1)},
         list(locations),
         resolutions or [],
         heads or [],
         preset,
         normalize,
+        scale,
         threshold,
         opacity,
     )
+
+
+class Request:
+    """What handlers read of ``gr.Request``: the session key."""
+
+    def __init__(self, session_hash: str = "test") -> None:
+        self.session_hash = session_hash
