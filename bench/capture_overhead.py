@@ -159,22 +159,15 @@ def overhead(rounds: int, size: int) -> None:
 
 def reaggregation() -> None:
     """Heatmap re-aggregation on a demo-shaped 25-step trace (what the app does per slider)."""
-    demo = {
-        "sample_size": 32,
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [32, 64, 64],
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "cross_attention_dim": 64,
-        "attention_head_dim": [2, 2, 2],
-    }
+    from unetviz.pipelines.demo import demo_unet_config
+
+    demo = demo_unet_config()  # the shipped demo model's config (one home)
+    side = demo["sample_size"]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(UNetConfig.from_dict(demo)).eval()
-    x, ehs = torch.randn(2, 3, 32, 32), torch.randn(2, 16, 64)
-    with torch.no_grad(), capture(unet) as trace:
+    x = torch.randn(2, demo["in_channels"], side, side)
+    ehs = torch.randn(2, 16, demo["cross_attention_dim"])
+    with torch.no_grad(), capture(unet, daam=True) as trace:
         for t in range(25):
             unet(x, 999 - 40 * t, ehs)
     first = _time(lambda: trace.heatmap(3))
@@ -182,8 +175,9 @@ def reaggregation() -> None:
         lambda: trace.heatmap(5),
         lambda: trace.heatmap(4, steps=range(0, 12)),
         lambda: trace.heatmap(6, preset="daam"),
+        lambda: trace.heatmap(6, preset="daam-approx"),
         lambda: trace.heatmap(2, preset="p2p"),
-        lambda: trace.heatmap(3, layers="up", resolutions=32, steps=[24]),
+        lambda: trace.heatmap(3, layers="up", resolutions=side, steps=[24]),
     ]
     times = [_time(q) for _ in range(10) for q in queries]
     print(f"heatmap on a 25-step demo-shaped trace: first {first * 1000:.1f} ms (builds the cache), "

@@ -9,21 +9,11 @@ from torch.nn import functional as F
 
 from unetviz import UNet2DConditionModel, UNetConfig, capture
 from unetviz.capture import TraceError
+from unetviz.pipelines.demo import demo_unet_config
 
-# the demo model's blocks (its latent is 32x32; 16x16 here to keep the test fast): cross-attention
-# at 16 (down_blocks.0, up_blocks.2), 8 (down_blocks.1, up_blocks.1) and 4 (mid)
-DEMO = {
-    "sample_size": 16,
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [32, 64, 64],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "cross_attention_dim": 64,
-    "attention_head_dim": [2, 2, 2],
-}
+# the shipped demo model's blocks at a 16x16 latent: cross-attention at 16 (down_blocks.0,
+# up_blocks.2), 8 (down_blocks.1, up_blocks.1) and 4 (mid)
+DEMO = demo_unet_config() | {"sample_size": 16}
 TOKENS = ["<bos>", "a", "big", "blue", "square", "<eos>", "<pad>", "<pad>"]
 WORDS = [None, "a", "big", "blue", "square", None, None, None]
 
@@ -33,7 +23,8 @@ def trace():
     torch.manual_seed(0)
     unet = UNet2DConditionModel(UNetConfig.from_dict(DEMO)).eval()
     g = torch.Generator().manual_seed(1)
-    x, ehs = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 8, 64, generator=g)
+    x = torch.randn(2, DEMO["in_channels"], 16, 16, generator=g)
+    ehs = torch.randn(2, 8, DEMO["cross_attention_dim"], generator=g)
     with torch.no_grad(), capture(unet, per_head=True, attention_dtype=torch.float32) as tr:
         for t in (900, 500, 50):
             unet(x, t, ehs)
@@ -108,7 +99,7 @@ def test_default_heatmap_word_merge_and_normalize(trace):
     assert default.min() == 0 and default.max() == 1
     ups = []
     for name in trace.attention:
-        m = _layer(trace, name, [2, 3]).mean(-1).mean(0, keepdim=True)
+        m = _layer(trace, name, [2, 3]).mean(-1)  # every head: a mean over layers x heads
         ups.append(F.interpolate(m[:, None], size=(16, 16), mode="bicubic")[:, 0])
     want = _minmax(torch.cat(ups).mean(0))
     torch.testing.assert_close(trace.heatmap([2, 3]), want, atol=1e-5, rtol=0)
@@ -123,7 +114,7 @@ def test_default_heatmap_word_merge_and_normalize(trace):
     nearest = trace.heatmap("big", upsample="nearest", resolutions=[4, 8], size=8)
     assert nearest.shape == (8, 8)
     assert trace.heatmap("BIG", steps=slice(0, 2)).shape == (16, 16)
-    assert trace.heatmap("big", heads=1, steps=-1).shape == (16, 16)
+    assert trace.heatmap("big", heads=0, steps=-1).shape == (16, 16)
 
 
 def test_cached_stacks_are_reused(trace):
@@ -162,7 +153,10 @@ def test_errors_are_specific(trace):
 def test_head_selection_needs_per_head_capture():
     torch.manual_seed(0)
     unet = UNet2DConditionModel(UNetConfig.from_dict(DEMO | {"sample_size": 8})).eval()
-    x, ehs = torch.randn(1, 3, 8, 8), torch.randn(1, 8, 64)
+    x, ehs = (
+        torch.randn(1, DEMO["in_channels"], 8, 8),
+        torch.randn(1, 8, DEMO["cross_attention_dim"]),
+    )
     with torch.no_grad(), capture(unet) as tr:
         unet(x, 10, ehs)
     assert tr.heatmap(0).shape == (8, 8)

@@ -368,10 +368,11 @@ def daam_grid(trace: Trace) -> tuple[int, int]:
         sample = sample[0] if sample else None
     if not isinstance(sample, int):
         sample = int(lat[0]) if isinstance(lat, (list, tuple)) and lat else 64
-    height = trace.meta.get("height")
-    vae = 8
-    if isinstance(height, int) and isinstance(lat, (list, tuple)) and lat and lat[0]:
-        vae = max(1, round(height / int(lat[0])))
+    height, vae = trace.meta.get("height"), trace.meta.get("vae_scale_factor")
+    if not isinstance(vae, int) or vae <= 0:  # pipelines record it; else image / latent, else 8
+        vae = 8
+        if isinstance(height, int) and isinstance(lat, (list, tuple)) and lat and lat[0]:
+            vae = max(1, round(height / int(lat[0])))
     latent_hw = 4096 if sample * vae in (512, 1024) else 9216
     return latent_hw, math.isqrt(latent_hw)
 

@@ -126,10 +126,14 @@ def recipe_text(recipe: dict[str, Any], shape: tuple[int, ...] | None = None) ->
 
 def heatmap(trace: Trace, token: int | str | list[int], **recipe: Any) -> Heatmap:
     """``unetviz.capture.aggregate.heatmap`` (same arguments), returned as a :class:`Heatmap`
-    that knows its word and recipe."""
+    that knows its word and its full recipe (the arguments given, and the defaults used)."""
+    import inspect
+
     from .aggregate import heatmap as aggregate_heatmap
 
     out = aggregate_heatmap(trace, token, **recipe)
+    params = list(inspect.signature(aggregate_heatmap).parameters.values())[2:]
+    recipe = {p.name: p.default for p in params if p.default is not p.empty} | recipe
     indices = trace.token_indices(token)
     if isinstance(token, str):
         word = token
@@ -171,8 +175,8 @@ def draw(
     )
     bar = colors.colorbar_image(vmin, vmax, width=tile.width, label="attention")
     font = colors.font(12)
-    lines = _wrap(caption, max(16, tile.width // 7)) if caption else []
-    width = max(tile.width, bar.width) + 8
+    width = max(tile.width, bar.width, 320) + 8
+    lines = _wrap(caption, max(16, (width - 8) // 7)) if caption else []
     out = Image.new("RGB", (width, tile.height + bar.height + 8 + 15 * len(lines)), "white")
     out.paste(tile, (4, 4))
     out.paste(bar, (4, 4 + tile.height))
