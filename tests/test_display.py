@@ -63,6 +63,7 @@ def test_heatmap_is_a_tensor_that_knows_its_word_and_recipe(trace):
     assert isinstance(h, Heatmap) and isinstance(h, torch.Tensor)
     assert h.word == "cat" and h.tokens == [3]
     assert h.recipe["size"] == 12 and h.recipe["normalize"] is None
+    assert h.recipe["upsample"] == "bicubic" and h.recipe["preset"] is None  # defaults kept
     assert "'cat'" in h.caption and "raw probabilities" in h.caption and "12x12" in h.caption
     plain = h.tensor()
     assert type(plain) is torch.Tensor and plain.data_ptr() == h.data_ptr()
