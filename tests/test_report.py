@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from unetviz import cli
+from unetviz.report.html import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -73,6 +74,13 @@ def test_trace_report_and_cli_read_saved_runs(run, tmp_path, capsys):
         html = out.read_text()
         assert 'alt="generated image"' in html and PROMPT in html
         assert "wrote" in capsys.readouterr().err
+    from unetviz.app.sessions import Session  # what the app's "Download report" passes
+
+    app = write_report(
+        Session(trace=run.trace, image=run.image, label="from the app"), tmp_path / "app.html"
+    )
+    assert "unetviz report: from the app" in app.read_text()
+    assert 'alt="generated image"' in app.read_text()
     bare = run.trace.report(tmp_path / "trace.html")  # no image: maps over grey
     assert 'alt="generated image"' not in bare.read_text()
     assert bare.read_text().count("<figure>") == len(WORDS)

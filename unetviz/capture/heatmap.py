@@ -30,8 +30,9 @@ _PRESETS = {
 
 class Heatmap(torch.Tensor):
     """An (H, W) float32 heatmap tensor with ``word``, ``tokens`` (positions averaged),
-    ``recipe`` (the ``trace.heatmap`` arguments) and ``source`` (model / prompt), which draws
-    itself in a notebook. Operations on it return plain ``torch.Tensor``s."""
+    ``recipe`` (the ``trace.heatmap`` arguments, defaults included) and ``source`` (model /
+    prompt), which draws itself in a notebook as one PNG (``_repr_png_``: map, colour bar,
+    caption). Operations on it return plain ``torch.Tensor``s."""
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 

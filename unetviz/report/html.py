@@ -51,10 +51,12 @@ class Source:
 
 
 def source_of(obj: Any, image: Any = None) -> Source:
-    """A Run, a Trace, or a path (trace bundle zip or folder, or a ``unetviz attention``
-    output folder) -> :class:`Source`."""
-    if hasattr(obj, "trace") and hasattr(obj, "image"):  # a Run
-        return Source(obj.trace, image if image is not None else obj.image, obj, obj.prompt)
+    """A Run (or anything with ``.trace`` and ``.image``, like the app's session), a Trace,
+    or a path (trace bundle zip or folder, or a ``unetviz attention`` output folder) ->
+    :class:`Source`."""
+    if hasattr(obj, "trace") and hasattr(obj, "image"):  # a Run (or the app's Session)
+        label = getattr(obj, "prompt", "") or getattr(obj, "label", "")
+        return Source(obj.trace, image if image is not None else obj.image, obj, str(label))
     if hasattr(obj, "attention") and hasattr(obj, "blocks"):  # a Trace
         return Source(obj, image, None, str((obj.meta or {}).get("prompt") or ""))
     if isinstance(obj, (str, os.PathLike)):
