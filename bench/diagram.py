@@ -11,7 +11,7 @@ Targets (issue 4): <= 2 s for sd15, <= 3 s for sdxl. Two cases per preset:
 
 For scale it also times ``python -c pass`` and ``python -c "import torch"`` in the same run.
 
-    .venv/bin/python bench/diagram.py [--repeat 3]
+    .venv/bin/python bench/diagram.py [--repeat 3] [--module]
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from pathlib import Path
 TARGETS = {"sd15": 2.0, "sdxl": 3.0}
 
 
-def command() -> list[str]:
+def command(module: bool = False) -> list[str]:
+    if module:  # the checkout in the working directory, not the installed script
+        return [sys.executable, "-m", "unetviz.cli"]
     exe = Path(sys.executable).with_name("unetviz")
     if exe.exists():
         return [str(exe)]
@@ -53,8 +55,11 @@ def timed(args: list[str], env: dict[str, str], out: Path | None = None) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median shown)")
+    parser.add_argument(
+        "--module", action="store_true", help="run `python -m unetviz.cli` from the cwd"
+    )
     opts = parser.parse_args()
-    cmd = command()
+    cmd = command(opts.module)
     work = Path(tempfile.mkdtemp(prefix="unetviz-bench-"))
     env = dict(os.environ)
     py = [sys.executable]

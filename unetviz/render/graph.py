@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import UnetvizError
 from ..names import UnknownNameError, unet_names
 
 DETAILS = ("blocks", "layers", "modules")
@@ -168,6 +169,212 @@ def _depth(name: str, cfg: Mapping[str, Any] | None) -> int | None:
     return int(tl[i] if name.startswith("down") else list(reversed(tl))[i])
 
 
+class GraphError(UnetvizError):
+    """A diagram the trace cannot give: unknown or too fine a detail, no records, no step."""
+
+
+def _check_detail(trace: Any, detail: str) -> None:
+    if detail not in DETAILS:
+        raise GraphError(f"unknown detail {detail!r}: expected one of {list(DETAILS)}")
+    have = trace_detail(trace)
+    if DETAILS.index(detail) > DETAILS.index(have):
+        raise GraphError(
+            f"this trace was captured at detail {have!r}; capture with detail={detail!r} "
+            f"(or finer) to draw {detail}"
+        )
+
+
+@dataclass
+class _Builder:
+    """The phases of :func:`build_graph`, sharing the trace's records and names."""
+
+    trace: Any
+    detail: str
+    records: list[Any]
+    shown: list[Any]
+    shown_names: set[str]
+    cfg: dict[str, Any] | None
+    names: Any  # UNetNames | None
+    nodes: list[Node] = field(default_factory=list)
+    extra: list[Node] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, trace: Any, detail: str) -> _Builder:
+        records = list(field_of(trace, "blocks", []))
+        if not records:
+            raise GraphError("the trace has no block records: nothing to draw")
+        cfg = _config(trace)
+        names = None
+        if cfg:
+            try:
+                names = unet_names(cfg)
+            except ValueError:
+                names = None
+        shown = [r for r in records if field_of(r, "level") in _LEVELS[detail]]
+        shown_names = {field_of(r, "name") for r in shown}
+        return cls(trace, detail, records, shown, shown_names, cfg, names)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The config's layer names (the trace's record names without a config)."""
+        if self.names is not None:
+            return self.names.layer_names()
+        return [field_of(r, "name") for r in self.records]
+
+    def display(self, name: str, strict: bool = False) -> str | None:
+        """The shown node standing for ``name``: itself (unless ``strict``) or its nearest
+        shown ancestor (records' ``parent`` may be a ModuleList)."""
+        parts = name.split(".")
+        for cut in range(len(parts) - (1 if strict else 0), 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in self.shown_names:
+                return prefix
+        return None
+
+    def module_nodes(self) -> None:
+        """One node per shown record, with names, counts, shapes and composition."""
+        parents = {self.display(field_of(r, "name"), strict=True) for r in self.shown}
+        layer_names = self.layer_names
+        for r in self.shown:
+            name = field_of(r, "name")
+            ldm = a1111 = None
+            if self.names is not None:
+                try:
+                    ldm, a1111 = self.names.ldm(name), self.names.a1111(name)
+                except UnknownNameError:
+                    pass
+            self.nodes.append(
+                Node(
+                    id=name,
+                    name=name,
+                    type=field_of(r, "type", "?"),
+                    kind="module",
+                    level=field_of(r, "level"),
+                    parent=self.display(name, strict=True),
+                    cluster=name in parents,
+                    ldm=ldm,
+                    a1111=a1111,
+                    params=field_of(r, "params"),
+                    macs=field_of(r, "macs"),
+                    calls=field_of(r, "calls"),
+                    time_ms=field_of(r, "time_ms"),
+                    dtype=field_of(r, "dtype"),
+                    inputs=dict(field_of(r, "inputs", {}) or {}),
+                    outputs=dict(field_of(r, "outputs", {}) or {}),
+                    composition=_composition(name, self.cfg, layer_names),
+                )
+            )
+
+    def _input_of(self, key: str) -> Any:
+        """The first record input named ``key`` (its shape), or None."""
+        for r in self.records:
+            value = (field_of(r, "inputs", {}) or {}).get(key)
+            if value:
+                return value
+        return None
+
+    def embedding_path(self, leaves: list[Node]) -> Any:
+        """timestep -> time_proj -> time_embedding -> temb (+ added conditions, class
+        embedding); returns temb's shape."""
+        timestep_shape = temb_shape = None
+        for r in self.records:
+            ins = field_of(r, "inputs", {}) or {}
+            if field_of(r, "name") == "time_embedding":
+                temb_shape = (field_of(r, "outputs", {}) or {}).get("sample")
+            if field_of(r, "name") == "time_proj":
+                timestep_shape = ins.get("timestep", ins.get("sample"))
+        temb_shape = temb_shape or self._input_of("temb")
+        emb = [n for n in leaves if n.name.split(".")[0] in _EMBEDDINGS]
+        self.extra.append(
+            Node(TIMESTEP, TIMESTEP, "input", "input", outputs={"sample": timestep_shape})
+        )
+        if any(n.name.split(".")[0] in ("add_time_proj", "add_embedding") for n in emb):
+            self.extra.append(Node(ADDED, ADDED, "input", "input"))
+        self.extra.append(Node(TEMB, TEMB, "temb", "temb", outputs={"sample": temb_shape}))
+        for group, src in (
+            (("time_proj", "time_embedding", "class_embedding"), TIMESTEP),
+            (("add_time_proj", "add_embedding"), ADDED),
+        ):
+            chain = [n for n in emb if n.name.split(".")[0] in group]
+            if chain:
+                self._chain(chain, src, timestep_shape if src == TIMESTEP else None)
+        for n in emb:
+            if n.name.startswith("class_embedding"):
+                self.edges.append(Edge(n.id, TEMB, "data", _out(n), fmt_shape(_out(n))))
+        return temb_shape
+
+    def _chain(self, chain: list[Node], src: str, shape: Any) -> None:
+        prev = src
+        for n in chain:
+            if n.name.startswith("class_embedding"):
+                continue
+            self.edges.append(Edge(prev, n.id, "data", shape, fmt_shape(shape)))
+            prev, shape = n.id, _out(n)
+        self.edges.append(Edge(prev, TEMB, "data", shape, fmt_shape(shape)))
+
+    def main_path(self, main: list[Node], sample_shape: Any) -> None:
+        """The data path through the leaves in call order, from the sample to the output."""
+        prev_id, prev_shape = SAMPLE, sample_shape
+        for n in main:
+            self.edges.append(Edge(prev_id, n.id, "data", prev_shape, fmt_shape(prev_shape)))
+            prev_id, prev_shape = n.id, _out(n)
+        self.extra.append(Node(OUTPUT, OUTPUT, "output", "output", inputs={"sample": prev_shape}))
+        self.edges.append(Edge(prev_id, OUTPUT, "data", prev_shape, fmt_shape(prev_shape)))
+
+    def skip_edges(self) -> None:
+        """One arc per skip tensor, at every detail, between the shown nodes holding its ends."""
+        skips = sorted(field_of(self.trace, "skips", []), key=lambda s: field_of(s, "index"))
+        for s in skips:
+            idx, src, dst = field_of(s, "index"), field_of(s, "source"), field_of(s, "target")
+            shape = list(field_of(s, "shape"))
+            a, b = self.display(src), self.display(dst)
+            if a is None or b is None:
+                continue
+            label = f"res[{idx}] {fmt_shape(shape)}"
+            if b != dst:
+                label += f" \u2192 {dst}"
+            via = dst if b != dst else None
+            self.edges.append(Edge(a, b, "skip", shape, label, index=idx, via=via))
+
+    def marker_edges(self, temb_shape: Any) -> None:
+        """temb acts in every resnet (its time_emb_proj); the text context in every attn2."""
+        layer_names = self.layer_names
+        resnets = [n for n in layer_names if ".resnets." in n and n.count(".") <= 3]
+        if not resnets:  # no config: fall back to the trace's temb records
+            temb = field_of(self.trace, "temb", [])
+            resnets = list(dict.fromkeys(field_of(t, "block") for t in temb))
+        attn2 = list(field_of(self.trace, "attention", {}) or {})
+        if not attn2:
+            attn2 = [field_of(r, "name") for r in self.records]
+            attn2 = [n for n in attn2 if n.endswith(".attn2")]
+        if not attn2:  # blocks-level trace: the config's transformers stand for their attn2s
+            attn2 = [n for n in layer_names if ".attentions." in n and n.count(".") <= 3]
+        context_shape = self._input_of("encoder_hidden_states")
+        if attn2:
+            self.extra.append(
+                Node(CONTEXT, CONTEXT, "input", "input", outputs={"sample": context_shape})
+            )
+        seen: set[tuple[str, str]] = set()
+        for kind, targets, src, shape in (
+            ("temb", [n + ".time_emb_proj" for n in resnets], TEMB, temb_shape),
+            ("context", attn2, CONTEXT, context_shape),
+        ):
+            for t in targets:
+                if self.detail == "modules" and kind == "context":
+                    shown = [self.display(t + ".to_k"), self.display(t + ".to_v")]
+                else:
+                    shown = [self.display(t)]
+                for d in shown:
+                    if d is not None and (src, d) not in seen:
+                        seen.add((src, d))
+                        self.edges.append(Edge(src, d, kind, shape, "", via=t if d != t else None))
+
+
+def _out(n: Node) -> Any:
+    return n.outputs.get("sample")
+
+
 def build_graph(
     trace: Any,
     detail: str = "blocks",
@@ -176,198 +383,26 @@ def build_graph(
     """The diagram of ``trace`` at ``detail`` (blocks / layers / modules) as plain data.
 
     ``temb_step`` (a forward index) puts the mean temb ratio (temb RMS / feature RMS) of every
-    node's resnets at that step in ``Node.temb_ratio``. Raises ValueError for an unknown detail,
-    a detail finer than the trace was captured at, or a step the trace does not have.
+    node's resnets at that step in ``Node.temb_ratio``. Raises GraphError (a UnetvizError) for
+    an unknown detail, a detail finer than the trace was captured at, or a step the trace does
+    not have.
     """
-    if detail not in DETAILS:
-        raise ValueError(f"unknown detail {detail!r}: expected one of {list(DETAILS)}")
-    have = trace_detail(trace)
-    if DETAILS.index(detail) > DETAILS.index(have):
-        raise ValueError(
-            f"this trace was captured at detail {have!r}; capture with detail={detail!r} "
-            f"(or finer) to draw {detail}"
-        )
-    records = list(field_of(trace, "blocks", []))
-    if not records:
-        raise ValueError("the trace has no block records: nothing to draw")
-    cfg = _config(trace)
-    names = None
-    if cfg:
-        try:
-            names = unet_names(cfg)
-        except ValueError:
-            names = None
-    levels = _LEVELS[detail]
-    shown = [r for r in records if field_of(r, "level") in levels]
-    shown_names = {field_of(r, "name") for r in shown}
-
-    def shown_parent(name: str) -> str | None:
-        """Nearest shown ancestor by name (records' ``parent`` may be a ModuleList)."""
-        parts = name.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            prefix = ".".join(parts[:cut])
-            if prefix in shown_names:
-                return prefix
-        return None
-
-    parents = {shown_parent(field_of(r, "name")) for r in shown}
-    # the config's layer names, for composition labels and temb/context targets
-    layer_names = names.layer_names() if names else [field_of(r, "name") for r in records]
-
-    def display(name: str) -> str | None:
-        """The shown node standing for ``name``: itself or its nearest shown ancestor."""
-        parts = name.split(".")
-        for cut in range(len(parts), 0, -1):
-            prefix = ".".join(parts[:cut])
-            if prefix in shown_names:
-                return prefix
-        return None
-
-    nodes: list[Node] = []
-    for r in shown:
-        name = field_of(r, "name")
-        ldm = a1111 = None
-        if names is not None:
-            try:
-                ldm, a1111 = names.ldm(name), names.a1111(name)
-            except UnknownNameError:
-                pass
-        nodes.append(
-            Node(
-                id=name,
-                name=name,
-                type=field_of(r, "type", "?"),
-                kind="module",
-                level=field_of(r, "level"),
-                parent=shown_parent(name),
-                cluster=name in parents,
-                ldm=ldm,
-                a1111=a1111,
-                params=field_of(r, "params"),
-                macs=field_of(r, "macs"),
-                calls=field_of(r, "calls"),
-                time_ms=field_of(r, "time_ms"),
-                dtype=field_of(r, "dtype"),
-                inputs=dict(field_of(r, "inputs", {}) or {}),
-                outputs=dict(field_of(r, "outputs", {}) or {}),
-                composition=_composition(name, cfg, layer_names),
-            )
-        )
-    by_id = {n.id: n for n in nodes}
-    leaves = [n for n in nodes if not n.cluster]
-
-    def out_shape(n: Node) -> list[int] | None:
-        return n.outputs.get("sample")
-
-    # ---- inputs and output
-    first = next((n for n in leaves if n.name.split(".")[0] not in _EMBEDDINGS), None)
-    conv_in = by_id.get("conv_in") or first
-    sample_shape = conv_in.inputs.get("sample") if conv_in else None
-    extra: list[Node] = [Node(SAMPLE, SAMPLE, "input", "input", outputs={"sample": sample_shape})]
-    context_shape = None
-    for r in records:
-        ehs = (field_of(r, "inputs", {}) or {}).get("encoder_hidden_states")
-        if ehs:
-            context_shape = ehs
-            break
-    temb_shape = None
-    for r in records:
-        if field_of(r, "name") == "time_embedding":
-            temb_shape = (field_of(r, "outputs", {}) or {}).get("sample")
-        t = (field_of(r, "inputs", {}) or {}).get("temb")
-        if temb_shape is None and t:
-            temb_shape = t
-    timestep_shape = None
-    for r in records:
-        if field_of(r, "name") == "time_proj":
-            ins = field_of(r, "inputs", {}) or {}
-            timestep_shape = ins.get("timestep", ins.get("sample"))
-
-    edges: list[Edge] = []
-    emb_leaves = [n for n in leaves if n.name.split(".")[0] in _EMBEDDINGS]
+    _check_detail(trace, detail)
+    b = _Builder.of(trace, detail)
+    b.module_nodes()
+    leaves = [n for n in b.nodes if not n.cluster]
     main = [n for n in leaves if n.name.split(".")[0] not in _EMBEDDINGS]
-
-    # ---- time embedding: timestep -> time_proj -> time_embedding -> temb (+ add_embedding)
-    extra.append(Node(TIMESTEP, TIMESTEP, "input", "input", outputs={"sample": timestep_shape}))
-    has_added = any(n.name.split(".")[0] in ("add_time_proj", "add_embedding") for n in emb_leaves)
-    if has_added:
-        extra.append(Node(ADDED, ADDED, "input", "input"))
-    extra.append(Node(TEMB, TEMB, "temb", "temb", outputs={"sample": temb_shape}))
-    for group, src in (
-        (("time_proj", "time_embedding", "class_embedding"), TIMESTEP),
-        (("add_time_proj", "add_embedding"), ADDED),
-    ):
-        chain = [n for n in emb_leaves if n.name.split(".")[0] in group]
-        if not chain:
-            continue
-        prev: str = src
-        prev_shape = timestep_shape if src == TIMESTEP else None
-        for n in chain:
-            if n.name.startswith("class_embedding"):
-                continue
-            edges.append(Edge(prev, n.id, "data", prev_shape, fmt_shape(prev_shape)))
-            prev, prev_shape = n.id, out_shape(n)
-        edges.append(Edge(prev, TEMB, "data", prev_shape, fmt_shape(prev_shape)))
-    if any(n.name.startswith("class_embedding") for n in emb_leaves):
-        for n in emb_leaves:
-            if n.name.startswith("class_embedding"):
-                edges.append(Edge(n.id, TEMB, "data", out_shape(n), fmt_shape(out_shape(n))))
-
-    # ---- the main data path: leaves in call order
-    prev_id, prev_shape = SAMPLE, sample_shape
-    for n in main:
-        edges.append(Edge(prev_id, n.id, "data", prev_shape, fmt_shape(prev_shape)))
-        prev_id, prev_shape = n.id, out_shape(n)
-    extra.append(Node(OUTPUT, OUTPUT, "output", "output", inputs={"sample": prev_shape}))
-    edges.append(Edge(prev_id, OUTPUT, "data", prev_shape, fmt_shape(prev_shape)))
-
-    # ---- skips: one arc per skip tensor, at every detail
-    for s in sorted(field_of(trace, "skips", []), key=lambda s: field_of(s, "index")):
-        idx, src, dst = field_of(s, "index"), field_of(s, "source"), field_of(s, "target")
-        shape = list(field_of(s, "shape"))
-        a, b = display(src), display(dst)
-        if a is None or b is None:
-            continue
-        label = f"res[{idx}] {fmt_shape(shape)}"
-        if b != dst:
-            label += f" \u2192 {dst}"
-        edges.append(Edge(a, b, "skip", shape, label, index=idx, via=dst if b != dst else None))
-
-    # ---- temb acts in every resnet (its time_emb_proj); context in every attn2
-    all_module_names = [field_of(r, "name") for r in records]
-    resnets = [n for n in layer_names if ".resnets." in n and n.count(".") <= 3]
-    if not resnets:  # no config: fall back to the trace's temb records
-        resnets = list(dict.fromkeys(field_of(t, "block") for t in field_of(trace, "temb", [])))
-    attn2 = list(field_of(trace, "attention", {}) or {})
-    if not attn2:
-        attn2 = [n for n in all_module_names if n.endswith(".attn2")]
-    if not attn2:  # blocks-level trace: the config's transformers stand for their attn2s
-        attn2 = [n for n in layer_names if ".attentions." in n and n.count(".") <= 3]
-    seen: set[tuple[str, str]] = set()
-    for kind, targets, src, shape in (
-        ("temb", [n + ".time_emb_proj" for n in resnets], TEMB, temb_shape),
-        ("context", attn2, CONTEXT, context_shape),
-    ):
-        if kind == "context" and targets:
-            extra.append(
-                Node(CONTEXT, CONTEXT, "input", "input", outputs={"sample": context_shape})
-            )
-        for t in targets:
-            if detail == "modules" and kind == "context":
-                tgt = [display(t + ".to_k"), display(t + ".to_v")]
-            else:
-                tgt = [display(t)]
-            for d in tgt:
-                if d is None or (src, d) in seen:
-                    continue
-                seen.add((src, d))
-                edges.append(Edge(src, d, kind, shape, "", via=t if d != t else None))
-
-    graph = ArchGraph(
-        extra[:1] + nodes + extra[1:], edges, detail, meta=dict(field_of(trace, "meta", {}))
-    )
+    conv_in = next((n for n in b.nodes if n.id == "conv_in"), main[0] if main else None)
+    sample_shape = conv_in.inputs.get("sample") if conv_in else None
+    b.extra.append(Node(SAMPLE, SAMPLE, "input", "input", outputs={"sample": sample_shape}))
+    temb_shape = b.embedding_path(leaves)
+    b.main_path(main, sample_shape)
+    b.skip_edges()
+    b.marker_edges(temb_shape)
+    meta = dict(field_of(trace, "meta", {}))
+    graph = ArchGraph(b.extra[:1] + b.nodes + b.extra[1:], b.edges, detail, meta=meta)
     if temb_step is not None:
-        _fill_temb(graph, trace, temb_step, display)
+        _fill_temb(graph, trace, temb_step, b.display)
     return graph
 
 
@@ -376,8 +411,8 @@ def _fill_temb(graph: ArchGraph, trace: Any, step: int, display: Any) -> None:
     if not records:
         steps = sorted({field_of(t, "step") for t in field_of(trace, "temb", [])})
         if not steps:
-            raise ValueError("this trace has no temb records: capture with temb=True")
-        raise ValueError(f"temb step {step} is not in this trace: steps {steps[0]}..{steps[-1]}")
+            raise GraphError("this trace has no temb records: capture with temb=True")
+        raise GraphError(f"temb step {step} is not in this trace: steps {steps[0]}..{steps[-1]}")
     sums: dict[str, list[float]] = {}
     for t in records:
         d = display(field_of(t, "block"))
