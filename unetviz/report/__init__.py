@@ -13,32 +13,18 @@ lazy display hooks (``Trace._repr_html_``, ``Run._repr_html_``, ``Comparison._re
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .display import comparison_html, run_html, trace_html
+from .html import ReportError, build_report, write_report
+from .static import enable_static_plots, figure_mimebundle, figure_svg
 
-_EXPORTS = {
-    "build_report": "unetviz.report.html",
-    "write_report": "unetviz.report.html",
-    "ReportError": "unetviz.report.html",
-    "figure_svg": "unetviz.report.static",
-    "figure_mimebundle": "unetviz.report.static",
-    "enable_static_plots": "unetviz.report.static",
-    "trace_html": "unetviz.report.display",
-    "run_html": "unetviz.report.display",
-    "comparison_html": "unetviz.report.display",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'unetviz.report' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "ReportError",
+    "build_report",
+    "comparison_html",
+    "enable_static_plots",
+    "figure_mimebundle",
+    "figure_svg",
+    "run_html",
+    "trace_html",
+    "write_report",
+]
