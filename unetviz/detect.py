@@ -154,6 +154,17 @@ def inside(root: str | Path, path: str | Path, what: str = "file") -> Path:
     return target
 
 
+def confined_folder(root: str | Path, name: str | Path) -> Path:
+    """``root/name``, refused (ModelPathError) if it or any file directly in it resolves
+    outside ``root``: a symlinked ``text_encoder/`` or ``tokenizer/vocab.json`` cannot make a
+    loader (ours or transformers') read elsewhere."""
+    folder = inside(root, name, "subfolder")
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            inside(root, entry, f"file in {name}/")
+    return folder
+
+
 def read_bytes(path: str | Path, limit: int, what: str = "file") -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes: FIFOs, devices and
     ``/dev/zero`` are refused before any read; errors say permission denied / not found /

@@ -16,7 +16,6 @@ folder of the same family) or, offline, from the Hugging Face cache
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import ConfigError, UNetConfig
-from .detect import PICKLE_SUFFIXES, pickle_message
+from .config import ConfigError, UNetConfig, read_json
+from .detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_message
 from .errors import UnetvizError
 from .names import LDM_PREFIX, UnknownNameError, unet_names
-from .weights import _offenders, build_unet, key_mismatches
+from .weights import _offenders, build_unet, check_weight, key_mismatches
 
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIXES = {
@@ -179,12 +178,6 @@ def _not_sd(keys: set[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- key maps
-def convert_unet_key(key: str, config: UNetConfig | dict) -> str:
-    """``model.diffusion_model.input_blocks.1.0.in_layers.0.weight`` ->
-    ``down_blocks.0.resnets.0.norm1.weight`` (for the layout of ``config``)."""
-    return unet_names(config).diffusers(key)
-
-
 _VAE_RESNET = {"nin_shortcut": "conv_shortcut"}
 _VAE_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
@@ -354,11 +347,11 @@ def load_unet_from_single_file(
         if name not in expected:
             unknown.append(key)
             continue
-        t = sf.tensor(key)
+        t = check_weight(sf.tensor(key), key, sf.path)
         if len(expected[name]) == 2 and t.ndim == 4 and t.shape[2:] == (1, 1):
             t = t[:, :, 0, 0]  # 1x1 conv proj_in/proj_out in a linear-projection UNet
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
+        if dtype is not None:
+            t = check_weight(t.to(dtype), key, f"{sf.path} (cast to {dtype})")
         state[name] = t
     if unknown:
         raise SingleFileError(
@@ -366,10 +359,8 @@ def load_unet_from_single_file(
             f"{_offenders(sorted(unknown))}"
         )
     _load_module(model, state, f"the UNet in {sf.path}")
-    if dtype is None:
-        dtypes = {p.dtype for p in model.parameters()}
-        if len(dtypes) > 1:
-            model = model.to(torch.float32)
+    if dtype is None and len({p.dtype for p in model.parameters()}) > 1:
+        model = model.to(torch.float32)  # the rule of weights.load_dtype: mixed -> float32
     return model.eval().requires_grad_(False)
 
 
@@ -438,7 +429,7 @@ def _tokenizer(config_dir: Path | None, sub: str, openclip: bool) -> Any:
     from transformers import CLIPTokenizer
 
     if config_dir is not None and (config_dir / sub).is_dir():
-        return CLIPTokenizer.from_pretrained(config_dir / sub)
+        return CLIPTokenizer.from_pretrained(confined_folder(config_dir, sub))
     try:
         tok = CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)
     except (OSError, ValueError):
@@ -492,13 +483,9 @@ def load_single_file(
         keys = set(sf.keys)
 
         def cfg_json(sub: str, name: str = "config.json") -> dict[str, Any] | None:
-            file = config_dir / sub / name if config_dir is not None else None
-            if file is None or not file.is_file():
+            if config_dir is None or not (config_dir / sub / name).is_file():
                 return None
-            try:
-                return json.loads(file.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise SingleFileError(f"cannot read {file}: {exc}") from None
+            return read_json(inside(config_dir, Path(sub) / name), "config")
 
         unet_cfg_dict = cfg_json("unet")
         try:
@@ -573,15 +560,16 @@ def _from_folder(
             f"{path} has no {part} weights: pass config= (CLI: --config) a diffusers folder of "
             f"the same family whose {sub}/ provides them"
         )
+    folder = confined_folder(config_dir, sub)
     if sub == "vae":
         from diffusers import AutoencoderKL
 
-        model = AutoencoderKL.from_pretrained(config_dir / sub, use_safetensors=True)
+        model = AutoencoderKL.from_pretrained(folder, use_safetensors=True)
     else:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         cls = CLIPTextModelWithProjection if proj else CLIPTextModel
-        model = cls.from_pretrained(config_dir / sub, use_safetensors=True)
+        model = cls.from_pretrained(folder, use_safetensors=True)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval().requires_grad_(False)

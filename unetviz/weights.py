@@ -232,6 +232,19 @@ def _read_tensors(
             fh.close()
 
 
+def check_weight(tensor: torch.Tensor, key: str, where: str | Path) -> torch.Tensor:
+    """``tensor`` if it is a finite floating-point weight; else WeightsError naming ``key``
+    (for loaders that get tensors from elsewhere, such as single-file checkpoints)."""
+    if tensor.dtype not in FLOAT_DTYPES.values():
+        raise WeightsError(
+            f"{where}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}: unetviz "
+            f"loads floating-point weights only ({', '.join(FLOAT_DTYPES)})"
+        )
+    if not bool(torch.isfinite(tensor).all()):
+        raise WeightsError(f"{where}: tensor {key!r} holds NaN or infinite values")
+    return tensor
+
+
 def _offenders(names: list[str], limit: int = 5) -> str:
     head = ", ".join(names[:limit])
     return head + (f", … ({len(names) - limit} more)" if len(names) > limit else "")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetviz.detect import PICKLE_SUFFIXES, pickle_folder_message
+from unetviz.config import read_json
+from unetviz.detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_folder_message
+from unetviz.errors import UnetvizError
 
 from ..edits.session import compare, for_pipeline
 from .base import PipelineError, Run
@@ -180,6 +182,60 @@ class SDComponents:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: The most sampling steps one call may take (diffusers' schedulers train on 1000 timesteps).
+MAX_STEPS = 1000
+
+
+@dataclass
+class _Call:
+    """One call's prepared state: the user-facing ``facts`` (prompt, negative_prompt, seed,
+    steps, guidance) written once into both the trace's meta and the Run, plus what the loop
+    needs."""
+
+    facts: dict[str, Any]
+    height: int
+    width: int
+    cfg: bool
+    embeds: torch.Tensor
+    added: dict[str, torch.Tensor] | None
+    pos: Tokens
+    neg: Tokens
+    scheduler: Any
+    latents: torch.Tensor
+    step_kwargs: dict[str, Any]
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise PipelineError(f"guidance={value!r}: expected a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"guidance={value!r}: expected a number") from None
+
+
+def _as_int(name: str, value: Any) -> int:
+    """An int from an int, an integral float or a numeric string (what callers such as form
+    fields pass); PipelineError for bools, fractions, NaN and anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise PipelineError(f"{name}={value!r}: expected an integer")
+
+
+def check_finite(noise: torch.Tensor, step: int, total: int) -> None:
+    """PipelineError when the UNet's output at ``step`` holds NaN/Inf (one reduction and one
+    host read per step: the cheapest check that still names the step)."""
+    if not bool(torch.isfinite(noise).all()):
+        raise PipelineError(
+            f"the UNet's output at step {step}/{total} is not finite (NaN or Inf): the weights "
+            "or the inputs overflow at this dtype (try dtype='float32', or check the model)"
+        )
+
+
 class SDPipeline:
     """``pipe(prompt, negative_prompt="", seed=0, steps=25, guidance=None, height=None,
     width=None, progress=None) -> Run``, the same call shape as the demo pipeline.
@@ -297,12 +353,91 @@ class SDPipeline:
         return embeds, pooled.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ call
-    def _check(self, prompt: Any, steps: int, height: int, width: int) -> None:
+    def _check(
+        self, prompt: Any, seed: Any, steps: Any, guidance: float, height: int, width: int
+    ) -> None:
+        """PipelineError (ConfigError for the size) naming the bad argument, before any work."""
         if not isinstance(prompt, str):
             raise PipelineError(f"prompt must be a string, got {type(prompt).__name__}")
-        if int(steps) < 1:
-            raise PipelineError(f"steps must be >= 1, got {steps}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+            raise PipelineError(f"seed={seed!r}: expected an integer in [-2^63, 2^64)")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+            raise PipelineError(f"steps must be >= 1 and <= {MAX_STEPS}, got {steps!r}")
+        if not math.isfinite(guidance):
+            raise PipelineError(f"guidance={guidance}: expected a finite number")
         self.unet.config.check_size(height, width, scale=self.vae_scale_factor)
+
+    def _prepare(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        seed: int,
+        steps: int,
+        guidance: float | None,
+        height: int | None,
+        width: int | None,
+    ) -> _Call:
+        """Everything the denoising loop needs: checked arguments, text embeddings, a fresh
+        scheduler, the seeded initial latents and (SDXL) the added conditions."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        guidance = self.default_guidance if guidance is None else _as_float(guidance)
+        height = self.default_size if height is None else _as_int("height", height)
+        width = self.default_size if width is None else _as_int("width", width)
+        seed, steps = _as_int("seed", seed), _as_int("steps", steps)
+        self._check(prompt, seed, steps, guidance, height, width)
+        cfg = guidance > 1.0
+        embeds, pooled, pos, neg = self.encode(prompt, negative_prompt or "", cfg)
+        scheduler = copy.deepcopy(self.scheduler)  # steppers keep state: one per call
+        scheduler.set_timesteps(steps, device=self.device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latent = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (1, int(self.unet.config.in_channels), *latent)
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        step_params = set(inspect.signature(scheduler.step).parameters)
+        step_kwargs = {"eta": 0.0, "generator": generator}
+        added = None
+        if self.is_xl:
+            ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
+            ids = ids.to(self.device)
+            added = {"text_embeds": pooled, "time_ids": torch.cat([ids, ids]) if cfg else ids}
+        return _Call(
+            facts={
+                "prompt": prompt,
+                "negative_prompt": negative_prompt or "",
+                "seed": seed,
+                "steps": steps,
+                "guidance": guidance,
+            },
+            height=height,
+            width=width,
+            cfg=cfg,
+            embeds=embeds,
+            added=added,
+            pos=pos,
+            neg=neg,
+            scheduler=scheduler,
+            latents=latents * scheduler.init_noise_sigma,
+            step_kwargs={k: v for k, v in step_kwargs.items() if k in step_params},
+        )
+
+    def _denoise(self, call: _Call, progress: Callable[[int, int], None] | None) -> torch.Tensor:
+        """The sampling loop, step for step diffusers' (classifier-free guidance when
+        ``call.cfg``); stops with PipelineError naming the step if the UNet's output is not
+        finite (one check per step)."""
+        scheduler, latents, guidance = call.scheduler, call.latents, call.facts["guidance"]
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            inp = scheduler.scale_model_input(torch.cat([latents] * 2) if call.cfg else latents, t)
+            noise = self.unet(inp, t, call.embeds, added_cond_kwargs=call.added)
+            check_finite(noise, i + 1, len(timesteps))
+            if call.cfg:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + guidance * (noise_cond - noise_uncond)
+            latents = scheduler.step(noise, t, latents, **call.step_kwargs, return_dict=False)[0]
+            if progress is not None:
+                progress(i + 1, len(timesteps))
+        return latents
 
     @torch.no_grad()
     def __call__(
@@ -327,111 +462,71 @@ class SDPipeline:
         (``half="uncond"`` captures the negative prompt's maps; ``mode="stream"`` bounds
         memory).
         """
-        from diffusers.utils.torch_utils import randn_tensor
+        from unetviz.capture import capture
 
-        import unetviz
-
-        guidance = self.default_guidance if guidance is None else float(guidance)
-        height = int(height or self.default_size)
-        width = int(width or self.default_size)
-        negative_prompt = negative_prompt or ""
-        self._check(prompt, steps, height, width)
-        cfg = guidance > 1.0
-        embeds, pooled, pos, neg = self.encode(prompt, negative_prompt, cfg)
-
-        scheduler = copy.deepcopy(self.scheduler)  # steppers keep state: one per call
-        scheduler.set_timesteps(int(steps), device=self.device)
-        timesteps = scheduler.timesteps
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        shape = (
-            1,
-            int(self.unet.config.in_channels),
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
-        latents = latents * scheduler.init_noise_sigma
-        step_params = set(inspect.signature(scheduler.step).parameters)
-        step_kwargs: dict[str, Any] = {}
-        if "eta" in step_params:
-            step_kwargs["eta"] = 0.0
-        if "generator" in step_params:
-            step_kwargs["generator"] = generator
-
-        added: dict[str, torch.Tensor] | None = None
-        if self.is_xl:
-            time_ids = torch.tensor(
-                [[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device
-            )
-            added = {
-                "text_embeds": pooled,
-                "time_ids": torch.cat([time_ids, time_ids]) if cfg else time_ids,
-            }
-
-        half = capture_kwargs.get("half", "cond")
+        call = self._prepare(prompt, negative_prompt, seed, steps, guidance, height, width)
+        options = {"attention": True, "temb": True, **capture_kwargs}
+        options.update(detail=detail, cfg=call.cfg)
         start = time.perf_counter()
-        options = {"attention": True, "temb": True, **capture_kwargs, "detail": detail, "cfg": cfg}
-        call = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
-        call.update(height=height, width=width)
         iv = for_pipeline(
-            self, edits, tokens=pos.labels, words=pos.words, steps=steps, cfg=cfg, call=call
+            self,
+            edits,
+            tokens=call.pos.labels,
+            words=call.pos.words,
+            steps=call.facts["steps"],
+            cfg=call.cfg,
+            call={k: v for k, v in call.facts.items() if k != "prompt"}
+            | {"height": call.height, "width": call.width},
         )
-        with iv, unetviz.capture(self.unet, **options) as trace:
-            for i, t in enumerate(timesteps):
-                inp = torch.cat([latents] * 2) if cfg else latents
-                inp = scheduler.scale_model_input(inp, t)
-                noise = self.unet(inp, t, embeds, added_cond_kwargs=added)
-                if cfg:
-                    noise_uncond, noise_cond = noise.chunk(2)
-                    noise = noise_uncond + guidance * (noise_cond - noise_uncond)
-                latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-                if progress is not None:
-                    progress(i + 1, len(timesteps))
+        with iv, capture(self.unet, **options) as trace:
+            latents = self._denoise(call, progress)
         image = self.decode(latents)
+        half = "uncond" if call.cfg and capture_kwargs.get("half") == "uncond" else "cond"
+        seconds = time.perf_counter() - start
+        return self._run(call, trace, image, latents, detail, half, seconds, iv.meta)
 
-        shown = neg if (cfg and half == "uncond") else pos
+    def _run(
+        self,
+        call: _Call,
+        trace: Any,
+        image: Any,
+        latents: torch.Tensor,
+        detail: str,
+        half: str,
+        seconds: float,
+        edit_meta: dict[str, Any],
+    ) -> Run:
+        """The Run, with every fact written once: ``call.facts`` go to both the trace's meta
+        and the Run; the rest only where it belongs."""
+        shown = call.neg if half == "uncond" else call.pos
         trace.tokens = list(shown.labels)
         trace.words = list(shown.words)
         trace.meta.update(
+            call.facts,
             model=self.name,
             model_path=self.parts.extra.get("path"),
             family=self.family,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=int(seed),
-            steps=int(steps),
-            guidance=guidance,
-            height=height,
-            width=width,
-            batch=2 if cfg else 1,
-            cfg=cfg,
+            height=call.height,
+            width=call.width,
+            batch=2 if call.cfg else 1,
+            cfg=call.cfg,
             detail=detail,
-            scheduler=type(scheduler).__name__,
+            scheduler=type(call.scheduler).__name__,
             dtype=str(self.dtype).removeprefix("torch."),
-            tokens_of="negative_prompt" if shown is neg else "prompt",
-            truncated=pos.truncated,
+            tokens_of="negative_prompt" if half == "uncond" else "prompt",
+            truncated=call.pos.truncated,
             config=self.unet.config.to_dict(),
-            seconds=time.perf_counter() - start,
-            **iv.meta,
+            seconds=seconds,
+            **edit_meta,
         )
-        return Run(
-            image=image,
-            trace=trace,
-            tokens=list(pos.labels),
-            words=list(pos.words),
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=int(seed),
-            steps=int(steps),
-            guidance=guidance,
-            latents=latents,
-            extra={
-                "negative_tokens": list(neg.labels),
-                "negative_words": list(neg.words),
-                "truncated": pos.truncated,
-                "family": self.family,
-            },
-        )
+        extra = {
+            "negative_tokens": list(call.neg.labels),
+            "negative_words": list(call.neg.words),
+            "truncated": call.pos.truncated,
+            "family": self.family,
+        }
+        tokens, words = list(call.pos.labels), list(call.pos.words)
+        return Run(image, trace, tokens, words, latents=latents, extra=extra, **call.facts)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> Any:
@@ -499,15 +594,23 @@ def check_safetensors(folder: Path) -> str | None:
     ``*.fp16.safetensors`` files are there, else None)."""
     from safetensors import SafetensorError, safe_open
 
+    from unetviz.weights import FLOAT_DTYPES, WeightsError
+
     files = sorted(folder.glob("*.safetensors"))
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as f:
-                f.keys()
+                dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise PipelineError(
                 f"{file} is not a readable safetensors file (truncated or corrupt?): {exc}"
             ) from None
+        for key, kind in dtypes.items():  # position_ids: CLIP's integer buffer
+            if kind not in FLOAT_DTYPES and not key.endswith("position_ids"):
+                raise WeightsError(
+                    f"{file}: tensor {key!r} is {kind}: unetviz loads floating-point weights "
+                    f"only ({', '.join(FLOAT_DTYPES)})"
+                )
     if not files:
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
@@ -538,13 +641,8 @@ def quiet_loading() -> Iterator[None]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path} must hold a JSON object")
-    return data
+    """A JSON object from a regular file under 1 MiB (ConfigError otherwise)."""
+    return read_json(path, "config")
 
 
 def _describe_folder(path: Path) -> str:
@@ -552,14 +650,13 @@ def _describe_folder(path: Path) -> str:
     config = path / "config.json"
     if config.is_file():
         try:
-            data = json.loads(config.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = read_json(config)
+        except UnetvizError:
             data = {}
-        kind = (
-            data.get("_class_name")
-            or ", ".join(data.get("architectures") or [])
-            or (data.get("model_type"))
-        )
+        names = data.get("architectures")
+        first = names[0] if isinstance(names, list) and names else None
+        kind = data.get("_class_name") or first or data.get("model_type")
+        kind = _name(kind) if kind else None
         if kind == _SUPPORTED_UNET:
             return (
                 f"{path} is a single UNet2DConditionModel folder, not a whole pipeline: pass the "
@@ -578,36 +675,24 @@ def _describe_folder(path: Path) -> str:
     )
 
 
-def load_diffusers_components(
-    path: Path,
-    dtype: torch.dtype,
-    scheduler: str | None = None,
-    prediction_type: str | None = None,
-) -> SDComponents:
-    """Load a local diffusers SD 1.x/2.x/SDXL folder: unetviz's UNet, transformers' CLIP
-    text encoder(s) and tokenizer(s), diffusers' VAE and scheduler. Never unpickles."""
-    diffusers, transformers = require_sd_extra()
-    from unetviz.weights import load_unet
-
+def _read_model_index(path: Path) -> tuple[dict[str, Any], bool, list[str]]:
+    """model_index.json checked: (index, is SDXL, the component names unetviz needs)."""
     index_path = path / "model_index.json"
     if not index_path.is_file():
         raise PipelineError(_describe_folder(path))
-    index = _read_json(index_path)
-    cls_name = str(index.get("_class_name", "?"))
+    index = _read_json(inside(path, "model_index.json"))
+    cls_name = _name(index.get("_class_name", "?"))
     if cls_name in _KNOWN_NON_SD:
         raise PipelineError(
             f"{path} is a {cls_name} folder ({_KNOWN_NON_SD[cls_name]}): unetviz opens Stable "
             "Diffusion 1.x/2.x/XL pipelines (a UNet2DConditionModel with CLIP text encoders)"
         )
     xl = "text_encoder_2" in index or "XL" in cls_name
-    needed = ["unet", "vae", "scheduler"] + (
-        ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
-        if xl
-        else ["text_encoder", "tokenizer"]
-    )
+    text = ["text_encoder", "tokenizer"] + (["text_encoder_2", "tokenizer_2"] if xl else [])
+    needed = ["unet", "vae", "scheduler", *text]
     for name in needed:
         entry = index.get(name)
-        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], str):
             if name in ("text_encoder", "tokenizer") and xl:
                 raise PipelineError(
                     f"{path}: model_index.json has no {name} ({cls_name}); SDXL refiner-style "
@@ -619,66 +704,85 @@ def load_diffusers_components(
             )
         if not (path / name).is_dir():
             raise PipelineError(
-                f"{path} is missing its {name}/ subfolder (model_index.json lists {entry[1]}); "
-                "re-download or re-save the model with save_pretrained"
+                f"{path} is missing its {name}/ subfolder (model_index.json lists "
+                f"{_name(entry[1])}); re-download or re-save the model with save_pretrained"
             )
-    unet_cls = index["unet"][1]
-    if unet_cls != _SUPPORTED_UNET:
-        raise PipelineError(
-            f"{path} is a {cls_name} whose denoiser is a {unet_cls}: unetviz visualizes "
-            f"{_SUPPORTED_UNET}s (Stable Diffusion 1.x/2.x/XL)"
-        )
-    variants = {
-        name: check_safetensors(path / name)
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2")
-        if name in needed
-    }
+    expected = {"unet": _SUPPORTED_UNET, "vae": "AutoencoderKL"}
+    for name, want in expected.items():
+        if index[name][1] != want:
+            raise PipelineError(
+                f"{path}/{name} is a {_name(index[name][1])} ({cls_name}): expected a {want} "
+                "(unetviz visualizes Stable Diffusion 1.x/2.x/XL)"
+            )
+    for name in text[0::2]:
+        if index[name][1] not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+            raise PipelineError(
+                f"{path}/{name} is a {_name(index[name][1])}: expected a CLIPTextModel or "
+                "CLIPTextModelWithProjection"
+            )
+    return index, xl, needed
 
-    unet = load_unet(path / "unet", dtype=dtype)
+
+def _name(value: Any) -> str:
+    """A class name from a file, safe to print: an identifier of at most 80 characters."""
+    text = str(value)
+    return text if text.isidentifier() and len(text) <= 80 else "(unrecognised name)"
+
+
+def _third_party(path: Path, loader: Callable[[], Any]) -> Any:
+    """Run a diffusers/transformers loader; their errors become PipelineError naming the
+    folder (ours pass through unchanged)."""
+    try:
+        return loader()
+    except UnetvizError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise PipelineError(f"cannot load {path}: {exc}") from None
+
+
+def load_diffusers_components(
+    path: Path,
+    dtype: torch.dtype,
+    scheduler: str | None = None,
+    prediction_type: str | None = None,
+) -> SDComponents:
+    """Load a local diffusers SD 1.x/2.x/SDXL folder: unetviz's UNet, transformers' CLIP
+    text encoder(s) and tokenizer(s), diffusers' VAE and scheduler. Never unpickles; every
+    file read lies inside ``path``."""
+    diffusers, transformers = require_sd_extra()
+    from unetviz.weights import load_unet
+
+    index, xl, needed = _read_model_index(path)
+    folders = {name: confined_folder(path, name) for name in needed}
+    variants = {
+        name: check_safetensors(folders[name]) for name in ("vae", *needed[3::2]) if name in needed
+    }
+    unet = load_unet(folders["unet"], dtype=dtype)
     if int(unet.config.in_channels) != 4:
         raise PipelineError(
-            f"{path}/unet takes {unet.config.in_channels} input channels ({cls_name}): only "
-            "text-to-image UNets with 4 latent channels are supported (not inpainting/depth)"
+            f"{path}/unet takes {unet.config.in_channels} input channels: only text-to-image "
+            "UNets with 4 latent channels are supported (not inpainting/depth)"
         )
-
-    def load(sub: str, loader: Callable[[], Any]) -> Any:
-        try:
-            return loader()
-        except PipelineError:
-            raise
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise PipelineError(f"cannot load {path / sub}: {exc}") from None
-
-    vae_cls = index["vae"][1]
-    if vae_cls != "AutoencoderKL":
-        raise PipelineError(f"{path}/vae is a {vae_cls}: expected an AutoencoderKL")
-    vae = load(
-        "vae",
+    vae = _third_party(
+        folders["vae"],
         lambda: diffusers.AutoencoderKL.from_pretrained(
-            path / "vae", use_safetensors=True, torch_dtype=dtype, variant=variants["vae"]
+            folders["vae"], use_safetensors=True, torch_dtype=dtype, variant=variants["vae"]
         ),
     )
     tokenizers, encoders = [], []
-    pairs = [("tokenizer", "text_encoder")] + ([("tokenizer_2", "text_encoder_2")] if xl else [])
-    for tok_name, enc_name in pairs:
-        enc_cls_name = index[enc_name][1]
-        if enc_cls_name not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
-            raise PipelineError(
-                f"{path}/{enc_name} is a {enc_cls_name}: expected a CLIPTextModel or "
-                "CLIPTextModelWithProjection"
-            )
-        tokenizers.append(
-            load(tok_name, lambda t=tok_name: transformers.CLIPTokenizer.from_pretrained(path / t))
-        )
-        enc_cls = getattr(transformers, enc_cls_name)
-        encoder = load(
-            enc_name,
-            lambda c=enc_cls, e=enc_name: c.from_pretrained(
-                path / e, use_safetensors=True, variant=variants[e]
+    for enc_name, tok_name in zip(needed[3::2], needed[4::2], strict=True):
+        tok_dir, enc_dir = folders[tok_name], folders[enc_name]
+        enc_cls = getattr(transformers, index[enc_name][1])
+        tok = _third_party(tok_dir, lambda d=tok_dir: transformers.CLIPTokenizer.from_pretrained(d))
+        encoder = _third_party(
+            enc_dir,
+            lambda c=enc_cls, d=enc_dir, v=variants[enc_name]: c.from_pretrained(
+                d, use_safetensors=True, variant=v
             ),
         )
+        tokenizers.append(tok)
         encoders.append(encoder.to(dtype).eval().requires_grad_(False))
-    sched_config = _read_json(path / "scheduler" / "scheduler_config.json")
+    sched_config = _read_json(inside(path, "scheduler/scheduler_config.json"))
     if prediction_type is not None:
         sched_config["prediction_type"] = prediction_type
     sd2 = not xl and int(unet.config.cross_attention_dim) == 1024
