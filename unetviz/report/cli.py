@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
     @app.command(name="report")
     def report(
         source: Path = typer.Argument(
-            ..., help="A saved trace (.trace zip or folder) or a `unetviz attention` folder."
+            ...,
+            metavar="RUN_OR_TRACE",
+            help="A saved trace (.trace zip or folder) or a `unetviz attention` folder.",
         ),
         output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
         title: str = typer.Option(None, "--title", help="Page title (default: the prompt)."),
