@@ -1,0 +1,128 @@
+"""What an "Experiments" tab calls: plain functions from a pipeline and the controls' values to
+images, tables and diagrams (no Gradio here; the app wires them). Top layer, beside the app:
+imports render (through figures) and the demo scorer.
+
+- :func:`choices`: the words, blocks, layers and skips the controls may offer.
+- :func:`run_edited`: base and edited runs side by side, their difference, a summary table and
+  the edited run's trace (for its heatmaps).
+- :func:`run_sweep`: the diagram filled by effect (SVG) and the table, with a progress callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .demo_scores import scorer_for
+from .figures import comparison_strip, sweep_diagram
+from .model_map import ModelMap
+from .spec import AblateBlock, AblateSkip, Edit, EditError, Reweight, ScaleTemb
+from .sweep import Sweep
+
+Progress = Callable[[int, int], None] | None
+
+
+def choices(pipe: Any, prompt: str | None = None) -> dict[str, list[str]]:
+    """``{"words", "blocks", "layers", "skips", "resnets"}`` for dropdowns / checkboxes; skips
+    read ``"3: down_blocks.1.attentions.0 -> up_blocks.1.resnets.0"`` (pass them back as-is)."""
+    mm = ModelMap(pipe.unet)
+    words: list[str] = []
+    if prompt:
+        words = [w for w in dict.fromkeys(_words(pipe, prompt)) if w]
+    return {
+        "words": words,
+        "blocks": list(mm.blocks),
+        "layers": list(mm.layers),
+        "skips": [str(s) for s in mm.skips],
+        "resnets": list(mm.resnets),
+    }
+
+
+def _words(pipe: Any, prompt: str) -> list[str | None]:
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "encode"):
+        return list(tokenizer.encode(prompt)[2])  # the demo's word tokenizer
+    return [w for w in prompt.split()]
+
+
+def edits_from_controls(
+    word: str | None = None,
+    weight: float = 1.0,
+    layers: str | Sequence[str] | None = None,
+    skips: Sequence[str | int] = (),
+    blocks: Sequence[str] = (),
+    mode: str | float = "zero",
+    temb_target: str | None = None,
+    temb_scale: float = 1.0,
+) -> list[Edit]:
+    """The edits the controls describe (a word and its weight, ticked skips and blocks, a temb
+    scale); at least one, or an EditError saying what to pick."""
+    found: list[Edit] = []
+    if word:
+        lay = None if layers in (None, "", "all") else layers
+        found.append(Reweight(word, float(weight), layers=lay))
+    for s in skips:
+        found.append(AblateSkip(int(str(s).split(":")[0]), mode))
+    for b in blocks:
+        found.append(AblateBlock(b, mode))
+    if temb_target:
+        found.append(ScaleTemb(temb_target, float(temb_scale)))
+    if not found:
+        raise EditError("pick an edit: a word to re-weight, skips or blocks to ablate, or a temb")
+    return found
+
+
+def run_edited(
+    pipe: Any, prompt: str, edits: list[Edit], progress: Progress = None, **call: Any
+) -> dict[str, Any]:
+    """Base and edited runs (same seed): ``{"strip": PIL (base | edited | diff), "base",
+    "edited", "diff": PIL images, "rows": summary table rows, "headers", "comparison"}``;
+    ``comparison.edited.trace`` holds the edited heatmaps."""
+    cmp = pipe.compare(prompt, edits=edits, progress=progress, **call)
+    score = scorer_for(pipe)
+    rows = [["mean abs pixel change", f"{cmp.score:.4f}", ""]]
+    rows.append(["max abs pixel change", f"{float(cmp.diff.max()):.4f}", ""])
+    if score is not None:
+        before, after = score(prompt, cmp.base.image), score(prompt, cmp.edited.image)
+        for key, value in before.items():
+            if value is not None or after.get(key) is not None:
+                rows.append([key, str(value), str(after.get(key))])
+    for e in cmp.edits:
+        rows.append(["edit", e["edit"], ", ".join(f"{k}={v}" for k, v in e.items() if k != "edit")])
+    return {
+        "strip": comparison_strip(cmp, scale=max(1, 256 // cmp.base.image.width)),
+        "base": cmp.base.image,
+        "edited": cmp.edited.image,
+        "diff": cmp.diff_image(),
+        "rows": rows,
+        "headers": ["", "base", "edited"],
+        "comparison": cmp,
+    }
+
+
+def run_sweep(
+    pipe: Any,
+    prompt: str,
+    over: str = "blocks",
+    edit: str = "ablate",
+    mode: str | float = "mean",
+    word: str | None = None,
+    scale: float = 0.0,
+    progress: Progress = None,
+    **call: Any,
+) -> dict[str, Any]:
+    """One edit per block / layer / skip: ``{"svg": the diagram filled by effect, "rows",
+    "headers", "result"}`` (rows sorted by effect, largest first); ``result.base.trace``
+    carries the sweep in its meta (download it as the trace bundle)."""
+    from unetviz.render.export import to_svg
+
+    spec = Sweep(over=over, edit=edit, mode=mode, word=word or None, scale=float(scale))
+    result = spec.run(pipe, prompt, score=scorer_for(pipe), progress=progress, **call)
+    keys = [k for k in dict.fromkeys(k for r in result.rows for k in r) if k != "edit"]
+    rows = [[r.get(k) for k in keys] for r in sorted(result.rows, key=lambda r: -r["change"])]
+    return {
+        "svg": to_svg(sweep_diagram(result)),
+        "rows": rows,
+        "headers": keys,
+        "result": result,
+    }
