@@ -214,3 +214,14 @@ def test_enable_static_plots_adds_an_svg_to_every_figure(trace):
         assert bundle["image/svg+xml"].startswith("<svg")
     finally:
         pio.renderers.default = old
+
+
+def test_token_list_folds_padding_but_keeps_the_end_token():
+    from unetviz.report.display import tokens_html
+
+    clip = ["<|startoftext|>", "a</w>", "cat</w>", *["<|endoftext|>"] * 74]
+    html = tokens_html(clip, [None, "a", "cat", *[None] * 74])
+    assert html.count("&lt;|endoftext|&gt;") == 1 and "+ 73 padding" in html
+    assert '<span class="tok word" title="#2">cat</span>' in html
+    html = tokens_html(["<bos>", "a", "<eos>", "<pad>", "<pad>"], [None, "a", None, None, None])
+    assert "&lt;eos&gt;" in html and "&lt;pad&gt;" not in html and "+ 2 padding" in html

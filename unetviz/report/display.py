@@ -257,7 +257,9 @@ def tokens_html(tokens: list[str], words: list[Any]) -> str:
     """The token list as chips, the prompt's words highlighted; trailing padding folded."""
     shown = list(tokens)
     pads = 0
-    while shown and shown[-1] in ("<pad>", "<|endoftext|>") and len(shown) > 2:
+    while len(shown) > 2 and (
+        shown[-1] == "<pad>" or shown[-1] == shown[-2] == "<|endoftext|>"  # CLIP pads with EOS
+    ):
         shown.pop()
         pads += 1
     chips = []
