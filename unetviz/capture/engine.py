@@ -33,8 +33,8 @@ class Capture:
     sum and a count. ``cfg`` says the batch is [uncond, cond] halves (None: any even batch);
     ``half`` picks "cond", "uncond" or "both". ``per_head`` keeps heads apart. ``daam`` also
     keeps the float32 per-head sums over steps of the down / up layers that
-    ``trace.heatmap(..., preset="daam")`` needs (bounded: SD 1.5 at 512 px ~67 MiB, SDXL at
-    1024 px ~441 MiB). Self-attention rows are captured only for ``self_attention_layers``
+    ``trace.heatmap(..., preset="daam")`` needs (bounded: SD 1.5 at 512 px 63 MiB, SDXL at
+    1024 px 421 MiB). Self-attention rows are captured only for ``self_attention_layers``
     (attn1 names / prefixes) at ``self_attention_points`` ((y, x) fractions). ``meta`` is
     merged into ``trace.meta``.
 
