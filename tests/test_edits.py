@@ -207,7 +207,7 @@ def test_bad_parameters_are_refused_when_made(bad):
 def test_edits_apply_before_capture_records_in_both_orders(edit_first):
     unet = _our_unet()
     sample, context, kwargs = _inputs("sd15")
-    chosen = [edits.ScaleTemb("all", 0.0), edits.AblateSkip(0, "zero")]
+    chosen = [edits.ScaleTemb("all", 0.0), edits.AblateSkip(0, "zero"), edits.Reweight(1, 0.0)]
     iv = intervene(unet, chosen)
     cap = unetviz.capture(unet, detail="layers")
     first, second = (iv, cap) if edit_first else (cap, iv)
@@ -215,6 +215,8 @@ def test_edits_apply_before_capture_records_in_both_orders(edit_first):
         out = _out(unet, sample, context, kwargs)
     trace = b if edit_first else a
     assert trace.temb and all(r.temb_rms == 0.0 for r in trace.temb)  # recorded after the edit
+    maps = [rec.maps[0].float() for rec in trace.attention.values()]  # (1, h, w, tokens)
+    assert maps and all(m[..., 1].abs().max() == 0 and m[..., 2].min() > 0 for m in maps)
     with intervene(unet, chosen):
         expected = _out(unet, sample, context, kwargs)
     assert torch.equal(out, expected)

@@ -42,9 +42,10 @@ def sweep_diagram(result: SweepResult, direction: str = "TB") -> Any:
         f"{graph.meta.get('model') or 'UNet'}  \u00b7  sweep: {what} per {over[:-1]}"
         f" ({_mode(result)})  \u00b7  '{result.prompt}'  \u00b7  fill: {FILL_LABEL}"
     )
+    graph.fill_label = FILL_LABEL
     g = draw(graph, direction=direction)
-    # legend and tooltips name the temb fill this reuses (until render has a generic fill)
-    g.body[:] = [line.replace("temb ratio", FILL_LABEL) for line in g.body]
+    # node tooltips still call the fill "temb ratio"
+    g.body[:] = [line.replace("temb ratio:", f"{FILL_LABEL}:") for line in g.body]
     return g
 
 

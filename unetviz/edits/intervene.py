@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..capture.probe import add_probability_edit
 from .model_map import ModelMap, token_indices
 from .probes import (
     OutputProbe,
@@ -114,6 +115,7 @@ class Intervention:
         for edit in self.edits:
             self.probes.append(self._plan(edit))
         self.handles: list[Any] = []
+        self.removers: list[Callable[[], None]] = []
         self.on_forward_end: list[Callable[[], None]] = []
         self.thread: int | None = None
         self.step = -1
@@ -201,6 +203,11 @@ class Intervention:
             return False
         return steps is None or steps[0] <= self.step < steps[1]
 
+    def declare_probabilities(self, attention: nn.Module, edit: Callable) -> None:
+        """Tell a capture how this edit changes ``attention``'s softmax probabilities, so the
+        maps it records are the ones the model used (withdrawn on exit)."""
+        self.removers.append(add_probability_edit(attention, edit))
+
     def hook(self, module: nn.Module, pre=None, post=None) -> None:
         """Register before every other hook on ``module`` (capture's included)."""
         if pre is not None:
@@ -239,6 +246,9 @@ class Intervention:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        for remove in self.removers:
+            remove()
+        self.removers.clear()
         for fn in self.on_forward_end:
             fn()
 

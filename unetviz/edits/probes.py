@@ -98,7 +98,21 @@ class ReweightProbe(Probe):
 
     def install(self, iv: Intervention) -> None:
         for name in self.layers:
-            iv.hook(iv.map.modules[name].to_v, post=self._post(iv))
+            module = iv.map.modules[name]
+            iv.hook(module.to_v, post=self._post(iv))
+            iv.declare_probabilities(module, self._probs(iv))
+
+    def _probs(self, iv: Intervention):
+        """The same equalizer on the probabilities a capture recomputes (full batch)."""
+
+        def edit(probs: torch.Tensor) -> torch.Tensor:
+            if not iv.active(self.window) or probs.shape[0] != iv.batch:
+                return probs
+            probs = probs.clone()
+            probs[iv.keep, :, :, self.indices] *= self.scale
+            return probs
+
+        return edit
 
     def _post(self, iv: Intervention):
         def post(module, args, kwargs, output):
@@ -128,7 +142,21 @@ class ReplaceProbe(Probe):
             module = iv.map.modules[name]
             iv.hook(module.to_v, post=self._keep_v(iv, name))
             iv.hook(module, post=self._replace(iv, name))
+            iv.declare_probabilities(module, self._probs(iv, name))
         iv.on_forward_end.append(self._v.clear)
+
+    def _probs(self, iv: Intervention, name: str):
+        """The source's probabilities in the conditional rows a capture recomputes."""
+
+        def edit(probs: torch.Tensor) -> torch.Tensor:
+            if not iv.active(self.layers[name]) or probs.shape[0] != iv.batch:
+                return probs
+            source = self.recording.attention_at(name, iv.step)
+            probs = probs.clone()
+            probs[iv.keep] = source.to(probs.device, probs.dtype)
+            return probs
+
+        return edit
 
     def _keep_v(self, iv: Intervention, name: str):
         def post(module, args, kwargs, output):

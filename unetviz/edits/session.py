@@ -111,6 +111,12 @@ class Comparison:
         """Mean absolute pixel change over the image, in [0, 1]."""
         return float(self.diff.mean())
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Notebook display: base | edited | difference and the edits (unetviz.report)."""
+        from unetviz.report.display import comparison_mimebundle
+
+        return comparison_mimebundle(self)
+
     def diff_image(self) -> Any:
         """The difference as a greyscale PIL image (white: the largest possible change)."""
         from PIL import Image
