@@ -68,7 +68,9 @@ def test_trace_report_and_cli_read_saved_runs(run, tmp_path, capsys):
     folder.mkdir()
     run.trace.save(folder / "run.trace")
     run.image.save(folder / "image.png")
-    for source in (bundle, folder):
+    saved = run.trace.save(tmp_path / "saved.trace", folder=True)  # Trace.save(folder=True)
+    run.image.save(saved / "image.png")
+    for source in (bundle, folder, saved):
         out = tmp_path / f"{source.stem}.html"
         assert run_main(["report", str(source), "-o", str(out)]) == 0
         html = out.read_text()
