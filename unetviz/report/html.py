@@ -81,6 +81,9 @@ def load_source(path: Path) -> Source:
         raise ReportError(str(exc)) from None
     image = None
     if path.is_dir() and (path / IMAGE_NAME).is_file():
+        size = (path / IMAGE_NAME).stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise ReportError(f"{path / IMAGE_NAME}: {size:,} bytes: too big for an image")
         image = read_image((path / IMAGE_NAME).read_bytes(), path / IMAGE_NAME)
     elif path.is_file():
         with zipfile.ZipFile(path) as zf:
