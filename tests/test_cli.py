@@ -376,3 +376,11 @@ def test_attention_preset_is_a_deprecated_alias_of_recipe(tmp_path, capsys):
     code, out = _attention(tmp_path, "out", "--preset", "p2p")
     assert code == 0 and "--preset is deprecated" in capsys.readouterr().err
     assert json.loads((out / "tokens.json").read_text())["recipe"] == "p2p"
+
+
+def test_attention_error_quoting_a_huge_prompt_is_cut(tmp_path, capsys):
+    prompt = "zebra " * 2000
+    assert run_main(["attention", prompt, "-o", str(tmp_path / "huge"), "--steps", "2"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) <= 620, lines
+    assert "characters ...]" in lines[0] and not (tmp_path / "huge").exists()

@@ -20,6 +20,7 @@ one ``error:`` line (exit status 2) and leave no partial output folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -169,17 +170,22 @@ def _check_numbers(seed: int, guidance: float | None) -> None:
 
 
 def _generate(pipe: Any, prompt: str, kwargs: dict[str, Any], total: int, progress: bool) -> Any:
-    """Run the pipeline, with a progress bar of its sampling steps on stderr."""
+    """Run the pipeline, with a progress bar of its sampling steps on stderr. The bar starts
+    at the first step, so an error found before sampling prints only its ``error:`` line."""
     if not progress:
         return pipe(prompt, **kwargs)
-    with typer.progressbar(length=total, label="sampling", file=sys.stderr) as bar:
-        done = [0]
+    with contextlib.ExitStack() as stack:
+        state: dict[str, Any] = {"bar": None, "done": 0}
 
         def tick(i: int, n: int) -> None:
+            bar = state["bar"]
+            if bar is None:
+                bar = typer.progressbar(length=n or total, label="sampling", file=sys.stderr)
+                state["bar"] = bar = stack.enter_context(bar)
             if bar.length != n:
                 bar.length = n
-            bar.update(i - done[0])
-            done[0] = i
+            bar.update(i - state["done"])
+            state["done"] = i
 
         return pipe(prompt, progress=tick, **kwargs)
 

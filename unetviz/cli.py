@@ -60,7 +60,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("unetviz.report.cli", "One self-contained HTML report of a run or trace."),
 }
 
-DETAILS = ("blocks", "layers", "modules")  # the diagram's detail levels (capture's DETAILS)
 DIRECTIONS = ("TB", "LR")
 MAX_BATCH = 64
 
@@ -226,6 +225,7 @@ def diagram(
     """Draw the UNet's architecture (no weights needed)."""
     from .outputs import write_file
     from .render.export import format_of, render
+    from .render.graph import DETAILS
 
     _choice("--detail", detail, DETAILS)
     _choice("--direction", direction, DIRECTIONS)
