@@ -148,11 +148,11 @@ def test_run_writes_tables_records_failures_and_resumes(small_set, tmp_path, eng
     assert list(prompts["status"]) == ["ok", "error", "ok", "ok"]
     assert "'dog'" in prompts["error"][1] and prompts["image"].isna()[1]
     assert sorted(table["row"].unique()) == [0, 2, 3]
-    # one row per (prompt, word, layer, bucket) + one DAAM row per word; 7 demo attn layers
+    # one row per (prompt, word, layer, bucket) + two whole-run rows per word; 7 demo attn layers
     words0 = table[table["row"] == 0]
-    assert len(words0) == 3 * (7 + 1)
+    assert len(words0) == 3 * (7 + 2)  # + "daam" and "daam-approx" rows
     assert set(words0[words0["has_mask"]]["word"]) == {"circle", "red"}
-    assert words0["iou"].notna().sum() == 2 * 8
+    assert words0["iou"].notna().sum() == 2 * 9
     assert (table[table["word"] == "triangle"]["word_class"] == "shape-noun").all()
     assert (table[table["word"] == "a"]["word_class"] == "function").all()
     for image in prompts["image"].dropna():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .rows import BatchError
-from .stats import DAAM
+from .stats import AGGREGATES, DAAM
 from .store import JOB_FILE, PROMPTS, TABLE, pa_modules
 
 MAX_TABLE_BYTES = 2 * 1024**3
@@ -153,7 +153,7 @@ def _word_figure(df: Any) -> Any:
     from .summary import layer_order, short_layer
 
     metric = "iou" if df["has_mask"].any() else "concentration"
-    layers = df[df["layer"] != DAAM]
+    layers = df[~df["layer"].isin(AGGREGATES)]
     grid = layers.groupby(["word", "layer"], sort=False)[metric].mean().unstack("layer")
     grid = grid[layer_order(list(grid.columns))]
     words = list(dict.fromkeys(df.sort_values("word_index")["word"]))

@@ -11,8 +11,10 @@ averaged over the steps of a bucket, at the layer's native resolution. From it:
   ``mass_in`` / ``mass_out`` (share of the map's mass inside / outside the mask) and ``iou`` of
   the map thresholded at ``tau`` (min-max normalised) with the mask.
 
-Each word also gets one row with ``layer == "daam"``, ``bucket == -1``: the DAAM-preset heatmap
-(all steps, the preset's layers), scored the same way.
+Each word also gets whole-run rows (``bucket == -1``, ``location == "all"``), scored the same
+way: ``layer == "daam"``, DAAM 0.2.0's heatmap (``trace.heatmap(word, preset="daam")``: down
+and up blocks, per-head clamp, all steps), and ``layer == "daam-approx"``, unetviz's earlier
+DAAM-like recipe (head means, lowest resolution dropped).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from torch.nn import functional as F
 
 TAU = 0.4
 DAAM = "daam"
+#: whole-run aggregate rows (``bucket == -1``): the layer column holds the recipe's name
+AGGREGATES = (DAAM, "daam-approx")
 FUNCTION_WORDS = frozenset(
     "a an the of on in at to and or with by for from under over near next is are its his her "
     "their this that these those".split()
@@ -106,17 +110,17 @@ def map_stats(m: torch.Tensor, mask: np.ndarray | None, tau: float) -> dict[str,
     return out
 
 
-def _daam(trace: Any, idx: list[int]) -> torch.Tensor:
-    """The DAAM heatmap (DAAM 0.2.0's recipe where the capture kept per-head sums, else
-    unetviz's DAAM-like recipe from the maps kept), not normalised."""
-    from unetviz.capture.aggregate import PRESETS
-
-    try:
-        return trace.heatmap(idx, preset="daam", normalize=None)
-    except ValueError:
-        if "daam-approx" not in PRESETS:
-            raise
-        return trace.heatmap(idx, preset="daam-approx", normalize=None)
+def _aggregates(trace: Any, idx: list[int]) -> list[tuple[str, torch.Tensor]]:
+    """The word's whole-run heatmaps, unnormalised: ``daam`` (DAAM 0.2.0, where the capture
+    kept per-head sums) and ``daam-approx`` (unetviz's DAAM-like recipe from the maps kept),
+    each when the trace can give it."""
+    out = []
+    for preset in AGGREGATES:
+        try:
+            out.append((preset, trace.heatmap(idx, preset=preset, normalize=None)))
+        except ValueError:  # TraceError: this capture or unetviz version cannot give it
+            continue
+    return out
 
 
 def word_groups(words: list[str | None]) -> list[tuple[str, list[int]]]:
@@ -136,7 +140,7 @@ def run_records(
     classes: dict[str, str] | None = None,
     known_classes: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every (word, layer, bucket) record of one captured run, plus one DAAM row per word.
+    """Every (word, layer, bucket) record of one captured run, plus the aggregate rows.
     Row identity columns (key, row, prompt, seed) are filled by the caller."""
     steps = trace.steps
     spans = buckets(steps, n_buckets)
@@ -169,20 +173,20 @@ def run_records(
                         **map_stats(maps[name].float(), mask, tau),
                     }
                 )
-        heat = _daam(trace, idx)
-        records.append(
-            {
-                **base,
-                "layer": DAAM,
-                "block": DAAM,
-                "location": "all",
-                "resolution": int(heat.shape[0]),
-                "bucket": -1,
-                "step_lo": 0,
-                "step_hi": steps,
-                "t_hi": ts[0],
-                "t_lo": ts[-1],
-                **map_stats(heat, mask, tau),
-            }
-        )
+        for name, heat in _aggregates(trace, idx):
+            records.append(
+                {
+                    **base,
+                    "layer": name,
+                    "block": name,
+                    "location": "all",
+                    "resolution": int(heat.shape[0]),
+                    "bucket": -1,
+                    "step_lo": 0,
+                    "step_hi": steps,
+                    "t_hi": ts[0],
+                    "t_lo": ts[-1],
+                    **map_stats(heat, mask, tau),
+                }
+            )
     return records

@@ -13,7 +13,7 @@ from typing import Any
 
 from unetviz.outputs import write_file
 
-from .stats import DAAM
+from .stats import AGGREGATES, DAAM
 
 LOCATION_ORDER = {"down": 0, "mid": 1, "up": 2, "all": 3}
 
@@ -22,7 +22,7 @@ def short_layer(name: str) -> str:
     """``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` -> ``down1.a0.t0``."""
     from unetviz.render.plots import short_layer as short
 
-    return "DAAM (all)" if name == DAAM else short(name)
+    return {DAAM: "DAAM (all)", "daam-approx": "DAAM-approx (all)"}.get(name) or short(name)
 
 
 def layer_order(names: list[str]) -> list[str]:
@@ -51,7 +51,7 @@ def figures(table: Any) -> dict[str, Any]:
     import plotly.graph_objects as go
 
     df, metric, label = _frame(table)
-    layers = df[df["layer"] != DAAM]
+    layers = df[~df["layer"].isin(AGGREGATES)]
     out: dict[str, Any] = {}
     grid = layers.groupby(["layer", "bucket"])[metric].mean().unstack("bucket")
     order = layer_order(list(grid.index))
@@ -84,7 +84,8 @@ def figures(table: Any) -> dict[str, Any]:
     )
     out["resolution"] = fig
 
-    df = df.assign(place=df["location"].where(df["layer"] != DAAM, "DAAM (all)"))
+    agg = df["layer"].isin(AGGREGATES)
+    df = df.assign(place=df["location"].where(~agg, df["layer"].map(short_layer)))
     by_class = df.groupby(["word_class", "place"])[metric].mean().unstack("place")
     cols = sorted(by_class.columns, key=lambda c: LOCATION_ORDER.get(c, 3))
     fig = go.Figure([go.Bar(name=c, x=list(by_class.index), y=by_class[c]) for c in cols])
@@ -103,10 +104,11 @@ def headline(table: Any, prompts: Any) -> list[tuple[str, str]]:
         ("rows", f"{len(table)}"),
         ("metric", label),
     ]
-    daam = df[df["layer"] == DAAM]
-    for cls, v in daam.groupby("word_class")[metric].mean().items():
-        rows.append((f"DAAM {metric}, {cls}", f"{v:.3f}"))
-    layers = df[df["layer"] != DAAM]
+    for recipe in AGGREGATES:
+        daam = df[df["layer"] == recipe]
+        for cls, v in daam.groupby("word_class")[metric].mean().items():
+            rows.append((f"{short_layer(recipe)} {metric}, {cls}", f"{v:.3f}"))
+    layers = df[~df["layer"].isin(AGGREGATES)]
     if len(layers):
         best = layers.groupby("layer")[metric].mean().idxmax()
         rows.append(("best single layer", f"{short_layer(best)} ({best})"))
