@@ -141,3 +141,24 @@ def test_sd_pipeline_edits_and_compare():
     assert (cmp.edited.latents - base.latents).abs().max().item() > 0
     with pytest.raises(EditError, match="its words are: a, red, cat"):
         sd("a red cat", edits=[edits.Reweight("dog", 0.0)], **kwargs)
+
+
+def test_experiments_tab_builds_and_its_events_run():
+    import gradio as gr
+
+    from unetviz.app.experiments import build_experiments, edited, swept
+    from unetviz.app.registry import ModelRegistry
+    from unetviz.app.ui import TabContext
+
+    registry = ModelRegistry()
+    ctx = TabContext(None, registry)
+    with gr.Blocks(analytics_enabled=False):
+        build_experiments(ctx)
+    call = ("demo", "a red circle", 0, 2, 4.0)
+    strip, table, note = edited(registry, *call, "red", 0.0, "up", ["3: x"], [], "mean", "none", 1)
+    assert strip.size[1] >= 24 and table["data"][0][0] == "mean abs pixel change"
+    assert "2 edit(s)" in note
+    html, rows, note = swept(registry, *call, "skips", "ablate", "", "zero", 0.0)
+    assert "<svg" in html and len(rows["data"]) == 6 and "edited runs" in note
+    strip, table, note = edited(registry, *call, "dog", 0.0, "all", [], [], "zero", "none", 1)
+    assert strip is None and "its words are: a, red, circle" in note  # shown, app stays up

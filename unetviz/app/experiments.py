@@ -1,0 +1,201 @@
+"""The "Experiments" tab: re-weight a word, ablate skips / blocks, scale the time embedding, and
+see base and edited images side by side with their difference; or sweep one edit per block,
+layer or skip and see the diagram filled by effect. A new file that plugs into ``ui.TABS`` as
+``("Experiments", build_experiments)``; the work is done by ``unetviz.edits.handlers``.
+
+Model calls hold the registry's lock and share the "model" queue with generation, as every
+model-touching event does; user errors show beside the controls and the app stays up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from unetviz.edits import handlers as eh
+from unetviz.edits.spec import EditError
+from unetviz.errors import UnetvizError
+
+DEFAULT_PROMPT = "a red circle"
+MODES = ["zero", "mean", "0.5", "2"]
+
+
+def _mode(text: str) -> str | float:
+    return text if text in ("zero", "mean") else float(text)
+
+
+def _call(registry: Any, model: str, fn: Any) -> Any:
+    """Run ``fn(pipe)`` under the model lock, on the torch threads the app uses for it."""
+    import torch
+
+    registry.apply_thread_policy()
+    with registry.lock:
+        pipe = registry.pipeline(model or "demo")
+        before = torch.get_num_threads()
+        torch.set_num_threads(registry.threads or 1)
+        try:
+            return fn(pipe)
+        finally:
+            torch.set_num_threads(before)
+
+
+def _steps_call(seed: Any, steps: Any, guidance: Any) -> dict[str, Any]:
+    try:
+        return {"seed": int(seed), "steps": int(steps), "guidance": float(guidance)}
+    except (TypeError, ValueError):
+        raise EditError(
+            f"seed={seed!r}, steps={steps!r}, guidance={guidance!r}: expected numbers"
+        ) from None
+
+
+def edited(
+    registry: Any,
+    model: str,
+    prompt: str,
+    seed: Any,
+    steps: Any,
+    guidance: Any,
+    word: str,
+    weight: float,
+    layers: str,
+    skips: list[str],
+    blocks: list[str],
+    mode: str,
+    temb_target: str,
+    temb_scale: float,
+    progress: Any = None,
+) -> tuple[Any, Any, str]:
+    """ "Run edited": (strip image, summary table, message)."""
+    try:
+        chosen = eh.edits_from_controls(
+            word=(word or "").strip() or None,
+            weight=weight,
+            layers=None if layers in (None, "", "all") else layers,
+            skips=skips or (),
+            blocks=blocks or (),
+            mode=_mode(mode),
+            temb_target=None if temb_target in (None, "", "none") else temb_target,
+            temb_scale=temb_scale,
+        )
+        call = _steps_call(seed, steps, guidance)
+        tick = _ticker(progress, "edited, then base")
+        out = _call(registry, model, lambda p: eh.run_edited(p, prompt, chosen, tick, **call))
+    except UnetvizError as exc:
+        return None, None, f"**{exc}**"
+    table = {"headers": out["headers"], "data": out["rows"]}
+    return out["strip"], table, f"base | edited | difference · {len(chosen)} edit(s)"
+
+
+def swept(
+    registry: Any,
+    model: str,
+    prompt: str,
+    seed: Any,
+    steps: Any,
+    guidance: Any,
+    over: str,
+    edit: str,
+    word: str,
+    mode: str,
+    scale: float,
+    progress: Any = None,
+) -> tuple[str, Any, str]:
+    """ "Sweep": (diagram HTML filled by effect, table, message)."""
+    try:
+        call = _steps_call(seed, steps, guidance)
+        tick = _ticker(progress, "sweep")
+        out = _call(
+            registry,
+            model,
+            lambda p: eh.run_sweep(
+                p,
+                prompt,
+                over=over,
+                edit=edit,
+                mode=_mode(mode),
+                word=word,
+                scale=scale,
+                progress=tick,
+                **call,
+            ),  # fmt: skip
+        )
+    except UnetvizError as exc:
+        return "", None, f"**{exc}**"
+    html = f'<div style="overflow:auto;max-width:100%;max-height:70vh">{out["svg"]}</div>'
+    result = out["result"]
+    note = f"{len(result.rows)} edited runs + base in {result.seconds:.1f} s"
+    return html, {"headers": out["headers"], "data": out["rows"]}, note
+
+
+def _ticker(progress: Any, what: str):
+    if progress is None:
+        return None
+
+    def tick(i: int, n: int) -> None:
+        progress((i, n), desc=f"{what}: {i}/{n}")
+
+    return tick
+
+
+def build_experiments(ctx: Any) -> None:
+    """Controls and outputs of the tab; events on the shared "model" queue."""
+    registry = ctx.registry
+    opts = eh.choices(registry.pipeline("demo")) if registry else {}
+    with gr.Row():
+        model = gr.Textbox("demo", label="Model", scale=1)
+        prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="exp_prompt")
+        seed = gr.Number(0, label="Seed", precision=0)
+        steps = gr.Number(25, label="Steps", precision=0)
+        guidance = gr.Number(4.0, label="Guidance")
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("**Re-weight a word** (prompt-to-prompt equalizer, conditional half)")
+            word = gr.Textbox("red", label="Word")
+            weight = gr.Slider(-2, 3, value=0, step=0.1, label="Weight (1: unchanged)")
+            layers = gr.Radio(["all", "down", "mid", "up"], value="all", label="Layers")
+        with gr.Column():
+            gr.Markdown("**Ablate** skips or blocks; **scale the time embedding**")
+            skips = gr.CheckboxGroup(opts.get("skips", []), label="Skips")
+            blocks = gr.CheckboxGroup(opts.get("blocks", []), label="Blocks")
+            mode = gr.Radio(MODES, value="zero", label="Ablation")
+            temb_target = gr.Dropdown(["none", "all", *opts.get("blocks", [])], value="none",
+                                      label="Scale temb in")  # fmt: skip
+            temb_scale = gr.Slider(0, 3, value=1, step=0.1, label="temb scale")
+    run = gr.Button("Run edited", variant="primary", elem_id="exp_run")
+    strip = gr.Image(label="base | edited | difference", format="png", elem_id="exp_strip")
+    table = gr.Dataframe(label="What changed", elem_id="exp_table")
+    message = gr.Markdown("", elem_id="exp_msg")
+    gr.Markdown("---\n**Sweep**: one edit per block, layer or skip; the diagram filled by effect")
+    with gr.Row():
+        over = gr.Radio(["blocks", "layers", "skips"], value="blocks", label="Over")
+        edit = gr.Radio(["ablate", "reweight", "temb"], value="ablate", label="Edit")
+        sweep_word = gr.Textbox("red", label="Word (reweight)")
+        sweep_mode = gr.Radio(MODES, value="mean", label="Ablation")
+        sweep_scale = gr.Slider(-2, 3, value=0, step=0.1, label="Scale (reweight / temb)")
+    go = gr.Button("Sweep", elem_id="exp_sweep")
+    diagram = gr.HTML(elem_id="exp_diagram")
+    sweep_table = gr.Dataframe(label="Effect per target", elem_id="exp_sweep_table")
+    sweep_msg = gr.Markdown("", elem_id="exp_sweep_msg")
+
+    def on_run(m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
+        return edited(registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress)
+
+    def on_sweep(m, p, s, n, g, ov, ed, w, mo, sc, progress=gr.Progress()):  # noqa: B008
+        return swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)
+
+    common = [model, prompt, seed, steps, guidance]
+    run.click(
+        on_run,
+        common + [word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
+        [strip, table, message],
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
+    go.click(
+        on_sweep,
+        common + [over, edit, sweep_word, sweep_mode, sweep_scale],
+        [diagram, sweep_table, sweep_msg],
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
