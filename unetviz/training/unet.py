@@ -38,6 +38,7 @@ from .data import WORDS
 from .latents import Pool
 
 WIDTH = 64  # text encoder width = cross_attention_dim = pooled embedding size
+MAX_TOKENS = 20  # the longest caption has 15 words, plus <bos> and <eos>
 N_TIME_IDS, TIME_DIM = 6, 8  # SDXL's six size/crop numbers, each as 8 sinusoids
 
 
@@ -75,8 +76,8 @@ class Both(nn.Module):
 def build(latent_size: int = 24) -> tuple[Both, dict[str, Any], WordTokenizer]:
     """Fresh (UNet + text encoder, unet config, tokenizer)."""
     config = latent_unet_config(latent_size)
-    tokenizer = WordTokenizer(WORDS, max_length=16)
-    te_config = TextEncoderConfig(vocab_size=len(tokenizer.vocab), width=WIDTH)
+    tokenizer = WordTokenizer(WORDS, max_length=MAX_TOKENS)
+    te_config = TextEncoderConfig(len(tokenizer.vocab), max_length=MAX_TOKENS, width=WIDTH)
     te_config.projection_dim = WIDTH
     model = Both(UNet2DConditionModel(UNetConfig.from_dict(config)), DemoTextEncoder(te_config))
     return model, config, tokenizer
@@ -103,6 +104,9 @@ def warm_start(model: Both, tokenizer: WordTokenizer, folder: Path) -> int:
         for word, i in tok1.index.items():
             if word in tokenizer.index:
                 emb[tokenizer.index[word]] = old[i]
+        pos, old = model.text_encoder.position_embedding.weight, te1.position_embedding.weight
+        n = min(len(pos), len(old))
+        pos[:n] = old[:n]  # positions beyond v1's 16 tokens keep their fresh init
         nn.init.zeros_(model.unet.add_embedding.linear_2.weight)
         nn.init.zeros_(model.unet.add_embedding.linear_2.bias)
     return copied
