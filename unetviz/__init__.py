@@ -21,6 +21,8 @@ _EXPORTS = {
     "capture": "unetviz.capture",
     "Trace": "unetviz.capture",
     "load_pipeline": "unetviz.pipelines",
+    "intervene": "unetviz.edits",
+    "EditError": "unetviz.edits",
     # every error a user can cause derives from UnetvizError (itself a ValueError)
     "UnetvizError": "unetviz.errors",
     "OutputError": "unetviz.errors",
@@ -45,6 +47,8 @@ del capture  # noqa: F821 - the import above bound the package on this name
 
 
 def __getattr__(name: str) -> Any:
+    if name == "edits":  # the interventions module itself: ``unetviz.edits.Reweight(...)``
+        return importlib.import_module("unetviz.edits")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'unetviz' has no attribute {name!r}")
@@ -54,4 +58,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | {"edits"})
