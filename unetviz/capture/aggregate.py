@@ -354,7 +354,8 @@ def heatmap(
 def heatmap_signature() -> inspect.Signature:
     """``heatmap``'s signature as a method (``Trace.heatmap``): one home for its arguments."""
     sig = inspect.signature(heatmap)
-    return sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *list(sig.parameters.values())[1:]])  # fmt: skip
+    self = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sig.replace(parameters=[self, *list(sig.parameters.values())[1:]])
 
 
 # ---------------------------------------------------------------------------------- DAAM

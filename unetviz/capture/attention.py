@@ -36,14 +36,18 @@ def taps(attention: nn.Module) -> list[tuple[nn.Module, Callable[[torch.Tensor],
             (to_kv, lambda out: {"k": out[..., : out.shape[-1] // 2]}),
         ]
     if fused and isinstance(to_qkv, nn.Module):
-        third = lambda out: out.shape[-1] // 3  # noqa: E731
-        return [(to_qkv, lambda out: {"q": out[..., : third(out)], "k": out[..., third(out) : 2 * third(out)]})]  # fmt: skip
+        return [(to_qkv, _split_qkv)]
     if fused:
         raise TraceError(
             f"{type(attention).__name__} has fused projections this capture cannot read; call "
             "unet.unfuse_qkv_projections() before capturing"
         )
     return [(attention.to_q, lambda out: {"q": out}), (attention.to_k, lambda out: {"k": out})]
+
+
+def _split_qkv(out: torch.Tensor) -> dict[str, torch.Tensor]:
+    third = out.shape[-1] // 3
+    return {"q": out[..., :third], "k": out[..., third : 2 * third]}
 
 
 def probabilities(

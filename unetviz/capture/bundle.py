@@ -27,7 +27,7 @@ JSON_NAME = "trace.json"
 TENSORS_NAME = "tensors.safetensors"
 
 # limits (a real SDXL capture of 50 steps, every layer, per step: ~1 GB of tensors)
-MAX_JSON_BYTES = 64 * 1024**2
+MAX_JSON_BYTES = 8 * 1024**2  # parses into at most ~210 MB of Python objects
 MAX_TENSOR_BYTES = 16 * 1024**3
 MAX_HEADER_BYTES = 16 * 1024**2  # safetensors JSON header
 MAX_RATIO = 100  # inflated / compressed, for members over 1 MiB inflated (deflated zeros: ~1000)
@@ -72,7 +72,7 @@ def read_bundle(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
         return _read_zip(path)
     except TraceError:
         raise
-    except (OSError, zipfile.BadZipFile, EOFError, UnicodeDecodeError, ValueError, RuntimeError) as exc:  # fmt: skip
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError) as exc:
         raise TraceError(
             f"{path} is a corrupt unetviz trace: {type(exc).__name__}: {exc}"
         ) from None
@@ -225,7 +225,8 @@ def check_state(state: Any, tensors: dict[str, torch.Tensor]) -> None:
     _bound("tokens", len(tokens), MAX_TOKENS)
     if not all(isinstance(t, str) and len(t) <= 256 for t in tokens):
         raise TraceError("trace tokens must be strings (at most 256 characters)")
-    if words and (len(words) != len(tokens) or not all(w is None or isinstance(w, str) for w in words)):  # fmt: skip
+    bad_words = not all(w is None or isinstance(w, str) for w in words)
+    if words and (len(words) != len(tokens) or bad_words):
         raise TraceError(f"trace words: expected {len(tokens)} strings or nulls, one per token")
     _bound("timesteps", len(state["timesteps"]), MAX_STEPS)
     for key in ("blocks", "skips", "temb", "temb_sources"):
@@ -308,7 +309,9 @@ def _check_temb(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None
     for rec in state["temb"]:
         t = _tensor(tensors, rec.get("vector"), "a temb record")
         if t is not None and (t.ndim != 1 or t.shape[0] > MAX_CHANNELS):
-            raise TraceError(f"temb vector {rec.get('vector')!r}: shape {list(t.shape)}, expected (C,)")  # fmt: skip
+            raise TraceError(
+                f"temb vector {rec.get('vector')!r}: shape {list(t.shape)}, expected (C,)"
+            )
     for block in state["temb_vectors"]:
         t = _tensor(tensors, f"temb_vectors/{block}", "temb_vectors")
         if t is not None and (t.ndim != 1 or t.shape[0] > MAX_CHANNELS):
@@ -325,7 +328,8 @@ def _record_geometry(name: str, rec: Any) -> tuple[int, int, int]:
         return heads, 0, 0
     if not isinstance(res, list) or len(res) != 2:
         raise TraceError(f"trace {name}.res={res!r}: expected [h, w]")
-    return heads, _int_in(f"{name}.res", res[0], 1, MAX_SIDE), _int_in(f"{name}.res", res[1], 1, MAX_SIDE)  # fmt: skip
+    h, w = (_int_in(f"{name}.res", v, 1, MAX_SIDE) for v in res)
+    return heads, h, w
 
 
 def _maps_of(name: str, rec: dict[str, Any], tensors: dict) -> list[torch.Tensor]:
@@ -337,7 +341,9 @@ def _maps_of(name: str, rec: dict[str, Any], tensors: dict) -> list[torch.Tensor
         t = _tensor(tensors, key, f"{name}.maps")
         if t is None or t.ndim != 5:
             rank = None if t is None else t.ndim
-            raise TraceError(f"trace {name}.maps: a tensor of rank {rank}, expected 5 (steps, heads, h, w, tokens)")  # fmt: skip
+            raise TraceError(
+                f"trace {name}.maps: a tensor of rank {rank}, expected 5 (steps, heads, ...)"
+            )
         maps = list(t.unbind(0))
     elif isinstance(key, list):
         maps = [_tensor(tensors, k, f"{name}.maps") for k in key]
@@ -352,7 +358,10 @@ def _maps_of(name: str, rec: dict[str, Any], tensors: dict) -> list[torch.Tensor
 
 def _expect(name: str, t: torch.Tensor | None, shape: tuple, what: str) -> None:
     if t is not None and tuple(t.shape) != shape:
-        raise TraceError(f"trace {name}.{what}: tensor of shape {list(t.shape)}, expected {list(shape)} from res / heads / tokens")  # fmt: skip
+        raise TraceError(
+            f"trace {name}.{what}: tensor of shape {list(t.shape)}, expected {list(shape)} "
+            "from res / heads / tokens"
+        )
 
 
 def _check_attention(name: str, rec: Any, tensors: dict, token_dims: set[int]) -> None:
@@ -367,7 +376,9 @@ def _check_attention(name: str, rec: Any, tensors: dict, token_dims: set[int]) -
         raise TraceError(f"trace {name}: maps without a resolution (res)")
     for what, t, rows in named:
         if t.ndim != 4:
-            raise TraceError(f"trace {name}.{what}: a tensor of rank {t.ndim}, expected 4 (heads, h, w, tokens)")  # fmt: skip
+            raise TraceError(
+                f"trace {name}.{what}: a tensor of rank {t.ndim}, expected 4 (heads, h, w, tokens)"
+            )
         _bound(f"{name} tokens", t.shape[-1], MAX_TOKENS)
         token_dims.add(int(t.shape[-1]))
         _expect(name, t, (rows, h, w, t.shape[-1]), what)

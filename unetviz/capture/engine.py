@@ -107,7 +107,8 @@ class Capture:
                 heads=modules[name].heads,
                 per_head=opts.per_head,
             )
-        steps, grids, store = StepProbe(trace, opts), GridProbe(trace, cross + self_chosen), MapStore(opts)  # fmt: skip
+        steps, store = StepProbe(trace, opts), MapStore(opts)
+        grids = GridProbe(trace, cross + self_chosen)
         probes: list[Probe] = [steps, BlockProbe(trace, opts.detail), SkipProbe(trace)]
         probes.append(MacsProbe(trace))
         if opts.temb:
