@@ -56,7 +56,9 @@ def img_tag(image: Any, alt: str, side: int | None = None, cls: str = "") -> str
     uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
     width = f' width="{int(side)}"' if side else ""
     klass = f' class="{cls}"' if cls else ""
-    return f'<img src="{uri}" alt="{esc(alt)}"{width}{klass}/>'
+    # inline too: some viewers (GitHub's notebook page) may drop the <style> block
+    style = ' style="image-rendering:pixelated"' if "px" in cls.split() else ""
+    return f'<img src="{uri}" alt="{esc(alt)}"{width}{klass}{style}/>'
 
 
 def enlarge(image: Any, side: int = IMAGE_SIDE) -> Any:
@@ -169,7 +171,7 @@ def trace_html(trace: Any, detail: str = "blocks", title: str = "Trace") -> str:
     """Summary, block diagram (inline SVG) and a collapsible per-module table."""
     body = (
         f"<h3>{esc(title)}</h3>{facts_table(trace_facts(trace))}"
-        f'<h4>Block diagram</h4><div class="diagram">{diagram_svg(trace, detail)}</div>'
+        f'<h4>Block diagram</h4><div class="diagram" style="overflow:auto;max-width:100%">{diagram_svg(trace, detail)}</div>'
         f"{module_table(trace)}"
     )
     return wrap(body)
@@ -239,7 +241,7 @@ def heatmap_grid(
     bar = colorbar_image(lo, hi, width=2 * tile, label="attention (shared scale)")
     recipe_line = maps[0][1].recipe_text
     return (
-        f'<div class="grid">{"".join(figures)}</div>'
+        f'<div class="grid" style="display:flex;flex-wrap:wrap;gap:8px">{"".join(figures)}</div>'
         f"<div>{img_tag(bar, 'colour bar')}</div>"
         f'<p class="small scale" data-vmin="{lo!r}" data-vmax="{hi!r}">one colour scale for '
         f"all words: {esc(scale_text((lo, hi)))}; recipe: {esc(recipe_line)}</p>"
@@ -287,7 +289,7 @@ def run_html(run: Any, title: str = "Run") -> str:
     image = enlarge(run.image)
     body = (
         f"<h3>{esc(title)}</h3>"
-        f'<div class="grid"><figure>{img_tag(image, "generated image", IMAGE_SIDE, "px")}'
+        f'<div class="grid" style="display:flex;flex-wrap:wrap;gap:8px"><figure>{img_tag(image, "generated image", IMAGE_SIDE, "px")}'
         f"<figcaption>{run.image.width}x{run.image.height} px</figcaption></figure>"
         f"<div>{facts_table(facts)}<h4>Tokens</h4>"
         f"{tokens_html(list(run.tokens), list(run.words or trace.words or []))}</div></div>"
@@ -346,7 +348,7 @@ def comparison_html(cmp: Any, title: str = "Edit comparison") -> str:
     bar = colorbar_image(lo, hi, width=side, label="mean |RGB difference|")
     body = (
         f"<h3>{esc(title)}</h3><p>prompt: {esc(cmp.base.prompt)}</p>"
-        f'<div class="grid">{figures}</div><div>{img_tag(bar, "colour bar")}</div>'
+        f'<div class="grid" style="display:flex;flex-wrap:wrap;gap:8px">{figures}</div><div>{img_tag(bar, "colour bar")}</div>'
         f"<h4>Edits</h4><ul>{items}</ul>"
     )
     return wrap(body)

@@ -177,7 +177,7 @@ def build_report(obj: Any, image: Any = None, title: str | None = None) -> str:
         tokens = d.tokens_html(list(trace.tokens), list(trace.words or []))
         parts.append(f'<section id="run"><h3>Image and tokens</h3>{img}<p>{tokens}</p></section>')
     parts.append(
-        f'<section id="diagram"><h3>Block diagram</h3><div class="diagram">'
+        f'<section id="diagram"><h3>Block diagram</h3><div class="diagram" style="overflow:auto;max-width:100%">'
         f"{d.diagram_svg(trace, 'blocks')}</div>{d.module_table(trace)}</section>"
     )
     if any(a.captured for a in trace.attention.values()):
