@@ -156,12 +156,16 @@ def trace_facts(trace: Any) -> list[tuple[str, str]]:
 def diagram_svg(trace: Any, detail: str = "blocks") -> str:
     """The block diagram as inline SVG text (XML prolog and doctype removed); an HTML note
     when it cannot be drawn here."""
+    import subprocess
+
+    from ..errors import UnetvizError
     from ..render.diagram import diagram
     from ..render.export import to_svg
 
     try:
         svg = to_svg(diagram(trace, detail=detail))
-    except Exception as exc:  # a display must not raise: say why instead
+    except (UnetvizError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        # no Graphviz here, or a trace it cannot draw: the rest of the display still shows
         return f'<p class="small">diagram not available: {esc(type(exc).__name__)}: {esc(exc)}</p>'
     start = svg.find("<svg")
     return svg[start:] if start >= 0 else svg
