@@ -191,11 +191,23 @@ def _run_options(seed, steps, guidance, negative, dtype, device) -> dict[str, An
 
 def register(app: typer.Typer) -> None:
     """Add ``edit`` and ``sweep`` to the ``unetviz`` command (called by unetviz.cli)."""
+    _add_edit(app)
+    _add_sweep(app)
+
+
+def _model_opt() -> Any:
+    return typer.Option("demo", "--model", "-m", help="demo or a Stable Diffusion model.")
+
+
+def _out_opt() -> Any:
+    return typer.Option(..., "--output", "-o", help="Output folder.")
+
+
+def _add_edit(app: typer.Typer) -> None:
     from unetviz.cli import CliError
     from unetviz.errors import UnetvizError
 
-    model_opt = typer.Option("demo", "--model", "-m", help="demo or a Stable Diffusion model.")
-    out_opt = typer.Option(..., "--output", "-o", help="Output folder.")
+    model_opt, out_opt = _model_opt(), _out_opt()
 
     @app.command(name="edit")
     def edit_command(
@@ -233,6 +245,13 @@ def register(app: typer.Typer) -> None:
             f"{summary['mean_abs_pixel_change']:.4f})",
             err=True,
         )
+
+
+def _add_sweep(app: typer.Typer) -> None:
+    from unetviz.cli import CliError
+    from unetviz.errors import UnetvizError
+
+    model_opt, out_opt = _model_opt(), _out_opt()
 
     @app.command(name="sweep")
     def sweep_command(
