@@ -3,7 +3,7 @@ file, with no server and no JavaScript.
 
 Everything is inline: the block diagram as SVG, the image and the heatmaps as PNG data URIs,
 the plotly figures (temb, layer x token grid) as static SVG drawn by
-:mod:`unetviz.report.static` (plotly.js alone is 4.8 MB; the demo report is ~0.5 MB).
+:mod:`unetviz.report.static` (plotly.js alone is 4.8 MB; a 25-step demo run's report is ~0.2 MB).
 Sections: summary, image and tokens, block diagram and module table, per-word heatmaps with
 their aggregation recipe, layer x token grid, time-embedding plots, capture options, versions.
 """
@@ -46,7 +46,6 @@ class Source:
 
     trace: Any
     image: Any = None
-    run: Any = None
     label: str = ""
 
 
@@ -56,9 +55,9 @@ def source_of(obj: Any, image: Any = None) -> Source:
     :class:`Source`."""
     if hasattr(obj, "trace") and hasattr(obj, "image"):  # a Run (or the app's Session)
         label = getattr(obj, "prompt", "") or getattr(obj, "label", "")
-        return Source(obj.trace, image if image is not None else obj.image, obj, str(label))
+        return Source(obj.trace, image if image is not None else obj.image, str(label))
     if hasattr(obj, "attention") and hasattr(obj, "blocks"):  # a Trace
-        return Source(obj, image, None, str((obj.meta or {}).get("prompt") or ""))
+        return Source(obj, image, str((obj.meta or {}).get("prompt") or ""))
     if isinstance(obj, (str, os.PathLike)):
         return load_source(Path(obj))
     raise ReportError(
@@ -70,7 +69,8 @@ def source_of(obj: Any, image: Any = None) -> Source:
 def load_source(path: Path) -> Source:
     """Read a saved trace (zip bundle, possibly with the app's ``image.png``; a trace folder;
     or a ``unetviz attention -o`` folder holding ``run.trace`` and ``image.png``)."""
-    from ..capture.trace import Trace, TraceError
+    from ..capture.errors import TraceError
+    from ..capture.trace import Trace
 
     if not path.exists():
         raise ReportError(f"{path}: no such file or folder (expected a saved trace or run)")
@@ -92,7 +92,7 @@ def load_source(path: Path) -> Source:
                 if info.file_size > MAX_IMAGE_BYTES:
                     raise ReportError(f"{path}: {IMAGE_NAME} is {info.file_size:,} bytes: too big")
                 image = read_image(zf.read(IMAGE_NAME), path / IMAGE_NAME)
-    return Source(trace, image, None, str(trace.meta.get("prompt") or path.name))
+    return Source(trace, image, str(trace.meta.get("prompt") or path.name))
 
 
 def read_image(data: bytes, where: Path) -> Any:
