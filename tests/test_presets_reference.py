@@ -152,7 +152,9 @@ class DaamReference:
     def word_heat_map(self, word: str) -> torch.Tensor:
         """GlobalHeatMap.compute_word_heat_map, daam/heatmap.py:121-123."""
         merge_idxs = compute_token_merge_indices(ToyTokenizer(), PROMPT, word)
-        return self.compute_global_heat_map()[merge_idxs].mean(0)
+        if not hasattr(self, "global_heat_map"):  # GlobalHeatMap is computed once per prompt
+            self.global_heat_map = self.compute_global_heat_map()
+        return self.global_heat_map[merge_idxs].mean(0)
 
 
 # ------------------------------------------------------------------ Prompt-to-Prompt, transcribed

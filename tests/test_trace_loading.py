@@ -138,7 +138,7 @@ _FIELDS = ["meta", "tokens", "words", "timesteps", "blocks", "skips", "temb", "t
            "temb_vectors", "attention", "self_attention"]  # fmt: skip
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(
     top=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=11),
     raw=_json,
