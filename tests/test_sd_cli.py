@@ -84,7 +84,7 @@ def test_attention_on_a_demo_model_folder(tmp_path, capsys):
     """The same command drives the demo pipeline (random weights here: shapes only)."""
     import torch
 
-    from unetviz.demo.train import build
+    from unetviz.training.train import build
     from unetviz.pipelines.demo import DDIMSchedule, save_demo
 
     torch.manual_seed(0)

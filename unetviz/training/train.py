@@ -25,6 +25,15 @@ import torch
 from .common import write_json
 
 
+def build(latent_size: int = 24) -> tuple:
+    """A fresh, untrained demo model: (unet, unet_config, text_encoder, tokenizer), e.g. for
+    ``save_demo`` in tests that need a demo-format folder without the shipped weights."""
+    from .unet import build as build_both
+
+    model, config, tokenizer = build_both(latent_size)
+    return model.unet, config, model.text_encoder, tokenizer
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (every default is what the shipped model used)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
