@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from .display import comparison_html, run_html, trace_html
 from .html import ReportError, build_report, write_report
-from .static import enable_static_plots, figure_mimebundle, figure_svg
+from .static import enable_static_plots, figure_svg
 
 __all__ = [
     "ReportError",
     "build_report",
     "comparison_html",
     "enable_static_plots",
-    "figure_mimebundle",
     "figure_svg",
     "run_html",
     "trace_html",

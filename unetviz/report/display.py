@@ -94,18 +94,16 @@ def wrap(body: str) -> str:
 
 # ---------------------------------------------------------------------------- trace
 def trace_bytes(trace: Any) -> int:
-    """Bytes held by the trace's tensors (attention maps and sums, temb vectors)."""
-    total = 0
+    """Bytes held by the trace's tensors (attention maps, sums, per-head sums, temb vectors)."""
+    tensors = [
+        getattr(rec, name, None)
+        for rec in [*trace.attention.values(), *trace.self_attention.values()]
+        for name in ("sum", "head_sum")
+    ]
     for rec in [*trace.attention.values(), *trace.self_attention.values()]:
-        for t in [*rec.maps, rec.sum]:
-            if t is not None and not t.is_meta:
-                total += t.numel() * t.element_size()
-    for r in trace.temb:
-        if r.vector is not None:
-            total += r.vector.numel() * r.vector.element_size()
-    for v in trace.temb_vectors.values():
-        total += v.numel() * v.element_size()
-    return total
+        tensors += list(rec.maps)
+    tensors += [r.vector for r in trace.temb] + list(trace.temb_vectors.values())
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None and not t.is_meta)
 
 
 def human_bytes(n: int) -> str:
@@ -199,11 +197,6 @@ def module_table(trace: Any) -> str:
     rows = summary_rows(trace, detail=detail, indent=True)
     body = table(SUMMARY_HEADERS, [*rows, summary_total(trace)], numeric={3, 4})
     return f"<details><summary>Modules ({len(rows)})</summary>{body}</details>"
-
-
-def trace_mimebundle(trace: Any) -> dict[str, Any]:
-    """``Trace._repr_mimebundle_``: the HTML summary and the plain repr."""
-    return {"text/html": trace_html(trace), "text/plain": repr(trace)}
 
 
 # ---------------------------------------------------------------------------- heatmaps

@@ -467,16 +467,6 @@ def _legend_and_bar(traces: list[dict[str, Any]], x: float, y: float, h: float) 
 
 
 # ---------------------------------------------------------------------------- notebooks
-def figure_mimebundle(fig: Any) -> dict[str, Any]:
-    """plotly's JSON (interactive where a frontend renders it) + the static SVG."""
-    import plotly.io as pio
-
-    return {
-        "application/vnd.plotly.v1+json": pio.to_json(fig, validate=False, engine="json"),
-        "image/svg+xml": figure_svg(fig),
-    }
-
-
 def enable_static_plots() -> str:
     """Register the ``unetviz_static`` renderer (an SVG beside plotly's JSON) and make
     ``plotly_mimetype+unetviz_static`` the default. Returns the new default."""
