@@ -392,3 +392,22 @@ def test_fail_cuts_a_long_message_in_the_middle(capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: head ") and err.endswith(" tail\n")
     assert "[... 4,410 characters ...]" in err and len(err) < 700
+
+
+def test_structure_trace_is_the_one_cache_the_app_uses(monkeypatch):
+    """``unetviz.structure.structure_trace``: a Trace from the shipped/cached structure of a
+    preset name, a config or a dict; a second call is served without a capture."""
+    from unetviz.capture import Trace
+
+    trace = structure.structure_trace("sd15", 512, 512, detail="blocks")
+    assert isinstance(trace, Trace) and trace.meta["model"] == "sd15"
+    assert trace["down_blocks.1"].outputs["sample"] == [2, 640, 16, 16]
+
+    def boom(*a, **k):
+        raise AssertionError("a cached structure must not be captured again")
+
+    monkeypatch.setattr(structure, "capture_state", boom)
+    again = structure.structure_trace(
+        UNetConfig.preset("sd15").to_dict(), 512, 512, detail="blocks"
+    )
+    assert again["down_blocks.1"].outputs == trace["down_blocks.1"].outputs
