@@ -231,7 +231,7 @@ def _label_room(ay: _Axis) -> int:
     if not ay.visible:
         return 0
     if ay.categories:
-        return min(200, 10 + 7 * max(len(str(c[1])) for c in ay.categories))
+        return min(340, 12 + int(6.5 * max(len(str(c[1])) for c in ay.categories)))
     return 48 + (16 if ay.title else 0)
 
 
