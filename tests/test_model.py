@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -136,13 +134,11 @@ def test_seed_shapes_on_meta():
     assert tuple(k.shape) == (2, 8, 77, 40)
 
 
-def test_meta_build_is_fast_and_allocates_nothing():
-    start = time.perf_counter()
+def test_meta_build_allocates_nothing():
+    """(Its speed is measured in bench/forward.py, not asserted here.)"""
     unet = build_unet("sdxl")
-    elapsed = time.perf_counter() - start
     assert all(p.device.type == "meta" for p in unet.parameters())
     assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
-    assert elapsed < 5  # generous: "well under a second" is measured in bench/forward.py
 
 
 @pytest.mark.parametrize(

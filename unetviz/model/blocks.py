@@ -1,59 +1,91 @@
-"""The UNet's stages: down blocks push skip tensors, up blocks pop and concatenate them."""
+"""The UNet's stages: down blocks push skip tensors, up blocks pop and concatenate them.
+
+Every block is built from the config and its ``level`` (the index into ``block_out_channels``
+and the per-block lists: heads, layers, transformer layers); up blocks mirror the down block at
+their level. Shapes in comments are SD 1.5 at 512x512 with classifier-free guidance (batch 2):
+the first down block, level 0, runs at 320 channels on a 64x64 latent.
+
+Down blocks share one call, ``block(hidden_states, temb, encoder_hidden_states=None) ->
+(hidden_states, skips)``; up blocks share ``block(hidden_states, res_hidden_states_tuple, temb,
+encoder_hidden_states=None) -> hidden_states`` (diffusers' argument names, which the capture
+engine reads). ``has_cross_attention`` says whether a block reads the text.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..config import UNetConfig
 from .resnet import ResnetBlock2D
 from .sampling import Downsample2D, Upsample2D
 from .transformer import Transformer2DModel
 
 
-class _Common:
-    """Keyword arguments every block passes to its resnets and transformers."""
+def resnet(
+    config: UNetConfig, in_channels: int, out_channels: int, output_scale_factor: float = 1.0
+) -> ResnetBlock2D:
+    """A ResnetBlock2D with the config's time-embedding width and GroupNorm settings."""
+    return ResnetBlock2D(
+        in_channels,
+        out_channels,
+        config.time_embed_dim,
+        config.norm_num_groups,
+        config.norm_eps,
+        output_scale_factor,
+    )
 
-    def __init__(self, temb_channels, groups, eps, heads, cross_attention_dim, linear, upcast):
-        self.temb_channels = temb_channels
-        self.groups = groups
-        self.eps = eps
-        self.heads = heads
-        self.cross_attention_dim = cross_attention_dim
-        self.linear = linear
-        self.upcast = upcast
 
-    def resnet(self, cin: int, cout: int, scale: float = 1.0) -> ResnetBlock2D:
-        return ResnetBlock2D(cin, cout, self.temb_channels, self.groups, self.eps, scale)
-
-    def transformer(self, channels: int, layers: int) -> Transformer2DModel:
-        return Transformer2DModel(
-            self.heads,
-            channels // self.heads,
-            channels,
-            num_layers=layers,
-            cross_attention_dim=self.cross_attention_dim,
-            norm_num_groups=self.groups,
-            use_linear_projection=self.linear,
-            upcast_attention=self.upcast,
-        )
+def transformer(config: UNetConfig, level: int, channels: int) -> Transformer2DModel:
+    """The Transformer2DModel of ``level``: its heads (diffusers' ``attention_head_dim`` quirk
+    included, see :attr:`UNetConfig.heads`) and transformer layers."""
+    heads = config.heads[level]
+    return Transformer2DModel(
+        heads,
+        channels // heads,
+        channels,
+        num_layers=config.transformer_layers[level],
+        cross_attention_dim=config.cross_attention_dim,
+        norm_num_groups=config.norm_num_groups,
+        use_linear_projection=config.use_linear_projection,
+        upcast_attention=bool(config.upcast_attention),
+    )
 
 
 class DownBlock2D(nn.Module):
-    """Resnets, then an optional Downsample2D; every output is pushed as a skip tensor."""
+    """Resnets, then an optional Downsample2D; every output is pushed as a skip tensor.
+    SD 1.5's last down block: (2,1280,8,8) -> 2 resnets -> (2,1280,8,8), no downsampler."""
 
-    def __init__(self, cin, cout, num_layers, common: _Common, add_downsample, padding=1, **_):
+    has_cross_attention = False
+
+    def __init__(
+        self,
+        config: UNetConfig,
+        level: int,
+        in_channels: int,
+        out_channels: int,
+        add_downsample: bool,
+    ):
         super().__init__()
         self.resnets = nn.ModuleList(
-            common.resnet(cin if i == 0 else cout, cout) for i in range(num_layers)
+            resnet(config, in_channels if i == 0 else out_channels, out_channels)
+            for i in range(config.layers[level])
         )
-        self.downsamplers = nn.ModuleList([Downsample2D(cout, padding)]) if add_downsample else None
+        self.downsamplers = (
+            nn.ModuleList([Downsample2D(out_channels, config.downsample_padding)])
+            if add_downsample
+            else None
+        )
 
     def forward(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor, **_
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,  # unused: no attention here
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        skips = ()
-        for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, temb)
+        skips: tuple[torch.Tensor, ...] = ()
+        for block in self.resnets:
+            hidden_states = block(hidden_states, temb)
             skips += (hidden_states,)
         if self.downsamplers is not None:
             hidden_states = self.downsamplers[0](hidden_states)
@@ -62,30 +94,45 @@ class DownBlock2D(nn.Module):
 
 
 class CrossAttnDownBlock2D(nn.Module):
-    """[ResnetBlock2D, Transformer2DModel] x num_layers, then an optional Downsample2D."""
+    """[ResnetBlock2D, Transformer2DModel] x layers, then an optional Downsample2D.
+    SD 1.5 level 0: (2,320,64,64) -> 2 x [resnet, transformer] -> (2,320,64,64) -> downsample
+    -> (2,320,32,32); three skips pushed (two at 64x64, one at 32x32)."""
+
+    has_cross_attention = True
 
     def __init__(
-        self, cin, cout, num_layers, common: _Common, add_downsample, transformer_layers, padding=1
+        self,
+        config: UNetConfig,
+        level: int,
+        in_channels: int,
+        out_channels: int,
+        add_downsample: bool,
     ):
         super().__init__()
+        layers = config.layers[level]
         # attentions registered first, as diffusers does, so state_dict order matches
         self.attentions = nn.ModuleList(
-            common.transformer(cout, transformer_layers) for _ in range(num_layers)
+            transformer(config, level, out_channels) for _ in range(layers)
         )
         self.resnets = nn.ModuleList(
-            common.resnet(cin if i == 0 else cout, cout) for i in range(num_layers)
+            resnet(config, in_channels if i == 0 else out_channels, out_channels)
+            for i in range(layers)
         )
-        self.downsamplers = nn.ModuleList([Downsample2D(cout, padding)]) if add_downsample else None
+        self.downsamplers = (
+            nn.ModuleList([Downsample2D(out_channels, config.downsample_padding)])
+            if add_downsample
+            else None
+        )
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         temb: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        skips = ()
-        for resnet, attn in zip(self.resnets, self.attentions, strict=True):
-            hidden_states = resnet(hidden_states, temb)
+        skips: tuple[torch.Tensor, ...] = ()
+        for block, attn in zip(self.resnets, self.attentions, strict=True):
+            hidden_states = block(hidden_states, temb)
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states)
             skips += (hidden_states,)
         if self.downsamplers is not None:
@@ -95,93 +142,126 @@ class CrossAttnDownBlock2D(nn.Module):
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
-    """ResnetBlock2D, then [Transformer2DModel, ResnetBlock2D] at the lowest resolution."""
+    """ResnetBlock2D, then [Transformer2DModel, ResnetBlock2D] at the lowest resolution.
+    SD 1.5: (2,1280,8,8) in and out."""
 
-    def __init__(self, channels, common: _Common, transformer_layers, output_scale_factor=1.0):
+    has_cross_attention = True
+
+    def __init__(self, config: UNetConfig):
         super().__init__()
-        self.attentions = nn.ModuleList([common.transformer(channels, transformer_layers)])
-        self.resnets = nn.ModuleList(
-            common.resnet(channels, channels, output_scale_factor) for _ in range(2)
-        )
+        level = config.n_blocks - 1
+        channels = config.block_out_channels[level]
+        scale = config.mid_block_scale_factor
+        self.attentions = nn.ModuleList([transformer(config, level, channels)])
+        self.resnets = nn.ModuleList(resnet(config, channels, channels, scale) for _ in range(2))
 
     def forward(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden_states = self.resnets[0](hidden_states, temb)
-        for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
+        for attn, block in zip(self.attentions, self.resnets[1:], strict=True):
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states)
-            hidden_states = resnet(hidden_states, temb)
+            hidden_states = block(hidden_states, temb)
         return hidden_states
 
 
-def _up_resnets(cin, cout, prev, num_layers, common: _Common) -> nn.ModuleList:
-    # Resnet i sees the previous output concatenated with the skip it pops: the last skip of
-    # each up block comes from one level higher in the down path (``cin`` channels).
-    return nn.ModuleList(
-        common.resnet(
-            (prev if i == 0 else cout) + (cin if i == num_layers - 1 else cout),
-            cout,
-        )
-        for i in range(num_layers)
-    )
+def _up_resnets(
+    config: UNetConfig, level: int, in_channels: int, out_channels: int, prev_output_channel: int
+) -> nn.ModuleList:
+    """``layers[level] + 1`` resnets. Resnet i sees the previous output (``prev_output_channel``
+    for the first) concatenated with the skip it pops; the last skip of an up block comes from
+    one level higher in the down path (``in_channels``), as in diffusers."""
+    layers = config.layers[level] + 1
+    resnets = []
+    for i in range(layers):
+        res_skip_channels = in_channels if i == layers - 1 else out_channels
+        resnet_in_channels = prev_output_channel if i == 0 else out_channels
+        resnets.append(resnet(config, resnet_in_channels + res_skip_channels, out_channels))
+    return nn.ModuleList(resnets)
+
+
+def _pop_and_concat(
+    hidden_states: torch.Tensor, skips: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Concatenate the last skip on channels: SD 1.5 level 3's first resnet gets
+    (2,1280,8,8) + (2,1280,8,8) -> (2,2560,8,8)."""
+    return torch.cat([hidden_states, skips[-1]], dim=1), skips[:-1]
 
 
 class UpBlock2D(nn.Module):
-    """Resnets that each concatenate one popped skip tensor, then an optional Upsample2D."""
+    """Resnets that each concatenate one popped skip tensor, then an optional Upsample2D.
+    SD 1.5's first up block (level 3): (2,1280,8,8) -> 3 resnets -> upsample -> (2,1280,16,16)."""
 
-    def __init__(self, cin, cout, prev, num_layers, common: _Common, add_upsample, **_):
+    has_cross_attention = False
+
+    def __init__(
+        self,
+        config: UNetConfig,
+        level: int,
+        in_channels: int,
+        out_channels: int,
+        prev_output_channel: int,
+        add_upsample: bool,
+    ):
         super().__init__()
-        self.resnets = _up_resnets(cin, cout, prev, num_layers, common)
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if add_upsample else None
+        self.resnets = _up_resnets(config, level, in_channels, out_channels, prev_output_channel)
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         res_hidden_states_tuple: tuple[torch.Tensor, ...],
         temb: torch.Tensor,
-        upsample_size: tuple[int, int] | None = None,
-        **_,
+        encoder_hidden_states: torch.Tensor | None = None,  # unused: no attention here
     ) -> torch.Tensor:
-        for resnet in self.resnets:
-            skip, res_hidden_states_tuple = (
-                res_hidden_states_tuple[-1],
-                res_hidden_states_tuple[:-1],
+        for block in self.resnets:
+            hidden_states, res_hidden_states_tuple = _pop_and_concat(
+                hidden_states, res_hidden_states_tuple
             )
-            hidden_states = resnet(torch.cat([hidden_states, skip], dim=1), temb)
+            hidden_states = block(hidden_states, temb)
         if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states, upsample_size)
+            hidden_states = self.upsamplers[0](hidden_states)
         return hidden_states
 
 
 class CrossAttnUpBlock2D(nn.Module):
-    """[concat skip, ResnetBlock2D, Transformer2DModel] x num_layers, then an optional
-    Upsample2D."""
+    """[concat skip, ResnetBlock2D, Transformer2DModel] x (layers + 1), then an optional
+    Upsample2D. SD 1.5 level 0 (the last up block): (2,640,64,64) -> (2,320,64,64)."""
+
+    has_cross_attention = True
 
     def __init__(
-        self, cin, cout, prev, num_layers, common: _Common, add_upsample, transformer_layers
+        self,
+        config: UNetConfig,
+        level: int,
+        in_channels: int,
+        out_channels: int,
+        prev_output_channel: int,
+        add_upsample: bool,
     ):
         super().__init__()
         self.attentions = nn.ModuleList(
-            common.transformer(cout, transformer_layers) for _ in range(num_layers)
+            transformer(config, level, out_channels) for _ in range(config.layers[level] + 1)
         )
-        self.resnets = _up_resnets(cin, cout, prev, num_layers, common)
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if add_upsample else None
+        self.resnets = _up_resnets(config, level, in_channels, out_channels, prev_output_channel)
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         res_hidden_states_tuple: tuple[torch.Tensor, ...],
         temb: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        upsample_size: tuple[int, int] | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        for resnet, attn in zip(self.resnets, self.attentions, strict=True):
-            skip, res_hidden_states_tuple = (
-                res_hidden_states_tuple[-1],
-                res_hidden_states_tuple[:-1],
+        for block, attn in zip(self.resnets, self.attentions, strict=True):
+            hidden_states, res_hidden_states_tuple = _pop_and_concat(
+                hidden_states, res_hidden_states_tuple
             )
-            hidden_states = resnet(torch.cat([hidden_states, skip], dim=1), temb)
+            hidden_states = block(hidden_states, temb)
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states)
         if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states, upsample_size)
+            hidden_states = self.upsamplers[0](hidden_states)
         return hidden_states

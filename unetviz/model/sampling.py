@@ -19,20 +19,15 @@ class Downsample2D(nn.Module):
 
 
 class Upsample2D(nn.Module):
-    """Doubles H and W (or matches ``output_size``) with nearest interpolation and a 3x3 conv."""
+    """Doubles H and W with nearest interpolation, then a 3x3 conv."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_size: tuple[int, int] | None = None
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         dtype = hidden_states.dtype
         if dtype == torch.bfloat16:  # nearest upsampling has no bf16 kernel on some backends
             hidden_states = hidden_states.float()
-        if output_size is None:
-            hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
-        else:
-            hidden_states = F.interpolate(hidden_states, size=output_size, mode="nearest")
+        hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
         return self.conv(hidden_states.to(dtype))
