@@ -1,0 +1,41 @@
+"""docs/walkthrough.md links each stage to code lines: every link must point at lines that exist
+and hold the code its text names (or lie inside the class it names)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+LINK = re.compile(r"\[([^\]]+)\]\(([^)#\s]+)#L(\d+)-L(\d+)\)")
+
+
+def _enclosing_class(lines: list[str], start: int) -> str | None:
+    for line in reversed(lines[:start]):
+        m = re.match(r"class (\w+)", line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def test_every_link_points_at_the_code_it_names():
+    text = (DOCS / "walkthrough.md").read_text()
+    links = LINK.findall(text)
+    assert len(links) >= 25, "the walkthrough links each stage to its code"
+    problems = []
+    for label, target, a, b in links:
+        file = (DOCS / target).resolve()
+        a, b = int(a), int(b)
+        if not file.is_file():
+            problems.append(f"{target}: no such file")
+            continue
+        lines = file.read_text().splitlines()
+        if not 1 <= a <= b <= len(lines):
+            problems.append(f"{target}#L{a}-L{b}: the file has {len(lines)} lines")
+            continue
+        span = "\n".join(lines[a - 1 : b])
+        for name in re.findall(r"`([^`]+)`", label):
+            name = name.removeprefix("self.").split("(")[0]
+            if name not in span and _enclosing_class(lines, a) != name:
+                problems.append(f"[{name}]({target}#L{a}-L{b}): not in those lines")
+    assert not problems, "\n".join(problems)
