@@ -84,8 +84,8 @@ def test_attention_on_a_demo_model_folder(tmp_path, capsys):
     """The same command drives the demo pipeline (random weights here: shapes only)."""
     import torch
 
-    from unetviz.training.train import build
     from unetviz.pipelines.demo import DDIMSchedule, save_demo
+    from unetviz.training.train import build
 
     torch.manual_seed(0)
     unet, cfg, te, tok = build()
