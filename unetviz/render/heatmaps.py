@@ -11,6 +11,7 @@ numpy and PIL only (no plotly, no torch import).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -250,7 +251,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 def captioned(
     picture: Any,
     title: str,
-    lines: list[str] = (),  # type: ignore[assignment]
+    lines: Sequence[str] = (),
     scale: tuple[float, float] | None = None,
     scale_label: str = "",
 ) -> Any:
