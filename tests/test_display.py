@@ -143,9 +143,7 @@ def test_comparison_display(pipe):
     from unetviz import edits
 
     cmp = pipe.compare(PROMPT, edits=[edits.Reweight("red", 0.0)], seed=0, steps=5)
-    from unetviz.report.display import comparison_mimebundle
-
-    bundle = comparison_mimebundle(cmp)
+    bundle = cmp._repr_mimebundle_()  # EDITS' display hook calls unetviz.report.display
     html = bundle["text/html"]
     _offline(html)
     assert html.count("<figure>") == 3 and "Reweight" in html and "red" in html
