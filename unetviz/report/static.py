@@ -64,13 +64,13 @@ def _text(value: Any) -> str:
 
 @dataclass
 class _Axis:
-    """One subplot axis: its pixel span, data range and how labels are drawn."""
+    """One subplot axis: data range, direction, scale and (value, label) categories."""
 
     lo: float
     hi: float
     reversed: bool = False
     log: bool = False
-    categories: list[str] = field(default_factory=list)
+    categories: list[tuple[float, str]] = field(default_factory=list)
     visible: bool = True
     title: str = ""
 
