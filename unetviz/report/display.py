@@ -202,16 +202,23 @@ def module_table(trace: Any) -> str:
 # ---------------------------------------------------------------------------- heatmaps
 def word_maps(trace: Any, recipe: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
     """``(word, Heatmap)`` for every prompt word (sub-tokens merged), aggregated by ``recipe``
-    (default :data:`WORD_RECIPE`, or :data:`APPROX_RECIPE` for a capture without per-head
-    sums); empty when the trace holds no attention maps."""
+    (default :data:`WORD_RECIPE`; :data:`APPROX_RECIPE` when DAAM cannot be applied: a capture
+    without per-head sums, or a latent size at which DAAM keeps no map); empty when the trace
+    holds no attention maps."""
+    from ..capture.errors import TraceError
     from ..render.heatmaps import word_groups
 
     if not any(a.captured for a in trace.attention.values()):
         return []
-    if recipe is None:
-        exact = any(getattr(a, "head_sum", None) is not None for a in trace.attention.values())
-        recipe = WORD_RECIPE if exact else APPROX_RECIPE
-    return [(word, trace.heatmap(idx, **recipe)) for word, idx in word_groups(trace)]
+    groups = word_groups(trace)
+    if recipe is not None:
+        return [(word, trace.heatmap(idx, **recipe)) for word, idx in groups]
+    if any(getattr(a, "head_sum", None) is not None for a in trace.attention.values()):
+        try:
+            return [(word, trace.heatmap(idx, **WORD_RECIPE)) for word, idx in groups]
+        except TraceError:
+            pass  # DAAM's own size rules leave no map here: its approximation still draws
+    return [(word, trace.heatmap(idx, **APPROX_RECIPE)) for word, idx in groups]
 
 
 def heatmap_grid(
