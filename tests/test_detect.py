@@ -110,6 +110,7 @@ def test_inside(tmp_path):
         inside(root, "text_encoder/config.json")
 
 
+@pytest.mark.slow  # a child python that imports torch
 def test_pickle_hint_is_shell_safe(tmp_path):
     """Issue 10 item 9: the printed conversion command must not run a file name."""
     torch = pytest.importorskip("torch")

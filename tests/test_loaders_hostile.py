@@ -143,6 +143,7 @@ def test_symlink_loop(tmp_path):
         load_unet(loop)
 
 
+@pytest.mark.slow  # a child python that imports torch
 def test_unreadable_weights_are_permission_denied(state):
     """As root every file is readable: the check then runs as nobody (setpriv) in a child."""
     folder = Path(tempfile.mkdtemp())
