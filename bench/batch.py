@@ -17,8 +17,9 @@ dashboard). For each engine it prints
 - peak resident memory per worker (the largest ``ru_maxrss`` a worker reported).
 
 SD 1.5 part (``--sd15``): an SD 1.5-shaped UNet (random weights, fp32, CPU) under capture with
-``daam=True`` at 512x512 (latent 64, CFG batch 2, 77 tokens): seconds per denoising step; the
-statistics of one prompt (10 words, 5 buckets, masks at 512x512 and at 64x64) on that trace;
+``daam=True`` at 512x512 (latent 64, CFG batch 2, 77 tokens): wall and CPU seconds per
+denoising step; the statistics of one prompt (12 words, 5 buckets, masks at 512x512 and at
+64x64) on that trace (CPU seconds);
 a diffusers AutoencoderKL decode and a CLIP-L text encoder forward (random weights, SD 1.5
 configs) if diffusers/transformers are installed. Prints the per-prompt CPU estimate for 50
 steps. Weights are random: the cost of the arithmetic does not depend on their values.
@@ -121,7 +122,7 @@ def bench_sd15(steps: int) -> None:
     import numpy as np
     import torch
 
-    from unetviz.batch.stats import run_records
+    from unetviz.batch.stats import MAX_SCORE_SIDE, run_records
     from unetviz.capture import capture
     from unetviz.config import UNetConfig
     from unetviz.weights import build_unet
@@ -145,19 +146,20 @@ def bench_sd15(steps: int) -> None:
     for m in masks512.values():
         m[100:300, 150:400] = True
     masks64 = {w: m[::8, ::8].copy() for w, m in masks512.items()}
-    t = time.perf_counter()
+    c = time.process_time()
     recs = run_records(trace, masks512, 5)
-    stats512 = time.perf_counter() - t
-    t = time.perf_counter()
+    stats512 = time.process_time() - c
+    c = time.process_time()
     run_records(trace, masks64, 5)
-    stats64 = time.perf_counter() - t
+    stats64 = time.process_time() - c
     print(f"SD 1.5 UNet (random weights) fp32 CPU, {torch.get_num_threads()} threads, 512x512:")
     print(
         f"  denoising step with capture (daam=True), CFG batch 2: {step:.2f} s wall, "
         f"{step_cpu:.2f} s CPU (median of {steps})"
     )
     print(
-        f"  statistics of one prompt ({len(recs)} rows): masks 512px {stats512:.2f} s, 64px {stats64:.2f} s"
+        f"  statistics of one prompt ({len(recs)} rows), CPU: masks 512px {stats512:.2f} s "
+        f"(scored at {MAX_SCORE_SIDE}px), 64px {stats64:.2f} s"
     )
     extra = 0.0
     try:
@@ -172,22 +174,22 @@ def bench_sd15(steps: int) -> None:
             sample_size=512,
         ).eval()
         with torch.no_grad():
-            t = time.perf_counter()
+            c = time.process_time()
             vae.decode(torch.randn(1, 4, 64, 64))
-            extra += (dec := time.perf_counter() - t)
-        print(f"  VAE decode (AutoencoderKL, SD 1.5 config): {dec:.2f} s")
+            extra += (dec := time.process_time() - c)
+        print(f"  VAE decode (AutoencoderKL, SD 1.5 config): {dec:.2f} s CPU")
         from transformers import CLIPTextConfig, CLIPTextModel
 
         te = CLIPTextModel(CLIPTextConfig()).eval()  # CLIP ViT-L/14 text tower sizes
         with torch.no_grad():
-            t = time.perf_counter()
+            c = time.process_time()
             te(torch.zeros(2, 77, dtype=torch.long))
-            extra += (enc := time.perf_counter() - t)
-        print(f"  CLIP-L text encoder, prompt + negative: {enc:.2f} s")
+            extra += (enc := time.process_time() - c)
+        print(f"  CLIP-L text encoder, prompt + negative: {enc:.2f} s CPU")
     except ImportError:
         print("  (diffusers/transformers not installed: VAE and text encoder not measured)")
-    total = 50 * step + stats64 + extra
-    print(f"  per prompt, 50 steps: {total:.0f} s CPU ({total / 60:.1f} min)")
+    total = 50 * step_cpu + stats512 + extra
+    print(f"  per prompt, 50 steps: {total:.0f} s CPU ({total / 60:.1f} min on one core)")
     print(
         json.dumps(
             {

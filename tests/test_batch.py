@@ -116,6 +116,16 @@ def test_map_stats_on_known_maps():
     assert map_stats(torch.ones(2, 2), None, 0.4)["iou"] is None
 
 
+def test_large_masks_are_scored_at_128px():
+    from unetviz.batch.stats import scoring_masks
+
+    big = np.zeros((512, 384), bool)
+    big[100:300, 40:200] = True
+    small = scoring_masks({"cat": big, "dog": big[:96, :96]})
+    assert small["cat"].shape == (128, 96) and small["dog"].shape == (96, 96)
+    assert abs(int(small["cat"].sum()) - big.sum() / 16) <= 2 * (128 + 96)  # edges only
+
+
 def test_buckets_cover_the_schedule():
     assert buckets(10, 4) == [(0, 2), (2, 5), (5, 8), (8, 10)]
     assert buckets(2, 4) == [(0, 1), (1, 2)]
