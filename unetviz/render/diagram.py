@@ -15,7 +15,6 @@ from typing import Any
 
 import graphviz
 
-from ..colors import colorize
 from ..errors import UnetvizError
 from .graph import (
     ADDED,
@@ -85,7 +84,10 @@ def color_of(type_name: str) -> str:
 
 def heat_color(x: float) -> str:
     """``x`` in [0, 1] -> ``#rrggbb`` of unetviz's colour map (:mod:`unetviz.colors`), for
-    nodes filled by a value (temb ratio, a sweep's effect)."""
+    nodes filled by a value (temb ratio, a sweep's effect). numpy is imported here, not at
+    module import: a plain diagram stays numpy-free (``unetviz diagram`` start-up time)."""
+    from ..colors import colorize
+
     r, g, b = (int(v) for v in colorize([min(max(float(x), 0.0), 1.0)], 0.0, 1.0)[0])
     return f"#{r:02x}{g:02x}{b:02x}"
 
