@@ -74,22 +74,24 @@ def demo_times(repeats: int) -> None:
     pipe(prompt, seed=0)  # warm-up
     runs, cmps = [], []
     for _ in range(repeats):
-        s = time.perf_counter()
-        pipe(prompt, seed=0, edits=[edits.Reweight("red", 0.0)])
-        runs.append(time.perf_counter() - s)
-        s = time.perf_counter()
-        pipe.compare(prompt, edits=[edits.Reweight("red", 0.0)], seed=0)
-        cmps.append(time.perf_counter() - s)
-    print("\ndemo model, 25 steps, full capture (as the app runs it)")
-    print(f"one edited run:                 {statistics.median(runs):.2f} s (median of {repeats})")
-    print(f"compare (base + edited):        {statistics.median(cmps):.2f} s")
+        runs.append(_timed(lambda: pipe(prompt, seed=0, edits=[edits.Reweight("red", 0.0)])))
+        cmps.append(_timed(lambda: pipe.compare(prompt, edits=[edits.Reweight("red", 0)], seed=0)))
+    print("\ndemo model, 25 steps, full capture (as the app runs it); wall s (CPU s)")
+    median = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+    print(f"one edited run:          {median(runs, 0):6.2f} ({median(runs, 1):.2f})")
+    print(f"compare (base + edited): {median(cmps, 0):6.2f} ({median(cmps, 1):.2f})")
     for over in ("blocks", "layers", "skips"):
-        s = time.perf_counter()
+        s, c = time.perf_counter(), time.process_time()
         result = edits.sweep(pipe, prompt, over=over, score=scorer_for(pipe))
-        print(
-            f"sweep over all {over:7} ({len(result.rows):2} runs + base): "
-            f"{time.perf_counter() - s:.2f} s"
-        )
+        wall, cpu = time.perf_counter() - s, time.process_time() - c
+        n = len(result.rows)
+        print(f"sweep over all {over:7} ({n:2} runs + base): {wall:6.2f} ({cpu:.2f})")
+
+
+def _timed(fn) -> tuple[float, float]:
+    s, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - s, time.process_time() - c
 
 
 def main() -> None:
@@ -97,9 +99,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--size", type=int, default=32, help="latent height and width")
     parser.add_argument("--no-demo", action="store_true")
+    parser.add_argument("--no-forward", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    forward_ratios(args.repeats, args.size)
+    if not args.no_forward:
+        forward_ratios(args.repeats, args.size)
     if not args.no_demo:
         demo_times(max(3, args.repeats // 3))
 
