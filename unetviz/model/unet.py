@@ -46,8 +46,10 @@ class UNet2DConditionModel(nn.Module):
                 c.projection_class_embeddings_input_dim, time_embed_dim
             )
 
-        # registration order follows diffusers (down, up, then mid) so state_dict order matches
+        # diffusers' order: both lists registered first (state_dict: down, up, then mid), then
+        # built down, mid, up (so a seeded random init draws the same numbers as diffusers')
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
         output_channel = channels[0]
         for i, kind in enumerate(c.down_block_types):
             input_channel, output_channel = output_channel, channels[i]
@@ -55,7 +57,8 @@ class UNet2DConditionModel(nn.Module):
             block = _DOWN[kind](c, i, input_channel, output_channel, not is_final_block)
             self.down_blocks.append(block)
 
-        self.up_blocks = nn.ModuleList()
+        self.mid_block = UNetMidBlock2DCrossAttn(c)
+
         reversed_channels = list(reversed(channels))  # SD 1.5: (1280, 1280, 640, 320)
         output_channel = reversed_channels[0]
         for i, kind in enumerate(c.up_block_types):
@@ -67,8 +70,6 @@ class UNet2DConditionModel(nn.Module):
                 c, level, input_channel, output_channel, prev_output_channel, not is_final_block
             )
             self.up_blocks.append(block)
-
-        self.mid_block = UNetMidBlock2DCrossAttn(c)
 
         self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, channels[0], eps=c.norm_eps)
         self.conv_act = nn.SiLU()
