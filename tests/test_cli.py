@@ -373,9 +373,13 @@ def test_attention_bad_flags_fail_before_loading(tmp_path, capsys, extra, messag
 def test_attention_preset_is_a_deprecated_alias_of_recipe(tmp_path, capsys):
     code, out = _attention(tmp_path, "out", "--preset", "daam", "--recipe", "p2p")
     assert code == 2 and "give only --recipe" in capsys.readouterr().err
-    code, out = _attention(tmp_path, "out", "--preset", "p2p")
-    assert code == 0 and "--preset is deprecated" in capsys.readouterr().err
-    assert json.loads((out / "tokens.json").read_text())["recipe"] == "p2p"
+    code, out = _attention(tmp_path, "out", "--preset", "dam")  # checked as a recipe
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert err == [
+        "warning: --preset is deprecated for attention; use --recipe",
+        "error: --recipe 'dam': expected one of daam, daam-approx, p2p",
+    ]
 
 
 def test_attention_error_quoting_a_huge_prompt_is_cut(tmp_path, capsys):
