@@ -234,6 +234,8 @@ def heatmap_pictures(
     size = _tile_size(image)
     lines = describe(trace, style, len(groups))
     label = _VALUE[style.normalize]
+    if style.recipe and style.normalize == "none":  # a recipe's own units (DAAM sums maps)
+        label = f"attention, {style.recipe} aggregate"
     words = []
     for (word, idx), m, sc in zip(groups, maps, scales, strict=True):
         tile = hm.overlay(m, image, *sc, size=size)
