@@ -261,16 +261,22 @@ class UNetConfig:
         """Raise ConfigError naming the first key whose value unetviz cannot build: types and
         bounds first (nothing is built from an unchecked value), then the structure."""
         _check_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        self._check_layout()
+        self._check_channels()
+        self._check_embeddings()
+
+    def _check_layout(self) -> None:
+        """Block types known, and every per-block list as long as block_out_channels."""
         n = self.n_blocks
         for t in self.down_block_types:
             if t not in DOWN_BLOCK_TYPES:
                 raise ConfigError(
-                    f"unknown down block type {t!r}: expected one of {list(DOWN_BLOCK_TYPES)}"
+                    f"unknown down block type {_short(t)}: expected one of {list(DOWN_BLOCK_TYPES)}"
                 )
         for t in self.up_block_types:
             if t not in UP_BLOCK_TYPES:
                 raise ConfigError(
-                    f"unknown up block type {t!r}: expected one of {list(UP_BLOCK_TYPES)}"
+                    f"unknown up block type {_short(t)}: expected one of {list(UP_BLOCK_TYPES)}"
                 )
         if self.mid_block_type not in MID_BLOCK_TYPES:
             raise ConfigError(
@@ -302,6 +308,9 @@ class UNetConfig:
                     "are not supported (no SD checkpoint uses them); give one int"
                 )
             self.cross_attention_dim = self.cross_attention_dim[0]
+
+    def _check_channels(self) -> None:
+        """Channels divisible by groups and heads; the transformer-block budget."""
         for i, ch in enumerate(self.block_out_channels):
             if ch <= 0 or ch % self.norm_num_groups:
                 raise ConfigError(
@@ -323,6 +332,9 @@ class UNetConfig:
                 f"{self.transformer_layers_per_block} make {blocks} transformer blocks: more "
                 f"than the {MAX_TRANSFORMER_BLOCKS} allowed (SDXL has 70)"
             )
+
+    def _check_embeddings(self) -> None:
+        """Class / SDXL embeddings complete, and the fixed diffusers keys at their SD values."""
         if self.class_embed_type not in CLASS_EMBED_TYPES:
             raise ConfigError(
                 f"class_embed_type {self.class_embed_type!r} is not supported: expected one of "
@@ -348,7 +360,7 @@ class UNetConfig:
             expected, why = _FIXED[key]
             if value != expected and not (expected is None and value is False):
                 raise ConfigError(
-                    f"{key} = {value!r} is not supported (expected {expected!r}): {why}"
+                    f"{key} = {_short(value)} is not supported (expected {expected!r}): {why}"
                 )
 
     # ------------------------------------------------------------------ (de)serialisation

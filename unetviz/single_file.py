@@ -483,9 +483,7 @@ def load_single_file(
         keys = set(sf.keys)
 
         def cfg_json(sub: str, name: str = "config.json") -> dict[str, Any] | None:
-            if config_dir is None or not (config_dir / sub / name).is_file():
-                return None
-            return read_json(inside(config_dir, Path(sub) / name), "config")
+            return _cfg_json(config_dir, sub, name)
 
         unet_cfg_dict = cfg_json("unet")
         try:
@@ -504,29 +502,7 @@ def load_single_file(
         else:
             vae = _from_folder(config_dir, "vae", path, dtype)
 
-        encoders, tokenizers = [], []
-        specs = {
-            "sd1": [("text_encoder", "tokenizer", CLIP_PREFIXES["sd1"][0], False, False)],
-            "sd2": [("text_encoder", "tokenizer", CLIP_PREFIXES["sd2"][0], True, False)],
-            "sdxl": [
-                ("text_encoder", "tokenizer", CLIP_PREFIXES["sdxl"][0], False, False),
-                ("text_encoder_2", "tokenizer_2", CLIP_PREFIXES["sdxl"][1], True, True),
-            ],
-        }[family]
-        for enc_sub, tok_sub, prefix, openclip, proj in specs:
-            if any(k.startswith(prefix) for k in keys):
-                te_cfg = None
-                te_json = cfg_json(enc_sub)
-                if te_json is not None:
-                    from transformers import CLIPTextConfig
-
-                    te_cfg = CLIPTextConfig.from_dict(te_json)
-                encoders.append(
-                    load_text_encoder_from_single_file(sf, prefix, openclip, te_cfg, proj, dtype)
-                )
-            else:
-                encoders.append(_from_folder(config_dir, enc_sub, path, dtype, proj))
-            tokenizers.append(_tokenizer(config_dir, tok_sub, openclip))
+        encoders, tokenizers = _load_text_parts(sf, family, config_dir, dtype)
     sched_cfg = cfg_json("scheduler", "scheduler_config.json") or {
         **SCHEDULER_CONFIG,
         **SCHEDULER_FAMILY[family],
@@ -549,6 +525,47 @@ def load_single_file(
             index.get("force_zeros_for_empty_prompt", family == "sdxl")
         ),
     )
+
+
+def _cfg_json(config_dir: Path | None, sub: str, name: str) -> dict[str, Any] | None:
+    """``config_dir/sub/name`` as a dict (confined to ``config_dir``), or None without one."""
+    if config_dir is None or not (config_dir / sub / name).is_file():
+        return None
+    return read_json(inside(config_dir, Path(sub) / name), "config")
+
+
+_TEXT_SPECS = {  # (encoder subfolder, tokenizer subfolder, key prefix, OpenCLIP?, projection?)
+    "sd1": [("text_encoder", "tokenizer", CLIP_PREFIXES["sd1"][0], False, False)],
+    "sd2": [("text_encoder", "tokenizer", CLIP_PREFIXES["sd2"][0], True, False)],
+    "sdxl": [
+        ("text_encoder", "tokenizer", CLIP_PREFIXES["sdxl"][0], False, False),
+        ("text_encoder_2", "tokenizer_2", CLIP_PREFIXES["sdxl"][1], True, True),
+    ],
+}
+
+
+def _load_text_parts(
+    sf: SingleFile, family: str, config_dir: Path | None, dtype: torch.dtype | None
+) -> tuple[list[torch.nn.Module], list[Any]]:
+    """The family's text encoder(s), from the file or else from ``config_dir``, and their
+    tokenizers."""
+    keys = set(sf.keys)
+    encoders, tokenizers = [], []
+    for enc_sub, tok_sub, prefix, openclip, proj in _TEXT_SPECS[family]:
+        if any(k.startswith(prefix) for k in keys):
+            te_cfg = None
+            te_json = _cfg_json(config_dir, enc_sub, "config.json")
+            if te_json is not None:
+                from transformers import CLIPTextConfig
+
+                te_cfg = CLIPTextConfig.from_dict(te_json)
+            encoders.append(
+                load_text_encoder_from_single_file(sf, prefix, openclip, te_cfg, proj, dtype)
+            )
+        else:
+            encoders.append(_from_folder(config_dir, enc_sub, sf.path, dtype, proj))
+        tokenizers.append(_tokenizer(config_dir, tok_sub, openclip))
+    return encoders, tokenizers
 
 
 def _from_folder(
