@@ -4,6 +4,8 @@ on the meta device; one-line errors with exit status 2 and no partial file on ba
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -289,6 +291,10 @@ def test_diagram_output_never_replaces_a_folder_and_keeps_a_files_mode(tmp_path)
         target.read_text().rstrip().endswith("</svg>") and (target.stat().st_mode & 0o777) == 0o600
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.svg", "x.svg"]
+    fifo = tmp_path / "pipe.svg"
+    os.mkfifo(fifo)
+    assert run_main(["diagram", "-o", str(fifo)]) == 2
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # not replaced by a regular file
 
 
 def test_bundle_structures_touches_only_its_own_files(tmp_path, monkeypatch):

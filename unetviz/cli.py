@@ -248,6 +248,8 @@ def _check_output_file(output: Path) -> None:
     (``unetviz.outputs.write_file`` checks again and writes atomically)."""
     if output.is_dir():
         raise CliError(f"cannot write {_short(str(output))!r}: it is a folder, expected a file")
+    if output.exists() and not output.is_file():  # a FIFO or device: never replaced by a file
+        raise CliError(f"cannot write {_short(str(output))!r}: it is not a regular file")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise CliError(
