@@ -226,11 +226,7 @@ def _maps(
                 "heads=... needs a trace captured with per_head=True (this one kept the "
                 "mean over heads)"
             )
-        hs = _as_list(heads)
-        bad = [h for h in hs if not isinstance(h, int) or not 0 <= h < x.shape[0]]
-        if bad:
-            raise TraceError(f"heads {bad} out of range: {rec.name} has {x.shape[0]} heads")
-        x = x[hs]
+        x = x[_head_list(rec, heads, x.shape[0])]
     return x
 
 

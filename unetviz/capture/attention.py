@@ -145,7 +145,15 @@ class GridProbe(Probe):
 class _QKProbe(Probe):
     """Collects Q and K of each chosen attention layer, then calls ``self.record``."""
 
-    def __init__(self, names: list[str], grids: GridProbe, store: MapStore):
+    def __init__(
+        self,
+        trace: Trace,
+        options: CaptureOptions,
+        names: list[str],
+        grids: GridProbe,
+        store: MapStore,
+    ):
+        self.trace, self.options = trace, options
         self.names, self.grids, self.store = names, grids, store
         self.pending: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -187,17 +195,6 @@ class CrossAttentionProbe(_QKProbe):
     summed; with ``daam=True`` also the float32 per-head sum over steps of the down / up
     layers (what DAAM aggregates), in either mode."""
 
-    def __init__(
-        self,
-        trace: Trace,
-        options: CaptureOptions,
-        names: list[str],
-        grids: GridProbe,
-        store: MapStore,
-    ):
-        super().__init__(names, grids, store)
-        self.trace, self.options = trace, options
-
     def record(self, session: ProbeSession, name: str, module: nn.Module, probs: torch.Tensor):
         rec = self.trace.attention[name]
         h, w = grid(probs.shape[1], self.grids.of(name), name)
@@ -225,17 +222,6 @@ class CrossAttentionProbe(_QKProbe):
 
 class SelfAttentionProbe(_QKProbe):
     """Self-attention rows of chosen query points: ``(heads_or_1, points, h, w)`` per step."""
-
-    def __init__(
-        self,
-        trace: Trace,
-        options: CaptureOptions,
-        names: list[str],
-        grids: GridProbe,
-        store: MapStore,
-    ):
-        super().__init__(names, grids, store)
-        self.trace, self.options = trace, options
 
     def prepare(self, session: ProbeSession, name: str, out: dict) -> dict:
         """Queries restricted to the chosen points before the softmax: rows of (n x n) only."""
