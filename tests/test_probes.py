@@ -105,3 +105,13 @@ def test_daam_sums_count_against_the_memory_budget(unet):
     # the per-head sums average to the head-mean sum that stream mode keeps
     torch.testing.assert_close(rec.head_sum.mean(0, keepdim=True), rec.sum, atol=1e-5, rtol=0)
     assert trace["mid_block.attentions.0.transformer_blocks.0.attn2"].head_sum is None
+
+
+def test_daam_needs_the_conditional_half(unet):
+    from unetviz.capture import TraceError
+
+    x, ehs = _inputs()
+    with torch.no_grad(), capture(unet, daam=True, half="both") as trace:
+        unet(x, 500, ehs)
+    with pytest.raises(TraceError, match="half='cond'"):
+        trace.heatmap(0, preset="daam")

@@ -418,6 +418,12 @@ def daam(
 
 
 def _daam_layers(trace: Trace) -> list[AttentionRecord]:
+    half = trace.meta.get("half", "cond")
+    if trace.meta.get("cfg") and half != "cond":
+        raise TraceError(
+            f"preset='daam' reads the conditional half of the batch (DAAM's), but this trace "
+            f"kept half={half!r}: capture with half='cond' (the default) and daam=True"
+        )
     recs = [r for r in trace.attention.values() if r.location in DAAM_LOCATIONS and r.captured]
     have = [r for r in recs if r.head_sum is not None]
     if not have:
