@@ -276,3 +276,21 @@ def test_reweight_touches_only_the_conditional_half_and_the_chosen_steps():
     assert torch.equal(first, base)  # step 0 is outside (1, 2)
     assert torch.equal(second[0], base[0])  # unconditional half untouched
     assert (second[1] - base[1]).abs().max().item() > 1e-4
+
+
+def test_forwards_of_other_threads_are_not_edited():
+    import threading
+
+    unet = _our_unet()
+    sample, context, kwargs = _inputs("sd15")
+    base = _out(unet, sample, context, kwargs)
+    seen = {}
+    with intervene(unet, [edits.AblateBlock("mid_block", "zero")]):
+        worker = threading.Thread(
+            target=lambda: seen.update(out=_out(unet, sample, context, kwargs))
+        )
+        worker.start()
+        worker.join()
+        mine = _out(unet, sample, context, kwargs)
+    assert torch.equal(seen["out"], base)
+    assert not torch.equal(mine, base)
