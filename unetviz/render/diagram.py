@@ -408,7 +408,9 @@ def _add_edges(g: graphviz.Digraph, d: _Drawing, edge_labels: bool) -> None:
     skip_labels: dict[tuple[str, str], list[str]] = {}
     for e in d.graph.edges:
         if e.kind == "skip":
-            skip_labels.setdefault((e.source, e.target), []).append(e.label)
+            # "res[1] (2,320,64,64) → resnets.1": the arc already ends at up_blocks.3
+            label = e.label.replace(f"\u2192 {e.target}.", "\u2192 ")
+            skip_labels.setdefault((e.source, e.target), []).append(label)
     label_nodes: dict[tuple[str, str], str] = {}
     for e in d.graph.edges:
         if e.kind in ("temb", "context") and d.markers:
