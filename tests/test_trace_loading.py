@@ -162,6 +162,20 @@ def test_arbitrary_json_raises_only_trace_errors_within_a_memory_bound(good, top
     assert peak < 2 * 1024**2
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(top=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=11), marked=st.booleans())
+def test_arbitrary_trace_json_in_a_bundle_loads_or_raises_trace_error(good, tmp_path, top, marked):
+    """The same through ``Trace.load``: a zip bundle whose trace.json is arbitrary (with or
+    without the format marker) over a real trace's tensors."""
+    state, tensors = good.to_state()
+    candidate = (state | top) if marked else top
+    path = _write(tmp_path / "h.trace", candidate, st_save(tensors))
+    try:
+        Trace.load(path)
+    except TraceError:
+        pass
+
+
 @settings(max_examples=25, deadline=None)
 @given(data=st.binary(max_size=300), declared=st.integers(0, 400))
 def test_arbitrary_safetensors_bytes_raise_only_value_errors(data, declared):
