@@ -268,7 +268,7 @@ def bundle_structures() -> None:
     """Rewrite the structures shipped in unetviz/presets/structures (maintainers only)."""
     from .structure import bundle_structures as bundle
 
-    for preset, detail, path, size in bundle(lambda cfg: check_size(cfg, None, None, 2)):
+    for preset, detail, path, size in bundle():
         typer.echo(f"{preset} {detail}: {path.name} ({size:,} bytes)", err=True)
 
 

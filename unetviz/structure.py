@@ -178,18 +178,18 @@ def capture_state(
     return state
 
 
-def bundle_structures(check_size: Any) -> list[tuple[str, str, Path, int]]:
-    """Rewrite the shipped preset structures (maintainers; ``unetviz bundle-structures``):
-    every ``*.json.gz`` in :data:`BUNDLED_DIR` - a folder of the package, holding only
-    files this function writes - is replaced by the structures of :data:`BUNDLED`.
-    ``check_size(cfg)`` gives a preset's default (height, width). Returns what it wrote."""
+def bundle_structures() -> list[tuple[str, str, Path, int]]:
+    """Rewrite the shipped preset structures (maintainers; ``unetviz bundle-structures``) at
+    each preset's default size: the new files are written first, then the stale
+    ``*.json.gz`` of :data:`BUNDLED_DIR` (a folder of the package holding only files this
+    function writes) are removed. Returns (preset, detail, path, bytes) per file written."""
     from .outputs import write_file
 
     written = []
     BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
     for preset, detail in BUNDLED:
         cfg = UNetConfig.preset(preset)
-        h, w = check_size(cfg)
+        h = w = cfg.sample_size * VAE_FACTOR
         state = capture_state(cfg, h, w, 2, detail, None)
         key = structure_key(cfg, h, w, 2, detail)
         data = gzip.compress(json.dumps(state, separators=(",", ":")).encode(), mtime=0)
