@@ -4,7 +4,9 @@ stopped with a clear error."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import shutil
 
 import pytest
@@ -16,6 +18,7 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
+from unetviz.config import ConfigError  # noqa: E402
 from unetviz.detect import ModelPathError  # noqa: E402
 from unetviz.pipelines.base import PipelineError  # noqa: E402
 from unetviz.pipelines.sd import load_sd_pipeline  # noqa: E402
@@ -102,4 +105,24 @@ def test_nan_unet_weights_refused(tmp_path):
     state["conv_out.bias"][0] = math.nan
     save_file(state, file)
     with pytest.raises(WeightsError, match="'conv_out.bias' holds NaN"):
+        load_sd_pipeline(root)
+
+
+@pytest.mark.parametrize(
+    ("file", "key", "value", "message"),
+    [
+        ("scheduler/scheduler_config.json", "num_train_timesteps", 10**9, "num_train_timesteps"),
+        ("vae/config.json", "block_out_channels", [10**7] * 4, "vae.block_out_channels[0]"),
+        ("text_encoder/config.json", "hidden_size", 16_000, "clip.hidden_size = 16000"),
+        ("text_encoder/config.json", "num_hidden_layers", "2", "clip.num_hidden_layers = '2'"),
+        ("tokenizer/tokenizer_config.json", "model_max_length", 10**9, "model_max_length"),
+    ],
+)
+def test_part_configs_bounded_before_building(tmp_path, file, key, value, message):
+    root = _copy(tmp_path)
+    path = root / file
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_sd_pipeline(root)

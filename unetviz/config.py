@@ -468,19 +468,54 @@ DEMO_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
     },
     "tokenizer": {"max_length": (_INT, 3, 1024)},
     "scheduler": {"num_train_timesteps": (_INT, 2, 100_000)},
+    # real SD parts, checked before diffusers / transformers build anything from them
+    "vae": {
+        "block_out_channels": (_INT, 1, 4096),
+        "layers_per_block": (_INT, 1, 8),
+        "latent_channels": (_INT, 1, 64),
+        "in_channels": (_INT, 1, 16),
+        "out_channels": (_INT, 1, 16),
+        "norm_num_groups": (_INT, 1, 4096),
+        "sample_size": (_INT, 1, 16384),
+    },
+    "clip": {
+        "hidden_size": (_INT, 1, 8192),
+        "intermediate_size": (_INT, 1, 32768),
+        "num_hidden_layers": (_INT, 1, 64),
+        "num_attention_heads": (_INT, 1, 128),
+        "vocab_size": (_INT, 1, 1_000_000),
+        "max_position_embeddings": (_INT, 1, 4096),
+        "projection_dim": (_INT, 1, 8192),
+    },
 }
 MAX_DEMO_TEXT_PARAMS = 50_000_000  # 200 MB in float32
+
+
+def check_part_config(part: str, data: Any) -> dict[str, Any]:
+    """Types and bounds of a model part's config (``DEMO_SCHEMAS[part]``: ``vae``, ``clip``,
+    ``scheduler`` and the demo parts); list values (``block_out_channels``) are checked item by
+    item, at most 16 items. Returns ``data``; ConfigError naming the key otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{part} config must be a JSON object, found {type(data).__name__}")
+    for key, (kind, low, high) in DEMO_SCHEMAS[part].items():
+        value = data.get(key)
+        if key not in data or (value is None and part in ("vae", "clip")):
+            continue
+        if isinstance(value, list):
+            if not 1 <= len(value) <= 16:
+                raise ConfigError(f"{part}.{key} has {len(value)} entries: expected 1 to 16")
+            for i, item in enumerate(value):
+                check_value(f"{part}.{key}[{i}]", item, kind, low, high)
+        else:
+            check_value(f"{part}.{key}", value, kind, low, high)
+    return data
 
 
 def check_demo_config(part: str, data: Any) -> dict[str, Any]:
     """Check a demo-format part's config (``part``: ``text_encoder``, ``tokenizer`` or
     ``scheduler``) before anything is built from it: types, bounds, and for the text encoder a
     parameter budget (``MAX_DEMO_TEXT_PARAMS``). Returns ``data``; ConfigError otherwise."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{part} config must be a JSON object, found {type(data).__name__}")
-    for key, (kind, low, high) in DEMO_SCHEMAS[part].items():
-        if key in data:
-            check_value(f"{part}.{key}", data[key], kind, low, high)
+    check_part_config(part, data)
     if part == "text_encoder":
         width, heads = data.get("width", 64), data.get("heads", 2)
         if width % heads:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import ConfigError, UNetConfig, read_json
+from .config import ConfigError, UNetConfig, check_part_config, read_json
 from .detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_message
 from .errors import UnetvizError
 from .names import LDM_PREFIX, UnknownNameError, unet_names
@@ -429,7 +429,13 @@ def _tokenizer(config_dir: Path | None, sub: str, openclip: bool) -> Any:
     from transformers import CLIPTokenizer
 
     if config_dir is not None and (config_dir / sub).is_dir():
-        return CLIPTokenizer.from_pretrained(confined_folder(config_dir, sub))
+        tok = CLIPTokenizer.from_pretrained(confined_folder(config_dir, sub))
+        if not 1 <= int(tok.model_max_length) <= 4096:
+            raise SingleFileError(
+                f"{config_dir / sub}: tokenizer model_max_length {tok.model_max_length}: "
+                "expected 1 to 4096"
+            )
+        return tok
     try:
         tok = CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)
     except (OSError, ValueError):
@@ -497,6 +503,7 @@ def load_single_file(
         unet = load_unet_from_single_file(sf, unet_cfg, dtype)
 
         vae_cfg = cfg_json("vae") or {**VAE_CONFIG, **VAE_FAMILY[family]}
+        check_part_config("vae", vae_cfg)
         if any(k.startswith(VAE_PREFIX) for k in keys):
             vae = load_vae_from_single_file(sf, vae_cfg, dtype)
         else:
@@ -507,6 +514,7 @@ def load_single_file(
         **SCHEDULER_CONFIG,
         **SCHEDULER_FAMILY[family],
     }
+    check_part_config("scheduler", sched_cfg)
     if prediction_type is not None:
         sched_cfg = {**sched_cfg, "prediction_type": prediction_type}
     elif "v_pred" in keys:
@@ -558,6 +566,7 @@ def _load_text_parts(
             if te_json is not None:
                 from transformers import CLIPTextConfig
 
+                check_part_config("clip", te_json)
                 te_cfg = CLIPTextConfig.from_dict(te_json)
             encoders.append(
                 load_text_encoder_from_single_file(sf, prefix, openclip, te_cfg, proj, dtype)

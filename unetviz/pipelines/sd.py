@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetviz.config import read_json
+from unetviz.config import ConfigError, check_part_config, read_json
 from unetviz.detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_folder_message
 from unetviz.errors import UnetvizError
 
@@ -729,6 +729,22 @@ def _name(value: Any) -> str:
     return text if text.isidentifier() and len(text) <= 80 else "(unrecognised name)"
 
 
+_PART_OF = {"vae": "vae", "scheduler": "scheduler", "text_encoder": "clip"}
+#: The longest token window accepted (CLIP's is 77): every prompt is padded to it.
+MAX_TOKENS = 4096
+
+
+def check_tokenizer(tokenizer: Any, where: Path | str) -> Any:
+    """``tokenizer`` if its ``model_max_length`` (the length every prompt is padded to) is
+    1..MAX_TOKENS; ConfigError otherwise, before any prompt is tokenized."""
+    n = getattr(tokenizer, "model_max_length", None)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TOKENS:
+        raise ConfigError(
+            f"{where}: tokenizer model_max_length {n!r}: expected an integer in [1, {MAX_TOKENS}]"
+        )
+    return tokenizer
+
+
 def _third_party(path: Path, loader: Callable[[], Any]) -> Any:
     """Run a diffusers/transformers loader; their errors become PipelineError naming the
     folder (ours pass through unchanged)."""
@@ -754,6 +770,11 @@ def load_diffusers_components(
 
     index, xl, needed = _read_model_index(path)
     folders = {name: confined_folder(path, name) for name in needed}
+    for name in needed:  # bounds before diffusers / transformers build anything from them
+        part = _PART_OF.get(name.removesuffix("_2"))
+        file = "scheduler_config.json" if name == "scheduler" else "config.json"
+        if part is not None and (folders[name] / file).is_file():
+            check_part_config(part, _read_json(inside(path, f"{name}/{file}")))
     variants = {
         name: check_safetensors(folders[name]) for name in ("vae", *needed[3::2]) if name in needed
     }
@@ -774,6 +795,7 @@ def load_diffusers_components(
         tok_dir, enc_dir = folders[tok_name], folders[enc_name]
         enc_cls = getattr(transformers, index[enc_name][1])
         tok = _third_party(tok_dir, lambda d=tok_dir: transformers.CLIPTokenizer.from_pretrained(d))
+        check_tokenizer(tok, tok_dir)
         encoder = _third_party(
             enc_dir,
             lambda c=enc_cls, d=enc_dir, v=variants[enc_name]: c.from_pretrained(
