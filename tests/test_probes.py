@@ -13,7 +13,7 @@ from unetviz.config import UNetConfig
 from unetviz.model import UNet2DConditionModel
 
 CFG = dict(
-    sample_size=16,
+    sample_size=64,  # x 8 = 512 (run at 16x16): DAAM's 64x64 grid, the 16x16 maps kept
     block_out_channels=[32, 64],
     down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
@@ -115,3 +115,8 @@ def test_daam_needs_the_conditional_half(unet):
         unet(x, 500, ehs)
     with pytest.raises(TraceError, match="half='cond'"):
         trace.heatmap(0, preset="daam")
+    with torch.no_grad(), capture(unet, daam=True) as trace:
+        unet(x, 500, ehs)
+    with pytest.raises(TraceError, match="never the mid block"):
+        trace.heatmap(0, preset="daam", layers="mid")
+    assert trace.heatmap(0, preset="daam", layers="up").shape == (64, 64)

@@ -391,6 +391,11 @@ def daam(
         )
     chosen = {r.name for r in _select_layers(trace, layers, resolutions)}
     recs = [r for r in _daam_layers(trace) if r.name in chosen]
+    if not recs:
+        raise TraceError(
+            f"preset='daam' uses the down and up blocks' cross-attention only (never the mid "
+            f"block); layers={layers!r} / resolutions={resolutions!r} select none of them"
+        )
     latent_hw, side = daam_grid(trace)
     total, n = torch.zeros(side, side), 0
     for rec in recs:
