@@ -78,11 +78,14 @@ class MapStore:
     """Where maps go: per step (``attention_dtype`` on CPU, within ``memory_budget``) or a
     float32 running sum (stream mode). Shared by the attention probes: one budget."""
 
-    def __init__(self, options: CaptureOptions):
+    def __init__(self, options: CaptureOptions) -> None:
         self.options = options
         self.stored_bytes = 0
 
-    def charge(self, nbytes: int, step: int, name: str, what: str = "per-step attention maps"):
+    def charge(
+        self, nbytes: int, step: int, name: str, what: str = "per-step attention maps"
+    ) -> None:
+        """Count ``nbytes`` against ``memory_budget``, or raise MemoryBudgetError."""
         budget = self.options.memory_budget
         if budget is not None and self.stored_bytes + nbytes > budget:
             mib = 1024**2
@@ -109,7 +112,7 @@ class GridProbe(Probe):
     """The (h, w) query grid of every attention layer, from its Transformer2DModel's input;
     written on every cross-attention record (even those whose maps are not captured)."""
 
-    def __init__(self, trace: Trace, names: list[str]):
+    def __init__(self, trace: Trace, names: list[str]) -> None:
         self.trace, self.names = trace, names
         self.res: dict[str, tuple[int, int]] = {}
 
@@ -182,7 +185,9 @@ class _QKProbe(Probe):
         """Hook for subclasses: adjust the tapped ``{"q": ..., "k": ...}`` before use."""
         return out
 
-    def record(self, session: ProbeSession, name: str, module: nn.Module, probs: torch.Tensor):
+    def record(
+        self, session: ProbeSession, name: str, module: nn.Module, probs: torch.Tensor
+    ) -> None:
         """Store ``probs``, (heads, queries, tokens) float32 averaged over the kept batch."""
         raise NotImplementedError
 
@@ -195,7 +200,9 @@ class CrossAttentionProbe(_QKProbe):
     summed; with ``daam=True`` also the float32 per-head sum over steps of the down / up
     layers (what DAAM aggregates), in either mode."""
 
-    def record(self, session: ProbeSession, name: str, module: nn.Module, probs: torch.Tensor):
+    def record(
+        self, session: ProbeSession, name: str, module: nn.Module, probs: torch.Tensor
+    ) -> None:
         rec = self.trace.attention[name]
         h, w = grid(probs.shape[1], self.grids.of(name), name)
         step = session.forward.step
@@ -237,7 +244,9 @@ class SelfAttentionProbe(_QKProbe):
         points = self.options.self_attention_points or ()
         return [(min(int(y * h), h - 1), min(int(x * w), w - 1)) for y, x in points]
 
-    def record(self, session: ProbeSession, name: str, module: nn.Module, probs: torch.Tensor):
+    def record(
+        self, session: ProbeSession, name: str, module: nn.Module, probs: torch.Tensor
+    ) -> None:
         h, w = session.forward.scratch[f"self_grid/{name}"]
         points = self._points(h, w)
         rec = self.trace.self_attention.get(name)

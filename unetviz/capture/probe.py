@@ -80,7 +80,7 @@ class ProbeSession:
     ``lock=True`` serialises sessions of one model across threads (a per-model lock) and
     refuses a second locking session of the same model in the same thread."""
 
-    def __init__(self, model: nn.Module, probes: Sequence[Probe], *, lock: bool = False):
+    def __init__(self, model: nn.Module, probes: Sequence[Probe], *, lock: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TraceError(f"capture needs a torch nn.Module (a UNet), got {type(model)!r}")
         self.model = model

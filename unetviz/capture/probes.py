@@ -32,7 +32,7 @@ class StepProbe(Probe):
     outputs on the first. Holds the pending 0-d tensors (timestep, temb RMS) that are turned
     into floats once per forward (:meth:`flush`: the capture's only host-device sync)."""
 
-    def __init__(self, trace: Trace, options: CaptureOptions):
+    def __init__(self, trace: Trace, options: CaptureOptions) -> None:
         self.trace, self.options = trace, options
         self.pending: list[tuple[Any, torch.Tensor]] = []  # (callback, 0-d tensor)
 
@@ -139,7 +139,7 @@ def block_levels(model: nn.Module) -> tuple[list[str], list[str]]:
 class BlockProbe(Probe):
     """Block records at the chosen detail: shapes of the first call, params, calls, time."""
 
-    def __init__(self, trace: Trace, detail: str):
+    def __init__(self, trace: Trace, detail: str) -> None:
         self.trace, self.detail = trace, detail
         self.records: dict[str, BlockRecord] = {}
         self.starts: dict[str, list[float]] = {}
@@ -207,7 +207,7 @@ class SkipProbe(Probe):
     """Skip connections, first forward only (the wiring does not change): which module's
     output each up-block resnet concatenates."""
 
-    def __init__(self, trace: Trace):
+    def __init__(self, trace: Trace) -> None:
         self.trace = trace
         self.stack: list[tuple[str, torch.Tensor]] = []
         self.child_out: dict[int, tuple[str, torch.Tensor]] = {}
@@ -297,7 +297,7 @@ class MacsProbe(Probe):
     """MACs per call (first forward): conv / linear leaves and attention matmuls, summed into
     every recorded ancestor; per-head q/k shapes on the attention records."""
 
-    def __init__(self, trace: Trace):
+    def __init__(self, trace: Trace) -> None:
         self.trace = trace
         self.leaf_macs: dict[str, int] = {}
         self.qk_shapes: dict[str, dict[str, list[int]]] = {}
@@ -362,7 +362,7 @@ class TembProbe(Probe):
         ("class_embedding", "class_rms"),
     )
 
-    def __init__(self, trace: Trace, steps: StepProbe, stream: bool):
+    def __init__(self, trace: Trace, steps: StepProbe, stream: bool) -> None:
         self.trace, self.steps, self.stream = trace, steps, stream
         self.slots: dict[str, dict[str, torch.Tensor]] = {}
         self.vector_sum: dict[str, torch.Tensor] = {}
