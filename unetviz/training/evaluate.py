@@ -178,7 +178,7 @@ class AttentionProbe:
         return hook
 
     @property
-    def sum(self) -> torch.Tensor:
+    def sum(self) -> torch.Tensor:  # computed on every access: read it once
         """DAAM aggregate (B, T, size, size): every (layer, head) map upsampled bicubically to
         96 x 96, clamped at 0 and averaged; maps DAAM drops (``int(sqrt(9216 // hw)) == 8``)
         left out; resized to ``size`` if that differs (DAAM's ``expand_as``)."""
@@ -279,11 +279,11 @@ def quick_eval(
         if vae is not None:
             x = torch.cat([vae.decode(vae.unscale(c)) for c in x.split(16)])
         images = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-        maps = []
+        maps, summed = [], p.sum  # the aggregation runs once, not per word
         for i, caption in enumerate(captions):
             _, labels, _ = tokenizer.encode(caption)
             maps.append(
-                {w: p.sum[i, labels.index(w)] for w in set(labels) if w in SHAPES + COLOURS}
+                {w: summed[i, labels.index(w)] for w in set(labels) if w in SHAPES + COLOURS}
             )
         for k, v in score_scenes(scenes, images, maps, _known_shapes(tokenizer)).items():
             result[prefix + k] = None if v is None else round(v, 4)
@@ -325,12 +325,13 @@ def teacher_forced_iou(
                 x_t, _ = schedule.add_noise(x0, noise, torch.full((n,), t))
                 unet(unet_input(unet, x_t), torch.tensor(t), cond, added_cond_kwargs=added)
         ious: dict[str, list[float]] = {"noun": [], "colour": [], "blob": []}
+        summed = p.sum
         for i, scene in enumerate(scenes):
             labels = tokenizer.encode(scene.caption)[1]
             for obj in scene.objects:
                 ious["blob"].append(iou(blob, obj.mask))
                 for kind, word in (("noun", obj.shape), ("colour", obj.colour)):
-                    ious[kind].append(iou(daam_binary(p.sum[i, labels.index(word)]), obj.mask))
+                    ious[kind].append(iou(daam_binary(summed[i, labels.index(word)]), obj.mask))
         for k, v in ious.items():
             result[f"tf_{prefix}{k}_miou"] = round(float(np.mean(v)), 4)
     return result
