@@ -168,3 +168,27 @@ def test_shipped_demo_configs_pass():
         ("scheduler", "scheduler/scheduler_config.json"),
     ):
         check_demo_config(part, read_json(DEMO_DIR / file))
+
+
+@pytest.mark.slow  # builds ~3,800 modules on meta
+def test_largest_accepted_config_builds_in_bounded_memory():
+    """The bounds are what keeps a build small: the biggest config they let through (channels
+    16,384, 16 layers, the 256-transformer-block budget) builds on meta in < 200 MB of RSS."""
+    from unetviz.weights import build_unet
+
+    data = {
+        **SD15,
+        "layers_per_block": [16, 16, 15, 1],
+        "block_out_channels": [16384] * 4,
+        "cross_attention_dim": 16384,
+    }
+    config = UNetConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="transformer blocks"):
+        UNetConfig.from_dict({**data, "layers_per_block": 16, "transformer_layers_per_block": 2})
+    def rss() -> int:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = rss()
+    model = build_unet(config)
+    assert all(p.is_meta for p in model.parameters())
+    assert rss() - before < 200 * 2**20, (rss() - before) / 2**20

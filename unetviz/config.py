@@ -397,10 +397,10 @@ class UNetConfig:
         """Read a diffusers ``config.json``; errors name the file."""
         path = Path(path)
         data = read_json(path, "config file")
-        if data.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
-            raise ConfigError(
-                f"{path} describes a {_short(data['_class_name'])}, expected a UNet2DConditionModel"
-            )
+        kind = data.get("_class_name", "UNet2DConditionModel")
+        if kind != "UNet2DConditionModel":
+            shown = kind[:80] if isinstance(kind, str) and kind.isidentifier() else "another model"
+            raise ConfigError(f"{path} describes a {shown}, expected a UNet2DConditionModel")
         return cls.from_dict(data)
 
     @classmethod
