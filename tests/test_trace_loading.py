@@ -138,7 +138,7 @@ _FIELDS = ["meta", "tokens", "words", "timesteps", "blocks", "skips", "temb", "t
            "temb_vectors", "attention", "self_attention"]  # fmt: skip
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(
     top=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=11),
     raw=_json,
@@ -162,7 +162,7 @@ def test_arbitrary_json_raises_only_trace_errors_within_a_memory_bound(good, top
     assert peak < 2 * 1024**2
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(top=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=11), marked=st.booleans())
 def test_arbitrary_trace_json_in_a_bundle_loads_or_raises_trace_error(good, tmp_path, top, marked):
     """The same through ``Trace.load``: a zip bundle whose trace.json is arbitrary (with or
