@@ -173,6 +173,7 @@ class AppHandlers:
         trace = self.registry.architecture(spec, h, w, b)
         graph = diagram(trace, detail=detail)
         svg = views.render_svg(graph)
+        panel = views.lean_panel(trace, detail) if detail == "blocks" else views.panel_html(svg)
         rows = views.block_table(trace, detail)
         stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}"
         files = views.write_exports(trace, detail, self._outdir(), stem, graph, svg)
@@ -184,7 +185,7 @@ class AppHandlers:
         )
         state = {"trace": trace, "rows": rows, "detail": detail}
         downloads = (str(files[k]) for k in ("svg", "png", "dot", "json"))
-        return (views.panel_html(svg), rows, *downloads, status, state, "")
+        return (panel, rows, *downloads, status, state, "")
 
     @keep_work(2, 1)
     def search(self, arch: dict | None, query: str) -> tuple[Any, str]:
@@ -314,7 +315,7 @@ class AppHandlers:
         progress = progress or (lambda *a, **k: None)
         progress(0, desc="loading the model…")
         pipe = self.registry.pipeline(model)
-        extra = {"per_head": True} if getattr(pipe, "name", "") == DEMO else {}
+        extra = {"per_head": True, "daam": True} if getattr(pipe, "name", "") == DEMO else {}
 
         def on_step(i: int, total: int) -> None:
             progress((i, total), desc=f"denoising step {i}/{total}", unit="steps")

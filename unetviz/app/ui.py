@@ -42,7 +42,7 @@ footer { display: none !important; }
   padding: 4px 8px; font-size: 14px; border-bottom: 1px solid #e5e5e5; }
 .uv-tools button { margin-left: 4px; padding: 1px 10px; border: 1px solid #bbb;
   border-radius: 6px; background: #f6f6f6; color: #222; cursor: pointer; }
-.uv-panel { height: 66vh; min-height: 420px; overflow: hidden; cursor: grab; }
+.uv-panel { height: 760px; max-height: 85vh; overflow: hidden; cursor: grab; }
 .uv-panel > svg { width: 100%; height: 100%; display: block; }
 .uv-panel a, .uv-panel a:hover { text-decoration: none !important; }
 .uv-panel g.node { cursor: pointer; }
@@ -125,37 +125,39 @@ def build_architecture(ctx: TabContext) -> None:
     """Model, size, detail -> a pan/zoom diagram, its downloads and the block table."""
     h, c = ctx.handlers, ctx.c
     arch_state = gr.State(None, time_to_live=ctx.handlers.sessions.ttl_s)
-    with gr.Row():
-        with gr.Column(scale=1, min_width=280):
-            model = gr.Dropdown(MODEL_CHOICES, value=DEMO, label="Model", elem_id="arch_model")
-            folder = gr.Textbox(
-                label="Local model folder",
-                placeholder="a diffusers folder inside the model roots",
-                info=f"allowed roots: {describe_roots(ctx.registry.roots)}",
-                visible=False,
-                elem_id="arch_folder",
-            )
-            side = _demo_side(ctx.registry)
-            with gr.Row():
-                height = gr.Number(side, label="height (px)", precision=0, elem_id="arch_h")
-                width = gr.Number(side, label="width (px)", precision=0, elem_id="arch_w")
-                batch = gr.Number(
-                    2, label="UNet batch", precision=0, info="2 = CFG", elem_id="arch_batch"
-                )
-            detail = gr.Radio(
-                list(views.DETAILS), value="layers", label="Detail", elem_id="arch_detail"
-            )
-            draw = gr.Button("Draw", variant="primary", elem_id="arch_draw")
+    with gr.Row(equal_height=True):
+        model = gr.Dropdown(MODEL_CHOICES, value=DEMO, label="Model", elem_id="arch_model", scale=3)
+        folder = gr.Textbox(
+            label="Local model folder",
+            placeholder="a diffusers folder inside the model roots",
+            info=f"allowed roots: {describe_roots(ctx.registry.roots)}",
+            visible=False,
+            elem_id="arch_folder",
+            scale=3,
+        )
+        side = _demo_side(ctx.registry)
+        height = gr.Number(side, label="height (px)", precision=0, elem_id="arch_h", min_width=90)
+        width = gr.Number(side, label="width (px)", precision=0, elem_id="arch_w", min_width=90)
+        batch = gr.Number(
+            2, label="UNet batch (2 = CFG)", precision=0, elem_id="arch_batch", min_width=90
+        )
+        detail = gr.Radio(
+            list(views.DETAILS), value="blocks", label="Detail", elem_id="arch_detail", scale=3
+        )
+        draw = gr.Button("Draw", variant="primary", elem_id="arch_draw", scale=1)
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=4):
             arch_msg = _msg("arch_msg")
             arch_status = gr.Markdown(elem_id="arch_status")
-            gr.Markdown("Wheel: zoom · drag: pan · click a block: its parts below")
-            with gr.Row():
-                dl = [
-                    gr.DownloadButton(k.upper(), size="sm", min_width=60, elem_id=f"dl_{k}")
-                    for k in ("svg", "png", "dot", "json")
-                ]
-        with gr.Column(scale=3):
-            diagram_html = diagram_panel("diagram")
+            gr.Markdown(
+                "Wheel: zoom · drag: pan · **Fit**: the whole diagram · click a block: its row "
+                "and parts below"
+            )
+        dl = [
+            gr.DownloadButton(k.upper(), size="sm", min_width=60, elem_id=f"dl_{k}", scale=0)
+            for k in ("svg", "png", "dot", "json")
+        ]
+    diagram_html = diagram_panel("diagram")
     with gr.Row():
         search = gr.Textbox(
             label="Find a module",

@@ -74,18 +74,32 @@ def render_png(graph: Any) -> bytes:
     return to_png(graph)
 
 
-def panel_html(svg: str, elem: str = "diagram-svg") -> str:
-    """SVG text for the pan/zoom panel: XML prolog dropped, sized by the panel (the browser
-    script moves the title and the legend out of the panel and fits the drawing)."""
+def panel_html(svg: str, elem: str = "diagram-svg", title: str = "", legend: str = "") -> str:
+    """SVG text for the pan/zoom panel: XML prolog dropped, sized by the panel. ``title`` and
+    ``legend`` (HTML) sit outside the zoomed area; when empty, the browser script moves the
+    SVG's own title and legend there."""
     start = svg.find("<svg")
     body = svg[start:] if start >= 0 else svg
     return (
-        f'<div class="unetviz-diagram"><div class="uv-head"><span class="uv-title"></span>'
-        f'<span class="uv-tools"><button type="button" class="uv-fit" title="fit the whole '
-        f'diagram in the panel">Fit</button><button type="button" class="uv-in" title="zoom '
-        f'in">+</button><button type="button" class="uv-out" title="zoom out">−</button></span>'
-        f'</div><div class="uv-panel" id="{elem}">{body}</div><div class="uv-legend"></div></div>'
+        f'<div class="unetviz-diagram"><div class="uv-head"><span class="uv-title">'
+        f'{html.escape(title)}</span><span class="uv-tools"><button type="button" '
+        f'class="uv-fit" title="fit the whole diagram in the panel">Fit</button><button '
+        f'type="button" class="uv-in" title="zoom in">+</button><button type="button" '
+        f'class="uv-out" title="zoom out">−</button></span></div><div class="uv-panel" '
+        f'id="{elem}">{body}</div><div class="uv-legend">{legend}</div></div>'
     )
+
+
+def lean_panel(trace: Any, detail: str) -> str:
+    """The blocks view for the panel: no edge labels, no markers, title and legend as HTML
+    outside it (shapes are in the boxes and the table), so the whole SD 1.5 or SDXL U fits a
+    1,200 px panel at >= 10 px text."""
+    from unetviz.render.diagram import draw, legend_html, title_text
+    from unetviz.render.graph import build_graph
+
+    graph = build_graph(trace, detail=detail)
+    svg = render_svg(draw(graph, legend=False, edge_labels=False, markers=False, title=False))
+    return panel_html(svg, title=title_text(graph), legend=legend_html(graph, markers=False))
 
 
 def _shape(shape: Any) -> str:

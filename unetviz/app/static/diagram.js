@@ -12,12 +12,14 @@
   function moveTitleAndLegend(box, svg) {
     const g0 = svg.querySelector("g.graph");
     const texts = [...g0.querySelectorAll("text")].filter((t) => !t.closest("g.node, g.cluster, g.edge"));
-    box.querySelector(".uv-title").textContent = texts.map((t) => t.textContent).join(" ");
+    if (texts.length) box.querySelector(".uv-title").textContent = texts.map((t) => t.textContent).join(" ");
     texts.forEach((t) => t.remove());
+    // graphviz paints the whole canvas white: drop it so "fit" fits the drawing itself
+    [...g0.children].filter((e) => e.tagName === "polygon").forEach((p) => p.remove());
+    const leg = [...svg.querySelectorAll("g.node")].find((n) => nameOf(n) === "legend");
+    if (!leg) return; // drawn without one: the page gave it as HTML
     const legBox = box.querySelector(".uv-legend");
     legBox.innerHTML = "";
-    const leg = [...svg.querySelectorAll("g.node")].find((n) => nameOf(n) === "legend");
-    if (!leg) return;
     const bb = leg.getBBox();
     const s = document.createElementNS(NS, "svg");
     s.setAttribute("viewBox", `${bb.x - 2} ${bb.y - 2} ${bb.width + 4} ${bb.height + 4}`);
@@ -50,12 +52,15 @@
   function selectRow(name, retry) {
     const table = document.querySelector("#block_table");
     if (!table) return;
-    const cell = [...table.querySelectorAll("tbody td")].find(
-      (td) => td.cellIndex === 0 && td.textContent.trim() === name,
-    );
+    // gradio's table is virtual: rows are div[role=row], only the visible ones exist
+    const cell = [...table.querySelectorAll("[role=row]")]
+      .map((r) => r.querySelector("[role=gridcell]"))
+      .find((c) => c && c.textContent.trim() === name);
     if (cell) {
       cell.scrollIntoView({ block: "nearest" });
-      (cell.querySelector("span, div") || cell).click();
+      for (const t of ["pointerdown", "mousedown", "pointerup", "mouseup", "click"]) {
+        cell.dispatchEvent(new MouseEvent(t, { bubbles: true, cancelable: true, view: window }));
+      }
       return;
     }
     if (retry) return;
@@ -78,6 +83,17 @@
     }
     svg.dataset.uvReady = "1";
     moveTitleAndLegend(box, svg);
+    // "fit" fits the viewBox: make it the drawing's own box (graphviz's spans the whole canvas,
+    // title and legend included)
+    const g0 = svg.querySelector("g.graph");
+    const bb = g0.getBBox();
+    const m = g0.transform.baseVal.consolidate();
+    const t = m ? m.matrix : { a: 1, d: 1, e: 0, f: 0 };
+    const pad = 8;
+    svg.setAttribute(
+      "viewBox",
+      `${bb.x * t.a + t.e - pad} ${bb.y * t.d + t.f - pad} ${bb.width * t.a + 2 * pad} ${bb.height * t.d + 2 * pad}`,
+    );
     svg.setAttribute("width", "100%");
     svg.setAttribute("height", "100%");
     const pz = window.svgPanZoom(svg, {
@@ -123,9 +139,10 @@
   if (!window.__uvTableHooked) {
     window.__uvTableHooked = true;
     document.addEventListener("click", (e) => {
-      const td = e.target.closest && e.target.closest("#block_table tbody td");
-      if (!td) return;
-      const first = td.parentElement.querySelector("td");
+      const cell = e.target.closest && e.target.closest("#block_table [role=gridcell]");
+      const row = cell && cell.closest("[role=row]");
+      if (!row) return;
+      const first = row.querySelector("[role=gridcell]");
       if (first) window.__uvHighlight(first.textContent.trim());
     });
   }
