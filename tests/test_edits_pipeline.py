@@ -138,6 +138,11 @@ def test_sd_pipeline_edits_and_compare():
     assert (cmp.edited.latents - base.latents).abs().max().item() > 0
     with pytest.raises(EditError, match="its words are: a, red, cat"):
         sd("a red cat", edits=[edits.Reweight("dog", 0.0)], **kwargs)
+    patched = sd("a red cat", edits=[edits.Patch("mid_block", "a red cat")], **kwargs)
+    assert torch.equal(patched.latents, base.latents)
+    swapped = sd("a red cat", edits=[edits.Replace("a blue cat", 1.0, 1.0)], **kwargs)
+    assert swapped.trace.meta["edits"][0]["self_layers"]
+    assert (swapped.latents - base.latents).abs().max().item() > 0
 
 
 def test_experiments_tab_builds_and_its_events_run():
