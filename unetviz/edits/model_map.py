@@ -12,22 +12,17 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..capture.shapes import is_attention as capture_is_attention
+from ..capture.shapes import is_cross, is_resnet
 from .spec import LOCATIONS, EditError
 
 _LISTS = ("down_blocks", "up_blocks")
 
 
 def is_attention(module: nn.Module) -> bool:
-    """An attention layer with diffusers' projections (to_q / to_k / to_v / to_out, heads)."""
-    return all(
-        isinstance(getattr(module, a, None), nn.Module) for a in ("to_q", "to_k", "to_v", "to_out")
-    ) and isinstance(getattr(module, "heads", None), int)
-
-
-def is_resnet(module: nn.Module) -> bool:
-    """A ResnetBlock2D: conv1 plus the time-embedding projection added after it."""
-    return isinstance(getattr(module, "conv1", None), nn.Module) and isinstance(
-        getattr(module, "time_emb_proj", None), nn.Module
+    """An attention layer capture knows, with the ``to_v`` / ``to_out`` an edit needs."""
+    return capture_is_attention(module) and all(
+        isinstance(getattr(module, a, None), nn.Module) for a in ("to_v", "to_out")
     )
 
 
@@ -58,7 +53,7 @@ class ModelMap:
         mods.pop("", None)
         self.modules = mods
         attn = [n for n, m in mods.items() if is_attention(m)]
-        self.cross = [n for n in attn if _is_cross(n, mods[n])]
+        self.cross = [n for n in attn if is_cross(n, mods[n])]
         self.selfs = [n for n in attn if n not in self.cross]
         self.resnets = [n for n, m in mods.items() if is_resnet(m)]
         self.blocks = [n for n in mods if n.count(".") == 1 and n.split(".")[0] in _LISTS]
@@ -141,11 +136,6 @@ class ModelMap:
 def _stage(name: str) -> int:
     head = name.split(".", 1)[0]
     return {"down_blocks": 1, "mid_block": 2, "up_blocks": 3}.get(head, 0 if name else -1)
-
-
-def _is_cross(name: str, module: nn.Module) -> bool:
-    flag = getattr(module, "is_cross_attention", None)
-    return flag if isinstance(flag, bool) else name.endswith("attn2")
 
 
 def _skips(model: nn.Module, mods: dict[str, nn.Module]) -> list[Skip]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..capture.attention import probabilities
 from .spec import EditError
 
 if TYPE_CHECKING:
@@ -334,20 +335,7 @@ class RecordProbe(Probe):
                 return
             if self.max_queries is not None and q.shape[1] > self.max_queries:
                 return  # P2P replaces self-attention only in small maps: keep no more
-            probs = attention_probs(attn, q[iv.keep], output[iv.keep])
+            probs = probabilities(attn, q, output, iv.batch, iv.keep)
             self.recording.attention.setdefault(name, {})[iv.step] = probs
 
         return post
-
-
-def attention_probs(attn: nn.Module, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """softmax(Q K^T * scale) as (b, heads, n, t) float32, from to_q / to_k outputs."""
-    with torch.no_grad():
-        heads = attn.heads
-        b, n, inner = q.shape
-        d = inner // heads
-        scale = getattr(attn, "scale", None)
-        scale = float(scale) if isinstance(scale, (int, float)) else d**-0.5
-        q = q.float().reshape(b, n, heads, d).transpose(1, 2)
-        k = k.float().reshape(k.shape[0], -1, heads, d).transpose(1, 2)
-        return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
