@@ -301,3 +301,10 @@ def test_unetviz_app_subcommand(capsys):
         cli.main(["app", "--port", "-1"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().startswith("error: --port -1")
+
+
+def test_demo_and_assets_demo_both_name_the_demo_model(served):
+    reg = served.registry
+    assert reg.is_demo("demo") and reg.is_demo("assets/demo") and reg.is_demo(str(reg.demo_dir()))
+    assert not reg.is_demo("/etc") and not reg.is_demo("sd15")
+    assert reg.pipeline("assets/demo") is reg.pipeline("demo")

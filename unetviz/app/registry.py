@@ -120,11 +120,24 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ specs
     def demo_dir(self) -> Path:
+        """The demo model's folder (``--demo``, else the shipped one)."""
         if self.demo_folder is not None:
             return self.demo_folder
-        from unetviz.pipelines.demo import DEMO_DIR
+        from unetviz.detect import DEMO_DIR
 
         return DEMO_DIR
+
+    def is_demo(self, text: str) -> bool:
+        """``"demo"``, or a path naming the demo folder (``assets/demo`` from the repo, the
+        shipped folder itself, ``--demo``'s folder)."""
+        raw = (text or "").strip()
+        if raw in ("", DEMO):
+            return True
+        if "\x00" in raw:
+            return False
+        demo = self.demo_dir().resolve()
+        p = Path(raw).expanduser()
+        return any(c.resolve() == demo for c in (p, REPO_ROOT / p) if c.exists())
 
     def spec(self, choice: str, folder: str = "") -> ModelSpec:
         """``choice``: "demo", a preset name, or "folder" (then ``folder`` is the typed path)."""
@@ -188,7 +201,7 @@ class ModelRegistry:
         from unetviz.pipelines import load_pipeline
 
         choice = (choice or "").strip() or DEMO
-        if choice == DEMO:
+        if self.is_demo(choice):
             key = DEMO
         else:
             key = str(self.resolve_folder(choice, allow_file=True))
