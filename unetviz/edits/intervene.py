@@ -109,7 +109,7 @@ class Intervention:
         self.num_steps = num_steps
         self.cfg = cfg
         self.sources = dict(sources or {})
-        self.map = ModelMap(model)
+        self.map = ModelMap(model) if self.edits or probes else None  # no edit: no cost
         self.resolved: list[dict[str, Any]] = []
         self.probes: list[Probe] = list(probes)
         for edit in self.edits:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .intervene import Intervention, Recording
+from .model_map import ModelMap
 from .probes import RecordProbe
 from .spec import Edit, EditError, Patch, Replace, check_edits, window
 
@@ -59,7 +60,7 @@ def _run_source(
     pipe: Any, prompt: str, items: list[Edit], common: dict[str, Any], call: dict[str, Any]
 ) -> Recording:
     """Run ``prompt`` with the call's seed and settings, keeping only what its edits need."""
-    dry = Intervention(pipe.unet, None)
+    mm = ModelMap(pipe.unet)
     rec = Recording(prompt=prompt)
     probes = []
     n = common["num_steps"]
@@ -69,8 +70,8 @@ def _run_source(
         if isinstance(e, Patch):
             probes.append(RecordProbe(rec, [e.name], [], window(e.steps, n, repr(e))))
         elif isinstance(e, Replace):
-            cross = dry.map.attention_layers(e.layers, True, repr(e))
-            selfs = dry.map.attention_layers(e.layers, False, repr(e))
+            cross = mm.attention_layers(e.layers, True, repr(e))
+            selfs = mm.attention_layers(e.layers, False, repr(e))
             probes.append(RecordProbe(rec, [], cross, window(e.cross_steps, n, repr(e))))
             w = window(e.self_steps, n, repr(e))
             probes.append(RecordProbe(rec, [], selfs, w, max_queries=e.self_max_queries))
