@@ -21,6 +21,19 @@ class PipelineError(UnetvizError):
     """Bad pipeline input or a model folder that cannot be loaded; the message says which."""
 
 
+def check_finite(noise: torch.Tensor, step: int, total: int) -> None:
+    """PipelineError when the UNet's output at ``step`` (1-based) of ``total`` holds NaN/Inf:
+    one reduction and one host read per step, the cheapest check that still names the step.
+    Every pipeline's sampling loop calls it after each UNet call."""
+    import torch
+
+    if not bool(torch.isfinite(noise).all()):
+        raise PipelineError(
+            f"the UNet's output at step {step}/{total} is not finite (NaN or Inf): the weights "
+            "or the inputs overflow at this dtype (try dtype='float32', or check the model)"
+        )
+
+
 ProgressCallback = Callable[[int, int], None]
 """``progress(step, total)``: called after each sampling step (1-based)."""
 

@@ -36,7 +36,7 @@ from unetviz.detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_fold
 from unetviz.errors import UnetvizError
 
 from ..edits.session import compare, for_pipeline
-from .base import PipelineError, Run
+from .base import PipelineError, Run, check_finite
 
 SD_EXTRA_HINT = "pip install 'unetviz[sd]'"
 
@@ -224,16 +224,6 @@ def _as_int(name: str, value: Any) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     raise PipelineError(f"{name}={value!r}: expected an integer")
-
-
-def check_finite(noise: torch.Tensor, step: int, total: int) -> None:
-    """PipelineError when the UNet's output at ``step`` holds NaN/Inf (one reduction and one
-    host read per step: the cheapest check that still names the step)."""
-    if not bool(torch.isfinite(noise).all()):
-        raise PipelineError(
-            f"the UNet's output at step {step}/{total} is not finite (NaN or Inf): the weights "
-            "or the inputs overflow at this dtype (try dtype='float32', or check the model)"
-        )
 
 
 class SDPipeline:
