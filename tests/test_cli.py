@@ -254,17 +254,13 @@ def test_demo_works_in_diagram_and_summary(model, tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"{'demo' if model == 'demo' else arg}: 24x24 px")
 
 
-def test_stdout_to_a_full_device_is_one_error_line():
+def test_stdout_to_a_full_device_is_one_error_line(monkeypatch, capsys):
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, "-m", "unetviz.cli", "summary"],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: cannot write the output: no space left on the device"
+        monkeypatch.setattr(sys, "stdout", full)
+        assert run_main(["summary"]) == 2
+    assert capsys.readouterr().err == (
+        "error: cannot write the output: no space left on the device\n"
+    )
 
 
 def test_programming_errors_keep_their_traceback(monkeypatch):
