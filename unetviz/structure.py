@@ -67,9 +67,8 @@ def structure_key(
     tokens: int = TOKENS,
     factor: int = VAE_FACTOR,
 ) -> str:
-    """The cache (and bundle) key of a structure: config, size, batch, detail, tokens, code."""
-    from . import __version__
-
+    """The cache (and bundle) key of a structure: config, size, batch, detail, tokens and the
+    hash of the code that shapes it (which makes a version number redundant)."""
     key_data = {
         "config": cfg.to_dict(),
         "height": height,
@@ -78,7 +77,6 @@ def structure_key(
         "batch": batch,
         "detail": detail,
         "tokens": tokens,
-        "version": __version__,
         "code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
