@@ -157,11 +157,14 @@ def test_experiments_tab_builds_and_its_events_run():
     with gr.Blocks(analytics_enabled=False):
         build_experiments(ctx)
     call = ("demo", "a red circle", 0, 2, 4.0)
-    strip, table, note = edited(registry, *call, "red", 0.0, "up", ["3: x"], [], "mean", "none", 1)
-    assert strip.size[1] >= 24 and table["data"][0][0] == "mean abs pixel change"
+    strip, heat, table, note = edited(
+        registry, *call, "red", 0.0, "up", ["3: x"], [], "mean", "none", 1
+    )
+    assert strip.size[1] >= 24 and heat.size == (392, 192)
+    assert table["data"][0][0] == "mean abs pixel change"
     assert "2 edit(s)" in note
     html, rows, note = swept(registry, *call, "skips", "ablate", "", "zero", 0.0)
     n_skips = len(edits.ModelMap(registry.pipeline("demo").unet).skips)
     assert "<svg" in html and len(rows["data"]) == n_skips and "edited runs" in note
-    strip, table, note = edited(registry, *call, "dog", 0.0, "all", [], [], "zero", "none", 1)
+    strip, heat, table, note = edited(registry, *call, "dog", 0, "all", [], [], "zero", "none", 1)
     assert strip is None and "its words are: a, red, circle" in note  # shown, app stays up

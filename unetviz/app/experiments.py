@@ -65,8 +65,8 @@ def edited(
     temb_target: str,
     temb_scale: float,
     progress: Any = None,
-) -> tuple[Any, Any, str]:
-    """ "Run edited": (strip image, summary table, message)."""
+) -> tuple[Any, Any, Any, str]:
+    """The "Run edited" event: strip image, word heatmaps (base | edited), table, message."""
     try:
         chosen = eh.edits_from_controls(
             word=(word or "").strip() or None,
@@ -82,9 +82,10 @@ def edited(
         tick = _ticker(progress, "edited, then base")
         out = _call(registry, model, lambda p: eh.run_edited(p, prompt, chosen, tick, **call))
     except UnetvizError as exc:
-        return None, None, f"**{exc}**"
+        return None, None, None, f"**{exc}**"
     table = {"headers": out["headers"], "data": out["rows"]}
-    return out["strip"], table, f"base | edited | difference · {len(chosen)} edit(s)"
+    note = f"base | edited | difference · {len(chosen)} edit(s)"
+    return out["strip"], out["heatmaps"], table, note
 
 
 def swept(
@@ -101,7 +102,7 @@ def swept(
     scale: float,
     progress: Any = None,
 ) -> tuple[str, Any, str]:
-    """ "Sweep": (diagram HTML filled by effect, table, message)."""
+    """The "Sweep" event: diagram HTML filled by effect, table, message."""
     try:
         call = _steps_call(seed, steps, guidance)
         tick = _ticker(progress, "sweep")
@@ -163,7 +164,13 @@ def build_experiments(ctx: Any) -> None:
                                       label="Scale temb in")  # fmt: skip
             temb_scale = gr.Slider(0, 3, value=1, step=0.1, label="temb scale")
     run = gr.Button("Run edited", variant="primary", elem_id="exp_run")
-    strip = gr.Image(label="base | edited | difference", format="png", elem_id="exp_strip")
+    with gr.Row():
+        strip = gr.Image(label="base | edited | difference", format="png", elem_id="exp_strip")
+        heat = gr.Image(
+            label="the word's attention: base | edited (one scale)",
+            format="png",
+            elem_id="exp_heat",
+        )
     table = gr.Dataframe(label="What changed", elem_id="exp_table")
     message = gr.Markdown("", elem_id="exp_msg")
     gr.Markdown("---\n**Sweep**: one edit per block, layer or skip; the diagram filled by effect")
@@ -188,7 +195,7 @@ def build_experiments(ctx: Any) -> None:
     run.click(
         on_run,
         common + [word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
-        [strip, table, message],
+        [strip, heat, table, message],
         concurrency_id="model",
         concurrency_limit=1,
     )

@@ -76,8 +76,8 @@ def run_edited(
     pipe: Any, prompt: str, edits: list[Edit], progress: Progress = None, **call: Any
 ) -> dict[str, Any]:
     """Base and edited runs (same seed): ``{"strip": PIL (base | edited | diff), "base",
-    "edited", "diff": PIL images, "rows": summary table rows, "headers", "comparison"}``;
-    ``comparison.edited.trace`` holds the edited heatmaps."""
+    "edited", "diff": PIL images, "heatmaps": the re-weighted word's map on base and edited
+    (None without a word), "rows": summary table rows, "headers", "comparison"}``."""
     cmp = pipe.compare(prompt, edits=edits, progress=progress, **call)
     score = scorer_for(pipe)
     rows = [["mean abs pixel change", f"{cmp.score:.4f}", ""]]
@@ -89,7 +89,9 @@ def run_edited(
                 rows.append([key, str(value), str(after.get(key))])
     for e in cmp.edits:
         rows.append(["edit", e["edit"], ", ".join(f"{k}={v}" for k, v in e.items() if k != "edit")])
+    words = [e.token for e in edits if isinstance(e, Reweight) and isinstance(e.token, str)]
     return {
+        "heatmaps": heatmap_pair(cmp, words[0]) if words else None,
         "strip": comparison_strip(cmp, scale=max(1, 256 // cmp.base.image.width)),
         "base": cmp.base.image,
         "edited": cmp.edited.image,
@@ -98,6 +100,25 @@ def run_edited(
         "headers": ["", "base", "edited"],
         "comparison": cmp,
     }
+
+
+def heatmap_pair(cmp: Any, word: str, side: int = 192) -> Any:
+    """The word's cross-attention heatmap over the base and the edited image, side by side on
+    one shared scale (not normalised per map: a re-weighted word's map shrinks visibly)."""
+    from PIL import Image
+
+    from unetviz.render.heatmaps import heat_scales, overlay
+
+    maps = [r.trace.heatmap(word, normalize=None) for r in (cmp.base, cmp.edited)]
+    lo, hi = heat_scales(maps, "shared")[0]
+    tiles = [
+        overlay(m, r.image, lo, hi, size=side)
+        for m, r in zip(maps, (cmp.base, cmp.edited), strict=True)
+    ]
+    pair = Image.new("RGB", (2 * side + 8, side), "white")
+    for i, tile in enumerate(tiles):
+        pair.paste(tile, (i * (side + 8), 0))
+    return pair
 
 
 def run_sweep(
