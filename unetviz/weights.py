@@ -302,7 +302,7 @@ def load_unet(
     """
     unet_dir = find_unet_dir(path)
     try:
-        config = UNetConfig.from_dict(read_json(inside(unet_dir, "config.json"), "config.json"))
+        config = UNetConfig.from_json(inside(unet_dir, "config.json"))
     except ModelPathError as exc:
         raise WeightsError(str(exc)) from None
     files = weight_files(unet_dir)
