@@ -260,6 +260,11 @@ class Intervention:
         self._check_tokens(context)
         self.batch = int(sample.shape[0]) if isinstance(sample, torch.Tensor) else 0
         cfg = self.cfg if self.cfg is not None else self.batch >= 2 and self.batch % 2 == 0
+        if cfg and self.batch % 2:
+            raise EditError(
+                f"cfg=True but the UNet batch is {self.batch} (odd): a classifier-free-guidance "
+                "batch is [uncond, cond] halves of equal size"
+            )
         self.keep = slice(self.batch // 2, self.batch) if cfg else slice(None)
         self.step += 1
 
