@@ -22,6 +22,7 @@ import typer
 
 from ..outputs import check_output_folder, write_folder
 from .spec import AblateBlock, AblateSkip, Edit, EditError, Patch, Replace, Reweight, ScaleTemb
+from .sweep import Sweep
 
 
 def _pair(text: str, flag: str) -> tuple[str, str]:
@@ -152,7 +153,6 @@ def run_sweep(
 
     from .demo_scores import scorer_for
     from .figures import sweep_diagram
-    from .sweep import Sweep
 
     sweep = Sweep(**(spec or {}))
     check_output_folder(output, force)
@@ -276,6 +276,8 @@ def _add_sweep(app: typer.Typer) -> None:
         bar, tick = _progress("sweep")
         try:
             spec["mode"] = _mode(mode)
+            Sweep(**spec)  # checked before the bar shows
+            check_output_folder(output, force)
             opts = _run_options(seed, steps, guidance, negative, dtype, device)
             with bar:
                 result = run_sweep(
