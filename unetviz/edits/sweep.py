@@ -112,7 +112,7 @@ class Sweep:
             run = pipe(prompt, seed=seed, edits=[edit], **{**call, **LIGHT})
             row: dict[str, Any] = {
                 "target": target,
-                "edit": json.dumps(edit.describe()),
+                "edit": edit.describe(),
                 "change": round(float(pixel_diff(base.image, run.image).mean()), 6),
             }
             row.update(score(prompt, run.image) if score else {})
@@ -160,7 +160,10 @@ class SweepResult:
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
         writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.rows)
+        for row in self.rows:  # the edit (a dict) as one JSON cell
+            writer.writerow(
+                {k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}
+            )
         return buf.getvalue()
 
 
