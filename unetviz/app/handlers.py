@@ -399,18 +399,24 @@ class AppHandlers:
             "",
         )
 
-    @keep_work(3, 2)
+    @keep_work(2, 1)
     def downloads(self, request: gr.Request, *control_values: Any) -> tuple:
-        """Heatmaps zip and trace bundle for the download buttons."""
+        """The heatmaps zip for its download button (follows the controls)."""
         session = self.session(request)
         if session is None:
-            return gr.skip(), gr.skip(), ""
-        out = self._outdir()
+            return gr.skip(), ""
         stem = views.slug(session.label, "trace")
         c = self.controls(*control_values)
-        z = views.heatmaps_zip(session, c, out / f"{stem}-heatmaps.zip")
-        t = views.save_bundle(session, out / f"{stem}.trace.zip")
-        return str(z), str(t), ""
+        return str(views.heatmaps_zip(session, c, self._outdir() / f"{stem}-heatmaps.zip")), ""
+
+    @keep_work(2, 1)
+    def bundle(self, request: gr.Request) -> tuple:
+        """The trace bundle for its download button (once per run or upload)."""
+        session = self.session(request)
+        if session is None:
+            return gr.skip(), ""
+        stem = views.slug(session.label, "trace")
+        return str(views.save_bundle(session, self._outdir() / f"{stem}.trace.zip")), ""
 
     @keep_work(2, 1)
     def layer_grid(self, request: gr.Request, *control_values: Any) -> tuple:

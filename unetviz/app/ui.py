@@ -396,11 +396,12 @@ def _wire_attention(ctx: TabContext) -> None:
     loaded = [c[k] for k in LOADED]
     quiet = {"api_visibility": "private", "show_progress": "hidden"}
 
-    def follow_up(ev: Any) -> None:
-        ev.then(h.downloads, controls, [c["dl_zip"], c["dl_trace"], c["ctrl_msg"]], **quiet).then(
-            h.layer_grid, controls, [c["layer_plot"], c["ctrl_msg"]], **quiet
+    def follow_up(ev: Any) -> Any:
+        return ev.then(h.layer_grid, controls, [c["layer_plot"], c["ctrl_msg"]], **quiet).then(
+            h.downloads, controls, [c["dl_zip"], c["ctrl_msg"]], **quiet
         )
 
+    c["follow_up"] = follow_up
     run_in = [c[k] for k in ("run_model", "prompt", "negative", "seed", "steps", "guidance")]
     run_ev = gr.on(
         [c["run"].click, c["prompt"].submit],
@@ -411,12 +412,12 @@ def _wire_attention(ctx: TabContext) -> None:
         concurrency_id="model",
         concurrency_limit=1,
     )
-    follow_up(run_ev)
+    follow_up(run_ev).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet)
     run_ev.then(h.temb, c["temb_in"], c["temb_out"], **quiet)
     up_ev = c["upload"].upload(
         h.upload, [c["upload"], *controls], loaded, api_name="upload_trace", concurrency_limit=2
     )
-    follow_up(up_ev)
+    follow_up(up_ev).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet)
     up_ev.then(h.temb, c["temb_in"], c["temb_out"], **quiet)
     preset_ev = c["preset"].input(
         h.preset_changed,
@@ -511,6 +512,7 @@ def _wire_temb(ctx: TabContext) -> None:
         )
     )
     example.then(h.temb, c["temb_in"], c["temb_out"], **quiet)
+    c["follow_up"](example).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet)
 
 
 #: the app's tabs, in order: (title, builder)
