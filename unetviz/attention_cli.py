@@ -138,11 +138,8 @@ def run_attention(
         prediction_type=prediction_type,
     )
     kwargs: dict[str, Any] = {"negative_prompt": negative_prompt, "seed": seed}
-    for key, value in (("steps", steps), ("guidance", guidance), ("height", height)):
-        if value is not None:
-            kwargs[key] = value
-    if width is not None:
-        kwargs["width"] = width
+    sizes = {"steps": steps, "guidance": guidance, "height": height, "width": width}
+    kwargs.update({k: v for k, v in sizes.items() if v is not None})
     if negative_maps:
         kwargs["half"] = "uncond"
     if stream:
