@@ -145,6 +145,7 @@ def test_sd_pipeline_edits_and_compare():
     assert (swapped.latents - base.latents).abs().max().item() > 0
 
 
+@pytest.mark.slow
 def test_experiments_tab_builds_and_its_events_run():
     import gradio as gr
 
