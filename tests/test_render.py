@@ -335,3 +335,17 @@ def test_title_and_legend_as_separate_pieces(sd15, tiny):
     assert "CrossAttnDownBlock2D" in html_legend and "skip res[i]" in html_legend
     filled = build_graph(tiny, detail="layers", temb_step=1)
     assert "fill: temb ratio" in legend_html(filled) and "linear-gradient" in legend_html(filled)
+
+
+def test_a_generic_fill_names_itself(sd15):
+    """A sweep fills blocks by its effect: the nodes, the legend and the title say so."""
+    from unetviz.render.diagram import title_text
+
+    fill = {"down_blocks.1": 0.5, "up_blocks.2": 2.0, "nowhere": 9.0}
+    graph = build_graph(sd15, detail="blocks", fill=fill, fill_label="mean abs pixel change")
+    node = {n.id: n for n in graph.nodes}
+    assert node["down_blocks.1"].temb_ratio == 0.5 and graph.temb_range == (0.5, 2.0)
+    assert node["mid_block"].temb_ratio is None
+    assert "fill: mean abs pixel change" in title_text(graph)
+    source = diagram(sd15, fill=fill, fill_label="mean abs pixel change").source
+    assert "fill: mean abs pixel change" in source

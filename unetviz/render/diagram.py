@@ -120,6 +120,8 @@ def title_text(graph: ArchGraph) -> str:
     if total:
         bits.append(f"{human_params(total)} params")
     bits.append(f"{graph.detail} detail")
+    if graph.temb_step is None and graph.temb_range is not None:
+        bits.append(f"fill: {graph.fill_label}")
     if graph.temb_step is not None:
         steps = m.get("timesteps")
         bits.append(f"fill: temb ratio at step {graph.temb_step}")
@@ -591,6 +593,8 @@ def diagram(
     edge_labels: bool = True,
     markers: bool = True,
     title: bool = True,
+    fill: dict[str, float] | None = None,
+    fill_label: str = "value",
 ) -> graphviz.Digraph:
     """The architecture diagram of ``trace`` as a ``graphviz.Digraph``.
 
@@ -602,6 +606,8 @@ def diagram(
     - ``temb_step``: fill every node by its mean temb ratio at that forward (the colour map of
       :mod:`unetviz.colors`), the type
       colour moving to the border.
+    - ``fill`` (node id -> value) / ``fill_label``: fill those nodes by any value instead (a
+      sweep's effect per block), named in the legend and the title.
     - ``shape="flat"`` draws one straight pipeline instead of a U.
     - ``markers``: draw temb / text context as small local markers beside every block (or
       inside every cluster) with arrows to the resnets / cross-attentions they act in, rather
@@ -612,7 +618,7 @@ def diagram(
 
     A pure function of the trace: no torch, no model. Render with ``unetviz.render.export``.
     """
-    graph = build_graph(trace, detail=detail, temb_step=temb_step)
+    graph = build_graph(trace, detail, temb_step, fill, fill_label)
     if graph.temb_step is not None:
         graph.meta["timesteps"] = list(field_of(trace, "timesteps", None) or [])
     return draw(

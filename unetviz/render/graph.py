@@ -379,11 +379,15 @@ def build_graph(
     trace: Any,
     detail: str = "blocks",
     temb_step: int | None = None,
+    fill: Mapping[str, float] | None = None,
+    fill_label: str = "value",
 ) -> ArchGraph:
     """The diagram of ``trace`` at ``detail`` (blocks / layers / modules) as plain data.
 
     ``temb_step`` (a forward index) puts the mean temb ratio (temb RMS / feature RMS) of every
-    node's resnets at that step in ``Node.temb_ratio``. Raises GraphError (a UnetvizError) for
+    node's resnets at that step in ``Node.temb_ratio`` (the node's fill value). ``fill``
+    (node id -> value, e.g. a sweep's effect per block) fills those nodes instead, named
+    ``fill_label`` in the legend and title. Raises GraphError (a UnetvizError) for
     an unknown detail, a detail finer than the trace was captured at, or a step the trace does
     not have.
     """
@@ -403,7 +407,19 @@ def build_graph(
     graph = ArchGraph(b.extra[:1] + b.nodes + b.extra[1:], b.edges, detail, meta=meta)
     if temb_step is not None:
         _fill_temb(graph, trace, temb_step, b.display)
+    elif fill:
+        _fill_values(graph, fill, fill_label)
     return graph
+
+
+def _fill_values(graph: ArchGraph, fill: Mapping[str, float], label: str) -> None:
+    """Fill the nodes named in ``fill`` with their values (unknown ids are ignored)."""
+    by_id = {n.id: n for n in graph.nodes}
+    shown = {k: float(v) for k, v in fill.items() if k in by_id}
+    for key, value in shown.items():
+        by_id[key].temb_ratio = value
+    graph.temb_range = (min(shown.values()), max(shown.values())) if shown else None
+    graph.fill_label = label
 
 
 def _fill_temb(graph: ArchGraph, trace: Any, step: int, display: Any) -> None:
