@@ -128,6 +128,15 @@ def test_modes_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "f.svg").stat().st_mode) == 0o640
 
 
+def test_write_file_never_replaces_a_fifo(tmp_path):
+    fifo = tmp_path / "pipe.svg"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="special file"):
+        write_file(fifo, b"<svg/>")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.svg"]
+
+
 def test_write_file_refuses_a_folder_and_a_missing_parent(tmp_path):
     with pytest.raises(OutputError, match="it is a folder"):
         write_file(tmp_path, b"x")

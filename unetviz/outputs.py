@@ -81,6 +81,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write {os.fspath(path)!r}: it is a folder, expected a file")
+    if path.exists() and not path.is_file():  # a FIFO or device: renaming would replace the node
+        raise OutputError(
+            f"cannot write {os.fspath(path)!r}: it is a special file (FIFO or device), "
+            "expected a regular file"
+        )
     parent = _parent_of(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
