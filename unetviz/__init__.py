@@ -20,6 +20,7 @@ _EXPORTS = {
     "WeightsError": "unetviz.weights",
     "capture": "unetviz.capture",
     "Trace": "unetviz.capture",
+    "Heatmap": "unetviz.capture.heatmap",
     "load_pipeline": "unetviz.pipelines",
     "intervene": "unetviz.edits",
     "EditError": "unetviz.edits",
