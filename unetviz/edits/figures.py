@@ -16,35 +16,37 @@ FILL_LABEL = "mean abs pixel change"
 
 def sweep_diagram(result: SweepResult, direction: str = "TB") -> Any:
     """A ``graphviz.Digraph`` of the base run's trace with every swept block / layer filled by
-    its score (viridis, as the temb fill); a skip sweep fills each skip's source layer and
-    adds the score to the skip's label."""
+    its score (render's generic fill); a skip sweep fills each skip's source layer and adds
+    the score to the skip's label."""
     from unetviz.render.diagram import draw
     from unetviz.render.graph import build_graph
 
     trace = result.base.trace
     over = result.sweep.over
-    detail = "blocks" if over == "blocks" else "layers"
-    if trace.meta.get("detail") == "blocks":
-        detail = "blocks"
-    graph = build_graph(trace, detail=detail)
+    detail = "blocks" if over == "blocks" or trace.meta.get("detail") == "blocks" else "layers"
     values = result.values()
-    by_id = {n.id: n for n in graph.nodes}
     if over == "skips":
-        filled = _fill_skips(graph, values, by_id)
+        skips = {s.index: s.source for s in getattr(trace, "skips", [])}
+        fill: dict[str, float] = {}
+        for key, value in values.items():
+            source = skips.get(int(key.split()[-1]))
+            if source is not None:
+                fill[source] = max(value, fill.get(source, 0.0))
     else:
-        filled = {k: v for k, v in values.items() if k in by_id}
-        for key, value in filled.items():
-            by_id[key].temb_ratio = value
-    if filled:
-        graph.temb_range = (min(filled.values()), max(filled.values()))
+        fill = dict(values)
+    graph = build_graph(trace, detail=detail, fill=fill, fill_label=FILL_LABEL)
+    if over == "skips":
+        for e in graph.edges:
+            value = values.get(f"skip {e.index}") if e.kind == "skip" else None
+            if value is not None:
+                e.label = f"{e.label}  \u0394 {value:.3f}"
     what = result.sweep.edit + (f" '{result.sweep.word}'" if result.sweep.word else "")
     graph.meta["model"] = (
         f"{graph.meta.get('model') or 'UNet'}  \u00b7  sweep: {what} per {over[:-1]}"
-        f" ({_mode(result)})  \u00b7  '{result.prompt}'  \u00b7  fill: {FILL_LABEL}"
+        f" ({_mode(result)})  \u00b7  '{result.prompt}'"
     )
-    graph.fill_label = FILL_LABEL
     g = draw(graph, direction=direction)
-    # node tooltips still call the fill "temb ratio"
+    # node tooltips call every fill value "temb ratio"
     g.body[:] = [line.replace("temb ratio:", f"{FILL_LABEL}:") for line in g.body]
     return g
 
@@ -52,20 +54,6 @@ def sweep_diagram(result: SweepResult, direction: str = "TB") -> Any:
 def _mode(result: SweepResult) -> str:
     s = result.sweep
     return f"mode {s.mode}" if s.edit == "ablate" else f"scale {s.scale:g}"
-
-
-def _fill_skips(graph: Any, values: dict[str, float], by_id: dict[str, Any]) -> dict[str, float]:
-    filled: dict[str, float] = {}
-    for e in graph.edges:
-        value = values.get(f"skip {e.index}") if e.kind == "skip" else None
-        if value is None:
-            continue
-        e.label = f"{e.label}  \u0394 {value:.3f}"
-        if e.source in by_id and not by_id[e.source].cluster:
-            node = by_id[e.source]
-            node.temb_ratio = max(value, node.temb_ratio or 0.0)
-            filled[e.source] = node.temb_ratio
-    return filled
 
 
 def comparison_strip(comparison: Any, scale: int = 1) -> Any:
