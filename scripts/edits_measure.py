@@ -77,14 +77,16 @@ def main() -> None:
     items = prompts(set(pipe.tokenizer.words))
     items = items[: args.limit] if args.limit else items
     start = time.perf_counter()
-    rows = [measure(pipe, *item, args.steps) for item in items]
-    head = f"{'prompt':34} base    c=0     c=0 d   c=1 same  c=-2    shape  shape n=0"
-    print(head)
-    for r in rows:
+    print(f"{'prompt':34} base    c=0     c=0 d   c=1 same  c=-2    shape  shape n=0")
+    rows = []
+    for item in items:  # one line per prompt as it is measured
+        r = measure(pipe, *item, args.steps)
+        rows.append(r)
         print(
             f"{r['prompt']:34} {r['base_colour'] or '-':7} {r['c0_colour'] or '-':7} "
             f"{r['c0_pixel_change']:.3f}   {str(r['c1_identical']):9} {r['cneg_colour'] or '-':7} "
-            f"{r['shape_base']:.2f}   {r['shape_n0']:.2f}"
+            f"{r['shape_base']:.2f}   {r['shape_n0']:.2f}",
+            flush=True,
         )
     n = len(rows)
     shape_base = float(np.mean([r["shape_base"] for r in rows]))
