@@ -185,6 +185,7 @@ def test_largest_accepted_config_builds_in_bounded_memory():
     config = UNetConfig.from_dict(data)
     with pytest.raises(ConfigError, match="transformer blocks"):
         UNetConfig.from_dict({**data, "layers_per_block": 16, "transformer_layers_per_block": 2})
+
     def rss() -> int:
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -192,3 +193,18 @@ def test_largest_accepted_config_builds_in_bounded_memory():
     model = build_unet(config)
     assert all(p.is_meta for p in model.parameters())
     assert rss() - before < 200 * 2**20, (rss() - before) / 2**20
+
+
+@FAST
+@given(st.dictionaries(KEYS | st.text(max_size=8), JSON, max_size=4))
+def test_direct_construction_only_config_errors(kwargs):
+    """UNetConfig(**kwargs) (not only from_dict) validates types before anything else."""
+    names = {f for f in _SCHEMA}
+    try:
+        UNetConfig(**{k: v for k, v in kwargs.items() if k in names})
+    except ConfigError:
+        pass
+    try:
+        UNetConfig(extra=kwargs)
+    except ConfigError:
+        pass

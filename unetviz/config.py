@@ -356,7 +356,13 @@ class UNetConfig:
                 "addition_embed_type 'text_time' needs addition_time_embed_dim and "
                 "projection_class_embeddings_input_dim"
             )
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra = {_short(self.extra)}: expected a dict of diffusers keys")
         for key, value in self.extra.items():
+            if key not in _FIXED:
+                raise ConfigError(
+                    f"unknown config key {_short(key)}: unetviz does not know what it changes"
+                )
             expected, why = _FIXED[key]
             if value != expected and not (expected is None and value is False):
                 raise ConfigError(
