@@ -10,11 +10,14 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 LINK = re.compile(r"\[([^\]]+)\]\(([^)#\s]+)#L(\d+)-L(\d+)\)")
 
 
-def _enclosing_class(lines: list[str], start: int) -> str | None:
+def _enclosing_class(lines: list[str], start: int, end: int) -> str | None:
+    """The top-level class the lines start..end lie in (None if they leave it)."""
+    if any(re.match(r"(class|def) ", line) for line in lines[start:end]):
+        return None
     for line in reversed(lines[:start]):
-        m = re.match(r"class (\w+)", line)
+        m = re.match(r"(class|def) (\w+)", line)
         if m:
-            return m.group(1)
+            return m.group(2) if m.group(1) == "class" else None
     return None
 
 
@@ -36,6 +39,6 @@ def test_every_link_points_at_the_code_it_names():
         span = "\n".join(lines[a - 1 : b])
         for name in re.findall(r"`([^`]+)`", label):
             name = name.removeprefix("self.").split("(")[0]
-            if name not in span and _enclosing_class(lines, a) != name:
+            if name not in span and _enclosing_class(lines, a, b) != name:
                 problems.append(f"[{name}]({target}#L{a}-L{b}): not in those lines")
     assert not problems, "\n".join(problems)

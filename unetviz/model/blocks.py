@@ -52,6 +52,43 @@ def transformer(config: UNetConfig, level: int, channels: int) -> Transformer2DM
     )
 
 
+def _down_resnets(
+    config: UNetConfig, level: int, in_channels: int, out_channels: int
+) -> nn.ModuleList:
+    """``layers[level]`` resnets; the first changes the width from ``in_channels``."""
+    return nn.ModuleList(
+        resnet(config, in_channels if i == 0 else out_channels, out_channels)
+        for i in range(config.layers[level])
+    )
+
+
+def _downsamplers(config: UNetConfig, channels: int, add: bool) -> nn.ModuleList | None:
+    """diffusers keeps its one Downsample2D in a list (``downsamplers.0``): so do we."""
+    return nn.ModuleList([Downsample2D(channels, config.downsample_padding)]) if add else None
+
+
+def _upsamplers(channels: int, add: bool) -> nn.ModuleList | None:
+    return nn.ModuleList([Upsample2D(channels)]) if add else None
+
+
+def _downsample(
+    downsamplers: nn.ModuleList | None,
+    hidden_states: torch.Tensor,
+    skips: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Halve H and W (SD 1.5 level 0: (2,320,64,64) -> (2,320,32,32)) and push the result as
+    one more skip; the last level has no downsampler."""
+    if downsamplers is not None:
+        hidden_states = downsamplers[0](hidden_states)
+        skips += (hidden_states,)
+    return hidden_states, skips
+
+
+def _upsample(upsamplers: nn.ModuleList | None, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Double H and W (nearest, then a 3x3 conv); the last up block has no upsampler."""
+    return upsamplers[0](hidden_states) if upsamplers is not None else hidden_states
+
+
 class DownBlock2D(nn.Module):
     """Resnets, then an optional Downsample2D; every output is pushed as a skip tensor.
     SD 1.5's last down block: (2,1280,8,8) -> 2 resnets -> (2,1280,8,8), no downsampler."""
@@ -67,15 +104,8 @@ class DownBlock2D(nn.Module):
         add_downsample: bool,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            resnet(config, in_channels if i == 0 else out_channels, out_channels)
-            for i in range(config.layers[level])
-        )
-        self.downsamplers = (
-            nn.ModuleList([Downsample2D(out_channels, config.downsample_padding)])
-            if add_downsample
-            else None
-        )
+        self.resnets = _down_resnets(config, level, in_channels, out_channels)
+        self.downsamplers = _downsamplers(config, out_channels, add_downsample)
 
     def forward(
         self,
@@ -87,10 +117,7 @@ class DownBlock2D(nn.Module):
         for block in self.resnets:
             hidden_states = block(hidden_states, temb)
             skips += (hidden_states,)
-        if self.downsamplers is not None:
-            hidden_states = self.downsamplers[0](hidden_states)
-            skips += (hidden_states,)
-        return hidden_states, skips
+        return _downsample(self.downsamplers, hidden_states, skips)
 
 
 class CrossAttnDownBlock2D(nn.Module):
@@ -109,20 +136,12 @@ class CrossAttnDownBlock2D(nn.Module):
         add_downsample: bool,
     ):
         super().__init__()
-        layers = config.layers[level]
         # attentions registered first, as diffusers does, so state_dict order matches
         self.attentions = nn.ModuleList(
-            transformer(config, level, out_channels) for _ in range(layers)
+            transformer(config, level, out_channels) for _ in range(config.layers[level])
         )
-        self.resnets = nn.ModuleList(
-            resnet(config, in_channels if i == 0 else out_channels, out_channels)
-            for i in range(layers)
-        )
-        self.downsamplers = (
-            nn.ModuleList([Downsample2D(out_channels, config.downsample_padding)])
-            if add_downsample
-            else None
-        )
+        self.resnets = _down_resnets(config, level, in_channels, out_channels)
+        self.downsamplers = _downsamplers(config, out_channels, add_downsample)
 
     def forward(
         self,
@@ -135,10 +154,7 @@ class CrossAttnDownBlock2D(nn.Module):
             hidden_states = block(hidden_states, temb)
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states)
             skips += (hidden_states,)
-        if self.downsamplers is not None:
-            hidden_states = self.downsamplers[0](hidden_states)
-            skips += (hidden_states,)
-        return hidden_states, skips
+        return _downsample(self.downsamplers, hidden_states, skips)
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
@@ -208,7 +224,7 @@ class UpBlock2D(nn.Module):
     ):
         super().__init__()
         self.resnets = _up_resnets(config, level, in_channels, out_channels, prev_output_channel)
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+        self.upsamplers = _upsamplers(out_channels, add_upsample)
 
     def forward(
         self,
@@ -222,9 +238,7 @@ class UpBlock2D(nn.Module):
                 hidden_states, res_hidden_states_tuple
             )
             hidden_states = block(hidden_states, temb)
-        if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states)
-        return hidden_states
+        return _upsample(self.upsamplers, hidden_states)
 
 
 class CrossAttnUpBlock2D(nn.Module):
@@ -247,7 +261,7 @@ class CrossAttnUpBlock2D(nn.Module):
             transformer(config, level, out_channels) for _ in range(config.layers[level] + 1)
         )
         self.resnets = _up_resnets(config, level, in_channels, out_channels, prev_output_channel)
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+        self.upsamplers = _upsamplers(out_channels, add_upsample)
 
     def forward(
         self,
@@ -262,6 +276,4 @@ class CrossAttnUpBlock2D(nn.Module):
             )
             hidden_states = block(hidden_states, temb)
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states)
-        if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states)
-        return hidden_states
+        return _upsample(self.upsamplers, hidden_states)
