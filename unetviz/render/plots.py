@@ -30,6 +30,7 @@ from .graph import field_of
 from .heatmaps import (
     HeatmapError,
     _np,
+    grey,
     heat_scales,
     image_array,
     layer_label,
@@ -226,8 +227,8 @@ def token_grid(
     )
     uri = None
     if image is not None:
-        grey = np.repeat(np.asarray(image_array(image), np.float32).mean(-1, keepdims=True), 3, -1)
-        uri, ih, iw = _image_uri(grey.astype(np.uint8), image_max_side)
+        rgb = image_array(image)
+        uri, ih, iw = _image_uri(grey(rgb, rgb.shape[:2]).astype(np.uint8), image_max_side)
     for k, m in enumerate(maps):
         r, c = k // cols + 1, k % cols + 1
         h, w = m.shape
