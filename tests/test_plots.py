@@ -57,6 +57,11 @@ def test_token_grid_over_an_image(trace):
     fig = plots.token_grid(trace, tokens=[2, 3], image=image, opacity=0.4)
     images = [t for t in fig.data if isinstance(t, go.Image)]
     assert len(images) == 2 and images[0].source.startswith("data:image/jpeg;base64,")
+    import base64
+
+    sent = Image.open(io.BytesIO(base64.b64decode(images[0].source.split(",", 1)[1])))
+    px = np.asarray(sent.convert("RGB"), dtype=int)
+    assert np.abs(px - px.mean(-1, keepdims=True)).max() <= 2  # a greyscale copy
     heat = _heatmaps(fig)
     assert heat[0].opacity == 0.4
     # the heatmap spans the image: its cells are image-pixel sized
