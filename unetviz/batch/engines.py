@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import wait
@@ -38,6 +39,13 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def _timed(result: dict[str, Any], sent: float) -> dict[str, Any]:
+    """Add ``roundtrip``: seconds from handing the task over to having its result here;
+    ``roundtrip - seconds`` is what the engine itself costs a prompt."""
+    result["roundtrip"] = time.perf_counter() - sent
+    return result
 
 
 class _Feed:
@@ -101,7 +109,11 @@ class InProcessEngine:
         with one_thread():
             worker = self._worker_for(spec)
             for task in tasks:
-                yield failed(task, task["error"]) if task.get("error") else worker.process(task)
+                if task.get("error"):
+                    yield failed(task, task["error"])
+                    continue
+                sent = time.perf_counter()
+                yield _timed(worker.process(task), sent)
 
 
 # ---------------------------------------------------------------------------------- local
@@ -146,6 +158,7 @@ class _Proc:
         self.proc.start()
         child.close()
         self.task: dict[str, Any] | None = None
+        self.sent = 0.0
         self.ready = False
 
 
@@ -181,7 +194,7 @@ class LocalEngine:
                             yield failed(task, task["error"])
                             continue
                         p.conn.send(task)
-                        p.task = task
+                        p.task, p.sent = task, time.perf_counter()
                 if feed.empty and not any(p.task for p in self._procs):
                     return
                 yield from self._wait(ctx, spec, feed)
@@ -213,7 +226,7 @@ class LocalEngine:
                 p.ready = True
             else:
                 p.task = None
-                yield msg[1]
+                yield _timed(msg[1], p.sent)
 
     def _replace(self, ctx: Any, spec: JobSpec, feed: _Feed, p: _Proc) -> Iterator[dict]:
         p.proc.join(timeout=5)
@@ -348,7 +361,7 @@ class RayEngine:
         return actors
 
     def _loop(self, ray: Any, actor_cls: Any, spec: JobSpec, feed: _Feed, idle: list) -> Iterator:
-        inflight: dict[Any, tuple[Any, dict[str, Any]]] = {}
+        inflight: dict[Any, tuple[Any, dict[str, Any], float]] = {}
         while True:
             while idle:
                 task = feed.next()
@@ -358,12 +371,12 @@ class RayEngine:
                     yield failed(task, task["error"])
                     continue
                 actor = idle.pop()
-                inflight[actor.process.remote(task)] = (actor, task)
+                inflight[actor.process.remote(task)] = (actor, task, time.perf_counter())
                 self._busy.add(self._pids.get(actor))
             if not inflight:
                 return
             done, _ = ray.wait(list(inflight), num_returns=1)
-            actor, task = inflight.pop(done[0])
+            actor, task, sent = inflight.pop(done[0])
             self._busy.discard(self._pids.get(actor))
             try:
                 result = ray.get(done[0])
@@ -376,4 +389,4 @@ class RayEngine:
                 idle += self._start(ray, actor_cls, spec, 1)
                 continue
             idle.append(actor)
-            yield result
+            yield _timed(result, sent)

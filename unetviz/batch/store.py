@@ -33,7 +33,7 @@ PART_META = b"unetviz.prompts"
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 PROMPT_FIELDS = (
     "key", "row", "prompt", "seed", "negative_prompt", "steps", "guidance", "status", "error",
-    "seconds", "attempts", "worker", "peak_rss_mb", "image", "trace", "words",
+    "seconds", "roundtrip", "attempts", "worker", "peak_rss_mb", "image", "trace", "words",
 )  # fmt: skip
 
 
@@ -226,6 +226,7 @@ def _prompt_row(r: dict[str, Any]) -> dict[str, Any]:
         "status": r["status"],
         "error": r["error"],
         "seconds": round(float(r.get("seconds") or 0.0), 4),
+        "roundtrip": round(float(r.get("roundtrip") or 0.0), 4),
         "attempts": r.get("attempts", 1),
         "worker": r.get("worker", ""),
         "peak_rss_mb": r.get("peak_rss_mb"),

@@ -46,34 +46,54 @@ def _frame(table: Any) -> tuple[Any, str, str]:
     return df, "concentration", "concentration (1 - entropy)"
 
 
+def _layer_time(layers: Any, metric: str, label: str) -> Any:
+    """Heatmaps of the metric by layer (rows, UNet order) x step bucket (columns), one panel
+    per word class (the three most frequent), sharing one colour scale."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    classes = list(layers["word_class"].value_counts().index[:3])
+    order = layer_order(list(layers["layer"].unique()))
+    res = layers.groupby("layer")["resolution"].first()
+    ylabels = [f"{short_layer(n)} ({res[n]}px)" for n in order]
+    spans = layers.groupby("bucket")[["t_hi", "t_lo"]].first()
+    zmin, zmax = None, None
+    grids = []
+    for cls in classes:
+        sub = layers[layers["word_class"] == cls]
+        grid = sub.groupby(["layer", "bucket"])[metric].mean().unstack("bucket").reindex(order)
+        grids.append(grid)
+        lo, hi = float(grid.min().min()), float(grid.max().max())
+        zmin = lo if zmin is None else min(zmin, lo)
+        zmax = hi if zmax is None else max(zmax, hi)
+    fig = make_subplots(
+        rows=1, cols=max(1, len(classes)), shared_yaxes=True, subplot_titles=classes,
+        horizontal_spacing=0.03,
+    )  # fmt: skip
+    for i, grid in enumerate(grids):
+        x = [f"t {spans.loc[b, 't_hi']:.0f}-{spans.loc[b, 't_lo']:.0f}" for b in grid.columns]
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.values, x=x, y=ylabels, zmin=zmin, zmax=zmax, colorscale="Viridis",
+                colorbar={"title": label}, showscale=i == 0,
+            ),
+            row=1,
+            col=i + 1,
+        )  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(
+        title=f"Localisation by layer x timestep ({label}; noisiest steps left)", height=400
+    )
+    return fig
+
+
 def figures(table: Any) -> dict[str, Any]:
     """``{"layer_time", "resolution", "word_class"}`` plotly figures of a batch table."""
     import plotly.graph_objects as go
 
     df, metric, label = _frame(table)
     layers = df[~df["layer"].isin(AGGREGATES)]
-    out: dict[str, Any] = {}
-    grid = layers.groupby(["layer", "bucket"])[metric].mean().unstack("bucket")
-    order = layer_order(list(grid.index))
-    grid = grid.loc[order] if len(grid) else grid
-    spans = layers.groupby("bucket")[["t_hi", "t_lo"]].first()
-    xlabels = [
-        f"{b}: t {spans.loc[b, 't_hi']:.0f}-{spans.loc[b, 't_lo']:.0f}" for b in grid.columns
-    ]
-    res = layers.groupby("layer")["resolution"].first()
-    ylabels = [f"{short_layer(n)} ({res[n]}px)" for n in grid.index]
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid.values, x=xlabels, y=ylabels, colorscale="Viridis", colorbar={"title": label}
-        )
-    )
-    fig.update_layout(
-        title=f"Localisation by layer x timestep ({label}; noisiest steps left)",
-        xaxis_title="step bucket",
-        yaxis={"autorange": "reversed"},
-        height=380,
-    )
-    out["layer_time"] = fig
+    out: dict[str, Any] = {"layer_time": _layer_time(layers, metric, label)}
 
     by_res = layers.groupby(["resolution", "word_class"])[metric].mean().unstack("word_class")
     fig = go.Figure(
