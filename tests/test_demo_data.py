@@ -235,10 +235,7 @@ def test_probe_matches_capture_heatmap():
     from unetviz.model.unet import UNet2DConditionModel
 
     torch.manual_seed(0)
-    cfg = dict(demo_unet_config(), in_channels=4, out_channels=4)
-    for key in ("addition_embed_type", "addition_time_embed_dim"):
-        cfg.pop(key, None)
-    cfg.pop("projection_class_embeddings_input_dim", None)
+    cfg = dict(demo_unet_config(added_conditions=False), in_channels=4, out_channels=4)
     unet = UNet2DConditionModel(UNetConfig.from_dict(cfg)).eval()
     ctx = torch.randn(2, 16, 64)
     x = torch.randn(2, 4, 24, 24)
@@ -258,8 +255,7 @@ def test_unet_input_appends_coordinate_channels_only_when_configured():
     from unetviz.model.unet import UNet2DConditionModel
     from unetviz.pipelines.demo import unet_input
 
-    cfg = {k: v for k, v in demo_unet_config().items() if "addition" not in k}
-    cfg.pop("projection_class_embeddings_input_dim", None)
+    cfg = demo_unet_config(added_conditions=False)
     unet5 = UNet2DConditionModel(UNetConfig.from_dict(dict(cfg, in_channels=5, out_channels=3)))
     x = torch.zeros(2, 3, 24, 24)
     inp = unet_input(unet5, x)

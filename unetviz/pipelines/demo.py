@@ -246,14 +246,30 @@ class DDIMSchedule:
         }
 
 
-def demo_unet_config(folder: str | Path = DEMO_DIR) -> dict[str, Any]:
+def demo_unet_config(
+    folder: str | Path = DEMO_DIR, added_conditions: bool = True
+) -> dict[str, Any]:
     """The shipped demo UNet's diffusers-style config (``unet/config.json``): the one source
-    for code that needs a demo-shaped UNet without its weights (benchmarks, tests)."""
+    for code that needs a demo-shaped UNet without its weights (benchmarks, tests).
+
+    ``added_conditions=False`` drops SDXL's ``text_time`` keys (the latent model has them), for
+    code whose forward passes only (sample, timestep, text states)."""
     path = Path(folder) / "unet" / "config.json"
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise PipelineError(f"cannot read the demo UNet config {path}: {exc}") from exc
+    if not added_conditions:
+        for key in ADDED_KEYS:
+            config.pop(key, None)
+    return config
+
+
+ADDED_KEYS = (
+    "addition_embed_type",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+)
 
 
 def added_conditions(pooled: torch.Tensor, image_size: int) -> dict[str, torch.Tensor]:
