@@ -223,9 +223,9 @@ def diagram(
     no_cache: bool = _NO_CACHE,
 ) -> None:
     """Draw the UNet's architecture (no weights needed)."""
+    from .capture.options import DETAILS
     from .outputs import write_file
     from .render.export import format_of, render
-    from .render.graph import DETAILS
 
     _choice("--detail", detail, DETAILS)
     _choice("--direction", direction, DIRECTIONS)

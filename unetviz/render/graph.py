@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..capture.options import DETAILS
 from ..errors import UnetvizError
 from ..names import UnknownNameError, unet_names
 
-DETAILS = ("blocks", "layers", "modules")
 _LEVELS = {
     "blocks": ("block",),
     "layers": ("block", "layer"),
