@@ -31,6 +31,9 @@ _EXPORTS = {
     "MemoryBudgetError": "unetviz.capture.errors",
     "PipelineError": "unetviz.pipelines.base",
     "ExportError": "unetviz.render.export",
+    "GraphError": "unetviz.render.graph",
+    "DiagramError": "unetviz.render.diagram",
+    "HeatmapError": "unetviz.render.heatmaps",
     "SingleFileError": "unetviz.single_file",
     "UnknownNameError": "unetviz.names",
 }
