@@ -157,10 +157,13 @@ def test_sd15_blocks_fit_readable_and_node_row_selection(page):
         timeout=WAIT,
     )
     # a row click highlights (and centres) its node
-    page.locator("#block_table [role=gridcell]", has_text="up_blocks.2").first.click()
+    row = page.locator("#block_table [role=gridcell]", has_text="up_blocks.0").first
+    row.scroll_into_view_if_needed()  # the table is virtual: let it settle before clicking
+    page.wait_for_timeout(300)
+    row.click()
     page.wait_for_function(
         "() => [...document.querySelectorAll('#diagram-svg .uv-selected')].some("
-        "n => n.querySelector('title').textContent === 'up_blocks.2')",
+        "n => n.querySelector('title').textContent === 'up_blocks.0')",
         timeout=WAIT,
     )
 

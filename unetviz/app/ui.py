@@ -46,13 +46,15 @@ footer { display: none !important; }
 .uv-panel > svg { width: 100%; height: 100%; display: block; }
 .uv-panel a, .uv-panel a:hover { text-decoration: none !important; }
 .uv-panel g.node { cursor: pointer; }
-.uv-legend { border-top: 1px solid #e5e5e5; padding: 4px 8px; max-height: 150px; overflow: auto; }
+.uv-legend { border-top: 1px solid #e5e5e5; padding: 4px 8px; max-height: 240px; overflow: auto; }
 .uv-legend svg { max-width: 100%; height: auto; }
 .uv-legend a, .uv-legend text { text-decoration: none !important; }
 .uv-title { font-weight: 600; }
-.uv-selected > path, .uv-selected > polygon, .uv-selected > a > path,
-.uv-selected > a > polygon { stroke: #ff5a00 !important; stroke-width: 4px !important; }
-#block_table td:focus, #block_table td:focus-within { outline: none !important; }
+.uv-selected path, .uv-selected polygon { stroke: #ff5a00 !important;
+  stroke-width: 4px !important; }
+#block_table [role=gridcell], #block_table [role=gridcell]:focus,
+#block_table [role=gridcell]:focus-within { outline: none !important; box-shadow: none !important; }
+#block_table .cell-menu-button, #block_table .selection-button { display: none !important; }
 .uv-colorbar { max-width: 420px; font-size: 12px; margin: 4px 0; }
 .uv-cb-bar { height: 14px; border-radius: 3px; border: 1px solid #999; }
 .uv-cb-ticks { display: flex; justify-content: space-between; }
@@ -465,7 +467,7 @@ def build_temb(ctx: TabContext) -> None:
             0, 24, value=12, step=1, label="Step for the diagram fill", elem_id="temb_step"
         )
         c["temb_detail"] = gr.Radio(
-            ["blocks", "layers"], value="layers", label="Diagram detail", elem_id="temb_detail"
+            ["blocks", "layers"], value="blocks", label="Diagram detail", elem_id="temb_detail"
         )
         c["temb_by"] = gr.Radio(
             [("per resnet", "layer"), ("per block", "block")],

@@ -91,15 +91,15 @@ def panel_html(svg: str, elem: str = "diagram-svg", title: str = "", legend: str
 
 
 def lean_panel(trace: Any, detail: str) -> str:
-    """The blocks view for the panel: no edge labels, no markers, title and legend as HTML
+    """The blocks view for the panel: no edge labels, title and legend as HTML
     outside it (shapes are in the boxes and the table), so the whole SD 1.5 or SDXL U fits a
     1,200 px panel at >= 10 px text."""
     from unetviz.render.diagram import draw, legend_html, title_text
     from unetviz.render.graph import build_graph
 
     graph = build_graph(trace, detail=detail)
-    svg = render_svg(draw(graph, legend=False, edge_labels=False, markers=False, title=False))
-    return panel_html(svg, title=title_text(graph), legend=legend_html(graph, markers=False))
+    svg = render_svg(draw(graph, legend=False, edge_labels=False, title=False))
+    return panel_html(svg, title=title_text(graph), legend=legend_html(graph))
 
 
 def _shape(shape: Any) -> str:

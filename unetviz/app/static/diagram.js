@@ -144,7 +144,7 @@
       if (!row) return;
       const first = row.querySelector("[role=gridcell]");
       if (first) window.__uvHighlight(first.textContent.trim());
-    });
+    }, true); // capture: the table's own handlers may stop the click
   }
   setup();
   if (typeof watch === "function") watch("value", setup);
