@@ -180,7 +180,7 @@ def test_run_writes_tables_records_failures_and_resumes(small_set, tmp_path, eng
     retry = run_batch(small_set, out, JobSpec(**SPEC), engine=engine, retry_failed=True)
     assert (retry.ran, retry.failed) == (1, 1)
     assert len(pq.read_table(out / "prompts.parquet")) == 4  # the latest result per prompt
-    with pytest.raises(BatchError, match="other options .*steps"):
+    with pytest.raises(BatchError, match=r"other options: steps 1 \(now 2\)"):
         run_batch(small_set, out, JobSpec(**{**SPEC, "steps": 2}))
 
 
@@ -237,6 +237,9 @@ def test_refuses_foreign_folder_and_bad_options(small_set, tmp_path):
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     with pytest.raises(BatchError, match="mask source"):
         run_batch(small_set, tmp_path / "o", JobSpec(mask_source="layout"))
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="nope"):  # the model does not load: no folder left
+        run_batch(small_set, tmp_path / "o", JobSpec(model=str(tmp_path / "nope")))
     assert not (tmp_path / "o").exists()
 
 

@@ -93,9 +93,6 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Attention statistics over a prompt set (in-process, local workers or Ray)."""
-        from unetviz.errors import UnetvizError
-
-        from .run import run_batch, run_demo_set, text_progress
         from .worker import JobSpec
 
         if (prompts is None) == (demo_set is None):
@@ -111,33 +108,54 @@ def register(app: typer.Typer) -> None:
             keep_traces=keep_traces,
             mask_source=mask_source or ("generated" if demo_set is not None else "file"),
         )
-        try:
-            if _is_demo(model):
-                from .demo_set import known_classes
+        _execute(
+            spec, prompts, output, demo_set, (workers, ray, gpus_per_worker),
+            retry_failed, force, CliError,
+        )  # fmt: skip
 
-                spec.known_classes = known_classes()
-            engine = _engine(workers, ray, gpus_per_worker)
-            kw = {"engine": engine, "retry_failed": retry_failed, "progress": text_progress()}
-            with warnings.catch_warnings(), _term_as_interrupt():
-                warnings.simplefilter("ignore", UserWarning)
-                if demo_set is not None:
-                    res = run_demo_set(demo_set, output, spec, force=force, **kw)
-                else:
-                    res = run_batch(prompts, output, spec, force=force, **kw)
-        except KeyboardInterrupt:
-            typer.echo(
-                f"interrupted: finished prompts are in {output}/ (tables rebuilt); run the same "
-                "command again to resume",
-                err=True,
-            )
-            raise SystemExit(130) from None
-        except (UnetvizError, OSError) as exc:
-            raise CliError(str(exc)) from None
+
+def _execute(
+    spec: Any,
+    prompts: Path | None,
+    output: Path,
+    demo_set: int | None,
+    engine_args: tuple,
+    retry_failed: bool,
+    force: bool,
+    cli_error: type[Exception],
+) -> None:
+    """Run the job, print its outcome; user errors -> ``cli_error``, Ctrl-C -> exit 130."""
+    from unetviz.errors import UnetvizError
+
+    from .run import run_batch, run_demo_set, text_progress
+
+    try:
+        if _is_demo(spec.model):
+            from .demo_set import known_classes
+
+            spec.known_classes = known_classes()
+        engine = _engine(*engine_args)
+        kw = {"engine": engine, "retry_failed": retry_failed, "progress": text_progress()}
+        with warnings.catch_warnings(), _term_as_interrupt():
+            warnings.simplefilter("ignore", UserWarning)
+            if demo_set is not None:
+                res = run_demo_set(demo_set, output, spec, force=force, **kw)
+            else:
+                res = run_batch(prompts, output, spec, force=force, **kw)
+    except KeyboardInterrupt:
         typer.echo(
-            f"{res.ran} prompts run, {res.skipped} already done, {res.failed} failed, "
-            f"{res.worker_deaths} worker restarts, {res.seconds:.1f} s -> {output}/table.parquet, "
-            f"{output}/summary.html",
+            f"interrupted: finished prompts are in {output}/ (tables rebuilt); run the same "
+            "command again to resume",
             err=True,
         )
-        for line, error in res.errors[:5]:
-            typer.echo(f"failed: line {line}: {error}", err=True)
+        raise SystemExit(130) from None
+    except (UnetvizError, OSError) as exc:
+        raise cli_error(str(exc)) from None
+    typer.echo(
+        f"{res.ran} prompts run, {res.skipped} already done, {res.failed} failed, "
+        f"{res.worker_deaths} worker restarts, {res.seconds:.1f} s -> {output}/table.parquet, "
+        f"{output}/summary.html",
+        err=True,
+    )
+    for line, error in res.errors[:5]:
+        typer.echo(f"failed: line {line}: {error}", err=True)

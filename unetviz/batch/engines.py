@@ -298,10 +298,18 @@ class RayEngine:
         self.deaths = 0
         self._pids: dict[Any, int] = {}
         self._busy: set[Any] = set()
+        self._ray: Any = None
+        self._owned = False
 
     def pids(self) -> list[int]:
         """Actor process ids (on their nodes), busy ones first."""
         return sorted(self._pids.values(), key=lambda pid: pid not in self._busy)
+
+    def connect(self) -> None:
+        """Reach the cluster now (``run`` would otherwise do it): an unreachable address is
+        reported before anything is written."""
+        if self._ray is None:
+            self._ray, self._owned = self._connect()
 
     def _connect(self) -> tuple[Any, bool]:
         try:
@@ -332,7 +340,8 @@ class RayEngine:
         return max(1, int(res.get("CPU", 1) // self.cpus))
 
     def run(self, spec: JobSpec, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        ray, owned = self._connect()
+        self.connect()
+        ray, owned = self._ray, self._owned
         actor_cls = _actor_class(ray).options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0
         )
@@ -347,6 +356,7 @@ class RayEngine:
                 with contextlib.suppress(Exception):
                     ray.kill(a)
             self._pids = {}
+            self._ray = None
             if owned:
                 ray.shutdown()
 

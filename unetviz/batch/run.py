@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -108,7 +109,6 @@ def run_batch(
     ``engine`` (default in-process), then write table.parquet, prompts.parquet and
     summary.html. Ctrl-C writes what finished, rebuilds the tables, and re-raises."""
     from .engines import InProcessEngine
-    from .summary import write_summary
 
     spec = spec or JobSpec()
     if spec.mask_source not in MASK_SOURCES:
@@ -120,47 +120,82 @@ def run_batch(
     engine = engine or InProcessEngine()
     prompts = Path(prompts)
     rows = read_prompts(prompts)
+    if hasattr(engine, "connect"):
+        engine.connect()  # a cluster that cannot be reached fails before out/ is touched
     store = Store.open(output, _job(spec, prompts.resolve()), force=force)
     done = store.done()
     todo = [r for r in rows if r.key not in done or (retry_failed and done[r.key] == "error")]
-    by_key = {r.key: r for r in rows}
     result = BatchResult(Path(output), len(rows), 0, len(rows) - len(todo), 0, 0, 0.0)
-    start = time.perf_counter()
     buffer: list[dict[str, Any]] = []
-    last_flush = time.monotonic()
     try:
-        for res in engine.run(spec, _tasks(todo, prompts.resolve().parent, spec)):
-            row = by_key[res["key"]]
-            res["row_info"] = {
-                **row.to_dict(),
-                "steps": row.steps if row.steps is not None else spec.steps,
-                "guidance": row.guidance if row.guidance is not None else spec.guidance,
-            }
-            buffer.append(res)
-            result.ran += 1
-            if res["status"] != "ok":
-                result.failed += 1
-                result.errors.append((row.line, res["error"]))
-            if len(buffer) >= part_size or time.monotonic() - last_flush > PART_SECONDS:
-                store.write_part(buffer)
-                buffer, last_flush = [], time.monotonic()
-            if progress is not None:
-                elapsed = time.perf_counter() - start
-                progress(
-                    Progress(result.ran, len(todo), result.failed, result.skipped, elapsed, engine)
-                )
+        _consume(engine, spec, store, todo, prompts, result, buffer, part_size, progress)
     except KeyboardInterrupt:
         result.interrupted = True
-    finally:
-        store.write_part(buffer)
-        result.worker_deaths = engine.deaths
-        result.seconds = time.perf_counter() - start
-        table, ptable = store.consolidate([r.key for r in rows])
-        store.claim([SUMMARY])
-        write_summary(store.out / SUMMARY, table, ptable)
+    except BaseException:
+        if store.created and result.ran == 0:  # e.g. the model does not load: leave nothing
+            shutil.rmtree(store.out, ignore_errors=True)
+            raise
+        _finish(store, buffer, rows, result, engine)
+        raise
+    _finish(store, buffer, rows, result, engine)
     if result.interrupted:
         raise KeyboardInterrupt
     return result
+
+
+def _consume(
+    engine: Any,
+    spec: JobSpec,
+    store: Store,
+    todo: list[PromptRow],
+    prompts: Path,
+    result: BatchResult,
+    buffer: list[dict[str, Any]],
+    part_size: int,
+    progress: Callable[[Progress], None] | None,
+) -> None:
+    """Run ``todo`` through ``engine``, writing a part every ``part_size`` prompts (or
+    ``PART_SECONDS``); results not yet in a part stay in ``buffer``."""
+    by_key = {r.key: r for r in todo}
+    start = time.perf_counter()
+    last_flush = time.monotonic()
+    for res in engine.run(spec, _tasks(todo, prompts.resolve().parent, spec)):
+        row = by_key[res["key"]]
+        res["row_info"] = {
+            **row.to_dict(),
+            "steps": row.steps if row.steps is not None else spec.steps,
+            "guidance": row.guidance if row.guidance is not None else spec.guidance,
+        }
+        buffer.append(res)
+        result.ran += 1
+        result.seconds = time.perf_counter() - start
+        if res["status"] != "ok":
+            result.failed += 1
+            result.errors.append((row.line, res["error"]))
+        if len(buffer) >= part_size or time.monotonic() - last_flush > PART_SECONDS:
+            store.write_part(buffer)
+            buffer.clear()
+            last_flush = time.monotonic()
+        if progress is not None:
+            progress(
+                Progress(
+                    result.ran, len(todo), result.failed, result.skipped, result.seconds, engine
+                )
+            )
+
+
+def _finish(
+    store: Store, buffer: list[dict[str, Any]], rows: list[PromptRow], result: BatchResult, engine
+) -> None:
+    """Write what finished, then rebuild table.parquet, prompts.parquet and summary.html."""
+    from .summary import write_summary
+
+    store.write_part(buffer)
+    buffer.clear()
+    result.worker_deaths = engine.deaths
+    table, ptable = store.consolidate([r.key for r in rows])
+    store.claim([SUMMARY])
+    write_summary(store.out / SUMMARY, table, ptable)
 
 
 def run_demo_set(

@@ -65,8 +65,9 @@ def schema() -> Any:
 class Store:
     """One batch output folder."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, created: bool = False):
         self.out = out
+        self.created = created  # this Store made the folder (it holds only unetviz's files)
         self._listed: set[str] = set()
 
     # ------------------------------------------------------------------ open
@@ -90,10 +91,13 @@ class Store:
                 if old.get("identity", {}).get(k) != job["identity"].get(k)
             )
             if diff:
+                was = old.get("identity", {})
+                changes = ", ".join(
+                    f"{k} {was.get(k)!r} (now {job['identity'].get(k)!r})" for k in diff
+                )
                 raise BatchError(
-                    f"{str(out)!r} holds a batch run with other options ({', '.join(diff)}: "
-                    f"{ {k: old.get('identity', {}).get(k) for k in diff} }); use a new folder "
-                    "or the same options to resume it"
+                    f"{str(out)!r} holds a batch run with other options: {changes}; use a new "
+                    "folder, or the same options to resume it"
                 )
             store = cls(out)
             store._read_marker()
@@ -104,8 +108,9 @@ class Store:
             for sub in ("parts", "images", "traces", *extra):
                 (tmp / sub).mkdir()
 
+        existed = out.exists()
         write_folder(out, fill, force=force)
-        store = cls(out)
+        store = cls(out, created=not existed)
         store._read_marker()
         return store
 
