@@ -308,3 +308,14 @@ def test_demo_and_assets_demo_both_name_the_demo_model(served):
     assert reg.is_demo("demo") and reg.is_demo("assets/demo") and reg.is_demo(str(reg.demo_dir()))
     assert not reg.is_demo("/etc") and not reg.is_demo("sd15")
     assert reg.pipeline("assets/demo") is reg.pipeline("demo")
+
+
+def test_downloads_bundle_and_report_follow_the_session(ran, served):
+    h = served.handlers
+    z, msg = h.downloads(Request(), *heatmap_args(step_to=TEST_STEPS - 1))
+    assert z.endswith("-heatmaps.zip") and msg == ""
+    t, _ = h.bundle(Request())
+    r, _ = h.report(Request())
+    assert t.endswith(".trace.zip") and r.endswith("-report.html")
+    assert "<html" in Path(r).read_text()[:500].lower()
+    assert h.bundle(Request("never-ran"))[0] == SKIP

@@ -419,6 +419,17 @@ class AppHandlers:
         return str(views.save_bundle(session, self._outdir() / f"{stem}.trace.zip")), ""
 
     @keep_work(2, 1)
+    def report(self, request: gr.Request) -> tuple:
+        """The self-contained HTML report (``unetviz.report``) for its download button."""
+        session = self.session(request)
+        if session is None:
+            return gr.skip(), ""
+        from unetviz.report.html import write_report
+
+        stem = views.slug(session.label, "trace")
+        return str(write_report(session, self._outdir() / f"{stem}-report.html")), ""
+
+    @keep_work(2, 1)
     def layer_grid(self, request: gr.Request, *control_values: Any) -> tuple:
         """Layers x tokens mosaic for the current tokens and step window."""
         session = self.session(request)

@@ -123,10 +123,8 @@ def _msg(elem_id: str) -> gr.Markdown:
 
 
 # ------------------------------------------------------------------------------ architecture
-def build_architecture(ctx: TabContext) -> None:
-    """Model, size, detail -> a pan/zoom diagram, its downloads and the block table."""
-    h, c = ctx.handlers, ctx.c
-    arch_state = gr.State(None, time_to_live=ctx.handlers.sessions.ttl_s)
+def _arch_controls(ctx: TabContext) -> tuple[Any, ...]:
+    """The Architecture tab's first row: model, folder, size, batch, detail, Draw."""
     with gr.Row(equal_height=True):
         model = gr.Dropdown(MODEL_CHOICES, value=DEMO, label="Model", elem_id="arch_model", scale=3)
         folder = gr.Textbox(
@@ -147,6 +145,14 @@ def build_architecture(ctx: TabContext) -> None:
             list(views.DETAILS), value="blocks", label="Detail", elem_id="arch_detail", scale=3
         )
         draw = gr.Button("Draw", variant="primary", elem_id="arch_draw", scale=1)
+    return model, folder, height, width, batch, detail, draw
+
+
+def build_architecture(ctx: TabContext) -> None:
+    """Model, size, detail -> a pan/zoom diagram, its downloads and the block table."""
+    h, c = ctx.handlers, ctx.c
+    arch_state = gr.State(None, time_to_live=ctx.handlers.sessions.ttl_s)
+    model, folder, height, width, batch, detail, draw = _arch_controls(ctx)
     with gr.Row(equal_height=True):
         with gr.Column(scale=4):
             arch_msg = _msg("arch_msg")
@@ -385,6 +391,7 @@ def build_attention(ctx: TabContext) -> None:
             with gr.Row():
                 c["dl_zip"] = gr.DownloadButton("Heatmaps (PNG zip)", elem_id="dl_heatmaps")
                 c["dl_trace"] = gr.DownloadButton("Trace bundle", elem_id="dl_trace")
+                c["dl_report"] = gr.DownloadButton("Report (HTML)", elem_id="dl_report")
             c["layer_plot"] = gr.Plot(
                 label="Every layer's own map (rows: layers in UNet order, columns: tokens)",
                 elem_id="layer_grid",
@@ -414,12 +421,16 @@ def _wire_attention(ctx: TabContext) -> None:
         concurrency_id="model",
         concurrency_limit=1,
     )
-    follow_up(run_ev).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet)
+    follow_up(run_ev).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet).then(
+        h.report, None, [c["dl_report"], c["ctrl_msg"]], **quiet
+    )
     run_ev.then(h.temb, c["temb_in"], c["temb_out"], **quiet)
     up_ev = c["upload"].upload(
         h.upload, [c["upload"], *controls], loaded, api_name="upload_trace", concurrency_limit=2
     )
-    follow_up(up_ev).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet)
+    follow_up(up_ev).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet).then(
+        h.report, None, [c["dl_report"], c["ctrl_msg"]], **quiet
+    )
     up_ev.then(h.temb, c["temb_in"], c["temb_out"], **quiet)
     preset_ev = c["preset"].input(
         h.preset_changed,
@@ -517,11 +528,20 @@ def _wire_temb(ctx: TabContext) -> None:
     c["follow_up"](example).then(h.bundle, None, [c["dl_trace"], c["ctrl_msg"]], **quiet)
 
 
+def build_experiments(ctx: TabContext) -> None:
+    """The Experiments tab (``unetviz.app.experiments``, on ``unetviz.edits``): imported when
+    the app is built, not when this module is."""
+    from .experiments import build_experiments as build
+
+    build(ctx)
+
+
 #: the app's tabs, in order: (title, builder)
 TABS: list[tuple[str, Callable[[TabContext], None]]] = [
     ("Architecture", build_architecture),
     ("Attention", build_attention),
     ("Time embedding", build_temb),
+    ("Experiments", build_experiments),
 ]
 
 
