@@ -101,3 +101,30 @@ def test_demo_set_rerun_resumes(reference, tmp_path):
     out = prompts_file.parent
     res = run_demo_set(N, out, JobSpec(**SPEC))
     assert (res.ran, res.skipped) == (0, N)
+
+
+def test_stable_diffusion_pipeline_rows(tmp_path):
+    """The same worker on a tiny random SD 1.x pipeline (diffusers folder, CLIP BPE tokens):
+    per-word rows scored against a mask, and the DAAM-like aggregate."""
+    pytest.importorskip("diffusers")
+    import json
+
+    import numpy as np
+
+    from tests.sd_tiny import build_tiny_sd
+
+    model = build_tiny_sd(tmp_path / "sd1")
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 10:40] = True
+    np.savez(tmp_path / "m.npz", cat=mask)
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a photo of a cat", "masks": "m.npz"}))
+    res = run_batch(tmp_path / "p.jsonl", tmp_path / "out", JobSpec(model=str(model), steps=2))
+    assert (res.ran, res.failed) == (1, 0)
+    table = pq.read_table(tmp_path / "out" / "table.parquet").to_pandas()
+    assert list(dict.fromkeys(table["word"])) == ["a", "photo", "of", "cat"]
+    cat = table[table["word"] == "cat"]
+    assert cat["has_mask"].all() and cat["iou"].between(0, 1).all()
+    assert (
+        "daam-approx" in set(cat["layer"])
+        and cat["location"].isin(["down", "mid", "up", "all"]).all()
+    )
