@@ -319,3 +319,24 @@ def test_downloads_bundle_and_report_follow_the_session(ran, served):
     assert t.endswith(".trace.zip") and r.endswith("-report.html")
     assert "<html" in Path(r).read_text()[:500].lower()
     assert h.bundle(Request("never-ran"))[0] == SKIP
+
+
+@pytest.mark.slow
+def test_a_stable_diffusion_folder_inside_the_roots(served):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tests.sd_tiny import build_tiny_sd
+
+    build_tiny_sd(served.root / "tiny-sd", "sd1")
+    h = served.handlers
+    _, table, *_, msg = h.architecture("folder", "tiny-sd", 64, 64, 2, "blocks")
+    assert msg == "", msg
+    rows = {r[0]: r for r in table}
+    assert rows["conv_in"][2].startswith("(2,4,8,8)")  # a latent model: 64 px -> 8x8
+    out = h.run(
+        Request("sd"), None, "tiny-sd", "a photo of a cat", "", "0", 2, 4.0, *heatmap_args()
+    )
+    assert out[10] == "", out[10]
+    words = [t for t, kind in out[1] if kind == "word"]
+    assert words == ["a", "photo", "of", "a", "cat"] and len(out[1]) == 7
+    assert [cap for _, cap in out[7]][-1] == "cat (5)"
