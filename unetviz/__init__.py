@@ -24,6 +24,8 @@ _EXPORTS = {
     "load_pipeline": "unetviz.pipelines",
     "intervene": "unetviz.edits",
     "EditError": "unetviz.edits",
+    "run_batch": "unetviz.batch",
+    "BatchError": "unetviz.batch",
     # every error a user can cause derives from UnetvizError (itself a ValueError)
     "UnetvizError": "unetviz.errors",
     "OutputError": "unetviz.errors",
