@@ -122,3 +122,52 @@ def test_every_error_class_in_the_package_derives_from_the_base():
                 if isinstance(cls, type) and not issubclass(cls, UnetvizError):
                     foreign.append(f"{name}.{node.name}")
     assert not foreign, "error classes outside the UnetvizError family: " + ", ".join(foreign)
+
+
+#: the layers of DESIGN.md, lowest first: a module may import its own layer and those below
+LAYERS = [
+    ("unetviz.errors", 0),
+    ("unetviz.outputs", 0),
+    ("unetviz.colors", 0),
+    ("unetviz.config", 0),
+    ("unetviz.names", 0),
+    ("unetviz.detect", 0),
+    ("unetviz.model", 1),
+    ("unetviz.weights", 2),
+    ("unetviz.single_file", 2),
+    ("unetviz.capture", 2),
+    ("unetviz.edits", 3),
+    ("unetviz.structure", 3),
+    ("unetviz.render", 3),
+    ("unetviz.pipelines", 4),
+    ("unetviz.training", 5),
+    ("unetviz.batch", 5),
+    ("unetviz.report", 5),
+    ("unetviz.app", 6),
+    ("unetviz.cli", 6),
+    ("unetviz.attention_cli", 6),
+    ("unetviz", 7),
+]
+#: modules that sit at the top whatever their package (command lines, app glue)
+TOP = (".cli", "unetviz.edits.handlers", "unetviz.edits.figures", "unetviz.edits.demo_scores")
+#: display hooks: ``_repr_html_`` / ``.report()`` import the report package when a notebook or
+#: a user asks for them, never at import time
+DISPLAY_HOOKS = {"unetviz.report.display", "unetviz.report.html"}
+
+
+def _layer(module: str) -> int:
+    if module.endswith(TOP):
+        return 6
+    prefix = max((p for p, _ in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return dict(LAYERS)[prefix]
+
+
+def test_no_import_runs_upward():
+    upward = []
+    for name, (_path, tree) in MODULES.items():
+        for dep in _imports(name, tree, top_level_only=False):
+            if dep.startswith(name + ".") or dep in DISPLAY_HOOKS:
+                continue
+            if _layer(dep) > _layer(name):
+                upward.append(f"{name} -> {dep}")
+    assert not upward, "imports that run upward:\n" + "\n".join(sorted(upward))
