@@ -123,7 +123,11 @@ def swept(
         )
     except UnetvizError as exc:
         return "", None, f"**{exc}**"
-    html = f'<div style="overflow:auto;max-width:100%;max-height:70vh">{out["svg"]}</div>'
+    html = (
+        "<style>#exp_diagram a, #exp_diagram a:hover { text-decoration: none !important; }"
+        "</style>"
+        f'<div style="overflow:auto;max-width:100%;max-height:70vh">{out["svg"]}</div>'
+    )
     result = out["result"]
     note = f"{len(result.rows)} edited runs + base in {result.seconds:.1f} s"
     return html, {"headers": out["headers"], "data": out["rows"]}, note

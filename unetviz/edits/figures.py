@@ -40,7 +40,8 @@ def sweep_diagram(result: SweepResult, direction: str = "TB") -> Any:
             value = values.get(f"skip {e.index}") if e.kind == "skip" else None
             if value is not None:
                 e.label = f"{e.label}  \u0394 {value:.3f}"
-    what = result.sweep.edit + (f" '{result.sweep.word}'" if result.sweep.word else "")
+    reweight = result.sweep.edit == "reweight"
+    what = result.sweep.edit + (f" '{result.sweep.word}'" if reweight else "")
     graph.meta["model"] = (
         f"{graph.meta.get('model') or 'UNet'}  \u00b7  sweep: {what} per {over[:-1]}"
         f" ({_mode(result)})  \u00b7  '{result.prompt}'"

@@ -137,7 +137,8 @@ def run_sweep(
     carries the sweep in its meta (download it as the trace bundle)."""
     from unetviz.render.export import to_svg
 
-    spec = Sweep(over=over, edit=edit, mode=mode, word=word or None, scale=float(scale))
+    word = (word or None) if edit == "reweight" else None  # the box keeps its text otherwise
+    spec = Sweep(over=over, edit=edit, mode=mode, word=word, scale=float(scale))
     result = spec.run(pipe, prompt, score=scorer_for(pipe), progress=progress, **call)
     keys = [k for k in dict.fromkeys(k for r in result.rows for k in r) if k != "edit"]
     rows = [[r.get(k) for k in keys] for r in sorted(result.rows, key=lambda r: -r["change"])]
