@@ -15,7 +15,11 @@
     if (texts.length) box.querySelector(".uv-title").textContent = texts.map((t) => t.textContent).join(" ");
     texts.forEach((t) => t.remove());
     // graphviz paints the whole canvas white: drop it so "fit" fits the drawing itself
+    // (directly, or inside the graph tooltip's <a> when the graph has a tooltip)
     [...g0.children].filter((e) => e.tagName === "polygon").forEach((p) => p.remove());
+    [...g0.children]
+      .filter((e) => e.tagName === "g" && !e.getAttribute("class"))
+      .forEach((g) => g.querySelectorAll("polygon").forEach((p) => p.remove()));
     const leg = [...svg.querySelectorAll("g.node")].find((n) => nameOf(n) === "legend");
     if (!leg) return; // drawn without one: the page gave it as HTML
     const legBox = box.querySelector(".uv-legend");
@@ -81,6 +85,19 @@
       setTimeout(setup, 50);
       return;
     }
+    if (!panel.clientWidth) {
+      // drawn inside a hidden tab: boxes measure 0 there; set up once the panel is shown
+      if (!panel.__uvWait) {
+        panel.__uvWait = new ResizeObserver(() => {
+          if (!panel.clientWidth) return;
+          panel.__uvWait.disconnect();
+          panel.__uvWait = null;
+          setup();
+        });
+        panel.__uvWait.observe(panel);
+      }
+      return;
+    }
     svg.dataset.uvReady = "1";
     moveTitleAndLegend(box, svg);
     // "fit" fits the viewBox: make it the drawing's own box (graphviz's spans the whole canvas,
@@ -112,14 +129,7 @@
       pz.center();
     };
     box.querySelector(".uv-fit").onclick = fit;
-    // drawn while its tab was hidden (zero size): fit once the panel gets a size
-    let seen = panel.clientWidth > 0;
-    new ResizeObserver(() => {
-      if (!seen && panel.clientWidth > 0) {
-        seen = true;
-        fit();
-      }
-    }).observe(panel);
+    setTimeout(fit, 250); // once the page around it has settled
     box.querySelector(".uv-in").onclick = () => pz.zoomIn();
     box.querySelector(".uv-out").onclick = () => pz.zoomOut();
     let down = null;
