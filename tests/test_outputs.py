@@ -25,15 +25,19 @@ def _snapshot(folder):
     }
 
 
-def _attention(args, cwd):
-    """The real command, in a child process (a refused folder exits before any model loads)."""
-    return subprocess.run(
-        [sys.executable, "-m", "unetviz.cli", "attention", "a red circle", "--steps", "2", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
+def _attention(args, cwd, monkeypatch, capsys):
+    """The real command, in-process (``main`` as the ``unetviz`` script calls it): returns
+    (exit status, stderr)."""
+    from unetviz.cli import main
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        main(["attention", "a red circle", "--steps", "2", *args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture
@@ -46,13 +50,14 @@ def workdir(tmp_path):
 
 
 @pytest.mark.parametrize("target", ["..", ".", "/"])
-def test_attention_never_writes_into_cwd_its_ancestors_or_root(workdir, target):
+def test_attention_never_writes_into_cwd_its_ancestors_or_root(
+    workdir, target, monkeypatch, capsys
+):
     before = _snapshot(workdir.parent)
-    proc = _attention(["-o", target, "--force"], cwd=workdir)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    code, err = _attention(["-o", target, "--force"], workdir, monkeypatch, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: refusing to write outputs into")
-    assert "Traceback" not in proc.stderr
     assert _snapshot(workdir.parent) == before
 
 
@@ -70,34 +75,34 @@ def test_home_and_ancestors_are_protected(tmp_path, monkeypatch):
     assert protected_reason(link) is not None  # resolved: a symlink is no way around
 
 
-def test_foreign_folder_refused_then_merged_with_force(workdir):
+def test_foreign_folder_refused_then_merged_with_force(workdir, monkeypatch, capsys):
     out = workdir / "results"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "image.png").write_text("old image of the user's")
-    proc = _attention(["-o", "results"], cwd=workdir)
-    assert proc.returncode == 2 and "--force" in proc.stderr
+    code, err = _attention(["-o", "results"], workdir, monkeypatch, capsys)
+    assert code == 2 and "--force" in err
     assert (out / "notes.txt").read_text() == "mine"
 
-    proc = _attention(["-o", "results", "--force"], cwd=workdir)
-    assert proc.returncode == 0, proc.stderr
+    code, err = _attention(["-o", "results", "--force"], workdir, monkeypatch, capsys)
+    assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine"  # kept
     assert (out / "image.png").read_bytes()[:4] == b"\x89PNG"  # same name: replaced
     assert (out / "run.trace").is_file() and (out / "heatmaps").is_dir()
     assert not [p for p in workdir.iterdir() if p.name.startswith(".")]
 
 
-def test_own_folder_is_replaced_but_not_if_the_user_added_a_file(workdir):
+def test_own_folder_is_replaced_but_not_if_the_user_added_a_file(workdir, monkeypatch, capsys):
     out = workdir / "out"
-    assert _attention(["-o", "out"], cwd=workdir).returncode == 0
+    assert _attention(["-o", "out"], workdir, monkeypatch, capsys)[0] == 0
     assert json.loads((out / MARKER).read_text())["tool"] == "unetviz"
     first = (out / "tokens.json").read_text()
-    proc = _attention(["-o", "out", "--seed", "1"], cwd=workdir)
-    assert proc.returncode == 0, proc.stderr
+    code, err = _attention(["-o", "out", "--seed", "1"], workdir, monkeypatch, capsys)
+    assert code == 0, err
     assert json.loads((out / "tokens.json").read_text())["seed"] == 1 != json.loads(first)["seed"]
     (out / "analysis.ipynb").write_text("{}")
-    proc = _attention(["-o", "out"], cwd=workdir)
-    assert proc.returncode == 2 and "not written by unetviz" in proc.stderr
+    code, err = _attention(["-o", "out"], workdir, monkeypatch, capsys)
+    assert code == 2 and "not written by unetviz" in err
     assert (out / "analysis.ipynb").read_text() == "{}"
 
 
