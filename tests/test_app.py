@@ -187,15 +187,17 @@ def test_sinusoid_is_drawn_before_any_run(served):
 
 
 def test_search_finds_a_module_by_any_of_its_names(served):
-    arch = served.handlers.architecture("sd15", "", 512, 512, 2, "layers")
+    arch = served.handlers.architecture("demo", "", 24, 24, 2, "layers")
     rows = arch[1]
     for query, want in (
         ("down_blocks.1.attentions.0", "down_blocks.1.attentions.0"),  # diffusers
-        ("input_blocks.4.1", "down_blocks.1.attentions.0"),  # LDM key
-        ("in04", "down_blocks.1.attentions.0"),  # A1111 label (IN04: resnet and attention)
+        ("input_blocks.3.1", "down_blocks.1.attentions.0"),  # LDM key
+        ("in03", "down_blocks.1.attentions.0"),  # A1111 label (IN03: resnet and attention)
     ):
         hits = [r[0] for r in views.search_rows(rows, query)]
         assert want in hits[:2] and len(hits) < 5, (query, hits)
+    table, msg = served.handlers.search(arch[7], "OUT05")
+    assert "up_blocks.2.attentions.1" in [r[0] for r in table][:2] and "match" in msg
 
 
 def test_endpoints(served):
@@ -245,6 +247,7 @@ def test_trace_bundle_roundtrip(served, ran, tmp_path):
     assert "corrupt.zip" in up[10] and "/tmp/gradio" not in up[10]
 
 
+@pytest.mark.slow
 def test_two_clients_at_once_get_their_own_results(served):
     prompts = ["a yellow square", "a green circle"]
     results: dict[int, tuple] = {}
