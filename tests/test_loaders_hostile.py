@@ -166,3 +166,11 @@ def test_unreadable_weights_are_permission_denied(state):
         assert "No such file" not in out.stdout
     finally:
         shutil.rmtree(folder)
+
+
+def test_weights_fifo_fails_fast(state, tmp_path):
+    folder = _folder(tmp_path / "u", state)
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    os.mkfifo(folder / "diffusion_pytorch_model.safetensors")  # an open would block forever
+    with pytest.raises(WeightsError, match="not a regular file"):
+        load_unet(folder)

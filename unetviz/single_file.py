@@ -94,6 +94,8 @@ class SingleFile:
             raise SingleFileError(f"checkpoint not found: {self.path}")
         if self.path.suffix.lower() in PICKLE_SUFFIXES:
             raise SingleFileError(pickle_message(self.path))
+        if not self.path.is_file():  # a FIFO would block safetensors' open
+            raise SingleFileError(f"{self.path} is not a regular file")
         try:
             self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             self._file = self._handle.__enter__()

@@ -7,6 +7,8 @@ safetensors, and assigns them into the module, so peak memory is about one copy 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +117,7 @@ def weight_files(unet_dir: Path) -> list[Path]:
 def _weight_files(unet_dir: Path) -> list[Path]:
     for stem in (WEIGHTS_NAME, f"{WEIGHTS_NAME}.fp16"):
         single = unet_dir / f"{stem}.safetensors"
-        if single.is_file() or single.is_symlink():
+        if os.path.lexists(single):
             return [inside(unet_dir, single.name, "weights file")]
         index = unet_dir / f"{stem}.safetensors.index.json"
         if index.is_file():
@@ -165,6 +167,8 @@ def read_index(file: Path) -> dict[str, TensorEntry]:
     """Every tensor's dtype, shape and byte range, from the file's header only. safetensors
     validates the header first (a truncated or corrupt file raises WeightsError naming it)."""
     try:
+        if not stat.S_ISREG(os.stat(file).st_mode):  # a FIFO would block the open forever
+            raise WeightsError(f"{file} is not a regular file (a FIFO, socket or device)")
         with open(file, "rb") as fh:  # first, so a permission problem is named as one
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 f.keys()

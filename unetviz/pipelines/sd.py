@@ -588,6 +588,8 @@ def check_safetensors(folder: Path) -> str | None:
 
     files = sorted(folder.glob("*.safetensors"))
     for file in files:
+        if not file.is_file():  # a FIFO or device would block the open
+            raise PipelineError(f"{file} is not a regular file")
         try:
             with safe_open(str(file), framework="pt") as f:
                 dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
