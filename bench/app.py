@@ -64,10 +64,12 @@ def startup_seconds(timeout: float = 60.0) -> float:
         proc.wait(10)
 
 
-def _median_ms(page, action, wait_js: str, arg, repeat: int) -> float:  # noqa: ANN001
-    """Median wall time (ms) from ``action()`` to ``wait_js(arg)`` turning true in the page."""
+def _median_ms(page, action, wait_js: str, arg, repeat: int, settle_ms: int = 0) -> float:  # noqa: ANN001
+    """Median wall time (ms) from ``action()`` to ``wait_js(arg)`` turning true in the page
+    (``settle_ms``: idle time before each action, as a person between two changes)."""
     times = []
     for i in range(repeat):
+        page.wait_for_timeout(settle_ms)
         t0 = time.perf_counter()
         action(i)
         page.wait_for_function(wait_js, arg=arg(i) if callable(arg) else arg, timeout=120_000)
@@ -103,7 +105,7 @@ def browser_timings(repeat: int = 3) -> None:
                 "[...document.querySelectorAll('#heatmaps img')].length > 0 && "
                 "[...document.querySelectorAll('#heatmaps img')].every(i => i.complete)"
             )
-            run_ms = _median_ms(page, run, run_wait, lambda i: seeds[i], repeat)
+            run_ms = _median_ms(page, run, run_wait, lambda i: seeds[i], repeat, 2000)
             norms = ["max", "sum", "none", "minmax"] * repeat
             state: dict[str, list[str]] = {}
 
@@ -115,7 +117,7 @@ def browser_timings(repeat: int = 3) -> None:
                 f"old => {{ const s = {srcs}; return s.some(x => !old.includes(x)) && "
                 "[...document.querySelectorAll('#heatmaps img')].every(i => i.complete); }"
             )
-            ctl_ms = _median_ms(page, change, tile_wait, lambda i: state["old"], 4)
+            ctl_ms = _median_ms(page, change, tile_wait, lambda i: state["old"], 4, 2000)
             page.get_by_role("tab", name="Architecture").click()
             models = [("SD 1.5 preset (meta: shapes only)", "sd15"), ("demo model", "demo")]
 

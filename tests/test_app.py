@@ -196,7 +196,14 @@ def test_search_finds_a_module_by_any_of_its_names(served):
     ):
         hits = [r[0] for r in views.search_rows(rows, query)]
         assert want in hits[:2] and len(hits) < 5, (query, hits)
-    table, msg = served.handlers.search(arch[7], "OUT05")
+    table, msg = served.handlers.search(arch[3], "OUT05")
+    svg, png, dot, js, msg = served.handlers.exports(arch[3])
+    assert (
+        msg == ""
+        and Path(png).read_bytes()[:4] == b"\x89PNG"
+        and "digraph" in Path(dot).read_text()
+    )
+    table, msg = served.handlers.search(arch[3], "OUT05")
     assert "up_blocks.2.attentions.1" in [r[0] for r in table][:2] and "match" in msg
 
 

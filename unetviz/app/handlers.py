@@ -147,22 +147,23 @@ class AppHandlers:
         self.sessions.drop(session_key(request))
 
     # ------------------------------------------------------------------ architecture
-    @keep_work(3, 2)
-    def arch_defaults(self, model: str, folder: str) -> tuple[Any, Any, Any]:
-        """Native size of the chosen model -> height, width; third: the message slot."""
+    @keep_work(4, 3)
+    def arch_defaults(self, model: str, folder: str) -> tuple[Any, Any, Any, Any]:
+        """The chosen model -> its native height and width, the folder box's visibility, and
+        the message slot (one round trip before the redraw)."""
+        show = gr.update(visible=model == "folder")
         if model == "folder" and not (folder or "").strip():
-            return gr.skip(), gr.skip(), "type a folder inside the model roots, then press Draw"
+            return gr.skip(), gr.skip(), show, "type a folder inside the model roots, then Draw"
         spec = self.registry.spec(model, folder)
         size, step = spec.default_size, size_multiple(spec)
-        return gr.update(value=size, step=step), gr.update(value=size, step=step), ""
+        return gr.update(value=size, step=step), gr.update(value=size, step=step), show, ""
 
-    @keep_work(9, 8)
+    @keep_work(5, 4)
     def architecture(
         self, model: str, folder: str, height: Any, width: Any, batch: Any, detail: str
     ) -> tuple[Any, ...]:
-        """Diagram panel, block table, 4 downloads, status, arch state, message."""
-        from unetviz.render.diagram import diagram
-
+        """Diagram panel, block table, status, arch state, message (the downloads follow in
+        :meth:`exports`, after the diagram is on screen)."""
         if detail not in views.DETAILS:
             raise InputError(f"detail={detail!r}: expected one of {list(views.DETAILS)}")
         t0 = time.perf_counter()
@@ -171,21 +172,35 @@ class AppHandlers:
         w = parse_int(width, "width", 8, 4096)
         b = parse_int(batch, "batch", 1, 64)
         trace = self.registry.architecture(spec, h, w, b)
-        graph = diagram(trace, detail=detail)
-        svg = views.render_svg(graph)
-        panel = views.lean_panel(trace, detail) if detail == "blocks" else views.panel_html(svg)
+        if detail == "blocks":
+            panel = views.lean_panel(trace, detail)
+        else:
+            from unetviz.render.diagram import diagram
+
+            panel = views.panel_html(views.render_svg(diagram(trace, detail=detail)))
         rows = views.block_table(trace, detail)
-        stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}"
-        files = views.write_exports(trace, detail, self._outdir(), stem, graph, svg)
         total = sum(r.params for r in trace.blocks if r.level == "block")
         status = (
             f"**{spec.label}** · {w}×{h} px · UNet batch {b} · {detail} detail · "
             f"{len(rows)} rows · {total / 1e6:,.1f} M parameters · "
             f"{(time.perf_counter() - t0) * 1000:.0f} ms"
         )
-        state = {"trace": trace, "rows": rows, "detail": detail}
-        downloads = (str(files[k]) for k in ("svg", "png", "dot", "json"))
-        return (panel, rows, *downloads, status, state, "")
+        stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}"
+        state = {"trace": trace, "rows": rows, "detail": detail, "stem": stem}
+        return panel, rows, status, state, ""
+
+    @keep_work(5, 4)
+    def exports(self, arch: dict | None) -> tuple[Any, ...]:
+        """SVG / PNG / DOT / JSON of the drawn diagram (full labels) for the download buttons."""
+        from unetviz.render.diagram import diagram
+
+        if not arch:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+        trace, detail = arch["trace"], arch["detail"]
+        graph = diagram(trace, detail=detail)
+        svg = views.render_svg(graph)
+        files = views.write_exports(trace, detail, self._outdir(), arch["stem"], graph, svg)
+        return (*(str(files[k]) for k in ("svg", "png", "dot", "json")), "")
 
     @keep_work(2, 1)
     def search(self, arch: dict | None, query: str) -> tuple[Any, str]:

@@ -194,8 +194,10 @@ def build_architecture(ctx: TabContext) -> None:
         elem_id="block_parts",
     )
     arch_in = [model, folder, height, width, batch, detail]
-    arch_out = [diagram_html, table, *dl, arch_status, arch_state, arch_msg]
+    arch_out = [diagram_html, table, arch_status, arch_state, arch_msg]
     draw_kw = {"concurrency_id": "arch", "concurrency_limit": 2}
+    quiet = {"api_visibility": "private", "show_progress": "hidden"}
+    exports = (h.exports, [arch_state], [*dl, arch_msg])
     gr.on(
         [draw.click, detail.input, folder.submit],
         h.architecture,
@@ -203,12 +205,13 @@ def build_architecture(ctx: TabContext) -> None:
         arch_out,
         api_name="architecture",
         **draw_kw,
-    )
+    ).then(*exports, api_name="exports", show_progress="hidden")
     model.input(
-        lambda m: gr.update(visible=m == "folder"), model, folder, api_visibility="private"
-    ).then(
-        h.arch_defaults, [model, folder], [height, width, arch_msg], api_name="arch_defaults"
-    ).then(h.architecture, arch_in, arch_out, api_visibility="private", **draw_kw)
+        h.arch_defaults,
+        [model, folder],
+        [height, width, folder, arch_msg],
+        api_name="arch_defaults",
+    ).then(h.architecture, arch_in, arch_out, **quiet, **draw_kw).then(*exports, **quiet)
     gr.on(
         [search.submit, search.input],
         h.search,
@@ -219,7 +222,7 @@ def build_architecture(ctx: TabContext) -> None:
         show_progress="hidden",
     )
     table.select(h.select_block, [arch_state], [parts, picked, arch_msg], api_name="select_block")
-    c.update(arch_in=arch_in, arch_out=arch_out, arch_draw_kw=draw_kw)
+    c.update(arch_in=arch_in, arch_out=arch_out, arch_exports=exports)
 
 
 def _demo_side(registry: ModelRegistry) -> int:
@@ -571,7 +574,7 @@ def build_blocks(
             c["arch_out"],
             api_visibility="private",
             concurrency_id="arch",
-        )
+        ).then(*c["arch_exports"], api_visibility="private", show_progress="hidden")
         demo.load(ctx.handlers.temb_intro, None, c["sinus"], api_visibility="private")
 
         def forget(request: gr.Request) -> None:
