@@ -44,15 +44,17 @@ def umask() -> int:
 
 
 @contextlib.contextmanager
-def _terminate_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into ``SystemExit`` while a write is in progress, so the clean-up in
-    ``except BaseException`` runs (the default action kills the process mid-write)."""
+def sigterm_raises(make: Callable[[int], BaseException]) -> Iterator[None]:
+    """Turn SIGTERM into the exception ``make(signum)`` for the length of the ``with`` (main
+    thread only), so ``except``/``finally`` clean-ups run: the default action kills the
+    process mid-write. Writers raise ``SystemExit``; a batch job raises ``KeyboardInterrupt``
+    to stop like Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise make(signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -63,6 +65,10 @@ def _terminate_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_exit() -> contextlib.AbstractContextManager[None]:
+    return sigterm_raises(lambda signum: SystemExit(128 + signum))
 
 
 def _parent_of(path: Path) -> Path:

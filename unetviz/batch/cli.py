@@ -11,13 +11,14 @@ A rerun of the same command skips every prompt already in ``out/``; Ctrl-C keeps
 from __future__ import annotations
 
 import contextlib
-import signal
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from ..detect import detect_model
+from ..outputs import sigterm_raises
 
 
 def _engine(workers: int | None, ray: str | None, gpus: float) -> Any:
@@ -33,27 +34,10 @@ def _engine(workers: int | None, ray: str | None, gpus: float) -> Any:
     return LocalEngine(workers)
 
 
-@contextlib.contextmanager
-def _term_as_interrupt() -> Iterator[None]:
+def _term_as_interrupt() -> contextlib.AbstractContextManager[None]:
     """SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: finished prompts are
     written and the tables rebuilt before exiting."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _is_demo(model: str) -> bool:
-    return model == "demo" or (Path(model) / "tokenizer" / "vocab.json").is_file()
+    return sigterm_raises(lambda signum: KeyboardInterrupt())
 
 
 def register(app: typer.Typer) -> None:
@@ -130,7 +114,7 @@ def _execute(
     from .run import run_batch, run_demo_set, text_progress
 
     try:
-        if _is_demo(spec.model):
+        if detect_model(spec.model).is_demo:
             from .demo_set import known_classes
 
             spec.known_classes = known_classes()
