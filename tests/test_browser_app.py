@@ -5,6 +5,7 @@ diagram fits with readable text, node click <-> table row, and nothing leaves 12
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -166,6 +167,18 @@ def test_sd15_blocks_fit_readable_and_node_row_selection(page):
         "n => n.querySelector('title').textContent === 'up_blocks.0')",
         timeout=WAIT,
     )
+
+
+def test_the_drawn_diagram_downloads_as_svg(page):
+    # the downloads are written just after the diagram is shown: the SD 1.5 file soon follows
+    for _ in range(20):
+        with page.expect_download(timeout=WAIT) as info:
+            page.click("#dl_svg")
+        if info.value.suggested_filename.startswith("sd15"):
+            break
+        page.wait_for_timeout(500)
+    assert info.value.suggested_filename.startswith("sd15-preset")
+    assert "<svg" in Path(info.value.path()).read_text()
 
 
 def test_no_request_left_the_machine(page):
