@@ -72,12 +72,16 @@ def shoot(url: str, out: Path, steps: int) -> list[str]:
         page.get_by_role("option", name="SD 1.5 preset (meta: shapes only)").click()
         page.wait_for_function(
             "() => (document.querySelector('#diagram .uv-title') || {}).textContent"
-            "?.includes('320')",
+            "?.startsWith('sd15') && document.querySelector('#diagram-svg svg').dataset.uvReady",
             timeout=WAIT,
         )
-        page.get_by_label("blocks").first.check()
-        page.wait_for_timeout(2500)
-        page.screenshot(path=str(out / "app-architecture.png"))
+        page.locator("#diagram-svg g.node", has_text="down_blocks.1").first.click()
+        page.wait_for_function(
+            "() => document.querySelector('#block_parts').innerText.includes('attentions.0')",
+            timeout=WAIT,
+        )
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(out / "app-architecture.png"), full_page=True)
 
         page.get_by_role("tab", name="Attention").click()
         page.locator("#steps input").fill(str(steps))
