@@ -235,8 +235,8 @@ def score_scenes(
     return out
 
 
-def _known_shapes(tokenizer: Any) -> tuple[str, ...]:
-    return tuple(s for s in SHAPES if s in tokenizer.words)
+def _known_shapes(words: Any) -> tuple[str, ...]:
+    return tuple(s for s in SHAPES if s in words)
 
 
 def _conditioning(text_encoder: nn.Module, tokenizer: Any, captions: list[str], image_size: int):
@@ -258,6 +258,7 @@ def quick_eval(
     guidance: float = 4.0,
     seed: int = 0,
     vae: nn.Module | None = None,
+    words: Any = None,
 ) -> dict[str, Any]:
     """Generate ``n`` one-object and ``n`` two-object eval captions in one batch each (hooks,
     no capture) and score them; keys are prefixed ``one_`` and ``two_``. With ``vae`` the
@@ -268,7 +269,7 @@ def quick_eval(
     size = int(unet.config.sample_size) * factor
     result: dict[str, Any] = {}
     for n_obj, prefix in ((1, "one_"), (2, "two_")):
-        scenes = eval_scenes(n, size, n_obj, words=tokenizer.words)
+        scenes = eval_scenes(n, size, n_obj, words=words or tokenizer.words)
         captions = [s.caption for s in scenes]
         cond, added = _conditioning(text_encoder, tokenizer, captions, size)
         uncond, added_u = _conditioning(text_encoder, tokenizer, [""], size)
@@ -285,10 +286,11 @@ def quick_eval(
             maps.append(
                 {w: summed[i, labels.index(w)] for w in set(labels) if w in SHAPES + COLOURS}
             )
-        for k, v in score_scenes(scenes, images, maps, _known_shapes(tokenizer)).items():
+        shapes = _known_shapes(words or tokenizer.words)
+        for k, v in score_scenes(scenes, images, maps, shapes).items():
             result[prefix + k] = None if v is None else round(v, 4)
     parts = (unet, text_encoder, tokenizer, schedule)
-    result.update(teacher_forced_iou(*parts, n, seed=seed, vae=vae))
+    result.update(teacher_forced_iou(*parts, n, seed=seed, vae=vae, words=words))
     return result
 
 
@@ -302,6 +304,7 @@ def teacher_forced_iou(
     timesteps: tuple[int, ...] = (300, 500, 700),
     seed: int = 0,
     vae: nn.Module | None = None,
+    words: Any = None,
 ) -> dict[str, Any]:
     """Localisation against the exact rendered masks: dataset images (their latents, with a
     ``vae``) noised to ``timesteps``, one conditional forward each, DAAM maps summed over
@@ -313,7 +316,7 @@ def teacher_forced_iou(
     blob = daam_binary(centred_blob(size))
     result: dict[str, Any] = {}
     for n_obj, prefix in ((1, "one_"), (2, "two_")):
-        scenes = eval_scenes(n, size, n_obj, words=tokenizer.words)
+        scenes = eval_scenes(n, size, n_obj, words=words or tokenizer.words)
         x0 = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2) * 2 - 1
         if vae is not None:
             x0 = torch.cat([vae.scale(vae.encode(c)[0]) for c in x0.split(16)])
@@ -337,26 +340,35 @@ def teacher_forced_iou(
     return result
 
 
-def evaluate_pipeline(pipe: Any, n: int = 16, steps: int = 25, guidance: float = 4.0) -> dict:
+def evaluate_pipeline(
+    pipe: Any, n: int = 16, steps: int = 25, guidance: float = 4.0, words: Any = None
+) -> dict:
     """Score a demo pipeline through its public call: ``pipe(caption, seed=i)`` per caption,
-    maps from ``run.trace.heatmap(word, preset="daam")`` (the capture code path)."""
+    maps from ``run.trace.heatmap(word, preset="daam")`` (the capture code path); ``words``
+    restricts the captions to another vocabulary (e.g. v1's, to compare models)."""
+    words = words or pipe.tokenizer.words
     result: dict[str, Any] = {}
     for n_obj, prefix in ((1, "one_"), (2, "two_")):
-        scenes = eval_scenes(n, pipe.size, n_obj, words=pipe.tokenizer.words)
+        scenes = eval_scenes(n, pipe.size, n_obj, words=words)
         images, maps = [], []
         for i, scene in enumerate(scenes):
             run = pipe(scene.caption, seed=i, steps=steps, guidance=guidance, daam=True)
             images.append(np.asarray(run.image, np.float32) / 255)
             words = [w for w in set(run.words) if w in SHAPES + COLOURS]
             maps.append({w: run.trace.heatmap(w, preset="daam", size=pipe.size) for w in words})
-        shapes = _known_shapes(pipe.tokenizer)
+        shapes = _known_shapes(words)
         for k, v in score_scenes(scenes, np.stack(images), maps, shapes).items():
             result[prefix + k] = None if v is None else round(v, 4)
     return result
 
 
 def full_eval(
-    folder: str | Path, n: int = 32, steps: int = 25, guidance: float = 4.0, fast: bool = False
+    folder: str | Path,
+    n: int = 32,
+    steps: int = 25,
+    guidance: float = 4.0,
+    fast: bool = False,
+    words: Any = None,
 ) -> dict[str, Any]:
     """The scores of a demo model folder: generation through the pipeline and capture (or,
     with ``fast``, batched generation with hooks), plus teacher-forced localisation."""
@@ -365,9 +377,9 @@ def full_eval(
     pipe = DemoPipeline(folder)
     parts = (pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.schedule)
     if fast:
-        return quick_eval(*parts, n=n, steps=steps, guidance=guidance, vae=pipe.vae)
-    scores = evaluate_pipeline(pipe, n, steps, guidance)
-    scores.update(teacher_forced_iou(*parts, n=n, vae=pipe.vae))
+        return quick_eval(*parts, n=n, steps=steps, guidance=guidance, vae=pipe.vae, words=words)
+    scores = evaluate_pipeline(pipe, n, steps, guidance, words)
+    scores.update(teacher_forced_iou(*parts, n=n, vae=pipe.vae, words=words))
     return scores
 
 
@@ -402,11 +414,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fast", action="store_true", help="batched generation with hooks")
+    p.add_argument(
+        "--words-from", default=None, help="caption vocabulary of another demo folder (compare)"
+    )
     p.add_argument("--json", default=None, help="also write the scores to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    scores = full_eval(args.model, args.n, args.steps, args.guidance, args.fast)
+    words = None
+    if args.words_from:
+        from unetviz.pipelines.demo import WordTokenizer
+
+        words = WordTokenizer.load(Path(args.words_from) / "tokenizer").words
+    scores = full_eval(args.model, args.n, args.steps, args.guidance, args.fast, words)
     print(
         f"demo model {args.model}: {args.n} one-object + {args.n} two-object captions, "
         f"{args.steps} DDIM steps, guidance {args.guidance} ({time.time() - t0:.0f} s)\n"
