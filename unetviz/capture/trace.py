@@ -135,6 +135,15 @@ class Trace:
         return aggregate.layer_maps(self, token, **options)
 
     # ------------------------------------------------------------------ save / load
+    def nbytes(self) -> int:
+        """Bytes held by the trace's tensors (attention maps, sums, per-head sums, temb
+        vectors): what a session or a notebook summary reports as the trace's memory."""
+        records = [*self.attention.values(), *self.self_attention.values()]
+        tensors = [getattr(rec, name, None) for rec in records for name in ("sum", "head_sum")]
+        tensors += [m for rec in records for m in rec.maps]
+        tensors += [r.vector for r in self.temb] + list(self.temb_vectors.values())
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None and not t.is_meta)
+
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """(JSON-able structure, named tensors): what ``save`` writes."""
         tensors: dict[str, torch.Tensor] = {}

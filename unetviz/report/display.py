@@ -93,19 +93,6 @@ def wrap(body: str) -> str:
 
 
 # ---------------------------------------------------------------------------- trace
-def trace_bytes(trace: Any) -> int:
-    """Bytes held by the trace's tensors (attention maps, sums, per-head sums, temb vectors)."""
-    tensors = [
-        getattr(rec, name, None)
-        for rec in [*trace.attention.values(), *trace.self_attention.values()]
-        for name in ("sum", "head_sum")
-    ]
-    for rec in [*trace.attention.values(), *trace.self_attention.values()]:
-        tensors += list(rec.maps)
-    tensors += [r.vector for r in trace.temb] + list(trace.temb_vectors.values())
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None and not t.is_meta)
-
-
 def human_bytes(n: int) -> str:
     """``1.2 MiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -147,7 +134,7 @@ def trace_facts(trace: Any) -> list[tuple[str, str]]:
     facts.append(("captured", "; ".join(what)))
     if trace.tokens:
         facts.append(("tokens", f"{len(trace.tokens)}"))
-    facts.append(("memory", human_bytes(trace_bytes(trace))))
+    facts.append(("memory", human_bytes(trace.nbytes())))
     return facts
 
 
