@@ -21,6 +21,7 @@ _EXPORTS = {
     "capture": "unetviz.capture",
     "Trace": "unetviz.capture",
     "Heatmap": "unetviz.capture.heatmap",
+    "write_report": "unetviz.report.html",
     "load_pipeline": "unetviz.pipelines",
     "detect_model": "unetviz.detect",
     "ModelKind": "unetviz.detect",
