@@ -43,13 +43,36 @@ def trim() -> None:
         pass
 
 
+def clients(url: str, sessions: int, steps: int) -> int:
+    """The child process: ``sessions`` new gradio_client sessions, one Run each."""
+    from gradio_client import Client
+
+    from tests.app_support import heatmap_args
+
+    prompts = ["a red circle", "a blue square and a green triangle", "a yellow triangle"]
+    for i in range(sessions):
+        c = Client(url, verbose=False)
+        out = c.predict(
+            "demo", prompts[i % 3], "", str(i), steps, 4.0, *heatmap_args(), api_name="/run"
+        )
+        if out[10]:
+            print(f"run {i} failed: {out[10]}", file=sys.stderr)
+            return 1
+        c.close()
+        print(i, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve, run the sessions, idle, print the curve."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=200)
     ap.add_argument("--ttl", type=float, default=20.0, help="session time-to-live, seconds")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # the child's role
     args = ap.parse_args(argv)
+    if args.client:
+        return clients(args.client, args.sessions, args.steps)
 
     import socket
 
@@ -80,29 +103,34 @@ def main(argv: list[str] | None = None) -> int:
     trim()
     start = rss_mb()
     print(f"start: RSS {start:.0f} MB, {len(store)} live sessions")
-    prompts = ["a red circle", "a blue square and a green triangle", "a yellow triangle"]
+    # the clients run in a child process, so the RSS measured here is the server's alone
+    import subprocess
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--client",
+            url,
+            "--sessions",
+            str(args.sessions),
+            "--steps",
+            str(args.steps),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.perf_counter()
-    for i in range(args.sessions):
-        c = Client(url, verbose=False)
-        out = c.predict(
-            "demo",
-            prompts[i % 3],
-            "",
-            str(i),
-            args.steps,
-            4.0,
-            *heatmap_args(),
-            api_name="/run",
-        )
-        if out[10]:
-            raise SystemExit(f"run {i} failed: {out[10]}")
-        c.close()
+    for line in child.stdout:  # one line per finished session
+        i = int(line.split()[0])
         if (i + 1) % 25 == 0:
             print(
                 f"after {i + 1:4d} sessions ({time.perf_counter() - t0:5.0f} s): RSS "
                 f"{rss_mb():6.0f} MB, {len(store):3d} live sessions holding "
                 f"{store.nbytes() / 2**20:6.1f} MB"
             )
+    if child.wait() != 0:
+        raise SystemExit("the client process failed")
     peak = rss_mb()
     for waited in range(0, int(args.ttl) + 6, max(1, int(args.ttl) // 4)):
         time.sleep(max(1, int(args.ttl) // 4))

@@ -135,7 +135,7 @@ def launch_kwargs() -> dict[str, Any]:
         "footer_links": [],
         "pwa": False,
         "max_file_size": f"{MAX_UPLOAD_MB}mb",
-        "state_session_capacity": 2 * DEFAULT_MAX_SESSIONS,
+        "state_session_capacity": DEFAULT_MAX_SESSIONS,
         "allowed_paths": [],
     }
 
