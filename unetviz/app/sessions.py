@@ -38,11 +38,7 @@ class Session:
 
     def nbytes(self) -> int:
         """Bytes held by the trace's tensors and the image (what expiry frees)."""
-        total = 0
-        for rec in getattr(self.trace, "attention", {}).values():
-            for t in list(getattr(rec, "maps", None) or []) + [getattr(rec, "sum", None)]:
-                if t is not None and hasattr(t, "element_size"):
-                    total += t.element_size() * t.nelement()
+        total = self.trace.nbytes()
         if self.image is not None:
             total += self.image.width * self.image.height * 3
         return total
