@@ -347,3 +347,24 @@ def test_daam_needs_the_capture_option_and_all_steps(run):
     finally:
         for n, r in trace.attention.items():
             r.head_sum = saved[n]
+
+
+def test_preset_layers_name_exactly_what_each_preset_reads(run):
+    from unetviz.capture.aggregate import preset_layers
+
+    kind, (trace, _, _) = run
+    names = preset_layers(trace, "daam")
+    assert names and not any(n.startswith("mid_block") for n in names)
+    full = trace.heatmap("cat", preset="daam", normalize=None)
+    torch.testing.assert_close(
+        trace.heatmap("cat", preset="daam", normalize=None, layers=names), full
+    )
+    for name in names:  # every named layer contributes
+        rest = [n for n in names if n != name]
+        if rest:
+            less = trace.heatmap("cat", preset="daam", normalize=None, layers=rest)
+            assert not torch.allclose(less, full), (kind, name)
+    res = {"sd1": 16, "sd2": 12, "sdxl": 8}[kind]
+    p2p = preset_layers(trace, "p2p")
+    assert p2p and {trace.attention[n].res[0] for n in p2p} == {res}
+    assert all(trace.attention[n].location in ("down", "up") for n in p2p)

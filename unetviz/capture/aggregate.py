@@ -398,11 +398,8 @@ def daam(
         )
     latent_hw, side = daam_grid(trace)
     total, n = torch.zeros(side, side), 0
-    for rec in recs:
+    for rec in _daam_factor_kept(recs, latent_hw):
         h, w = rec.res
-        factor = int(math.sqrt(latent_hw // (h * w)))
-        if factor == 8 or factor not in DAAM_FACTORS:  # daam/trace.py:285-289, 103-104
-            continue
         x = rec.head_sum.float()[..., idx]  # (heads, h, w, pieces): DAAM's per-head time sums
         if heads is not None:
             x = x[_head_list(rec, heads, x.shape[0])]
@@ -420,6 +417,30 @@ def daam(
     if size is not None and _size(size, (side, side)) != (side, side):  # DAAM's expand_as
         out = F.interpolate(out[None, None], size=_size(size, (side, side)), mode="bicubic")[0, 0]
     return out
+
+
+def _daam_factor_kept(recs: list[AttentionRecord], latent_hw: int) -> list[AttentionRecord]:
+    """The maps DAAM records: factor = int(sqrt(latent_hw / queries)) in its defaults, never
+    8 (daam/trace.py:285-289, 103-104)."""
+    kept = []
+    for rec in recs:
+        factor = int(math.sqrt(latent_hw // (rec.res[0] * rec.res[1])))
+        if factor != 8 and factor in DAAM_FACTORS:
+            kept.append(rec)
+    return kept
+
+
+def preset_layers(trace: Trace, preset: str) -> list[str]:
+    """The cross-attention layers an aggregation preset reads on ``trace`` (what the app shows
+    when a preset is chosen): DAAM's down/up layers that pass its factor rule, or the layers
+    ``daam-approx`` / ``p2p`` keep. Needs no per-head sums: it names, it does not compute."""
+    if preset == "daam":
+        recs = [r for r in trace.attention.values() if r.location in DAAM_LOCATIONS]
+        return [r.name for r in _daam_factor_kept(recs, daam_grid(trace)[0])]
+    recs = [r for r in trace.attention.values() if r.captured] or list(trace.attention.values())
+    if not recs:
+        return []
+    return [r.name for r in _approx_preset(trace, preset, recs)[0]]
 
 
 def _daam_layers(trace: Trace) -> list[AttentionRecord]:
