@@ -148,6 +148,9 @@ def test_presets_show_what_they_use_and_layers_stay_ticked(ran, served):
     locs, res, note, msg = h.preset_changed(Request(), "p2p")
     assert locs["interactive"] is False and res["interactive"] is False
     assert "Prompt-to-Prompt" in note
+    # the boxes show the preset's own choice: p2p reads one down/up resolution, never mid
+    assert set(locs["value"]) <= {"down", "up"} and len(res["value"]) == 1
+    assert f"{res['value'][0]}×{res['value'][0]}" in note
     locs, res, note, _ = h.preset_changed(Request(), "custom")
     assert locs["interactive"] is True and note == ""
     tiles, bar, msg, fix = h.heatmaps(Request(), *heatmap_args(step_to=1, locations=()))
