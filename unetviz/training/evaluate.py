@@ -354,8 +354,8 @@ def evaluate_pipeline(
         for i, scene in enumerate(scenes):
             run = pipe(scene.caption, seed=i, steps=steps, guidance=guidance, daam=True)
             images.append(np.asarray(run.image, np.float32) / 255)
-            words = [w for w in set(run.words) if w in SHAPES + COLOURS]
-            maps.append({w: run.trace.heatmap(w, preset="daam", size=pipe.size) for w in words})
+            scored = [w for w in set(run.words) if w in SHAPES + COLOURS]
+            maps.append({w: run.trace.heatmap(w, preset="daam", size=pipe.size) for w in scored})
         shapes = _known_shapes(words)
         for k, v in score_scenes(scenes, np.stack(images), maps, shapes).items():
             result[prefix + k] = None if v is None else round(v, 4)
