@@ -34,12 +34,12 @@ import typer
 
 from unetviz.errors import UnetvizError
 from unetviz.outputs import check_output_folder, write_folder
+from unetviz.pipelines.base import MAX_SEED, check_seed
 
 _SAFE = re.compile(r"[^0-9A-Za-z_-]+")
 #: Per-map normalisation before colouring (``trace.heatmap(normalize=...)``).
 NORMALIZE = ("none", "max", "sum", "minmax")
 SCALES = ("shared", "per-token")
-MAX_SEED = 2**63 - 1
 MIN_SIDE = 256  # heatmap PNGs are at least this many pixels on their shorter side
 _VALUE = {
     "none": "mean attention probability",
@@ -160,8 +160,7 @@ def run_attention(
 
 
 def _check_numbers(seed: int, guidance: float | None) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UnetvizError(f"--seed {str(seed)[:40]}: expected an integer 0..{MAX_SEED} (2**63-1)")
+    check_seed(seed, "--seed")
     if guidance is not None and not math.isfinite(guidance):
         raise UnetvizError(f"--guidance {guidance}: expected a finite number")
 

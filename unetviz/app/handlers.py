@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from unetviz.errors import UnetvizError
+from unetviz.pipelines.base import MAX_SEED
 
 from . import views
 from .registry import DEMO, ModelRegistry, size_multiple
@@ -30,7 +31,6 @@ log = logging.getLogger("unetviz.app")
 
 MAX_STEPS = 100
 MAX_PROMPT_SHOWN = 60
-SEED_MAX = 2**64 - 1
 
 
 def clean_message(text: str, limit: int = 400) -> str:
@@ -324,7 +324,7 @@ class AppHandlers:
             raise InputError(f"guidance={guidance!r}: expected a number 1..30") from None
         if not 1.0 <= g <= 30.0:  # NaN fails too
             raise InputError(f"guidance={g}: expected a number 1..30")
-        s = parse_int(seed, "seed", 0, SEED_MAX)
+        s = parse_int(seed, "seed", 0, MAX_SEED)
         c = self.controls(*control_values)
         model = (model or DEMO).strip() or DEMO
         progress = progress or (lambda *a, **k: None)

@@ -19,8 +19,9 @@ from typing import Any
 
 import gradio as gr
 
+from ..pipelines.base import MAX_SEED
 from . import views
-from .handlers import MAX_STEPS, SEED_MAX, AppHandlers
+from .handlers import MAX_STEPS, AppHandlers
 from .registry import DEMO, ModelRegistry, describe_roots
 from .sessions import SessionStore
 
@@ -257,7 +258,7 @@ def _prompt_column(ctx: TabContext) -> None:
     with gr.Row():
         c["negative"] = gr.Textbox("", label="Negative prompt", elem_id="negative", scale=2)
         c["seed"] = gr.Textbox(
-            "0", label="Seed", info=f"a whole number 0..{SEED_MAX}", elem_id="seed", scale=2
+            "0", label="Seed", info=f"a whole number 0..{MAX_SEED}", elem_id="seed", scale=2
         )
         c["steps"] = gr.Number(
             25, label="Steps", precision=0, info=f"1..{MAX_STEPS}", elem_id="steps", scale=1

@@ -34,6 +34,17 @@ def check_finite(noise: torch.Tensor, step: int, total: int) -> None:
         )
 
 
+#: seeds every pipeline, the CLI and the app accept: torch.Generator's unsigned 64-bit range
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an exact int in 0..MAX_SEED, else PipelineError naming it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise PipelineError(f"{name}={str(seed)[:40]}: expected an integer 0..{MAX_SEED} (2**64-1)")
+    return seed
+
+
 ProgressCallback = Callable[[int, int], None]
 """``progress(step, total)``: called after each sampling step (1-based)."""
 

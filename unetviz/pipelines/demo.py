@@ -42,7 +42,7 @@ from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
 
 from ..edits.session import compare, for_pipeline
-from .base import PipelineError, Run
+from .base import PipelineError, Run, check_seed
 
 __all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -556,7 +556,7 @@ class DemoPipeline:
             raise PipelineError(f"steps must be >= 1, got {steps}")
         _, labels, words = self.tokenizer.encode(prompt)
         self.tokenizer.encode(negative_prompt)  # an unknown word fails before sampling
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(check_seed(seed))
         start = time.perf_counter()
         options = {"attention": True, "temb": True, "detail": detail, **capture_kwargs}
         call = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)

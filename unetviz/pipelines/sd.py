@@ -36,7 +36,7 @@ from unetviz.detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_fold
 from unetviz.errors import UnetvizError
 
 from ..edits.session import compare, for_pipeline
-from .base import PipelineError, Run, check_finite
+from .base import PipelineError, Run, check_finite, check_seed
 
 SD_EXTRA_HINT = "pip install 'unetviz[sd]'"
 
@@ -349,8 +349,7 @@ class SDPipeline:
         """PipelineError (ConfigError for the size) naming the bad argument, before any work."""
         if not isinstance(prompt, str):
             raise PipelineError(f"prompt must be a string, got {type(prompt).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
-            raise PipelineError(f"seed={seed!r}: expected an integer in [-2^63, 2^64)")
+        check_seed(seed)
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
             raise PipelineError(f"steps must be >= 1 and <= {MAX_STEPS}, got {steps!r}")
         if not math.isfinite(guidance):
