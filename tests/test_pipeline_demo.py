@@ -126,3 +126,52 @@ def test_incomplete_latent_folder_is_a_clear_error(tmp_path):
     (tmp_path / "v2" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(PipelineError, match="vae.*diffusion_pytorch_model.safetensors"):
         DemoPipeline(tmp_path / "v2")
+
+
+@pytest.mark.parametrize(
+    "part, file, key, value",
+    [
+        ("text_encoder", "config.json", "width", 16_000),
+        ("tokenizer", "vocab.json", "max_length", 10**9),
+        ("scheduler", "scheduler_config.json", "num_train_timesteps", 10**9),
+    ],
+)
+def test_hostile_demo_part_configs_fail_before_allocating(tmp_path, part, file, key, value):
+    """Issue 10 item 5: a demo-format folder's sizes are bounded before anything is built."""
+    import json
+    import shutil
+
+    from unetviz.config import ConfigError
+    from unetviz.detect import DEMO_DIR
+    from unetviz.pipelines import load_pipeline
+
+    folder = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, folder)
+    path = folder / part / file
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=key):
+        load_pipeline(str(folder))
+
+
+def test_non_finite_guidance_and_output_are_refused_naming_the_step():
+    import torch
+
+    from unetviz.pipelines import load_pipeline
+    from unetviz.pipelines.base import PipelineError
+
+    pipe = load_pipeline("demo")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(PipelineError, match="guidance"):
+            pipe("a red circle", steps=2, guidance=bad)
+    weight = pipe.unet.conv_out.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(float("nan"))
+        with pytest.raises(PipelineError, match=r"step 1/2 is not finite"):
+            pipe("a red circle", steps=2)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)

@@ -37,12 +37,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from unetviz.config import check_demo_config, read_json
 from unetviz.detect import DEMO_DIR
 from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
 
 from ..edits.session import compare, for_pipeline
-from .base import PipelineError, Run, check_seed
+from .base import PipelineError, Run, check_finite, check_seed
 
 __all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -107,8 +108,12 @@ class WordTokenizer:
 
     @classmethod
     def load(cls, folder: str | Path) -> WordTokenizer:
-        data = json.loads((Path(folder) / "vocab.json").read_text())
-        return cls(data["vocab"], data["max_length"])
+        data = check_demo_config("tokenizer", read_json(Path(folder) / "vocab.json", "tokenizer"))
+        if not isinstance(data.get("vocab"), list) or not all(
+            isinstance(w, str) for w in data["vocab"]
+        ):
+            raise PipelineError(f"{folder}/vocab.json: 'vocab' must be a list of words")
+        return cls(data["vocab"], data.get("max_length", 16))
 
 
 # ------------------------------------------------------------------------------ text encoder
@@ -255,10 +260,7 @@ def demo_unet_config(
     ``added_conditions=False`` drops SDXL's ``text_time`` keys (the latent model has them), for
     code whose forward passes only (sample, timestep, text states)."""
     path = Path(folder) / "unet" / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"cannot read the demo UNet config {path}: {exc}") from exc
+    config = read_json(path)
     if not added_conditions:
         for key in ADDED_KEYS:
             config.pop(key, None)
@@ -324,6 +326,7 @@ def sample(
     for i, t in enumerate(ts):
         inp = unet_input(unet, torch.cat([x, x]) if cfg else x)
         v = unet(inp, torch.tensor(t), context, added_cond_kwargs=extra)
+        check_finite(v, i + 1, len(ts))
         if cfg:
             v_u, v_c = v.chunk(2)
             v = v_u + guidance * (v_c - v_u)
@@ -378,16 +381,6 @@ def save_demo(
         write_file(folder / "vae" / "diffusion_pytorch_model.safetensors", _tensors(vae))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path} holds {type(data).__name__}: expected a JSON object")
-    return data
-
-
 def _load_state(module: nn.Module, path: Path) -> None:
     """Strictly load a safetensors file into a module (every key, every shape)."""
     from safetensors.torch import load_file
@@ -414,14 +407,14 @@ def load_demo_parts(
     if missing:
         raise PipelineError(f"demo model folder {folder} is incomplete: missing {missing}")
     unet = load_unet(folder / "unet").eval()
-    te_cfg = _read_json(folder / "text_encoder" / "config.json")
+    te_cfg = check_demo_config("text_encoder", read_json(folder / "text_encoder" / "config.json"))
     te_cfg.pop("_class_name", None)
     text_encoder = DemoTextEncoder(TextEncoderConfig(**te_cfg))
     _load_state(text_encoder, folder / "text_encoder" / "model.safetensors")
     text_encoder.eval()
     tokenizer = WordTokenizer.load(folder / "tokenizer")
     sched_path = folder / "scheduler" / "scheduler_config.json"
-    sched = _read_json(sched_path) if sched_path.is_file() else {}
+    sched = check_demo_config("scheduler", read_json(sched_path)) if sched_path.is_file() else {}
     schedule = DDIMSchedule(
         num_train_timesteps=sched.get("num_train_timesteps", 1000),
         beta_schedule=sched.get("beta_schedule", "squaredcos_cap_v2"),
@@ -552,8 +545,10 @@ class DemoPipeline:
                 f"the demo model generates {size}x{size} images only; got height={height}, "
                 f"width={width}"
             )
-        if steps < 1:
-            raise PipelineError(f"steps must be >= 1, got {steps}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+            raise PipelineError(f"steps={steps!r}: expected an integer 1..1000")
+        if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise PipelineError(f"guidance={guidance!r}: expected a finite number")
         _, labels, words = self.tokenizer.encode(prompt)
         self.tokenizer.encode(negative_prompt)  # an unknown word fails before sampling
         generator = torch.Generator().manual_seed(check_seed(seed))
