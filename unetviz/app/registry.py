@@ -141,13 +141,13 @@ class ModelRegistry:
 
     def spec(self, choice: str, folder: str = "") -> ModelSpec:
         """``choice``: "demo", a preset name, or "folder" (then ``folder`` is the typed path)."""
-        from unetviz.config import UNetConfig
+        from unetviz.config import UNetConfig, read_json
 
         choice = (choice or "").strip()
         if choice == DEMO:
             cfg_path = self.demo_dir() / "unet" / "config.json"
             if cfg_path.is_file():
-                config = _read_json(cfg_path)
+                config = read_json(cfg_path)
             else:
                 from unetviz.pipelines.demo import demo_unet_config
 
@@ -265,16 +265,6 @@ class ModelRegistry:
         t = threading.Thread(target=work, name="unetviz-preload", daemon=True)
         t.start()
         return t
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelAccessError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelAccessError(f"{path} is not a JSON object")
-    return data
 
 
 def size_multiple(spec: ModelSpec) -> int:
