@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from unetviz.outputs import write_folder
 from unetviz.pipelines.demo import DEMO_DIR, load_demo_parts, load_demo_vae
 
 from .evaluate import full_eval
@@ -156,19 +157,18 @@ def ship(src: str | Path, dest: str | Path = DEMO_DIR, n: int = 32, steps: int =
     info.setdefault("minutes", float("nan"))
     if (run_dir / "args.json").is_file():
         info.update(json.loads((run_dir / "args.json").read_text()))
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for part in PARTS:
-        shutil.copytree(src / part, tmp / part)
-    (tmp / "scores.json").write_text(json.dumps(dict(scores, step=info["step"]), indent=1) + "\n")
-    (tmp / "model_card.md").write_text(model_card(src, scores, info, evals))
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def fill(tmp: Path) -> None:
+        for part in PARTS:
+            if (src / part).is_dir():
+                shutil.copytree(src / part, tmp / part)
+        scores_text = json.dumps(dict(scores, step=info["step"]), indent=1) + "\n"
+        (tmp / "scores.json").write_text(scores_text)
+        (tmp / "model_card.md").write_text(model_card(src, scores, info, evals))
+
+    # unetviz.outputs rules: a folder unetviz did not write is never deleted; the package's own
+    # demo folder (no marker: it comes from git) is written into, replacing same-named files
+    write_folder(dest, fill, force=dest.resolve() == DEMO_DIR.resolve())
     return scores
 
 
