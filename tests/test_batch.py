@@ -226,6 +226,26 @@ def test_dataset_view_opens_inside_roots_only(small_set, tmp_path, engine):
         open_dataset("../runs/out", roots=[tmp_path / "runs" / "x"])
 
 
+def test_app_dataset_tab_opens_a_run_and_drills_into_a_prompt(small_set, tmp_path, engine):
+    """The app's Dataset tab handlers on a real batch output inside the model roots."""
+    from unetviz.app.dataset import drill, open_folder
+    from unetviz.app.registry import ModelRegistry
+
+    out = tmp_path / "roots" / "out"
+    out.parent.mkdir()
+    run_batch(small_set, out, JobSpec(**SPEC), engine=engine)
+    registry = ModelRegistry(roots=[tmp_path / "roots"])
+    msg, head, f1, f2, f3, prompts, ds = open_folder(registry, "out")
+    assert msg.startswith("opened") and head and ds is not None
+    assert all(f is not None for f in (f1, f2, f3)) and prompts["data"][1][1] == "error"
+    text, image, words, figure, _ = drill(ds, 0)
+    assert "a red circle" in text and image is not None and words["data"]
+    assert "error" in drill(ds, 1)[0] and drill(ds, 99)[0].startswith("**Error:**")
+    assert drill(None, 0)[0] == "open a dataset first"
+    outside = open_folder(registry, str(small_set.parent))  # a folder outside the roots
+    assert outside[0].startswith("**Error:**") and outside[-1] is None
+
+
 def test_refuses_foreign_folder_and_bad_options(small_set, tmp_path):
     from unetviz.errors import OutputError
 

@@ -540,12 +540,20 @@ def build_experiments(ctx: TabContext) -> None:
     build(ctx)
 
 
+def build_dataset(ctx: TabContext) -> None:
+    """The Dataset tab (``unetviz.app.dataset``, on ``unetviz.batch.dataset``)."""
+    from .dataset import build_dataset as build
+
+    build(ctx)
+
+
 #: the app's tabs, in order: (title, builder)
 TABS: list[tuple[str, Callable[[TabContext], None]]] = [
     ("Architecture", build_architecture),
     ("Attention", build_attention),
     ("Time embedding", build_temb),
     ("Experiments", build_experiments),
+    ("Dataset", build_dataset),
 ]
 
 
