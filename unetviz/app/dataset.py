@@ -54,7 +54,10 @@ def drill(ds: Any, row: Any) -> tuple:
     heads, rows = d.words
     status = f"row {row}: {d.status}" + (f" ({d.error})" if d.error else "")
     words = {"headers": heads, "data": rows} if rows else None
-    return (f"{status}: {d.prompt}", d.image, words, d.figure, d.heatmaps)
+    image = d.image
+    if image is not None and image.width < 256:  # the demo's 24 px: enlarge, keep the pixels
+        image = image.resize((image.width * 12, image.height * 12), resample=0)
+    return (f"{status}: {d.prompt}", image, words, d.figure, d.heatmaps)
 
 
 def build_dataset(ctx: Any) -> None:
@@ -78,7 +81,7 @@ def build_dataset(ctx: Any) -> None:
         show = gr.Button("Show prompt", elem_id="ds_show")
     drill_msg = gr.Markdown("", elem_id="ds_drill_msg")
     with gr.Row():
-        image = gr.Image(label="Generated image", format="png")
+        image = gr.Image(label="Generated image", format="png", buttons=["download"], height=288)
         words = gr.Dataframe(label="Per-word statistics")
     with gr.Row():
         figure, heat = gr.Plot(), gr.Plot()

@@ -169,10 +169,16 @@ def build_experiments(ctx: Any) -> None:
             temb_scale = gr.Slider(0, 3, value=1, step=0.1, label="temb scale")
     run = gr.Button("Run edited", variant="primary", elem_id="exp_run")
     with gr.Row():
-        strip = gr.Image(label="base | edited | difference", format="png", elem_id="exp_strip")
+        strip = gr.Image(
+            label="base | edited | difference",
+            format="png",
+            elem_id="exp_strip",
+            buttons=["download"],
+        )
         heat = gr.Image(
             label="the word's attention: base | edited (one scale)",
             format="png",
+            buttons=["download"],
             elem_id="exp_heat",
         )
     table = gr.Dataframe(label="What changed", elem_id="exp_table")
