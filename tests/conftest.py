@@ -22,6 +22,19 @@ CHROMIUM_ARGS = [
 ]
 
 
+#: a small SD1-shaped UNet (one cross-attention level) for diffusers-vs-unetviz capture tests
+SMALL = dict(
+    sample_size=16,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=1,
+    norm_num_groups=8,
+    cross_attention_dim=32,
+    attention_head_dim=4,
+)
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """pytest-playwright: use Debian's Chromium, never a downloaded browser."""

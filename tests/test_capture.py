@@ -10,21 +10,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from tests.conftest import SMALL
 from unetviz import UNet2DConditionModel, UNetConfig, capture
 from unetviz.capture import MemoryBudgetError, TraceError
 
 diffusers = pytest.importorskip("diffusers")
 
-SMALL = dict(
-    sample_size=16,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1,
-    norm_num_groups=8,
-    cross_attention_dim=32,
-    attention_head_dim=4,
-)
 TOKENS = ["<bos>", "a", "red", "cat</w>", "on", "a", "mat</w>", "<eos>"]
 WORDS = [None, "a", "red", "cat", "on", "a", "mat", None]
 TIMESTEPS = (900, 500, 100)

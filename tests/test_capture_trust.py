@@ -8,22 +8,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tests.conftest import SMALL
 from unetviz.capture import TraceError, capture
 from unetviz.capture.attention import probabilities
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import Attention  # noqa: E402
-
-SMALL = dict(
-    sample_size=16,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1,
-    norm_num_groups=8,
-    cross_attention_dim=32,
-    attention_head_dim=4,
-)
 
 
 @pytest.fixture(scope="module")
