@@ -471,6 +471,8 @@ DEMO_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
         "layers": (_INT, 1, 48),
         "heads": (_INT, 1, 64),
         "n_special": (_INT, 0, 100_000),
+        "projection_dim": (_INT, 1, 4096),
+        "causal": (_BOOL, 0, 0),
     },
     "tokenizer": {"max_length": (_INT, 3, 1024)},
     "scheduler": {"num_train_timesteps": (_INT, 2, 100_000)},

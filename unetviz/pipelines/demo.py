@@ -128,10 +128,12 @@ class TextEncoderConfig:
     heads: int = 2
     n_special: int = len(SPECIALS)
     projection_dim: int | None = None  # pooled caption embedding size (None: no pooled output)
+    causal: bool = True  # False: every token sees the whole caption (padding masked out)
 
 
 class TextEncoderLayer(nn.Module):
-    """Pre-norm causal transformer layer (LayerNorm -> self-attention -> LayerNorm -> MLP)."""
+    """Pre-norm transformer layer (LayerNorm -> self-attention -> LayerNorm -> MLP); causal
+    unless given a key mask (bidirectional encoders pass the non-padding tokens)."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -144,16 +146,21 @@ class TextEncoderLayer(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        attn = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if keys is None:
+            attn = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            mask = keys[:, None, None, :]  # (B, 1, 1, T): which tokens may be attended to
+            attn = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.out(attn.transpose(1, 2).reshape(b, n, c))
         return x + self.mlp(self.norm2(x))
 
 
 class DemoTextEncoder(nn.Module):
-    """Token + position embeddings, causal transformer layers, final LayerNorm.
+    """Token + position embeddings, transformer layers (causal, or bidirectional with
+    ``causal=False``), final LayerNorm.
 
     Special tokens (``<pad>``, ``<bos>``, ``<eos>``) come out as their own embedding only, free
     of caption content: everything the UNet learns about the caption must come from the word
@@ -181,13 +188,14 @@ class DemoTextEncoder(nn.Module):
         """(B, T) ids -> hidden states (B, T, width) and the pooled caption embedding
         (B, projection_dim), or None for an encoder without ``text_projection``.
 
-        The pooled embedding is the last word token's state (the causal layers let it see the
+        The pooled embedding is the last word token's state (even causal layers let it see the
         whole caption, as CLIP pools its end token) through ``text_projection``; a caption with
         no words pools to zeros (the unconditional embedding of classifier-free guidance)."""
         tok = self.token_embedding(ids)
         x = tok + self.position_embedding.weight[: ids.shape[1]]
+        keys = None if self.config.causal else ids != 0  # <pad> is id 0
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, keys)
         is_word = ids >= self.config.n_special
         hidden = self.final_layer_norm(torch.where(is_word[..., None], x, tok))
         if not self.config.projection_dim:

@@ -43,6 +43,7 @@ RADIUS = {
     "small": ((0.12, 0.17), (0.10, 0.14)),
     "big": ((0.24, 0.32), (0.18, 0.22)),
 }
+MAX_TOKENS = 20  # the longest caption has 15 words, plus <bos> and <eos>
 SIZE_SPLIT = {1: 0.205, 2: 0.16}  # radius fraction between "small" and "big" (for scoring)
 
 

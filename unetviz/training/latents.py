@@ -17,41 +17,56 @@ import torch
 from unetviz.model.autoencoder import AutoencoderKL
 
 from .common import load_state, save_state
-from .data import make_batch
+from .data import MAX_TOKENS, make_batch
+from .ground import scene_masks
 
 CHUNK = 250
 
 
 @torch.no_grad()
 def encode_scenes(vae: AutoencoderKL, rng: random.Random, n: int, size: int) -> tuple:
-    """``n`` fresh scenes -> (scaled latents (n, 4, size/4, size/4), captions)."""
-    images, captions, _ = make_batch(rng, n, size)
+    """``n`` fresh scenes -> (scaled latents (n, 4, size/4, size/4), captions, scenes)."""
+    images, captions, scenes = make_batch(rng, n, size)
     latents = torch.cat([vae.scale(vae.encode(chunk)[0]) for chunk in images.split(32)])
-    return latents, captions
+    return latents, captions, scenes
 
 
 class Pool:
-    """Scaled latents and their captions; ``batch`` draws, ``refresh`` replaces entries."""
+    """Scaled latents, their captions and (for the grounding loss) object masks and each
+    token's object; ``batch`` draws, ``refresh`` replaces entries."""
 
-    def __init__(self, latents: torch.Tensor, captions: list[str]):
+    def __init__(self, latents: torch.Tensor, captions: list[str], scenes: list | None = None):
         self.latents = latents.float()
         self.captions = list(captions)
+        self.masks, self.index = scene_masks(scenes or [], MAX_TOKENS)
+        self.grounded = scenes is not None
 
     def __len__(self) -> int:
         return len(self.captions)
 
-    def batch(self, rng: random.Random, n: int) -> tuple[torch.Tensor, list[str]]:
+    def batch(self, rng: random.Random, n: int) -> tuple:
+        """(latents, captions, object masks, token objects) of ``n`` random entries."""
         idx = [rng.randrange(len(self)) for _ in range(n)]
-        return self.latents[idx], [self.captions[i] for i in idx]
+        if not self.grounded:
+            return self.latents[idx], [self.captions[i] for i in idx], None, None
+        return (
+            self.latents[idx],
+            [self.captions[i] for i in idx],
+            self.masks[idx],
+            self.index[idx],
+        )
 
     def refresh(self, vae: AutoencoderKL, rng: random.Random, n: int, size: int) -> None:
         if n <= 0:
             return
-        latents, captions = encode_scenes(vae, rng, n, size)
-        for latent, caption in zip(latents, captions, strict=True):
+        latents, captions, scenes = encode_scenes(vae, rng, n, size)
+        masks, index = scene_masks(scenes, MAX_TOKENS)
+        for k, (latent, caption) in enumerate(zip(latents, captions, strict=True)):
             i = rng.randrange(len(self))
             self.latents[i] = latent
             self.captions[i] = caption
+            if self.grounded:
+                self.masks[i], self.index[i] = masks[k], index[k]
 
 
 def latent_pool(args: Any, out: Path, vae: AutoencoderKL) -> Pool:
@@ -65,7 +80,7 @@ def latent_pool(args: Any, out: Path, vae: AutoencoderKL) -> Pool:
     while len(state["latents"]) < chunks:
         k = len(state["latents"])
         rng = random.Random(args.seed * 100_003 + k)
-        latents, captions = encode_scenes(vae, rng, CHUNK, args.size)
+        latents, captions, _ = encode_scenes(vae, rng, CHUNK, args.size)
         state["latents"].append(latents.half())
         state["captions"].append(captions)
         save_state(path, state)
@@ -73,4 +88,17 @@ def latent_pool(args: Any, out: Path, vae: AutoencoderKL) -> Pool:
     latents = torch.cat(state["latents"])
     captions = [c for chunk in state["captions"] for c in chunk]
     print(f"latent pool: {tuple(latents.shape)}, std {latents.float().std():.3f}", flush=True)
-    return Pool(latents, captions)
+    scenes = pool_scenes(args, state["captions"]) if getattr(args, "ground", 0) > 0 else None
+    return Pool(latents, captions, scenes)
+
+
+def pool_scenes(args: Any, chunk_captions: list[list[str]]) -> list:
+    """Re-draw the pool's scenes (chunk ``k``'s seed gives the same scenes; no encoding) for
+    their exact masks; refuses a pool whose captions do not match."""
+    scenes = []
+    for k, captions in enumerate(chunk_captions):
+        _, drawn, chunk = make_batch(random.Random(args.seed * 100_003 + k), CHUNK, args.size)
+        if drawn != list(captions):
+            raise SystemExit(f"latent pool chunk {k} does not match its seed: re-encode it")
+        scenes.extend(chunk)
+    return scenes

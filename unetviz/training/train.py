@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--p-uncond", type=float, default=0.1)
     add("--p-high", type=float, default=0.3, help="share of t ~ U[T/2, T)")
     add("--log-every", type=int, default=50)
+    add("--ground", type=float, default=0.0, help="weight of the token grounding loss")
+    add("--bidirectional", action="store_true", help="text encoder without a causal mask")
+    add("--resume-from", default=None, help="another run's unet_ckpt.pt to continue from")
     return p.parse_args(argv)
 
 

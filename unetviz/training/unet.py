@@ -34,11 +34,11 @@ from unetviz.pipelines.demo import (
 )
 
 from .common import Clock, append_jsonl, ema_update, load_state, save_state, set_lr, write_json
-from .data import WORDS
+from .data import MAX_TOKENS, WORDS
+from .ground import grounding_loss, recording
 from .latents import Pool
 
 WIDTH = 64  # text encoder width = cross_attention_dim = pooled embedding size
-MAX_TOKENS = 20  # the longest caption has 15 words, plus <bos> and <eos>
 N_TIME_IDS, TIME_DIM = 6, 8  # SDXL's six size/crop numbers, each as 8 sinusoids
 
 
@@ -73,12 +73,15 @@ class Both(nn.Module):
         self.text_encoder = text_encoder
 
 
-def build(latent_size: int = 24) -> tuple[Both, dict[str, Any], WordTokenizer]:
-    """Fresh (UNet + text encoder, unet config, tokenizer)."""
+def build(latent_size: int = 24, causal: bool = True) -> tuple[Both, dict[str, Any], WordTokenizer]:
+    """Fresh (UNet + text encoder, unet config, tokenizer); ``causal=False`` gives the text
+    encoder full (bidirectional) self-attention, so a noun's token also knows the position
+    and size words after it."""
     config = latent_unet_config(latent_size)
     tokenizer = WordTokenizer(WORDS, max_length=MAX_TOKENS)
     te_config = TextEncoderConfig(len(tokenizer.vocab), max_length=MAX_TOKENS, width=WIDTH)
     te_config.projection_dim = WIDTH
+    te_config.causal = causal
     model = Both(UNet2DConditionModel(UNetConfig.from_dict(config)), DemoTextEncoder(te_config))
     return model, config, tokenizer
 
@@ -121,9 +124,13 @@ def draw_timesteps(n: int, p_high: float, schedule: DDIMSchedule) -> torch.Tenso
     return t.clamp(0, schedule.num_train_timesteps - 1)
 
 
-def loss_on(model: Both, batch: tuple, tokenizer: WordTokenizer, args: Any, schedule) -> Any:
-    """The v-prediction loss of one batch (captions dropped to "" with ``args.p_uncond``)."""
-    x0, captions = batch
+def loss_on(
+    model: Both, batch: tuple, tokenizer: WordTokenizer, args: Any, schedule
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v-prediction loss, grounding loss) of one batch (captions dropped to "" with
+    ``args.p_uncond``); the grounding loss is 0 unless ``args.ground`` > 0 and the pool has
+    masks."""
+    x0, captions, masks, index = batch
     ids = tokenizer(captions)
     drop = torch.rand(len(captions)) < args.p_uncond
     ids[drop] = tokenizer([""])[0]
@@ -131,8 +138,14 @@ def loss_on(model: Both, batch: tuple, tokenizer: WordTokenizer, args: Any, sche
     x_t, target = schedule.add_noise(x0, torch.randn_like(x0), t)
     hidden, pooled = model.text_encoder.encode(ids)
     added = added_conditions(pooled, args.size)
-    pred = model.unet(x_t, t, hidden, added_cond_kwargs=added)
-    return nn.functional.mse_loss(pred, target)
+    ground = torch.zeros(())
+    if getattr(args, "ground", 0) > 0 and masks is not None:
+        with recording(model.unet) as probs:
+            pred = model.unet(x_t, t, hidden, added_cond_kwargs=added)
+        ground = grounding_loss(probs, masks, index, ~drop)
+    else:
+        pred = model.unet(x_t, t, hidden, added_cond_kwargs=added)
+    return nn.functional.mse_loss(pred, target), ground
 
 
 class Trainer:
@@ -141,15 +154,17 @@ class Trainer:
     def __init__(self, args: Any, out: Path, vae: AutoencoderKL):
         torch.manual_seed(args.seed)
         self.args, self.out, self.vae = args, out, vae
-        self.model, self.config, self.tokenizer = build(args.size // 4)
+        causal = not getattr(args, "bidirectional", False)
+        self.model, self.config, self.tokenizer = build(args.size // 4, causal)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         params = self.model.parameters()
         self.opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.schedule = DDIMSchedule(clip_sample=False)
         self.step, before = 0, 0.0
         self.ckpt = out / "unet_ckpt.pt"
-        if self.ckpt.is_file():
-            state = load_state(self.ckpt)
+        start = getattr(args, "resume_from", None)
+        if self.ckpt.is_file() or start:
+            state = load_state(self.ckpt if self.ckpt.is_file() else Path(start))
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["opt"])
@@ -206,13 +221,15 @@ def train_unet(args: Any, out: Path, vae: AutoencoderKL, pool: Pool) -> None:
     n = sum(p.numel() for p in tr.model.unet.parameters())
     print(f"unet {n / 1e6:.2f} M params, pool {len(pool)} scenes", flush=True)
     last_save = last_eval = tr.clock.minutes()
-    log_t, log_loss, log_n = time.time(), 0.0, 0
+    log_t, log_loss, log_n, log_ground = time.time(), 0.0, 0, 0.0
     tr.model.train()
     while True:
-        loss = loss_on(tr.model, pool.batch(rng, args.batch), tr.tokenizer, args, tr.schedule)
+        loss, ground = loss_on(
+            tr.model, pool.batch(rng, args.batch), tr.tokenizer, args, tr.schedule
+        )
         set_lr(tr.opt, tr.lr())
         tr.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + args.ground * ground).backward()
         nn.utils.clip_grad_norm_(tr.model.parameters(), 1.0)
         tr.opt.step()
         tr.step += 1
@@ -221,14 +238,16 @@ def train_unet(args: Any, out: Path, vae: AutoencoderKL, pool: Pool) -> None:
             sys.exit(f"loss is {loss.item()} at step {tr.step}: stopping")
         pool.refresh(vae, rng, args.refresh, args.size)
         log_loss, log_n = log_loss + loss.item(), log_n + 1
+        log_ground += ground.item()
         if tr.step % args.log_every == 0:
             rate = log_n / (time.time() - log_t)
             print(
-                f"unet step {tr.step} loss {log_loss / log_n:.4f} lr {tr.lr():.2e} "
+                f"unet step {tr.step} loss {log_loss / log_n:.4f} "
+                f"ground {log_ground / log_n:.4f} lr {tr.lr():.2e} "
                 f"{rate:.2f} steps/s {tr.clock.minutes():.1f} min",
                 flush=True,
             )
-            log_t, log_loss, log_n = time.time(), 0.0, 0
+            log_t, log_loss, log_n, log_ground = time.time(), 0.0, 0, 0.0
         minutes = tr.clock.minutes()
         done = tr.step >= args.steps or minutes >= args.minutes
         if minutes - last_save >= args.save_min or done:
