@@ -53,7 +53,9 @@ def test_run_gives_image_tokens_heatmaps_and_a_colour_bar(ran, served):
     assert image.size[0] >= side and msg == ""
     assert [t for t, _ in tokens] == ["<bos>", "a", "red", "circle", "<eos>"]
     assert pick["value"] == [1, 2, 3]
-    assert [cap for _, cap in tiles] == ["a (1)", "red (2)", "circle (3)"]
+    shown = views.tiles_from_html(tiles)  # one HTML block of inline images
+    assert [cap for _, cap in shown] == ["a (1)", "red (2)", "circle (3)"]
+    assert all(img.size == (views.TILE, views.TILE) for img, _ in shown)
     assert steps == {"lo": 0, "hi": TEST_STEPS - 1, "max": TEST_STEPS - 1}
     assert "one scale for all tiles" in bar and status.startswith("Showing **a red circle**")
     assert heads["choices"][0] == ("head 0", 0)
@@ -154,7 +156,8 @@ def test_presets_show_what_they_use_and_layers_stay_ticked(ran, served):
     locs, res, note, _ = h.preset_changed(Request(), "custom")
     assert locs["interactive"] is True and note == ""
     tiles, bar, msg, fix = h.heatmaps(Request(), *heatmap_args(step_to=1, locations=()))
-    assert fix == ["down", "mid", "up"] and "stays ticked" in msg and len(tiles) == 3
+    assert fix == ["down", "mid", "up"] and "stays ticked" in msg
+    assert len(views.tiles_from_html(tiles)) == 3
 
 
 def test_session_store_expires_caps_and_frees():
@@ -224,10 +227,11 @@ def test_endpoints(served):
     assert not any("refresh" in n or "temb_figures" in n for n in names)
     before = served.runs
     out = c.predict(*run_args("a green square", steps=2), api_name="/run")
-    assert [g["caption"] for g in out[7]] == ["a (1)", "green (2)", "square (3)"]
+    assert [cap for _, cap in views.tiles_from_html(out[7])] == ["a (1)", "green (2)", "square (3)"]
     early = c.predict(*heatmap_args([2], 0, 0), api_name="/heatmaps")
     late = c.predict(*heatmap_args([2], 1, 1), api_name="/heatmaps")
-    assert not np.array_equal(_pixels(early[0][0]["image"]), _pixels(late[0][0]["image"]))
+    (e, _), (la, _) = views.tiles_from_html(early[0]) + views.tiles_from_html(late[0])
+    assert not np.array_equal(_pixels(e), _pixels(la))
     assert served.runs == before + 1  # re-aggregated, not re-run
     bad = c.predict(*run_args("a purple square", steps=2), api_name="/run")
     assert "purple" in bad[10]  # the message slot, no exception, the server stays up
@@ -250,7 +254,7 @@ def test_trace_bundle_roundtrip(served, ran, tmp_path):
     bundle = views.save_bundle(session, tmp_path / "t.trace.zip")
     c = Client(served.url, verbose=False)
     up = c.predict(handle_file(str(bundle)), *heatmap_args(), api_name="/upload_trace")
-    assert [g["caption"] for g in up[7]] == ["a (1)", "red (2)", "circle (3)"]
+    assert [cap for _, cap in views.tiles_from_html(up[7])] == ["a (1)", "red (2)", "circle (3)"]
     bad = tmp_path / "corrupt.zip"
     bad.write_bytes(b"PK\x03\x04 not a zip")
     up = c.predict(handle_file(str(bad)), *heatmap_args(), api_name="/upload_trace")
@@ -352,4 +356,58 @@ def test_a_stable_diffusion_folder_inside_the_roots(served):
     assert out[10] == "", out[10]
     words = [t for t, kind in out[1] if kind == "word"]
     assert words == ["a", "photo", "of", "a", "cat"] and len(out[1]) == 7
-    assert [cap for _, cap in out[7]][-1] == "cat (5)"
+    assert [cap for _, cap in views.tiles_from_html(out[7])][-1] == "cat (5)"
+
+
+def test_a_model_choice_sets_its_size_and_draws_in_one_call(served):
+    h = served.handlers
+    height, width, folder, panel, rows, status, state, msg = h.choose_model("sd15", "", 2, "blocks")
+    assert msg == "" and height["value"] == width["value"] == 512 and folder["visible"] is False
+    assert "uv-panel" in panel and "sd15" in status and state["trace"].blocks
+    again = h.choose_model("sd15", "", 2, "blocks")
+    assert again[3] is panel  # drawn once, then served from the diagram cache
+    *_, msg = h.choose_model("folder", "", 2, "blocks")
+    assert "type a folder" in msg
+    assert h.prerender(("demo", "sd15")) == 2
+
+
+def test_experiments_choices_come_from_the_structure_not_the_model(served, ran):
+    from unetviz.app.experiments import demo_choices
+    from unetviz.edits import handlers as eh
+
+    mine = demo_choices(served.registry)
+    theirs = eh.choices(served.registry.pipeline("demo"))
+    assert mine["blocks"] == theirs["blocks"] and mine["skips"] == theirs["skips"]
+
+
+def test_follow_ups_are_not_remade_when_their_inputs_did_not_change(ran, served):
+    h = served.handlers
+    req = Request("follow")
+    h.sessions.put("follow", Session(trace=served.handlers.session(Request()).trace))
+    grid, _ = h.layer_grid(req, *heatmap_args(step_to=1))
+    assert grid is not SKIP and grid != SKIP
+    assert h.layer_grid(req, *heatmap_args(step_to=1, normalize="max"))[0] == SKIP
+    assert h.layer_grid(req, *heatmap_args(step_to=1, scale="per-token"))[0] != SKIP
+    first, _ = h.downloads(req, *heatmap_args(step_to=1))
+    assert first.endswith(".zip") and h.downloads(req, *heatmap_args(step_to=1))[0] == SKIP
+    assert h.downloads(req, *heatmap_args(step_to=1, opacity=0.3))[0] != SKIP
+
+
+def test_building_the_app_imports_neither_torch_nor_gradio_stub_writer(tmp_path):
+    """The first page does not wait for torch, and gradio's .pyi rewrite is skipped."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from unetviz.app import create_app, launch_kwargs\n"
+        "blocks, registry = create_app(preload=None)\n"
+        "import gradio.component_meta as m\n"
+        "print('torch' in sys.modules, m.create_or_modify_pyi.__name__,"
+        " launch_kwargs()['run_history'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "_no_stub_rewrite", "False"], out.stdout

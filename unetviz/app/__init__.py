@@ -16,6 +16,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from .fast_import import install as _fast_gradio_import  # noqa: E402
+
+_fast_gradio_import()  # before gradio is imported: skip its .pyi stub rewrite (~2 s)
+
 from unetviz.errors import UnetvizError  # noqa: E402
 
 from .registry import ModelAccessError, ModelRegistry  # noqa: E402
@@ -81,6 +85,7 @@ __all__ = [
     "ModelRegistry",
     "create_app",
     "launch",
+    "warm_up",
     "check_launch",
     "launch_kwargs",
 ]
@@ -89,16 +94,18 @@ __all__ = [
 def create_app(
     model_roots: Iterable[str | os.PathLike] | None = None,
     demo_folder: str | os.PathLike | None = None,
-    preload: bool = True,
+    preload: bool | None = True,
     threads: int | None = None,
     session_ttl_s: float = DEFAULT_TTL_S,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> tuple[Any, ModelRegistry]:
-    """Build the Blocks and their registry; ``preload`` loads the demo model in the
-    background so the first Run does not wait for it; ``threads``: torch threads (default
-    ``$UNETVIZ_TORCH_THREADS`` or 1, see ``ModelRegistry.apply_thread_policy``); a session's
-    results are freed after ``session_ttl_s`` idle seconds, on disconnect, or when more than
-    ``max_sessions`` are live (least recently used first)."""
+    """Build the Blocks and their registry; ``preload`` warms the app in the background (see
+    :func:`warm_up`) so the first Run and the first model choice do not wait; ``preload=None``
+    leaves that to the caller (``launch`` starts it once the page is served); ``threads``:
+    torch threads (default ``$UNETVIZ_TORCH_THREADS`` or 1, see
+    ``ModelRegistry.apply_thread_policy``); a session's results are freed after
+    ``session_ttl_s`` idle seconds, on disconnect, or when more than ``max_sessions`` are live
+    (least recently used first). Building imports gradio but not torch."""
     from .ui import build_blocks
 
     registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder, threads=threads)
@@ -106,15 +113,32 @@ def create_app(
     sessions.start_sweeper()
     blocks = build_blocks(registry, sessions=sessions)
     if preload:
-        registry.preload()  # imports torch and applies the thread policy in the background
-    else:
+        warm_up(blocks)
+    elif preload is not None:
         registry.apply_thread_policy()
     return blocks, registry
 
 
+def warm_up(blocks: Any) -> Any:
+    """In a background thread: import torch, apply the thread policy, load the demo pipeline,
+    then draw the preset models' block diagrams into the handlers' cache (a model choice
+    then costs one round trip). Returns the thread."""
+    import threading
+
+    handlers = blocks.unetviz_handlers
+
+    def work() -> None:
+        handlers.registry.preload().join()
+        handlers.prerender()
+
+    t = threading.Thread(target=work, name="unetviz-warm-up", daemon=True)
+    t.start()
+    return t
+
+
 def launch_kwargs() -> dict[str, Any]:
-    """What gradio 6 takes at ``launch()`` (theme, css) plus the offline-safe settings and
-    the limits (upload size, live gradio sessions)."""
+    """What gradio 6 takes at ``launch()`` (theme, css) plus the offline-safe settings, the
+    limits (upload size, live gradio sessions) and no run history in the browser."""
     import gradio as gr
 
     from .ui import CSS
@@ -134,6 +158,10 @@ def launch_kwargs() -> dict[str, Any]:
         "show_error": True,
         "footer_links": [],
         "pwa": False,
+        # gradio 6 records every event's inputs and outputs (our SVG panels, tiles, figures)
+        # in the browser's localStorage by default: ~1 s of JSON and storage writes per few
+        # clicks on this machine, and prompts kept in the browser. Off.
+        "run_history": False,
         "max_file_size": f"{MAX_UPLOAD_MB}mb",
         "state_session_capacity": DEFAULT_MAX_SESSIONS,
         "allowed_paths": [],
@@ -152,12 +180,15 @@ def launch(
     """Build and serve the app on ``host:port``; returns (blocks, registry, local url).
     LaunchError (before anything starts) for options that cannot work."""
     check_launch(host, port, threads, model_roots, demo_folder)
-    blocks, registry = create_app(model_roots=model_roots, demo_folder=demo_folder, threads=threads)
+    blocks, registry = create_app(
+        model_roots=model_roots, demo_folder=demo_folder, threads=threads, preload=None
+    )
     blocks.queue(default_concurrency_limit=1)
     # gradio's own banner is silenced (it suggests share links); ours says where the page is
     _, url, _ = blocks.launch(
         server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs()
     )
+    warm_up(blocks)  # torch, the demo model, the preset diagrams: after the page is served
     if not quiet:
         print(f"[unetviz] the app is ready: {url}  (Ctrl+C stops it)", flush=True)
     if not prevent_thread_lock:

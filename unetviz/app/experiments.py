@@ -13,8 +13,6 @@ from typing import Any
 
 import gradio as gr
 
-from unetviz.edits import handlers as eh
-from unetviz.edits.spec import EditError
 from unetviz.errors import UnetvizError
 
 DEFAULT_PROMPT = "a red circle"
@@ -41,6 +39,8 @@ def _call(registry: Any, model: str, fn: Any) -> Any:
 
 
 def _steps_call(seed: Any, steps: Any, guidance: Any) -> dict[str, Any]:
+    from unetviz.edits.spec import EditError
+
     try:
         return {"seed": int(seed), "steps": int(steps), "guidance": float(guidance)}
     except (TypeError, ValueError):
@@ -67,6 +67,8 @@ def edited(
     progress: Any = None,
 ) -> tuple[Any, Any, Any, str]:
     """The "Run edited" event: strip image, word heatmaps (base | edited), table, message."""
+    from unetviz.edits import handlers as eh
+
     try:
         chosen = eh.edits_from_controls(
             word=(word or "").strip() or None,
@@ -103,6 +105,8 @@ def swept(
     progress: Any = None,
 ) -> tuple[str, Any, str]:
     """The "Sweep" event: diagram HTML filled by effect, table, message."""
+    from unetviz.edits import handlers as eh
+
     try:
         call = _steps_call(seed, steps, guidance)
         tick = _ticker(progress, "sweep")
@@ -143,10 +147,34 @@ def _ticker(progress: Any, what: str):
     return tick
 
 
+def demo_choices(registry: Any) -> dict[str, list[Any]]:
+    """The demo UNet's blocks (forward order) and skips (``(label, "index: source -> target")``,
+    as ``unetviz.edits`` numbers them) for the checkboxes, read from its structure (the
+    Architecture tab's cached meta trace, no weights, no torch once cached): the first page
+    never waits for the demo pipeline."""
+    from unetviz.structure import as_config, structure
+
+    spec = registry.spec("demo")
+    cfg, _ = as_config(spec.config)
+    side = spec.default_size
+    state = structure(cfg, side, side, 2, "modules", tokens=spec.tokens, factor=spec.factor)
+    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    names = [str(b["name"]) for b in state.get("blocks", [])]
+    blocks = [
+        n for n in names if n == "mid_block" or (n.count(".") == 1 and n.split(".")[0] in stage)
+    ]
+    blocks.sort(key=lambda n: (stage[n.split(".")[0]], int(n.split(".")[1]) if "." in n else 0))
+    skips = sorted(state.get("skips", []), key=lambda s: int(s["index"]))
+    return {
+        "blocks": list(dict.fromkeys(blocks)),
+        "skips": [f"{s['index']}: {s['source']} -> {s['target']}" for s in skips],
+    }
+
+
 def build_experiments(ctx: Any) -> None:
     """Controls and outputs of the tab; events on the shared "model" queue."""
     registry = ctx.registry
-    opts = eh.choices(registry.pipeline("demo")) if registry else {}
+    opts = demo_choices(registry) if registry else {}
     with gr.Row():
         model = gr.Textbox("demo", label="Model", scale=1)
         prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="exp_prompt")

@@ -9,11 +9,14 @@ and the slot says "internal error". No toasts, no red pills on outputs.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from unetviz.errors import UnetvizError
 from unetviz.pipelines.base import MAX_SEED
 
 from . import views
-from .registry import DEMO, ModelRegistry, size_multiple
+from .registry import DEMO, PRESETS, ModelRegistry, size_multiple
 from .sessions import Session, SessionStore
 
 log = logging.getLogger("unetviz.app")
@@ -108,6 +111,8 @@ class AppHandlers:
 
     #: download files older than this are removed (gradio keeps its own copies)
     KEEP_S = 2 * 3600
+    #: drawn diagrams (panel HTML and table rows) and their export files kept for reuse
+    MAX_DRAWN = 16
 
     def __init__(
         self,
@@ -121,6 +126,9 @@ class AppHandlers:
             workdir = Path(tempfile.mkdtemp(prefix="unetviz-app-"))
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._drawn: OrderedDict[tuple, tuple[Any, str, list[list[Any]]]] = OrderedDict()
+        self._exported: OrderedDict[tuple, dict[str, Path]] = OrderedDict()
+        self._drawn_lock = threading.Lock()
 
     def _outdir(self) -> Path:
         """A fresh folder for one response's files; old ones are pruned."""
@@ -147,16 +155,20 @@ class AppHandlers:
         self.sessions.drop(session_key(request))
 
     # ------------------------------------------------------------------ architecture
-    @keep_work(4, 3)
-    def arch_defaults(self, model: str, folder: str) -> tuple[Any, Any, Any, Any]:
-        """The chosen model -> its native height and width, the folder box's visibility, and
-        the message slot (one round trip before the redraw)."""
+    @keep_work(8, 7)
+    def choose_model(self, model: str, folder: str, batch: Any, detail: str) -> tuple[Any, ...]:
+        """A model choice -> its native height and width, the folder box's visibility and its
+        diagram, table, status and state, in one round trip (the outputs of
+        :meth:`architecture` follow the first three)."""
         show = gr.update(visible=model == "folder")
         if model == "folder" and not (folder or "").strip():
-            return gr.skip(), gr.skip(), show, "type a folder inside the model roots, then Draw"
+            msg = "type a folder inside the model roots, then Draw"
+            return (gr.skip(), gr.skip(), show, *[gr.skip()] * 4, msg)
         spec = self.registry.spec(model, folder)
         size, step = spec.default_size, size_multiple(spec)
-        return gr.update(value=size, step=step), gr.update(value=size, step=step), show, ""
+        drawn = self._draw(spec, size, size, batch, detail)
+        side = gr.update(value=size, step=step)
+        return (side, side, show, *drawn, "")
 
     @keep_work(5, 4)
     def architecture(
@@ -164,21 +176,31 @@ class AppHandlers:
     ) -> tuple[Any, ...]:
         """Diagram panel, block table, status, arch state, message (the downloads follow in
         :meth:`exports`, after the diagram is on screen)."""
+        spec = self.registry.spec(model, folder)
+        return (*self._draw(spec, height, width, batch, detail), "")
+
+    def _draw(self, spec: Any, height: Any, width: Any, batch: Any, detail: str) -> tuple:
+        """(panel, rows, status, state) of ``spec`` at that size and detail; the panel and
+        rows come from :attr:`_drawn` when this exact diagram was drawn before."""
         if detail not in views.DETAILS:
             raise InputError(f"detail={detail!r}: expected one of {list(views.DETAILS)}")
         t0 = time.perf_counter()
-        spec = self.registry.spec(model, folder)
         h = parse_int(height, "height", 8, 4096)
         w = parse_int(width, "width", 8, 4096)
         b = parse_int(batch, "batch", 1, 64)
+        key = (spec.key, json.dumps(spec.config, sort_keys=True), h, w, b, detail)
         trace = self.registry.architecture(spec, h, w, b)
-        if detail == "blocks":
-            panel = views.lean_panel(trace, detail)
-        else:
-            from unetviz.render.diagram import diagram
-
-            panel = views.panel_html(views.render_svg(diagram(trace, detail=detail)))
-        rows = views.block_table(trace, detail)
+        with self._drawn_lock:
+            hit = self._drawn.get(key)
+            if hit is not None:
+                self._drawn.move_to_end(key)
+        if hit is None or hit[0] is not trace:
+            hit = (trace, *views.drawing(trace, detail))
+            with self._drawn_lock:
+                self._drawn[key] = hit
+                while len(self._drawn) > self.MAX_DRAWN:
+                    self._drawn.popitem(last=False)
+        _, panel, rows = hit
         total = sum(r.params for r in trace.blocks if r.level == "block")
         status = (
             f"**{spec.label}** · {w}×{h} px · UNet batch {b} · {detail} detail · "
@@ -186,8 +208,22 @@ class AppHandlers:
             f"{(time.perf_counter() - t0) * 1000:.0f} ms"
         )
         stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}"
-        state = {"trace": trace, "rows": rows, "detail": detail, "stem": stem}
-        return panel, rows, status, state, ""
+        state = {"trace": trace, "rows": rows, "detail": detail, "stem": stem, "key": key}
+        return panel, rows, status, state
+
+    def prerender(self, models: tuple[str, ...] = (DEMO, *PRESETS), detail: str = "blocks") -> int:
+        """Draw ``models`` at their native size into the diagram cache (start-up, in the
+        background: a later choice of one of them is one cached round trip). Returns how many
+        were drawn; a model that fails is logged and skipped."""
+        done = 0
+        for model in models:
+            try:
+                spec = self.registry.spec(model)
+                self._draw(spec, spec.default_size, spec.default_size, 2, detail)
+                done += 1
+            except Exception:  # a broken demo folder: the Architecture tab says so on use
+                log.warning("prerender %s failed", model, exc_info=True)
+        return done
 
     @keep_work(5, 4)
     def exports(self, arch: dict | None) -> tuple[Any, ...]:
@@ -196,10 +232,18 @@ class AppHandlers:
 
         if not arch:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
-        trace, detail = arch["trace"], arch["detail"]
-        graph = diagram(trace, detail=detail)
-        svg = views.render_svg(graph)
-        files = views.write_exports(trace, detail, self._outdir(), arch["stem"], graph, svg)
+        key = (arch.get("key"), arch["stem"])
+        with self._drawn_lock:
+            files = self._exported.get(key)
+        if files is None or not all(p.is_file() for p in files.values()):
+            trace, detail = arch["trace"], arch["detail"]
+            graph = diagram(trace, detail=detail)
+            svg = views.render_svg(graph)
+            files = views.write_exports(trace, detail, self._outdir(), arch["stem"], graph, svg)
+            with self._drawn_lock:
+                self._exported[key] = files
+                while len(self._exported) > self.MAX_DRAWN:
+                    self._exported.popitem(last=False)
         return (*(str(files[k]) for k in ("svg", "png", "dot", "json")), "")
 
     @keep_work(2, 1)
@@ -290,7 +334,7 @@ class AppHandlers:
                 interactive=nh > 0,
                 info=None if nh else "this trace kept the mean over heads",
             ),
-            tiles,
+            views.tiles_html(tiles),
             views.colorbar_html(lo, hi, c),
             note,
             "",
@@ -387,8 +431,8 @@ class AppHandlers:
 
     @keep_work(4, 2)
     def heatmaps(self, request: gr.Request, *control_values: Any) -> tuple:
-        """Re-aggregate from the cached trace (no model run): tiles, colour bar, message and
-        the layer boxes (re-ticked when all were unticked)."""
+        """Re-aggregate from the cached trace (no model run): tiles (one HTML block of inline
+        PNGs), colour bar, message and the layer boxes (re-ticked when all were unticked)."""
         session = self._need(request)
         c = self.controls(*control_values)
         fix, msg = gr.skip(), ""
@@ -397,7 +441,7 @@ class AppHandlers:
             fix, msg = list(views.LOCATIONS), "at least one layer location stays ticked"
         self.registry.apply_thread_policy()  # no-op once applied
         tiles, lo, hi = views.heatmap_tiles(session, c)
-        return tiles, views.colorbar_html(lo, hi, c), msg, fix
+        return views.tiles_html(tiles), views.colorbar_html(lo, hi, c), msg, fix
 
     @keep_work(4, 3)
     def preset_changed(self, request: gr.Request, preset: str) -> tuple:
@@ -422,7 +466,11 @@ class AppHandlers:
             return gr.skip(), ""
         stem = views.slug(session.label, "trace")
         c = self.controls(*control_values)
-        return str(views.heatmaps_zip(session, c, self._outdir() / f"{stem}-heatmaps.zip")), ""
+        if session.shown.get("zip") == c:
+            return gr.skip(), ""  # the file on the button is already this one
+        path = views.heatmaps_zip(session, c, self._outdir() / f"{stem}-heatmaps.zip")
+        session.shown["zip"] = c
+        return str(path), ""
 
     @keep_work(2, 1)
     def bundle(self, request: gr.Request) -> tuple:
@@ -446,11 +494,18 @@ class AppHandlers:
 
     @keep_work(2, 1)
     def layer_grid(self, request: gr.Request, *control_values: Any) -> tuple:
-        """Layers x tokens mosaic for the current tokens and step window."""
+        """Layers x tokens mosaic for the current tokens, step window and scale (skipped when
+        none of them changed: normalisation, threshold, opacity do not touch it)."""
         session = self.session(request)
         if session is None:
             return gr.skip(), ""
-        return views.layer_figure(session.trace, self.controls(*control_values)), ""
+        c = self.controls(*control_values)
+        key = (c.tokens, c.step_from, c.step_to, c.scale)
+        if session.shown.get("grid") == key:
+            return gr.skip(), ""  # what the grid reads did not change: nothing to re-send
+        figure = views.layer_figure(session.trace, c)
+        session.shown["grid"] = key
+        return figure, ""
 
     # ------------------------------------------------------------------ time embedding
     def temb_intro(self) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -30,6 +30,9 @@ class Session:
     trace: Any
     image: Image.Image | None = None
     label: str = ""
+    #: what each follow-up output (layer grid, zip) was last made from, for this trace: an
+    #: unchanged one is not made and sent again
+    shown: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def steps(self) -> int:

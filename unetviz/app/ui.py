@@ -69,6 +69,36 @@ footer { display: none !important; }
 .uv-range-track .uv-rail { position: absolute; left: 0; right: 0; top: 13px; height: 4px;
   background: #ddd; border-radius: 2px; }
 #status p, #arch_status p { margin: 0.2em 0; }
+.uv-tiles { display: flex; flex-wrap: wrap; gap: 10px; padding: 4px 0; }
+.uv-tile { position: relative; margin: 0; }
+.uv-tile img { display: block; width: 184px; height: 184px; border-radius: 4px;
+  cursor: zoom-in; }
+.uv-tile.uv-big img { width: 384px; height: 384px; cursor: zoom-out; }
+.uv-tile figcaption { text-align: center; font-size: 13px; margin-top: 2px; }
+.uv-tile .uv-save { position: absolute; top: 4px; right: 4px; padding: 0 6px;
+  border: 1px solid #bbb; border-radius: 4px; background: rgba(255,255,255,0.85);
+  color: #222; cursor: pointer; font-size: 13px; }
+.uv-tiles-empty { color: var(--body-text-color-subdued); padding: 24px 8px; }
+"""
+
+TILES_EMPTY = '<p class="uv-tiles-empty">The heatmaps appear here after a Run.</p>'
+#: the tiles' behaviour (they arrive as one HTML block): a click enlarges a tile, its button
+#: saves it as a PNG named after its token
+TILES_JS = """
+element.addEventListener('click', (e) => {
+  const fig = e.target.closest('.uv-tile');
+  if (!fig) return;
+  const img = fig.querySelector('img');
+  if (e.target.closest('.uv-save')) {
+    const a = document.createElement('a');
+    const name = fig.querySelector('figcaption').textContent.trim();
+    a.href = img.src;
+    a.download = 'heatmap-' + name.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '') + '.' + img.src.slice(11, img.src.indexOf(';'));
+    a.click();
+  } else if (e.target === img) {
+    fig.classList.toggle('uv-big');
+  }
+});
 """
 
 RANGE_TEMPLATE = (
@@ -207,12 +237,16 @@ def build_architecture(ctx: TabContext) -> None:
         api_name="architecture",
         **draw_kw,
     ).then(*exports, api_name="exports", show_progress="hidden")
-    model.input(
-        h.arch_defaults,
-        [model, folder],
-        [height, width, folder, arch_msg],
-        api_name="arch_defaults",
-    ).then(h.architecture, arch_in, arch_out, **quiet, **draw_kw).then(*exports, **quiet)
+    # a model choice sets its native size and draws at once: one round trip, not two
+    # (``change``: the dropdown sends ``input`` twice per choice, which drew twice)
+    model.change(
+        h.choose_model,
+        [model, folder, batch, detail],
+        [height, width, folder, *arch_out],
+        api_name="choose_model",
+        trigger_mode="always_last",
+        **draw_kw,
+    ).then(*exports, **quiet)
     gr.on(
         [search.submit, search.input],
         h.search,
@@ -348,7 +382,7 @@ LOADED = (
     "locations",
     "res_pick",
     "heads",
-    "gallery",
+    "tiles",
     "colorbar",
     "status",
     "run_msg",
@@ -382,13 +416,12 @@ def build_attention(ctx: TabContext) -> None:
         with gr.Column(scale=1, min_width=300):
             _control_column(ctx)
         with gr.Column(scale=3):
-            c["gallery"] = gr.Gallery(
+            c["tiles"] = gr.HTML(
+                TILES_EMPTY,
                 label="Per-token cross-attention heatmaps (over a grey copy of the image)",
-                columns=5,
-                format="png",
-                object_fit="contain",
-                allow_preview=True,
-                buttons=["download"],
+                show_label=True,
+                container=True,
+                js_on_load=TILES_JS,
                 elem_id="heatmaps",
             )
             c["colorbar"] = gr.HTML("", elem_id="colorbar_box")
@@ -442,7 +475,7 @@ def _wire_attention(ctx: TabContext) -> None:
         [c["locations"], c["res_pick"], c["preset_note"], c["ctrl_msg"]],
         **quiet,
     )
-    agg_out = [c["gallery"], c["colorbar"], c["ctrl_msg"], c["locations"]]
+    agg_out = [c["tiles"], c["colorbar"], c["ctrl_msg"], c["locations"]]
     triggers = [x.input for x in controls if x not in (c["step_range"], c["preset"])]
     triggers.append(c["step_range"].change)
     follow_up(preset_ev.then(h.heatmaps, controls, agg_out, api_name="preset_heatmaps", **quiet))
