@@ -129,6 +129,10 @@ def test_sd15_blocks_fit_readable_and_node_row_selection(page):
         " && document.querySelector('#diagram-svg svg').dataset.uvReady",
         timeout=WAIT,
     )
+    # the choice set the model's native size in both boxes (and drew at that size)
+    assert page.locator("#arch_h input").input_value() == "512"
+    assert page.locator("#arch_w input").input_value() == "512"
+    assert "512×512 px" in page.locator("#arch_status").inner_text()
     page.click("#diagram .uv-fit")
     page.wait_for_timeout(300)
     box = page.evaluate(

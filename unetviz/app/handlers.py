@@ -167,8 +167,14 @@ class AppHandlers:
         spec = self.registry.spec(model, folder)
         size, step = spec.default_size, size_multiple(spec)
         drawn = self._draw(spec, size, size, batch, detail)
-        side = gr.update(value=size, step=step)
-        return (side, side, show, *drawn, "")
+        # two updates, not one object twice: gradio consumes an update as it applies it
+        return (
+            gr.update(value=size, step=step),
+            gr.update(value=size, step=step),
+            show,
+            *drawn,
+            "",
+        )
 
     @keep_work(5, 4)
     def architecture(

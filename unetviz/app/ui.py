@@ -69,11 +69,12 @@ footer { display: none !important; }
 .uv-range-track .uv-rail { position: absolute; left: 0; right: 0; top: 13px; height: 4px;
   background: #ddd; border-radius: 2px; }
 #status p, #arch_status p { margin: 0.2em 0; }
-.uv-tiles { display: flex; flex-wrap: wrap; gap: 10px; padding: 4px 0; }
-.uv-tile { position: relative; margin: 0; }
-.uv-tile img { display: block; width: 184px; height: 184px; border-radius: 4px;
-  cursor: zoom-in; }
-.uv-tile.uv-big img { width: 384px; height: 384px; cursor: zoom-out; }
+.uv-tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(165px, 1fr));
+  gap: 8px; padding: 4px 0; }
+.uv-tile { position: relative; margin: 0; min-width: 0; }
+.uv-tile img { display: block; width: 100%; height: auto; border-radius: 4px; cursor: zoom-in; }
+.uv-tile.uv-big { grid-column: span 2; grid-row: span 2; }
+.uv-tile.uv-big img { cursor: zoom-out; }
 .uv-tile figcaption { text-align: center; font-size: 13px; margin-top: 2px; }
 .uv-tile .uv-save { position: absolute; top: 4px; right: 4px; padding: 0 6px;
   border: 1px solid #bbb; border-radius: 4px; background: rgba(255,255,255,0.85);
