@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--ema", type=float, default=0.999)
     add("--p-uncond", type=float, default=0.1)
     add("--p-high", type=float, default=0.3, help="share of t ~ U[T/2, T)")
+    add("--p-top", type=float, default=0.0, help="share of t ~ U[0.9 T, T)")
     add("--log-every", type=int, default=50)
     add("--ground", type=float, default=0.0, help="weight of the token grounding loss")
     add("--bidirectional", action="store_true", help="text encoder without a causal mask")

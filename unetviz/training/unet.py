@@ -115,11 +115,16 @@ def warm_start(model: Both, tokenizer: WordTokenizer, folder: Path) -> int:
     return copied
 
 
-def draw_timesteps(n: int, p_high: float, schedule: DDIMSchedule) -> torch.Tensor:
-    """Logit-normal timesteps mixed with a ``p_high`` share uniform over the noisier half."""
+def draw_timesteps(
+    n: int, p_high: float, schedule: DDIMSchedule, p_top: float = 0.0
+) -> torch.Tensor:
+    """Logit-normal timesteps mixed with a ``p_high`` share uniform over the noisier half and a
+    ``p_top`` share uniform over the noisiest tenth: there the object is invisible in x_t, so
+    only the caption can say where it goes (position words are learned nowhere else)."""
     u = torch.sigmoid(torch.randn(n))
-    high = torch.rand(n) < p_high
-    u = torch.where(high, 0.5 + 0.5 * torch.rand(n), u)
+    r = torch.rand(n)
+    u = torch.where(r < p_high, 0.5 + 0.5 * torch.rand(n), u)
+    u = torch.where(r >= 1 - p_top, 0.9 + 0.1 * torch.rand(n), u)
     t = (u * schedule.num_train_timesteps).long()
     return t.clamp(0, schedule.num_train_timesteps - 1)
 
@@ -134,7 +139,7 @@ def loss_on(
     ids = tokenizer(captions)
     drop = torch.rand(len(captions)) < args.p_uncond
     ids[drop] = tokenizer([""])[0]
-    t = draw_timesteps(len(captions), args.p_high, schedule)
+    t = draw_timesteps(len(captions), args.p_high, schedule, getattr(args, "p_top", 0.0))
     x_t, target = schedule.add_noise(x0, torch.randn_like(x0), t)
     hidden, pooled = model.text_encoder.encode(ids)
     added = added_conditions(pooled, args.size)
