@@ -393,10 +393,17 @@ def test_follow_ups_are_not_remade_when_their_inputs_did_not_change(ran, served)
     assert h.downloads(req, *heatmap_args(step_to=1, opacity=0.3))[0] != SKIP
 
 
-def test_building_the_app_imports_neither_torch_nor_gradio_stub_writer(tmp_path):
-    """The first page does not wait for torch, and gradio's .pyi rewrite is skipped."""
+def test_building_the_app_imports_neither_torch_nor_gradio_stub_writer(tmp_path, monkeypatch):
+    """The first page does not wait for torch (once the demo's structure is cached, as on any
+    restart), and gradio's .pyi rewrite is skipped."""
     import subprocess
     import sys
+
+    from unetviz.app.experiments import demo_choices
+    from unetviz.app.registry import ModelRegistry
+
+    monkeypatch.setenv("UNETVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    demo_choices(ModelRegistry())  # a first start fills the structure cache
 
     code = (
         "import sys\n"
@@ -411,3 +418,16 @@ def test_building_the_app_imports_neither_torch_nor_gradio_stub_writer(tmp_path)
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "_no_stub_rewrite", "False"], out.stdout
+
+
+def test_the_first_page_carries_the_demo_diagram(served):
+    """Drawn at build time from the demo's structure (no torch), identical to a redraw."""
+    panel, rows, status = served.handlers.first_drawing()
+    side = served.registry.spec("demo").default_size
+    again = served.handlers.architecture("demo", "", side, side, 2, "blocks")
+    assert (panel, rows) == (again[0], again[1]) and "demo model" in status
+    initial = {
+        c["props"].get("elem_id"): c["props"].get("value")
+        for c in served.blocks.config["components"]
+    }
+    assert initial["diagram"] == panel and "uv-panel" in panel

@@ -152,12 +152,10 @@ def demo_choices(registry: Any) -> dict[str, list[Any]]:
     as ``unetviz.edits`` numbers them) for the checkboxes, read from its structure (the
     Architecture tab's cached meta trace, no weights, no torch once cached): the first page
     never waits for the demo pipeline."""
-    from unetviz.structure import as_config, structure
+    from .registry import architecture_state
 
     spec = registry.spec("demo")
-    cfg, _ = as_config(spec.config)
-    side = spec.default_size
-    state = structure(cfg, side, side, 2, "modules", tokens=spec.tokens, factor=spec.factor)
+    state = architecture_state(spec, spec.default_size, spec.default_size, 2)
     stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     names = [str(b["name"]) for b in state.get("blocks", [])]
     blocks = [

@@ -27,7 +27,7 @@ from unetviz.errors import UnetvizError
 from unetviz.pipelines.base import MAX_SEED
 
 from . import views
-from .registry import DEMO, PRESETS, ModelRegistry, size_multiple
+from .registry import DEMO, PRESETS, ModelRegistry, architecture_state, size_multiple
 from .sessions import Session, SessionStore
 
 log = logging.getLogger("unetviz.app")
@@ -71,6 +71,16 @@ def keep_work(n_out: int, msg_at: int) -> Callable[[Callable[..., Any]], Callabl
         return wrapper
 
     return deco
+
+
+def _status(
+    label: str, h: int, w: int, b: int, detail: str, rows: int, params: int, t0: float
+) -> str:
+    """The Architecture tab's status line under the controls."""
+    return (
+        f"**{label}** · {w}×{h} px · UNet batch {b} · {detail} detail · {rows} rows · "
+        f"{params / 1e6:,.1f} M parameters · {(time.perf_counter() - t0) * 1000:.0f} ms"
+    )
 
 
 class InputError(UnetvizError):
@@ -208,14 +218,36 @@ class AppHandlers:
                     self._drawn.popitem(last=False)
         _, panel, rows = hit
         total = sum(r.params for r in trace.blocks if r.level == "block")
-        status = (
-            f"**{spec.label}** · {w}×{h} px · UNet batch {b} · {detail} detail · "
-            f"{len(rows)} rows · {total / 1e6:,.1f} M parameters · "
-            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
-        )
+        status = _status(spec.label, h, w, b, detail, len(rows), total, t0)
         stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}"
         state = {"trace": trace, "rows": rows, "detail": detail, "stem": stem, "key": key}
         return panel, rows, status, state
+
+    def first_drawing(self) -> tuple[str, list[list[Any]], str] | None:
+        """The demo model's blocks diagram, table and status at its native size, drawn from
+        its cached structure with no torch import: the first page shows them at once (the
+        Architecture tab's initial values); None when the demo cannot be read (the page's
+        load event then draws and says why)."""
+        try:
+            t0 = time.perf_counter()
+            spec = self.registry.spec(DEMO)
+            side = spec.default_size
+            state = architecture_state(spec, side, side, 2)
+            panel, rows = views.drawing(state, "blocks")
+        except Exception:  # shown by the load event's message instead
+            log.warning("first drawing of the demo model failed", exc_info=True)
+            return None
+        total = sum(b["params"] for b in state["blocks"] if b.get("level") == "block")
+        return panel, rows, _status(spec.label, side, side, 2, "blocks", len(rows), total, t0)
+
+    @keep_work(2, 1)
+    def arch_state(
+        self, model: str, folder: str, height: Any, width: Any, batch: Any, detail: str
+    ) -> tuple[Any, str]:
+        """Only the arch state (the Trace behind search, row selection and downloads) of the
+        diagram already on the page (:meth:`first_drawing`): nothing is re-sent."""
+        spec = self.registry.spec(model, folder)
+        return self._draw(spec, height, width, batch, detail)[3], ""
 
     def prerender(self, models: tuple[str, ...] = (DEMO, *PRESETS), detail: str = "blocks") -> int:
         """Draw ``models`` at their native size into the diagram cache (start-up, in the

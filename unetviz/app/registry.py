@@ -273,22 +273,27 @@ def size_multiple(spec: ModelSpec) -> int:
     return spec.factor * 2**n_down
 
 
-def architecture_trace(spec: ModelSpec, height: int, width: int, batch: int) -> Any:
+def architecture_state(spec: ModelSpec, height: int, width: int, batch: int) -> dict[str, Any]:
     """``spec``'s UNet at ``height`` x ``width`` pixels with UNet batch ``batch``: every
-    module's shapes, params and MACs, no weights (``unetviz.structure.structure_trace``: the
-    shipped preset structures or the on-disk cache, else one meta forward). The size check is
-    ``UNetConfig.check_size``."""
-    from unetviz.config import UNetConfig
-    from unetviz.structure import structure_trace
+    module's shapes, params and MACs, no weights, as the Trace's JSON state
+    (``unetviz.structure.structure``: the shipped preset structures or the on-disk cache, with
+    no torch import; else one meta forward). ``unetviz.render`` reads it like a Trace. The size
+    check is ``UNetConfig.check_size``."""
+    from unetviz.structure import as_config, structure
 
-    cfg = UNetConfig.from_dict(dict(spec.config))
+    cfg, preset_label = as_config(spec.key if spec.key in PRESETS else dict(spec.config))
     h, w = cfg.check_size(int(height), int(width), scale=spec.factor)
     if not 1 <= int(batch) <= 64:
         raise ModelAccessError(f"batch={batch}: expected 1..64")
-    source = spec.key if spec.key in PRESETS else cfg
-    return structure_trace(
-        source, h, w, int(batch), "modules", spec.tokens, spec.factor, label=spec.label
-    )
+    label = spec.label or preset_label
+    return structure(cfg, h, w, int(batch), "modules", label, True, spec.tokens, spec.factor)
+
+
+def architecture_trace(spec: ModelSpec, height: int, width: int, batch: int) -> Any:
+    """:func:`architecture_state` as a :class:`unetviz.capture.Trace` (imports torch)."""
+    from unetviz.capture import Trace
+
+    return Trace.from_state(architecture_state(spec, height, width, batch), {})
 
 
 def describe_roots(roots: Sequence[Path]) -> str:

@@ -70,7 +70,7 @@ footer { display: none !important; }
   background: #ddd; border-radius: 2px; }
 #status p, #arch_status p { margin: 0.2em 0; }
 .uv-tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(165px, 1fr));
-  gap: 8px; padding: 4px 0; }
+  gap: 8px; padding: 30px 0 4px; }
 .uv-tile { position: relative; margin: 0; min-width: 0; }
 .uv-tile img { display: block; width: 100%; height: auto; border-radius: 4px; cursor: zoom-in; }
 .uv-tile.uv-big { grid-column: span 2; grid-row: span 2; }
@@ -141,9 +141,10 @@ def _static_url(name: str) -> str:
     return f"/gradio_api/file={STATIC / name}"
 
 
-def diagram_panel(elem_id: str) -> gr.HTML:
+def diagram_panel(elem_id: str, value: str | None = None) -> gr.HTML:
     """A gr.HTML whose SVG gets pan/zoom, an outside title and legend, node selection."""
     return gr.HTML(
+        value,
         elem_id=elem_id,
         head=f'<script src="{_static_url("svg-pan-zoom.min.js")}"></script>',
         js_on_load=(STATIC / "diagram.js").read_text(),
@@ -185,10 +186,13 @@ def build_architecture(ctx: TabContext) -> None:
     h, c = ctx.handlers, ctx.c
     arch_state = gr.State(None, time_to_live=ctx.handlers.sessions.ttl_s)
     model, folder, height, width, batch, detail, draw = _arch_controls(ctx)
+    # the demo's diagram is on the first page (drawn from its cached structure, no torch)
+    first = c["first_drawing"] = h.first_drawing()
+    panel0, rows0, status0 = first or (None, None, "")
     with gr.Row(equal_height=True):
         with gr.Column(scale=4):
             arch_msg = _msg("arch_msg")
-            arch_status = gr.Markdown(elem_id="arch_status")
+            arch_status = gr.Markdown(status0, elem_id="arch_status")
             gr.Markdown(
                 "Wheel: zoom · drag: pan · **Fit**: the whole diagram · click a block: its row "
                 "and parts below"
@@ -197,7 +201,7 @@ def build_architecture(ctx: TabContext) -> None:
             gr.DownloadButton(k.upper(), size="sm", min_width=60, elem_id=f"dl_{k}", scale=0)
             for k in ("svg", "png", "dot", "json")
         ]
-    diagram_html = diagram_panel("diagram")
+    diagram_html = diagram_panel("diagram", panel0)
     with gr.Row():
         search = gr.Textbox(
             label="Find a module",
@@ -206,25 +210,7 @@ def build_architecture(ctx: TabContext) -> None:
             scale=3,
         )
         search_msg = gr.Markdown(elem_id="search_msg")
-    table = gr.Dataframe(
-        headers=views.TABLE_HEADERS,
-        type="array",
-        interactive=False,
-        wrap=True,
-        max_height=420,
-        label="Blocks (click a row: its node is highlighted in the diagram, its parts below)",
-        elem_id="block_table",
-    )
-    picked = gr.Markdown(elem_id="block_picked")
-    parts = gr.Dataframe(
-        headers=views.PARTS_HEADERS,
-        type="array",
-        interactive=False,
-        wrap=True,
-        column_widths=["18%", "14%", "30%", "30%", "8%"],
-        label="Parts and shapes",
-        elem_id="block_parts",
-    )
+    table, picked, parts = _block_tables(rows0)
     arch_in = [model, folder, height, width, batch, detail]
     arch_out = [diagram_html, table, arch_status, arch_state, arch_msg]
     draw_kw = {"concurrency_id": "arch", "concurrency_limit": 2}
@@ -258,7 +244,32 @@ def build_architecture(ctx: TabContext) -> None:
         show_progress="hidden",
     )
     table.select(h.select_block, [arch_state], [parts, picked, arch_msg], api_name="select_block")
-    c.update(arch_in=arch_in, arch_out=arch_out, arch_exports=exports)
+    c.update(arch_in=arch_in, arch_out=arch_out, arch_exports=exports, arch_state=arch_state)
+
+
+def _block_tables(rows: list[list[Any]] | None) -> tuple[Any, Any, Any]:
+    """The block table (first ``rows``), the picked block's name and its parts table."""
+    table = gr.Dataframe(
+        rows,
+        headers=views.TABLE_HEADERS,
+        type="array",
+        interactive=False,
+        wrap=True,
+        max_height=420,
+        label="Blocks (click a row: its node is highlighted in the diagram, its parts below)",
+        elem_id="block_table",
+    )
+    picked = gr.Markdown(elem_id="block_picked")
+    parts = gr.Dataframe(
+        headers=views.PARTS_HEADERS,
+        type="array",
+        interactive=False,
+        wrap=True,
+        column_widths=["18%", "14%", "30%", "30%", "8%"],
+        label="Parts and shapes",
+        elem_id="block_parts",
+    )
+    return table, picked, parts
 
 
 def _demo_side(registry: ModelRegistry) -> int:
@@ -611,12 +622,18 @@ def build_blocks(
         for wire in ctx.wiring:
             wire(ctx)
         c = ctx.c
+        if c["first_drawing"]:  # drawn already: the load event fetches only the Trace
+            fn, outs = ctx.handlers.arch_state, [c["arch_state"], c["arch_out"][-1]]
+        else:
+            fn, outs = ctx.handlers.architecture, c["arch_out"]
+        shown = "hidden" if c["first_drawing"] else "full"
         demo.load(
-            ctx.handlers.architecture,
+            fn,
             c["arch_in"],
-            c["arch_out"],
+            outs,
             api_visibility="private",
             concurrency_id="arch",
+            show_progress=shown,
         ).then(*c["arch_exports"], api_visibility="private", show_progress="hidden")
         demo.load(ctx.handlers.temb_intro, None, c["sinus"], api_visibility="private")
 
