@@ -161,7 +161,7 @@ def reaggregation() -> None:
     """Heatmap re-aggregation on a demo-shaped 25-step trace (what the app does per slider)."""
     from unetviz.pipelines.demo import demo_unet_config
 
-    demo = demo_unet_config()  # the shipped demo model's config (one home)
+    demo = demo_unet_config(added_conditions=False)  # the shipped demo UNet (one home)
     side = demo["sample_size"]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(UNetConfig.from_dict(demo)).eval()

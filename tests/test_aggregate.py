@@ -13,7 +13,7 @@ from unetviz.pipelines.demo import demo_unet_config
 
 # the shipped demo model's blocks at a 16x16 latent: cross-attention at 16 (down_blocks.0,
 # up_blocks.2), 8 (down_blocks.1, up_blocks.1) and 4 (mid)
-DEMO = demo_unet_config() | {"sample_size": 16}
+DEMO = demo_unet_config(added_conditions=False) | {"sample_size": 16}
 TOKENS = ["<bos>", "a", "big", "blue", "square", "<eos>", "<pad>", "<pad>"]
 WORDS = [None, "a", "big", "blue", "square", None, None, None]
 

@@ -12,6 +12,7 @@ import torch
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from tests.demo_support import shipped_demo  # noqa: E402
 from unetviz.batch import BatchError, JobSpec, read_prompts, run_batch  # noqa: E402
 from unetviz.batch.rows import load_masks  # noqa: E402
 from unetviz.batch.stats import buckets, map_stats  # noqa: E402
@@ -214,7 +215,8 @@ def test_dataset_view_opens_inside_roots_only(small_set, tmp_path, engine):
     heads, rows = ds.prompt_table()
     assert heads[:3] == ["row", "status", "prompt"] and [r[1] for r in rows][:2] == ["ok", "error"]
     d = ds.drill(0)
-    assert d.image.size == (24, 24) and [r[0] for r in d.words[1]] == ["a", "red", "circle"]
+    side = shipped_demo()["px"]
+    assert d.image.size == (side, side) and [r[0] for r in d.words[1]] == ["a", "red", "circle"]
     assert d.figure is not None and d.heatmaps is not None  # trace kept: per-word heatmaps
     failed = ds.drill(1)
     assert failed.status == "error" and "dog" in failed.error and failed.image is None

@@ -240,18 +240,23 @@ def test_bundled_preset_structures_are_current_and_equal_a_fresh_capture():
 
 @pytest.mark.parametrize("model", ["demo", "assets/demo"])
 def test_demo_works_in_diagram_and_summary(model, tmp_path, capsys):
-    """``demo`` and the shipped folder name the same model: 24 px, no VAE, 16 tokens."""
+    """``demo`` and the shipped folder name the same model (its shapes read from its configs)."""
     from pathlib import Path
 
+    from tests.demo_support import shipped_demo
+
+    demo = shipped_demo()
     arg = model if model == "demo" else str(Path(__file__).parents[1] / model)
     out = tmp_path / "demo.json"
     assert run_main(["diagram", "--model", arg, "-o", str(out)]) == 0
     node = {n["id"]: n for n in json.loads(out.read_text())["nodes"]}
-    assert node["conv_in"]["inputs"]["sample"] == [2, 5, 24, 24]
-    assert node["encoder_hidden_states"]["outputs"]["sample"][1] == 16
+    latent = demo["latent"]
+    assert node["conv_in"]["inputs"]["sample"] == [2, demo["in_channels"], latent, latent]
+    assert node["encoder_hidden_states"]["outputs"]["sample"][1] == demo["tokens"]
     capsys.readouterr()
     assert run_main(["summary", "-m", arg]) == 0
-    assert capsys.readouterr().out.startswith(f"{'demo' if model == 'demo' else arg}: 24x24 px")
+    name = "demo" if model == "demo" else arg
+    assert capsys.readouterr().out.startswith(f"{name}: {demo['px']}x{demo['px']} px")
 
 
 def test_stdout_to_a_full_device_is_one_error_line(monkeypatch, capsys):

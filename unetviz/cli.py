@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -119,7 +118,7 @@ def resolve_config(preset: str | None, config: Path | None, model: str | None) -
 
 def _model_source(model: str) -> Source:
     from .config import UNetConfig
-    from .detect import detect_model
+    from .detect import demo_geometry, detect_model
 
     found = detect_model(model)
     if found.unet_config is None or not found.unet_config.is_file():
@@ -130,20 +129,9 @@ def _model_source(model: str) -> Source:
         )
     cfg = UNetConfig.from_json(found.unet_config)
     if found.is_demo:
-        return Source(cfg, "demo" if model == "demo" else str(model), 1, _demo_tokens(found.path))
+        factor, tokens = demo_geometry(found.path)
+        return Source(cfg, "demo" if model == "demo" else str(model), factor, tokens)
     return Source(cfg, str(model))
-
-
-def _demo_tokens(folder: Path, default: int = 16) -> int:
-    """Context length of a demo-format text encoder (its config's ``max_length``)."""
-    try:
-        path = folder / "text_encoder" / "config.json"
-        if path.stat().st_size > 1 << 16:
-            return default
-        value = json.loads(path.read_text()).get("max_length", default)
-    except (OSError, ValueError, AttributeError):
-        return default
-    return value if isinstance(value, int) and 1 <= value <= 1024 else default
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -68,6 +68,22 @@ def is_demo_folder(path: Path) -> bool:
     )
 
 
+def demo_geometry(folder: Path) -> tuple[int, int]:
+    """(pixels per latent cell, context tokens) of a demo-format folder, read from its small
+    configs (no torch): the VAE's downsampling factor, 2 ** (len(block_out_channels) - 1), or
+    1 for the pixel model (no ``vae/``); and the text encoder's ``max_length`` (default 16).
+    ConfigError for a config out of bounds."""
+    from .config import check_demo_config, check_part_config, read_json
+
+    factor = 1
+    vae = folder / "vae" / "config.json"
+    if vae.is_file():
+        channels = check_part_config("vae", read_json(vae, "vae")).get("block_out_channels")
+        factor = 2 ** (len(channels) - 1) if isinstance(channels, list) and channels else 8
+    te = check_demo_config("text_encoder", read_json(folder / "text_encoder" / "config.json"))
+    return factor, te.get("max_length", 16)
+
+
 def detect_model(path: str | Path) -> ModelKind:
     """Decide what ``path`` is (module table); ModelPathError for a missing path, a pickle,
     a symlink loop, an unreadable path or a folder that holds no model."""
