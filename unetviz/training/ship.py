@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from unetviz.outputs import write_folder
-from unetviz.pipelines.demo import DEMO_DIR, load_demo_parts, load_demo_vae
+from unetviz.pipelines.demo import DEMO_DIR, SPECIALS, load_demo_parts, load_demo_vae
 
 from .evaluate import full_eval
 
@@ -107,6 +107,11 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
     weights); the hand-written sections come from ``card.md`` in this package."""
     cfg = json.loads((src / "unet" / "config.json").read_text())
     vae = json.loads((src / "vae" / "config.json").read_text())
+    te = json.loads((src / "text_encoder" / "config.json").read_text())
+    causal = te.get("causal", True)
+    te_kind = "causal" if causal else "bidirectional (padding masked)"
+    vocab = json.loads((src / "tokenizer" / "vocab.json").read_text())["vocab"]
+    n_words = len([w for w in vocab if w not in SPECIALS])
     met = [k for k, v in TARGETS.items() if (scores.get(k) or 0) >= v]
     missed = [f"{k} {_fmt(scores.get(k))} < {v}" for k, v in TARGETS.items() if k not in met]
     template = (Path(__file__).parent / "card.md").read_text()
@@ -115,6 +120,9 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
         vae_params=f"{info['vae_params'] / 1e6:.2f}",
         cfg=cfg,
         vae=vae,
+        te=te,
+        te_kind=te_kind,
+        n_words=n_words,
         info=info,
         table=_table(scores),
         met=", ".join(met) or "none",
