@@ -1,11 +1,12 @@
 """App timings on this machine: ``python bench/app.py [--steps 25] [--repeat 5]``.
 
-0. Start-up: ``python app.py`` in a fresh process until the first page answers 200.
-   Target <= 10 s.
+0. Warm restart: ``python app.py`` in a fresh process until the first page answers 200.
+   Target <= 5 s.
 1. Demo generation + capture: ``pipe(prompt, steps=25)`` under ``unetviz.capture`` exactly as
    the app's Run does it (per-head maps), wall time (median of ``--repeat``). Target <= 5 s.
 2. Re-aggregation for a control change: the app's heatmap handler on the cached trace (step
-   window moved, preset switched, ...) including the overlay images, median per change.
+   window moved, preset switched, ...) including the overlay tiles encoded for the page,
+   median per change.
    Target <= 150 ms.
 
 3. In Chromium (system /usr/bin/chromium, 1440x1000), on a served app: Run click -> heatmaps
@@ -14,7 +15,8 @@
    -> first page (<= 5 s; same as 0.). ``--no-browser`` skips it. Each is timed in the page,
    from the press (``pointerdown``) on the button, radio or dropdown option to the first
    animation frame showing the result (images decoded, diagram set up); the wall time around
-   Playwright's action is printed beside it (it adds the driver's actionability checks).
+   Playwright's action is printed beside it (it adds the driver's actionability checks;
+   opening the Model dropdown before the choice is in neither).
 
 Uses the shipped demo model (assets/demo), as the app does.
 """
