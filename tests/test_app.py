@@ -409,8 +409,10 @@ def test_building_the_app_imports_neither_torch_nor_gradio_stub_writer(tmp_path,
         "import sys\n"
         "from unetviz.app import create_app, launch_kwargs\n"
         "blocks, registry = create_app(preload=None)\n"
+        # a later gradio without the stub writer needs no hook: that passes too
         "import gradio.component_meta as m\n"
-        "print('torch' in sys.modules, m.create_or_modify_pyi.__name__,"
+        "f = getattr(m, 'create_or_modify_pyi', None)\n"
+        "print('torch' in sys.modules, getattr(f, '__name__', '_no_stub_rewrite'),"
         " launch_kwargs()['run_history'])\n"
     )
     out = subprocess.run(
