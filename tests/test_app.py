@@ -393,6 +393,7 @@ def test_follow_ups_are_not_remade_when_their_inputs_did_not_change(ran, served)
     assert h.downloads(req, *heatmap_args(step_to=1, opacity=0.3))[0] != SKIP
 
 
+@pytest.mark.slow  # a fresh interpreter importing gradio: ~3 s
 def test_building_the_app_imports_neither_torch_nor_gradio_stub_writer(tmp_path, monkeypatch):
     """The first page does not wait for torch (once the demo's structure is cached, as on any
     restart), and gradio's .pyi rewrite is skipped."""
