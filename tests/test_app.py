@@ -434,3 +434,17 @@ def test_the_first_page_carries_the_demo_diagram(served):
         for c in served.blocks.config["components"]
     }
     assert initial["diagram"] == panel and "uv-panel" in panel
+
+
+def test_a_latent_demo_folder_is_drawn_in_pixels_over_its_vae_factor():
+    from unetviz.app.registry import REPO_ROOT, ModelRegistry
+
+    folder = REPO_ROOT / "assets" / "demo_v2_candidate"  # a latent demo (VAE factor 4)
+    if not (folder / "vae" / "config.json").is_file():
+        pytest.skip("no latent demo candidate in assets/")
+    reg = ModelRegistry(roots=[REPO_ROOT / "assets"])
+    spec = reg.spec("folder", "demo_v2_candidate")
+    assert spec.factor == 4 and spec.default_size == 4 * spec.config["sample_size"]
+    assert spec.tokens != 77  # its own text encoder's length, not CLIP's
+    if not (reg.demo_dir() / "vae").is_dir():  # the shipped pixel demo
+        assert (reg.spec("demo").factor, reg.spec("demo").tokens) == (1, 16)

@@ -153,7 +153,8 @@ class ModelRegistry:
 
                 config = demo_unet_config()
             config = UNetConfig.from_dict(config).to_dict()
-            return ModelSpec(DEMO, "demo model", config, 1, 16, self.demo_dir())
+            factor, tokens = _demo_geometry(self.demo_dir())
+            return ModelSpec(DEMO, "demo model", config, factor, tokens, self.demo_dir())
         if choice in PRESETS:
             config = UNetConfig.preset(choice).to_dict()
             return ModelSpec(choice, f"{choice} preset (meta)", config, VAE_FACTOR, 77)
@@ -170,11 +171,9 @@ class ModelRegistry:
                 config = UNetConfig.from_json(cfg_path).to_dict()
             except Exception as exc:  # ConfigError and malformed JSON alike
                 raise ModelAccessError(f"{cfg_path}: not a UNet config ({exc})") from None
-            demo_like = (path / "tokenizer" / "vocab.json").is_file() and not (
-                path / "vae"
-            ).is_dir()
-            factor = 1 if demo_like else VAE_FACTOR
-            tokens = 16 if demo_like else 77
+            from unetviz.detect import is_demo_folder
+
+            factor, tokens = _demo_geometry(path) if is_demo_folder(path) else (VAE_FACTOR, 77)
             return ModelSpec(str(path), path.name, config, factor, tokens, path)
         raise ModelAccessError(
             f"unknown model {choice!r}: expected 'demo', one of {list(PRESETS)} or 'folder'"
@@ -265,6 +264,18 @@ class ModelRegistry:
         t = threading.Thread(target=work, name="unetviz-preload", daemon=True)
         t.start()
         return t
+
+
+def _demo_geometry(folder: Path) -> tuple[int, int]:
+    """(pixels per latent cell, context tokens) of a demo-format folder
+    (``unetviz.detect.demo_geometry``: 1 and 16 for the pixel model, the VAE's factor for a
+    latent one); (1, 16) when its configs cannot be read (the load then says why)."""
+    from unetviz.detect import demo_geometry
+
+    try:
+        return demo_geometry(folder)
+    except (OSError, ValueError):
+        return 1, 16
 
 
 def size_multiple(spec: ModelSpec) -> int:
