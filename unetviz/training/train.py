@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--ground", type=float, default=0.0, help="weight of the token grounding loss")
     add("--bidirectional", action="store_true", help="text encoder without a causal mask")
     add("--resume-from", default=None, help="another run's unet_ckpt.pt to continue from")
+    add("--reinit-words", default=None, help="with --resume-from: words given fresh embeddings")
+    add("--reinit-std", type=float, default=1.0)
     return p.parse_args(argv)
 
 
