@@ -122,6 +122,7 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
         vae=vae,
         te=te,
         te_kind=te_kind,
+        inputs=_inputs(cfg, vae),
         n_words=n_words,
         info=info,
         table=_table(scores),
@@ -131,6 +132,17 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
         training=_notes(evals.parent / "card_training.md"),
         limits=_notes(evals.parent / "card_limits.md"),
     )
+
+
+def _inputs(cfg: dict[str, Any], vae: dict[str, Any]) -> str:
+    """What the UNet's input channels are: latents, plus (CoordConv) x/y coordinates."""
+    extra = cfg["in_channels"] - vae.get("latent_channels", 4)
+    if extra == 2:
+        return (
+            "latents plus two coordinate channels, x and y from -1 to 1, appended by the "
+            "pipeline (CoordConv): without them the model never learned position words"
+        )
+    return "latents; no coordinate channels"
 
 
 def _notes(path: Path) -> str:

@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--resume-from", default=None, help="another run's unet_ckpt.pt to continue from")
     add("--reinit-words", default=None, help="with --resume-from: words given fresh embeddings")
     add("--reinit-std", type=float, default=1.0)
+    add("--coords", action="store_true", help="two coordinate input channels (CoordConv)")
     return p.parse_args(argv)
 
 

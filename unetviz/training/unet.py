@@ -31,6 +31,7 @@ from unetviz.pipelines.demo import (
     WordTokenizer,
     added_conditions,
     save_demo,
+    unet_input,
 )
 
 from .common import Clock, append_jsonl, ema_update, load_state, save_state, set_lr, write_json
@@ -42,13 +43,14 @@ WIDTH = 64  # text encoder width = cross_attention_dim = pooled embedding size
 N_TIME_IDS, TIME_DIM = 6, 8  # SDXL's six size/crop numbers, each as 8 sinusoids
 
 
-def latent_unet_config(latent_size: int = 24) -> dict[str, Any]:
-    """The latent demo UNet: SD's block structure in miniature, 4 latent channels in and out,
-    and SDXL's ``text_time`` added conditioning (pooled text 64 + 6 x 8 size sinusoids)."""
+def latent_unet_config(latent_size: int = 24, coords: bool = False) -> dict[str, Any]:
+    """The latent demo UNet: SD's block structure in miniature, 4 latent channels in and out
+    (plus two coordinate channels in with ``coords``: ``pipelines.demo.unet_input``), and
+    SDXL's ``text_time`` added conditioning (pooled text 64 + 6 x 8 size sinusoids)."""
     return {
         "_class_name": "UNet2DConditionModel",
         "sample_size": latent_size,
-        "in_channels": 4,
+        "in_channels": 6 if coords else 4,
         "out_channels": 4,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         "mid_block_type": "UNetMidBlock2DCrossAttn",
@@ -73,11 +75,13 @@ class Both(nn.Module):
         self.text_encoder = text_encoder
 
 
-def build(latent_size: int = 24, causal: bool = True) -> tuple[Both, dict[str, Any], WordTokenizer]:
+def build(
+    latent_size: int = 24, causal: bool = True, coords: bool = False
+) -> tuple[Both, dict[str, Any], WordTokenizer]:
     """Fresh (UNet + text encoder, unet config, tokenizer); ``causal=False`` gives the text
     encoder full (bidirectional) self-attention, so a noun's token also knows the position
     and size words after it."""
-    config = latent_unet_config(latent_size)
+    config = latent_unet_config(latent_size, coords)
     tokenizer = WordTokenizer(WORDS, max_length=MAX_TOKENS)
     te_config = TextEncoderConfig(len(tokenizer.vocab), max_length=MAX_TOKENS, width=WIDTH)
     te_config.projection_dim = WIDTH
@@ -144,13 +148,35 @@ def loss_on(
     hidden, pooled = model.text_encoder.encode(ids)
     added = added_conditions(pooled, args.size)
     ground = torch.zeros(())
+    x_in = unet_input(model.unet, x_t)
     if getattr(args, "ground", 0) > 0 and masks is not None:
         with recording(model.unet) as probs:
-            pred = model.unet(x_t, t, hidden, added_cond_kwargs=added)
+            pred = model.unet(x_in, t, hidden, added_cond_kwargs=added)
         ground = grounding_loss(probs, masks, index, ~drop)
     else:
-        pred = model.unet(x_t, t, hidden, added_cond_kwargs=added)
+        pred = model.unet(x_in, t, hidden, added_cond_kwargs=added)
     return nn.functional.mse_loss(pred, target), ground
+
+
+def widen_conv_in(state: dict[str, Any], channels: int) -> None:
+    """Give a checkpoint's ``conv_in`` (model, EMA and Adam moments) ``channels`` input
+    channels by appending zero weights: the new inputs (coordinate channels) start with no
+    effect, so the network's function is unchanged at the switch."""
+    key = "unet.conv_in.weight"
+    old = state["model"][key]
+    extra = channels - old.shape[1]
+    if extra <= 0:
+        return
+
+    def widen(w: torch.Tensor) -> torch.Tensor:
+        return torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], 1)
+
+    state["model"][key], state["ema"][key] = widen(old), widen(state["ema"][key])
+    index = list(state["model"]).index(key)  # optimiser params follow the module order
+    moments = state["opt"]["state"].get(index, {})
+    for name in ("exp_avg", "exp_avg_sq"):
+        if name in moments and moments[name].shape == old.shape:
+            moments[name] = widen(moments[name])
 
 
 class Trainer:
@@ -160,7 +186,8 @@ class Trainer:
         torch.manual_seed(args.seed)
         self.args, self.out, self.vae = args, out, vae
         causal = not getattr(args, "bidirectional", False)
-        self.model, self.config, self.tokenizer = build(args.size // 4, causal)
+        coords = getattr(args, "coords", False)
+        self.model, self.config, self.tokenizer = build(args.size // 4, causal, coords)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         params = self.model.parameters()
         self.opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -170,6 +197,7 @@ class Trainer:
         start = getattr(args, "resume_from", None)
         if self.ckpt.is_file() or start:
             state = load_state(self.ckpt if self.ckpt.is_file() else Path(start))
+            widen_conv_in(state, self.model.unet.conv_in.weight.shape[1])
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["opt"])
