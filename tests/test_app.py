@@ -338,21 +338,32 @@ def test_downloads_bundle_and_report_follow_the_session(ran, served):
     assert h.bundle(Request("never-ran"))[0] == SKIP
 
 
-@pytest.mark.slow
-def test_a_stable_diffusion_folder_inside_the_roots(served):
+@pytest.fixture(scope="module")
+def tiny_sd(served) -> str:
+    """A tiny random SD 1.x folder inside the served roots (tests/sd_tiny.py), its UNet's
+    sample_size set to 12 latents: the app runs it at 24 px, its cross-attention sits at 6x6
+    and DAAM's factor rule keeps those maps (int(sqrt(9216 / 36)) = 16, one of DAAM's
+    factors; at the stock 16 latents the 8x8 maps give 12, which DAAM never records)."""
+    import json
+
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
     from tests.sd_tiny import build_tiny_sd
 
-    build_tiny_sd(served.root / "tiny-sd", "sd1")
+    folder = build_tiny_sd(served.root / "tiny-sd", "sd1")
+    cfg_path = folder / "unet" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "sample_size": 12}))
+    return folder.name
+
+
+@pytest.mark.slow
+def test_a_stable_diffusion_folder_inside_the_roots(served, tiny_sd):
     h = served.handlers
-    _, table, *_, msg = h.architecture("folder", "tiny-sd", 64, 64, 2, "blocks")
+    _, table, *_, msg = h.architecture("folder", tiny_sd, 64, 64, 2, "blocks")
     assert msg == "", msg
     rows = {r[0]: r for r in table}
     assert rows["conv_in"][2].startswith("(2,4,8,8)")  # a latent model: 64 px -> 8x8
-    out = h.run(
-        Request("sd"), None, "tiny-sd", "a photo of a cat", "", "0", 2, 4.0, *heatmap_args()
-    )
+    out = h.run(Request("sd"), None, tiny_sd, "a photo of a cat", "", "0", 2, 4.0, *heatmap_args())
     assert out[10] == "", out[10]
     words = [t for t, kind in out[1] if kind == "word"]
     assert words == ["a", "photo", "of", "a", "cat"] and len(out[1]) == 7
@@ -448,3 +459,83 @@ def test_a_latent_demo_folder_is_drawn_in_pixels_over_its_vae_factor():
     assert spec.tokens != 77  # its own text encoder's length, not CLIP's
     if not (reg.demo_dir() / "vae").is_dir():  # the shipped pixel demo
         assert (reg.spec("demo").factor, reg.spec("demo").tokens) == (1, 16)
+
+
+@pytest.mark.slow
+def test_the_daam_preset_works_on_a_stable_diffusion_run(served, tiny_sd):
+    """DAAM's per-head sums are captured for SD models too: the preset works after Run."""
+    h = served.handlers
+    out = h.run(Request("sd-daam"), None, tiny_sd, "a red cat", "", "0", 2, 4.0, *heatmap_args())
+    assert out[10] == "", out[10]
+    session = h.session(Request("sd-daam"))
+    assert views.has_daam(session.trace) and views.head_count(session.trace) == 0
+    locs, res, note, _ = h.preset_changed(Request("sd-daam"), "daam")
+    assert "DAAM uses the down, up layers at 6×6" in note, note
+    full = {"step_to": 1}  # DAAM sums every step: the whole window
+    tiles, bar, msg, _ = h.heatmaps(Request("sd-daam"), *heatmap_args(preset="daam", **full))
+    assert msg == "", msg
+    daam = views.tiles_from_html(tiles)
+    assert [cap for _, cap in daam] == ["a (1)", "red (2)", "cat (3)"]
+    custom = views.tiles_from_html(h.heatmaps(Request("sd-daam"), *heatmap_args(**full))[0])
+    assert not np.array_equal(_pixels(daam[2][0]), _pixels(custom[2][0]))
+    _, _, msg, _ = h.heatmaps(Request("sd-daam"), *heatmap_args(preset="daam", step_to=0))
+    assert "widen the step range" in msg
+
+
+def _copy(session: Session) -> Session:
+    import copy
+
+    return Session(trace=copy.deepcopy(session.trace), image=session.image, label="copy")
+
+
+def test_a_byte_budget_sheds_daam_sums_first_then_whole_sessions(served, ran):
+    from unetviz.app.handlers import AppHandlers
+
+    one = served.handlers.session(Request())
+    n = one.nbytes()
+    daam = sum(
+        r.head_sum.numel() * 4 for r in one.trace.attention.values() if r.head_sum is not None
+    )
+    assert 0 < daam < n
+    store = SessionStore(max_bytes=3 * n - daam)
+    h = AppHandlers(served.registry, sessions=store)
+    for k in "abc":
+        store.put(k, _copy(one))
+    # three whole sessions are one DAAM share over: the least recently used one sheds it
+    assert len(store) == 3 and store.nbytes() == 3 * n - daam
+    a, b, c = (store.get(k) for k in "abc")
+    assert a.shed_daam and not views.has_daam(a.trace)
+    assert views.has_daam(b.trace) and views.has_daam(c.trace)
+    # the DAAM preset says why and what to do; every other view still works
+    full = {"step_to": TEST_STEPS - 1}
+    _, _, msg, _ = h.heatmaps(Request("a"), *heatmap_args(preset="daam", **full))
+    assert "freed to keep the server's memory" in msg and "press Run again" in msg
+    assert h.heatmaps(Request("a"), *heatmap_args(preset="p2p", **full))[2] == ""
+    assert h.heatmaps(Request("b"), *heatmap_args(preset="daam", **full))[2] == ""
+    # sheds before it evicts; the newest session is kept whole even alone over the budget
+    for k in "de":
+        store.put(k, _copy(one))
+        assert store.nbytes() <= store.max_bytes
+        assert views.has_daam(store.get(k).trace)
+    tiny = SessionStore(max_bytes=1)
+    for k in "xy":
+        tiny.put(k, _copy(one))
+    assert len(tiny) == 1 and tiny.get("y") is not None and tiny.nbytes() == n
+
+
+def test_the_experiments_table_reads_as_measures(served):
+    from unetviz.app.experiments import CHANGED_HEADERS, NOT_APPLICABLE, edited
+
+    strip, heat, table, note = edited(
+        served.registry, "demo", "a red circle", 0, 2, 4.0, "red", 0.0, "all",
+        [], [], "zero", "none", 1.0,
+    )  # fmt: skip
+    assert table["headers"] == CHANGED_HEADERS == ["measure", "base", "edited", "change"]
+    rows = {r[0]: r[1:] for r in table["data"]}
+    pixel = rows["pixels: mean |edited − base| (0–1)"]
+    assert pixel[:2] == [NOT_APPLICABLE] * 2 and float(pixel[2]) >= 0  # a difference only
+    base, after, change = rows["objects in the prompted colour (share)"]
+    assert float(change) == pytest.approx(float(after) - float(base))
+    assert rows["colour most pixels have"][2] in ("same", "changed")
+    assert all(len(r) == 4 and all(str(v) for v in r) for r in table["data"])  # no blank cell
+    assert not any(r[0] == "edit" for r in table["data"]) and "**Reweight** token=red" in note

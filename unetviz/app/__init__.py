@@ -23,7 +23,12 @@ _fast_gradio_import()  # before gradio is imported: skip its .pyi stub rewrite (
 from unetviz.errors import UnetvizError  # noqa: E402
 
 from .registry import ModelAccessError, ModelRegistry  # noqa: E402
-from .sessions import DEFAULT_MAX_SESSIONS, DEFAULT_TTL_S, SessionStore  # noqa: E402
+from .sessions import (  # noqa: E402
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_TTL_S,
+    SessionStore,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -39,6 +44,7 @@ def check_launch(
     threads: int | None = None,
     model_roots: Iterable[str | os.PathLike] | None = None,
     demo_folder: str | os.PathLike | None = None,
+    session_mb: int | None = None,
 ) -> None:
     """Refuse, before anything is imported or served, options that cannot work: LaunchError
     naming the value (the CLI prints it as one ``error:`` line, exit 2)."""
@@ -50,6 +56,11 @@ def check_launch(
         raise LaunchError(f"--port {port}: expected a port number 0..65535")
     if threads is not None and not 1 <= int(threads) <= 1024:
         raise LaunchError(f"--threads {threads}: expected a whole number 1..1024")
+    if session_mb is not None and not 16 <= int(session_mb) <= 1024**2:
+        raise LaunchError(
+            f"--session-mb {session_mb}: expected a whole number of MiB 16..1048576 (memory "
+            "all sessions' results may hold together)"
+        )
     looks_ip = all(part.isdigit() for part in host.split(".")) or ":" in host
     try:
         if looks_ip:
@@ -98,6 +109,7 @@ def create_app(
     threads: int | None = None,
     session_ttl_s: float = DEFAULT_TTL_S,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
+    max_session_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[Any, ModelRegistry]:
     """Build the Blocks and their registry; ``preload`` warms the app in the background (see
     :func:`warm_up`) so the first Run and the first model choice do not wait; ``preload=None``
@@ -105,11 +117,13 @@ def create_app(
     torch threads (default ``$UNETVIZ_TORCH_THREADS`` or 1, see
     ``ModelRegistry.apply_thread_policy``); a session's results are freed after
     ``session_ttl_s`` idle seconds, on disconnect, or when more than ``max_sessions`` are live
-    (least recently used first). Building imports gradio but not torch."""
+    (least recently used first); beyond ``max_session_bytes`` held together, the least
+    recently used first give up their DAAM per-head sums, then go (``sessions.SessionStore``).
+    Building imports gradio but not torch."""
     from .ui import build_blocks
 
     registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder, threads=threads)
-    sessions = SessionStore(ttl_s=session_ttl_s, max_sessions=max_sessions)
+    sessions = SessionStore(session_ttl_s, max_sessions, max_session_bytes)
     sessions.start_sweeper()
     blocks = build_blocks(registry, sessions=sessions)
     if preload:
@@ -176,12 +190,19 @@ def launch(
     prevent_thread_lock: bool = False,
     quiet: bool = False,
     threads: int | None = None,
+    session_mb: int | None = None,
 ) -> tuple[Any, ModelRegistry, str]:
     """Build and serve the app on ``host:port``; returns (blocks, registry, local url).
-    LaunchError (before anything starts) for options that cannot work."""
-    check_launch(host, port, threads, model_roots, demo_folder)
+    ``session_mb``: MiB all sessions' results may hold (default 2048). LaunchError (before
+    anything starts) for options that cannot work."""
+    check_launch(host, port, threads, model_roots, demo_folder, session_mb)
+    budget = int(session_mb) * 2**20 if session_mb else DEFAULT_MAX_BYTES
     blocks, registry = create_app(
-        model_roots=model_roots, demo_folder=demo_folder, threads=threads, preload=None
+        model_roots=model_roots,
+        demo_folder=demo_folder,
+        threads=threads,
+        preload=None,
+        max_session_bytes=budget,
     )
     blocks.queue(default_concurrency_limit=1)
     # gradio's own banner is silenced (it suggests share links); ours says where the page is

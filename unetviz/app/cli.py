@@ -24,6 +24,11 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(
             None, help="Torch threads (default: $UNETVIZ_TORCH_THREADS or 1)."
         ),
+        session_mb: int = typer.Option(
+            None,
+            help="MiB all browser sessions' results may hold together (default 2048; the "
+            "least recently used give up DAAM's per-head sums first, then go).",
+        ),
     ) -> None:
         from unetviz.app import launch
 
@@ -33,4 +38,5 @@ def register(app: typer.Typer) -> None:
             model_roots=model_root or None,
             demo_folder=demo,
             threads=threads,
+            session_mb=session_mb,
         )

@@ -19,6 +19,53 @@ DEFAULT_PROMPT = "a red circle"
 MODES = ["zero", "mean", "0.5", "2"]
 
 
+#: the "What changed" table: one row per measure; base and edited are filled where the
+#: measure is read from one image, change always (a pixel difference has only a change)
+CHANGED_HEADERS = ["measure", "base", "edited", "change"]
+NOT_APPLICABLE = "—"
+#: readable names of the rows ``unetviz.edits.handlers.run_edited`` gives
+MEASURES = {
+    "mean abs pixel change": "pixels: mean |edited − base| (0–1)",
+    "max abs pixel change": "pixels: largest |edited − base| (0–1)",
+    "colour_ok": "objects in the prompted colour (share)",
+    "shape_ok": "objects in the prompted shape (share)",
+    "position_ok": "objects at the prompted position (share)",
+    "size_ok": "objects at the prompted size (share)",
+    "colour": "colour most pixels have",
+}
+
+
+def _change(base: str, edited: str) -> str:
+    """edited − base for numbers (signed), else "same" / "changed"."""
+    try:
+        delta = float(edited) - float(base)
+    except ValueError:
+        return "same" if base == edited else "changed"
+    return "0" if delta == 0 else f"{delta:+.3g}"
+
+
+def changed_table(rows: list[list[Any]]) -> tuple[dict[str, Any], list[str]]:
+    """``run_edited``'s rows ([name, base, edited]; a pixel change has its value under "base",
+    edits are rows named "edit") -> (the "What changed" table, one line per edit)."""
+    data, edits = [], []
+    for name, first, second in rows:
+        name, first, second = str(name), str(first), str(second)
+        if name == "edit":
+            edits.append(f"**{first}** {_short(second)}")
+        elif name.endswith("pixel change"):
+            data.append([MEASURES[name], NOT_APPLICABLE, NOT_APPLICABLE, first])
+        else:
+            base, edited = (NOT_APPLICABLE if v == "None" else v for v in (first, second))
+            change = NOT_APPLICABLE if NOT_APPLICABLE in (base, edited) else _change(base, edited)
+            data.append([MEASURES.get(name, name.replace("_", " ")), base, edited, change])
+    return {"headers": CHANGED_HEADERS, "data": data}, edits
+
+
+def _short(detail: str, limit: int = 160) -> str:
+    """An edit's details with long lists cut (a temb scale names every resnet)."""
+    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
+
+
 def _mode(text: str) -> str | float:
     return text if text in ("zero", "mean") else float(text)
 
@@ -85,8 +132,8 @@ def edited(
         out = _call(registry, model, lambda p: eh.run_edited(p, prompt, chosen, tick, **call))
     except UnetvizError as exc:
         return None, None, None, f"**{exc}**"
-    table = {"headers": out["headers"], "data": out["rows"]}
-    note = f"base | edited | difference · {len(chosen)} edit(s)"
+    table, edits = changed_table(out["rows"])
+    note = f"base | edited | difference · {len(chosen)} edit(s): " + "; ".join(edits)
     return out["strip"], out["heatmaps"], table, note
 
 
@@ -207,7 +254,9 @@ def build_experiments(ctx: Any) -> None:
             buttons=["download"],
             elem_id="exp_heat",
         )
-    table = gr.Dataframe(label="What changed", elem_id="exp_table")
+    table = gr.Dataframe(
+        headers=CHANGED_HEADERS, label="What changed", elem_id="exp_table", interactive=False
+    )
     message = gr.Markdown("", elem_id="exp_msg")
     gr.Markdown("---\n**Sweep**: one edit per block, layer or skip; the diagram filled by effect")
     with gr.Row():
@@ -218,7 +267,9 @@ def build_experiments(ctx: Any) -> None:
         sweep_scale = gr.Slider(-2, 3, value=0, step=0.1, label="Scale (reweight / temb)")
     go = gr.Button("Sweep", elem_id="exp_sweep")
     diagram = gr.HTML(elem_id="exp_diagram")
-    sweep_table = gr.Dataframe(label="Effect per target", elem_id="exp_sweep_table")
+    sweep_table = gr.Dataframe(
+        label="Effect per target", elem_id="exp_sweep_table", interactive=False
+    )
     sweep_msg = gr.Markdown("", elem_id="exp_sweep_msg")
 
     def on_run(m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008

@@ -131,7 +131,7 @@ class AppHandlers:
         sessions: SessionStore | None = None,
     ) -> None:
         self.registry = registry
-        self.sessions = sessions or SessionStore()
+        self.sessions = sessions if sessions is not None else SessionStore()
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix="unetviz-app-"))
         self.workdir = Path(workdir)
@@ -412,7 +412,10 @@ class AppHandlers:
         progress = progress or (lambda *a, **k: None)
         progress(0, desc="loading the model…")
         pipe = self.registry.pipeline(model)
-        extra = {"per_head": True, "daam": True} if getattr(pipe, "name", "") == DEMO else {}
+        # DAAM's per-head sums for every model, so the DAAM preset works before or after Run
+        # (SD 1.5: +63 MiB a run; the session store's byte budget bounds the total); the
+        # demo's tiny maps are also kept per head for the heads control
+        extra = {"daam": True, "per_head": getattr(pipe, "name", "") == DEMO}
 
         def on_step(i: int, total: int) -> None:
             progress((i, total), desc=f"denoising step {i}/{total}", unit="steps")

@@ -53,9 +53,11 @@ footer { display: none !important; }
 .uv-title { font-weight: 600; }
 .uv-selected path, .uv-selected polygon { stroke: #ff5a00 !important;
   stroke-width: 4px !important; }
-#block_table [role=gridcell], #block_table [role=gridcell]:focus,
-#block_table [role=gridcell]:focus-within { outline: none !important; box-shadow: none !important; }
-#block_table .cell-menu-button, #block_table .selection-button { display: none !important; }
+/* tables are read-only: no edit ring on a clicked cell (gradio draws it on the cell's inner
+   span as an inset box-shadow), no cell menu; the clicked row keeps gradio's row tint */
+.table-wrap [role=gridcell], .table-wrap [role=gridcell] *, .table-wrap [role=gridcell]:focus,
+.table-wrap [role=gridcell]:focus-within { outline: none !important; box-shadow: none !important; }
+.table-wrap .cell-menu-button, .table-wrap .selection-button { display: none !important; }
 .uv-colorbar { max-width: 420px; font-size: 12px; margin: 4px 0; }
 .uv-cb-bar { height: 14px; border-radius: 3px; border: 1px solid #999; }
 .uv-cb-ticks { display: flex; justify-content: space-between; }

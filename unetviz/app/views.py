@@ -332,6 +332,8 @@ def heatmap_arrays(trace: Any, c: HeatmapControls) -> list[tuple[int, np.ndarray
     if c.resolutions and not res:
         raise ViewError(f"resolutions {list(c.resolutions)} not captured; have {have}")
     preset = None if c.preset == "custom" else c.preset
+    if preset == "daam":
+        _check_daam(trace, steps)
     kw = {
         "layers": None if set(locs) == set(LOCATIONS) or preset else locs,
         "resolutions": None if not res or set(res) == set(have) or preset else res,
@@ -342,6 +344,25 @@ def heatmap_arrays(trace: Any, c: HeatmapControls) -> list[tuple[int, np.ndarray
     }
     tokens = list(c.tokens) or word_tokens(trace)
     return [(int(i), trace.heatmap(int(i), **kw).numpy().astype(np.float32)) for i in tokens]
+
+
+def has_daam(trace: Any) -> bool:
+    """Whether ``trace`` holds DAAM's per-head sums (what the DAAM preset reads)."""
+    return any(rec.head_sum is not None for rec in trace.attention.values())
+
+
+def _check_daam(trace: Any, steps: list[int] | None) -> None:
+    """ViewError in the app's words when the DAAM preset cannot run on ``trace``."""
+    if steps is not None:
+        raise ViewError(
+            "DAAM sums every denoising step: widen the step range to all steps, or choose "
+            "custom to look at a range"
+        )
+    if not has_daam(trace):
+        raise ViewError(
+            "this trace holds no DAAM per-head sums (it was captured without daam=True): "
+            "press Run to capture them, or choose P2P or custom"
+        )
 
 
 def colorbar_html(lo: float, hi: float, c: HeatmapControls) -> str:
@@ -376,6 +397,12 @@ def heatmap_tiles(
 ) -> tuple[list[tuple[Image.Image, str]], float, float]:
     """(one captioned overlay per selected token, shared scale low, high), each map drawn
     by ``unetviz.render.heatmaps.overlay`` over a greyscale copy of the image."""
+    if c.preset == "daam" and session.shed_daam and not has_daam(session.trace):
+        raise ViewError(
+            "DAAM's per-head sums of this run were freed to keep the server's memory within "
+            "its budget (newer runs needed the room): press Run again to use DAAM; P2P and "
+            "custom work on what is kept"
+        )
     maps = heatmap_arrays(session.trace, c)
     scales = rh.heat_scales([m for _, m in maps], c.scale) if maps else []
     lo, hi = rh.heat_scales([m for _, m in maps], "shared")[0] if maps else (0.0, 1.0)
