@@ -173,6 +173,33 @@ def test_sd15_blocks_fit_readable_and_node_row_selection(page):
     )
 
 
+def test_a_clicked_table_cell_has_no_edit_ring_and_its_row_stays_tinted(page):
+    """Tables are read-only: gradio's selection ring (an inset box-shadow on the cell's inner
+    span) is not drawn, the row tint that says which block is picked is."""
+    cell = page.locator("#block_table [role=gridcell]", has_text="mid_block").first
+    cell.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    row_bg = "c => getComputedStyle(c.closest('[role=row]')).backgroundColor"
+    page.mouse.move(0, 0)  # gradio's own tint follows the mouse: measure away from it
+    before = cell.evaluate(row_bg)
+    cell.click()
+    page.mouse.move(0, 0)
+    page.wait_for_function(
+        "() => document.querySelector('#block_picked').innerText.includes('mid_block')",
+        timeout=WAIT,
+    )
+    page.wait_for_function("() => document.getAnimations().every(a => a.playState !== 'running')")
+    rings = cell.evaluate(
+        """c => [c, ...c.querySelectorAll('*')].map(e => getComputedStyle(e))
+             .filter(s => s.boxShadow !== 'none' || (s.outlineStyle !== 'none'
+                          && parseFloat(s.outlineWidth) > 0)).length"""
+    )
+    assert "cell-selected" in cell.get_attribute("class")  # gradio did select it ...
+    assert rings == 0  # ... and nothing draws a ring around it
+    after = cell.evaluate(row_bg)
+    assert after != before and after not in ("rgba(0, 0, 0, 0)", "transparent"), (before, after)
+
+
 def test_the_drawn_diagram_downloads_as_svg(page):
     # the downloads are written just after the diagram is shown: the SD 1.5 file soon follows
     for _ in range(20):
@@ -187,3 +214,33 @@ def test_the_drawn_diagram_downloads_as_svg(page):
 
 def test_no_request_left_the_machine(page):
     assert page.outside == []  # type: ignore[attr-defined]
+
+
+def test_closing_the_page_frees_its_session_on_the_server(browser, served):
+    """A page that ran and then closed: its results leave the server's session store (gradio's
+    unload event), polled with a timeout rather than timed."""
+    import time
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    context.route(
+        "**/*",
+        lambda r: r.continue_() if urlparse(r.request.url).hostname == "127.0.0.1" else r.abort(),
+    )
+    page = context.new_page()
+    page.goto(served.url)
+    before = set(served.handlers.sessions.keys())
+    page.get_by_role("tab", name="Attention").click()
+    page.locator("#steps input").fill(str(TEST_STEPS))
+    page.click("#run")
+    page.wait_for_function(
+        "() => document.querySelector('#status').innerText.startsWith('Showing')", timeout=WAIT
+    )
+    mine = set(served.handlers.sessions.keys()) - before
+    assert len(mine) == 1, mine  # this page's results are held ...
+    page.close()
+    context.close()
+    deadline = time.monotonic() + WAIT / 1000
+    while mine & set(served.handlers.sessions.keys()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not mine & set(served.handlers.sessions.keys())  # ... and freed once it closed
+    assert before <= set(served.handlers.sessions.keys())  # other pages keep theirs

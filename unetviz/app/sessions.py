@@ -154,6 +154,11 @@ class SessionStore:
         t.start()
         return t
 
+    def keys(self) -> list[str]:
+        """Live session keys, least recently used first."""
+        with self._lock:
+            return list(self._data)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._data)

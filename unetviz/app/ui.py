@@ -54,10 +54,12 @@ footer { display: none !important; }
 .uv-selected path, .uv-selected polygon { stroke: #ff5a00 !important;
   stroke-width: 4px !important; }
 /* tables are read-only: no edit ring on a clicked cell (gradio draws it on the cell's inner
-   span as an inset box-shadow), no cell menu; the clicked row keeps gradio's row tint */
+   span as an inset box-shadow), no cell menu */
 .table-wrap [role=gridcell], .table-wrap [role=gridcell] *, .table-wrap [role=gridcell]:focus,
 .table-wrap [role=gridcell]:focus-within { outline: none !important; box-shadow: none !important; }
 .table-wrap .cell-menu-button, .table-wrap .selection-button { display: none !important; }
+/* gradio tints a row only under the mouse: the picked block's row stays tinted */
+#block_table [role=row]:has(.cell-selected) { background: var(--table-row-focus); }
 .uv-colorbar { max-width: 420px; font-size: 12px; margin: 4px 0; }
 .uv-cb-bar { height: 14px; border-radius: 3px; border: 1px solid #999; }
 .uv-cb-ticks { display: flex; justify-content: space-between; }
