@@ -539,3 +539,10 @@ def test_the_experiments_table_reads_as_measures(served):
     assert rows["colour most pixels have"][2] in ("same", "changed")
     assert all(len(r) == 4 and all(str(v) for v in r) for r in table["data"])  # no blank cell
     assert not any(r[0] == "edit" for r in table["data"]) and "**Reweight** token=red" in note
+
+
+def test_a_session_budget_below_16_mib_is_refused_before_launch():
+    from unetviz.app import LaunchError, check_launch
+
+    with pytest.raises(LaunchError, match=r"--session-mb 1: expected a whole number of MiB"):
+        check_launch("127.0.0.1", 0, session_mb=1)
