@@ -179,6 +179,14 @@ def make_scene(
     return Scene(caption, objects, render(objects, size))
 
 
+def without_positions(caption: str) -> str:
+    """The caption with its position phrases (" on the left", ...) removed: the captions of a
+    model that does not know position words (the scene itself is unchanged)."""
+    for word in POSITIONS:
+        caption = caption.replace(f" on the {word}", "")
+    return caption
+
+
 def make_batch(
     rng: random.Random,
     batch: int,

@@ -17,16 +17,19 @@ import torch
 from unetviz.model.autoencoder import AutoencoderKL
 
 from .common import load_state, save_state
-from .data import MAX_TOKENS, make_batch
+from .data import MAX_TOKENS, POSITIONS, make_batch, without_positions
 from .ground import scene_masks
 
 CHUNK = 250
 
 
 @torch.no_grad()
-def encode_scenes(vae: AutoencoderKL, rng: random.Random, n: int, size: int) -> tuple:
-    """``n`` fresh scenes -> (scaled latents (n, 4, size/4, size/4), captions, scenes)."""
-    images, captions, scenes = make_batch(rng, n, size)
+def encode_scenes(
+    vae: AutoencoderKL, rng: random.Random, n: int, size: int, words: Any = None
+) -> tuple:
+    """``n`` fresh scenes (captions restricted to ``words``) -> (scaled latents
+    (n, 4, size/4, size/4), captions, scenes)."""
+    images, captions, scenes = make_batch(rng, n, size, words=words)
     latents = torch.cat([vae.scale(vae.encode(chunk)[0]) for chunk in images.split(32)])
     return latents, captions, scenes
 
@@ -35,8 +38,15 @@ class Pool:
     """Scaled latents, their captions and (for the grounding loss) object masks and each
     token's object; ``batch`` draws, ``refresh`` replaces entries."""
 
-    def __init__(self, latents: torch.Tensor, captions: list[str], scenes: list | None = None):
+    def __init__(
+        self,
+        latents: torch.Tensor,
+        captions: list[str],
+        scenes: list | None = None,
+        words: Any = None,
+    ):
         self.latents = latents.float()
+        self.words = words  # the model's vocabulary: fresh scenes are drawn within it
         self.captions = list(captions)
         self.masks, self.index = scene_masks(scenes or [], MAX_TOKENS)
         self.grounded = scenes is not None
@@ -59,7 +69,7 @@ class Pool:
     def refresh(self, vae: AutoencoderKL, rng: random.Random, n: int, size: int) -> None:
         if n <= 0:
             return
-        latents, captions, scenes = encode_scenes(vae, rng, n, size)
+        latents, captions, scenes = encode_scenes(vae, rng, n, size, self.words)
         masks, index = scene_masks(scenes, MAX_TOKENS)
         for k, (latent, caption) in enumerate(zip(latents, captions, strict=True)):
             i = rng.randrange(len(self))
@@ -89,7 +99,23 @@ def latent_pool(args: Any, out: Path, vae: AutoencoderKL) -> Pool:
     captions = [c for chunk in state["captions"] for c in chunk]
     print(f"latent pool: {tuple(latents.shape)}, std {latents.float().std():.3f}", flush=True)
     scenes = pool_scenes(args, state["captions"]) if getattr(args, "ground", 0) > 0 else None
-    return Pool(latents, captions, scenes)
+    words = vocabulary(args)
+    if not set(POSITIONS) <= set(words):  # the stored captions lose their position phrases
+        captions = [without_positions(c) for c in captions]
+        for scene in scenes or []:
+            scene.caption = without_positions(scene.caption)
+    return Pool(latents, captions, scenes, words)
+
+
+def vocabulary(args: Any) -> list[str]:
+    """The model's words: ``data.WORDS`` less ``--drop-words`` (a dropped position word
+    takes "on" and "the" with it: they occur only in position phrases)."""
+    from .data import WORDS
+
+    drop = {w for w in (getattr(args, "drop_words", None) or "").split(",") if w}
+    if drop & set(POSITIONS):
+        drop |= {*POSITIONS, "on", "the"}
+    return [w for w in WORDS if w not in drop]
 
 
 def pool_scenes(args: Any, chunk_captions: list[list[str]]) -> list:

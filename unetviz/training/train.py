@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--reinit-words", default=None, help="with --resume-from: words given fresh embeddings")
     add("--reinit-std", type=float, default=1.0)
     add("--coords", action="store_true", help="two coordinate input channels (CoordConv)")
+    add("--drop-words", default=None, help="words the model does not learn (comma list)")
     return p.parse_args(argv)
 
 

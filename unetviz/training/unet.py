@@ -37,7 +37,7 @@ from unetviz.pipelines.demo import (
 from .common import Clock, append_jsonl, ema_update, load_state, save_state, set_lr, write_json
 from .data import MAX_TOKENS, WORDS
 from .ground import grounding_loss, recording
-from .latents import Pool
+from .latents import Pool, vocabulary
 
 WIDTH = 64  # text encoder width = cross_attention_dim = pooled embedding size
 N_TIME_IDS, TIME_DIM = 6, 8  # SDXL's six size/crop numbers, each as 8 sinusoids
@@ -76,13 +76,13 @@ class Both(nn.Module):
 
 
 def build(
-    latent_size: int = 24, causal: bool = True, coords: bool = False
+    latent_size: int = 24, causal: bool = True, coords: bool = False, words: Any = WORDS
 ) -> tuple[Both, dict[str, Any], WordTokenizer]:
     """Fresh (UNet + text encoder, unet config, tokenizer); ``causal=False`` gives the text
     encoder full (bidirectional) self-attention, so a noun's token also knows the position
     and size words after it."""
     config = latent_unet_config(latent_size, coords)
-    tokenizer = WordTokenizer(WORDS, max_length=MAX_TOKENS)
+    tokenizer = WordTokenizer(words, max_length=MAX_TOKENS)
     te_config = TextEncoderConfig(len(tokenizer.vocab), max_length=MAX_TOKENS, width=WIDTH)
     te_config.projection_dim = WIDTH
     te_config.causal = causal
@@ -179,6 +179,24 @@ def widen_conv_in(state: dict[str, Any], channels: int) -> None:
             moments[name] = widen(moments[name])
 
 
+def narrow_vocab(state: dict[str, Any], names: list[str], vocab: list[str]) -> None:
+    """Keep only ``vocab``'s rows of a checkpoint's word embeddings (model, EMA, Adam
+    moments), by word: the checkpoint was trained with the full vocabulary (``<specials> +
+    data.WORDS``); a model that drops words (``--drop-words``) starts from the rest as they
+    were. ``names``: the model's parameter names, in the optimiser's order."""
+    key = "text_encoder.token_embedding.weight"
+    full = WordTokenizer(WORDS).vocab
+    if state["model"][key].shape[0] != len(full) or len(vocab) == len(full):
+        return
+    rows = torch.tensor([full.index(w) for w in vocab])
+    state["model"][key] = state["model"][key][rows]
+    state["ema"][key] = state["ema"][key][rows]
+    moments = state["opt"]["state"].get(names.index(key), {})
+    for name in ("exp_avg", "exp_avg_sq"):
+        if name in moments and moments[name].shape[0] == len(full):
+            moments[name] = moments[name][rows]
+
+
 class Trainer:
     """State of the UNet phase: models, optimiser, step, clock; save / eval / resume."""
 
@@ -187,7 +205,9 @@ class Trainer:
         self.args, self.out, self.vae = args, out, vae
         causal = not getattr(args, "bidirectional", False)
         coords = getattr(args, "coords", False)
-        self.model, self.config, self.tokenizer = build(args.size // 4, causal, coords)
+        self.model, self.config, self.tokenizer = build(
+            args.size // 4, causal, coords, vocabulary(args)
+        )
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         params = self.model.parameters()
         self.opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -198,6 +218,8 @@ class Trainer:
         if self.ckpt.is_file() or start:
             state = load_state(self.ckpt if self.ckpt.is_file() else Path(start))
             widen_conv_in(state, self.model.unet.conv_in.weight.shape[1])
+            names = [n for n, _ in self.model.named_parameters()]
+            narrow_vocab(state, names, self.tokenizer.vocab)
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["opt"])
