@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch threads (default: $UNETVIZ_TORCH_THREADS or 1; SD pipelines use torch's "
         "default while generating)",
     )
+    p.add_argument(
+        "--session-mb",
+        type=int,
+        default=None,
+        help="memory budget in MiB for all sessions' traces and images together (default 2048)",
+    )
     return p.parse_args(argv)
 
 
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             model_roots=args.model_root,
             demo_folder=args.demo,
             threads=args.threads,
+            session_mb=args.session_mb,
         )
     except UnetvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
