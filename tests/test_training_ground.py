@@ -1,4 +1,5 @@
-"""The token grounding loss and the bidirectional demo text encoder (no weights)."""
+"""Training tools of the demo model: the token grounding loss, the bidirectional text encoder,
+dropping a word class and adding coordinate channels to a checkpoint (no shipped weights)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,60 @@ def test_bidirectional_text_encoder_lets_a_noun_see_its_position_and_ignores_pad
     assert not torch.allclose(a[0, 3], b[0, 3])  # "circle" knows "left" from "right"
     assert torch.allclose(a[0, :8], c[0], atol=1e-6)
     assert torch.allclose(a[0, 0], b[0, 0])  # <bos> still carries no caption content
+
+
+def _state(model: torch.nn.Module) -> dict:
+    """A checkpoint as ``Trainer.save`` writes it, after one optimiser step (Adam moments)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sum(p.sum() for p in model.parameters()).backward()
+    opt.step()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    return {"model": sd, "ema": {k: v.clone() for k, v in sd.items()}, "opt": opt.state_dict()}
+
+
+def test_a_model_without_position_words_keeps_the_other_words_embeddings():
+    from unetviz.training.data import POSITIONS, without_positions
+    from unetviz.training.latents import vocabulary
+    from unetviz.training.train import parse_args
+    from unetviz.training.unet import build, narrow_vocab
+
+    caption = "a small red circle on the left and a big blue square on the right"
+    assert without_positions(caption) == "a small red circle and a big blue square"
+    words = vocabulary(parse_args(["--drop-words", "left"]))  # one position drops the class
+    assert not {*POSITIONS, "on", "the"} & set(words) and {"red", "small", "and"} <= set(words)
+    assert vocabulary(parse_args([])) == list(WORDS)
+    torch.manual_seed(0)
+    full, _, tok_full = build(24)
+    state = _state(full)
+    small, _, tok = build(24, words=words)
+    names = [n for n, _ in small.named_parameters()]
+    narrow_vocab(state, names, tok.vocab)
+    small.load_state_dict(state["model"])
+    opt = torch.optim.AdamW(small.parameters(), lr=1e-3)
+    opt.load_state_dict(state["opt"])  # shapes agree: the next step runs
+    sum(p.sum() for p in small.parameters()).backward()
+    opt.step()
+    before = full.text_encoder.token_embedding.weight
+    after = state["model"]["text_encoder.token_embedding.weight"]
+    for word in ("red", "square", "big", "<bos>"):
+        assert torch.equal(after[tok.index[word]], before[tok_full.index[word]])
+
+
+def test_coordinate_channels_join_a_checkpoint_without_changing_its_function():
+    from unetviz.pipelines.demo import unet_input
+    from unetviz.training.unet import build, widen_conv_in
+
+    torch.manual_seed(0)
+    plain, _, _ = build(24)
+    state = _state(plain)
+    coord, config, _ = build(24, coords=True)
+    assert config["in_channels"] == 6
+    widen_conv_in(state, 6)
+    coord.load_state_dict(state["model"])
+    x, ctx = torch.randn(1, 4, 24, 24), torch.randn(1, MAX_TOKENS, 64)
+    added = {"text_embeds": torch.randn(1, 64), "time_ids": torch.zeros(1, 6)}
+    with torch.no_grad():
+        a = plain.unet(x, torch.tensor([500]), ctx, added_cond_kwargs=added)
+        b = coord.unet(unet_input(coord.unet, x), torch.tensor([500]), ctx, added_cond_kwargs=added)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert state["opt"]["state"][0]["exp_avg"].shape == (16, 6, 3, 3)
