@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PROMPT = "a red circle on the left and a blue square"
+PROMPT = "a red circle and a blue square"
 
 
 def startup_seconds(timeout: float = 60.0) -> float:

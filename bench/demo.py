@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--model", default="demo")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--prompt", default="a red circle on the left and a blue square")
+    p.add_argument("--prompt", default="a red circle and a blue square")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     start = first_generation(args.model, args.prompt, args.threads)

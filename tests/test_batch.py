@@ -143,7 +143,7 @@ def small_set(tmp_path_factory):
     rows = [
         {"prompt": "a red circle", "masks": "m0.npz"},
         {"prompt": "a green dog"},  # not in the demo vocabulary: fails, recorded
-        {"prompt": "a blue square on the left", "seed": 5},
+        {"prompt": "a blue square", "seed": 5},
         {"prompt": "a yellow triangle", "classes": {"triangle": "shape-noun"}},
     ]
     return _jsonl(d / "prompts.jsonl", rows)

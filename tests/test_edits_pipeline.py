@@ -79,7 +79,7 @@ def test_patch_and_replace_run_their_source_prompt(pipe):
     assert swapped.trace.meta["edits"][0]["self_layers"]
     assert np.abs(_pixels(swapped) - _pixels(own)).max() > 0
     with pytest.raises(EditError, match="same token length"):
-        pipe("a red circle", steps=STEPS, edits=[edits.Replace("a red circle on the left")])
+        pipe("a red circle", steps=STEPS, edits=[edits.Replace("a red circle and a blue square")])
 
 
 def test_sweep_fills_the_diagram_and_is_saved_with_the_trace(pipe, tmp_path):
@@ -162,7 +162,7 @@ def test_experiments_tab_builds_and_its_events_run():
         registry, *call, "red", 0.0, "up", ["3: x"], [], "mean", "none", 1
     )
     assert strip.size[1] >= 24 and heat.size == (392, 192)
-    assert table["data"][0][0] == "mean abs pixel change"
+    assert table["data"][0][0].startswith("pixels: mean |edited − base|")
     assert "2 edit(s)" in note
     html, rows, note = swept(registry, *call, "skips", "ablate", "", "zero", 0.0)
     n_skips = len(edits.ModelMap(registry.pipeline("demo").unet).skips)

@@ -35,16 +35,19 @@ def test_assets_layout_and_size():
 def test_run_has_image_trace_tokens_and_meta(pipe):
     steps_seen = []
     run = pipe(
-        "a red circle on the left", seed=3, steps=4, progress=lambda i, n: steps_seen.append((i, n))
+        "a red circle and a blue square",
+        seed=3,
+        steps=4,
+        progress=lambda i, n: steps_seen.append((i, n)),
     )
     assert isinstance(run, Run)
     assert run.image.size == (pipe.size, pipe.size) and run.image.mode == "RGB"
     assert steps_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert run.tokens[:8] == ["<bos>", "a", "red", "circle", "on", "the", "left", "<eos>"]
+    assert run.tokens[:9] == ["<bos>", "a", "red", "circle", "and", "a", "blue", "square", "<eos>"]
     trace = run.trace
     assert trace.tokens == run.tokens and trace.words[3] == "circle" and trace.words[0] is None
     meta = trace.meta
-    assert meta["prompt"] == "a red circle on the left" and meta["seed"] == 3
+    assert meta["prompt"] == "a red circle and a blue square" and meta["seed"] == 3
     assert meta["steps"] == 4 and meta["guidance"] == 4.0 and meta["cfg"] is True
     assert meta["height"] == meta["width"] == pipe.size and meta["model"] == "demo"
     assert len(trace.timesteps) == 4

@@ -26,7 +26,7 @@ from .registry import DEMO, ModelRegistry, describe_roots
 from .sessions import SessionStore
 
 STATIC = Path(__file__).resolve().parent / "static"
-DEFAULT_PROMPT = "a red circle on the left and a blue square"
+DEFAULT_PROMPT = "a red circle and a blue square"
 MODEL_CHOICES = [
     ("demo model (shipped, runs offline)", DEMO),
     ("SD 1.5 preset (meta: shapes only)", "sd15"),
@@ -297,12 +297,12 @@ def _prompt_column(ctx: TabContext) -> None:
     c["prompt"] = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=1, elem_id="prompt")
     words = _demo_words(ctx.registry)
     with gr.Row(elem_id="examples"):
-        for i, ex in enumerate(views.EXAMPLES):
+        for i, ex in enumerate(views.demo_examples(words)):
             b = gr.Button(ex, size="sm", elem_id=f"example_{i}", elem_classes=["uv-example"])
             b.click(None, None, c["prompt"], js=f"() => {json.dumps(ex)}")
     gr.Markdown(
         (f"**Demo vocabulary** ({len(words)} words): " + " · ".join(f"`{w}`" for w in words))
-        + f"\n\n{views.DEMO_LIMITS}",
+        + f"\n\n{views.demo_limits(words, _demo_side(ctx.registry))}",
         elem_id="demo_help",
     )
     with gr.Row():

@@ -39,18 +39,43 @@ IMAGE_NAME = "image.png"  # extra entry the app adds to a trace bundle
 #: largest trace bundle the app accepts (also gradio's upload limit, stated in the UI)
 MAX_UPLOAD_MB = 64
 
-#: example prompts for the demo model: one and two objects, with and without position words
+#: example prompts for the demo model (one and two objects, with size and position words);
+#: the app offers those made only of the shipped model's words (:func:`demo_examples`)
 EXAMPLES = (
     "a red circle",
+    "a small blue square",
     "a blue square and a yellow triangle",
+    "a big green diamond and a small white circle",
     "a green triangle on the left",
     "a red square on the top and a blue circle on the bottom",
 )
-DEMO_LIMITS = (
-    "The demo model is small (24×24 px, trained in 98 minutes on this kind of scene) and knows "
-    "only the words above. It draws the colours and shapes it is asked for; **position words "
-    "(left / right / top / bottom) are not followed yet**: objects land where the model likes."
-)
+POSITION_WORDS = ("left", "right", "top", "bottom")
+
+
+def demo_examples(words: list[str], n: int = 4) -> list[str]:
+    """Up to ``n`` example prompts the demo model can read (every word in its vocabulary)."""
+    known = set(words)
+    return [e for e in EXAMPLES if set(e.split()) <= known][:n]
+
+
+def demo_limits(words: list[str], px: int) -> str:
+    """What the demo model does not do, for the Attention tab (from its vocabulary and size)."""
+    text = (
+        f"The demo model is small ({px}×{px} px, trained on this kind of scene on a CPU) and "
+        "knows only the words above: colours, shapes"
+        + (", sizes" if "small" in words else "")
+        + "."
+    )
+    if set(POSITION_WORDS) & set(words):
+        return text + (
+            " **Position words (left / right / top / bottom) are not followed yet**: objects "
+            "land where the model likes."
+        )
+    return text + (
+        " It has **no position words**: trained with left / right / top / bottom it placed "
+        "objects where the starting noise put them (adherence at chance), so those words were "
+        "removed rather than offered. Its model card has the curve."
+    )
 
 
 class ViewError(UnetvizError):
