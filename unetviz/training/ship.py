@@ -111,7 +111,7 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
     causal = te.get("causal", True)
     te_kind = "causal" if causal else "bidirectional (padding masked)"
     vocab = json.loads((src / "tokenizer" / "vocab.json").read_text())["vocab"]
-    n_words = len([w for w in vocab if w not in SPECIALS])
+    words = [w for w in vocab if w not in SPECIALS]
     met = [k for k, v in TARGETS.items() if (scores.get(k) or 0) >= v]
     missed = [f"{k} {_fmt(scores.get(k))} < {v}" for k, v in TARGETS.items() if k not in met]
     template = (Path(__file__).parent / "card.md").read_text()
@@ -123,7 +123,8 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
         te=te,
         te_kind=te_kind,
         inputs=_inputs(cfg, vae),
-        n_words=n_words,
+        n_words=len(words),
+        words=", ".join(f"`{w}`" for w in words),
         info=info,
         table=_table(scores),
         met=", ".join(met) or "none",
