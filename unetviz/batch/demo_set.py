@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from unetviz.detect import demo_geometry
 from unetviz.outputs import write_file
 
 from .rows import BatchError
@@ -64,9 +65,7 @@ def demo_vocabulary(model: str) -> tuple[list[str], int]:
     try:
         vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())["vocab"]
         size = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"])
-        vae = folder / "vae" / "config.json"
-        if vae.is_file():  # a latent model: the image is the latent times the VAE's factor
-            size *= 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1)
+        size *= demo_geometry(folder)[0]  # a latent model: the latent times the VAE's factor
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BatchError(
             f"--demo-set needs a demo model (tokenizer/vocab.json, unet/config.json); "
