@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 
 def shipped_demo() -> dict:
     """Facts of the shipped demo model read from its own configs (so tests hold for the pixel
@@ -23,3 +25,18 @@ def shipped_demo() -> dict:
         "px": cfg["sample_size"] * factor,
         "tokens": vocab["max_length"],
     }
+
+
+def latent_demo_folder(folder):
+    """A random-weight demo folder (8x8 latents, 32 px) in the latent (v2) format: vae/ present, text_time UNet."""
+    from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
+    from unetviz.pipelines.demo import DDIMSchedule, save_demo
+    from unetviz.training.unet import build
+
+    torch.manual_seed(0)
+    model, config, tokenizer = build(latent_size=8)
+    vae = AutoencoderKL(AutoencoderConfig(block_out_channels=(8, 8, 16), sample_size=32))
+    vae.config.scaling_factor, vae.config.shift_factor = 2.0, 0.1
+    schedule = DDIMSchedule(clip_sample=False)
+    save_demo(folder, model.unet, config, model.text_encoder, tokenizer, schedule, vae)
+    return vae

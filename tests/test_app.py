@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.app_support import TEST_STEPS, Request, Served, heatmap_args, run_args
+from tests.demo_support import latent_demo_folder
 
 gradio_client = pytest.importorskip("gradio_client")
 import gradio as gr  # noqa: E402
@@ -447,18 +448,17 @@ def test_the_first_page_carries_the_demo_diagram(served):
     assert initial["diagram"] == panel and "uv-panel" in panel
 
 
-def test_a_latent_demo_folder_is_drawn_in_pixels_over_its_vae_factor():
-    from unetviz.app.registry import REPO_ROOT, ModelRegistry
+def test_a_latent_demo_folder_is_drawn_in_pixels_over_its_vae_factor(tmp_path):
+    from unetviz.app.registry import ModelRegistry
+    from unetviz.detect import demo_geometry
 
-    folder = REPO_ROOT / "assets" / "demo_v2_candidate"  # a latent demo (VAE factor 4)
-    if not (folder / "vae" / "config.json").is_file():
-        pytest.skip("no latent demo candidate in assets/")
-    reg = ModelRegistry(roots=[REPO_ROOT / "assets"])
-    spec = reg.spec("folder", "demo_v2_candidate")
-    assert spec.factor == 4 and spec.default_size == 4 * spec.config["sample_size"]
-    assert spec.tokens != 77  # its own text encoder's length, not CLIP's
-    if not (reg.demo_dir() / "vae").is_dir():  # the shipped pixel demo
-        assert (reg.spec("demo").factor, reg.spec("demo").tokens) == (1, 16)
+    latent_demo_folder(tmp_path / "latent")  # a latent demo (VAE factor 4), random weights
+    reg = ModelRegistry(roots=[tmp_path])
+    spec = reg.spec("folder", "latent")
+    assert spec.factor == 4 and spec.default_size == 4 * spec.config["sample_size"] == 32
+    assert spec.tokens == 20  # its own text encoder's length, not CLIP's 77
+    shipped = reg.spec("demo")  # whichever demo ships: its own geometry
+    assert (shipped.factor, shipped.tokens) == demo_geometry(reg.demo_dir())
 
 
 @pytest.mark.slow

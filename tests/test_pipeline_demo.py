@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.demo_support import latent_demo_folder
 from unetviz.pipelines import PipelineError, Run, load_pipeline
 from unetviz.pipelines.demo import DEMO_DIR, DemoPipeline, UnknownWordError
 
@@ -86,23 +87,8 @@ def test_daam_preset_needs_and_gets_per_head_sums(pipe):
     assert heat.shape == (pipe.size, pipe.size)
 
 
-def _latent_demo_folder(folder):
-    """A random-weight demo folder in the latent (v2) format: vae/ present, text_time UNet."""
-    from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
-    from unetviz.pipelines.demo import DDIMSchedule, save_demo
-    from unetviz.training.unet import build
-
-    torch.manual_seed(0)
-    model, config, tokenizer = build(latent_size=8)
-    vae = AutoencoderKL(AutoencoderConfig(block_out_channels=(8, 8, 16), sample_size=32))
-    vae.config.scaling_factor, vae.config.shift_factor = 2.0, 0.1
-    schedule = DDIMSchedule(clip_sample=False)
-    save_demo(folder, model.unet, config, model.text_encoder, tokenizer, schedule, vae)
-    return vae
-
-
 def test_latent_demo_folder_decodes_with_its_vae(tmp_path):
-    vae = _latent_demo_folder(tmp_path / "v2")
+    vae = latent_demo_folder(tmp_path / "v2")
     pipe = load_pipeline(tmp_path / "v2")
     assert isinstance(pipe, DemoPipeline) and pipe.vae is not None
     assert (pipe.size, pipe.latent_size, pipe.vae_scale_factor) == (32, 8, 4)
@@ -125,7 +111,7 @@ def test_latent_demo_folder_decodes_with_its_vae(tmp_path):
 
 
 def test_incomplete_latent_folder_is_a_clear_error(tmp_path):
-    _latent_demo_folder(tmp_path / "v2")
+    latent_demo_folder(tmp_path / "v2")
     (tmp_path / "v2" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(PipelineError, match="vae.*diffusion_pytorch_model.safetensors"):
         DemoPipeline(tmp_path / "v2")
