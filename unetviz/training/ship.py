@@ -113,7 +113,14 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
     vocab = json.loads((src / "tokenizer" / "vocab.json").read_text())["vocab"]
     words = [w for w in vocab if w not in SPECIALS]
     met = [k for k, v in TARGETS.items() if (scores.get(k) or 0) >= v]
-    missed = [f"{k} {_fmt(scores.get(k))} < {v}" for k, v in TARGETS.items() if k not in met]
+    missed = [
+        f"{k} {_fmt(scores[k])} < {v}"
+        for k, v in TARGETS.items()
+        if k not in met and scores.get(k) is not None
+    ]
+    unscored = [k for k in TARGETS if scores.get(k) is None]  # a word class it does not have
+    if unscored:
+        missed.append(f"not scored (no such words in the vocabulary): {', '.join(unscored)}")
     template = (Path(__file__).parent / "card.md").read_text()
     return template.format(
         unet_params=f"{info['unet_params'] / 1e6:.2f}",
