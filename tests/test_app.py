@@ -194,7 +194,8 @@ def test_sinusoid_is_drawn_before_any_run(served):
 
 
 def test_search_finds_a_module_by_any_of_its_names(served):
-    arch = served.handlers.architecture("demo", "", 24, 24, 2, "layers")
+    side = served.registry.spec("demo").default_size
+    arch = served.handlers.architecture("demo", "", side, side, 2, "layers")
     rows = arch[1]
     for query, want in (
         ("down_blocks.1.attentions.0", "down_blocks.1.attentions.0"),  # diffusers
@@ -236,7 +237,8 @@ def test_endpoints(served):
     assert served.runs == before + 1  # re-aggregated, not re-run
     bad = c.predict(*run_args("a purple square", steps=2), api_name="/run")
     assert "purple" in bad[10]  # the message slot, no exception, the server stays up
-    html, table, *_ = c.predict("demo", "", 24, 24, 2, "blocks", api_name="/architecture")
+    side = served.registry.spec("demo").default_size
+    html, table, *_ = c.predict("demo", "", side, side, 2, "blocks", api_name="/architecture")
     assert "uv-panel" in html and any(r[0] == "mid_block" for r in table["data"])
     *_, msg = c.predict("sd15", "", 33, 512, 2, "blocks", api_name="/architecture")
     assert "height=33" in msg
