@@ -35,7 +35,9 @@ def build(latent_size: int = 24) -> tuple:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (every default is what the shipped model used)."""
+    """The command line. The defaults are the shipped model's final recipe (grounding loss,
+    bidirectional text encoder, no position words); its weights came from a chain of resumed
+    runs whose commands the model card lists (``--resume-from``, ``--reinit-words``, ...)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = p.add_argument
     add("--out", default="runs/demo2")
@@ -71,13 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--p-high", type=float, default=0.3, help="share of t ~ U[T/2, T)")
     add("--p-top", type=float, default=0.0, help="share of t ~ U[0.9 T, T)")
     add("--log-every", type=int, default=50)
-    add("--ground", type=float, default=0.0, help="weight of the token grounding loss")
-    add("--bidirectional", action="store_true", help="text encoder without a causal mask")
+    add("--ground", type=float, default=0.02, help="weight of the token grounding loss (0: off)")
+    add("--causal", dest="bidirectional", action="store_false", help="a causal text encoder")
     add("--resume-from", default=None, help="another run's unet_ckpt.pt to continue from")
     add("--reinit-words", default=None, help="with --resume-from: words given fresh embeddings")
     add("--reinit-std", type=float, default=1.0)
     add("--coords", action="store_true", help="two coordinate input channels (CoordConv)")
-    add("--drop-words", default=None, help="words the model does not learn (comma list)")
+    add(
+        "--drop-words",
+        default="left,right,top,bottom",
+        help="words the model does not learn (comma list; '' keeps every word)",
+    )
     return p.parse_args(argv)
 
 
