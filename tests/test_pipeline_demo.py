@@ -81,10 +81,26 @@ def test_demo_folder_path_loads_as_demo(tmp_path):
     assert isinstance(load_pipeline(DEMO_DIR), DemoPipeline)
 
 
-def test_daam_preset_needs_and_gets_per_head_sums(pipe):
+def test_daam_preset_needs_and_gets_per_head_sums(pipe, monkeypatch):
+    from unetviz.capture import aggregate
+    from unetviz.capture.errors import TraceError
+
     run = pipe("a green square", seed=0, steps=2, daam=True)
     heat = run.trace.heatmap("square", preset="daam", size=pipe.size)
     assert heat.shape == (pipe.size, pipe.size)
+    # an app drops a trace's sums to free memory while another request draws it: the draw
+    # gets a TraceError naming the layer (the interleaving is forced: the sums go right after
+    # the layers were chosen), never an AttributeError
+    choose = aggregate._daam_layers
+
+    def chosen_then_dropped(trace):
+        recs = choose(trace)
+        recs[0].head_sum = None
+        return recs
+
+    monkeypatch.setattr(aggregate, "_daam_layers", chosen_then_dropped)
+    with pytest.raises(TraceError, match="dropped while drawing"):
+        run.trace.heatmap("square", preset="daam")
 
 
 def test_latent_demo_folder_decodes_with_its_vae(tmp_path):

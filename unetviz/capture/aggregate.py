@@ -400,7 +400,13 @@ def daam(
     total, n = torch.zeros(side, side), 0
     for rec in _daam_factor_kept(recs, latent_hw):
         h, w = rec.res
-        x = rec.head_sum.float()[..., idx]  # (heads, h, w, pieces): DAAM's per-head time sums
+        head_sum = rec.head_sum  # read once: an app may drop a trace's sums to free memory
+        if head_sum is None:
+            raise TraceError(
+                f"preset='daam': the per-head sums of {rec.name} were dropped while drawing "
+                "(an app freeing memory): run again, or use preset='daam-approx'"
+            )
+        x = head_sum.float()[..., idx]  # (heads, h, w, pieces): DAAM's per-head time sums
         if heads is not None:
             x = x[_head_list(rec, heads, x.shape[0])]
         x = x.permute(0, 3, 1, 2).reshape(-1, 1, h, w)  # every (head, piece) map
