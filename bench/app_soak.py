@@ -74,26 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.client:
         return clients(args.client, args.sessions, args.steps)
 
-    import socket
-
     from gradio_client import Client
 
     from tests.app_support import heatmap_args
-    from unetviz.app import create_app, launch_kwargs
+    from unetviz.app import create_app, serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     blocks, registry = create_app(preload=False, session_ttl_s=args.ttl)
     store = blocks.unetviz_handlers.sessions
-    blocks.queue(default_concurrency_limit=1)
-    _, url, _ = blocks.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_kwargs(),
-    )
+    url = serve(blocks)
     # warm: the model loaded and one run done, so the baseline includes what every run needs
     Client(url, verbose=False).predict(
         "demo", "a red circle", "", "0", args.steps, 4.0, *heatmap_args(), api_name="/run"

@@ -28,23 +28,10 @@ WAIT = 120_000
 
 def serve() -> tuple[object, str]:
     """The app in this process on a free port: (blocks, url)."""
-    import socket
+    from unetviz.app import create_app, serve
 
-    from unetviz.app import create_app, launch_kwargs
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     blocks, _ = create_app()
-    blocks.queue(default_concurrency_limit=1)
-    _, url, _ = blocks.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_kwargs(),
-    )
-    return blocks, url
+    return blocks, serve(blocks)
 
 
 def shoot(url: str, out: Path, steps: int) -> list[str]:

@@ -28,7 +28,7 @@ class Served:
     """A running app: ``url``, ``registry``, ``blocks``, ``root`` (its one model root)."""
 
     def __init__(self, tmp: Path) -> None:
-        from unetviz.app import create_app, launch_kwargs
+        from unetviz.app import create_app, serve
 
         self.root = tmp / "models"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -43,16 +43,9 @@ class Served:
             return generate(*args, **kwargs)
 
         self.registry.generate = counted  # type: ignore[method-assign]
-        self.blocks.queue(default_concurrency_limit=1)
         self.port = free_port()
         t0 = time.perf_counter()
-        _, self.url, _ = self.blocks.launch(
-            server_name="127.0.0.1",
-            server_port=self.port,
-            prevent_thread_lock=True,
-            quiet=True,
-            **launch_kwargs(),
-        )
+        self.url = serve(self.blocks, port=self.port)
         self.start_s = time.perf_counter() - t0
 
     def close(self) -> None:

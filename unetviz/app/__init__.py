@@ -96,6 +96,7 @@ __all__ = [
     "ModelRegistry",
     "create_app",
     "launch",
+    "serve",
     "warm_up",
     "check_launch",
     "launch_kwargs",
@@ -182,6 +183,23 @@ def launch_kwargs() -> dict[str, Any]:
     }
 
 
+def serve(blocks: Any, host: str = DEFAULT_HOST, port: int | None = None) -> str:
+    """Queue ``blocks`` (one event at a time) and serve it on ``host:port`` (a free port when
+    None) without blocking, offline-safe and without gradio's banner (it suggests share
+    links); returns the local url. The one way the app, benches, scripts and tests serve it."""
+    if port is None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+    blocks.queue(default_concurrency_limit=1)
+    _, url, _ = blocks.launch(
+        server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs()
+    )
+    return url
+
+
 def launch(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -204,11 +222,7 @@ def launch(
         preload=None,
         max_session_bytes=budget,
     )
-    blocks.queue(default_concurrency_limit=1)
-    # gradio's own banner is silenced (it suggests share links); ours says where the page is
-    _, url, _ = blocks.launch(
-        server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs()
-    )
+    url = serve(blocks, host, port)  # gradio's banner silenced; ours says where the page is
     warm_up(blocks)  # torch, the demo model, the preset diagrams: after the page is served
     if not quiet:
         print(f"[unetviz] the app is ready: {url}  (Ctrl+C stops it)", flush=True)

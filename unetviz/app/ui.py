@@ -611,7 +611,7 @@ def build_blocks(
     workdir: Path | None = None,
     sessions: SessionStore | None = None,
 ) -> gr.Blocks:
-    """The whole app as a ``gr.Blocks`` (launch it with :func:`unetviz.app.launch_kwargs`)."""
+    """The whole app as a ``gr.Blocks`` (serve it with :func:`unetviz.app.serve`)."""
     gr.set_static_paths([STATIC])
     ctx = TabContext(AppHandlers(registry, workdir, sessions), registry)
     with gr.Blocks(title="unetviz", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
