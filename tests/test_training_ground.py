@@ -138,7 +138,7 @@ def test_coordinate_channels_join_a_checkpoint_without_changing_its_function():
     state = _state(plain)
     coord, config, _ = build(24, coords=True)
     assert config["in_channels"] == 6
-    widen_conv_in(state, 6)
+    widen_conv_in(state, 6, [n for n, _ in coord.named_parameters()])
     coord.load_state_dict(state["model"])
     x, ctx = torch.randn(1, 4, 24, 24), torch.randn(1, MAX_TOKENS, 64)
     added = {"text_embeds": torch.randn(1, 64), "time_ids": torch.zeros(1, 6)}

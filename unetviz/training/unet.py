@@ -158,10 +158,11 @@ def loss_on(
     return nn.functional.mse_loss(pred, target), ground
 
 
-def widen_conv_in(state: dict[str, Any], channels: int) -> None:
+def widen_conv_in(state: dict[str, Any], channels: int, names: list[str]) -> None:
     """Give a checkpoint's ``conv_in`` (model, EMA and Adam moments) ``channels`` input
     channels by appending zero weights: the new inputs (coordinate channels) start with no
-    effect, so the network's function is unchanged at the switch."""
+    effect, so the network's function is unchanged at the switch. ``names``: the model's
+    parameter names, in the optimiser's order."""
     key = "unet.conv_in.weight"
     old = state["model"][key]
     extra = channels - old.shape[1]
@@ -172,8 +173,7 @@ def widen_conv_in(state: dict[str, Any], channels: int) -> None:
         return torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], 1)
 
     state["model"][key], state["ema"][key] = widen(old), widen(state["ema"][key])
-    index = list(state["model"]).index(key)  # optimiser params follow the module order
-    moments = state["opt"]["state"].get(index, {})
+    moments = state["opt"]["state"].get(names.index(key), {})
     for name in ("exp_avg", "exp_avg_sq"):
         if name in moments and moments[name].shape == old.shape:
             moments[name] = widen(moments[name])
@@ -217,8 +217,8 @@ class Trainer:
         start = getattr(args, "resume_from", None)
         if self.ckpt.is_file() or start:
             state = load_state(self.ckpt if self.ckpt.is_file() else Path(start))
-            widen_conv_in(state, self.model.unet.conv_in.weight.shape[1])
             names = [n for n, _ in self.model.named_parameters()]
+            widen_conv_in(state, self.model.unet.conv_in.weight.shape[1], names)
             narrow_vocab(state, names, self.tokenizer.vocab)
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
