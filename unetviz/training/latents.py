@@ -17,7 +17,7 @@ import torch
 from unetviz.model.autoencoder import AutoencoderKL
 
 from .common import load_state, save_state
-from .data import MAX_TOKENS, POSITIONS, make_batch, without_positions
+from .data import MAX_TOKENS, POSITIONS, WORDS, make_batch, without_positions
 from .ground import scene_masks
 
 CHUNK = 250
@@ -110,8 +110,6 @@ def latent_pool(args: Any, out: Path, vae: AutoencoderKL) -> Pool:
 def vocabulary(args: Any) -> list[str]:
     """The model's words: ``data.WORDS`` less ``--drop-words`` (a dropped position word
     takes "on" and "the" with it: they occur only in position phrases)."""
-    from .data import WORDS
-
     drop = {w for w in (getattr(args, "drop_words", None) or "").split(",") if w}
     if drop & set(POSITIONS):
         drop |= {*POSITIONS, "on", "the"}
