@@ -39,6 +39,7 @@ from unetviz.training.evaluate import (
     classify_shape,
     daam_binary,
     iou,
+    largest_component,
     probe,
     score_scenes,
     size_ok,
@@ -211,6 +212,25 @@ def test_shape_classifier_tells_every_shape_apart():
     assert classify_shape(np.zeros((96, 96), bool)) is None
     # with the v1 shapes only, a diamond-looking mask is still named among them
     assert classify_shape(shape_mask("square", 48, 48, 10, 96), SHAPES[:3]) == "square"
+
+
+def test_shape_reader_ignores_stray_pixels_of_the_colour():
+    """Where two colours blend, single pixels of a third colour appear; the reader reads the
+    object (its largest 4-connected region), not a bounding box stretched by those pixels."""
+    scene = eval_scenes(4, 96, 2)[1]
+    image = scene.image.copy()
+    first = scene.objects[0]
+    ys, xs = np.nonzero(first.mask)
+    far = (95 if ys.mean() < 48 else 0, 95 if xs.mean() < 48 else 0)
+    image[far] = PALETTE[first.colour]  # one stray pixel in the far corner
+    own = classify_pixels(image) == COLOURS.index(first.colour)
+    assert classify_shape(own) != first.shape  # the stray pixel fools a bounding-box fit
+    assert largest_component(own).sum() == first.mask.sum()
+    assert all(all(v) for v in adherence(scene, image).values())
+    two = np.zeros((20, 20), bool)
+    two[1:4, 1:4] = two[10:18, 10:18] = True
+    assert largest_component(two).sum() == 64 and not largest_component(two)[2, 2]
+    assert not largest_component(np.zeros((5, 5), bool)).any()
 
 
 def test_pixel_helpers():

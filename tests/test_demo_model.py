@@ -30,7 +30,7 @@ FLOORS = {
         "one_colour_acc": 0.85,
         "two_colour_acc": 0.8,
         "one_shape_acc": 0.8,
-        "two_shape_acc": 0.45,
+        "two_shape_acc": 0.6,
         "one_size_acc": 0.75,
         "two_size_acc": 0.6,
         "one_noun_miou": 0.6,

@@ -6,7 +6,10 @@ Captions are drawn from the model's own vocabulary (a v1 model is scored on v1 w
     or the nearest palette colour; colour accuracy (the caption's colour is there, and for one
     object it is the dominant one), shape accuracy (the shape template, fitted to the object's
     bounding box, that overlaps it best), position accuracy (centroid in the named half) and
-    size accuracy (radius from the area, on the named side of the small/big split).
+    size accuracy (radius from the area, on the named side of the small/big split). Shape,
+    position and size read the object as the largest 4-connected region of its colour: where
+    two colours blend at an edge, single pixels of a third colour appear (white's grey edge next
+    to blue reads as blue), and one such pixel used to stretch the bounding box across the image.
 (b) Token-map localisation, DAAM protocol: cross-attention probabilities of the conditional
     batch half, averaged over heads, each layer's map upsampled (bicubic) to the image size and
     summed over layers and sampling steps, min-max normalised, thresholded at tau = 0.4; IoU
@@ -44,6 +47,26 @@ def classify_pixels(image: np.ndarray) -> np.ndarray:
     labels = dist.argmin(-1)
     labels[image.max(-1) < 0.5] = -1
     return labels
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask (the object without stray pixels)."""
+    if not mask.any():
+        return mask
+    h, w = mask.shape
+    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
+    while True:  # every pixel takes the largest label among itself and its 4 neighbours
+        p = np.pad(labels, 1)
+        grown = np.maximum.reduce(
+            [p[1:-1, 1:-1], p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
+        )
+        grown = np.where(mask, grown, 0)
+        if np.array_equal(grown, labels):
+            break
+        labels = grown
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == counts.argmax()
 
 
 def classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str | None:
@@ -115,7 +138,7 @@ def adherence(
         else:
             ok = int(own.sum()) >= 6
         out["colour"].append(bool(ok))
-        mine = own if len(scene.objects) == 2 else mask
+        mine = largest_component(own if len(scene.objects) == 2 else mask)
         out["shape"].append(classify_shape(mine, shapes) == obj.shape)
         if obj.position is not None:
             out["position"].append(position_ok(mine, obj.position))

@@ -119,8 +119,6 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
         if k not in met and scores.get(k) is not None
     ]
     unscored = [k for k in TARGETS if scores.get(k) is None]  # a word class it does not have
-    if unscored:
-        missed.append(f"not scored (no such words in the vocabulary): {', '.join(unscored)}")
     template = (Path(__file__).parent / "card.md").read_text()
     return template.format(
         unet_params=f"{info['unet_params'] / 1e6:.2f}",
@@ -136,6 +134,7 @@ def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: P
         table=_table(scores),
         met=", ".join(met) or "none",
         missed=", ".join(missed) or "none",
+        unscored=", ".join(unscored) or "none",
         curve=_curve(evals),
         training=_notes(evals.parent / "card_training.md"),
         limits=_notes(evals.parent / "card_limits.md"),
