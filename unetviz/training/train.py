@@ -1,4 +1,4 @@
-"""Train the demo model: ``python -m unetviz.training.train [--out runs/demo2]``.
+"""Train the demo model: ``python -m unetviz.training.train [--out runs/demo]``.
 
 A latent diffusion model in miniature, trained in three resumable phases on one CPU thread:
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     runs whose commands the model card lists (``--resume-from``, ``--reinit-words``, ...)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = p.add_argument
-    add("--out", default="runs/demo2")
+    add("--out", default="runs/demo")
     add("--size", type=int, default=96)
     add("--seed", type=int, default=0)
     add("--threads", type=int, default=1)
@@ -58,15 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--vae-kl", type=float, default=1e-6)
     add("--vae-ema", type=float, default=0.995)
     # latent pool
-    add("--pool", type=int, default=12000, help="scenes encoded before the UNet starts")
-    add("--refresh", type=int, default=2, help="scenes re-drawn and encoded per UNet step")
+    add("--pool", type=int, default=8000, help="scenes encoded before the UNet starts")
+    add("--refresh", type=int, default=1, help="scenes re-drawn and encoded per UNet step")
     # UNet
     add("--init-from", default=None, help="a pixel (v1) demo folder to start the UNet from")
     add("--steps", type=int, default=30000)
-    add("--minutes", type=float, default=90.0, help="UNet phase time limit")
-    add("--batch", type=int, default=32)
+    add("--minutes", type=float, default=180.0, help="UNet phase time limit")
+    add("--batch", type=int, default=16)
     add("--lr", type=float, default=1e-3)
-    add("--lr-final", type=float, default=2.5e-4, help="lr over the last 15% of the time")
+    add("--lr-final", type=float, default=2e-4, help="lr over the last 15% of the time")
     add("--warmup", type=int, default=200)
     add("--ema", type=float, default=0.999)
     add("--p-uncond", type=float, default=0.1)
