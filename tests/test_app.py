@@ -510,8 +510,9 @@ def test_a_byte_budget_sheds_daam_sums_first_then_whole_sessions(served, ran):
     assert views.has_daam(b.trace) and views.has_daam(c.trace)
     # the DAAM preset says why and what to do; every other view still works
     full = {"step_to": TEST_STEPS - 1}
-    _, _, msg, _ = h.heatmaps(Request("a"), *heatmap_args(preset="daam", **full))
-    assert "freed to keep the server's memory" in msg and "press Run again" in msg
+    tiles, _, msg, _ = h.heatmaps(Request("a"), *heatmap_args(preset="daam", **full))
+    assert msg == "" and not views.tiles_from_html(tiles)  # the heatmap area says why
+    assert "freed to keep the server's memory" in tiles and "press Run again" in tiles
     assert h.heatmaps(Request("a"), *heatmap_args(preset="p2p", **full))[2] == ""
     assert h.heatmaps(Request("b"), *heatmap_args(preset="daam", **full))[2] == ""
     # sheds before it evicts; the newest session is kept whole even alone over the budget
@@ -548,3 +549,31 @@ def test_a_session_budget_below_16_mib_is_refused_before_launch():
 
     with pytest.raises(LaunchError, match=r"--session-mb 1: expected a whole number of MiB"):
         check_launch("127.0.0.1", 0, session_mb=1)
+
+
+def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
+    """An upload never fails for the preset: drawn with custom, the preset control moved and
+    its note saying why and what to do; choosing DAAM then says so in the heatmap area."""
+    h, user = served.handlers, Request("no-daam")
+    run = served.registry.generate(
+        "demo", prompt="a red circle", seed=0, steps=TEST_STEPS, guidance=4.0
+    )
+    assert not views.has_daam(run.trace)
+    bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "p.zip")
+    out = h.upload(user, str(bundle), *heatmap_args(preset="daam"))
+    assert out[10] == "", out[10]
+    assert [c for _, c in views.tiles_from_html(out[7])] == ["a (1)", "red (2)", "circle (3)"]
+    assert out[13] == "custom" and "no DAAM per-head sums" in out[9]
+    assert "**This trace has no DAAM per-head sums**" in out[12] and "daam=True" in out[12]
+    full = {"step_to": TEST_STEPS - 1}
+    locs, res, note, msg = h.preset_changed(user, "daam")
+    assert "does not hold" in note and msg == ""
+    tiles, bar, msg, _ = h.heatmaps(user, *heatmap_args(preset="daam", **full))
+    assert msg == "" and bar == "" and not views.tiles_from_html(tiles)
+    assert 'id="no_daam"' in tiles and "captured without daam=True" in tiles
+    assert h.downloads(user, *heatmap_args(preset="daam", **full)) == (None, "")
+    assert h.heatmaps(user, *heatmap_args(preset="p2p", **full))[2] == ""
+    # a Run's trace has the sums: the preset stays as chosen
+    out = h.run(user, None, "demo", "a red circle", "", 0, 2, 4.0, *heatmap_args(preset="daam"))
+    assert out[10] == "" and out[13] != "custom" and "DAAM uses" in out[12]
+    assert len(views.tiles_from_html(out[7])) == 3

@@ -212,6 +212,65 @@ def test_the_drawn_diagram_downloads_as_svg(page):
     assert "<svg" in Path(info.value.path()).read_text()
 
 
+def test_a_trace_without_daam_sums_uploads_while_daam_is_chosen(page, served, tmp_path):
+    """The upload loads (custom preset, the note says why); DAAM chosen then fills the heatmap
+    area with the reason instead of tiles; custom brings the tiles back."""
+    from unetviz.app import views
+    from unetviz.app.sessions import Session
+
+    run = served.registry.generate("demo", prompt="a red circle", steps=TEST_STEPS)
+    assert not views.has_daam(run.trace)
+    bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "plain.zip")
+    page.get_by_role("tab", name="Attention").click()
+    preset = page.locator("#preset")
+    preset.get_by_role("radio", name="DAAM").check()
+    page.wait_for_function(  # its events are done (before any Run: nothing to draw)
+        "() => document.querySelector('#preset_note').innerText.includes('DAAM uses')"
+        " || document.querySelector('#ctrl_msg').innerText.includes('nothing to show')",
+        timeout=WAIT,
+    )
+    page.get_by_text("Explore a saved trace bundle").click()
+    page.locator("#upload input[type=file]").set_input_files(str(bundle))
+    page.wait_for_function(
+        "() => document.querySelector('#status').innerText.includes('plain.zip')"
+        " || document.querySelector('#run_msg').innerText.includes('DAAM')",
+        timeout=WAIT,
+    )
+    assert page.locator("#run_msg").inner_text().strip() == ""
+    assert "no DAAM per-head sums" in page.locator("#status").inner_text()
+    assert preset.get_by_role("radio", name="custom").is_checked()
+    assert "This trace has no DAAM per-head sums" in page.locator("#preset_note").inner_text()
+    assert page.locator("#heatmaps img").count() == 3
+    preset.get_by_role("radio", name="DAAM").check()
+    page.wait_for_selector("#no_daam", timeout=WAIT)
+    assert "captured without daam=True" in page.locator("#heatmaps").inner_text()
+    assert page.locator("#heatmaps img").count() == 0
+    assert "⚠" not in page.locator("#ctrl_msg").inner_text()
+    preset.get_by_role("radio", name="custom").check()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#heatmaps img').length === 3", timeout=WAIT
+    )
+
+
+def test_the_sweep_table_has_its_headers_before_and_after_a_sweep(page, served):
+    from unetviz.app.experiments import SWEEP_HEADERS, demo_choices
+
+    page.get_by_role("tab", name="Experiments").click()
+    table = page.locator("#exp_sweep_table")
+    table.wait_for(timeout=WAIT)
+    assert table.locator("thead th").all_inner_texts() == SWEEP_HEADERS
+    assert table.locator("[role=gridcell]").count() == 0  # no blank rows
+    page.locator("#exp_steps input").fill("2")
+    page.click("#exp_sweep")
+    page.wait_for_function(
+        "() => document.querySelector('#exp_sweep_msg').innerText.includes('edited runs')",
+        timeout=WAIT,
+    )
+    assert table.locator("thead th").all_inner_texts() == SWEEP_HEADERS
+    blocks = len(demo_choices(served.registry)["blocks"])
+    assert table.locator("[role=gridcell]").count() == blocks * len(SWEEP_HEADERS)
+
+
 def test_no_request_left_the_machine(page):
     assert page.outside == []  # type: ignore[attr-defined]
 

@@ -83,6 +83,15 @@ def _status(
     )
 
 
+#: the preset's note when a trace without DAAM sums is loaded while DAAM is chosen
+NO_DAAM_NOTE = (
+    "**This trace has no DAAM per-head sums**, so the DAAM preset cannot draw it: showing "
+    "**custom** (every layer, every step) instead. For DAAM, capture with `daam=True` "
+    "(`unetviz.capture(..., daam=True)` or `pipe(prompt, daam=True)`), or press Run here: a "
+    "Run always keeps them."
+)
+
+
 class InputError(UnetvizError):
     """A value typed in the UI is out of range or not a number."""
 
@@ -337,16 +346,24 @@ class AppHandlers:
         )
 
     def _loaded(self, session: Session, c: views.HeatmapControls, note: str) -> tuple:
-        """Outputs shared by Run and upload (see :data:`LOADED`)."""
+        """Outputs shared by Run and upload (see :data:`LOADED`). A trace without DAAM sums
+        loaded while DAAM is chosen is drawn with the custom preset, and the preset's note
+        and the status say so (the last output moves the preset control)."""
         tr = session.trace
         n = session.steps
         words = views.word_tokens(tr)
-        locs, res, pnote = views.preset_selection(tr, c.preset)
+        preset, moved = c.preset, gr.skip()
+        if preset == "daam" and views.daam_missing(session):
+            preset, moved = "custom", "custom"
+            note += " · no DAAM per-head sums in this trace"
+        locs, res, pnote = views.preset_selection(tr, preset)
+        if preset != c.preset:
+            pnote = NO_DAAM_NOTE
         c = views.HeatmapControls(
             tokens=tuple(words),
             step_to=n - 1,
             locations=tuple(locs),
-            preset=c.preset,
+            preset=preset,
             normalize=c.normalize,
             scale=c.scale,
             threshold=c.threshold,
@@ -378,9 +395,10 @@ class AppHandlers:
             "",
             gr.update(maximum=max(n - 1, 1), value=min(n - 1, n // 2)),
             pnote,
+            moved,
         )
 
-    @keep_work(13, 10)
+    @keep_work(14, 10)
     def run(
         self,
         request: gr.Request = None,
@@ -441,7 +459,7 @@ class AppHandlers:
         )
         return (*out[:9], note, *out[10:])
 
-    @keep_work(13, 10)
+    @keep_work(14, 10)
     def upload(self, request: gr.Request, file: Any, *control_values: Any) -> tuple:
         """Load a trace bundle (explored without any model)."""
         if file is None:
@@ -473,7 +491,9 @@ class AppHandlers:
     @keep_work(4, 2)
     def heatmaps(self, request: gr.Request, *control_values: Any) -> tuple:
         """Re-aggregate from the cached trace (no model run): tiles (one HTML block of inline
-        PNGs), colour bar, message and the layer boxes (re-ticked when all were unticked)."""
+        PNGs), colour bar, message and the layer boxes (re-ticked when all were unticked).
+        DAAM chosen for a trace without its sums: the heatmap area says why, in place of
+        tiles drawn for other controls."""
         session = self._need(request)
         c = self.controls(*control_values)
         fix, msg = gr.skip(), ""
@@ -481,7 +501,11 @@ class AppHandlers:
             c = views.HeatmapControls(**{**c.__dict__, "locations": views.LOCATIONS})
             fix, msg = list(views.LOCATIONS), "at least one layer location stays ticked"
         self.registry.apply_thread_policy()  # no-op once applied
-        tiles, lo, hi = views.heatmap_tiles(session, c)
+        try:
+            tiles, lo, hi = views.heatmap_tiles(session, c)
+        except views.NoDaamError as exc:
+            log.info("heatmaps: %s", exc)
+            return views.no_daam_html(str(exc)), "", msg, fix
         return views.tiles_html(tiles), views.colorbar_html(lo, hi, c), msg, fix
 
     @keep_work(4, 3)
@@ -492,6 +516,8 @@ class AppHandlers:
         if session is None:
             return gr.update(interactive=custom), gr.update(interactive=custom), "", ""
         locs, res, note = views.preset_selection(session.trace, preset)
+        if preset == "daam" and views.daam_missing(session):
+            note = "DAAM needs per-head sums this trace does not hold (see the heatmap area)"
         return (
             gr.update(value=locs, interactive=custom),
             gr.update(value=res, interactive=custom),
@@ -509,7 +535,11 @@ class AppHandlers:
         c = self.controls(*control_values)
         if session.shown.get("zip") == c:
             return gr.skip(), ""  # the file on the button is already this one
-        path = views.heatmaps_zip(session, c, self._outdir() / f"{stem}-heatmaps.zip")
+        try:
+            path = views.heatmaps_zip(session, c, self._outdir() / f"{stem}-heatmaps.zip")
+        except views.NoDaamError:  # the heatmap area says why; no stale zip on the button
+            session.shown.pop("zip", None)
+            return None, ""
         session.shown["zip"] = c
         return str(path), ""
 

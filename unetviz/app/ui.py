@@ -84,6 +84,8 @@ footer { display: none !important; }
   border: 1px solid #bbb; border-radius: 4px; background: rgba(255,255,255,0.85);
   color: #222; cursor: pointer; font-size: 13px; }
 .uv-tiles-empty { color: var(--body-text-color-subdued); padding: 24px 8px; }
+.uv-no-daam { color: var(--body-text-color); padding: 16px; margin: 8px 0;
+  border: 1px dashed var(--border-color-primary); border-radius: 8px; }
 """
 
 TILES_EMPTY = '<p class="uv-tiles-empty">The heatmaps appear here after a Run.</p>'
@@ -404,6 +406,7 @@ LOADED = (
     "run_msg",
     "temb_step",
     "preset_note",
+    "preset",
 )
 
 

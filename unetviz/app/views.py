@@ -376,6 +376,37 @@ def has_daam(trace: Any) -> bool:
     return any(rec.head_sum is not None for rec in trace.attention.values())
 
 
+class NoDaamError(ViewError):
+    """The DAAM preset is chosen but the trace holds no DAAM per-head sums: the heatmap area
+    says so in place of tiles (not a failed control)."""
+
+
+def daam_missing(session: Session) -> str | None:
+    """Why the DAAM preset cannot be drawn for ``session`` (its sums were never captured, or
+    freed for the memory budget), in the app's words; None when they are there."""
+    if has_daam(session.trace):
+        return None
+    if session.shed_daam:
+        return (
+            "DAAM's per-head sums of this run were freed to keep the server's memory within "
+            "its budget (newer runs needed the room): press Run again to use DAAM; P2P and "
+            "custom work on what is kept"
+        )
+    return (
+        "this trace holds no DAAM per-head sums (it was captured without daam=True), so the "
+        "DAAM preset cannot draw it: choose custom or P2P to see its maps, or capture it "
+        "again with daam=True (a Run here always keeps them)"
+    )
+
+
+def no_daam_html(message: str) -> str:
+    """What the heatmap area shows in place of tiles when DAAM cannot be drawn."""
+    return (
+        '<div class="uv-tiles-empty uv-no-daam" id="no_daam"><strong>No DAAM heatmaps for '
+        f"this trace.</strong> {html.escape(message[:1].upper() + message[1:], quote=False)}.</div>"
+    )
+
+
 def _check_daam(trace: Any, steps: list[int] | None) -> None:
     """ViewError in the app's words when the DAAM preset cannot run on ``trace``."""
     if steps is not None:
@@ -384,10 +415,7 @@ def _check_daam(trace: Any, steps: list[int] | None) -> None:
             "custom to look at a range"
         )
     if not has_daam(trace):
-        raise ViewError(
-            "this trace holds no DAAM per-head sums (it was captured without daam=True): "
-            "press Run to capture them, or choose P2P or custom"
-        )
+        raise NoDaamError(daam_missing(Session(trace=trace, image=None, label="")))
 
 
 def colorbar_html(lo: float, hi: float, c: HeatmapControls) -> str:
@@ -422,12 +450,9 @@ def heatmap_tiles(
 ) -> tuple[list[tuple[Image.Image, str]], float, float]:
     """(one captioned overlay per selected token, shared scale low, high), each map drawn
     by ``unetviz.render.heatmaps.overlay`` over a greyscale copy of the image."""
-    if c.preset == "daam" and session.shed_daam and not has_daam(session.trace):
-        raise ViewError(
-            "DAAM's per-head sums of this run were freed to keep the server's memory within "
-            "its budget (newer runs needed the room): press Run again to use DAAM; P2P and "
-            "custom work on what is kept"
-        )
+    missing = daam_missing(session) if c.preset == "daam" else None
+    if missing:
+        raise NoDaamError(missing)
     maps = heatmap_arrays(session.trace, c)
     scales = rh.heat_scales([m for _, m in maps], c.scale) if maps else []
     lo, hi = rh.heat_scales([m for _, m in maps], "shared")[0] if maps else (0.0, 1.0)
