@@ -35,6 +35,30 @@ MEASURES = {
 }
 
 
+#: the "Effect per target" table: a sweep row's keys (``unetviz.edits.handlers.run_sweep``)
+#: -> column titles; the demo model's scores follow its pixel change (other models have none)
+SWEEP_COLUMNS = {
+    "target": "target",
+    "change": "mean |Δ pixel| (0–1)",
+    "colour_ok": "right colour (share)",
+    "shape_ok": "right shape (share)",
+    "position_ok": "right position (share)",
+    "size_ok": "right size (share)",
+    "colour": "main colour",
+}
+#: its titles before any sweep: those a sweep of the demo model (the default Model) gives
+SWEEP_HEADERS = list(SWEEP_COLUMNS.values())
+
+
+def sweep_table(keys: list[str], rows: list[list[Any]]) -> dict[str, Any]:
+    """``run_sweep``'s headers (row keys) and rows -> the "Effect per target" table: readable
+    titles, and "—" where a score does not apply (the prompt names no such attribute)."""
+    return {
+        "headers": [SWEEP_COLUMNS.get(k, k.replace("_", " ")) for k in keys],
+        "data": [[NOT_APPLICABLE if v is None else v for v in row] for row in rows],
+    }
+
+
 def _change(base: str, edited: str) -> str:
     """edited − base for numbers (signed), else "same" / "changed"."""
     try:
@@ -150,7 +174,7 @@ def swept(
     mode: str,
     scale: float,
     progress: Any = None,
-) -> tuple[str, Any, str]:
+) -> tuple[Any, Any, str]:
     """The "Sweep" event: diagram HTML filled by effect, table, message."""
     from unetviz.edits import handlers as eh
 
@@ -172,8 +196,8 @@ def swept(
                 **call,
             ),  # fmt: skip
         )
-    except UnetvizError as exc:
-        return "", None, f"**{exc}**"
+    except UnetvizError as exc:  # the last sweep's diagram and table stay
+        return gr.skip(), gr.skip(), f"**{exc}**"
     html = (
         "<style>#exp_diagram a, #exp_diagram a:hover { text-decoration: none !important; }"
         "</style>"
@@ -181,7 +205,7 @@ def swept(
     )
     result = out["result"]
     note = f"{len(result.rows)} edited runs + base in {result.seconds:.1f} s"
-    return html, {"headers": out["headers"], "data": out["rows"]}, note
+    return html, sweep_table(out["headers"], out["rows"]), note
 
 
 def _ticker(progress: Any, what: str):
@@ -224,7 +248,7 @@ def build_experiments(ctx: Any) -> None:
         model = gr.Textbox("demo", label="Model", scale=1)
         prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="exp_prompt")
         seed = gr.Number(0, label="Seed", precision=0)
-        steps = gr.Number(25, label="Steps", precision=0)
+        steps = gr.Number(25, label="Steps", precision=0, elem_id="exp_steps")
         guidance = gr.Number(4.0, label="Guidance")
     with gr.Row():
         with gr.Column():
@@ -267,8 +291,11 @@ def build_experiments(ctx: Any) -> None:
         sweep_scale = gr.Slider(-2, 3, value=0, step=0.1, label="Scale (reweight / temb)")
     go = gr.Button("Sweep", elem_id="exp_sweep")
     diagram = gr.HTML(elem_id="exp_diagram")
-    sweep_table = gr.Dataframe(
-        label="Effect per target", elem_id="exp_sweep_table", interactive=False
+    sweep_out = gr.Dataframe(
+        headers=SWEEP_HEADERS,
+        label="Effect per target",
+        elem_id="exp_sweep_table",
+        interactive=False,
     )
     sweep_msg = gr.Markdown("", elem_id="exp_sweep_msg")
 
@@ -289,7 +316,7 @@ def build_experiments(ctx: Any) -> None:
     go.click(
         on_sweep,
         common + [over, edit, sweep_word, sweep_mode, sweep_scale],
-        [diagram, sweep_table, sweep_msg],
+        [diagram, sweep_out, sweep_msg],
         concurrency_id="model",
         concurrency_limit=1,
     )
