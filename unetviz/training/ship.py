@@ -84,11 +84,14 @@ def _curve(evals: Path) -> str:
         "| noun mIoU 1/2 | colour mIoU 1/2 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    vae = []
+    vae: list[str] = []
+    decoder: list[str] = []
     for line in evals.read_text().splitlines():
         e = json.loads(line)
-        if e.get("phase") == "vae":
-            vae.append(f"step {e['step']}: {e['mae_255']:.2f}")
+        if e.get("phase") in ("vae", "decoder"):
+            (vae if e["phase"] == "vae" else decoder).append(
+                f"step {e['step']}: {e['mae_255']:.2f}"
+            )
             continue
         pair = [
             f"{_fmt(e.get('one_' + k))} / {_fmt(e.get('two_' + k))}"
@@ -99,7 +102,10 @@ def _curve(evals: Path) -> str:
             f"| {_fmt(e['one_noun_miou'])} / {_fmt(e['two_noun_miou'])} "
             f"| {_fmt(e['one_colour_miou'])} / {_fmt(e['two_colour_miou'])} |"
         )
-    return "\n".join(rows) + "\n\nAutoencoder held-out MAE (0-255): " + "; ".join(vae)
+    text = "\n".join(rows) + "\n\nAutoencoder held-out MAE (0-255): " + "; ".join(vae)
+    if decoder:
+        text += "\n\nDecoder fine-tune (encoder frozen), held-out MAE: " + "; ".join(decoder)
+    return text
 
 
 def model_card(src: Path, scores: dict[str, Any], info: dict[str, Any], evals: Path) -> str:
