@@ -47,7 +47,7 @@ def test_decoder_finetune_keeps_the_latent_space_and_writes_a_complete_folder(tm
     assert not same_encoder(before, after)
 
 
-def test_decoder_finetune_needs_a_latent_model(tmp_path):
+def test_decoder_finetune_needs_a_latent_model(tmp_path, capsys):
     from unetviz.pipelines.demo import save_demo
     from unetviz.training.train import build
 
@@ -55,6 +55,8 @@ def test_decoder_finetune_needs_a_latent_model(tmp_path):
     from unetviz.pipelines.demo import DDIMSchedule
 
     save_demo(tmp_path / "pixel", unet, config, text_encoder, tokenizer, DDIMSchedule())
-    with pytest.raises(SystemExit, match="has no vae/"):
+    with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "pixel"), "--out", str(tmp_path / "out"), *FLAGS])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'pixel'} has no vae/")
     assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ import argparse
 import copy
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     src, out = Path(args.src), Path(args.out)
     vae = load_demo_vae(src)
     if vae is None:
-        raise SystemExit(f"error: {src} has no vae/: only a latent demo model has a decoder")
+        print(f"error: {src} has no vae/: only a latent demo model has a decoder", file=sys.stderr)
+        raise SystemExit(2)
     args.log = src.parent / "evals.jsonl"
     tuned = finetune_decoder(copy.deepcopy(vae), args, out.parent / f"{out.name}_ckpt.pt")
     if not same_encoder(vae, tuned):  # the UNet's latent space must not move
