@@ -577,3 +577,31 @@ def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
     out = h.run(user, None, "demo", "a red circle", "", 0, 2, 4.0, *heatmap_args(preset="daam"))
     assert out[10] == "" and out[13] != "custom" and "DAAM uses" in out[12]
     assert len(views.tiles_from_html(out[7])) == 3
+
+
+def test_a_gated_warm_up_waits_for_the_first_page(served):
+    """``launch`` warms up (torch, demo model, preset diagrams) only once the first page has
+    loaded its diagram state: before, the warm-up's imports slowed the page's own scripts."""
+    from unetviz.app import warm_up
+
+    h, registry = served.handlers, served.registry
+    h.page_seen.clear()
+    calls: list[str] = []
+    preload = registry.preload
+
+    def counted():
+        calls.append("preload")
+        return preload()
+
+    registry.preload = counted  # type: ignore[method-assign]
+    try:
+        thread = warm_up(served.blocks, after=h.page_seen, wait_s=120)
+        thread.join(0.3)
+        assert thread.is_alive() and calls == []  # no page yet: waiting
+        side = registry.spec("demo").default_size
+        assert h.arch_state("demo", "", side, side, 2, "blocks")[1] == ""  # the load event
+        assert h.page_seen.is_set()
+        thread.join(120)
+        assert not thread.is_alive() and calls == ["preload"]
+    finally:
+        del registry.preload

@@ -134,15 +134,25 @@ def create_app(
     return blocks, registry
 
 
-def warm_up(blocks: Any) -> Any:
+#: seconds a served app waits for its first page before it warms up anyway
+WARM_UP_WAIT_S = 10.0
+
+
+def warm_up(blocks: Any, after: Any = None, wait_s: float = WARM_UP_WAIT_S) -> Any:
     """In a background thread: import torch, apply the thread policy, load the demo pipeline,
     then draw the preset models' block diagrams into the handlers' cache (a model choice
-    then costs one round trip). Returns the thread."""
+    then costs one round trip). With ``after`` (a ``threading.Event``), first wait until it
+    is set or ``wait_s`` pass: ``launch`` waits for the first page's load event, because the
+    warm-up's imports hold the GIL in bursts and slowed the ~100 scripts that page fetches
+    (bench/app.py, restart -> first diagram drawn, machine under load: median 5.7-5.9 s at
+    serve, 4.5 s gated). Returns the thread."""
     import threading
 
     handlers = blocks.unetviz_handlers
 
     def work() -> None:
+        if after is not None:
+            after.wait(wait_s)
         handlers.registry.preload().join()
         handlers.prerender()
 
@@ -223,7 +233,8 @@ def launch(
         max_session_bytes=budget,
     )
     url = serve(blocks, host, port)  # gradio's banner silenced; ours says where the page is
-    warm_up(blocks)  # torch, the demo model, the preset diagrams: after the page is served
+    # torch, the demo model, the preset diagrams: once the first page is drawn
+    warm_up(blocks, after=blocks.unetviz_handlers.page_seen)
     if not quiet:
         print(f"[unetviz] the app is ready: {url}  (Ctrl+C stops it)", flush=True)
     if not prevent_thread_lock:

@@ -148,6 +148,8 @@ class AppHandlers:
         self._drawn: OrderedDict[tuple, tuple[Any, str, list[list[Any]]]] = OrderedDict()
         self._exported: OrderedDict[tuple, dict[str, Path]] = OrderedDict()
         self._drawn_lock = threading.Lock()
+        #: set once a page has loaded its diagram's state (the page's load event)
+        self.page_seen = threading.Event()
 
     def _outdir(self) -> Path:
         """A fresh folder for one response's files; old ones are pruned."""
@@ -202,7 +204,9 @@ class AppHandlers:
         """Diagram panel, block table, status, arch state, message (the downloads follow in
         :meth:`exports`, after the diagram is on screen)."""
         spec = self.registry.spec(model, folder)
-        return (*self._draw(spec, height, width, batch, detail), "")
+        drawn = self._draw(spec, height, width, batch, detail)
+        self.page_seen.set()  # the load event's handler when the page has no first drawing
+        return (*drawn, "")
 
     def _draw(self, spec: Any, height: Any, width: Any, batch: Any, detail: str) -> tuple:
         """(panel, rows, status, state) of ``spec`` at that size and detail; the panel and
@@ -256,7 +260,9 @@ class AppHandlers:
         """Only the arch state (the Trace behind search, row selection and downloads) of the
         diagram already on the page (:meth:`first_drawing`): nothing is re-sent."""
         spec = self.registry.spec(model, folder)
-        return self._draw(spec, height, width, batch, detail)[3], ""
+        state = self._draw(spec, height, width, batch, detail)[3]
+        self.page_seen.set()  # the page's load event: the first page is drawn
+        return state, ""
 
     def prerender(self, models: tuple[str, ...] = (DEMO, *PRESETS), detail: str = "blocks") -> int:
         """Draw ``models`` at their native size into the diagram cache (start-up, in the
