@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", help="a latent demo folder, e.g. runs/demo6/step_20878")
     p.add_argument("--out", required=True, help="the new demo folder (src with the new vae/)")
-    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch", type=int, default=16)
