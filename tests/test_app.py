@@ -314,6 +314,23 @@ def test_a_port_in_use_is_one_error_line(capsys):
     assert len(err) == 1 and "cannot listen" in err[0]
 
 
+def test_a_restart_on_the_port_a_browser_just_used_is_not_refused():
+    """Connections the stopped server closed linger in TIME_WAIT for a minute; the server
+    (uvicorn, SO_REUSEADDR) can bind then, so the launch check must not refuse the port."""
+    from unetviz.app import check_launch
+
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as browser:
+            conn, _ = srv.accept()
+            conn.close()  # the server closes first: its side of the connection waits
+            assert browser.recv(1) == b""
+    check_launch("127.0.0.1", port)  # no LaunchError
+
+
 def test_unetviz_app_subcommand(capsys):
     from unetviz import cli
 

@@ -79,6 +79,8 @@ def check_launch(
             f"--demo {str(demo_folder)!r}: not a demo model folder (expected unet/config.json)"
         )
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        if os.name != "nt":  # as uvicorn binds: a restart's closed connections (TIME_WAIT)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # don't block the port
         try:
             s.bind((host, port))
         except OSError as exc:
