@@ -91,6 +91,12 @@ def test_sweep_fills_the_diagram_and_is_saved_with_the_trace(pipe, tmp_path):
     result = edits.sweep(pipe, "a red circle", targets=targets, steps=STEPS, score=scorer_for(pipe))
     assert [r["target"] for r in result.rows] == list(targets)
     assert all(r["change"] > 0 and "colour_ok" in r for r in result.rows)
+    from unetviz.edits.demo_scores import unscorable
+
+    assert unscorable(["a", "red", "circle"]) == {"position_ok", "size_ok"}
+    assert unscorable(["red", "circle", "left", "big"]) == set()
+    # no column the model's vocabulary cannot ask for (the shipped demo has no position words)
+    assert all(k not in r for k in unscorable(pipe.tokenizer.words) for r in result.rows)
     source = sweep_diagram(result).source
     assert "mean abs pixel change" in source and "temb ratio" not in source
     result.base.trace.save(tmp_path / "s.trace")

@@ -46,8 +46,16 @@ SWEEP_COLUMNS = {
     "size_ok": "right size (share)",
     "colour": "main colour",
 }
-#: its titles before any sweep: those a sweep of the demo model (the default Model) gives
-SWEEP_HEADERS = list(SWEEP_COLUMNS.values())
+
+
+def sweep_headers(words: list[str]) -> list[str]:
+    """The table's titles before any sweep: those a sweep of the demo model (the default Model)
+    gives, whose vocabulary is ``words`` (no position column for a model without position
+    words)."""
+    from unetviz.training.data import absent_classes  # torch-free, unlike unetviz.edits
+
+    dropped = {f"{name}_ok" for name in absent_classes(words)} if words else set()
+    return [title for key, title in SWEEP_COLUMNS.items() if key not in dropped]
 
 
 def sweep_table(keys: list[str], rows: list[list[Any]]) -> dict[str, Any]:
@@ -292,7 +300,7 @@ def build_experiments(ctx: Any) -> None:
     go = gr.Button("Sweep", elem_id="exp_sweep")
     diagram = gr.HTML(elem_id="exp_diagram")
     sweep_out = gr.Dataframe(
-        headers=SWEEP_HEADERS,
+        headers=sweep_headers(ctx.registry.demo_words()),
         label="Effect per target",
         elem_id="exp_sweep_table",
         interactive=False,

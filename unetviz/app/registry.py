@@ -127,6 +127,15 @@ class ModelRegistry:
 
         return DEMO_DIR
 
+    def demo_words(self) -> list[str]:
+        """The demo model's vocabulary, read from its tokenizer without torch ([] if it cannot
+        be read: the page then lists no words)."""
+        try:
+            data = json.loads((self.demo_dir() / "tokenizer" / "vocab.json").read_text())
+            return [w for w in data["vocab"] if w not in data.get("specials", [])]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
     def is_demo(self, text: str) -> bool:
         """``"demo"``, or a path naming the demo folder (``assets/demo`` from the repo, the
         shipped folder itself, ``--demo``'s folder)."""

@@ -286,18 +286,10 @@ def _demo_side(registry: ModelRegistry) -> int:
 
 
 # ------------------------------------------------------------------------------ attention
-def _demo_words(registry: ModelRegistry) -> list[str]:
-    try:
-        data = json.loads((registry.demo_dir() / "tokenizer" / "vocab.json").read_text())
-        return [w for w in data["vocab"] if w not in data.get("specials", [])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
 def _prompt_column(ctx: TabContext) -> None:
     c = ctx.c
     c["prompt"] = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=1, elem_id="prompt")
-    words = _demo_words(ctx.registry)
+    words = ctx.registry.demo_words()
     with gr.Row(elem_id="examples"):
         for i, ex in enumerate(views.demo_examples(words)):
             b = gr.Button(ex, size="sm", elem_id=f"example_{i}", elem_classes=["uv-example"])

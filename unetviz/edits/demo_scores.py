@@ -60,9 +60,17 @@ def demo_scores(prompt: str, image: Any, shapes: tuple[str, ...] | None = None) 
     return out
 
 
+def unscorable(words: Any) -> set[str]:
+    """The score keys a vocabulary cannot ask for (``position_ok`` for a model without position
+    words, ``size_ok`` without size words): columns that would always read "not applicable"."""
+    from unetviz.training.data import absent_classes
+
+    return {f"{name}_ok" for name in absent_classes(words)}
+
+
 def scorer_for(pipe: Any):
-    """A ``score(prompt, image)`` for sweeps on a demo pipeline (its known shapes only), or
-    None for any other pipeline."""
+    """A ``score(prompt, image)`` for sweeps on a demo pipeline (its known shapes only, and no
+    score its vocabulary cannot ask for), or None for any other pipeline."""
     tokenizer = getattr(pipe, "tokenizer", None)
     known = getattr(tokenizer, "words", None)
     if getattr(pipe, "name", None) != "demo" or known is None:
@@ -70,8 +78,10 @@ def scorer_for(pipe: Any):
     from unetviz.training.data import SHAPES
 
     shapes = tuple(s for s in SHAPES if s in known)
+    dropped = unscorable(known)
 
     def score(prompt: str, image: Any) -> dict[str, Any]:
-        return demo_scores(prompt, image, shapes)
+        scores = demo_scores(prompt, image, shapes)
+        return {k: v for k, v in scores.items() if k not in dropped}
 
     return score

@@ -20,9 +20,12 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = ("red", "green", "blue", "yellow", "white")
@@ -43,6 +46,8 @@ RADIUS = {
     "small": ((0.12, 0.17), (0.10, 0.14)),
     "big": ((0.24, 0.32), (0.18, 0.22)),
 }
+#: the attribute a word names, by class (what the evaluation and the edit scores read)
+WORD_CLASSES = {"colour": COLOURS, "shape": SHAPES, "position": POSITIONS, "size": SIZES}
 MAX_TOKENS = 20  # the longest caption has 15 words, plus <bos> and <eos>
 SIZE_SPLIT = {1: 0.205, 2: 0.16}  # radius fraction between "small" and "big" (for scoring)
 
@@ -179,6 +184,13 @@ def make_scene(
     return Scene(caption, objects, render(objects, size))
 
 
+def absent_classes(words: Collection[str]) -> set[str]:
+    """The word classes a vocabulary has no word of (a model without position words cannot be
+    asked for a position, so there is nothing to score). Torch-free: the app reads it."""
+    known = set(words)
+    return {name for name, group in WORD_CLASSES.items() if not known & set(group)}
+
+
 def without_positions(caption: str) -> str:
     """The caption with its position phrases (" on the left", ...) removed: the captions of a
     model that does not know position words (the scene itself is unchanged)."""
@@ -198,6 +210,8 @@ def make_batch(
     scenes = [
         make_scene(rng, size, 2 if rng.random() < p_two else 1, words=words) for _ in range(batch)
     ]
+    import torch
+
     images = np.stack([s.image for s in scenes]).transpose(0, 3, 1, 2)
     return torch.from_numpy(images) * 2 - 1, [s.caption for s in scenes], scenes
 
