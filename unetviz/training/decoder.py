@@ -28,7 +28,7 @@ from unetviz.outputs import write_folder
 
 from .common import Clock, append_jsonl, ema_update, load_state, save_state, set_lr
 from .data import make_batch
-from .vae import crops, reconstruction_error, save_vae
+from .vae import crops, reconstruction_error
 
 
 def same_encoder(a: AutoencoderKL, b: AutoencoderKL) -> bool:
@@ -127,12 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     if not same_encoder(vae, tuned):  # the UNet's latent space must not move
         raise UnetvizError("the encoder changed while fine-tuning the decoder")
 
-    def fill(tmp: Path) -> None:
+    def fill(tmp: Path) -> None:  # src as it is (configs included), but the new weights
+        from safetensors.torch import save
+
         for part in src.iterdir():
-            if part.name != "vae":
-                copy_ = shutil.copytree if part.is_dir() else shutil.copy2
-                copy_(part, tmp / part.name)
-        save_vae(tuned, tmp / "vae")
+            copy_ = shutil.copytree if part.is_dir() else shutil.copy2
+            copy_(part, tmp / part.name)
+        state = {k: v.detach().contiguous() for k, v in tuned.state_dict().items()}
+        (tmp / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(save(state))
 
     write_folder(out, fill)
     print(f"wrote {out}", flush=True)
