@@ -590,6 +590,13 @@ def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
     assert 'id="no_daam"' in tiles and "captured without daam=True" in tiles
     assert h.downloads(user, *heatmap_args(preset="daam", **full)) == (None, "")
     assert h.heatmaps(user, *heatmap_args(preset="p2p", **full))[2] == ""
+    # the prompt and sampling boxes now show the trace's own, so Run draws it again
+    assert h.trace_inputs(user) == ("a red circle", "", 0, TEST_STEPS, 4.0)
+    run.trace.meta.update(seed=-1, steps=10**6, guidance=float("nan"), prompt=None)
+    bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "q.zip")
+    h.upload(user, str(bundle), *heatmap_args())
+    skipped = h.trace_inputs(user)
+    assert skipped[1] == "" and all(isinstance(v, dict) for i, v in enumerate(skipped) if i != 1)
     # a Run's trace has the sums: the preset stays as chosen
     out = h.run(user, None, "demo", "a red circle", "", 0, 2, 4.0, *heatmap_args(preset="daam"))
     assert out[10] == "" and out[13] != "custom" and "DAAM uses" in out[12]

@@ -241,6 +241,9 @@ def test_a_trace_without_daam_sums_uploads_while_daam_is_chosen(page, served, tm
     assert preset.get_by_role("radio", name="custom").is_checked()
     assert "This trace has no DAAM per-head sums" in page.locator("#preset_note").inner_text()
     assert page.locator("#heatmaps img").count() == 3
+    page.wait_for_function(  # the prompt box shows the trace's prompt, so Run draws it again
+        "() => document.querySelector('#prompt textarea').value === 'a red circle'", timeout=WAIT
+    )
     preset.get_by_role("radio", name="DAAM").check()
     page.wait_for_selector("#no_daam", timeout=WAIT)
     assert "captured without daam=True" in page.locator("#heatmaps").inner_text()

@@ -34,6 +34,7 @@ log = logging.getLogger("unetviz.app")
 
 MAX_STEPS = 100
 MAX_PROMPT_SHOWN = 60
+MAX_PROMPT_BOX = 2000  # an uploaded trace's prompt put back in the box
 
 
 def clean_message(text: str, limit: int = 400) -> str:
@@ -484,6 +485,30 @@ class AppHandlers:
         out = self._loaded(session, c, note)
         self.sessions.put(session_key(request), session)
         return out
+
+    def trace_inputs(self, request: gr.Request) -> tuple:
+        """After an upload, the prompt, negative prompt, seed, steps and guidance boxes show the
+        trace's own (so Run draws that image again with the model that made it). A value that
+        is missing or out of the boxes' range leaves its box as it was."""
+        session = self.session(request)
+        meta = session.trace.meta if session is not None else {}
+
+        def text(key: str) -> Any:
+            value = meta.get(key)
+            return value[:MAX_PROMPT_BOX] if isinstance(value, str) else gr.skip()
+
+        def number(key: str, lo: float, hi: float) -> Any:
+            value = meta.get(key)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            return value if ok and lo <= value <= hi else gr.skip()  # NaN fails too
+
+        return (
+            text("prompt"),
+            text("negative_prompt"),
+            number("seed", 0, MAX_SEED),
+            number("steps", 1, MAX_STEPS),
+            number("guidance", 1.0, 30.0),
+        )
 
     def _need(self, request: Any) -> Session:
         session = self.session(request)

@@ -480,6 +480,8 @@ def _wire_attention(ctx: TabContext) -> None:
         h.report, None, [c["dl_report"], c["ctrl_msg"]], **quiet
     )
     up_ev.then(h.temb, c["temb_in"], c["temb_out"], **quiet)
+    boxes = [c[k] for k in ("prompt", "negative", "seed", "steps", "guidance")]
+    up_ev.then(h.trace_inputs, None, boxes, **quiet)
     preset_ev = c["preset"].input(
         h.preset_changed,
         [c["preset"]],
