@@ -277,6 +277,8 @@ def test_the_sweep_table_has_its_headers_before_and_after_a_sweep(page, served):
     assert table.locator("thead th").all_inner_texts() == headers
     blocks = len(demo_choices(served.registry)["blocks"])
     assert table.locator("[role=gridcell]").count() == blocks * len(headers)
+    change = table.locator("tbody tr").first.locator("td").nth(1).inner_text()
+    assert len(change.split(".")[-1]) <= 4, change  # 4 decimals, not 0.103878…
 
 
 def test_no_request_left_the_machine(page):

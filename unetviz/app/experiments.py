@@ -60,10 +60,17 @@ def sweep_headers(words: list[str]) -> list[str]:
 
 def sweep_table(keys: list[str], rows: list[list[Any]]) -> dict[str, Any]:
     """``run_sweep``'s headers (row keys) and rows -> the "Effect per target" table: readable
-    titles, and "—" where a score does not apply (the prompt names no such attribute)."""
+    titles, "—" where a score does not apply (the prompt names no such attribute) and numbers
+    to 4 decimals (the sorted order stays readable; the trace keeps the full values)."""
+
+    def cell(v: Any) -> Any:
+        if v is None:
+            return NOT_APPLICABLE
+        return round(v, 4) if isinstance(v, float) else v
+
     return {
         "headers": [SWEEP_COLUMNS.get(k, k.replace("_", " ")) for k in keys],
-        "data": [[NOT_APPLICABLE if v is None else v for v in row] for row in rows],
+        "data": [[cell(v) for v in row] for row in rows],
     }
 
 
