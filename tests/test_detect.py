@@ -141,3 +141,22 @@ def test_detect_imports_no_torch():
     code = "import sys, unetviz.detect; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_demo_words_reads_the_tokenizer_like_the_pipeline_without_torch(tmp_path):
+    import json
+    import shutil
+
+    from unetviz.config import ConfigError
+    from unetviz.detect import DEMO_DIR, demo_words
+    from unetviz.pipelines.demo import WordTokenizer
+
+    assert demo_words(DEMO_DIR) == WordTokenizer.load(DEMO_DIR / "tokenizer").words
+    bad = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR / "tokenizer", bad / "tokenizer")
+    (bad / "tokenizer" / "vocab.json").write_text(json.dumps({"vocab": ["a", 3]}))
+    with pytest.raises(ConfigError, match=r"tokenizer.vocab\[1\] = 3: expected a string"):
+        demo_words(bad)
+    (bad / "tokenizer" / "vocab.json").write_text(json.dumps({}))
+    with pytest.raises(ConfigError, match="expected a list of 1 to"):
+        demo_words(bad)

@@ -84,6 +84,17 @@ def demo_geometry(folder: Path) -> tuple[int, int]:
     return factor, te.get("max_length", 16)
 
 
+def demo_words(folder: Path) -> list[str]:
+    """The words a demo-format folder's tokenizer knows (its vocabulary without the ``<...>``
+    special tokens), read under the same bounds as ``WordTokenizer.load`` and without torch.
+    ConfigError for a file out of bounds or a vocabulary that is not a list of words."""
+    from .config import check_demo_config, read_json
+
+    path = folder / "tokenizer" / "vocab.json"
+    vocab = check_demo_config("tokenizer", read_json(path, "tokenizer"))["vocab"]
+    return [w for w in vocab if not w.startswith("<")]
+
+
 def detect_model(path: str | Path) -> ModelKind:
     """Decide what ``path`` is (module table); ModelPathError for a missing path, a pickle,
     a symlink loop, an unreadable path or a folder that holds no model."""

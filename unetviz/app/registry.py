@@ -130,10 +130,11 @@ class ModelRegistry:
     def demo_words(self) -> list[str]:
         """The demo model's vocabulary, read from its tokenizer without torch ([] if it cannot
         be read: the page then lists no words)."""
+        from unetviz.detect import demo_words
+
         try:
-            data = json.loads((self.demo_dir() / "tokenizer" / "vocab.json").read_text())
-            return [w for w in data["vocab"] if w not in data.get("specials", [])]
-        except (OSError, ValueError, KeyError, TypeError):
+            return demo_words(self.demo_dir())
+        except (OSError, ValueError):  # ConfigError is a ValueError
             return []
 
     def is_demo(self, text: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from unetviz.detect import demo_geometry
+from unetviz.detect import demo_geometry, demo_words
 from unetviz.outputs import write_file
 
 from .rows import BatchError
@@ -63,7 +63,7 @@ def demo_vocabulary(model: str) -> tuple[list[str], int]:
     """(words the model knows, image side) read from the model folder (no weights)."""
     folder = demo_folder(model)
     try:
-        vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())["vocab"]
+        words = demo_words(folder)
         size = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"])
         size *= demo_geometry(folder)[0]  # a latent model: the latent times the VAE's factor
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -71,7 +71,7 @@ def demo_vocabulary(model: str) -> tuple[list[str], int]:
             f"--demo-set needs a demo model (tokenizer/vocab.json, unet/config.json); "
             f"{model!r} is not one: {exc}"
         ) from None
-    return [w for w in vocab if not w.startswith("<")], size
+    return words, size
 
 
 def known_classes() -> dict[str, str]:
