@@ -355,7 +355,8 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def _tensors(module: nn.Module) -> bytes:
+def safetensors_bytes(module: nn.Module) -> bytes:
+    """A module's weights as a safetensors file's bytes (what ``write_file`` puts on disk)."""
     from safetensors.torch import save
 
     return save({k: v.detach().contiguous() for k, v in module.state_dict().items()})
@@ -378,15 +379,15 @@ def save_demo(
     for sub in ("unet", "text_encoder", "tokenizer", "scheduler", "vae" if vae else "unet"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     write_file(folder / "unet" / "config.json", _json(unet_config))
-    write_file(folder / "unet" / "diffusion_pytorch_model.safetensors", _tensors(unet))
+    write_file(folder / "unet" / "diffusion_pytorch_model.safetensors", safetensors_bytes(unet))
     te_config = dict(text_encoder.config.__dict__, _class_name="DemoTextEncoder")
     write_file(folder / "text_encoder" / "config.json", _json(te_config))
-    write_file(folder / "text_encoder" / "model.safetensors", _tensors(text_encoder))
+    write_file(folder / "text_encoder" / "model.safetensors", safetensors_bytes(text_encoder))
     tokenizer.save(folder / "tokenizer")
     write_file(folder / "scheduler" / "scheduler_config.json", _json(schedule.to_dict()))
     if vae is not None:
         write_file(folder / "vae" / "config.json", _json(vae.config.to_dict()))
-        write_file(folder / "vae" / "diffusion_pytorch_model.safetensors", _tensors(vae))
+        write_file(folder / "vae" / "diffusion_pytorch_model.safetensors", safetensors_bytes(vae))
 
 
 def _load_state(module: nn.Module, path: Path) -> None:

@@ -62,18 +62,20 @@ def finetune_decoder(vae: AutoencoderKL, args: argparse.Namespace, ckpt: Path) -
     rng = random.Random(args.seed * 7919 + step)
     gen = torch.Generator().manual_seed(args.seed + step)
     last_eval = last_save = clock.minutes()
+
+    def mae() -> float:
+        return reconstruction_error(ema, args.eval_n, ema.config.sample_size)
+
+    def log(value: float) -> None:
+        append_jsonl(args.log, {"phase": "decoder", "step": step, "mae_255": round(value, 3)})
+
     if step == 0:
-        print(
-            f"decoder: held-out MAE {reconstruction_error(ema, args.eval_n, ema.config.sample_size):.3f}/255 before",
-            flush=True,
-        )
+        print(f"decoder: held-out MAE {mae():.3f}/255 before", flush=True)
     while step < args.steps and clock.minutes() < args.minutes:
         images, _, scenes = make_batch(rng, args.batch, vae.config.sample_size)
         x = crops(images, scenes, rng, args.crop)
-        with torch.no_grad():
-            mean, logvar = vae.encode(x)
-            z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen)
-        loss = (vae.decode(z) - x).abs().mean()
+        rec = vae(x, gen)[0]  # the encoder's weights need no grad: no graph through it
+        loss = (rec - x).abs().mean()
         set_lr(opt, args.lr * min(1.0, (step + 1) / 50))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -83,23 +85,23 @@ def finetune_decoder(vae: AutoencoderKL, args: argparse.Namespace, ckpt: Path) -
         ema_update(ema, vae, min(args.ema, (1 + step) / (10 + step)))
         minutes = clock.minutes()
         if minutes - last_eval >= args.eval_min:
-            mae = reconstruction_error(ema, args.eval_n, ema.config.sample_size)
-            append_jsonl(args.log, {"phase": "decoder", "step": step, "mae_255": round(mae, 3)})
-            print(f"decoder step {step} ({minutes:.1f} min): MAE {mae:.3f}/255", flush=True)
+            value = mae()
+            log(value)
+            print(f"decoder step {step} ({minutes:.1f} min): MAE {value:.3f}/255", flush=True)
             last_eval = minutes
         if minutes - last_save >= args.save_min:
             state = {"model": vae.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
             save_state(ckpt, {**state, "step": step, "minutes": minutes})
             last_save = minutes
-    mae = reconstruction_error(ema, args.eval_n, ema.config.sample_size)
-    append_jsonl(args.log, {"phase": "decoder", "step": step, "mae_255": round(mae, 3)})
-    print(f"decoder: {step} steps, held-out MAE {mae:.3f}/255", flush=True)
+    value = mae()
+    log(value)
+    print(f"decoder: {step} steps, held-out MAE {value:.3f}/255", flush=True)
     return ema.requires_grad_(False)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: fine-tune, check the encoder is untouched, write DEST."""
-    from unetviz.pipelines.demo import load_demo_vae
+    from unetviz.pipelines.demo import load_demo_vae, safetensors_bytes
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", help="a latent demo folder, e.g. runs/demo6/step_20878")
@@ -128,13 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UnetvizError("the encoder changed while fine-tuning the decoder")
 
     def fill(tmp: Path) -> None:  # src as it is (configs included), but the new weights
-        from safetensors.torch import save
-
         for part in src.iterdir():
             copy_ = shutil.copytree if part.is_dir() else shutil.copy2
             copy_(part, tmp / part.name)
-        state = {k: v.detach().contiguous() for k, v in tuned.state_dict().items()}
-        (tmp / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(save(state))
+        (tmp / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(safetensors_bytes(tuned))
 
     write_folder(out, fill)
     print(f"wrote {out}", flush=True)

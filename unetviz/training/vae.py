@@ -124,16 +124,14 @@ def train_vae(args: Any, out: Path) -> AutoencoderKL:
 
 def save_vae(vae: AutoencoderKL, folder: Path) -> None:
     """Write ``vae/config.json`` and ``vae/diffusion_pytorch_model.safetensors``."""
-    from safetensors.torch import save
-
     from unetviz.outputs import write_file
+    from unetviz.pipelines.demo import safetensors_bytes
 
     from .common import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "config.json", vae.config.to_dict())
-    state = {k: v.detach().contiguous() for k, v in vae.state_dict().items()}
-    write_file(folder / "diffusion_pytorch_model.safetensors", save(state))
+    write_file(folder / "diffusion_pytorch_model.safetensors", safetensors_bytes(vae))
 
 
 def load_trained_vae(out: Path) -> AutoencoderKL | None:
