@@ -597,6 +597,11 @@ def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
     h.upload(user, str(bundle), *heatmap_args())
     skipped = h.trace_inputs(user)
     assert skipped[1] == "" and all(isinstance(v, dict) for i, v in enumerate(skipped) if i != 1)
+    # a guidance Run accepts (the API takes up to 30) but the page's slider would refuse
+    run.trace.meta.update(guidance=20.0)
+    again = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "r.zip")
+    h.upload(user, str(again), *heatmap_args())
+    assert isinstance(h.trace_inputs(user)[4], dict)
     # a Run's trace has the sums: the preset stays as chosen
     out = h.run(user, None, "demo", "a red circle", "", 0, 2, 4.0, *heatmap_args(preset="daam"))
     assert out[10] == "" and out[13] != "custom" and "DAAM uses" in out[12]

@@ -33,6 +33,8 @@ from .sessions import Session, SessionStore
 log = logging.getLogger("unetviz.app")
 
 MAX_STEPS = 100
+MAX_GUIDANCE = 30.0  # what Run accepts (the API too)
+GUIDANCE_SLIDER = (1.0, 15.0)  # the page's Guidance slider, whose values gradio checks
 MAX_PROMPT_SHOWN = 60
 MAX_PROMPT_BOX = 2000  # an uploaded trace's prompt put back in the box
 
@@ -428,9 +430,10 @@ class AppHandlers:
         try:
             g = float(guidance)
         except (TypeError, ValueError):
-            raise InputError(f"guidance={guidance!r}: expected a number 1..30") from None
-        if not 1.0 <= g <= 30.0:  # NaN fails too
-            raise InputError(f"guidance={g}: expected a number 1..30")
+            expected = f"expected a number 1..{MAX_GUIDANCE:g}"
+            raise InputError(f"guidance={guidance!r}: {expected}") from None
+        if not 1.0 <= g <= MAX_GUIDANCE:  # NaN fails too
+            raise InputError(f"guidance={g}: expected a number 1..{MAX_GUIDANCE:g}")
         s = parse_int(seed, "seed", 0, MAX_SEED)
         c = self.controls(*control_values)
         model = (model or DEMO).strip() or DEMO
@@ -507,7 +510,7 @@ class AppHandlers:
             text("negative_prompt"),
             number("seed", 0, MAX_SEED),
             number("steps", 1, MAX_STEPS),
-            number("guidance", 1.0, 30.0),
+            number("guidance", *GUIDANCE_SLIDER),  # beyond it the slider refuses the next Run
         )
 
     def _need(self, request: Any) -> Session:

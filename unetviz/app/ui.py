@@ -21,7 +21,7 @@ import gradio as gr
 
 from ..pipelines.base import MAX_SEED
 from . import views
-from .handlers import MAX_STEPS, AppHandlers
+from .handlers import GUIDANCE_SLIDER, MAX_STEPS, AppHandlers
 from .registry import DEMO, ModelRegistry, describe_roots
 from .sessions import SessionStore
 
@@ -307,7 +307,9 @@ def _prompt_column(ctx: TabContext) -> None:
         c["steps"] = gr.Number(
             25, label="Steps", precision=0, info=f"1..{MAX_STEPS}", elem_id="steps", scale=1
         )
-        c["guidance"] = gr.Slider(1, 15, value=4.0, step=0.5, label="Guidance", elem_id="guidance")
+        c["guidance"] = gr.Slider(
+            *GUIDANCE_SLIDER, value=4.0, step=0.5, label="Guidance", elem_id="guidance"
+        )
     with gr.Row(equal_height=True):
         c["run_model"] = gr.Textbox(
             DEMO,
