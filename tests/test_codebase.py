@@ -129,6 +129,7 @@ LAYERS = [
     ("unetviz.errors", 0),
     ("unetviz.outputs", 0),
     ("unetviz.colors", 0),
+    ("unetviz.callargs", 0),
     ("unetviz.config", 0),
     ("unetviz.names", 0),
     ("unetviz.detect", 0),
