@@ -111,7 +111,8 @@ def _read_zip(path: Path, cap: int) -> tuple[dict[str, Any], dict[str, torch.Ten
                     f"{info.file_size} bytes); a trace member may inflate at most "
                     f"{MAX_RATIO}x (refused as a zip bomb)"
                 )
-        _check_budget(path, infos[TENSORS_NAME].file_size, cap)
+        # the data is at least the member less the largest header: over budget -> no inflating
+        _check_budget(path, infos[TENSORS_NAME].file_size - 8 - MAX_HEADER_BYTES, cap)
         with zf.open(infos[JSON_NAME]) as fh:
             state = _parse_state(path, fh.read(MAX_JSON_BYTES + 1))
         with zf.open(infos[TENSORS_NAME]) as fh:
