@@ -476,7 +476,7 @@ class AppHandlers:
             raise InputError("no file: upload a trace bundle (.zip written by unetviz)")
         path = Path(file if isinstance(file, str | os.PathLike) else getattr(file, "name", file))
         self.registry.apply_thread_policy()  # no-op once applied
-        session = views.load_bundle(path)
+        session = views.load_bundle(path, max_bytes=self.sessions.max_bytes)
         c = self.controls(*control_values)
         m = session.trace.meta
         prompt = str(m.get("prompt", "?"))[:MAX_PROMPT_SHOWN]
