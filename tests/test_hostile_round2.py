@@ -163,7 +163,7 @@ def test_the_app_upload_caps_a_bundle_at_the_session_budget_before_reading(good,
     assert grew < 32 * MiB, grew
     assert (
         "load_bundle(path, max_bytes=self.sessions.max_bytes)"
-        in (ROOT / "unetviz" / "app" / "handlers.py").read_text()
+        in (ROOT / "unetviz" / "app" / "attention.py").read_text()
     )
 
 
