@@ -65,6 +65,8 @@ STRUCTURE_CODE = (
     "config.py:UNetConfig.time_embed_dim",
     "config.py:UNetConfig.to_dict",
     "config.py:UNetConfig.transformer_layers",
+    "names.py:block_of",
+    "names.py:location_of",
     "weights.py:build_unet",
     "weights.py:_as_config",
     "structure.py:capture_state",

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from unetviz.errors import UnetvizError
+from unetviz.names import is_block, layer_order
 
 DEFAULT_PROMPT = "a red circle"
 MODES = ["zero", "mean", "0.5", "2"]
@@ -242,12 +243,8 @@ def demo_choices(registry: Any) -> dict[str, list[Any]]:
 
     spec = registry.spec("demo")
     state = architecture_state(spec, spec.default_size, spec.default_size, 2)
-    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     names = [str(b["name"]) for b in state.get("blocks", [])]
-    blocks = [
-        n for n in names if n == "mid_block" or (n.count(".") == 1 and n.split(".")[0] in stage)
-    ]
-    blocks.sort(key=lambda n: (stage[n.split(".")[0]], int(n.split(".")[1]) if "." in n else 0))
+    blocks = layer_order([n for n in names if is_block(n)])
     skips = sorted(state.get("skips", []), key=lambda s: int(s["index"]))
     return {
         "blocks": list(dict.fromkeys(blocks)),
