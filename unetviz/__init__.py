@@ -6,8 +6,7 @@ the command line starts fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -56,16 +55,5 @@ from . import capture as _capture_package  # noqa: E402, F401
 del capture  # noqa: F821 - the import above bound the package on this name
 
 
-def __getattr__(name: str) -> Any:
-    if name == "edits":  # the interventions module itself: ``unetviz.edits.Reweight(...)``
-        return importlib.import_module("unetviz.edits")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'unetviz' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS) | {"edits"})
+# ``unetviz.edits`` is the interventions module itself: ``unetviz.edits.Reweight(...)``
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, modules=["edits"])
