@@ -6,7 +6,11 @@ the command line starts fast.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from .lazy import lazy_exports
+from .presenters import register as register_presenters
 
 __version__ = "0.1.0"
 
@@ -54,6 +58,22 @@ from . import capture as _capture_package  # noqa: E402, F401
 
 del capture  # noqa: F821 - the import above bound the package on this name
 
+
+def _from_report(module: str, name: str) -> Any:
+    """The report layer's ``name``, imported when first called (presenters of lower layers)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
+
+
+register_presenters(
+    trace_html=_from_report("unetviz.report.display", "trace_html"),
+    run_mimebundle=_from_report("unetviz.report.display", "run_mimebundle"),
+    comparison_mimebundle=_from_report("unetviz.report.display", "comparison_mimebundle"),
+    write_report=_from_report("unetviz.report.html", "write_report"),
+)
 
 # ``unetviz.edits`` is the interventions module itself: ``unetviz.edits.Reweight(...)``
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, modules=["edits"])
