@@ -228,17 +228,6 @@ def slug(text: str, default: str = "unet") -> str:
     return s or default
 
 
-def legend_html(types: list[str]) -> str:
-    """A small HTML legend of node colours (for views drawn without graphviz's legend)."""
-    from unetviz.render.diagram import color_of
-
-    cells = "".join(
-        f'<span class="uv-swatch" style="background:{color_of(t)}">{html.escape(t)}</span>'
-        for t in types
-    )
-    return f'<div class="uv-legend-html">{cells}</div>'
-
-
 # ---------------------------------------------------------------------------------- tokens
 
 
