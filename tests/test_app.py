@@ -440,8 +440,8 @@ def test_a_model_choice_sets_its_size_and_draws_in_one_call(served):
 
 
 def test_experiments_choices_come_from_the_structure_not_the_model(served, ran):
+    from unetviz.app import edit_handlers as eh
     from unetviz.app.experiments import demo_choices
-    from unetviz.edits import handlers as eh
 
     mine = demo_choices(served.registry)
     theirs = eh.choices(served.registry.pipeline("demo"))

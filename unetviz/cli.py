@@ -53,8 +53,8 @@ __all__ = [
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("unetviz.attention_cli", "Cross-attention heatmaps of a prompt."),
     "app": ("unetviz.app.cli", "Start the web app."),
-    "edit": ("unetviz.edits.cli", "Run a prompt with and without interventions; compare."),
-    "sweep": ("unetviz.edits.cli", "One intervention per block or skip: which parts matter."),
+    "edit": ("unetviz.edits_cli", "Run a prompt with and without interventions; compare."),
+    "sweep": ("unetviz.edits_cli", "One intervention per block or skip: which parts matter."),
     "batch": ("unetviz.batch.cli", "Attention statistics over a prompt set (local or Ray)."),
     "report": ("unetviz.report.cli", "One self-contained HTML report of a run or trace."),
 }

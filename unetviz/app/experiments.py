@@ -1,7 +1,7 @@
 """The "Experiments" tab: re-weight a word, ablate skips / blocks, scale the time embedding, and
 see base and edited images side by side with their difference; or sweep one edit per block,
 layer or skip and see the diagram filled by effect. A new file that plugs into ``ui.TABS`` as
-``("Experiments", build_experiments)``; the work is done by ``unetviz.edits.handlers``.
+``("Experiments", build_experiments)``; the work is done by ``unetviz.app.edit_handlers``.
 
 Model calls hold the registry's lock and share the "model" queue with generation, as every
 model-touching event does; user errors show beside the controls and the app stays up.
@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from unetviz.errors import UnetvizError
+from unetviz.names import is_block, layer_order
 
 DEFAULT_PROMPT = "a red circle"
 MODES = ["zero", "mean", "0.5", "2"]
@@ -23,7 +24,7 @@ MODES = ["zero", "mean", "0.5", "2"]
 #: measure is read from one image, change always (a pixel difference has only a change)
 CHANGED_HEADERS = ["measure", "base", "edited", "change"]
 NOT_APPLICABLE = "—"
-#: readable names of the rows ``unetviz.edits.handlers.run_edited`` gives
+#: readable names of the rows ``unetviz.app.edit_handlers.run_edited`` gives
 MEASURES = {
     "mean abs pixel change": "pixels: mean |edited − base| (0–1)",
     "max abs pixel change": "pixels: largest |edited − base| (0–1)",
@@ -35,7 +36,7 @@ MEASURES = {
 }
 
 
-#: the "Effect per target" table: a sweep row's keys (``unetviz.edits.handlers.run_sweep``)
+#: the "Effect per target" table: a sweep row's keys (``unetviz.app.edit_handlers.run_sweep``)
 #: -> column titles; the demo model's scores follow its pixel change (other models have none)
 SWEEP_COLUMNS = {
     "target": "target",
@@ -153,7 +154,7 @@ def edited(
     progress: Any = None,
 ) -> tuple[Any, Any, Any, str]:
     """The "Run edited" event: strip image, word heatmaps (base | edited), table, message."""
-    from unetviz.edits import handlers as eh
+    from . import edit_handlers as eh
 
     try:
         chosen = eh.edits_from_controls(
@@ -191,7 +192,7 @@ def swept(
     progress: Any = None,
 ) -> tuple[Any, Any, str]:
     """The "Sweep" event: diagram HTML filled by effect, table, message."""
-    from unetviz.edits import handlers as eh
+    from . import edit_handlers as eh
 
     try:
         call = _steps_call(seed, steps, guidance)
@@ -242,12 +243,8 @@ def demo_choices(registry: Any) -> dict[str, list[Any]]:
 
     spec = registry.spec("demo")
     state = architecture_state(spec, spec.default_size, spec.default_size, 2)
-    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     names = [str(b["name"]) for b in state.get("blocks", [])]
-    blocks = [
-        n for n in names if n == "mid_block" or (n.count(".") == 1 and n.split(".")[0] in stage)
-    ]
-    blocks.sort(key=lambda n: (stage[n.split(".")[0]], int(n.split(".")[1]) if "." in n else 0))
+    blocks = layer_order([n for n in names if is_block(n)])
     skips = sorted(state.get("skips", []), key=lambda s: int(s["index"]))
     return {
         "blocks": list(dict.fromkeys(blocks)),

@@ -18,7 +18,6 @@ from typing import Any
 
 from ..errors import UnetvizError
 
-LOCATIONS = ("down", "mid", "up")
 MODES = ("zero", "mean")
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..colors import minmax
 from .data import COLOURS, PALETTE, SHAPES, SIZE_SPLIT, Scene, eval_scenes, shape_mask
 
 TAU = 0.4
@@ -150,9 +151,7 @@ def adherence(
 # ------------------------------------------------------------------------------ token maps
 def daam_binary(heat: torch.Tensor, tau: float = TAU) -> torch.Tensor:
     """Min-max normalise an (H, W) map and threshold it at tau."""
-    heat = heat.float()
-    lo, hi = heat.min(), heat.max()
-    return (heat - lo) / (hi - lo).clamp_min(1e-12) >= tau
+    return minmax(heat.float()) >= tau
 
 
 def iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:

@@ -20,9 +20,18 @@ from typing import Any
 
 import typer
 
-from ..outputs import check_output_folder, write_folder
-from .spec import AblateBlock, AblateSkip, Edit, EditError, Patch, Replace, Reweight, ScaleTemb
-from .sweep import Sweep
+from .edits.spec import (
+    AblateBlock,
+    AblateSkip,
+    Edit,
+    EditError,
+    Patch,
+    Replace,
+    Reweight,
+    ScaleTemb,
+)
+from .edits.sweep import Sweep
+from .outputs import check_output_folder, write_folder
 
 
 def _pair(text: str, flag: str) -> tuple[str, str]:
@@ -104,8 +113,8 @@ def run_edit(
     prompt: str, edits: list[Edit], output: Path, model: str = "demo", force: bool = False, **kw
 ) -> dict[str, Any]:
     """Base and edited runs of ``prompt``, written to ``output``; returns summary.json's data."""
-    from .demo_scores import scorer_for
-    from .figures import comparison_strip
+    from .render.edits import comparison_strip
+    from .training.edit_scores import scorer_for
 
     check_output_folder(output, force)
     pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None))
@@ -151,8 +160,8 @@ def run_sweep(
     """A sweep of ``prompt`` written to ``output``; returns the SweepResult."""
     from unetviz.render.export import to_svg
 
-    from .demo_scores import scorer_for
-    from .figures import sweep_diagram
+    from .render.edits import sweep_diagram
+    from .training.edit_scores import scorer_for
 
     sweep = Sweep(**(spec or {}))
     check_output_folder(output, force)
