@@ -132,6 +132,7 @@ LAYERS = [
     ("unetviz.callargs", 0),
     ("unetviz.config", 0),
     ("unetviz.names", 0),
+    ("unetviz.files", 0),
     ("unetviz.detect", 0),
     ("unetviz.model", 1),
     ("unetviz.weights", 2),

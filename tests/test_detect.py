@@ -16,9 +16,9 @@ from unetviz.detect import (
     inside,
     pickle_folder_message,
     pickle_message,
-    read_bytes,
 )
 from unetviz.errors import UnetvizError
+from unetviz.files import read_bytes
 
 
 def _touch(path, text="{}"):
@@ -160,3 +160,26 @@ def test_demo_words_reads_the_tokenizer_like_the_pipeline_without_torch(tmp_path
     (bad / "tokenizer" / "vocab.json").write_text(json.dumps({}))
     with pytest.raises(ConfigError, match="expected a list of 1 to"):
         demo_words(bad)
+
+
+def test_config_files_detect_import_no_circle():
+    """config -> files <- detect -> config, counting imports inside functions: no circle."""
+    import ast
+    from pathlib import Path
+
+    import unetviz
+
+    root = Path(unetviz.__file__).parent
+    deps = {}
+    for name in ("config", "files", "detect", "errors"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.add((node.module or "").split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("unetviz."):
+                found.add(node.module.split(".")[1])
+        deps[name] = found
+    assert deps["errors"] == set() and deps["files"] == {"errors"}
+    assert deps["config"] == {"errors", "files"}  # nothing of ours above it
+    assert "detect" not in deps["config"] and "config" in deps["detect"]

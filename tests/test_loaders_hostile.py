@@ -185,3 +185,46 @@ def test_weights_fifo_fails_fast(state, tmp_path):
     os.mkfifo(folder / "diffusion_pytorch_model.safetensors")  # an open would block forever
     with pytest.raises(WeightsError, match="not a regular file"):
         load_unet(folder)
+
+
+@pytest.mark.parametrize(
+    ("vae_config", "message"),
+    [
+        (b"[" * 100_000, "nested too deeply"),
+        (b" " * (2 << 20) + b"{}", "more than the"),
+        (b'{"block_out_channels": [4096, 4096, 4096, 4096], "layers_per_block": 8}', "parameters"),
+        (b'{"block_out_channels": [16, 32, 64], "layers_per_block": "1"}', "layers_per_block"),
+        (b'{"block_out_channels": [16, 32, 64], "scaling_factor": NaN}', "scaling_factor"),
+        (
+            b'{"block_out_channels": [16, 32, 64], "down_block_types": ["Evil"] }',
+            "down_block_types",
+        ),
+        (b'{"block_out_channels": [16, 30, 64]}', "not divisible"),
+        (b"[1, 2]", "JSON object"),
+    ],
+    ids=["deep", "huge", "budget", "type", "nan", "block", "groups", "list"],
+)
+def test_demo_vae_config_is_read_bounded_and_checked(tmp_path, vae_config, message):
+    """load_pipeline(<demo-format folder>) reads vae/config.json as every config is read:
+    bounded, schema-checked, then built; a hostile one is a ConfigError naming it."""
+
+    from unetviz.detect import DEMO_DIR
+    from unetviz.model.autoencoder import AutoencoderConfig
+    from unetviz.pipelines import load_pipeline
+
+    folder = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, folder)
+    (folder / "vae" / "config.json").write_bytes(vae_config)
+    with pytest.raises(ConfigError, match=message):
+        AutoencoderConfig.from_json(folder / "vae" / "config.json")
+    with pytest.raises(UnetvizError, match=message):
+        load_pipeline(folder)
+
+
+def test_demo_vae_config_fifo_refused(tmp_path):
+
+    from unetviz.model.autoencoder import AutoencoderConfig
+
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        AutoencoderConfig.from_json(tmp_path / "config.json")
