@@ -228,3 +228,27 @@ def test_demo_vae_config_fifo_refused(tmp_path):
     os.mkfifo(tmp_path / "config.json")
     with pytest.raises(ConfigError, match="not a regular file"):
         AutoencoderConfig.from_json(tmp_path / "config.json")
+
+
+def test_demo_text_encoder_config_takes_the_same_path(tmp_path):
+    """text_encoder/config.json: bounded read, schema, construction; an unknown key or a
+    budget-breaking width is a ConfigError, never a TypeError or an allocation."""
+    from unetviz.detect import DEMO_DIR
+    from unetviz.pipelines import load_pipeline
+    from unetviz.pipelines.demo import TextEncoderConfig
+
+    folder = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, folder)
+    path = folder / "text_encoder" / "config.json"
+    good = json.loads(path.read_text())
+    assert TextEncoderConfig.from_json(path).width == good["width"]
+    for changes, message in (
+        ({"evil": 1}, "unknown text_encoder config keys"),
+        ({"width": 4096, "layers": 48}, "parameters"),
+        ({"layers": "2"}, "text_encoder.layers"),
+    ):
+        path.write_text(json.dumps(good | changes))
+        with pytest.raises(ConfigError, match=message):
+            TextEncoderConfig.from_json(path)
+        with pytest.raises(UnetvizError, match=message):
+            load_pipeline(folder)
