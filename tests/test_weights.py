@@ -147,8 +147,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 @CUDA
 def test_load_and_run_on_cuda(saved):
     """device="cuda": every weight lands there and a forward runs there, equal to the CPU's."""
-    cpu = unetviz.load_unet(saved)
-    gpu = unetviz.load_unet(saved, device="cuda")
+    root, _ = saved
+    cpu = unetviz.load_unet(root)
+    gpu = unetviz.load_unet(root, device="cuda")
     assert {p.device.type for p in gpu.parameters()} == {"cuda"}
     g = torch.Generator().manual_seed(0)
     sample, context = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 5, 32, generator=g)
