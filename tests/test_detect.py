@@ -75,12 +75,26 @@ def test_refusals(tmp_path):
     assert issubclass(ModelPathError, UnetvizError)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_is_permission_denied(tmp_path):
+    """As root (who reads any file) the read runs in a child without root's DAC-override
+    capabilities, so it is held to the mode bits like anyone."""
     f = _touch(tmp_path / "config.json")
     f.chmod(0)
-    with pytest.raises(ModelPathError, match="permission denied"):
-        read_bytes(f, 100)
+    if os.geteuid() != 0:
+        with pytest.raises(ModelPathError, match="permission denied"):
+            read_bytes(f, 100)
+        return
+    code = (
+        "import sys; from unetviz.files import ModelPathError, read_bytes\n"
+        "try:\n    read_bytes(sys.argv[1], 100)\nexcept ModelPathError as e:\n    print(e)"
+    )
+    no_dac = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if subprocess.run([*no_dac, "true"], capture_output=True).returncode:
+        pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE here")
+    out = subprocess.run(
+        [*no_dac, sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=60
+    )
+    assert "permission denied" in out.stdout, out.stdout + out.stderr
 
 
 def test_read_bytes_regular_files_only(tmp_path):
