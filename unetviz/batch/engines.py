@@ -502,6 +502,8 @@ class RayEngine:
         what = f"cannot reach a Ray cluster at {self.address!r}"
         try:
             _in_thread(lambda: ray.init(**kwargs), RAY_CONNECT_TIMEOUT_S, what)
+        except BatchError:
+            raise
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BatchError(f"{what}: {exc}") from None
         return ray, True
