@@ -178,7 +178,8 @@ class Dataset:
             from unetviz.capture import Trace
             from unetviz.render.plots import token_grid
 
-            trace = Trace.load(_file(self.folder, p["trace"], MAX_TRACE_BYTES))
+            path = _file(self.folder, p["trace"], MAX_TRACE_BYTES)
+            trace = Trace.load(path, max_bytes=MAX_TRACE_BYTES)
             heatmaps = token_grid(trace, image=image, preset="daam")
         df = self.frame[self.frame["row"] == row]
         return Drill(
