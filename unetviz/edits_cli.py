@@ -20,6 +20,7 @@ from typing import Any
 
 import typer
 
+from .callargs import index_or_name
 from .edits.spec import (
     AblateBlock,
     AblateSkip,
@@ -67,10 +68,10 @@ def build_edits(
     lay = [s.strip() for s in layers.split(",")] if layers else None
     for item in reweight:
         word, value = _pair(item, "--reweight")
-        token: str | int = int(word) if word.isdigit() else word
+        token = index_or_name(word)
         found.append(Reweight(token, _float(value, "--reweight"), layers=lay))
     for item in ablate_skip:
-        found.append(AblateSkip(int(item) if item.strip().isdigit() else item, _mode(mode)))
+        found.append(AblateSkip(index_or_name(item), _mode(mode)))
     for item in ablate_block:
         found.append(AblateBlock(item, _mode(mode)))
     for item in scale_temb:
