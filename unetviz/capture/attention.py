@@ -118,10 +118,12 @@ class GridProbe(Probe):
     def __init__(self, trace: Trace, names: list[str], steps: Any, steady: bool) -> None:
         self.trace, self.names, self.steps, self.steady = trace, names, steps, steady
         self.res: dict[str, tuple[int, int]] = {}
+        self.transformer: dict[str, str | None] = {}
 
     def install(self, session: ProbeSession) -> None:
         self.grid_of: dict[str, list[str]] = {}
         self.name_of: dict[int, str] = {}
+        self.transformer = session.plan.transformers
         for name in self.names:
             t = session.plan.transformers.get(name)
             if t is not None and t in session.modules:
@@ -155,7 +157,7 @@ class GridProbe(Probe):
                     rec.res = res
 
     def of(self, attention: str) -> tuple[int, int] | None:
-        t = transformer_of(attention)
+        t = self.transformer.get(attention) or transformer_of(attention)
         return self.res.get(t) if t else None
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
@@ -197,7 +199,9 @@ class _QKProbe(Probe):
                 fwd = session.forward
                 with torch.no_grad():
                     probs = probabilities(attention, slot["q"], slot["k"], fwd.batch, fwd.keep)
-                    self.record(session, name, attention, probs.mean(0))
+                    # the mean over the kept rows (one row: itself, no copy)
+                    probs = probs[0] if probs.shape[0] == 1 else probs.mean(0)
+                    self.record(session, name, attention, probs)
 
         return post
 

@@ -143,11 +143,10 @@ class Capture:
                 config = dict(config)
             except (TypeError, ValueError):
                 config = None
-        try:
-            p = next(model.parameters())
+        p = self.session.plan.parameter(model)
+        device, dtype = "cpu", None
+        if p is not None:
             device, dtype = str(p.device), str(p.dtype).removeprefix("torch.")
-        except StopIteration:
-            device, dtype = "cpu", None
         meta = {
             "model": f"{cls.__module__}.{cls.__name__}",
             "config": {k: v for k, v in (config or {}).items() if not str(k).startswith("_")}

@@ -367,5 +367,5 @@ def add_probability_edit(
 
 def probability_edits(attention: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]]:
     """The probability edits in force on ``attention`` (in the order they were added)."""
-    with _LOCKS_GUARD:
-        return list(_PROB_EDITS.get(attention, ()))
+    edits = _PROB_EDITS.get(attention)  # read without the lock: called per layer per forward
+    return list(edits) if edits else []
