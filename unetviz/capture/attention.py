@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import MemoryBudgetError, TraceError
 from .options import CaptureOptions
-from .probe import Probe, ProbeSession, probability_edits
+from .probe import Probe, ProbeSession, declared_edits
 from .records import SelfAttentionRecord, block_of, location_of
 from .shapes import grid, transformer_of
 from .trace import Trace
@@ -54,9 +54,11 @@ def probabilities(
     attention: nn.Module, q: torch.Tensor, k: torch.Tensor, batch: int, keep: slice
 ) -> torch.Tensor:
     """(b, n, inner), (b, t, inner) -> ``softmax(Q K^T * scale)`` of the kept batch rows as
-    (b_kept, heads, n, t) float32, with any declared probability edits applied."""
-    edits = probability_edits(attention)
-    if not edits:  # slice first: cheaper
+    (b_kept, heads, n, t) float32, with any declared probability edits applied. The one home
+    of this recompute (capture, edits and the demo's training read it)."""
+    edits = declared_edits(attention)
+    whole = any(not rows for _, rows in edits)  # an edit that needs every row
+    if not whole:  # slice first: cheaper
         q = q[keep] if q.shape[0] == batch else q
         k = k[keep] if k.shape[0] == batch else k
     heads = attention.heads
@@ -67,9 +69,10 @@ def probabilities(
     q = q.detach().float().reshape(b, n, heads, d).transpose(1, 2)
     k = k.detach().float().reshape(k.shape[0], -1, heads, d).transpose(1, 2)
     probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
-    if edits:
-        for edit in edits:
-            probs = edit(probs)
+    held = slice(None) if whole or b != len(range(batch)[keep]) else keep
+    for edit, rows in edits:
+        probs = edit(probs, held) if rows else edit(probs)
+    if whole:
         probs = probs[keep] if probs.shape[0] == batch else probs
     return probs
 
