@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..callargs import MAX_STEPS, as_int
 from ..capture.probe import Probe, ProbeSession
 from .model_map import ModelMap, token_indices
 from .probes import (
@@ -27,6 +28,9 @@ from .probes import (
     SkipAblation,
     SourceRecorder,
     TembScale,
+)
+from .spec import (
+    MAX_INDEX as MAX_TOKENS,
 )
 from .spec import (
     AblateBlock,
@@ -105,8 +109,10 @@ class Intervention:
             raise EditError(f"intervene needs a torch nn.Module (a UNet), got {type(model)!r}")
         self.model = model
         self.edits = check_edits(edits)
-        self.tokens = list(tokens) if tokens is not None else None
-        self.words = list(words) if words is not None else None
+        self.tokens = _labels(tokens, "tokens", none_items=False)
+        self.words = _labels(words, "words", none_items=True)
+        if num_steps is not None:
+            num_steps = as_int(num_steps, "num_steps", 1, MAX_STEPS, error=EditError)
         self.num_steps = num_steps
         self.cfg = cfg
         self.sources = dict(sources or {})
@@ -203,6 +209,21 @@ class Intervention:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.session is not None:
             self.session.close()
+
+
+def _labels(value: Any, what: str, *, none_items: bool) -> list[Any] | None:
+    """A prompt's token labels / words: a list of strings (words: or None), never a string."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise EditError(f"{what}={value!r}: expected a list of strings, one per token")
+    items = list(value)
+    if len(items) > MAX_TOKENS:
+        raise EditError(f"{what} has {len(items)} items: expected at most {MAX_TOKENS}")
+    for item in items:
+        if not (isinstance(item, str) or (none_items and item is None)):
+            raise EditError(f"{what}: item {item!r} is not a string")
+    return items
 
 
 #: ``intervene(unet, [edits...], ...)`` builds an :class:`Intervention`; one signature.
