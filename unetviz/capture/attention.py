@@ -50,25 +50,33 @@ def _split_qkv(out: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"q": out[..., :third], "k": out[..., third : 2 * third]}
 
 
-def probabilities(
-    attention: nn.Module, q: torch.Tensor, k: torch.Tensor, batch: int, keep: slice
-) -> torch.Tensor:
-    """(b, n, inner), (b, t, inner) -> ``softmax(Q K^T * scale)`` of the kept batch rows as
-    (b_kept, heads, n, t) float32, with any declared probability edits applied. The one home
-    of this recompute (capture, edits and the demo's training read it)."""
-    edits = declared_edits(attention)
-    whole = any(not rows for _, rows in edits)  # an edit that needs every row
-    if not whole:  # slice first: cheaper
-        q = q[keep] if q.shape[0] == batch else q
-        k = k[keep] if k.shape[0] == batch else k
+def softmax_scores(attention: nn.Module, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(b, n, inner), (b, t, inner) -> ``softmax(Q K^T * scale)`` as (b, heads, n, t), in the
+    inputs' dtype and differentiable: the one home of the attention-probability recompute
+    (captures, edits, and the demo's grounding loss and evaluation read it)."""
     heads = attention.heads
     b, n, inner = q.shape
     d = inner // heads
     scale = getattr(attention, "scale", None)
     scale = float(scale) if isinstance(scale, (int, float)) else d**-0.5
-    q = q.detach().float().reshape(b, n, heads, d).transpose(1, 2)
-    k = k.detach().float().reshape(k.shape[0], -1, heads, d).transpose(1, 2)
-    probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+    q = q.reshape(b, n, heads, d).transpose(1, 2)
+    k = k.reshape(k.shape[0], -1, heads, d).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+
+
+def probabilities(
+    attention: nn.Module, q: torch.Tensor, k: torch.Tensor, batch: int, keep: slice
+) -> torch.Tensor:
+    """(b, n, inner), (b, t, inner) -> ``softmax(Q K^T * scale)`` of the kept batch rows as
+    (b_kept, heads, n, t) float32 (:func:`softmax_scores`), with any declared probability
+    edits applied."""
+    edits = declared_edits(attention)
+    whole = any(not rows for _, rows in edits)  # an edit that needs every row
+    if not whole:  # slice first: cheaper
+        q = q[keep] if q.shape[0] == batch else q
+        k = k[keep] if k.shape[0] == batch else k
+    b = q.shape[0]
+    probs = softmax_scores(attention, q.detach().float(), k.detach().float())
     held = slice(None) if whole or b != len(range(batch)[keep]) else keep
     for edit, rows in edits:
         probs = edit(probs, held) if rows else edit(probs)
