@@ -368,8 +368,49 @@ def daam_grid(trace: Trace) -> tuple[int, int]:
         vae = 8
         if isinstance(height, int) and isinstance(lat, (list, tuple)) and lat and lat[0]:
             vae = max(1, round(height / int(lat[0])))
-    latent_hw = 4096 if sample * vae in (512, 1024) else 9216
+    latent_hw = daam_latent_hw(sample * vae)
     return latent_hw, math.isqrt(latent_hw)
+
+
+def daam_latent_hw(image_side: int) -> int:
+    """DAAM 0.2.0's ``latent_hw`` for a model of native image side ``image_side`` (its
+    ``sample_size`` x VAE factor): 4096 at 512 or 1024 px, else 9216 (daam/trace.py:32-33)."""
+    return 4096 if image_side in (512, 1024) else 9216
+
+
+def daam_upsampled(head_sum: torch.Tensor, side: int) -> torch.Tensor:
+    """One layer's per-head time sums ``(..., heads, h, w, k)`` -> ``(..., heads, k, side,
+    side)``: every (head, token) map bicubic-upsampled and clamped at 0, as DAAM does
+    (daam/trace.py:115-124)."""
+    *lead, heads, h, w, k = head_sum.shape
+    x = head_sum.float().movedim(-1, -3).reshape(-1, 1, h, w)  # every (head, token) map
+    x = F.interpolate(x, size=(side, side), mode="bicubic").clamp_(min=0)
+    return x.reshape(*lead, heads, k, side, side)
+
+
+def daam_average(head_sums: list[torch.Tensor], latent_hw: int) -> torch.Tensor:
+    """DAAM 0.2.0's word maps from per-layer per-head time sums ``(..., heads, h, w, k)``:
+    layers kept by DAAM's factor rule, each map upsampled (:func:`daam_upsampled`), the mean
+    over layers x heads -> ``(..., k, side, side)`` (side = sqrt(latent_hw))."""
+    side = math.isqrt(latent_hw)
+    total, n = None, 0
+    for head_sum in head_sums:
+        h, w = head_sum.shape[-3], head_sum.shape[-2]
+        if not daam_keeps(h * w, latent_hw):
+            continue
+        up = daam_upsampled(head_sum, side).sum(-4)
+        total = up if total is None else total + up
+        n += head_sum.shape[-4]
+    if total is None:
+        raise TraceError(f"no attention map is kept by DAAM's factor rule at latent_hw={latent_hw}")
+    return total / n
+
+
+def daam_keeps(queries: int, latent_hw: int) -> bool:
+    """Whether DAAM records a map of ``queries`` positions: factor = int(sqrt(latent_hw /
+    queries)) in its defaults, never 8 (daam/trace.py:285-289, 103-104)."""
+    factor = int(math.sqrt(latent_hw // queries))
+    return factor != 8 and factor in DAAM_FACTORS
 
 
 def daam(
@@ -397,7 +438,6 @@ def daam(
     latent_hw, side = daam_grid(trace)
     total, n = torch.zeros(side, side), 0
     for rec in _daam_factor_kept(recs, latent_hw):
-        h, w = rec.res
         head_sum = rec.head_sum  # read once: an app may drop a trace's sums to free memory
         if head_sum is None:
             raise TraceError(
@@ -407,10 +447,9 @@ def daam(
         x = head_sum.float()[..., idx]  # (heads, h, w, pieces): DAAM's per-head time sums
         if heads is not None:
             x = x[_head_list(rec, heads, x.shape[0])]
-        x = x.permute(0, 3, 1, 2).reshape(-1, 1, h, w)  # every (head, piece) map
-        x = F.interpolate(x, size=(side, side), mode="bicubic").clamp_(min=0)
+        x = daam_upsampled(x, side)  # (heads, pieces, side, side)
         total += x.sum((0, 1))
-        n += x.shape[0]
+        n += x.shape[0] * x.shape[1]
     if not n:
         raise TraceError(
             "preset='daam': no map left: DAAM keeps maps whose int(sqrt(latent_hw / queries)) "
@@ -426,12 +465,7 @@ def daam(
 def _daam_factor_kept(recs: list[AttentionRecord], latent_hw: int) -> list[AttentionRecord]:
     """The maps DAAM records: factor = int(sqrt(latent_hw / queries)) in its defaults, never
     8 (daam/trace.py:285-289, 103-104)."""
-    kept = []
-    for rec in recs:
-        factor = int(math.sqrt(latent_hw // (rec.res[0] * rec.res[1])))
-        if factor != 8 and factor in DAAM_FACTORS:
-            kept.append(rec)
-    return kept
+    return [rec for rec in recs if daam_keeps(rec.res[0] * rec.res[1], latent_hw)]
 
 
 def preset_layers(trace: Trace, preset: str) -> list[str]:
