@@ -574,6 +574,11 @@ class DemoPipeline:
                 "scheduler": "DDIMScheduler",
                 "dtype": str(next(self.unet.parameters()).dtype).removeprefix("torch."),
                 "truncated": "",
+                "syntax": "literal",
+                "emphasis_mode": "embeddings",
+                "chunks": 1,
+                "token_weights": [1.0] * len(labels),
+                "emphasis": [],
             },
         )
         generator = torch.Generator().manual_seed(call.seed)
