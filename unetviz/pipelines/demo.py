@@ -42,9 +42,8 @@ from unetviz.detect import DEMO_DIR
 from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
 
-from ..edits.session import compare
 from .base import PipelineError, Run, check_finite
-from .captured import Prepared, captured_run, check_call
+from .captured import Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
 
 __all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -471,7 +470,9 @@ class DemoPipeline:
     token labels). The UNet runs inside ``unetviz.capture`` for every call."""
 
     name = "demo"
-    compare = compare  # pipe.compare(prompt, edits=[...], seed=0) -> Comparison
+    compare = compare_runs  # pipe.compare(prompt, edits=[...] or loras=[...], seed=0)
+    fuse_loras = fuse_pipeline_loras  # pipe.fuse_loras([(file, scale)]) -> FusedLoras
+    loras = None  # the FusedLoras of the LoRAs fused at load time
 
     def __init__(self, folder: str | Path = DEMO_DIR):
         self.folder = Path(folder)
@@ -480,6 +481,10 @@ class DemoPipeline:
         self.latent_size = int(self.unet.config.sample_size)
         self.vae_scale_factor = self.vae.config.downsampling_factor if self.vae else 1
         self.size = self.latent_size * self.vae_scale_factor  # the image side in pixels
+
+    def lora_models(self) -> dict[str, nn.Module]:
+        """The modules a LoRA file may change, by the part names its keys use."""
+        return {"unet": self.unet, "text_encoder": self.text_encoder}
 
     @torch.no_grad()
     def encode(self, prompt: str) -> tuple[torch.Tensor, list[str], list[str | None]]:

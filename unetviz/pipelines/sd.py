@@ -20,7 +20,7 @@ import contextlib
 import copy
 import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..edits.session import compare
 from ..prompts import MAX_CHUNKS, apply_emphasis, check_emphasis, check_syntax, word_weights
 from .base import PipelineError, Run, check_finite
-from .captured import Call, Prepared, captured_run, check_call
+from .captured import Call, Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
 from .clip_tokens import PromptTruncatedWarning, Tokens, tokenize, tokenize_prompt
 from .hf_cache import from_hf_cache
 from .sd_loading import (
@@ -81,7 +80,9 @@ class SDPipeline:
     token labels of the prompt (or of the negative prompt with ``half="uncond"``).
     """
 
-    compare = compare  # pipe.compare(prompt, edits=[...], seed=0) -> Comparison
+    compare = compare_runs  # pipe.compare(prompt, edits=[...] or loras=[...], seed=0)
+    fuse_loras = fuse_pipeline_loras  # pipe.fuse_loras([(file, scale)]) -> FusedLoras
+    loras = None  # the FusedLoras of the LoRAs fused at load time
 
     def __init__(
         self,
@@ -104,6 +105,11 @@ class SDPipeline:
         self.unet.to(self.device)
         for module in [self.vae, *self.text_encoders]:
             module.to("cpu" if offload else self.device)
+
+    def lora_models(self) -> dict[str, nn.Module]:
+        """The modules a LoRA file may change, by the part names its keys use."""
+        names = ("text_encoder", "text_encoder_2")
+        return {"unet": self.unet, **dict(zip(names, self.text_encoders, strict=False))}
 
     @property
     def is_xl(self) -> bool:
@@ -411,6 +417,7 @@ def load_sd_pipeline(
     offload: bool | None = None,
     config: str | Path | None = None,
     prediction_type: str | None = None,
+    loras: Sequence[Any] | None = None,
 ) -> SDPipeline:
     """Open a local Stable Diffusion model (offline) as a pipeline with the demo's call shape.
 
@@ -424,6 +431,8 @@ def load_sd_pipeline(
     ``scheduler`` swaps the scheduler class (``ddim``, ``euler``, ``euler_a``, ``dpm``, ...);
     ``prediction_type`` (``epsilon`` / ``v_prediction``) overrides the scheduler's, e.g. for an
     SD 2.x 512-base single file (2.x files default to the 768-v releases' ``v_prediction``).
+    ``loras``: ``[(file, scale), ...]`` fused into the UNet and text encoders
+    (:mod:`unetviz.lora`); ``pipe.loras.unfuse()`` takes them out again.
     """
     from unetviz.detect import detect_model
 
@@ -449,4 +458,7 @@ def load_sd_pipeline(
                 path, torch_dtype, scheduler=scheduler, prediction_type=prediction_type
             )
     use_offload = dev.type == "cuda" if offload is None else bool(offload)
-    return SDPipeline(parts, device=dev, offload=use_offload)
+    pipe = SDPipeline(parts, device=dev, offload=use_offload)
+    if loras:
+        pipe.fuse_loras(loras)
+    return pipe
