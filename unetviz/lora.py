@@ -285,6 +285,24 @@ def parse_specs(loras: Iterable[LoraSpec] | None) -> list[tuple[Path, float]]:
     return out
 
 
+def parse_lora_arg(text: str) -> tuple[Path, float]:
+    """``FILE[:SCALE]`` (the CLI's ``--lora``) -> ``(path, scale)``; a suffix after the last
+    ``:`` that is not a number belongs to the path. The file must exist."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            scale = float(tail)
+        except ValueError:
+            pass
+        else:
+            path = head
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"--lora {text!r}: {path!r} is not a file (expected FILE[:SCALE])")
+    return p, check_scale(scale, f"--lora {text!r} scale")
+
+
 class FusedLoras:
     """LoRAs fused into models' weights. ``unfuse()`` restores every touched weight from the
     copy kept at fusing time (bit for bit); ``changes`` is the per-module relative change."""
