@@ -28,11 +28,13 @@ def load_pipeline(
     ``.safetensors`` or a cached repo id -> ``load_sd_pipeline(path, **sd_options)``.
 
     ``loras``: ``[(file, scale), ...]`` (or plain paths, scale 1) fused into the UNet and text
-    encoder(s) (:mod:`unetviz.lora`; ``pipe.loras.unfuse()`` takes them out). ``sd_options``
-    (dtype, device, scheduler, offload, config, prediction_type) are only for Stable Diffusion
-    models: given (not None) for a demo model they raise PipelineError."""
+    encoder(s) (:mod:`unetviz.lora`; ``pipe.loras.unfuse()`` takes them out). ``device`` and
+    ``dtype`` apply to every model; the other ``sd_options`` (scheduler, offload, config,
+    prediction_type) are only for Stable Diffusion models: given (not None) for a demo model
+    they raise PipelineError."""
     kind = detect_model(name_or_path)
     if kind.is_demo:
+        where = {k: sd_options.pop(k, None) for k in ("device", "dtype")}
         given = sorted(k for k, v in sd_options.items() if v is not None)
         if given:
             raise PipelineError(
@@ -41,7 +43,7 @@ def load_pipeline(
             )
         from .demo import DemoPipeline
 
-        pipe = DemoPipeline(kind.path)
+        pipe = DemoPipeline(kind.path, **where)
         if loras:
             pipe.fuse_loras(loras)
         return pipe
