@@ -375,3 +375,31 @@ def test_both_pipelines_write_one_meta_schema_and_keep_daam_sums():
     for guidance, cfg in ((0.0, False), (1.0, False), (1.5, True)):
         run = load_pipeline("demo")("a red circle", seed=0, steps=1, guidance=guidance)
         assert run.trace.meta["cfg"] is cfg and run.trace.meta["batch"] == (2 if cfg else 1)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_compel_syntax_is_compels_own_encoding(kind):
+    compel = pytest.importorskip("compel")
+    pipe = load_sd_pipeline(tiny_sd_dir(kind))
+    prompt = "a red++ cat on a (mat)0.8"
+    embeds, pooled, pos, _ = pipe.encode(prompt, "blurry", True, syntax="compel")
+    if kind == "sd1":
+        ref = compel.Compel(pipe.tokenizers[0], pipe.text_encoders[0], truncate_long_prompts=False)
+        cond = ref(prompt)
+    else:
+        ref = compel.Compel(
+            pipe.tokenizers,
+            pipe.text_encoders,
+            returned_embeddings_type=compel.ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            requires_pooled=[False, True],
+            truncate_long_prompts=False,
+        )
+        cond, ref_pooled = ref(prompt)
+        assert torch.equal(pooled[1:], ref_pooled)
+    assert torch.equal(embeds[1:], cond)
+    assert pos.words[1:6] == ["a", "red", "cat", "on", "a"] and pos.labels[6] == "mat</w>"
+    assert pos.weights[2] == pytest.approx(1.1**2) and pos.weights[6] == pytest.approx(0.8)
+    run = pipe(prompt, seed=0, steps=1, syntax="compel")
+    assert run.trace.meta["syntax"] == "compel" and run.trace.heatmap("red").ndim == 2
+    with pytest.raises(ValueError, match="blends, conjunctions or swaps"):
+        pipe('("a cat", "a dog").blend(0.5, 0.5)', steps=1, syntax="compel")

@@ -102,8 +102,36 @@ def tokenize_prompt(
         emphasis=emphasis,
         chunk_length=window - 2,
     )
-    ids, weights = ch.ids[:MAX_CHUNKS], ch.weights[:MAX_CHUNKS]
     rest = [i for c in ch.ids[MAX_CHUNKS:] for i in c[1 : first_eos(c, eos)]]
+    return chunked_tokens(
+        tokenizer,
+        ch.ids[:MAX_CHUNKS],
+        ch.weights[:MAX_CHUNKS],
+        min_chunks=min_chunks,
+        n_tokens=ch.token_count,
+        parsed=ch.parsed,
+        truncated=tokenizer.decode(rest) if rest else "",
+    )
+
+
+def chunked_tokens(
+    tokenizer: Any,
+    ids: list[list[int]],
+    weights: list[list[float]],
+    *,
+    min_chunks: int = 1,
+    n_tokens: int = 0,
+    parsed: list[list[Any]] | None = None,
+    truncated: str = "",
+) -> Tokens:
+    """:class:`Tokens` of chunks of ``model_max_length`` ids (BOS, prompt tokens, EOS,
+    padding) and their weights, padded with empty chunks to ``min_chunks``: every position
+    labelled, prompt tokens grouped into words (a word cut by a chunk boundary stays one)."""
+    from unetviz.prompts import first_eos
+
+    window = int(tokenizer.model_max_length)
+    eos = int(tokenizer.eos_token_id)
+    ids, weights = [list(c) for c in ids], [list(w) for w in weights]
     while len(ids) < min_chunks:  # A1111's empty_chunk: BOS, EOS, padding
         ids.append(tokenizer("", padding="max_length", max_length=window)["input_ids"])
         weights.append([1.0] * window)
@@ -115,7 +143,7 @@ def tokenize_prompt(
     for k, chunk in enumerate(ids):
         end = first_eos(chunk, eos)
         mask[0, k * window : k * window + end + 1] = 1
-        for i in range(k * window + 1, k * window + end):  # a word cut by a boundary stays one
+        for i in range(k * window + 1, k * window + end):
             group.append(i)
             if labels[i].endswith("</w>"):
                 _assign(tokenizer, labels, words, group)
@@ -127,12 +155,12 @@ def tokenize_prompt(
         mask=mask,
         labels=labels,
         words=words,
-        truncated=tokenizer.decode(rest) if rest else "",
-        n_tokens=ch.token_count,
-        weights=[w for c in weights for w in c],
+        truncated=truncated,
+        n_tokens=n_tokens,
+        weights=[float(w) for c in weights for w in c],
         chunks=len(ids),
         window=window,
-        parsed=ch.parsed,
+        parsed=list(parsed or []),
     )
 
 

@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..prompts import MAX_CHUNKS, apply_emphasis, check_emphasis, check_syntax, word_weights
+from ..prompts import (
+    MAX_CHUNKS,
+    PromptError,
+    apply_emphasis,
+    check_emphasis,
+    check_syntax,
+    word_weights,
+)
 from .base import PipelineError, Run, check_finite
 from .captured import Call, Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
 from .clip_tokens import PromptTruncatedWarning, Tokens, tokenize, tokenize_prompt
@@ -178,8 +185,14 @@ class SDPipeline:
         the tokens of prompt and negative prompt. Long prompts are encoded chunk by chunk and
         concatenated along the sequence; with ``emphasis="embeddings"`` each chunk's vectors
         are weighted as A1111 does (:func:`unetviz.prompts.apply_emphasis`)."""
-        pos, neg = self.tokens(prompt, negative_prompt, syntax)
         weighted = check_emphasis(emphasis) == "embeddings"
+        if check_syntax(syntax) == "compel":
+            if not weighted:
+                raise PromptError("emphasis='reweight' reads A1111's syntax: use syntax='a1111'")
+            from .compel_syntax import compel_encode
+
+            return compel_encode(self, prompt, negative_prompt, cfg)
+        pos, neg = self.tokens(prompt, negative_prompt, syntax)
         cond, pooled = self._embed(pos, weighted)
         if not cfg:
             return cond, pooled, pos[0], neg[0]
