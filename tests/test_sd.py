@@ -143,7 +143,9 @@ def test_long_prompt_in_chunks_every_token_keeps_its_map():
     assert run.trace.meta["truncated"] == ""
 
 
-def test_prompt_beyond_four_chunks_is_truncated_with_a_warning():
+def test_prompt_beyond_four_chunks_is_truncated_with_a_warning(tmp_path):
+    from unetviz import Trace
+
     pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
     prompt = " ".join(["red cat"] * 200)  # 400 tokens
     with pytest.warns(PromptTruncatedWarning, match="400 tokens.*4 chunks of 75.*truncated"):
@@ -151,6 +153,9 @@ def test_prompt_beyond_four_chunks_is_truncated_with_a_warning():
     assert run.extra["truncated"].startswith("red cat red cat")
     assert run.trace.meta["truncated"] == run.extra["truncated"]
     assert len(run.tokens) == 4 * 77 and run.tokens[-1] == "<|endoftext|>"
+    run.trace.save(tmp_path / "long.trace")  # 308 tokens: the most a trace bundle holds
+    back = Trace.load(tmp_path / "long.trace")
+    assert back.tokens == run.tokens and back.meta["chunks"] == 4
 
 
 def test_emphasis_weights_tokens_meta_and_embeddings():
