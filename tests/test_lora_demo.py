@@ -84,3 +84,13 @@ def test_cli_diagram_and_attention_take_lora(tmp_path, capsys):
     bad = ["attention", "a red circle", "-o", str(tmp_path / "b"), "--lora", "missing.st:2"]
     assert _run(bad) == 2 and "missing.st" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_edit_takes_lora(tmp_path, capsys):
+    from unetviz import Trace
+
+    folder = tmp_path / "edit"
+    args = ["edit", "a red circle", "--reweight", "red=0", "--steps", "2", "-o", str(folder)]
+    assert _run([*args, "--lora", f"{EXAMPLE}:0.5"]) == 0, capsys.readouterr().err
+    meta = Trace.load(folder / "base.trace").meta
+    assert meta["loras"] == [{"file": str(EXAMPLE), "scale": 0.5}]
