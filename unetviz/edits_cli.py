@@ -104,10 +104,12 @@ def _progress(label: str) -> Any:
     return bar, tick
 
 
-def _load(model: str, dtype: str | None, device: str | None) -> Any:
+def _load(model: str, dtype: str | None, device: str | None, lora: list[str] | None) -> Any:
+    from unetviz.lora import parse_lora_arg
     from unetviz.pipelines import load_pipeline
 
-    return load_pipeline(model, dtype=dtype, device=device)
+    loras = [parse_lora_arg(item) for item in lora or []]
+    return load_pipeline(model, dtype=dtype, device=device, loras=loras)
 
 
 def run_edit(
@@ -118,7 +120,7 @@ def run_edit(
     from .training.edit_scores import scorer_for
 
     check_output_folder(output, force)
-    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None))
+    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None), kw.pop("lora", None))
     call = {k: v for k, v in kw.items() if v is not None}
     start = time.perf_counter()
     cmp = pipe.compare(prompt, edits=edits, **call)
@@ -166,7 +168,7 @@ def run_sweep(
 
     sweep = Sweep(**(spec or {}))
     check_output_folder(output, force)
-    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None))
+    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None), kw.pop("lora", None))
     call = {k: v for k, v in kw.items() if v is not None}
     result = sweep.run(pipe, prompt, score=scorer_for(pipe), progress=progress, **call)
     svg = to_svg(sweep_diagram(result))
@@ -238,6 +240,7 @@ def _add_edit(app: typer.Typer) -> None:
         negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
         dtype: str = typer.Option(None, help="SD models: float32, float16 or bfloat16."),
         device: str = typer.Option(None, help="SD models: cpu, cuda (default: auto)."),
+        lora: list[str] = typer.Option([], "--lora", help="FILE[:SCALE]: a LoRA to fuse (repeat)."),  # noqa: B008
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
     ) -> None:
         """Run a prompt with and without interventions; write both images and their diff."""
@@ -245,7 +248,7 @@ def _add_edit(app: typer.Typer) -> None:
             chosen = build_edits(
                 reweight, layers, ablate_skip, ablate_block, scale_temb, replace, patch, mode
             )
-            opts = _run_options(seed, steps, guidance, negative, dtype, device)
+            opts = _run_options(seed, steps, guidance, negative, dtype, device) | {"lora": lora}
             summary = run_edit(prompt, chosen, output, model=model, force=force, **opts)
         except UnetvizError as exc:
             raise CliError(str(exc)) from None
@@ -279,6 +282,7 @@ def _add_sweep(app: typer.Typer) -> None:
         negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
         dtype: str = typer.Option(None, help="SD models: float32, float16 or bfloat16."),
         device: str = typer.Option(None, help="SD models: cpu, cuda (default: auto)."),
+        lora: list[str] = typer.Option([], "--lora", help="FILE[:SCALE]: a LoRA to fuse (repeat)."),  # noqa: B008
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
     ) -> None:
         """One intervention per block, layer or skip; the diagram filled by each one's effect."""
@@ -288,7 +292,7 @@ def _add_sweep(app: typer.Typer) -> None:
             spec["mode"] = _mode(mode)
             Sweep(**spec)  # checked before the bar shows
             check_output_folder(output, force)
-            opts = _run_options(seed, steps, guidance, negative, dtype, device)
+            opts = _run_options(seed, steps, guidance, negative, dtype, device) | {"lora": lora}
             with bar:
                 result = run_sweep(
                     prompt, output, model=model, force=force, spec=spec, progress=tick, **opts
