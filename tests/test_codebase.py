@@ -133,6 +133,7 @@ LAYERS = [
     ("unetviz.config", 0),
     ("unetviz.names", 0),
     ("unetviz.detect", 0),
+    ("unetviz.safetensors_io", 0),
     ("unetviz.model", 1),
     ("unetviz.weights", 2),
     ("unetviz.single_file", 2),

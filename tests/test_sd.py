@@ -231,7 +231,7 @@ def test_bad_call_arguments():
     pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
     with pytest.raises(ConfigError, match="height=30"):
         pipe("a cat", height=30, steps=1)
-    with pytest.raises(PipelineError, match="steps must be >= 1"):
+    with pytest.raises(PipelineError, match="steps=0: expected a whole number 1..1000"):
         pipe("a cat", steps=0)
     with pytest.raises(PipelineError, match="unknown scheduler 'heun2'"):
         load_sd_pipeline(tiny_sd_dir("sd1"), scheduler="heun2")
@@ -286,3 +286,29 @@ def test_repo_id_from_the_local_hf_cache(tmp_path, monkeypatch):
     assert pipe.parts.extra["path"] == str(repo / "snapshots" / commit)
     with pytest.raises(PipelineError, match="nor a repo id in the local Hugging Face cache"):
         load_sd_pipeline("tiny-org/not-cached")
+
+
+def test_both_pipelines_write_one_meta_schema_and_keep_daam_sums():
+    """The demo and SD runs share one skeleton: the same trace meta keys, DAAM's per-head sums
+    kept by default (``daam=False`` drops them), CFG on by diffusers' ``guidance > 1`` rule."""
+    from unetviz.pipelines import load_pipeline
+
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    sd = pipe(PROMPT, seed=0, steps=1)
+    demo = load_pipeline("demo")("a red circle", seed=0, steps=1)
+    assert set(sd.trace.meta) == set(demo.trace.meta)
+    side = 32 // pipe.vae_scale_factor
+    assert sd.trace.meta["vae_scale_factor"] == pipe.vae_scale_factor == 2
+    assert sd.trace.meta["latent_shape"] == [4, side, side]
+    assert demo.trace.meta["vae_scale_factor"] == 4 and demo.trace.meta["latent_shape"] == [
+        4,
+        24,
+        24,
+    ]
+    assert any(r.head_sum is not None for r in sd.trace.attention.values())
+    assert demo.trace.heatmap("red", preset="daam").shape == (96, 96)
+    lean = load_pipeline("demo")("a red circle", seed=0, steps=1, daam=False)
+    assert all(r.head_sum is None for r in lean.trace.attention.values())
+    for guidance, cfg in ((0.0, False), (1.0, False), (1.5, True)):
+        run = load_pipeline("demo")("a red circle", seed=0, steps=1, guidance=guidance)
+        assert run.trace.meta["cfg"] is cfg and run.trace.meta["batch"] == (2 if cfg else 1)

@@ -541,9 +541,10 @@ def save_bundle(session: Session, path: Path) -> Path:
     return path
 
 
-def load_bundle(path: str | Path) -> Session:
+def load_bundle(path: str | Path, max_bytes: int | None = None) -> Session:
     """A trace bundle -> Session (image too, when the bundle carries one). TraceError on a bad
-    file; ViewError on one over :data:`MAX_UPLOAD_MB`."""
+    file or one whose tensors would take over ``max_bytes`` (checked before reading them);
+    ViewError on one over :data:`MAX_UPLOAD_MB`."""
     from unetviz.capture import Trace, TraceError
 
     path = Path(path)
@@ -553,7 +554,7 @@ def load_bundle(path: str | Path) -> Session:
             f"{path.name} is {size / 2**20:.0f} MB: the app accepts trace bundles up to "
             f"{MAX_UPLOAD_MB} MB"
         )
-    trace = Trace.load(path)
+    trace = Trace.load(path, max_bytes=max_bytes)
     if not any(a.captured for a in trace.attention.values()) and not trace.temb:
         raise TraceError(
             f"{path.name} holds no attention maps and no temb records: nothing to explore"

@@ -104,38 +104,55 @@ class MapStore:
             return
         dtype = self.options.attention_dtype
         self.charge(probs.numel() * torch.finfo(dtype).bits // 8, step, rec.name)
-        rec.maps.append(probs.to("cpu", dtype))
+        # no sync here: the end-of-forward flush (one blocking transfer) completes the copy
+        rec.maps.append(probs.to("cpu", dtype, non_blocking=True))
         rec.steps.append(step)
 
 
 class GridProbe(Probe):
     """The (h, w) query grid of every attention layer, from its Transformer2DModel's input;
-    written on every cross-attention record (even those whose maps are not captured)."""
+    written on every cross-attention record (even those whose maps are not captured). Hooked
+    on every forward only when maps are taken (``steady``); else on the first forward, or
+    replayed from the plan's first-pass facts."""
 
-    def __init__(self, trace: Trace, names: list[str]) -> None:
-        self.trace, self.names = trace, names
+    def __init__(self, trace: Trace, names: list[str], steps: Any, steady: bool) -> None:
+        self.trace, self.names, self.steps, self.steady = trace, names, steps, steady
         self.res: dict[str, tuple[int, int]] = {}
 
     def install(self, session: ProbeSession) -> None:
         self.grid_of: dict[str, list[str]] = {}
+        self.name_of: dict[int, str] = {}
         for name in self.names:
-            t = transformer_of(name)
+            t = session.plan.transformers.get(name)
             if t is not None and t in session.modules:
                 self.grid_of.setdefault(t, []).append(name)
-        for t in self.grid_of:
-            session.hook(session.modules[t], pre=self._pre(t))
+                self.name_of[id(session.modules[t])] = t
+        if self.steady:
+            for t in self.grid_of:
+                session.hook(session.modules[t], pre=self._pre)
 
-    def _pre(self, name: str):
-        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(x, torch.Tensor) and x.ndim == 4:
-                res = self.res[name] = (int(x.shape[2]), int(x.shape[3]))
-                for attn in self.grid_of[name]:
-                    rec = self.trace.attention.get(attn)
-                    if rec is not None and rec.res is None:
-                        rec.res = res
+    def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
+        if session.forward.step != 0 or self.steady:
+            return
+        facts = self.steps.facts
+        if facts is None:
+            for t in self.grid_of:
+                session.hook(session.modules[t], pre=self._pre, first_pass=True)
+            return
+        for name, res in facts["res"].items():
+            rec = self.trace.attention.get(name)
+            if rec is not None and rec.res is None:
+                rec.res = tuple(res)
 
-        return pre
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            name = self.name_of[id(module)]
+            res = self.res[name] = (int(x.shape[2]), int(x.shape[3]))
+            for attn in self.grid_of[name]:
+                rec = self.trace.attention.get(attn)
+                if rec is not None and rec.res is None:
+                    rec.res = res
 
     def of(self, attention: str) -> tuple[int, int] | None:
         t = transformer_of(attention)
@@ -143,6 +160,9 @@ class GridProbe(Probe):
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
         self.res.clear()
+        fresh = self.steps.fresh
+        if session.forward.step == 0 and fresh is not None:
+            fresh["res"] = {n: r.res for n, r in self.trace.attention.items() if r.res}
 
 
 class _QKProbe(Probe):

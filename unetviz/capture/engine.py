@@ -13,10 +13,10 @@ from torch import nn
 from .attention import CrossAttentionProbe, GridProbe, MapStore, SelfAttentionProbe, taps
 from .errors import TraceError
 from .options import DEFAULT_MEMORY_BUDGET, CaptureOptions, select
+from .plan import ModelPlan
 from .probe import Probe, ProbeSession
 from .probes import BlockProbe, MacsProbe, SkipProbe, StepProbe, TembProbe
 from .records import AttentionRecord, block_of, location_of
-from .shapes import is_attention, is_cross
 from .trace import Trace
 
 
@@ -85,21 +85,19 @@ class Capture:
         )
         self.model = model
         self.trace = Trace()
-        self.session = ProbeSession(model, self._probes(model), lock=True)
+        self.session = ProbeSession(model, [], lock=True, cfg=self.options.cfg)
+        self.session.probes = self._probes(self.session.plan)
 
-    def _probes(self, model: nn.Module) -> list[Probe]:
+    def _probes(self, plan: ModelPlan) -> list[Probe]:
         """The recording probes, in the order their hooks run on a shared module."""
         opts, trace = self.options, self.trace
-        modules = {n: m for n, m in model.named_modules() if n}
-        attn = [n for n, m in modules.items() if is_attention(m)]
-        cross = [n for n in attn if is_cross(n, modules[n])]
+        modules, cross = plan.modules, plan.cross
         chosen = cross if opts.attention is True else []
         if isinstance(opts.attention, tuple):
             chosen = select("cross-attention", opts.attention, cross)
         self_chosen: list[str] = []
         if opts.self_attention_layers is not None:
-            others = [n for n in attn if n not in cross]
-            self_chosen = select("self-attention", opts.self_attention_layers, others)
+            self_chosen = select("self-attention", opts.self_attention_layers, plan.selfs)
         for name in chosen + self_chosen:
             taps(modules[name])  # refuses fused projections it cannot read, before any hook
         for name in cross:  # every cross-attention layer gets a record (shapes, res, heads)
@@ -112,12 +110,14 @@ class Capture:
                 per_head=opts.per_head,
             )
         steps, store = StepProbe(trace, opts), MapStore(opts)
-        grids = GridProbe(trace, cross + self_chosen)
-        probes: list[Probe] = [steps, BlockProbe(trace, opts.detail), SkipProbe(trace)]
-        probes.append(MacsProbe(trace))
+        grids = GridProbe(trace, cross + self_chosen, steps, steady=bool(chosen or self_chosen))
+        probes: list[Probe] = [steps, BlockProbe(trace, opts.detail, steps)]
+        probes += [SkipProbe(trace, steps), MacsProbe(trace, steps)]
         if opts.temb:
             probes.append(TembProbe(trace, steps, stream=opts.mode == "stream"))
-        probes += [grids, CrossAttentionProbe(trace, opts, chosen, grids, store)]
+        probes.append(grids)
+        if chosen:
+            probes.append(CrossAttentionProbe(trace, opts, chosen, grids, store))
         if self_chosen:
             probes.append(SelfAttentionProbe(trace, opts, self_chosen, grids, store))
         if opts.features:

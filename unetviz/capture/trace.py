@@ -289,12 +289,13 @@ class Trace:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Trace:
+    def load(cls, path: str | os.PathLike, max_bytes: int | None = None) -> Trace:
         """Read what ``save`` wrote (zip or folder). Sizes are checked before anything is read
         and the tensors are streamed (``bundle.read_bundle``); the structure is checked against
-        its tensors. A missing, corrupt, oversized or foreign file raises ``TraceError`` naming
-        it."""
-        state, tensors = read_bundle(path)
+        the tensors' header first (only tensors it references, of the shapes it implies, at
+        most ``max_bytes`` together). A missing, corrupt, oversized or foreign file raises
+        ``TraceError`` naming it."""
+        state, tensors = read_bundle(path, max_bytes=max_bytes)
         try:
             return cls.from_state(state, tensors)
         except TraceError as exc:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,16 +36,20 @@ import torch
 from PIL import Image
 from torch import nn
 
+from unetviz.callargs import uses_cfg
 from unetviz.config import check_demo_config, read_json
 from unetviz.detect import DEMO_DIR
 from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
 
-from ..edits.session import compare, for_pipeline
-from .base import PipelineError, Run, check_finite, check_seed
+from ..edits.session import compare
+from .base import PipelineError, Run, check_finite
+from .captured import Prepared, captured_run, check_call
 
 __all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
+#: the demo model's guidance scale when a call gives none
+DEFAULT_GUIDANCE = 4.0
 
 
 class UnknownWordError(PipelineError):
@@ -317,14 +320,15 @@ def sample(
     """DDIM with classifier-free guidance; returns the final sample (B, C, size, size) in the
     UNet's space: latents for a latent model, pixels in [-1, 1] for a pixel model.
 
-    The UNet sees one batch per step: ``[uncond, cond]`` when guidance != 1, else ``cond``;
+    The UNet sees one batch per step: ``[uncond, cond]`` when guidance > 1 (diffusers' rule,
+    ``unetviz.callargs.uses_cfg``), else ``cond``;
     ``added`` is the (uncond, cond) pair of added conditions of a ``text_time`` UNet.
     """
     b = cond.shape[0]
     size = int(unet.config.sample_size) if size is None else size
     x = torch.randn(b, int(unet.config.out_channels), size, size, generator=generator)
     ts = schedule.timesteps(steps)
-    cfg = guidance != 1.0
+    cfg = uses_cfg(guidance)
     context = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond
     extra = None
     if added is not None:
@@ -463,7 +467,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 class DemoPipeline:
-    """``pipe(prompt, seed=0, steps=25, guidance=4.0)`` -> ``Run`` (image, captured trace,
+    """``pipe(prompt, seed=0, steps=25, guidance=None)`` -> ``Run`` (image, captured trace,
     token labels). The UNet runs inside ``unetviz.capture`` for every call."""
 
     name = "demo"
@@ -536,7 +540,7 @@ class DemoPipeline:
         negative_prompt: str = "",
         seed: int = 0,
         steps: int = 25,
-        guidance: float = 4.0,
+        guidance: float | None = None,
         height: int | None = None,
         width: int | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -545,61 +549,48 @@ class DemoPipeline:
         **capture_kwargs: Any,
     ) -> Run:
         """Generate one image for ``prompt`` and capture the UNet while sampling (under
-        ``edits``, unetviz.edits interventions, if given)."""
-        from unetviz.capture import capture  # the capture engine loads with the first call
-
+        ``edits``, unetviz.edits interventions, if given). ``guidance`` None: 4.0; guidance
+        <= 1 runs without classifier-free guidance."""
         size = self.size
         if (height not in (None, size)) or (width not in (None, size)):
             raise PipelineError(
                 f"the demo model generates {size}x{size} images only; got height={height}, "
                 f"width={width}"
             )
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
-            raise PipelineError(f"steps={steps!r}: expected an integer 1..1000")
-        if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise PipelineError(f"guidance={guidance!r}: expected a finite number")
-        _, labels, words = self.tokenizer.encode(prompt)
-        self.tokenizer.encode(negative_prompt)  # an unknown word fails before sampling
-        generator = torch.Generator().manual_seed(check_seed(seed))
-        start = time.perf_counter()
-        options = {"attention": True, "temb": True, "detail": detail, **capture_kwargs}
-        call = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
-        iv = for_pipeline(
-            self, edits, tokens=labels, words=words, steps=steps, cfg=guidance != 1.0, call=call
-        )
-        with _torch_threads(1), iv, capture(self.unet, **options) as trace:
-            x = self.denoise(prompt, negative_prompt, generator, steps, guidance, progress)
-        with _torch_threads(1):
-            image = to_pil(self.decode(x)[0])
-        trace.tokens = labels
-        trace.words = words
-        trace.meta.update(
-            model="demo",
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=int(seed),
-            steps=int(steps),
-            guidance=float(guidance),
-            height=size,
-            width=size,
-            latent_shape=list(x.shape[1:]),
-            vae_scale_factor=self.vae_scale_factor,
-            batch=2 if guidance != 1.0 else 1,
-            cfg=guidance != 1.0,
-            detail=detail,
-            config=self.unet.config.to_dict(),
-            seconds=time.perf_counter() - start,
-            **iv.meta,
-        )
-        return Run(
-            image=image,
-            trace=trace,
+        g = DEFAULT_GUIDANCE if guidance is None else guidance
+        call = check_call(prompt, negative_prompt, seed, steps, g, size, size)
+        _, labels, words = self.tokenizer.encode(call.prompt)
+        _, neg_labels, neg_words = self.tokenizer.encode(call.negative_prompt)  # fails early
+        prep = Prepared(
+            call=call,
             tokens=labels,
             words=words,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=int(seed),
-            steps=int(steps),
-            guidance=float(guidance),
-            latents=x,
+            negative_tokens=neg_labels,
+            negative_words=neg_words,
+            meta={
+                "model": "demo",
+                "model_path": str(self.folder),
+                "family": "demo",
+                "scheduler": "DDIMScheduler",
+                "dtype": str(next(self.unet.parameters()).dtype).removeprefix("torch."),
+                "truncated": "",
+            },
+        )
+        generator = torch.Generator().manual_seed(call.seed)
+
+        def denoise(progress: Callable[[int, int], None] | None) -> torch.Tensor:
+            return self.denoise(
+                call.prompt, call.negative_prompt, generator, call.steps, call.guidance, progress
+            )
+
+        return captured_run(
+            self,
+            prep,
+            denoise,
+            lambda x: to_pil(self.decode(x)[0]),
+            progress=progress,
+            detail=detail,
+            edits=edits,
+            capture_kwargs=capture_kwargs,
+            context=lambda: _torch_threads(1),
         )
