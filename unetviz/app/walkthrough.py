@@ -20,13 +20,11 @@ import io
 import json
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from ..names import unet_names
+from .i18n import LANGS, LOCALES
 
-LOCALES = Path(__file__).resolve().parent / "locales"
-LANGS = ("en", "zh-CN")
 #: the Architecture tab's position in the app's tab list (the stage links switch to it)
 ARCHITECTURE_TAB = 0
 PICTURE_PX = 112  # side of a feature picture in the page
@@ -425,3 +423,228 @@ __all__ = [
     "stages",
     "texts",
 ]
+
+
+# ------------------------------------------------------------------------------- the tab
+#: the model picker: the current run (else the demo model), or a model's structure alone
+MODELS = (
+    ("the current run (else the demo model)", "run"),
+    ("demo model (shipped, runs offline)", "demo"),
+    ("SD 1.5 preset (meta: shapes only)", "sd15"),
+    ("SD 2.1 preset (meta)", "sd21"),
+    ("SDXL preset (meta)", "sdxl"),
+)
+#: what the tab's handlers read
+WALK_IN = ("wt_model", "wt_stage", "wt_step")
+
+
+def _shapes_of_run(trace: Any) -> Any:
+    """A modules-detail structure of the UNet that made ``trace`` (its config, size, batch,
+    tokens), for the sub-step shapes a run's layers-detail trace lacks; the trace itself when
+    that cannot be built."""
+    from unetviz.structure import structure_trace
+
+    meta = trace.meta
+    try:
+        latent = meta.get("latent") or [meta["height"] // 8, meta["width"] // 8]
+        factor = int(meta.get("vae_scale_factor") or 8)
+        return structure_trace(
+            dict(meta["config"]),
+            int(latent[0]) * factor,
+            int(latent[1]) * factor,
+            batch=int(meta.get("batch") or 2),
+            detail="modules",
+            tokens=len(trace.tokens) or 77,
+            factor=factor,
+        )
+    except Exception:  # an uploaded trace with an odd config: its own records, fewer shapes
+        return trace
+
+
+class WalkthroughHandlers:
+    """The tab's handlers, on the app's registry and per-browser sessions."""
+
+    def __init__(self, handlers: Any) -> None:
+        self.h = handlers
+        self._presets: dict[str, list[Stage]] = {}
+
+    def items(self, choice: str, request: Any) -> tuple[list[Stage], Any, str]:
+        """(stages, the run's trace or None, cache key) for a model choice."""
+        choice = choice or "run"
+        session = self.h.session(request) if choice == "run" else None
+        if session is not None and session.trace is not None:
+            cached = session.shown.get("walkthrough")
+            if cached is None:
+                cached = session.shown["walkthrough"] = stages(_shapes_of_run(session.trace))
+            return cached, session.trace, "run"
+        key = "demo" if choice == "run" else choice
+        if key not in self._presets:
+            reg = self.h.registry
+            spec = reg.spec(key)
+            size = spec.default_size
+            self._presets[key] = stages(reg.architecture(spec, size, size, 2))
+        return self._presets[key], None, key
+
+    def show(self, form: dict[str, Any], request: Any = None) -> dict[str, Any]:
+        import gradio as gr
+
+        items, run, _ = self.items(form.get("wt_model") or "run", request)
+        try:
+            index = int(form.get("wt_stage") or 0)
+        except (TypeError, ValueError):
+            index = 0
+        index = max(0, min(index, len(items) - 1))
+        n = run.steps if run is not None else 1
+        try:
+            step = int(form.get("wt_step") if form.get("wt_step") is not None else n - 1)
+        except (TypeError, ValueError):
+            step = n - 1
+        step = max(0, min(step, n - 1))
+        choices = [(f"{i + 1}. {st.label}", i) for i, st in enumerate(items)]
+        return {
+            "wt_body": page(items, index, run, step),
+            "wt_stage": gr.update(choices=choices, value=index),
+            "wt_step": gr.update(maximum=max(n - 1, 1), value=step, interactive=n > 1),
+            "wt_msg": "",
+        }
+
+    def after_run(self, form: dict[str, Any], request: Any = None) -> dict[str, Any]:
+        """A new run: its last step, the stage kept."""
+        return self.show({**form, "wt_step": None}, request)
+
+    def move(self, form: dict[str, Any], delta: int) -> dict[str, Any]:
+        try:
+            index = int(form.get("wt_stage") or 0)
+        except (TypeError, ValueError):
+            index = 0
+        return {"wt_stage": max(0, index + delta)}
+
+    def go(self, form: dict[str, Any], request: Any = None) -> dict[str, Any]:
+        """The stage of a diagram node (a module name), from the Architecture tab's link."""
+        from .common import InputError
+
+        name = str(form.get("wt_go") or "").strip()
+        items, _, _ = self.items(form.get("wt_model") or "run", request)
+        for i, st in enumerate(items):
+            if st.name == name:
+                return {"wt_stage": i}
+        for i, st in enumerate(items):
+            if st.node == name or name.startswith(st.name + "."):
+                return {"wt_stage": i}
+        raise InputError(f"no stage of the walkthrough shows {name[:80]!r}")
+
+
+WALK_JS = """
+const ARCH_TAB = __ARCH__, WALK_TAB = __WALK__;
+const tabs = () => [...document.querySelectorAll('#tabs [role=tab]')];
+function showInDiagram(name, node) {
+  const t = tabs()[ARCH_TAB];
+  if (t) t.click();
+  let n = 0;
+  const attempt = () => {
+    const hl = window.__uvHighlight;
+    if (hl && (hl(name) || hl(node))) return;
+    if (++n < 60) setTimeout(attempt, 150);
+  };
+  setTimeout(attempt, 150);
+}
+window.__uvWalkthroughGo = (name) => {
+  const t = tabs()[WALK_TAB];
+  if (t) t.click();
+  const box = document.querySelector('#wt_go textarea, #wt_go input');
+  if (!box) return;
+  box.value = name;
+  box.dispatchEvent(new Event('input', { bubbles: true }));
+  box.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));
+};
+element.addEventListener('click', (e) => {
+  const a = e.target.closest('a.uv-wt-node');
+  if (a) { e.preventDefault(); showInDiagram(a.dataset.name, a.dataset.node); return; }
+  const li = e.target.closest('li.uv-wt-item');
+  if (li) window.__uvWalkthroughGo(li.dataset.name);
+});
+// the way back: a button in the Architecture diagram's toolbar opens the selected node's stage
+const BACK = __BACK__;
+function addBack() {
+  document.querySelectorAll('#diagram .uv-tools').forEach((tools) => {
+    if (tools.querySelector('.uv-wt-back')) return;
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'uv-wt-back';
+    b.innerHTML = BACK;
+    b.addEventListener('click', (e) => {
+      e.preventDefault();
+      const sel = document.querySelector('#diagram .uv-selected > title');
+      window.__uvWalkthroughGo(sel ? sel.textContent.replace(/^cluster_/, '') : 'conv_in');
+    });
+    tools.appendChild(b);
+  });
+}
+addBack();
+new MutationObserver(addBack).observe(document.body, { childList: true, subtree: true });
+"""
+
+
+def build(ctx: Any) -> None:
+    """The Walkthrough tab: model, stage, step, Previous / Next, the stage and the list."""
+    import gradio as gr
+
+    from .common import QUIET, handler, message_slot
+    from .i18n import L
+    from .ui import TABS
+
+    wh = WalkthroughHandlers(ctx.handlers)
+    ctx.c["walkthrough_handlers"] = wh
+    c = ctx.c
+    gr.Markdown(
+        L(
+            "Follow one forward pass of the UNet in the order the data flows: every stage with "
+            "its diffusers name, LDM key, shapes and what flows there. Shapes come from the "
+            "model's structure; the pictures from your last Run."
+        )
+    )
+    try:
+        first = wh.show({"wt_model": "run", "wt_stage": 0, "wt_step": 0})
+        body, choices = first["wt_body"], first["wt_stage"]["choices"]
+    except Exception:  # a broken demo folder: the tab draws on the first event instead
+        body, choices = "", []
+    with gr.Row(equal_height=True):
+        c["wt_model"] = gr.Dropdown(
+            [(L(k), v) for k, v in MODELS], value="run", label=L("Model"), elem_id="wt_model"
+        )
+        # the stage list changes with the model: any index is accepted, the handler clamps it
+        c["wt_stage"] = gr.Dropdown(choices, value=0, label=L("Stage"), elem_id="wt_stage", scale=3,
+                                    allow_custom_value=True)  # fmt: skip
+        c["wt_step"] = gr.Slider(0, 1, value=0, step=1, label=L("Step"), elem_id="wt_step")
+    with gr.Row():
+        c["wt_prev"] = gr.Button(L("Previous"), elem_id="wt_prev", scale=0, min_width=120)
+        c["wt_next"] = gr.Button(L("Next"), variant="primary", elem_id="wt_next", scale=0,
+                                 min_width=120)  # fmt: skip
+        c["wt_msg"] = message_slot("wt_msg")
+    c["wt_go"] = gr.Textbox("", elem_id="wt_go", elem_classes=["uv-hidden"], show_label=False)
+    titles = [t for t, _ in TABS]
+    js = (
+        WALK_JS.replace("__ARCH__", str(ARCHITECTURE_TAB))
+        .replace("__WALK__", str(titles.index("Walkthrough")))
+        .replace("__BACK__", json.dumps(both("link.walkthrough")))
+    )
+    c["wt_body"] = gr.HTML(body, elem_id="wt_body", js_on_load=js)
+
+    show = handler("wt_body", "wt_stage", "wt_step", msg="wt_msg")(wh.show)
+    after = handler("wt_body", "wt_stage", "wt_step", msg="wt_msg")(wh.after_run)
+    prev = handler("wt_stage", msg="wt_msg")(lambda form: wh.move(form, -1))
+    nxt = handler("wt_stage", msg="wt_msg")(lambda form: wh.move(form, +1))
+    go = handler("wt_stage", msg="wt_msg")(wh.go)
+
+    def wire(ctx: Any) -> None:
+        ctx.on([c["wt_model"].input, c["wt_stage"].input, c["wt_step"].release], show, WALK_IN,
+               api_name="walkthrough", trigger_mode="always_last", **{"show_progress": "hidden"})  # fmt: skip
+        for button, fn in ((c["wt_prev"], prev), (c["wt_next"], nxt)):
+            moved = ctx.on(button.click, fn, ("wt_stage",), **QUIET)
+            ctx.on(moved, show, WALK_IN, **QUIET)
+        went = ctx.on(c["wt_go"].input, go, ("wt_go", "wt_model"), **QUIET)
+        ctx.on(went, show, WALK_IN, **QUIET)
+        if "run_event" in ctx.c:
+            ctx.on(ctx.c["run_event"], after, WALK_IN, **QUIET)
+
+    ctx.wiring.append(wire)
