@@ -215,7 +215,8 @@ def _transformer_steps(r: Any, records: dict[str, Any]) -> tuple[list, dict[str,
         if attn2 is not None and k == 0:
             q = attn2.inputs.get("sample")
             ctx = attn2.inputs.get("encoder_hidden_states")
-            facts.update(tokens=shape_text(q), context=shape_text(ctx))
+            facts.update(tokens=q[1] if isinstance(q, list) and len(q) == 3 else "?")
+            facts["context"] = shape_text(ctx)
         k += 1
     if k == 0:  # a layers-detail trace: the inner modules were not recorded
         steps += [("sub.tf.attn1", "", None), ("sub.tf.attn2", "", None), ("sub.tf.ff", "", None)]
@@ -293,6 +294,8 @@ def pictures(stage: Stage, run: Any, step: int) -> list[str]:
         )
     if stage.kind == "transformer":
         figs += _word_maps(stage.name, run, step)
+    if stage.kind.startswith("time_embedding"):
+        figs += _sinusoids(stage, run, step)
     if stage.kind in ("resnet", "resnet_skip"):
         bars = _temb_bars(stage.name, run, step)
         if bars:
@@ -305,6 +308,32 @@ def _coloured(values: Any) -> Any:
     from ..colors import colorize
 
     return colorize(values, 0.0, 1.0)
+
+
+def _sinusoids(stage: Stage, run: Any, step: int) -> list[str]:
+    """The timestep of ``step`` as the model's sinusoids: one row of the strip per step, this
+    step's row marked (the model's own ``timestep_embedding``)."""
+    import numpy as np
+    import torch
+
+    from ..model.embeddings import timestep_embedding
+
+    steps = [t for t in run.timesteps if t is not None]
+    dim = int(stage.facts.get("sinusoids") or 0)
+    if not steps or dim <= 0:
+        return []
+    config = run.meta.get("config") or {}
+    emb = timestep_embedding(
+        torch.tensor(steps, dtype=torch.float32),
+        dim,
+        bool(config.get("flip_sin_to_cos", True)),
+        float(config.get("freq_shift", 0) or 0),
+    )
+    rgb = _coloured(((emb + 1) / 2).numpy())
+    row = min(step, len(steps) - 1)
+    rgb[row, :, :] = np.maximum(rgb[row, :, :], 200)  # this step, lightened
+    t = steps[row]
+    return [_figure(_png(rgb, px=224), "pic.sinusoids", t=f"{t:g}")]
 
 
 def _word_maps(transformer: str, run: Any, step: int) -> list[str]:
