@@ -1,7 +1,7 @@
 """The "Experiments" tab: re-weight a word, ablate skips / blocks, scale the time embedding, and
 see base and edited images side by side with their difference; or sweep one edit per block,
 layer or skip and see the diagram filled by effect. A new file that plugs into ``ui.TABS`` as
-``("Experiments", build_experiments)``; the work is done by ``unetviz.edits.handlers``.
+``("Experiments", build_experiments)``; the work is done by ``unetviz.app.edit_handlers``.
 
 Model calls hold the registry's lock and share the "model" queue with generation, as every
 model-touching event does; user errors show beside the controls and the app stays up.
@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from unetviz.errors import UnetvizError
+from unetviz.names import is_block, layer_order
 
 from .common import diagram_panel, text_md
 from .views import panel_html
@@ -38,7 +39,7 @@ APP_MAX_SWEEP_STEPS = 2000
 #: measure is read from one image, change always (a pixel difference has only a change)
 CHANGED_HEADERS = ["measure", "base", "edited", "change"]
 NOT_APPLICABLE = "—"
-#: readable names of the rows ``unetviz.edits.handlers.run_edited`` gives
+#: readable names of the rows ``unetviz.app.edit_handlers.run_edited`` gives
 MEASURES = {
     "mean abs pixel change": "pixels: mean |edited − base| (0–1)",
     "max abs pixel change": "pixels: largest |edited − base| (0–1)",
@@ -50,7 +51,7 @@ MEASURES = {
 }
 
 
-#: the "Effect per target" table: a sweep row's keys (``unetviz.edits.handlers.run_sweep``)
+#: the "Effect per target" table: a sweep row's keys (``unetviz.app.edit_handlers.run_sweep``)
 #: -> column titles; the demo model's scores follow its pixel change (other models have none)
 SWEEP_COLUMNS = {
     "target": "target",
@@ -180,8 +181,9 @@ def edited(
     ``swap``: an edited prompt drawn with the prompt's attention maps (prompt-to-prompt
     Replace), besides or instead of the other edits."""
     from unetviz.edits import Replace
-    from unetviz.edits import handlers as eh
     from unetviz.edits.spec import EditError
+
+    from . import edit_handlers as eh
 
     swap = (swap or "").strip()
     try:
@@ -232,8 +234,9 @@ def swept(
     progress: Any = None,
 ) -> tuple[Any, Any, str]:
     """The "Sweep" event: diagram HTML filled by effect, table, message."""
-    from unetviz.edits import handlers as eh
     from unetviz.edits.spec import EditError
+
+    from . import edit_handlers as eh
 
     def bounded(pipe: Any) -> Any:
         """The sweep, once its runs x steps are known to fit the shared server's bound."""
@@ -290,12 +293,8 @@ def demo_choices(registry: Any) -> dict[str, list[Any]]:
 
     spec = registry.spec("demo")
     state = architecture_state(spec, spec.default_size, spec.default_size, 2)
-    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     names = [str(b["name"]) for b in state.get("blocks", [])]
-    blocks = [
-        n for n in names if n == "mid_block" or (n.count(".") == 1 and n.split(".")[0] in stage)
-    ]
-    blocks.sort(key=lambda n: (stage[n.split(".")[0]], int(n.split(".")[1]) if "." in n else 0))
+    blocks = layer_order([n for n in names if is_block(n)])
     skips = sorted(state.get("skips", []), key=lambda s: int(s["index"]))
     return {
         "blocks": list(dict.fromkeys(blocks)),

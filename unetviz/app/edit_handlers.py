@@ -1,6 +1,6 @@
 """What an "Experiments" tab calls: plain functions from a pipeline and the controls' values to
-images, tables and diagrams (no Gradio here; the app wires them). Top layer, beside the app:
-imports render (through figures) and the demo scorer.
+images, tables and diagrams (no Gradio here; ``app.experiments`` wires them to the
+Experiments tab).
 
 - :func:`choices`: the words, blocks, layers and skips the controls may offer.
 - :func:`run_edited`: base and edited runs side by side, their difference, a summary table and
@@ -16,12 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .demo_scores import scorer_for
-from .figures import comparison_strip, sweep_diagram
-from .model_map import ModelMap
-from .session import Comparison, pixel_diff
-from .spec import AblateBlock, AblateSkip, Edit, EditError, Reweight, ScaleTemb
-from .sweep import Sweep
+from unetviz.edits.model_map import ModelMap
+from unetviz.edits.session import Comparison, pixel_diff
+from unetviz.edits.spec import AblateBlock, AblateSkip, Edit, EditError, Reweight, ScaleTemb
+from unetviz.edits.sweep import Sweep
+from unetviz.render.edits import comparison_strip, sweep_diagram
+from unetviz.training.edit_scores import scorer_for
 
 Progress = Callable[[int, int], None] | None
 
