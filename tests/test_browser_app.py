@@ -42,6 +42,7 @@ def page(served, browser):
 
     context.route("**/*", route)
     p = context.new_page()
+    p.on("console", lambda m: m.type == "error" and print("console error:", m.text[:300]))
     p.outside = outside  # type: ignore[attr-defined]
     p.goto(served.url)
     yield p
@@ -124,11 +125,7 @@ def test_sd15_blocks_fit_readable_and_node_row_selection(page):
     page.get_by_role("tab", name="Architecture").click()
     page.locator("#arch_model input").click()
     page.get_by_role("option", name="SD 1.5 preset (meta: shapes only)").click()
-    page.wait_for_function(
-        "() => (document.querySelector('#diagram .uv-title') || {}).textContent?.includes('sd15')"
-        " && document.querySelector('#diagram-svg svg').dataset.uvReady",
-        timeout=WAIT,
-    )
+    _drawn(page, "diagram-svg", "sd15", after=1)
     # the choice set the model's native size in both boxes (and drew at that size)
     assert page.locator("#arch_h input").input_value() == "512"
     assert page.locator("#arch_w input").input_value() == "512"
@@ -344,14 +341,24 @@ def _zooms(page, panel: str) -> bool:
 def _drawn(page, panel: str, title: str, after: int = 0) -> int:
     """Wait until ``panel`` shows a bound drawing (the ``after``-th or a later one) whose title
     holds ``title``; returns its number."""
-    page.wait_for_function(
-        "([p, t, n]) => { const el = document.getElementById(p);"
-        " return el && +(el.dataset.uvDrawn || 0) > n"
-        " && el.querySelector(':scope > svg > g.svg-pan-zoom_viewport')"
-        " && el.closest('.unetviz-diagram').querySelector('.uv-title').textContent.includes(t); }",
-        arg=[panel, title, after],
-        timeout=WAIT,
-    )
+    try:
+        page.wait_for_function(
+            "([p, t, n]) => { const el = document.getElementById(p);"
+            " return el && +(el.dataset.uvDrawn || 0) > n"
+            " && el.querySelector(':scope > svg > g.svg-pan-zoom_viewport')"
+            " && el.closest('.unetviz-diagram').querySelector('.uv-title').textContent"
+            ".includes(t); }",
+            arg=[panel, title, after],
+            timeout=WAIT,
+        )
+    except Exception:  # what the panel shows instead, for the failure's report
+        print(page.evaluate(
+            "p => { const el = document.getElementById(p); return el && [el.dataset.uvDrawn,"
+            " el.querySelectorAll('.svg-pan-zoom_viewport').length, el.clientWidth,"
+            " el.closest('.unetviz-diagram').querySelector('.uv-title').textContent]; }",
+            panel,
+        ))  # fmt: skip
+        raise
     return int(page.locator(f"#{panel}").get_attribute("data-uv-drawn"))
 
 
@@ -488,6 +495,9 @@ def test_an_uploaded_traces_strings_are_text(page, served, tmp_path):
     page.locator("#prompt textarea").wait_for(timeout=WAIT)
     if not page.locator("#upload").is_visible():
         page.get_by_text("Explore a saved trace bundle").click()
+    clear = page.locator("#upload button[aria-label*='lear']")
+    if clear.count():  # the file uploaded before is shown in place of the drop zone
+        clear.first.click()
     page.locator("#upload input[type=file]").set_input_files(str(bundle))
     page.wait_for_function(
         "() => document.querySelector('#status').innerText.includes('evil.zip')", timeout=WAIT

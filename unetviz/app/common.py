@@ -224,7 +224,8 @@ class TabContext:
         ]
 
         def mapped(out: dict[str, Any]) -> dict[Any, Any]:
-            return {c[k]: v for k, v in out.items()}
+            # gradio reads an empty dict as one value for every output: skip one instead
+            return {c[k]: v for k, v in out.items()} or {c[outs[0]]: gr.skip()}
 
         n = len(names)
 

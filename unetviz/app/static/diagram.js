@@ -3,10 +3,11 @@
 // Runs as a gr.HTML js_on_load body: `element` is the component's root.
 //
 // gradio patches a gr.HTML's DOM in place on a new value (the <svg> element survives, its
-// children are replaced), so nothing here is bound to one drawing: the buttons and clicks are
-// delegated from `element` once and look up the panel's current pan/zoom instance, and
-// `bind()` runs on every change of the element's subtree and (re)binds pan/zoom whenever the
-// SVG has no pan/zoom viewport of its own, i.e. on every new drawing.
+// children are replaced) and may re-mount a component, so nothing here is bound to one drawing
+// or one component: the buttons and clicks are delegated from the document once and look up
+// the panel's current pan/zoom instance, and `bind()` runs after every change of the page and
+// (re)binds pan/zoom on every panel whose SVG has no pan/zoom viewport of its own, i.e. on
+// every new drawing.
 (function (element) {
   const NS = "http://www.w3.org/2000/svg";
   const nameOf = (g) => {
@@ -14,8 +15,7 @@
     return t ? t.textContent.replace(/^cluster_/, "") : "";
   };
   const state = (window.__uvPanels = window.__uvPanels || {});
-  const parts = () => {
-    const box = element.querySelector(".unetviz-diagram");
+  const parts = (box) => {
     const panel = box && box.querySelector(".uv-panel");
     const svg = panel && panel.querySelector(":scope > svg");
     return { box, panel, svg };
@@ -100,8 +100,22 @@
     setTimeout(() => selectRow(name, true), 800);
   }
 
+  // every diagram panel on the page, whichever component it is in and however often gradio
+  // re-mounts or patches it
   function bind() {
-    const { box, panel, svg } = parts();
+    document.querySelectorAll(".unetviz-diagram").forEach((box) => {
+      try {
+        bindNow(box);
+      } catch (e) {
+        // a drawing caught half-patched by gradio: try again once it has settled
+        console.error("unetviz diagram: " + e);
+        setTimeout(bind, 200);
+      }
+    });
+  }
+
+  function bindNow(box) {
+    const { panel, svg } = parts(box);
     if (!svg || svg.querySelector(":scope > g.svg-pan-zoom_viewport")) return; // none, or bound
     if (!window.svgPanZoom) {
       setTimeout(bind, 50);
@@ -171,13 +185,15 @@
     st.pz.center();
   }
 
-  // bound once per component: every drawing it will show uses them
-  if (!element.__uvDelegated) {
-    element.__uvDelegated = true;
+  // bound once per page, on the document: every panel and every drawing it will show uses them
+  if (!window.__uvDelegated) {
+    window.__uvDelegated = true;
     let down = null;
-    element.addEventListener("mousedown", (e) => (down = [e.clientX, e.clientY]));
-    element.addEventListener("click", (e) => {
-      const { panel, svg } = parts();
+    document.addEventListener("mousedown", (e) => (down = [e.clientX, e.clientY]));
+    document.addEventListener("click", (e) => {
+      const box = e.target.closest && e.target.closest(".unetviz-diagram");
+      if (!box) return;
+      const { panel, svg } = parts(box);
       if (!panel) return;
       const st = state[panel.id];
       const tool = e.target.closest(".uv-fit, .uv-in, .uv-out");
@@ -197,7 +213,15 @@
       highlight(panel, name, false);
       if (panel.id === "diagram-svg") selectRow(name, false);
     });
-    new MutationObserver(() => bind()).observe(element, { childList: true, subtree: true });
+    let queued = false;
+    new MutationObserver(() => {
+      if (queued) return;
+      queued = true;
+      requestAnimationFrame(() => {
+        queued = false;
+        bind();
+      });
+    }).observe(document.body, { childList: true, subtree: true });
   }
 
   if (!window.__uvTableHooked) {
