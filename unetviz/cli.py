@@ -121,8 +121,12 @@ def _model_source(model: str) -> Source:
     from .detect import demo_geometry, detect_model
 
     found = detect_model(model)
+    if found.kind == "single":  # the config its family and conv_in imply (header only)
+        from .single_file import read_unet_config
+
+        return Source(read_unet_config(found.path), str(model))
     if found.unet_config is None or not found.unet_config.is_file():
-        what = "a single-file checkpoint" if found.kind == "single" else "not a local folder"
+        what = "not a local folder"
         raise CliError(
             f"--model {_short(model)!r} is {what}: diagram and summary read only a UNet config; "
             "give a diffusers folder, a unet folder or --config path/to/config.json"
