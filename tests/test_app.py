@@ -440,8 +440,8 @@ def test_a_model_choice_sets_its_size_and_draws_in_one_call(served):
 
 
 def test_experiments_choices_come_from_the_structure_not_the_model(served, ran):
+    from unetviz.app import edit_handlers as eh
     from unetviz.app.experiments import demo_choices
-    from unetviz.edits import handlers as eh
 
     mine = demo_choices(served.registry)
     theirs = eh.choices(served.registry.pipeline("demo"))
@@ -616,7 +616,7 @@ def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
     its note saying why and what to do; choosing DAAM then says so in the heatmap area."""
     h, user = served.handlers, Request("no-daam")
     run = served.registry.generate(
-        "demo", prompt="a red circle", seed=0, steps=TEST_STEPS, guidance=4.0
+        "demo", prompt="a red circle", seed=0, steps=TEST_STEPS, guidance=4.0, daam=False
     )
     assert not views.has_daam(run.trace)
     bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "p.zip")
