@@ -520,3 +520,13 @@ def test_parquet_row_and_footer_bounds_at_their_stated_values(tmp_path):
             read_table(fake, 10)
         # at the limit pyarrow reads the footer length and finds the file too short for it
         assert (f"footer of at most {MAX_FOOTER_BYTES:,} bytes" in str(err.value)) is not ok
+
+
+def test_names_from_a_file_with_non_ascii_digits_sort_without_error():
+    """A trace's layer names come from the file: "²" passes ``str.isdigit`` but not ``int``."""
+    from unetviz import names
+
+    hostile = ["down_blocks.².attentions.0", "up_blocks.1.attentions.٣", "down_blocks.0"]
+    assert names.forward_key("down_blocks.².attentions.0") == (1, [0])
+    assert not names.is_block("down_blocks.²") and names.is_block("down_blocks.1")
+    assert sorted(names.layer_order(hostile)) == sorted(hostile)
