@@ -218,7 +218,7 @@ def test_a_trace_without_daam_sums_uploads_while_daam_is_chosen(page, served, tm
     from unetviz.app import views
     from unetviz.app.sessions import Session
 
-    run = served.registry.generate("demo", prompt="a red circle", steps=TEST_STEPS)
+    run = served.registry.generate("demo", prompt="a red circle", steps=TEST_STEPS, daam=False)
     assert not views.has_daam(run.trace)
     bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "plain.zip")
     page.get_by_role("tab", name="Attention").click()

@@ -363,8 +363,8 @@ def test_attention_normalisation_and_scale_change_the_pictures(demo_run, scale, 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--seed", "-1"], "--seed=-1: expected an integer 0..18446744073709551615"),
-        (["--seed", str(2**64)], f"--seed={2**64}: expected an integer 0.."),
+        (["--seed", "-1"], "--seed=-1: expected a whole number 0..18446744073709551615"),
+        (["--seed", str(2**64)], f"--seed={2**64}: expected a whole number 0.."),
         (["--recipe", "dam"], "--recipe 'dam': expected one of daam"),
         (["--scale", "log"], "--scale 'log': expected one of shared, per-token"),
         (["--guidance", "nan"], "--guidance nan: expected a finite number"),

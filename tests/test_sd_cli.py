@@ -50,7 +50,7 @@ def test_attention_writes_image_heatmaps_and_trace(tmp_path, capsys):
 
 def test_attention_negative_maps_and_long_prompt_warning(tmp_path, capsys):
     out = tmp_path / "neg"
-    long_prompt = " ".join(["red cat"] * 150)
+    long_prompt = " ".join(["red cat"] * 200)  # 400 tokens: past 4 chunks of 75
     code = _run(
         ["attention", long_prompt, "-m", str(tiny_sd_dir("sd1")), "-o", str(out), "--steps", "1"]
         + ["-n", "blue house", "--negative-maps"]

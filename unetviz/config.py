@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnetvizError
+from .files import ModelPathError, read_bytes
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -28,7 +29,9 @@ class ConfigError(UnetvizError):
 
 
 # Keys diffusers writes that we accept only at one value (the value every SD 1.x/2.x/SDXL
-# checkpoint uses). Anything else would need code paths no Stable Diffusion UNet exercises.
+# checkpoint uses; a value that builds the same model, such as a per-block list of that value,
+# is accepted too). Anything else needs code paths no Stable Diffusion UNet exercises: the
+# refusal names the key and the reason (docs/models.md lists them all).
 _FIXED: dict[str, tuple[Any, str]] = {
     "dual_cross_attention": (False, "dual cross-attention is a Versatile Diffusion feature"),
     "only_cross_attention": (False, "self-attention replaced by cross-attention is not used by SD"),
@@ -36,22 +39,55 @@ _FIXED: dict[str, tuple[Any, str]] = {
     "time_embedding_type": ("positional", "only sinusoidal (positional) timesteps are used by SD"),
     "time_embedding_act_fn": (None, "SD applies no extra activation after the time embedding"),
     "timestep_post_act": (None, "SD applies no activation after the time embedding"),
-    "time_cond_proj_dim": (None, "LCM-style guidance embeddings are not implemented"),
+    "time_cond_proj_dim": (
+        None,
+        "the guidance embedding of LCM distillations (w -> timestep_cond) is not implemented",
+    ),
     "time_embedding_dim": (None, "the time embedding is always 4 x block_out_channels[0] in SD"),
     "encoder_hid_dim": (None, "text projections inside the UNet are not used by SD"),
     "encoder_hid_dim_type": (None, "text projections inside the UNet are not used by SD"),
     "class_embeddings_concat": (False, "class embeddings are added to temb, not concatenated"),
     "conv_in_kernel": (3, "SD uses 3x3 conv_in"),
     "conv_out_kernel": (3, "SD uses 3x3 conv_out"),
-    "act_fn": ("silu", "SD uses SiLU everywhere"),
+    "act_fn": ("silu", "SD uses SiLU everywhere ('swish' is the same function)"),
     "resnet_skip_time_act": (False, "SD applies SiLU to temb before time_emb_proj"),
     "resnet_out_scale_factor": (1.0, "SD resnets use output_scale_factor 1"),
     "cross_attention_norm": (None, "SD does not normalise encoder_hidden_states in attention"),
     "mid_block_only_cross_attention": (None, "SD mid blocks use self- and cross-attention"),
     "attention_type": ("default", "gated (GLIGEN) attention is not implemented"),
-    "reverse_transformer_layers_per_block": (None, "SD up blocks mirror the down blocks"),
+    "reverse_transformer_layers_per_block": (
+        None,
+        "per-layer transformer depths in the up blocks (Segmind's SSD-1B / Vega) are not "
+        "implemented",
+    ),
     "addition_embed_type_num_heads": (64, "only used by text_image embeddings"),
     "dropout": (0.0, "inference tool: dropout is always 0"),
+}
+#: Values of fixed keys that build the same model as the fixed value.
+_SAME: dict[str, tuple[Any, ...]] = {
+    "act_fn": ("swish",),
+    "mid_block_only_cross_attention": (False,),
+}
+#: Fixed keys whose value never changes an inference model (any value of the right type).
+_INERT = {
+    "dropout": "dropout is off at inference (eval mode)",
+    "addition_embed_type_num_heads": "used only by 'text_image' embeddings",
+}
+
+#: Everything a config diffusers accepts may hold that unetviz refuses, with the reason: the
+#: documented unsupported list (docs/models.md). Every refusal names one of these keys.
+UNSUPPORTED: dict[str, str] = {
+    **{k: why for k, (_, why) in _FIXED.items() if k not in _INERT},
+    "down_block_types": "only CrossAttnDownBlock2D and DownBlock2D are implemented",
+    "up_block_types": "only CrossAttnUpBlock2D and UpBlock2D are implemented",
+    "mid_block_type": "only UNetMidBlock2DCrossAttn is implemented (no mid block: not either)",
+    "norm_num_groups": "SD always normalises the output (norm_num_groups None is not built)",
+    "class_embed_type": "only None, 'timestep', 'identity' and 'projection' are implemented",
+    "addition_embed_type": "only None and 'text_time' (SDXL) are implemented",
+    "cross_attention_dim": "one text width for every block (per-block widths are not built)",
+    "transformer_layers_per_block": "one depth per block (per-layer lists are not built)",
+    "attention_head_dim": "the heads must divide each block's channels",
+    "sample_size": "a square default size (a [height, width] pair must be equal)",
 }
 
 
@@ -74,13 +110,13 @@ _SCHEMA: dict[str, tuple[str, float, float, bool, bool]] = {
     "flip_sin_to_cos": (_BOOL, 0, 0, False, False),
     "freq_shift": (_NUM, -1e3, 1e3, False, False),
     "down_block_types": (_STR, 0, 0, False, True),
-    "mid_block_type": (_STR, 0, 0, False, False),
+    "mid_block_type": (_STR, 0, 0, True, False),
     "up_block_types": (_STR, 0, 0, False, True),
     "block_out_channels": (_INT, 1, MAX_CHANNELS, False, True),
     "layers_per_block": (_INT, 1, MAX_LAYERS, False, True),
     "downsample_padding": (_INT, 0, 8, False, False),
     "mid_block_scale_factor": (_NUM, 1e-6, 1e6, False, False),
-    "norm_num_groups": (_INT, 1, MAX_CHANNELS, False, False),
+    "norm_num_groups": (_INT, 1, MAX_CHANNELS, True, False),
     "norm_eps": (_NUM, 1e-30, 1.0, False, False),
     "cross_attention_dim": (_INT, 1, MAX_CHANNELS, False, True),
     "transformer_layers_per_block": (_INT, 1, MAX_LAYERS, False, True),
@@ -93,6 +129,11 @@ _SCHEMA: dict[str, tuple[str, float, float, bool, bool]] = {
     "addition_embed_type": (_STR, 0, 0, True, False),
     "addition_time_embed_dim": (_INT, 1, MAX_CHANNELS, True, False),
     "projection_class_embeddings_input_dim": (_INT, 1, 65536, True, False),
+}
+# keys kept in ``extra`` whose any value builds the same model: typed and bounded all the same
+_EXTRA_SCHEMA: dict[str, tuple[str, float, float, bool, bool]] = {
+    "dropout": (_NUM, 0, 1, False, False),
+    "addition_embed_type_num_heads": (_INT, 1, MAX_CHANNELS, False, False),
 }
 
 
@@ -117,7 +158,7 @@ def _short(value: Any) -> str:
 
 
 def _check_types(data: Mapping[str, Any]) -> None:
-    for key, (kind, low, high, nullable, per_block) in _SCHEMA.items():
+    for key, (kind, low, high, nullable, per_block) in {**_SCHEMA, **_EXTRA_SCHEMA}.items():
         if key not in data:
             continue
         value = data[key]
@@ -129,6 +170,11 @@ def _check_types(data: Mapping[str, Any]) -> None:
                     f"{key} has {len(value)} entries: expected 1 to {MAX_BLOCKS} (one per block)"
                 )
             for i, item in enumerate(value):
+                if isinstance(item, (list, tuple)) and key in UNSUPPORTED:
+                    raise ConfigError(
+                        f"{key}[{i}] = {_short(item)}: per-layer values are not supported "
+                        f"({UNSUPPORTED[key]})"
+                    )
                 check_value(f"{key}[{i}]", item, kind, low, high)
         elif key in ("down_block_types", "up_block_types", "block_out_channels"):
             raise ConfigError(f"{key} = {_short(value)}: expected a list, one entry per block")
@@ -192,6 +238,7 @@ class UNetConfig:
             value = getattr(self, key)
             if isinstance(value, list):
                 setattr(self, key, tuple(value))
+        self.sample_size = _sample_size(self.sample_size)
         self.validate()
 
     # ------------------------------------------------------------------ derived values
@@ -260,7 +307,8 @@ class UNetConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first key whose value unetviz cannot build: types and
         bounds first (nothing is built from an unchecked value), then the structure."""
-        _check_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        _check_types({**(self.extra if isinstance(self.extra, dict) else {}), **fields})
         self._check_layout()
         self._check_channels()
         self._check_embeddings()
@@ -268,6 +316,9 @@ class UNetConfig:
     def _check_layout(self) -> None:
         """Block types known, and every per-block list as long as block_out_channels."""
         n = self.n_blocks
+        for key in ("mid_block_type", "norm_num_groups"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"{key} = None is not supported: {UNSUPPORTED[key]}")
         for t in self.down_block_types:
             if t not in DOWN_BLOCK_TYPES:
                 raise ConfigError(
@@ -364,10 +415,13 @@ class UNetConfig:
                     f"unknown config key {_short(key)}: unetviz does not know what it changes"
                 )
             expected, why = _FIXED[key]
-            if value != expected and not (expected is None and value is False):
-                raise ConfigError(
-                    f"{key} = {_short(value)} is not supported (expected {expected!r}): {why}"
-                )
+            if key in _INERT or _same(value, expected) or value in _SAME.get(key, ()):
+                continue
+            if key == "time_embedding_dim" and value == self.time_embed_dim:
+                continue  # the value SD uses, written out
+            raise ConfigError(
+                f"{key} = {_short(value)} is not supported (expected {expected!r}): {why}"
+            )
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -395,7 +449,9 @@ class UNetConfig:
                 )
         if kwargs.get("upcast_attention") is None:
             kwargs["upcast_attention"] = False
-        _check_types(kwargs)
+        if "sample_size" in kwargs:
+            kwargs["sample_size"] = _sample_size(kwargs["sample_size"])
+        _check_types({**extra, **kwargs})
         return cls(**kwargs, extra=extra)
 
     @classmethod
@@ -438,8 +494,6 @@ def read_json(path: str | Path, what: str = "config", limit: int = MAX_CONFIG_BY
     """A JSON object from a regular file of at most ``limit`` bytes; ConfigError otherwise
     (FIFOs and devices refused before reading, nesting too deep, not an object). Errors name
     the file, never echo its content."""
-    from .detect import ModelPathError, read_bytes
-
     path = Path(path)
     try:
         raw = read_bytes(path, limit, what)
@@ -460,10 +514,37 @@ def read_json(path: str | Path, what: str = "config", limit: int = MAX_CONFIG_BY
     return data
 
 
-# ---------------------------------------------------------------------------------- demo parts
-#: Bounds of the demo-format parts (text_encoder/config.json, tokenizer/vocab.json,
-#: scheduler/scheduler_config.json); the shipped model: vocab 18, 16 tokens, width 64, 2 layers.
-DEMO_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
+# ---------------------------------------------------------------------------------- other parts
+#: Bounds of a VAE's config.json (diffusers' AutoencoderKL keys; SD's VAE: 128..512 channels,
+#: 2 layers, 4 latent channels), checked before unetviz's or diffusers' autoencoder is built.
+VAE_SCHEMA: dict[str, tuple[str, float, float]] = {
+    "block_out_channels": (_INT, 1, 4096),
+    "layers_per_block": (_INT, 1, 8),
+    "latent_channels": (_INT, 1, 64),
+    "in_channels": (_INT, 1, 16),
+    "out_channels": (_INT, 1, 16),
+    "norm_num_groups": (_INT, 1, 4096),
+    "sample_size": (_INT, 1, 16384),
+    "scaling_factor": (_NUM, 1e-6, 1e6),
+    "shift_factor": (_NUM, -1e6, 1e6),
+    "down_block_types": (_STR, 0, 0),
+    "up_block_types": (_STR, 0, 0),
+}
+#: Bounds of a CLIP text encoder's config.json (transformers' CLIPTextConfig keys; SD 1.x:
+#: width 768, 12 layers; SDXL's second: 1280, 32 layers).
+CLIP_SCHEMA: dict[str, tuple[str, float, float]] = {
+    "hidden_size": (_INT, 1, 8192),
+    "intermediate_size": (_INT, 1, 32768),
+    "num_hidden_layers": (_INT, 1, 64),
+    "num_attention_heads": (_INT, 1, 128),
+    "vocab_size": (_INT, 1, 1_000_000),
+    "max_position_embeddings": (_INT, 1, 4096),
+    "projection_dim": (_INT, 1, 8192),
+}
+#: Bounds of every model part's config other than the UNet's, by part: the demo format's own
+#: text encoder, tokenizer (vocab.json) and scheduler (the shipped model: vocab 18, 16 tokens,
+#: width 64, 2 layers), and any model's ``vae`` and ``clip`` text encoder.
+PART_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
     "text_encoder": {
         "vocab_size": (_INT, 1, 100_000),
         "max_length": (_INT, 3, 1024),
@@ -476,36 +557,19 @@ DEMO_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
     },
     "tokenizer": {"max_length": (_INT, 3, 1024)},
     "scheduler": {"num_train_timesteps": (_INT, 2, 100_000)},
-    # real SD parts, checked before diffusers / transformers build anything from them
-    "vae": {
-        "block_out_channels": (_INT, 1, 4096),
-        "layers_per_block": (_INT, 1, 8),
-        "latent_channels": (_INT, 1, 64),
-        "in_channels": (_INT, 1, 16),
-        "out_channels": (_INT, 1, 16),
-        "norm_num_groups": (_INT, 1, 4096),
-        "sample_size": (_INT, 1, 16384),
-    },
-    "clip": {
-        "hidden_size": (_INT, 1, 8192),
-        "intermediate_size": (_INT, 1, 32768),
-        "num_hidden_layers": (_INT, 1, 64),
-        "num_attention_heads": (_INT, 1, 128),
-        "vocab_size": (_INT, 1, 1_000_000),
-        "max_position_embeddings": (_INT, 1, 4096),
-        "projection_dim": (_INT, 1, 8192),
-    },
+    "vae": VAE_SCHEMA,
+    "clip": CLIP_SCHEMA,
 }
 MAX_DEMO_TEXT_PARAMS = 50_000_000  # 200 MB in float32
 
 
 def check_part_config(part: str, data: Any) -> dict[str, Any]:
-    """Types and bounds of a model part's config (``DEMO_SCHEMAS[part]``: ``vae``, ``clip``,
+    """Types and bounds of a model part's config (``PART_SCHEMAS[part]``: ``vae``, ``clip``,
     ``scheduler`` and the demo parts); list values (``block_out_channels``) are checked item by
     item, at most 16 items. Returns ``data``; ConfigError naming the key otherwise."""
     if not isinstance(data, dict):
         raise ConfigError(f"{part} config must be a JSON object, found {type(data).__name__}")
-    for key, (kind, low, high) in DEMO_SCHEMAS[part].items():
+    for key, (kind, low, high) in PART_SCHEMAS[part].items():
         value = data.get(key)
         if key not in data or (value is None and part in ("vae", "clip")):
             continue
@@ -543,6 +607,31 @@ def check_demo_config(part: str, data: Any) -> dict[str, Any]:
         for i, word in enumerate(vocab):
             check_value(f"tokenizer.vocab[{i}]", word, _STR)
     return data
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """``value`` builds what ``expected`` builds: equal, False for None, or a per-block list
+    of it (diffusers takes ``only_cross_attention`` per block)."""
+    if isinstance(value, (list, tuple)) and not isinstance(expected, (list, tuple)):
+        return 1 <= len(value) <= MAX_BLOCKS and all(_same(v, expected) for v in value)
+    if isinstance(value, bool) != isinstance(expected, bool) and expected is not None:
+        return False  # True == 1: a bool never stands for a number, nor a number for a bool
+    return value == expected or (expected is None and value is False)
+
+
+def _sample_size(value: Any) -> Any:
+    """diffusers' ``sample_size`` (the default latent side: None, an int or a [height, width]
+    pair) as the one int the pipelines use: None -> 64 (SD 1.x's default), a square pair -> its
+    side; anything else is returned for the type check to name."""
+    if value is None:
+        return 64
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        if value[0] != value[1] or isinstance(value[0], bool):
+            raise ConfigError(
+                f"sample_size = {_short(list(value))} is not supported: {UNSUPPORTED['sample_size']}"
+            )
+        return value[0]
+    return value
 
 
 def _per_block(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:

@@ -311,10 +311,15 @@ def _load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
             owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
             leaf = name.rpartition(".")[2]
             if leaf == "position_ids":
-                value = torch.arange(buf.shape[-1]).expand(buf.shape)
+                value = torch.arange(buf.shape[-1], device=_device_of(module)).expand(buf.shape)
             else:
                 raise SingleFileError(f"{what}: buffer {name} has no value after loading")
             owner.register_buffer(leaf, value, persistent=False)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s loaded parameters live (CPU when it has none)."""
+    return next((p.device for p in module.parameters() if not p.is_meta), torch.device("cpu"))
 
 
 def _take(sf: SingleFile, prefix: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

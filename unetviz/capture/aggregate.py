@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
+from ..colors import minmax
+from ..tokens import match_key
 from .errors import TraceError
 from .records import AttentionRecord
 
@@ -47,10 +49,6 @@ NORMALIZE_MODES = ("minmax", "max", "sum")
 
 
 # ---------------------------------------------------------------------------------- tokens
-def _clean(label: str) -> str:
-    return label.replace("</w>", "").replace("Ġ", "").replace("▁", "").strip().lower()
-
-
 def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
     """Positions of ``token``: an index, a list of indices, or a word. A word selects every
     token whose ``trace.words`` entry equals it (case-insensitive): its sub-tokens are merged
@@ -75,7 +73,7 @@ def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
     if trace.words:
         hits = [i for i, w in enumerate(trace.words) if w is not None and w.lower() == word]
     else:
-        hits = [i for i, t in enumerate(trace.tokens) if _clean(t) == word]
+        hits = [i for i, t in enumerate(trace.tokens) if match_key(t) == word]
     hits = [i for i in hits if i < n]
     if not hits:
         if not trace.tokens:
@@ -83,7 +81,7 @@ def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
                 f"token {token!r}: this trace has no token labels (trace.tokens is empty: "
                 f"captured outside a pipeline); address tokens by index 0..{n - 1}"
             )
-        known = sorted({w for w in trace.words if w} or {_clean(t) for t in trace.tokens} - {""})
+        known = sorted({w for w in trace.words if w} or {match_key(t) for t in trace.tokens} - {""})
         raise TraceError(f"word {token!r} is not in the prompt; words: {known}")
     return hits
 
@@ -513,8 +511,7 @@ def _normalize(x: torch.Tensor, how: str | None) -> torch.Tensor:
     if how in (None, "none"):
         return x
     if how == "minmax":
-        lo, hi = x.min(), x.max()
-        return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+        return minmax(x)
     if how == "max":
         hi = x.max()
         return x / hi if hi > 0 else torch.zeros_like(x)

@@ -43,7 +43,9 @@ class Capture:
     ``trace.heatmap(..., preset="daam")`` needs (bounded: SD 1.5 at 512 px 63 MiB, SDXL at
     1024 px 421 MiB). Self-attention rows are captured only for ``self_attention_layers``
     (attn1 names / prefixes) at ``self_attention_points`` ((y, x) fractions). ``meta`` is
-    merged into ``trace.meta``.
+    merged into ``trace.meta``. ``features`` ("blocks" or True, "layers") records per block and
+    step the output's first three principal components, channel norm and RMS
+    (``trace.features``, ``unetviz.capture.features``).
 
     Every hook is removed on exit (normal or exception); outputs are unchanged bit for bit.
     Captures of one model are serialised by a per-model lock; forwards of the model in other
@@ -68,6 +70,7 @@ class Capture:
         self_attention_layers: Sequence[str] | None = None,
         self_attention_points: Sequence[tuple[float, float]] | None = None,
         meta: dict[str, Any] | None = None,
+        features: bool | str = False,
     ):
         if not isinstance(model, nn.Module):
             raise TraceError(f"capture needs a torch nn.Module (a UNet), got {type(model)!r}")
@@ -85,6 +88,7 @@ class Capture:
             self_attention_layers=self_attention_layers,  # type: ignore[arg-type]
             self_attention_points=self_attention_points,  # type: ignore[arg-type]
             meta=dict(meta or {}),
+            features=features,
         )
         self.model = model
         self.trace = Trace()
@@ -127,6 +131,10 @@ class Capture:
             probe = make(trace, opts, plan, steps)
             if probe is not None:
                 probes.append(probe)
+        if opts.features:
+            from .features import FeatureProbe
+
+            probes.append(FeatureProbe(trace, opts.features, steps))
         return probes
 
     # ------------------------------------------------------------------ lifecycle

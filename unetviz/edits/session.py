@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..presenters import present
 from .intervene import Intervention, Recording
 from .model_map import ModelMap
 from .probes import SourceRecorder
@@ -114,9 +115,7 @@ class Comparison:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """Notebook display: base | edited | difference and the edits (unetviz.report)."""
-        from unetviz.report.display import comparison_mimebundle
-
-        return comparison_mimebundle(self)
+        return present("comparison_mimebundle", self)
 
     def diff_image(self) -> Any:
         """The difference as a greyscale PIL image (white: the largest possible change)."""

@@ -26,7 +26,6 @@ from typing import Any
 from ..callargs import MAX_STEPS, as_float, as_int
 from ..errors import UnetvizError
 
-LOCATIONS = ("down", "mid", "up")
 MODES = ("zero", "mean")
 #: most names in one list (``layers=``, sweep ``targets=``), edits in one call, and the largest
 #: |scale| of a Reweight, ScaleTemb or scaling ablation

@@ -5,7 +5,7 @@ The per-target score is the mean absolute pixel change (RGB in [0, 1]); a ``scor
 ``score(prompt, image) -> {name: value}`` adds columns (on the demo model: whether colour,
 shape and position stay as prompted, from the demo evaluation's pixel readers). The result is
 saved with the unedited run's trace (``trace.meta["sweep"]``) and fills the architecture
-diagram (:func:`unetviz.edits.figures.sweep_diagram`).
+diagram (:func:`unetviz.render.edits.sweep_diagram`).
 """
 
 from __future__ import annotations

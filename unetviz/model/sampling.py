@@ -8,13 +8,17 @@ from torch.nn import functional as F
 
 
 class Downsample2D(nn.Module):
-    """Halves H and W with a stride-2 3x3 conv."""
+    """Halves H and W with a stride-2 3x3 conv (``padding`` 0: diffusers pads right and bottom
+    by one first, as the original LDM code did)."""
 
     def __init__(self, channels: int, padding: int = 1):
         super().__init__()
+        self.padding = padding
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=padding)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            hidden_states = F.pad(hidden_states, (0, 1, 0, 1))
         return self.conv(hidden_states)
 
 

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from ..capture.aggregate import daam_average, daam_latent_hw
 from ..capture.attention import softmax_scores
+from ..colors import minmax
 from .data import COLOURS, PALETTE, SHAPES, SIZE_SPLIT, Scene, eval_scenes, shape_mask
 
 TAU = 0.4
@@ -152,9 +153,7 @@ def adherence(
 # ------------------------------------------------------------------------------ token maps
 def daam_binary(heat: torch.Tensor, tau: float = TAU) -> torch.Tensor:
     """Min-max normalise an (H, W) map and threshold it at tau."""
-    heat = heat.float()
-    lo, hi = heat.min(), heat.max()
-    return (heat - lo) / (hi - lo).clamp_min(1e-12) >= tau
+    return minmax(heat.float()) >= tau
 
 
 def iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
