@@ -235,9 +235,10 @@ def diagram(
     extra: dict[str, Any] = {}
     if lora:
         table = lora_block_table(model, lora)
+        names = {b["name"] for b in trace["blocks"]}
         u = ("down_blocks", "mid_block", "up_blocks")
-        fill = {b["name"]: 0.0 for b in trace["blocks"] if b["name"].startswith(u)}
-        fill.update({r["block"]: r["change"] for r in table if r["block"] in fill})
+        fill = {name: 0.0 for name in names if name.startswith(u)}  # the U, changed or not
+        fill.update({r["block"]: r["change"] for r in table if r["block"] in names})
         extra = {"fill": fill, "fill_label": "LoRA: sum of ‖ΔW‖/‖W‖"}
         typer.echo(lora_table_text(table), err=True)
     data = render(
