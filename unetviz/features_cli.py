@@ -16,8 +16,6 @@ from typing import Any
 
 import typer
 
-CELL = 96  # pixels per picture in the sheet
-LABEL_W = 260
 MAX_COLUMNS = 16
 
 
@@ -27,8 +25,9 @@ def parse_steps(text: str | None, total: int) -> list[int]:
     from unetviz.errors import UnetvizError
 
     if not text:
-        n = min(total, 5)
-        return sorted({round(i * (total - 1) / max(n - 1, 1)) for i in range(n)})
+        from unetviz.render.features import spread_steps
+
+        return spread_steps(total)
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
@@ -44,44 +43,6 @@ def parse_steps(text: str | None, total: int) -> list[int]:
     if len(out) > MAX_COLUMNS:
         raise UnetvizError(f"--at {text!r}: at most {MAX_COLUMNS} steps")
     return out
-
-
-def contact_sheet(trace: Any, steps: list[int]) -> Any:
-    """The sheet as a PIL image: one row per block (the ``trace.features`` at block level, in
-    forward order), one column per step."""
-    from PIL import Image, ImageDraw
-
-    from unetviz.colors import font
-
-    rows = [r for r in trace.features.values() if r.level == "block"] or list(
-        trace.features.values()
-    )
-    pad, head = 6, 28
-    w = LABEL_W + len(steps) * (CELL + pad) + pad
-    h = head + len(rows) * (CELL + pad) + pad
-    sheet = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(sheet)
-    f, small = font(14), font(12)
-    for j, s in enumerate(steps):
-        t = trace.timesteps[s] if s < len(trace.timesteps) else None
-        label = f"step {s}" + (f" (t={t:g})" if t is not None else "")
-        draw.text((LABEL_W + j * (CELL + pad) + pad, 6), label, fill="black", font=small)
-    for i, rec in enumerate(rows):
-        y = head + i * (CELL + pad)
-        draw.text((8, y + 8), rec.name, fill="black", font=f)
-        draw.text((8, y + 30), f"{rec.channels}×{rec.res[0]}×{rec.res[1]}", fill="#555", font=small)
-        for j, s in enumerate(steps):
-            x = LABEL_W + j * (CELL + pad) + pad
-            if s not in rec.steps:
-                continue
-            k = rec.steps.index(s)
-            pic = Image.fromarray(rec.rgb(s).numpy()).resize((CELL, CELL), Image.NEAREST)
-            sheet.paste(pic, (x, y))
-            draw.text((x + 2, y + CELL - 14), f"rms {rec.rms[k]:.3g}", fill="white", font=small)
-        if rec.explained:
-            share = ", ".join(f"{v:.0%}" for v in rec.explained)
-            draw.text((8, y + 48), f"PC var {share}", fill="#555", font=small)
-    return sheet
 
 
 def register(app: typer.Typer) -> None:
@@ -106,6 +67,7 @@ def register(app: typer.Typer) -> None:
         from unetviz.callargs import check_seed, check_steps
         from unetviz.cli import CliError
         from unetviz.outputs import check_output_folder, write_folder
+        from unetviz.render.features import contact_sheet
 
         check_seed(seed, "--seed", error=CliError)
         check_steps(steps, name="--steps", error=CliError)
