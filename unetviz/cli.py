@@ -57,6 +57,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("unetviz.edits_cli", "One intervention per block or skip: which parts matter."),
     "batch": ("unetviz.batch.cli", "Attention statistics over a prompt set (local or Ray)."),
     "report": ("unetviz.report.cli", "One self-contained HTML report of a run or trace."),
+    "features": ("unetviz.features_cli", "What every block sees: a feature-PCA contact sheet."),
 }
 
 DIRECTIONS = ("TB", "LR")

@@ -165,6 +165,10 @@ def trace_html(trace: Any, detail: str = "blocks", title: str = "Trace") -> str:
         f'<h4>Block diagram</h4><div class="diagram" style="overflow:auto;max-width:100%">{diagram_svg(trace, detail)}</div>'
         f"{module_table(trace)}"
     )
+    if getattr(trace, "features", None):  # capture(features=...): what every block sees
+        from ..render.features import sheet_html
+
+        body += f"<h4>Feature PCA per block</h4>{sheet_html(trace)}"
     return wrap(body)
 
 
