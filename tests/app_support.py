@@ -100,3 +100,43 @@ class Request:
 
     def __init__(self, session_hash: str = "test") -> None:
         self.session_hash = session_hash
+
+
+def controls_form(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The heatmap controls by name (same arguments as :func:`heatmap_args`)."""
+    from unetviz.app.attention import CONTROLS
+
+    return dict(zip(CONTROLS, heatmap_args(*args, **kwargs), strict=True))
+
+
+def run_form(prompt: str = "a red circle", steps: Any = TEST_STEPS, **kw: Any) -> dict[str, Any]:
+    """A Run's named inputs: model, prompt, negative, seed, steps, guidance and the controls
+    (``controls=`` a dict of :func:`controls_form` arguments)."""
+    return {
+        "run_model": kw.get("model", "demo"),
+        "prompt": prompt,
+        "negative": kw.get("negative", ""),
+        "seed": kw.get("seed", "0"),
+        "steps": steps,
+        "guidance": kw.get("guidance", 4.0),
+        **controls_form(**kw.get("controls", {})),
+    }
+
+
+def arch_form(model: str = "demo", folder: str = "", h: Any = None, w: Any = None,
+              batch: Any = 2, detail: str = "blocks") -> dict[str, Any]:  # fmt: skip
+    """The Architecture tab's named inputs."""
+    return {"arch_model": model, "arch_folder": folder, "arch_h": h, "arch_w": w,
+            "arch_batch": batch, "arch_detail": detail}  # fmt: skip
+
+
+def named(fn: Any, values: Any) -> dict[str, Any]:
+    """An API route's result (a tuple in the handler's output order, without the gr.State
+    outputs, which never leave the server) by output name."""
+    values = values if isinstance(values, list | tuple) else (values,)
+    names = [n for n in fn.outputs if n not in STATES]
+    return dict(zip(names, values, strict=True))
+
+
+#: the app's gr.State components (per-browser values the API does not return)
+STATES = ("arch_state",)

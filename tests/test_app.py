@@ -14,18 +14,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app_support import TEST_STEPS, Request, Served, heatmap_args, run_args
+from tests.app_support import (
+    TEST_STEPS,
+    Request,
+    Served,
+    arch_form,
+    controls_form,
+    heatmap_args,
+    named,
+    run_args,
+    run_form,
+)
 from tests.demo_support import latent_demo_folder
 
 gradio_client = pytest.importorskip("gradio_client")
-import gradio as gr  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from unetviz.app import views  # noqa: E402
 from unetviz.app.handlers import clean_message, parse_int  # noqa: E402
 from unetviz.app.sessions import Session, SessionStore  # noqa: E402
-
-SKIP = gr.skip()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,7 @@ def served(tmp_path_factory):
 def ran(served):
     """One 4-step run of 'a red circle' in session "test" (direct handler call)."""
     h = served.handlers
-    return h.run(Request(), None, "demo", "a red circle", "", "0", TEST_STEPS, 4.0, *heatmap_args())
+    return h.run(run_form(), request=Request())
 
 
 def _pixels(path) -> np.ndarray:
@@ -49,7 +56,12 @@ def _pixels(path) -> np.ndarray:
 
 
 def test_run_gives_image_tokens_heatmaps_and_a_colour_bar(ran, served):
-    image, tokens, pick, steps, locs, res, heads, tiles, bar, status, msg, *_ = ran
+    image, tokens, pick, steps = (
+        ran[k] for k in ("image", "tokens_view", "token_pick", "step_range")
+    )
+    heads, tiles, bar, status, msg = (
+        ran[k] for k in ("heads", "tiles", "colorbar", "status", "run_msg")
+    )
     side = served.registry.spec("demo").default_size
     assert image.size[0] >= side and msg == ""
     assert [t for t, _ in tokens] == ["<bos>", "a", "red", "circle", "<eos>"]
@@ -79,9 +91,9 @@ def test_a_failed_run_keeps_every_output_and_says_why_beside_run(ran, served, ca
     ):
         with caplog.at_level(logging.WARNING, logger="unetviz.app"):
             caplog.clear()
-            out = h.run(Request(), None, "demo", prompt, "", seed, steps, 4.0, *heatmap_args())
-        assert want in out[10], out[10]
-        assert all(o == SKIP for i, o in enumerate(out) if i != 10)  # nothing else touched
+            out = h.run(run_form(prompt, steps, seed=seed), request=Request())
+        assert want in out["run_msg"], out
+        assert list(out) == ["run_msg"]  # nothing else touched
         assert len(caplog.records) == 1 and caplog.records[0].exc_info is None  # one line
     assert served.runs <= before + 1  # only the unknown word reached the model
     assert served.handlers.session(Request()).label == "a red circle"  # work kept
@@ -95,12 +107,12 @@ def test_a_bug_logs_its_traceback_and_still_keeps_the_work(served, caplog, monke
 
     monkeypatch.setattr(views, "heatmap_tiles", boom)
     with caplog.at_level(logging.ERROR, logger="unetviz.app"):
-        out = h.heatmaps(Request("nobody-but-me"), *heatmap_args())
-    assert "nothing to show yet" in out[2]  # no session: a user message, not the bug
+        out = h.heatmaps(controls_form(), request=Request("nobody-but-me"))
+    assert "nothing to show yet" in out["ctrl_msg"]  # no session: a user message, not the bug
     h.sessions.put("bug", Session(trace=served.handlers.session(Request()).trace))
     with caplog.at_level(logging.ERROR, logger="unetviz.app"):
-        out = h.heatmaps(Request("bug"), *heatmap_args(step_to=TEST_STEPS - 1))
-    assert "internal error" in out[2] and out[0] == SKIP
+        out = h.heatmaps(controls_form(step_to=TEST_STEPS - 1), request=Request("bug"))
+    assert "internal error" in out["ctrl_msg"] and list(out) == ["ctrl_msg"]
     assert caplog.records[-1].exc_info is not None
 
 
@@ -148,15 +160,18 @@ def test_normalisation_and_scale_change_the_pixels(ran, served):
 
 def test_presets_show_what_they_use_and_layers_stay_ticked(ran, served):
     h = served.handlers
-    locs, res, note, msg = h.preset_changed(Request(), "p2p")
+    out = h.preset_changed({"preset": "p2p"}, request=Request())
+    locs, res, note = out["locations"], out["res_pick"], out["preset_note"]
     assert locs["interactive"] is False and res["interactive"] is False
     assert "Prompt-to-Prompt" in note
     # the boxes show the preset's own choice: p2p reads one down/up resolution, never mid
     assert set(locs["value"]) <= {"down", "up"} and len(res["value"]) == 1
     assert f"{res['value'][0]}×{res['value'][0]}" in note
-    locs, res, note, _ = h.preset_changed(Request(), "custom")
+    out = h.preset_changed({"preset": "custom"}, request=Request())
+    locs, note = out["locations"], out["preset_note"]
     assert locs["interactive"] is True and note == ""
-    tiles, bar, msg, fix = h.heatmaps(Request(), *heatmap_args(step_to=1, locations=()))
+    out = h.heatmaps(controls_form(step_to=1, locations=()), request=Request())
+    tiles, msg, fix = out["tiles"], out["ctrl_msg"], out["locations"]
     assert fix == ["down", "mid", "up"] and "stays ticked" in msg
     assert len(views.tiles_from_html(tiles)) == 3
 
@@ -195,8 +210,8 @@ def test_sinusoid_is_drawn_before_any_run(served):
 
 def test_search_finds_a_module_by_any_of_its_names(served):
     side = served.registry.spec("demo").default_size
-    arch = served.handlers.architecture("demo", "", side, side, 2, "layers")
-    rows = arch[1]
+    arch = served.handlers.architecture(arch_form("demo", "", side, side, 2, "layers"))
+    rows = arch["block_table"]
     for query, want in (
         ("down_blocks.1.attentions.0", "down_blocks.1.attentions.0"),  # diffusers
         ("input_blocks.3.1", "down_blocks.1.attentions.0"),  # LDM key
@@ -204,14 +219,15 @@ def test_search_finds_a_module_by_any_of_its_names(served):
     ):
         hits = [r[0] for r in views.search_rows(rows, query)]
         assert want in hits[:2] and len(hits) < 5, (query, hits)
-    table, msg = served.handlers.search(arch[3], "OUT05")
-    svg, png, dot, js, msg = served.handlers.exports(arch[3])
+    files = served.handlers.exports({"arch_state": arch["arch_state"]})
+    svg, png, dot, js = (files[f"dl_{k}"] for k in ("svg", "png", "dot", "json"))
     assert (
-        msg == ""
+        "arch_msg" not in files
         and Path(png).read_bytes()[:4] == b"\x89PNG"
         and "digraph" in Path(dot).read_text()
     )
-    table, msg = served.handlers.search(arch[3], "OUT05")
+    out = served.handlers.search({"arch_state": arch["arch_state"], "block_search": "OUT05"})
+    table, msg = out["block_table"], out["search_msg"]
     assert "up_blocks.2.attentions.1" in [r[0] for r in table][:2] and "match" in msg
 
 
@@ -228,28 +244,33 @@ def test_endpoints(served):
     } <= names
     assert not any("refresh" in n or "temb_figures" in n for n in names)
     before = served.runs
-    out = c.predict(*run_args("a green square", steps=2), api_name="/run")
-    assert [cap for _, cap in views.tiles_from_html(out[7])] == ["a (1)", "green (2)", "square (3)"]
+    h = served.handlers
+    out = named(h.run, c.predict(*run_args("a green square", steps=2), api_name="/run"))
+    caps = [cap for _, cap in views.tiles_from_html(out["tiles"])]
+    assert caps == ["a (1)", "green (2)", "square (3)"]
     early = c.predict(*heatmap_args([2], 0, 0), api_name="/heatmaps")
     late = c.predict(*heatmap_args([2], 1, 1), api_name="/heatmaps")
-    (e, _), (la, _) = views.tiles_from_html(early[0]) + views.tiles_from_html(late[0])
+    early, late = named(h.heatmaps, early)["tiles"], named(h.heatmaps, late)["tiles"]
+    (e, _), (la, _) = views.tiles_from_html(early) + views.tiles_from_html(late)
     assert not np.array_equal(_pixels(e), _pixels(la))
     assert served.runs == before + 1  # re-aggregated, not re-run
-    bad = c.predict(*run_args("a purple square", steps=2), api_name="/run")
-    assert "purple" in bad[10]  # the message slot, no exception, the server stays up
+    bad = named(h.run, c.predict(*run_args("a purple square", steps=2), api_name="/run"))
+    assert "purple" in bad["run_msg"]  # the message slot, no exception, the server stays up
     side = served.registry.spec("demo").default_size
-    html, table, *_ = c.predict("demo", "", side, side, 2, "blocks", api_name="/architecture")
-    assert "uv-panel" in html and any(r[0] == "mid_block" for r in table["data"])
-    *_, msg = c.predict("sd15", "", 33, 512, 2, "blocks", api_name="/architecture")
-    assert "height=33" in msg
+    drawn = c.predict("demo", "", side, side, 2, "blocks", api_name="/architecture")
+    drawn = named(h.architecture, drawn)
+    assert "uv-panel" in drawn["diagram"]
+    assert any(r[0] == "mid_block" for r in drawn["block_table"]["data"])
+    bad = c.predict("sd15", "", 33, 512, 2, "blocks", api_name="/architecture")
+    assert "height=33" in named(h.architecture, bad)["arch_msg"]
 
 
 def test_model_roots_are_enforced(served):
     h = served.handlers
-    *_, msg = h.architecture("folder", "/etc", 64, 64, 2, "blocks")
+    msg = h.architecture(arch_form("folder", "/etc", 64, 64))["arch_msg"]
     assert "outside the allowed model roots" in msg
-    out = h.run(Request("roots"), None, "/etc", "a red circle", "", "0", 2, 4.0, *heatmap_args())
-    assert "outside the allowed model roots" in out[10]
+    out = h.run(run_form(steps=2, model="/etc"), request=Request("roots"))
+    assert "outside the allowed model roots" in out["run_msg"]
 
 
 def test_trace_bundle_roundtrip(served, ran, tmp_path):
@@ -257,11 +278,17 @@ def test_trace_bundle_roundtrip(served, ran, tmp_path):
     bundle = views.save_bundle(session, tmp_path / "t.trace.zip")
     c = Client(served.url, verbose=False)
     up = c.predict(handle_file(str(bundle)), *heatmap_args(), api_name="/upload_trace")
-    assert [cap for _, cap in views.tiles_from_html(up[7])] == ["a (1)", "red (2)", "circle (3)"]
+    up = named(served.handlers.upload, up)
+    assert [cap for _, cap in views.tiles_from_html(up["tiles"])] == [
+        "a (1)",
+        "red (2)",
+        "circle (3)",
+    ]
     bad = tmp_path / "corrupt.zip"
     bad.write_bytes(b"PK\x03\x04 not a zip")
     up = c.predict(handle_file(str(bad)), *heatmap_args(), api_name="/upload_trace")
-    assert "corrupt.zip" in up[10] and "/tmp/gradio" not in up[10]
+    msg = named(served.handlers.upload, up)["run_msg"]
+    assert "corrupt.zip" in msg and "/tmp/gradio" not in msg
 
 
 @pytest.mark.slow
@@ -280,7 +307,8 @@ def test_two_clients_at_once_get_their_own_results(served):
     for t in threads:
         t.join(120)
     for i, p in enumerate(prompts):
-        words = [t["token"] for t in results[i][1] if t["class_or_confidence"] == "word"]
+        tokens = named(served.handlers.run, results[i])["tokens_view"]
+        words = [t["token"] for t in tokens if t["class_or_confidence"] == "word"]
         assert words == p.split()
 
 
@@ -349,13 +377,17 @@ def test_demo_and_assets_demo_both_name_the_demo_model(served):
 
 def test_downloads_bundle_and_report_follow_the_session(ran, served):
     h = served.handlers
-    z, msg = h.downloads(Request(), *heatmap_args(step_to=TEST_STEPS - 1))
-    assert z.endswith("-heatmaps.zip") and msg == ""
-    t, _ = h.bundle(Request())
-    r, _ = h.report(Request())
+    form = controls_form(step_to=TEST_STEPS - 1) | {"temb_step": 1, "temb_detail": "blocks"}
+    out: dict = {}
+    for part in h.post_load(form, request=Request()):
+        out |= part
+    z, t, r = out["dl_zip"], out["dl_trace"], out["dl_report"]
+    assert z.endswith("-heatmaps.zip") and out["ctrl_msg"] == "" and out["temb_msg"] == ""
     assert t.endswith(".trace.zip") and r.endswith("-report.html")
     assert "<html" in Path(r).read_text()[:500].lower()
-    assert h.bundle(Request("never-ran"))[0] == SKIP
+    assert "uv-panel" in out["temb_svg"] and out["layer_plot"] is not None
+    assert list(h.post_load(form, request=Request()))[0].keys() == {"dl_report"}  # made once
+    assert len(list(h.post_load(form, request=Request("never-ran")))) == 1
 
 
 @pytest.fixture(scope="module")
@@ -379,32 +411,37 @@ def tiny_sd(served) -> str:
 @pytest.mark.slow
 def test_a_stable_diffusion_folder_inside_the_roots(served, tiny_sd):
     h = served.handlers
-    _, table, *_, msg = h.architecture("folder", tiny_sd, 64, 64, 2, "blocks")
-    assert msg == "", msg
-    rows = {r[0]: r for r in table}
+    drawn = h.architecture(arch_form("folder", tiny_sd, 64, 64))
+    assert drawn["arch_msg"] == "", drawn["arch_msg"]
+    rows = {r[0]: r for r in drawn["block_table"]}
     assert rows["conv_in"][2].startswith("(2,4,8,8)")  # a latent model: 64 px -> 8x8
-    out = h.run(Request("sd"), None, tiny_sd, "a photo of a cat", "", "0", 2, 4.0, *heatmap_args())
-    assert out[10] == "", out[10]
-    words = [t for t, kind in out[1] if kind == "word"]
-    assert words == ["a", "photo", "of", "a", "cat"] and len(out[1]) == 7
-    assert [cap for _, cap in views.tiles_from_html(out[7])][-1] == "cat (5)"
+    out = h.run(run_form("a photo of a cat", 2, model=tiny_sd), request=Request("sd"))
+    assert out["run_msg"] == "", out["run_msg"]
+    words = [t for t, kind in out["tokens_view"] if kind == "word"]
+    assert words == ["a", "photo", "of", "a", "cat"] and len(out["tokens_view"]) == 7
+    assert [cap for _, cap in views.tiles_from_html(out["tiles"])][-1] == "cat (5)"
 
 
 def test_a_model_choice_sets_its_size_and_draws_in_one_call(served):
     h = served.handlers
-    height, width, folder, panel, rows, status, state, msg = h.choose_model("sd15", "", 2, "blocks")
-    assert msg == "" and height["value"] == width["value"] == 512 and folder["visible"] is False
-    assert "uv-panel" in panel and "sd15" in status and state["trace"].blocks
-    again = h.choose_model("sd15", "", 2, "blocks")
-    assert again[3] is panel  # drawn once, then served from the diagram cache
-    *_, msg = h.choose_model("folder", "", 2, "blocks")
-    assert "type a folder" in msg
+    out = h.choose_model(arch_form("sd15"))
+    height, width, folder, panel = (out[k] for k in ("arch_h", "arch_w", "arch_folder", "diagram"))
+    assert out["arch_msg"] == "" and height["value"] == width["value"] == 512
+    assert folder["visible"] is False
+    assert (
+        "uv-panel" in panel and "sd15" in out["arch_status"] and out["arch_state"]["trace"].blocks
+    )
+    # nothing of the previous model stays: picked block, its parts, the search
+    assert out["block_parts"] == [] and out["block_picked"] == out["block_search"] == ""
+    again = h.choose_model(arch_form("sd15"))
+    assert again["diagram"] is panel  # drawn once, then served from the diagram cache
+    assert "type a folder" in h.choose_model(arch_form("folder"))["arch_msg"]
     assert h.prerender(("demo", "sd15")) == 2
 
 
 def test_experiments_choices_come_from_the_structure_not_the_model(served, ran):
+    from unetviz.app import edit_handlers as eh
     from unetviz.app.experiments import demo_choices
-    from unetviz.edits import handlers as eh
 
     mine = demo_choices(served.registry)
     theirs = eh.choices(served.registry.pipeline("demo"))
@@ -415,13 +452,17 @@ def test_follow_ups_are_not_remade_when_their_inputs_did_not_change(ran, served)
     h = served.handlers
     req = Request("follow")
     h.sessions.put("follow", Session(trace=served.handlers.session(Request()).trace))
-    grid, _ = h.layer_grid(req, *heatmap_args(step_to=1))
-    assert grid is not SKIP and grid != SKIP
-    assert h.layer_grid(req, *heatmap_args(step_to=1, normalize="max"))[0] == SKIP
-    assert h.layer_grid(req, *heatmap_args(step_to=1, scale="per-token"))[0] != SKIP
-    first, _ = h.downloads(req, *heatmap_args(step_to=1))
-    assert first.endswith(".zip") and h.downloads(req, *heatmap_args(step_to=1))[0] == SKIP
-    assert h.downloads(req, *heatmap_args(step_to=1, opacity=0.3))[0] != SKIP
+    first = h.follow_controls(controls_form(step_to=1), request=req)
+    assert first["layer_plot"] is not None and first["dl_zip"].endswith(".zip")
+    again = h.follow_controls(controls_form(step_to=1, normalize="max"), request=req)
+    assert "layer_plot" not in again  # the grid does not read the normalisation
+    assert "layer_plot" in h.follow_controls(
+        controls_form(step_to=1, scale="per-token"), request=req
+    )
+    assert "dl_zip" not in h.follow_controls(
+        controls_form(step_to=1, scale="per-token"), request=req
+    )
+    assert "dl_zip" in h.follow_controls(controls_form(step_to=1, opacity=0.3), request=req)
 
 
 @pytest.mark.slow  # a fresh interpreter importing gradio: ~3 s
@@ -458,8 +499,8 @@ def test_the_first_page_carries_the_demo_diagram(served):
     """Drawn at build time from the demo's structure (no torch), identical to a redraw."""
     panel, rows, status = served.handlers.first_drawing()
     side = served.registry.spec("demo").default_size
-    again = served.handlers.architecture("demo", "", side, side, 2, "blocks")
-    assert (panel, rows) == (again[0], again[1]) and "demo model" in status
+    again = served.handlers.architecture(arch_form("demo", "", side, side))
+    assert (panel, rows) == (again["diagram"], again["block_table"]) and "demo model" in status
     initial = {
         c["props"].get("elem_id"): c["props"].get("value")
         for c in served.blocks.config["components"]
@@ -484,21 +525,22 @@ def test_a_latent_demo_folder_is_drawn_in_pixels_over_its_vae_factor(tmp_path):
 def test_the_daam_preset_works_on_a_stable_diffusion_run(served, tiny_sd):
     """DAAM's per-head sums are captured for SD models too: the preset works after Run."""
     h = served.handlers
-    out = h.run(Request("sd-daam"), None, tiny_sd, "a red cat", "", "0", 2, 4.0, *heatmap_args())
-    assert out[10] == "", out[10]
+    user = Request("sd-daam")
+    out = h.run(run_form("a red cat", 2, model=tiny_sd), request=user)
+    assert out["run_msg"] == "", out["run_msg"]
     session = h.session(Request("sd-daam"))
     assert views.has_daam(session.trace) and views.head_count(session.trace) == 0
-    locs, res, note, _ = h.preset_changed(Request("sd-daam"), "daam")
+    note = h.preset_changed({"preset": "daam"}, request=user)["preset_note"]
     assert "DAAM uses the down, up layers at 6×6" in note, note
     full = {"step_to": 1}  # DAAM sums every step: the whole window
-    tiles, bar, msg, _ = h.heatmaps(Request("sd-daam"), *heatmap_args(preset="daam", **full))
-    assert msg == "", msg
-    daam = views.tiles_from_html(tiles)
+    out = h.heatmaps(controls_form(preset="daam", **full), request=user)
+    assert out["ctrl_msg"] == "", out
+    daam = views.tiles_from_html(out["tiles"])
     assert [cap for _, cap in daam] == ["a (1)", "red (2)", "cat (3)"]
-    custom = views.tiles_from_html(h.heatmaps(Request("sd-daam"), *heatmap_args(**full))[0])
+    custom = views.tiles_from_html(h.heatmaps(controls_form(**full), request=user)["tiles"])
     assert not np.array_equal(_pixels(daam[2][0]), _pixels(custom[2][0]))
-    _, _, msg, _ = h.heatmaps(Request("sd-daam"), *heatmap_args(preset="daam", step_to=0))
-    assert "widen the step range" in msg
+    out = h.heatmaps(controls_form(preset="daam", step_to=0), request=user)
+    assert "widen the step range" in out["ctrl_msg"]
 
 
 def _copy(session: Session) -> Session:
@@ -527,11 +569,12 @@ def test_a_byte_budget_sheds_daam_sums_first_then_whole_sessions(served, ran):
     assert views.has_daam(b.trace) and views.has_daam(c.trace)
     # the DAAM preset says why and what to do; every other view still works
     full = {"step_to": TEST_STEPS - 1}
-    tiles, _, msg, _ = h.heatmaps(Request("a"), *heatmap_args(preset="daam", **full))
-    assert msg == "" and not views.tiles_from_html(tiles)  # the heatmap area says why
+    out = h.heatmaps(controls_form(preset="daam", **full), request=Request("a"))
+    tiles = out["tiles"]
+    assert out["ctrl_msg"] == "" and not views.tiles_from_html(tiles)  # the area says why
     assert "freed to keep the server's memory" in tiles and "press Run again" in tiles
-    assert h.heatmaps(Request("a"), *heatmap_args(preset="p2p", **full))[2] == ""
-    assert h.heatmaps(Request("b"), *heatmap_args(preset="daam", **full))[2] == ""
+    assert h.heatmaps(controls_form(preset="p2p", **full), request=Request("a"))["ctrl_msg"] == ""
+    assert h.heatmaps(controls_form(preset="daam", **full), request=Request("b"))["ctrl_msg"] == ""
     # sheds before it evicts; the newest session is kept whole even alone over the budget
     for k in "de":
         store.put(k, _copy(one))
@@ -573,39 +616,43 @@ def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
     its note saying why and what to do; choosing DAAM then says so in the heatmap area."""
     h, user = served.handlers, Request("no-daam")
     run = served.registry.generate(
-        "demo", prompt="a red circle", seed=0, steps=TEST_STEPS, guidance=4.0
+        "demo", prompt="a red circle", seed=0, steps=TEST_STEPS, guidance=4.0, daam=False
     )
     assert not views.has_daam(run.trace)
     bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "p.zip")
-    out = h.upload(user, str(bundle), *heatmap_args(preset="daam"))
-    assert out[10] == "", out[10]
-    assert [c for _, c in views.tiles_from_html(out[7])] == ["a (1)", "red (2)", "circle (3)"]
-    assert out[13] == "custom" and "no DAAM per-head sums" in out[9]
-    assert "**This trace has no DAAM per-head sums**" in out[12] and "daam=True" in out[12]
-    full = {"step_to": TEST_STEPS - 1}
-    locs, res, note, msg = h.preset_changed(user, "daam")
-    assert "does not hold" in note and msg == ""
-    tiles, bar, msg, _ = h.heatmaps(user, *heatmap_args(preset="daam", **full))
-    assert msg == "" and bar == "" and not views.tiles_from_html(tiles)
-    assert 'id="no_daam"' in tiles and "captured without daam=True" in tiles
-    assert h.downloads(user, *heatmap_args(preset="daam", **full)) == (None, "")
-    assert h.heatmaps(user, *heatmap_args(preset="p2p", **full))[2] == ""
+    out = h.upload({"upload": str(bundle), **controls_form(preset="daam")}, request=user)
+    assert out["run_msg"] == "", out["run_msg"]
+    caps = [c for _, c in views.tiles_from_html(out["tiles"])]
+    assert caps == ["a (1)", "red (2)", "circle (3)"]
+    assert out["preset"] == "custom" and "no DAAM per-head sums" in out["status"]
+    note = out["preset_note"]
+    assert "**This trace has no DAAM per-head sums**" in note and "daam=True" in note
     # the prompt and sampling boxes now show the trace's own, so Run draws it again
-    assert h.trace_inputs(user) == ("a red circle", "", 0, TEST_STEPS, 4.0)
+    boxes = {k: out.get(k) for k in ("prompt", "negative", "seed", "steps", "guidance")}
+    assert boxes == {"prompt": "a red circle", "negative": "", "seed": "0",
+                     "steps": TEST_STEPS, "guidance": 4.0}  # fmt: skip
+    assert not bundle.exists()  # the upload's copy is deleted once loaded
+    full = {"step_to": TEST_STEPS - 1}
+    out = h.preset_changed({"preset": "daam"}, request=user)
+    assert "does not hold" in out["preset_note"] and out["ctrl_msg"] == ""
+    out = h.heatmaps(controls_form(preset="daam", **full), request=user)
+    tiles = out["tiles"]
+    assert out["ctrl_msg"] == "" and out["colorbar"] == "" and not views.tiles_from_html(tiles)
+    assert 'id="no_daam"' in tiles and "captured without daam=True" in tiles
+    assert h.follow_controls(controls_form(preset="daam", **full), request=user)["dl_zip"] is None
+    assert h.heatmaps(controls_form(preset="p2p", **full), request=user)["ctrl_msg"] == ""
     run.trace.meta.update(seed=-1, steps=10**6, guidance=float("nan"), prompt=None)
     bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "q.zip")
-    h.upload(user, str(bundle), *heatmap_args())
-    skipped = h.trace_inputs(user)
-    assert skipped[1] == "" and all(isinstance(v, dict) for i, v in enumerate(skipped) if i != 1)
+    out = h.upload({"upload": str(bundle), **controls_form()}, request=user)
+    assert out["negative"] == "" and not {"prompt", "seed", "steps", "guidance"} & set(out)
     # a guidance Run accepts (the API takes up to 30) but the page's slider would refuse
     run.trace.meta.update(guidance=20.0)
     again = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "r.zip")
-    h.upload(user, str(again), *heatmap_args())
-    assert isinstance(h.trace_inputs(user)[4], dict)
+    assert "guidance" not in h.upload({"upload": str(again), **controls_form()}, request=user)
     # a Run's trace has the sums: the preset stays as chosen
-    out = h.run(user, None, "demo", "a red circle", "", 0, 2, 4.0, *heatmap_args(preset="daam"))
-    assert out[10] == "" and out[13] != "custom" and "DAAM uses" in out[12]
-    assert len(views.tiles_from_html(out[7])) == 3
+    out = h.run(run_form(steps=2, controls={"preset": "daam"}), request=user)
+    assert out["run_msg"] == "" and "preset" not in out and "DAAM uses" in out["preset_note"]
+    assert len(views.tiles_from_html(out["tiles"])) == 3
 
 
 def test_a_gated_warm_up_waits_for_the_first_page(served):
@@ -628,9 +675,68 @@ def test_a_gated_warm_up_waits_for_the_first_page(served):
         thread.join(0.3)
         assert thread.is_alive() and calls == []  # no page yet: waiting
         side = registry.spec("demo").default_size
-        assert h.arch_state("demo", "", side, side, 2, "blocks")[1] == ""  # the load event
+        assert h.arch_state(arch_form("demo", "", side, side))["arch_msg"] == ""  # load event
         assert h.page_seen.is_set()
         thread.join(120)
         assert not thread.is_alive() and calls == ["preload"]
     finally:
         del registry.preload
+
+
+def _objects(image) -> dict[str, int]:
+    """Objects per colour in a demo image (connected regions of 6+ pixels of one palette
+    colour, read with the training evaluator's pixel classifier)."""
+    from unetviz.training.data import COLOURS
+    from unetviz.training.evaluate import classify_pixels, largest_component
+
+    labels = classify_pixels(np.asarray(image.convert("RGB"), np.float32) / 255)
+    found = {}
+    for i, colour in enumerate(COLOURS):
+        mask, n = labels == i, 0
+        while mask.sum() >= 6:
+            part = largest_component(mask)
+            if part.sum() < 6:
+                break
+            n, mask = n + 1, mask & ~part
+        if n:
+            found[colour] = n
+    return found
+
+
+def _shown_prompts(served) -> set[str]:
+    """Every example prompt the project shows for the demo model at seed 0: the app's example
+    buttons and defaults, the Experiments tab's swap and the notebook's prompt."""
+    import json
+    import re
+
+    from unetviz.app import attention, experiments
+
+    words = served.registry.demo_words()
+    nb = json.loads((Path(__file__).parents[1] / "examples" / "quickstart.ipynb").read_text())
+    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    return {
+        *views.demo_examples(words),
+        attention.DEFAULT_PROMPT,
+        experiments.DEFAULT_PROMPT,
+        experiments.DEFAULT_SWAP,
+        *re.findall(r'^prompt = "([^"]+)"', code, re.M),
+    }
+
+
+@pytest.mark.slow
+def test_every_example_prompt_is_drawn_right_at_its_shown_seed(served):
+    """Colour, shape and count of every object, read from the pixels by the training evaluator
+    (25 steps, guidance 4: the app's and the notebook's defaults)."""
+    from unetviz.edits.demo_scores import demo_scores, parse_caption
+
+    pipe = served.registry.pipeline("demo")
+    prompts = _shown_prompts(served)
+    assert "a red circle and a blue square" in prompts and len(prompts) >= 5
+    for prompt in sorted(prompts):
+        image = pipe(prompt, seed=0, steps=25, guidance=4.0).image
+        scores = demo_scores(prompt, image)
+        assert scores["colour_ok"] == scores["shape_ok"] == 1.0, (prompt, scores)
+        want: dict[str, int] = {}
+        for obj in parse_caption(prompt).objects:
+            want[obj.colour] = want.get(obj.colour, 0) + 1
+        assert _objects(image) == want, (prompt, _objects(image))

@@ -306,7 +306,8 @@ def test_bundle_structures_touches_only_its_own_files(tmp_path, monkeypatch):
     (tmp_path / "README").write_text("keep")
     assert run_main(["bundle-structures"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert "README" in names and "stale.json.gz" not in names and len(names) == 2
+    assert "README" in names and "stale.json.gz" not in names and len(names) == 3
+    assert "code.json" in names  # what code the structures were made from
 
 
 # ---------------------------------------------------------------------------- attention (demo)
@@ -363,8 +364,8 @@ def test_attention_normalisation_and_scale_change_the_pictures(demo_run, scale, 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--seed", "-1"], "--seed=-1: expected an integer 0..18446744073709551615"),
-        (["--seed", str(2**64)], f"--seed={2**64}: expected an integer 0.."),
+        (["--seed", "-1"], "--seed=-1: expected a whole number 0..18446744073709551615"),
+        (["--seed", str(2**64)], f"--seed={2**64}: expected a whole number 0.."),
         (["--recipe", "dam"], "--recipe 'dam': expected one of daam"),
         (["--scale", "log"], "--scale 'log': expected one of shared, per-token"),
         (["--guidance", "nan"], "--guidance nan: expected a finite number"),

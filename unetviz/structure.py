@@ -11,16 +11,22 @@ forward (seconds the first time); it is cached as the Trace's JSON state:
    ``~/.cache/unetviz/traces`` (best effort: a read-only home only costs speed).
 
 Both are keyed by the config, latent size, batch, detail, token count and a hash of the code
-that shapes a structure (config, model, capture, this file), so a code change misses them.
-torch is imported only to compute a missing structure.
+that shapes a structure (:data:`STRUCTURE_CODE`, without comments and docstrings): a change of
+that code misses them, any other change does not. torch is imported only to compute a missing
+structure.
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
+import io
 import json
 import os
+import re
+import tokenize
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +53,170 @@ def cache_dir() -> Path:
     return Path(base) / "unetviz" / "traces"
 
 
-def code_fingerprint() -> str:
-    """Hash of the files whose change changes a structure trace (config, model, capture)."""
-    root = Path(__file__).parent
+#: The code that runs while a structure is captured, hence all that determines one: a whole
+#: file, or ``file:qualname`` for the classes and functions of a file that the meta forward
+#: runs (``tests/test_structure.py`` checks that this covers every function that runs).
+STRUCTURE_CODE = (
+    "config.py:_per_block",
+    "config.py:UNetConfig.check_size",
+    "config.py:UNetConfig.heads",
+    "config.py:UNetConfig.layers",
+    "config.py:UNetConfig.n_blocks",
+    "config.py:UNetConfig.num_downsamplers",
+    "config.py:UNetConfig.time_embed_dim",
+    "config.py:UNetConfig.to_dict",
+    "config.py:UNetConfig.transformer_layers",
+    "names.py:block_of",
+    "names.py:location_of",
+    "weights.py:build_unet",
+    "weights.py:_as_config",
+    "structure.py:capture_state",
+    "structure.py:meta_trace",
+    "structure.py:_extra_inputs",
+    "model/attention.py",
+    "model/blocks.py",
+    "model/embeddings.py",
+    "model/resnet.py",
+    "model/sampling.py",
+    "model/transformer.py",
+    "model/unet.py",
+    "capture/aggregate.py:MapCache",
+    "capture/attention.py:CrossAttentionProbe",
+    "capture/attention.py:GridProbe",
+    "capture/attention.py:MapStore",
+    "capture/attention.py:_QKProbe",
+    "capture/engine.py",
+    "capture/features.py:features_level",
+    "capture/options.py",
+    "capture/plan.py",
+    "capture/probe.py",
+    "capture/probes.py",
+    "capture/records.py",
+    "capture/shapes.py",
+    "capture/trace.py",
+)
+
+
+def code_fingerprint(root: Path | None = None) -> str:
+    """Hash of :data:`STRUCTURE_CODE` (under ``root``, the package by default) without
+    comments, docstrings and blank lines: a comment or docstring fix keeps the cached and
+    shipped structures, a change of the code that makes them does not.
+
+    Parsing that code would cost a diagram more than drawing it, so the files are first hashed
+    as bytes: when they are the bytes the shipped structures were made from (``code.json``
+    beside them), the fingerprint recorded there is the answer; else the one computed for
+    those bytes before (``code-<hash>`` in :func:`cache_dir`), else it is computed and kept."""
+    package = Path(__file__).parent
+    raw, sources = _code_bytes(root or package)
+    if (root or package) != package:
+        return _normalized_fingerprint(raw, sources)
+    shipped = _shipped_code()
+    if shipped.get("files") == raw and isinstance(shipped.get("code"), str):
+        return shipped["code"]
+    kept = cache_dir() / f"code-{raw[:24]}"
+    try:
+        known = kept.read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        known = ""
+    if re.fullmatch(r"[0-9a-f]{64}", known):
+        return known
+    fingerprint = _normalized_fingerprint(raw, sources)
+    try:
+        from .outputs import write_file
+
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_file(kept, fingerprint + "\n")
+    except (OSError, ValueError):
+        pass  # caching is best effort (read-only home, full disk)
+    return fingerprint
+
+
+#: Beside the shipped structures: ``{"files": byte hash, "code": fingerprint}`` of the
+#: structure code they were made from (written by :func:`bundle_structures`).
+CODE_NAME = "code.json"
+
+
+def _code_bytes(root: Path) -> tuple[str, tuple[tuple[str, bytes], ...]]:
+    """(SHA-256 of the files of :data:`STRUCTURE_CODE` as bytes, their (path, bytes))."""
+    files = dict.fromkeys(entry.partition(":")[0] for entry in STRUCTURE_CODE)
+    sources = tuple((file, (root / file).read_bytes()) for file in files)
+    raw = b"".join(file.encode() + b"\0" + data + b"\0" for file, data in sources)
+    return hashlib.sha256(raw).hexdigest(), sources
+
+
+def _shipped_code() -> dict[str, Any]:
+    try:
+        data = json.loads((BUNDLED_DIR / CODE_NAME).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@lru_cache(maxsize=8)
+def _normalized_fingerprint(raw: str, sources: tuple[tuple[str, bytes], ...]) -> str:
+    """The fingerprint proper (``raw``, the byte hash of ``sources``, keys the cache)."""
+    text = {file: data.decode("utf-8") for file, data in sources}
     digest = hashlib.sha256()
-    files = [root / "config.py", root / "structure.py", *sorted((root / "model").glob("*.py"))]
-    for f in files + sorted((root / "capture").rglob("*.py")):
-        digest.update(f.relative_to(root).as_posix().encode())
-        digest.update(f.read_bytes())
+    for entry in STRUCTURE_CODE:
+        file, _, qualname = entry.partition(":")
+        digest.update(entry.encode() + b"\0" + code_text(text[file], qualname).encode() + b"\0")
     return digest.hexdigest()
+
+
+_DEFS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def code_text(source: str, qualname: str = "") -> str:
+    """``source``, or its class or function ``qualname`` (e.g. ``UNetConfig.heads``), without
+    comments, docstrings, trailing spaces and blank lines."""
+    tree, lines = _strip(source)
+    node: ast.AST = tree
+    for part in qualname.split(".") if qualname else ():
+        found = [c for c in ast.iter_child_nodes(node) if isinstance(c, _DEFS) and c.name == part]
+        if not found:
+            raise LookupError(f"no class or function {qualname!r} in the structure code")
+        node = found[0]
+    first, last = 1, len(lines)
+    if isinstance(node, _DEFS):
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        last = node.end_lineno or node.lineno
+    kept = (line.rstrip() for line in lines[first - 1 : last])
+    return "\n".join(line.decode() for line in kept if line)
+
+
+@lru_cache(maxsize=64)
+def _strip(source: str) -> tuple[ast.Module, tuple[bytes, ...]]:
+    """The syntax tree of ``source`` and its lines (as UTF-8, as ast counts columns) with every
+    comment and docstring cut out, the line count kept."""
+    tree = ast.parse(source)
+    text = source.splitlines()
+    lines = [line.encode() for line in text]
+    cuts = []  # (line, byte, end line, end byte): lines from 1
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, *_DEFS)) and body and _is_docstring(body[0]):
+            doc = body[0]
+            cuts.append((doc.lineno, doc.col_offset, doc.end_lineno, doc.end_col_offset))
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            (row, col), (_, end) = tok.start, tok.end
+            line = text[row - 1]
+            cuts.append((row, len(line[:col].encode()), row, len(line[:end].encode())))
+    for row, col, end_row, end_col in sorted(cuts, reverse=True):
+        if row == end_row:
+            lines[row - 1] = lines[row - 1][:col] + lines[row - 1][end_col:]
+            continue
+        lines[row - 1], lines[end_row - 1] = lines[row - 1][:col], lines[end_row - 1][end_col:]
+        lines[row : end_row - 1] = [b""] * (end_row - row - 1)
+    return tree, tuple(lines)
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
 
 
 def structure_key(
@@ -178,9 +339,10 @@ def capture_state(
 
 def bundle_structures() -> list[tuple[str, str, Path, int]]:
     """Rewrite the shipped preset structures (maintainers; ``unetviz bundle-structures``) at
-    each preset's default size: the new files are written first, then the stale
-    ``*.json.gz`` of :data:`BUNDLED_DIR` (a folder of the package holding only files this
-    function writes) are removed. Returns (preset, detail, path, bytes) per file written."""
+    each preset's default size, and ``code.json`` (what code made them): the new files are
+    written first, then the stale ``*.json.gz`` of :data:`BUNDLED_DIR` (a folder of the package
+    holding only files this function writes) are removed. Returns (preset, detail, path,
+    bytes) per structure written."""
     from .outputs import write_file
 
     written = []
@@ -194,6 +356,8 @@ def bundle_structures() -> list[tuple[str, str, Path, int]]:
         written.append(
             (preset, detail, write_file(BUNDLED_DIR / f"{key}.json.gz", data), len(data))
         )
+    code = {"files": _code_bytes(Path(__file__).parent)[0], "code": code_fingerprint()}
+    write_file(BUNDLED_DIR / CODE_NAME, json.dumps(code, indent=1) + "\n")
     keep = {p for _, _, p, _ in written}
     for old in BUNDLED_DIR.glob("*.json.gz"):  # stale keys, only after the new ones are in
         if old not in keep:

@@ -6,21 +6,20 @@ safetensors, and assigns them into the module, so peak memory is about one copy 
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .config import ConfigError, UNetConfig, read_json
 from .detect import ModelPathError, detect_model, inside, pickle_folder_message
 from .errors import UnetvizError
 from .model import UNet2DConditionModel
+from .safetensors_io import FLOAT_NAMES, read_header, torch_dtype
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 _DTYPES = {
@@ -142,13 +141,7 @@ def _weight_files(unet_dir: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------- reading
 #: safetensors dtype names unetviz loads; anything else (ints, bool, complex, float8) is refused.
-FLOAT_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-}
-_MAX_HEADER = 100 * 2**20  # safetensors' own limit
+FLOAT_DTYPES = {name: torch_dtype(name) for name in FLOAT_NAMES}
 
 
 @dataclass(frozen=True)
@@ -164,37 +157,20 @@ class TensorEntry:
 
 
 def read_index(file: Path) -> dict[str, TensorEntry]:
-    """Every tensor's dtype, shape and byte range, from the file's header only. safetensors
-    validates the header first (a truncated or corrupt file raises WeightsError naming it)."""
+    """Every tensor's dtype, shape and byte range, from the file's header only
+    (``safetensors_io.read_header``: a truncated or corrupt file raises WeightsError naming it)."""
     try:
         if not stat.S_ISREG(os.stat(file).st_mode):  # a FIFO would block the open forever
             raise WeightsError(f"{file} is not a regular file (a FIFO, socket or device)")
-        with open(file, "rb") as fh:  # first, so a permission problem is named as one
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                f.keys()
-            n = int.from_bytes(fh.read(8), "little")
-            if not 0 < n <= _MAX_HEADER:
-                raise ValueError(f"header of {n} bytes")
-            header = json.loads(fh.read(n))
+        with open(file, "rb") as fh:
+            entries, _ = read_header(fh, os.fstat(fh.fileno()).st_size)
     except PermissionError:
         raise WeightsError(f"{file}: permission denied") from None
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (OSError, EOFError, ValueError) as exc:
         raise WeightsError(
             f"{file} is not a readable safetensors file (truncated or corrupt?): {exc}"
         ) from None
-    header.pop("__metadata__", None)
-    base = 8 + n
-    return {
-        key: TensorEntry(
-            file,
-            key,
-            v["dtype"],
-            tuple(v["shape"]),
-            base + v["data_offsets"][0],
-            base + v["data_offsets"][1],
-        )
-        for key, v in header.items()
-    }
+    return {e.name: TensorEntry(file, e.name, e.dtype, e.shape, e.begin, e.end) for e in entries}
 
 
 def _read_tensors(
@@ -297,12 +273,15 @@ def load_unet(
     path: str | Path,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    loras: Sequence[Any] | None = None,
 ) -> UNet2DConditionModel:
     """Load a diffusers-format UNet strictly: every key present, none extra, every shape equal,
     every value finite, every file inside the folder given.
 
     ``dtype`` None keeps the file's dtype (mixed floating dtypes: float32, see
     :func:`load_dtype`). Nothing is half-loaded: on any error no model is returned.
+    ``loras``: ``[(file, scale), ...]`` fused into the UNet (:mod:`unetviz.lora`; a file's
+    text-encoder keys are refused: use ``load_pipeline`` for those).
     """
     unet_dir = find_unet_dir(path)
     try:
@@ -322,4 +301,8 @@ def load_unet(
     target = load_dtype(ordered, resolve_dtype(dtype))
     state = dict(_read_tensors(ordered, target, device))
     model.load_state_dict(state, strict=True, assign=True)
+    if loras:
+        from unetviz.lora import fuse_loras
+
+        model.loras = fuse_loras({"unet": model}, loras)
     return model.eval().requires_grad_(False)

@@ -22,9 +22,12 @@ from ..outputs import sigterm_raises
 
 
 def _engine(workers: int | None, ray: str | None, gpus: float) -> Any:
+    from unetviz.callargs import as_float
+
     from .engines import InProcessEngine, LocalEngine, RayEngine
     from .rows import BatchError
 
+    gpus = as_float(gpus, "--gpus-per-worker", 0.0, 1024.0, error=BatchError)
     if ray is not None:
         return RayEngine(ray, workers, gpus)
     if gpus:
@@ -69,6 +72,12 @@ def register(app: typer.Typer) -> None:
         ),
         gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray GPUs/actor."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun failed rows."),
+        timeout: float = typer.Option(
+            None,
+            "--timeout",
+            help="Seconds one prompt may take before its worker is replaced and the prompt "
+            "retried (default: 120 + steps x max(1, 20 per GB of weights)).",
+        ),
         dtype: str = typer.Option(None, "--dtype", help="SD only: float32/float16/bfloat16."),
         device: str = typer.Option(None, "--device", help="SD only: cpu, cuda, cuda:1."),
         scheduler: str = typer.Option(None, "--scheduler", help="SD only: ddim, euler, ..."),
@@ -91,6 +100,7 @@ def register(app: typer.Typer) -> None:
             tau=tau,
             keep_traces=keep_traces,
             mask_source=mask_source or ("generated" if demo_set is not None else "file"),
+            timeout=timeout,
         )
         _execute(
             spec, prompts, output, demo_set, (workers, ray, gpus_per_worker),
@@ -129,7 +139,9 @@ def _execute(
     except KeyboardInterrupt:
         typer.echo(
             f"interrupted: finished prompts are in {output}/ (tables rebuilt); run the same "
-            "command again to resume",
+            "command again to resume"
+            if output.exists()
+            else "interrupted before any prompt finished: nothing was written",
             err=True,
         )
         raise SystemExit(130) from None

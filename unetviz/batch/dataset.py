@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .rows import BatchError
+from .rows import MAX_ROWS, BatchError
 from .stats import AGGREGATES, DAAM
 from .store import JOB_FILE, PROMPTS, TABLE, pa_modules
 
 MAX_TABLE_BYTES = 2 * 1024**3
+#: rows of table.parquet / prompts.parquet a viewer reads (from the file's metadata, first)
+MAX_TABLE_ROWS = 5_000_000
+MAX_PROMPT_ROWS = MAX_ROWS
+#: bytes a table takes once decoded (the metadata's uncompressed sizes, then each row group's)
+MAX_TABLE_INFLATED = 1024**3
+MAX_FOOTER_BYTES = 16 * 1024**2
 MAX_IMAGE_BYTES = 32 * 1024**2
 MAX_TRACE_BYTES = 1024**3
 
@@ -52,6 +58,60 @@ def _file(folder: Path, rel: str, limit: int) -> Path:
     return path
 
 
+def read_table(path: Path, max_rows: int, max_bytes: int = MAX_TABLE_INFLATED) -> Any:
+    """A Parquet file read within bounds: its footer length, then its metadata (rows, declared
+    uncompressed bytes) are checked before any column is decoded; row groups are then read one
+    at a time and their decoded bytes counted (at most twice ``max_bytes`` in Arrow's layout).
+    BatchError naming the file and the bound."""
+    pa, pq = pa_modules()
+    name = f"{path.name!r} in {str(path.parent)!r}"
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 12:
+            raise BatchError(f"{name} is not a Parquet file (too short)")
+        fh.seek(-8, os.SEEK_END)
+        tail = fh.read(8)
+    footer = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or footer > MAX_FOOTER_BYTES:
+        raise BatchError(
+            f"{name} is not a Parquet file with a footer of at most {MAX_FOOTER_BYTES:,} bytes"
+        )
+    try:
+        return _read_bounded(pa, pq.ParquetFile(path), name, max_rows, max_bytes)
+    except BatchError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise BatchError(f"{name} is not a readable Parquet file: {exc}") from None
+
+
+def _read_bounded(pa: Any, f: Any, name: str, max_rows: int, max_bytes: int) -> Any:
+    meta = f.metadata
+    if meta.num_rows > max_rows:
+        raise BatchError(
+            f"{name} declares {meta.num_rows:,} rows: a viewer reads at most {max_rows:,}"
+        )
+    declared = sum(
+        meta.row_group(i).column(j).total_uncompressed_size
+        for i in range(meta.num_row_groups)
+        for j in range(meta.num_columns)
+    )
+    if declared > max_bytes:
+        raise BatchError(
+            f"{name} declares {declared:,} bytes once decoded: a viewer reads at most {max_bytes:,}"
+        )
+    groups, rows, held = [], 0, 0
+    for i in range(meta.num_row_groups):
+        group = f.read_row_group(i)
+        rows, held = rows + group.num_rows, held + group.nbytes
+        if rows > max_rows or held > 2 * max_bytes:  # Arrow adds offsets and bitmaps
+            raise BatchError(
+                f"{name} holds more than its metadata says ({rows:,} rows, {held:,} bytes "
+                f"read): a viewer reads at most {max_rows:,} rows, {max_bytes:,} bytes"
+            )
+        groups.append(group)
+    return pa.concat_tables(groups) if groups else f.schema_arrow.empty_table()
+
+
 @dataclass
 class Drill:
     """One prompt of a dataset."""
@@ -74,8 +134,9 @@ class Dataset:
         self.folder = folder
         try:
             self.job = json.loads(_file(folder, JOB_FILE, 1024**2).read_text())
-            self.table = pq.read_table(_file(folder, TABLE, MAX_TABLE_BYTES))
-            self.prompts = pq.read_table(_file(folder, PROMPTS, MAX_TABLE_BYTES)).to_pandas()
+            self.table = read_table(_file(folder, TABLE, MAX_TABLE_BYTES), MAX_TABLE_ROWS)
+            self.prompts = read_table(_file(folder, PROMPTS, MAX_TABLE_BYTES), MAX_PROMPT_ROWS)
+            self.prompts = self.prompts.to_pandas()
         except BatchError:
             raise
         except Exception as exc:
@@ -125,7 +186,8 @@ class Dataset:
             from unetviz.capture import Trace
             from unetviz.render.plots import token_grid
 
-            trace = Trace.load(_file(self.folder, p["trace"], MAX_TRACE_BYTES))
+            path = _file(self.folder, p["trace"], MAX_TRACE_BYTES)
+            trace = Trace.load(path, max_bytes=MAX_TRACE_BYTES)
             heatmaps = token_grid(trace, image=image, preset="daam")
         df = self.frame[self.frame["row"] == row]
         return Drill(

@@ -27,12 +27,20 @@ from typing import Any
 
 import numpy as np
 
+from unetviz.callargs import as_int
 from unetviz.detect import demo_geometry, demo_words
 from unetviz.outputs import write_file
 
 from .rows import BatchError
 
 DEMO_SET_SEED = 20261129
+#: captions one demo set may hold
+MAX_DEMO_SET = 100_000
+
+
+def check_count(n: Any) -> int:
+    """The size of a demo set: a whole number 1..MAX_DEMO_SET."""
+    return as_int(n, "--demo-set", 1, MAX_DEMO_SET, error=BatchError)
 
 
 def _module(name: str) -> Any:
@@ -103,8 +111,7 @@ def make_demo_set(
     and size word) for ``n`` scenes into ``folder`` (which has a ``masks/`` subfolder);
     ``claim(names)`` is told every file before it is written. Returns the prompts file.
     Deterministic: the same ``n`` and model give the same set, so a rerun resumes."""
-    if not 1 <= n <= 100_000:
-        raise BatchError(f"--demo-set {n}: expected 1 to 100000 prompts")
+    check_count(n)
     data = data_module()
     words, size = demo_vocabulary(model)
     rng = random.Random(DEMO_SET_SEED)

@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unetviz.callargs import MAX_GUIDANCE, as_float, as_int, check_guidance, check_steps
+
 from .rows import BatchError, PromptRow, load_masks, read_prompts
 from .store import SUMMARY, Store
 from .worker import MASK_SOURCES, JobSpec
 
 PART_SIZE = 16
 PART_SECONDS = 30.0
+#: the longest per-prompt timeout a job may set (a day)
+MAX_TIMEOUT_S = 86_400.0
 
 
 @dataclass
@@ -95,6 +99,24 @@ def _job(spec: JobSpec, prompts: Path) -> dict[str, Any]:
     return {"tool": "unetviz batch", "prompts": str(prompts), "identity": spec.identity()}
 
 
+def check_spec(spec: JobSpec, part_size: int = PART_SIZE) -> None:
+    """Every option of a job, checked before anything is read or created (the defaults a row
+    falls back on included: a NaN guidance or 10**8 steps is refused here, not per row)."""
+    if spec.mask_source not in MASK_SOURCES:
+        raise BatchError(f"mask source {spec.mask_source!r}: expected one of {MASK_SOURCES}")
+    as_int(spec.buckets, "--buckets", 1, 100, error=BatchError)
+    tau = as_float(spec.tau, "--tau", 0.0, 1.0, error=BatchError)
+    if tau in (0.0, 1.0):
+        raise BatchError(f"--tau={tau:g}: expected a number strictly between 0 and 1")
+    if spec.steps is not None:
+        check_steps(spec.steps, name="--steps", error=BatchError)
+    if spec.guidance is not None:
+        check_guidance(spec.guidance, 0.0, MAX_GUIDANCE, name="--guidance", error=BatchError)
+    as_int(part_size, "part size", 1, 1_000_000, error=BatchError)
+    if spec.timeout is not None:
+        as_float(spec.timeout, "--timeout", 1.0, MAX_TIMEOUT_S, error=BatchError)
+
+
 def run_batch(
     prompts: str | os.PathLike,
     output: str | os.PathLike,
@@ -111,30 +133,42 @@ def run_batch(
     from .engines import InProcessEngine
 
     spec = spec or JobSpec()
-    if spec.mask_source not in MASK_SOURCES:
-        raise BatchError(f"mask source {spec.mask_source!r}: expected one of {MASK_SOURCES}")
-    if not 1 <= spec.buckets <= 100 or not 0 < spec.tau < 1:
-        raise BatchError(f"buckets {spec.buckets} / tau {spec.tau}: expected 1..100 / (0, 1)")
-    if part_size < 1:
-        raise BatchError(f"part size {part_size}: expected at least 1")
+    check_spec(spec, part_size)
     engine = engine or InProcessEngine()
     prompts = Path(prompts)
     rows = read_prompts(prompts)
-    if hasattr(engine, "connect"):
-        engine.connect()  # a cluster that cannot be reached fails before out/ is touched
+    engine.connect(spec)  # too many workers, an unreachable cluster: refused before out/ exists
     store = Store.open(output, _job(spec, prompts.resolve()), force=force)
+    with store.locked():
+        return _run(engine, spec, store, rows, prompts, output, retry_failed, part_size, progress)
+
+
+def _run(
+    engine: Any,
+    spec: JobSpec,
+    store: Store,
+    rows: list[PromptRow],
+    prompts: Path,
+    output: str | os.PathLike,
+    retry_failed: bool,
+    part_size: int,
+    progress: Callable[[Progress], None] | None,
+) -> BatchResult:
+    """run_batch once the folder is open and locked."""
     done = store.done()
     todo = [r for r in rows if r.key not in done or (retry_failed and done[r.key] == "error")]
     result = BatchResult(Path(output), len(rows), 0, len(rows) - len(todo), 0, 0, 0.0)
     buffer: list[dict[str, Any]] = []
     try:
         _consume(engine, spec, store, todo, prompts, result, buffer, part_size, progress)
-    except KeyboardInterrupt:
-        result.interrupted = True
-    except BaseException:
+    except BaseException as exc:
         if store.created and result.ran == 0:  # e.g. the model does not load: leave nothing
             shutil.rmtree(store.out, ignore_errors=True)
             raise
+        if not isinstance(exc, KeyboardInterrupt):
+            _finish(store, buffer, rows, result, engine)
+            raise
+        result.interrupted = True
         _finish(store, buffer, rows, result, engine)
         raise
     _finish(store, buffer, rows, result, engine)
@@ -159,7 +193,8 @@ def _consume(
     by_key = {r.key: r for r in todo}
     start = time.perf_counter()
     last_flush = time.monotonic()
-    for res in engine.run(spec, _tasks(todo, prompts.resolve().parent, spec)):
+    tasks = _tasks(todo, prompts.resolve().parent, spec)
+    for res in engine.run(spec, tasks, total=len(todo)):
         row = by_key[res["key"]]
         res["row_info"] = {
             **row.to_dict(),
@@ -204,12 +239,18 @@ def run_demo_set(
     """``unetviz batch --demo-set N``: write N demo captions with their exact masks into
     ``output`` (prompts.jsonl, masks/), then run them like any prompt set (resumable: the
     same N gives the same set)."""
-    from .demo_set import known_classes, make_demo_set
+    from .demo_set import check_count, demo_vocabulary, known_classes, make_demo_set
 
     spec = spec or JobSpec(mask_source="generated")
+    check_count(n)  # everything is checked before the folder is made
+    check_spec(spec, kw.get("part_size", PART_SIZE))
+    demo_vocabulary(spec.model)
+    if kw.get("engine") is not None:
+        kw["engine"].connect(spec)
     if not spec.known_classes:
         spec.known_classes = known_classes()
     prompts = Path(output) / "prompts.jsonl"
     store = Store.open(output, _job(spec, prompts.resolve()), force=force, extra=("masks",))
-    make_demo_set(n, Path(output), spec.model, claim=store.claim)
+    with store.locked():
+        make_demo_set(n, Path(output), spec.model, claim=store.claim)
     return run_batch(prompts, output, spec, force=force, **kw)

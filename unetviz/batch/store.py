@@ -17,8 +17,12 @@ of the part being gathered, and a rerun skips every prompt already in a part.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +108,8 @@ class Store:
             return store
 
         def fill(tmp: Path) -> None:
-            (tmp / JOB_FILE).write_text(json.dumps(job, indent=1, sort_keys=True) + "\n")
+            text = json.dumps(job, indent=1, sort_keys=True, allow_nan=False)
+            (tmp / JOB_FILE).write_text(text + "\n")
             for sub in ("parts", "images", "traces", *extra):
                 (tmp / sub).mkdir()
 
@@ -113,6 +118,24 @@ class Store:
         store = cls(out, created=not existed)
         store._read_marker()
         return store
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder for one run: a second run into it (another process, or another
+        thread here) is refused while this one writes. The lock is on ``batch.json`` (no new
+        file) and the kernel drops it when the process ends, however it ends."""
+        fd = os.open(self.out / JOB_FILE, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BatchError(
+                    f"{str(self.out)!r} is in use by another unetviz batch run: wait for it to "
+                    "finish (then rerun to resume) or use another folder"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
 
     def _read_marker(self) -> None:
         try:

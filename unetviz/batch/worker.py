@@ -34,11 +34,13 @@ class JobSpec:
     keep_traces: bool = False
     mask_source: str = "file"
     known_classes: dict[str, str] = field(default_factory=dict)
+    #: seconds a worker may take for one prompt (None: from the model and the steps)
+    timeout: float | None = None
 
     def identity(self) -> dict[str, Any]:
         """The options that change results: a rerun into the same folder must match them."""
         d = asdict(self)
-        for k in ("keep_traces", "known_classes"):
+        for k in ("keep_traces", "known_classes", "timeout"):
             d.pop(k)
         return d
 

@@ -10,15 +10,14 @@ structure is then checked against its own tensors and against sane limits
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 import zipfile
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from ..safetensors_io import read_header, read_tensor, torch_dtype
 from .errors import TraceError
 
 FORMAT = "unetviz-trace"
@@ -40,36 +39,31 @@ MAX_RECORDS = 200_000
 MAX_CHANNELS = 16_384
 MAX_POINTS = 64
 
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_CHUNK = 1024**2
+#: the safetensors dtypes a trace holds (floats for maps and vectors; ints and bools for masks)
+_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
 
 
 # ---------------------------------------------------------------------------------- reading
-def read_bundle(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(state, tensors) of the bundle at ``path`` (zip or folder), sizes checked first."""
+def read_bundle(
+    path: str | os.PathLike, max_bytes: int | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(state, tensors) of the bundle at ``path`` (zip or folder). Sizes are checked first; then
+    the structure is checked against the safetensors *header* (no tensor allocated yet): every
+    tensor must be one the structure references, of the shape it implies, and together at most
+    ``max_bytes`` (default :data:`MAX_TENSOR_BYTES`) before a byte of data is read."""
     path = Path(path)
+    cap = MAX_TENSOR_BYTES if max_bytes is None else min(int(max_bytes), MAX_TENSOR_BYTES)
     if not path.exists():
         raise TraceError(f"trace file not found: {path}")
     try:
         if path.is_dir():
-            return _read_folder(path)
+            return _read_folder(path, cap)
         if not zipfile.is_zipfile(path):
             raise TraceError(
                 f"{path} is not a unetviz trace: expected a zip bundle with {JSON_NAME} and "
                 f"{TENSORS_NAME} (written by Trace.save)"
             )
-        return _read_zip(path)
+        return _read_zip(path, cap)
     except TraceError:
         raise
     except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError) as exc:
@@ -78,30 +72,38 @@ def read_bundle(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
         ) from None
 
 
-def _read_folder(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    files = {name: path / name for name in (JSON_NAME, TENSORS_NAME)}
-    if not files[JSON_NAME].is_file():
-        raise TraceError(f"{path} is a folder without {JSON_NAME}: not a unetviz trace folder")
-    if not files[TENSORS_NAME].is_file():
-        raise TraceError(f"{path} is a folder without {TENSORS_NAME}: not a unetviz trace folder")
+def _member(folder: Path, name: str) -> Path:
+    """``folder/name`` as a regular file that resolves inside ``folder`` (a ``trace.json``
+    symlink to ``/etc/passwd`` or to another folder is refused, as model folders refuse it)."""
+    file = folder / name
+    real, root = file.resolve(), folder.resolve()
+    if not real.is_relative_to(root):
+        raise TraceError(f"{file} leads outside the trace folder {folder} (a symlink?)")
+    if not file.is_file():
+        raise TraceError(f"{folder} is a folder without {name}: not a unetviz trace folder")
+    return real
+
+
+def _read_folder(path: Path, cap: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    files = {name: _member(path, name) for name in (JSON_NAME, TENSORS_NAME)}
     sizes = {name: f.stat().st_size for name, f in files.items()}
     _check_size(path, JSON_NAME, sizes[JSON_NAME], MAX_JSON_BYTES)
     with open(files[JSON_NAME], "rb") as fh:
         state = _parse_state(path, fh.read(MAX_JSON_BYTES + 1))
     _check_size(path, TENSORS_NAME, sizes[TENSORS_NAME], MAX_TENSOR_BYTES)
     with open(files[TENSORS_NAME], "rb") as fh:
-        return state, read_safetensors(fh, sizes[TENSORS_NAME])
+        return state, _read_referenced(path, fh, sizes[TENSORS_NAME], state, cap)
 
 
-def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_zip(path: Path, cap: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     with zipfile.ZipFile(path) as zf:
         infos = {i.filename: i for i in zf.infolist()}
         missing = sorted({JSON_NAME, TENSORS_NAME} - set(infos))
         if missing:
             raise TraceError(f"{path} is a zip file but not a unetviz trace: it lacks {missing}")
-        for name, cap in ((JSON_NAME, MAX_JSON_BYTES), (TENSORS_NAME, MAX_TENSOR_BYTES)):
+        for name, limit in ((JSON_NAME, MAX_JSON_BYTES), (TENSORS_NAME, MAX_TENSOR_BYTES)):
             info = infos[name]
-            _check_size(path, name, info.file_size, cap)
+            _check_size(path, name, info.file_size, limit)
             ratio = info.file_size / max(info.compress_size, 1)
             if info.file_size > 1024**2 and ratio > MAX_RATIO:
                 raise TraceError(
@@ -109,16 +111,27 @@ def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                     f"{info.file_size} bytes); a trace member may inflate at most "
                     f"{MAX_RATIO}x (refused as a zip bomb)"
                 )
+        # the data is at least the member less the largest header: over budget -> no inflating
+        _check_budget(path, infos[TENSORS_NAME].file_size - 8 - MAX_HEADER_BYTES, cap)
         with zf.open(infos[JSON_NAME]) as fh:
             state = _parse_state(path, fh.read(MAX_JSON_BYTES + 1))
         with zf.open(infos[TENSORS_NAME]) as fh:
-            return state, read_safetensors(fh, infos[TENSORS_NAME].file_size)
+            size = infos[TENSORS_NAME].file_size
+            return state, _read_referenced(path, fh, size, state, cap)
 
 
 def _check_size(path: Path, name: str, size: int, cap: int) -> None:
     if size > cap:
         raise TraceError(
             f"{path}: {name} is {size} bytes; a trace's {name} may be at most {cap} bytes"
+        )
+
+
+def _check_budget(path: Path, need: int, cap: int) -> None:
+    if need > cap:
+        raise TraceError(
+            f"{path}: its tensors take {need:,} bytes once loaded; this loader accepts at most "
+            f"{cap:,} bytes (max_bytes)"
         )
 
 
@@ -139,82 +152,71 @@ def _parse_state(path: Path, raw: bytes) -> dict[str, Any]:
     return state
 
 
+def _read_referenced(
+    path: Path, fh: IO[bytes], size: int, state: dict[str, Any], cap: int
+) -> dict[str, torch.Tensor]:
+    """The tensors of a bundle whose structure is ``state``: checked on the header alone
+    (shapes on the meta device), then streamed. A tensor the structure does not name, or bytes
+    beyond the shapes it implies, or a total over ``cap``, is refused before any allocation."""
+    entries, _ = read_header(fh, size, MAX_HEADER_BYTES)
+    bad = next((e for e in entries if e.dtype not in _DTYPES), None)
+    if bad is not None:
+        raise TraceError(
+            f"{path}: tensor {bad.name!r} has dtype {bad.dtype}, not one a trace holds"
+        )
+    shapes = {
+        e.name: torch.empty(e.shape, dtype=torch_dtype(e.dtype), device="meta") for e in entries
+    }
+    try:
+        referenced = check_state(state, shapes)
+    except TraceError as exc:
+        raise TraceError(f"{path} is a corrupt unetviz trace: {exc}") from None
+    extra = sorted(set(shapes) - referenced)
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise TraceError(
+            f"{path}: {TENSORS_NAME} holds tensors {', '.join(map(repr, extra[:3]))}{more} that "
+            f"{JSON_NAME} does not reference (a trace holds only what its structure names)"
+        )
+    _check_budget(path, sum(e.nbytes for e in entries), cap)
+    return {e.name: read_tensor(fh, e) for e in entries}
+
+
 def read_safetensors(fh: IO[bytes], size: int) -> dict[str, torch.Tensor]:
     """Stream a safetensors file of ``size`` bytes: the header is checked (dtypes, shapes,
     offsets tiling the data exactly) before any tensor is allocated, then each tensor is read
     straight into its own storage."""
-    if size < 8:
-        raise ValueError(f"{TENSORS_NAME} is {size} bytes: too short for a safetensors header")
-    (n,) = struct.unpack("<Q", _read_exact(fh, 8))
-    if n > min(size - 8, MAX_HEADER_BYTES):
-        raise ValueError(f"safetensors header of {n} bytes in a {size}-byte file")
-    header = json.loads(_read_exact(fh, n).decode("utf-8"))
-    if not isinstance(header, dict):
-        raise ValueError("safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    entries = sorted(((_entry(name, e), name) for name, e in header.items()), key=lambda x: x[0][2])
-    offset = 0
-    for (_, _, begin, end), name in entries:
-        if begin != offset:
-            raise ValueError(f"safetensors tensor {name!r} starts at {begin}, expected {offset}")
-        offset = end
-    if offset != size - 8 - n:
-        raise ValueError(f"safetensors data is {size - 8 - n} bytes, the header says {offset}")
-    out: dict[str, torch.Tensor] = {}
-    for (dtype, shape, begin, end), name in entries:
-        t = torch.empty(shape, dtype=dtype)
-        _read_into(fh, t.view(-1).view(torch.uint8).numpy() if t.numel() else None, end - begin)
-        out[name] = t
-    return out
-
-
-def _entry(name: str, e: Any) -> tuple[torch.dtype, list[int], int, int]:
-    if not isinstance(e, dict):
-        raise ValueError(f"safetensors entry {name!r} is not an object")
-    dtype = _DTYPES.get(e.get("dtype"))
-    shape, offsets = e.get("shape"), e.get("data_offsets")
-    if dtype is None:
-        raise ValueError(f"safetensors tensor {name!r}: unsupported dtype {e.get('dtype')!r}")
-    if not _int_list(shape, 8) or not _int_list(offsets, 2) or len(offsets) != 2:
-        raise ValueError(f"safetensors tensor {name!r}: bad shape or data_offsets")
-    begin, end = offsets
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if end - begin != nbytes or begin < 0:
-        raise ValueError(f"safetensors tensor {name!r}: {end - begin} bytes for shape {shape}")
-    return dtype, shape, begin, end
-
-
-def _int_list(value: Any, max_len: int) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) <= max_len
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-    )
-
-
-def _read_exact(fh: IO[bytes], n: int) -> bytes:
-    data = fh.read(n)
-    if len(data) != n:
-        raise EOFError(f"expected {n} bytes, got {len(data)}")
-    return data
-
-
-def _read_into(fh: IO[bytes], buf: Any, n: int) -> None:
-    view = memoryview(buf).cast("B") if buf is not None else memoryview(b"")
-    pos = 0
-    while pos < n:
-        chunk = fh.read(min(_CHUNK, n - pos))
-        if not chunk:
-            raise EOFError(f"tensor data ends after {pos} of {n} bytes")
-        view[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
+    entries, _ = read_header(fh, size, MAX_HEADER_BYTES)
+    bad = next((e for e in entries if e.dtype not in _DTYPES), None)
+    if bad is not None:
+        raise ValueError(f"safetensors tensor {bad.name!r}: unsupported dtype {bad.dtype!r}")
+    return {e.name: read_tensor(fh, e) for e in entries}
 
 
 # ---------------------------------------------------------------------------------- checking
-def check_state(state: Any, tensors: dict[str, torch.Tensor]) -> None:
+class _Refs(dict):
+    """The tensors by name, remembering which names were looked up."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__(tensors)
+        self.seen: set[str] = set()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+
+def check_state(state: Any, tensors: dict[str, torch.Tensor]) -> set[str]:
     """Raise ``TraceError`` unless ``state`` is a well-formed trace structure whose sizes are
     within this module's limits and agree with its own tensors (shapes vs ``res``, heads,
-    tokens, steps)."""
+    tokens, steps). Returns the names of the tensors the structure references. ``tensors`` may
+    be meta tensors (shapes only): loading checks the header this way before reading data."""
+    tensors = _Refs(tensors)
+    _check_structure(state, tensors)
+    return tensors.seen
+
+
+def _check_structure(state: Any, tensors: _Refs) -> None:
     if not isinstance(state, dict):
         raise TraceError(f"the trace structure is a {type(state).__name__}, expected an object")
     for key, kind in _TOP_LEVEL.items():
@@ -241,6 +243,10 @@ def check_state(state: Any, tensors: dict[str, torch.Tensor]) -> None:
         _check_self_attention(name, rec, tensors)
     if len(token_dims) > 1:
         raise TraceError(f"attention maps disagree on the number of tokens: {sorted(token_dims)}")
+    if state.get("features") is not None:  # capture(features=...): checked by its own module
+        from .features import features_from_state
+
+        features_from_state(state["features"], tensors, len(state["timesteps"]))
 
 
 _TOP_LEVEL = {

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -13,11 +13,18 @@ from torch import nn
 from .attention import CrossAttentionProbe, GridProbe, MapStore, SelfAttentionProbe, taps
 from .errors import TraceError
 from .options import DEFAULT_MEMORY_BUDGET, CaptureOptions, select
+from .plan import ModelPlan
 from .probe import Probe, ProbeSession
 from .probes import BlockProbe, MacsProbe, SkipProbe, StepProbe, TembProbe
 from .records import AttentionRecord, block_of, location_of
-from .shapes import is_attention, is_cross
 from .trace import Trace
+
+#: Further recording probes: each ``make(trace, options, plan, steps)`` returns a Probe, or
+#: None when its option is off. A new recorded quantity registers its factory here (one line);
+#: its hooks run after the built-in probes' on a shared module. ``steps`` is the capture's
+#: :class:`~unetviz.capture.probes.StepProbe` (``steps.defer`` for end-of-forward floats,
+#: ``steps.facts`` / ``steps.fresh`` for first-pass facts).
+RECORDERS: list[Callable[[Trace, CaptureOptions, ModelPlan, StepProbe], Probe | None]] = []
 
 
 class Capture:
@@ -36,7 +43,9 @@ class Capture:
     ``trace.heatmap(..., preset="daam")`` needs (bounded: SD 1.5 at 512 px 63 MiB, SDXL at
     1024 px 421 MiB). Self-attention rows are captured only for ``self_attention_layers``
     (attn1 names / prefixes) at ``self_attention_points`` ((y, x) fractions). ``meta`` is
-    merged into ``trace.meta``.
+    merged into ``trace.meta``. ``features`` ("blocks" or True, "layers") records per block and
+    step the output's first three principal components, channel norm and RMS
+    (``trace.features``, ``unetviz.capture.features``).
 
     Every hook is removed on exit (normal or exception); outputs are unchanged bit for bit.
     Captures of one model are serialised by a per-model lock; forwards of the model in other
@@ -61,6 +70,7 @@ class Capture:
         self_attention_layers: Sequence[str] | None = None,
         self_attention_points: Sequence[tuple[float, float]] | None = None,
         meta: dict[str, Any] | None = None,
+        features: bool | str = False,
     ):
         if not isinstance(model, nn.Module):
             raise TraceError(f"capture needs a torch nn.Module (a UNet), got {type(model)!r}")
@@ -78,24 +88,23 @@ class Capture:
             self_attention_layers=self_attention_layers,  # type: ignore[arg-type]
             self_attention_points=self_attention_points,  # type: ignore[arg-type]
             meta=dict(meta or {}),
+            features=features,
         )
         self.model = model
         self.trace = Trace()
-        self.session = ProbeSession(model, self._probes(model), lock=True)
+        self.session = ProbeSession(model, [], lock=True, cfg=self.options.cfg)
+        self.session.probes = self._probes(self.session.plan)
 
-    def _probes(self, model: nn.Module) -> list[Probe]:
+    def _probes(self, plan: ModelPlan) -> list[Probe]:
         """The recording probes, in the order their hooks run on a shared module."""
         opts, trace = self.options, self.trace
-        modules = {n: m for n, m in model.named_modules() if n}
-        attn = [n for n, m in modules.items() if is_attention(m)]
-        cross = [n for n in attn if is_cross(n, modules[n])]
+        modules, cross = plan.modules, plan.cross
         chosen = cross if opts.attention is True else []
         if isinstance(opts.attention, tuple):
             chosen = select("cross-attention", opts.attention, cross)
         self_chosen: list[str] = []
         if opts.self_attention_layers is not None:
-            others = [n for n in attn if n not in cross]
-            self_chosen = select("self-attention", opts.self_attention_layers, others)
+            self_chosen = select("self-attention", opts.self_attention_layers, plan.selfs)
         for name in chosen + self_chosen:
             taps(modules[name])  # refuses fused projections it cannot read, before any hook
         for name in cross:  # every cross-attention layer gets a record (shapes, res, heads)
@@ -108,14 +117,24 @@ class Capture:
                 per_head=opts.per_head,
             )
         steps, store = StepProbe(trace, opts), MapStore(opts)
-        grids = GridProbe(trace, cross + self_chosen)
-        probes: list[Probe] = [steps, BlockProbe(trace, opts.detail), SkipProbe(trace)]
-        probes.append(MacsProbe(trace))
+        grids = GridProbe(trace, cross + self_chosen, steps, steady=bool(chosen or self_chosen))
+        probes: list[Probe] = [steps, BlockProbe(trace, opts.detail, steps)]
+        probes += [SkipProbe(trace, steps), MacsProbe(trace, steps)]
         if opts.temb:
             probes.append(TembProbe(trace, steps, stream=opts.mode == "stream"))
-        probes += [grids, CrossAttentionProbe(trace, opts, chosen, grids, store)]
+        probes.append(grids)
+        if chosen:
+            probes.append(CrossAttentionProbe(trace, opts, chosen, grids, store))
         if self_chosen:
             probes.append(SelfAttentionProbe(trace, opts, self_chosen, grids, store))
+        for make in RECORDERS:
+            probe = make(trace, opts, plan, steps)
+            if probe is not None:
+                probes.append(probe)
+        if opts.features:
+            from .features import FeatureProbe
+
+            probes.append(FeatureProbe(trace, opts.features, steps))
         return probes
 
     # ------------------------------------------------------------------ lifecycle
@@ -143,11 +162,10 @@ class Capture:
                 config = dict(config)
             except (TypeError, ValueError):
                 config = None
-        try:
-            p = next(model.parameters())
+        p = self.session.plan.parameter(model)
+        device, dtype = "cpu", None
+        if p is not None:
             device, dtype = str(p.device), str(p.dtype).removeprefix("torch.")
-        except StopIteration:
-            device, dtype = "cpu", None
         meta = {
             "model": f"{cls.__module__}.{cls.__name__}",
             "config": {k: v for k, v in (config or {}).items() if not str(k).startswith("_")}

@@ -39,9 +39,13 @@ class CaptureOptions:
     self_attention_layers: tuple[str, ...] | None = None
     self_attention_points: tuple[tuple[float, float], ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    features: bool | str | None = False  # feature pictures: "blocks" / "layers" (features.py)
 
     def __post_init__(self) -> None:
         _check_choice("detail", self.detail, DETAILS)
+        from .features import features_level
+
+        object.__setattr__(self, "features", features_level(self.features))
         if self.mode not in MODES:
             raise TraceError(
                 f"mode={self.mode!r}: expected 'steps' (keep every step's maps) or 'stream' "
@@ -104,6 +108,7 @@ class CaptureOptions:
             "half": self.half,
             "per_head": self.per_head,
             "daam": self.daam,
+            "features": self.features,
         }
 
 

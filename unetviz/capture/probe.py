@@ -3,12 +3,16 @@
 A :class:`Probe` handles one concern (block shapes, skips, MACs, temb, cross-attention, ...).
 A :class:`ProbeSession` hooks a list of probes onto one model: it owns every hook handle (all
 removed on exit, normal or exception), the thread filter (only forwards run by the thread that
-entered are seen; one wrapper, :meth:`ProbeSession.hook`, applies it to every hook), and the
-per-forward state (:class:`Forward`) it hands to each probe.
+entered are seen), the per-forward state (:class:`Forward`: step counter, batch, the
+conditional rows of a classifier-free-guidance batch) it hands to each probe, and the model's
+cached module plan (``session.plan``, ``session.modules``). Captures and interventions are both
+sessions: one lifecycle for recording and for changing what flows.
 
 Lifecycle of a probe: ``install(session)`` registers hooks with ``session.hook(...)``;
-``begin_forward(session)`` / ``end_forward(session)`` run around every forward of the model
-(root pre / post hook); ``finalize(session)`` runs once on exit.
+``begin_forward(session, args, kwargs)`` / ``end_forward(session, output)`` run around every
+forward of the model (root pre / post hook); ``finalize(session)`` runs once on exit. What only
+the first forward records is hooked from ``begin_forward`` at step 0 with ``first_pass=True``
+(or taken from the plan's cached first-pass facts, see ``plan.py``).
 
 Interventions (probes that change what flows) set ``edits = True``. Their hooks are
 *prepended* (``register_forward_hook(prepend=True)``), so on any module an edit runs before
@@ -27,36 +31,67 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from threading import get_ident
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .errors import TraceError
+from .plan import plan_of
 
 _LOCKS_GUARD = threading.Lock()
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 _OWNERS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
-_PROB_EDITS: weakref.WeakKeyDictionary[nn.Module, list[Callable]] = weakref.WeakKeyDictionary()
+_PROB_EDITS: weakref.WeakKeyDictionary[nn.Module, list[tuple[Callable, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def cfg_halves(batch: int, cfg: bool | None, error: type[Exception] = TraceError) -> slice:
+    """The conditional rows of a UNet batch: the second half of a classifier-free-guidance
+    batch ``[uncond, cond]`` (``cfg`` None: any even batch of 2 or more is one), else every
+    row. The one home of this rule, for captures and edits alike; an odd CFG batch raises
+    ``error``."""
+    if cfg is None:
+        cfg = batch >= 2 and batch % 2 == 0
+    if not cfg:
+        return slice(None)
+    if batch % 2:
+        raise error(
+            f"cfg=True but the UNet batch is {batch} (odd): a classifier-free-guidance batch "
+            "is [uncond, cond] halves of equal size"
+        )
+    return slice(batch // 2, batch)
 
 
 @dataclass
 class Forward:
     """State of the forward in progress, shared by every probe of a session.
 
-    ``step``: index of this forward in the session (-1 between forwards); ``batch``: the UNet
-    batch size; ``keep``: the batch rows recorded (the CFG half a capture keeps; set by the
-    capture's step probe, whole batch by default); ``scratch``: per-forward values probes
-    share, cleared after each forward."""
+    ``step``: index of this forward in the session (-1 before the first); ``batch``: the UNet
+    batch size; ``cfg``: whether the batch is [uncond, cond] halves; ``cond``: the conditional
+    rows (every row without CFG); ``keep``: the rows a capture records (set by its step probe
+    from ``half``; ``cond`` by default); ``scratch``: per-forward values probes share, cleared
+    after each forward."""
 
     step: int = -1
     batch: int = 0
+    cfg: bool = False
+    cond: slice = field(default_factory=lambda: slice(None))
     keep: slice = field(default_factory=lambda: slice(None))
     scratch: dict[str, Any] = field(default_factory=dict)
 
+    def active(self, window: tuple[int, int] | None) -> bool:
+        """Inside a forward, and within the half-open step ``window`` (None: every step)."""
+        return self.step >= 0 and (window is None or window[0] <= self.step < window[1])
+
 
 class Probe:
-    """One concern hooked onto a model; subclass and override what you need."""
+    """One concern hooked onto a model; subclass and override what you need.
+
+    ``end_forward`` and ``finalize`` run in the reverse order of ``begin_forward`` /
+    ``install`` (the first probe of a session opens each forward and closes it)."""
 
     #: True for interventions: hooks run before every recording hook on the same module.
     edits: ClassVar[bool] = False
@@ -65,7 +100,8 @@ class Probe:
         """Register hooks with ``session.hook(module, pre=..., post=...)``."""
 
     def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
-        """Called by the root pre hook with the model's call arguments."""
+        """Called by the root pre hook with the model's call arguments (may add hooks: at
+        step 0, first-pass hooks of what the first forward alone records)."""
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
         """Called by the root post hook (also when the forward raised: ``output`` is None)."""
@@ -74,24 +110,95 @@ class Probe:
         """Called once on exit, after every hook is removed."""
 
 
+def _pre_dispatch(thread: int, fns: list[Callable]) -> Callable:
+    """One torch pre hook running ``fns`` in order for ``thread`` only; a returned
+    ``(args, kwargs)`` replaces the call's arguments for the next ones (as torch does)."""
+    if len(fns) == 1:
+        (fn,) = fns
+
+        def one(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            if get_ident() == thread:
+                return fn(module, args, kwargs)
+            return None
+
+        return one
+
+    def many(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if get_ident() != thread:
+            return None
+        changed = None
+        for fn in fns:
+            result = fn(module, args, kwargs)
+            if result is not None:
+                args, kwargs = changed = result
+        return changed
+
+    return many
+
+
+def _post_dispatch(thread: int, fns: list[Callable]) -> Callable:
+    """One torch post hook running ``fns`` in order for ``thread`` only; a returned value
+    replaces the output for the next ones (as torch does)."""
+    if len(fns) == 1:
+        (fn,) = fns
+
+        def one(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            if get_ident() == thread:
+                return fn(module, args, kwargs, output)
+            return None
+
+        return one
+
+    def many(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if get_ident() != thread:
+            return None
+        changed = False
+        for fn in fns:
+            result = fn(module, args, kwargs, output)
+            if result is not None:
+                output, changed = result, True
+        return output if changed else None
+
+    return many
+
+
 class ProbeSession:
     """Hooks ``probes`` onto ``model`` between ``open()`` and ``close()`` (or a ``with``).
 
-    ``lock=True`` serialises sessions of one model across threads (a per-model lock) and
-    refuses a second locking session of the same model in the same thread."""
+    Every probe's hooks on one module run from one torch hook per kind (pre / post), in the
+    order they were added, with the thread filter applied once. The model's names come from
+    its cached :class:`~unetviz.capture.plan.ModelPlan` (``session.plan``; ``session.modules``
+    is its name -> module dict, read-only): no tree walk per ``with``.
 
-    def __init__(self, model: nn.Module, probes: Sequence[Probe], *, lock: bool = False) -> None:
+    ``cfg`` says the batch is [uncond, cond] halves (None: any even batch; the rule is
+    :func:`cfg_halves`). ``lock=True`` serialises sessions of one model across threads (a
+    per-model lock) and refuses a second locking session of the same model in the same thread.
+    ``error``: the exception class of this session's refusals."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probes: Sequence[Probe],
+        *,
+        lock: bool = False,
+        cfg: bool | None = None,
+        error: type[Exception] = TraceError,
+    ) -> None:
         if not isinstance(model, nn.Module):
-            raise TraceError(f"capture needs a torch nn.Module (a UNet), got {type(model)!r}")
+            raise error(f"capture needs a torch nn.Module (a UNet), got {type(model)!r}")
         self.model = model
         self.probes = list(probes)
-        self.modules = {n: m for n, m in model.named_modules() if n}
+        self.plan = plan_of(model)
+        self.modules = self.plan.modules
         self.forward = Forward()
+        self.cfg = cfg
+        self.error = error
         self.thread: int | None = None
         self._use_lock = lock
         self._lock: threading.Lock | None = None
         self._handles: list[Any] = []
         self._first_pass: list[Any] = []
+        self._queued: dict[tuple, tuple[nn.Module, bool, list[Callable]]] = {}
         self._installing: Probe | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -106,55 +213,73 @@ class ProbeSession:
     ) -> None:
         """Hook ``module`` (kwargs-style hooks: ``pre(module, args, kwargs)``, ``post(module,
         args, kwargs, output)``) for this session's thread only; ``first_pass``: removed after
-        the first forward; ``always``: the post hook also runs when the forward raised."""
-        handles = self._first_pass if first_pass else self._handles
+        the forward in which it was added; ``always``: the post hook also runs when the
+        forward raised. Hooks added in ``install`` / ``begin_forward`` are registered when it
+        returns."""
         prepend = bool(self._installing is not None and self._installing.edits)
-        if pre is not None:
-            handles.append(
-                module.register_forward_pre_hook(
-                    self._filtered(pre), with_kwargs=True, prepend=prepend
-                )
-            )
-        if post is not None:
-            handles.append(
-                module.register_forward_hook(
-                    self._filtered(post), with_kwargs=True, always_call=always, prepend=prepend
-                )
-            )
+        for kind, fn in (("pre", pre), ("post", post)):
+            if fn is None:
+                continue
+            if always and kind == "post":
+                kind = "post!"
+            key = (id(module), kind, first_pass, prepend)
+            entry = self._queued.get(key)
+            if entry is None:
+                entry = self._queued[key] = (module, prepend, [])
+            entry[2].append(fn)
 
-    def _filtered(self, fn: Callable) -> Callable:
-        def hook(*args: Any) -> Any:
-            if threading.get_ident() == self.thread:
-                return fn(*args)
-            return None
-
-        return hook
+    def _register(self) -> None:
+        """One torch hook per queued (module, kind)."""
+        thread = self.thread
+        assert thread is not None
+        for (_, kind, first_pass, _), (module, prepend, fns) in self._queued.items():
+            handles = self._first_pass if first_pass else self._handles
+            if kind == "pre":
+                handles.append(
+                    module.register_forward_pre_hook(
+                        _pre_dispatch(thread, fns), with_kwargs=True, prepend=prepend
+                    )
+                )
+            else:
+                handles.append(
+                    module.register_forward_hook(
+                        _post_dispatch(thread, fns),
+                        with_kwargs=True,
+                        always_call=kind == "post!",
+                        prepend=prepend,
+                    )
+                )
+        self._queued.clear()
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Take the lock (if asked), install every probe and the root hooks."""
         if self.thread is not None:
-            raise TraceError("a capture is entered once: call capture(model, ...) again")
+            raise self.error("a capture is entered once: call capture(model, ...) again")
         ident = threading.get_ident()
         if self._use_lock:
             self._acquire(ident)
         self.thread = ident
         try:
+            edits = any(p.edits for p in self.probes)
+            self._installing = self.probes[0] if edits else None
             self.hook(self.model, self._root_pre, self._root_post, always=True)
             for probe in self.probes:
                 self._installing = probe
                 probe.install(self)
             self._installing = None
+            self._register()
         except BaseException:
+            self._queued.clear()
             self._remove()
             self._release()
             raise
 
     def close(self) -> None:
-        """Remove every hook, finalize every probe, release the lock."""
+        """Remove every hook, finalize every probe (last first), release the lock."""
         try:
             self._remove()
-            for probe in self.probes:
+            for probe in reversed(self.probes):
                 probe.finalize(self)
         finally:
             self._release()
@@ -168,14 +293,23 @@ class ProbeSession:
 
     def _root_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs.get("sample")
-        self.forward.step += 1
-        self.forward.batch = sample.shape[0] if isinstance(sample, torch.Tensor) else 0
-        self.forward.keep = slice(None)
-        for probe in self.probes:
-            probe.begin_forward(self, args, kwargs)
+        fwd = self.forward
+        fwd.step += 1
+        fwd.batch = int(sample.shape[0]) if isinstance(sample, torch.Tensor) else 0
+        fwd.cond = cfg_halves(fwd.batch, self.cfg, self.error)
+        fwd.cfg = fwd.cond.start is not None
+        fwd.keep = fwd.cond
+        try:
+            for probe in self.probes:
+                self._installing = probe
+                probe.begin_forward(self, args, kwargs)
+        finally:
+            self._installing = None
+            if self._queued:
+                self._register()
 
     def _root_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        for probe in self.probes:
+        for probe in reversed(self.probes):
             probe.end_forward(self, output)
         if self._first_pass:
             for h in self._first_pass:
@@ -216,24 +350,33 @@ class ProbeSession:
 
 
 def add_probability_edit(
-    attention: nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
+    attention: nn.Module, edit: Callable[..., torch.Tensor], *, rows: bool = False
 ) -> Callable[[], None]:
-    """Declare that ``attention``'s softmax probabilities are changed by ``edit`` (a function of
-    ``(batch, heads, queries, tokens)`` probabilities); returns the function that withdraws it.
-    A capture applies the declared edits to the probabilities it recomputes."""
+    """Declare that ``attention``'s softmax probabilities are changed by ``edit``; returns the
+    function that withdraws it. A capture applies the declared edits to the probabilities it
+    recomputes. ``edit(probs)`` gets the whole batch ``(batch, heads, queries, tokens)``; with
+    ``rows=True``, ``edit(probs, rows)`` gets only the rows the capture keeps (``rows``: their
+    slice of the batch), so the capture need not recompute the others. Either returns the
+    edited probabilities (it may change ``probs`` in place: they are the capture's own)."""
+    entry = (edit, rows)
     with _LOCKS_GUARD:
-        _PROB_EDITS.setdefault(attention, []).append(edit)
+        _PROB_EDITS.setdefault(attention, []).append(entry)
 
     def remove() -> None:
         with _LOCKS_GUARD:
             edits = _PROB_EDITS.get(attention, [])
-            if edit in edits:
-                edits.remove(edit)
+            if entry in edits:
+                edits.remove(entry)
 
     return remove
 
 
-def probability_edits(attention: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+def declared_edits(attention: nn.Module) -> list[tuple[Callable[..., torch.Tensor], bool]]:
+    """``(edit, rows)`` of every probability edit in force on ``attention``, in order."""
+    edits = _PROB_EDITS.get(attention)  # read without the lock: called per layer per forward
+    return list(edits) if edits else []
+
+
+def probability_edits(attention: nn.Module) -> list[Callable[..., torch.Tensor]]:
     """The probability edits in force on ``attention`` (in the order they were added)."""
-    with _LOCKS_GUARD:
-        return list(_PROB_EDITS.get(attention, ()))
+    return [edit for edit, _ in declared_edits(attention)]

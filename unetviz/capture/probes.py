@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-import time
+import dataclasses
+import json
+import math
+from time import perf_counter
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import TraceError
 from .options import CaptureOptions
 from .probe import Probe, ProbeSession
 from .records import BlockRecord, SkipRecord, TembRecord
@@ -17,8 +19,6 @@ from .shapes import (
     bound_arguments,
     dtype_of,
     first_tensor,
-    is_attention,
-    is_resnet,
     macs_of,
     named_inputs,
     named_outputs,
@@ -28,68 +28,77 @@ from .trace import Trace
 
 
 class StepProbe(Probe):
-    """Per forward: the timestep, the batch, which CFG half is kept; the model's inputs and
-    outputs on the first. Holds the pending 0-d tensors (timestep, temb RMS) that are turned
-    into floats once per forward (:meth:`flush`: the capture's only host-device sync)."""
+    """Per forward: the timestep, which CFG rows are kept; the model's inputs and outputs on
+    the first. Holds the pending tensors (timestep, temb RMS) that are turned into floats
+    once per forward (:meth:`flush`: the capture's only host-device sync).
+
+    Also the capture's first-pass facts: at step 0 it looks up the plan's facts for these
+    input shapes (``facts``: a hit, the first-pass probes replay it; else ``fresh``: the
+    first-pass probes hook the model and fill it, kept on the plan after the forward)."""
 
     def __init__(self, trace: Trace, options: CaptureOptions) -> None:
         self.trace, self.options = trace, options
-        self.pending: list[tuple[Any, torch.Tensor]] = []  # (callback, 0-d tensor)
-
-    def install(self, session: ProbeSession) -> None:
-        """Nothing to hook: the session's root hooks call begin/end_forward."""
+        self.pending: list[tuple[Any, tuple[torch.Tensor, ...]]] = []
+        self.facts: dict[str, Any] | None = None
+        self.fresh: dict[str, Any] | None = None
+        self._key: Any = None
 
     def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
         fwd, trace = session.forward, self.trace
-        bound = bound_arguments(session.model, args, kwargs)
-        t = bound.get("timestep", bound.get("timesteps", args[1] if len(args) > 1 else None))
-        trace.timesteps.append(self._timestep(t, fwd.step))
-        batch = fwd.batch
-        cfg = self.options.cfg if self.options.cfg is not None else (batch >= 2 and batch % 2 == 0)
-        if fwd.step == 0:
-            sample = bound.get("sample", args[0] if args else None)
-            trace.meta.setdefault("cfg", bool(cfg))
-            trace.meta.setdefault("batch", batch)
-            trace.meta["inputs"] = named_inputs(session.model, args, kwargs)
-            if isinstance(sample, torch.Tensor) and sample.ndim == 4:
-                trace.meta["latent"] = [int(sample.shape[2]), int(sample.shape[3])]
-        if cfg and batch % 2:
-            raise TraceError(
-                f"cfg=True but the UNet batch is {batch} (odd): a classifier-free-guidance batch "
-                "is [uncond, cond] halves of equal size"
-            )
-        half = self.options.half
-        if not cfg or half == "both":
-            fwd.keep = slice(None)
-        elif half == "cond":
-            fwd.keep = slice(batch // 2, batch)
+        if "timestep" in kwargs or "timesteps" in kwargs:
+            t = kwargs.get("timestep", kwargs.get("timesteps"))
+        elif len(args) > 1:
+            t = args[1]
         else:
-            fwd.keep = slice(0, batch // 2)
+            bound = bound_arguments(session.model, args, kwargs)
+            t = bound.get("timestep", bound.get("timesteps"))
+        trace.timesteps.append(self._timestep(t, fwd.step))
+        half = self.options.half
+        if half == "both" or not fwd.cfg:
+            fwd.keep = slice(None)
+        elif half == "uncond":
+            fwd.keep = slice(0, fwd.batch // 2)
+        if fwd.step == 0:
+            self._first(session, args, kwargs)
+
+    def _first(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
+        trace, fwd = self.trace, session.forward
+        trace.meta.setdefault("cfg", fwd.cfg)
+        trace.meta.setdefault("batch", fwd.batch)
+        inputs = trace.meta["inputs"] = named_inputs(session.model, args, kwargs)
+        sample = args[0] if args else kwargs.get("sample")
+        signature = None
+        if isinstance(sample, torch.Tensor):
+            signature = (str(sample.dtype), str(sample.device))
+            if sample.ndim == 4:
+                trace.meta["latent"] = [int(sample.shape[2]), int(sample.shape[3])]
+        self._key = (self.options.detail, repr(sorted(inputs.items())), signature)
+        self.facts = session.plan.facts(self._key)
+        self.fresh = {} if self.facts is None else None
 
     def _timestep(self, t: Any, step: int) -> float | None:
         if isinstance(t, (int, float)) and not isinstance(t, bool):
             return float(t)
         if isinstance(t, torch.Tensor) and not t.is_meta and t.numel() > 0:
-            value = t.detach().reshape(-1)[0]
 
             def fill(v: float) -> None:
                 self.trace.timesteps[step] = v
 
-            self.pending.append((fill, value))
+            self.pending.append((fill, (t.detach().reshape(-1)[0],)))
         return None
 
     def defer(self, callback: Any, *values: torch.Tensor) -> None:
-        """Call ``callback(*floats)`` at the end of this forward, with ``values`` as floats."""
-        self.pending.append((callback, *values))
+        """Call ``callback(*values)`` at the end of this forward, each value turned into a
+        float (0-d tensors) or a list of floats."""
+        self.pending.append((callback, values))
 
     def flush(self) -> None:
-        """Every pending 0-d tensor of this forward to a float, with one device sync."""
+        """Every pending tensor of this forward to floats, with one device sync."""
         if not self.pending:
             return
-        flat = [v for _, *vs in self.pending for v in vs]
-        floats = _to_floats(flat)
+        floats = _to_floats([v for _, vs in self.pending for v in vs])
         i = 0
-        for callback, *vs in self.pending:
+        for callback, vs in self.pending:
             callback(*floats[i : i + len(vs)])
             i += len(vs)
         self.pending.clear()
@@ -97,6 +106,8 @@ class StepProbe(Probe):
     def end_forward(self, session: ProbeSession, output: Any) -> None:
         if session.forward.step == 0:
             self.trace.meta["outputs"] = named_outputs(output)
+            if self.fresh is not None and output is not None:
+                session.plan.keep_facts(self._key, self.fresh)
         self.flush()
 
     def finalize(self, session: ProbeSession) -> None:
@@ -104,92 +115,91 @@ class StepProbe(Probe):
         self.trace.meta.setdefault("steps", len(self.trace.timesteps))
 
 
-def _to_floats(values: list[torch.Tensor]) -> list[float]:
-    """0-d tensors -> floats, one transfer per device (float64 where the device has it)."""
+def _to_floats(values: list[torch.Tensor]) -> list[Any]:
+    """Tensors -> a float each (0-d) or a list of floats, one transfer per device (float64
+    where the device has it)."""
     by_device: dict[torch.device, list[int]] = {}
     for i, v in enumerate(values):
         by_device.setdefault(v.device, []).append(i)
-    out = [0.0] * len(values)
+    out: list[Any] = [0.0] * len(values)
     for device, idx in by_device.items():
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        floats = torch.stack([values[i].to(dtype) for i in idx]).cpu().tolist()
-        for i, f in zip(idx, floats, strict=True):
-            out[i] = f
+        flat = torch.cat([values[i].reshape(-1).to(dtype) for i in idx]).cpu().tolist()
+        at = 0
+        for i in idx:
+            n = values[i].numel()
+            out[i] = flat[at] if values[i].ndim == 0 else flat[at : at + n]
+            at += n
     return out
-
-
-def block_levels(model: nn.Module) -> tuple[list[str], list[str]]:
-    """(blocks, layers): the model's top-level blocks (``down_blocks.0``, ``mid_block``,
-    ``conv_in``...) and their layers (``down_blocks.0.resnets.1``...)."""
-    blocks: list[str] = []
-    for name, child in model.named_children():
-        if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
-            blocks += [f"{name}.{sub}" for sub, _ in child.named_children()]
-        else:
-            blocks.append(name)
-    modules = dict(model.named_modules())
-    layers: list[str] = []
-    for b in blocks:
-        for lname, lst in modules[b].named_children():
-            if isinstance(lst, nn.ModuleList):
-                layers += [f"{b}.{lname}.{j}" for j, _ in lst.named_children()]
-    return blocks, layers
 
 
 class BlockProbe(Probe):
     """Block records at the chosen detail: shapes of the first call, params, calls, time."""
 
-    def __init__(self, trace: Trace, detail: str) -> None:
-        self.trace, self.detail = trace, detail
+    def __init__(self, trace: Trace, detail: str, steps: StepProbe) -> None:
+        self.trace, self.detail, self.steps = trace, detail, steps
         self.records: dict[str, BlockRecord] = {}
+        self.shaped: set[str] = set()
         self.starts: dict[str, list[float]] = {}
 
     def install(self, session: ProbeSession) -> None:
-        blocks, layers = block_levels(session.model)
-        self.levels = {n: "block" for n in blocks} | {n: "layer" for n in layers}
+        plan = session.plan
         if self.detail == "blocks":
-            recorded = blocks
+            recorded = plan.blocks
         elif self.detail == "layers":
-            recorded = blocks + layers
+            recorded = plan.blocks + plan.layers
         else:
-            recorded = [
-                n
-                for n, m in session.modules.items()
-                if not isinstance(m, (nn.ModuleList, nn.ModuleDict))
-            ]
+            recorded = [n for n in plan.modules if n not in plan.containers]
+        self.plan = plan
         self.recorded = set(recorded)
+        self.name_of = {id(plan.modules[n]): n for n in recorded}
         for name in recorded:
-            session.hook(session.modules[name], self._pre(name), self._post(name))
+            session.hook(plan.modules[name], self._pre, self._post)
 
-    def _pre(self, name: str):
-        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            rec = self.records.get(name)
-            if rec is None:
-                rec = self.records[name] = BlockRecord(
-                    name=name,
-                    type=type(module).__name__,
-                    level=self.levels.get(name, "module"),
-                    parent=self._parent(name),
-                    inputs=named_inputs(module, args, kwargs),
-                    params=sum(p.numel() for p in module.parameters()),
-                )
-                self.trace.blocks.append(rec)
-            self.starts.setdefault(name, []).append(time.perf_counter())
+    def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
+        if session.forward.step != 0 or self.steps.facts is None:
+            return
+        # replay the first calls' shapes (kept as JSON: facts are shared, records are not)
+        for fields in json.loads(self.steps.facts["blocks"]):
+            rec = BlockRecord(**fields)
+            self.records[rec.name] = rec
+            self.trace.blocks.append(rec)
+            self.shaped.add(rec.name)
 
-        return pre
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        name = self.name_of[id(module)]
+        if name not in self.records:
+            plan = self.plan
+            rec = self.records[name] = BlockRecord(
+                name=name,
+                type=type(module).__name__,
+                level="block"
+                if name in plan.blocks
+                else "layer"
+                if name in plan.layers
+                else "module",
+                parent=self._parent(name),
+                inputs=named_inputs(module, args, kwargs),
+                params=plan.params(name),
+            )
+            self.trace.blocks.append(rec)
+        stack = self.starts.get(name)
+        if stack is None:
+            self.starts[name] = [perf_counter()]
+        else:
+            stack.append(perf_counter())
 
-    def _post(self, name: str):
-        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            rec = self.records[name]
-            stack = self.starts.get(name)
-            if stack:
-                rec.time_ms += (time.perf_counter() - stack.pop()) * 1000.0
-            if rec.calls == 0:
-                rec.outputs = named_outputs(output)
-                rec.dtype = dtype_of(output)
-            rec.calls += 1
-
-        return post
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        name = self.name_of[id(module)]
+        rec = self.records[name]
+        stack = self.starts.get(name)
+        if stack:
+            rec.time_ms += (perf_counter() - stack.pop()) * 1000.0
+        if name not in self.shaped:
+            self.shaped.add(name)
+            rec.outputs = named_outputs(output)
+            rec.dtype = dtype_of(output)
+        rec.calls += 1
 
     def _parent(self, name: str) -> str | None:
         parts = name.split(".")
@@ -201,27 +211,43 @@ class BlockProbe(Probe):
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
         self.starts.clear()
+        fresh = self.steps.fresh
+        if session.forward.step == 0 and fresh is not None:
+            fresh["blocks"] = json.dumps(
+                [
+                    {k: v for k, v in dataclasses.asdict(r).items() if k not in _COUNTED}
+                    for r in self.trace.blocks
+                ]
+            )
+
+
+_COUNTED = ("calls", "time_ms", "macs")
 
 
 class SkipProbe(Probe):
     """Skip connections, first forward only (the wiring does not change): which module's
     output each up-block resnet concatenates."""
 
-    def __init__(self, trace: Trace) -> None:
-        self.trace = trace
+    def __init__(self, trace: Trace, steps: StepProbe) -> None:
+        self.trace, self.steps = trace, steps
         self.stack: list[tuple[str, torch.Tensor]] = []
         self.child_out: dict[int, tuple[str, torch.Tensor]] = {}
 
-    def install(self, session: ProbeSession) -> None:
-        mods = session.modules
-        blocks, layers = block_levels(session.model)
+    def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
+        if session.forward.step != 0:
+            return
+        if self.steps.facts is not None:
+            self.trace.skips = [SkipRecord(*f) for f in json.loads(self.steps.facts["skips"])]
+            return
+        mods, plan = session.modules, session.plan
+        blocks = plan.blocks
         if "conv_in" not in mods or not any(n.startswith("down_blocks.") for n in blocks):
             return
         session.hook(mods["conv_in"], post=self._conv_in, first_pass=True)
         for b in blocks:
             if b.startswith("down_blocks."):
                 session.hook(mods[b], post=self._down(b, mods[b]), first_pass=True)
-                for lname in layers:
+                for lname in plan.layers:
                     if lname.startswith(b + "."):
                         session.hook(mods[lname], post=self._child(lname), first_pass=True)
             elif b.startswith("up_blocks."):
@@ -282,6 +308,11 @@ class SkipProbe(Probe):
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
         self.stack, self.child_out = [], {}
+        fresh = self.steps.fresh
+        if session.forward.step == 0 and fresh is not None:
+            fresh["skips"] = json.dumps(
+                [[s.index, s.source, s.target, list(s.shape)] for s in self.trace.skips]
+            )
 
     def finalize(self, session: ProbeSession) -> None:
         """Sort by stack position; put each skip's shape on its target resnet's record."""
@@ -297,17 +328,28 @@ class MacsProbe(Probe):
     """MACs per call (first forward): conv / linear leaves and attention matmuls, summed into
     every recorded ancestor; per-head q/k shapes on the attention records."""
 
-    def __init__(self, trace: Trace) -> None:
-        self.trace = trace
+    def __init__(self, trace: Trace, steps: StepProbe) -> None:
+        self.trace, self.steps = trace, steps
         self.leaf_macs: dict[str, int] = {}
         self.qk_shapes: dict[str, dict[str, list[int]]] = {}
+        self.totals: dict[str, int] = {}
 
-    def install(self, session: ProbeSession) -> None:
-        for name, m in session.modules.items():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                session.hook(m, post=self._leaf(name), first_pass=True)
-            if is_attention(m):
-                session.hook(m, post=self._attention(name), first_pass=True)
+    def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
+        if session.forward.step != 0:
+            return
+        facts = self.steps.facts
+        if facts is not None:
+            self.totals = facts["macs"]
+            for name, (q, k, tokens) in facts["qk"].items():
+                rec = self.trace.attention.get(name)
+                if rec is not None:
+                    rec.q_shape, rec.k_shape, rec.tokens = list(q), list(k), tokens
+            return
+        mods = session.modules
+        for name in session.plan.leaves:
+            session.hook(mods[name], post=self._leaf(name), first_pass=True)
+        for name in session.plan.attention:
+            session.hook(mods[name], post=self._attention(name), first_pass=True)
 
     def _leaf(self, name: str):
         parent, _, leaf = name.rpartition(".")
@@ -338,8 +380,9 @@ class MacsProbe(Probe):
 
         return post
 
-    def finalize(self, session: ProbeSession) -> None:
-        if not self.leaf_macs:
+    def end_forward(self, session: ProbeSession, output: Any) -> None:
+        fresh = self.steps.fresh
+        if session.forward.step != 0 or fresh is None:
             return
         totals: dict[str, int] = {}
         for leaf, value in self.leaf_macs.items():
@@ -347,14 +390,28 @@ class MacsProbe(Probe):
             for i in range(1, len(parts) + 1):
                 key = ".".join(parts[:i])
                 totals[key] = totals.get(key, 0) + value
+        self.totals = fresh["macs"] = totals
+        fresh["qk"] = {
+            n: (r.q_shape, r.k_shape, r.tokens)
+            for n, r in self.trace.attention.items()
+            if r.q_shape is not None
+        }
+
+    def finalize(self, session: ProbeSession) -> None:
+        if not self.totals:
+            return
         for rec in self.trace.blocks:
-            rec.macs = totals.get(rec.name, 0)
+            rec.macs = self.totals.get(rec.name, 0)
 
 
 class TembProbe(Probe):
     """The time embedding in every ResnetBlock2D: RMS of ``time_emb_proj``'s output vs the
     conv1 feature map it is added to, the mean projected vector; the sources' RMS
-    (``time_embedding``, SDXL's ``add_embedding``, ``class_embedding``)."""
+    (``time_embedding``, SDXL's ``add_embedding``, ``class_embedding``).
+
+    Per resnet a hook only takes the kept rows (and the feature map's norm: the model adds
+    into it in place); the reductions of every resnet run together at the end of the forward
+    (a few tensor ops per forward, not a few per resnet)."""
 
     SOURCES = (
         ("time_embedding", "time_rms"),
@@ -364,75 +421,114 @@ class TembProbe(Probe):
 
     def __init__(self, trace: Trace, steps: StepProbe, stream: bool) -> None:
         self.trace, self.steps, self.stream = trace, steps, stream
-        self.slots: dict[str, dict[str, torch.Tensor]] = {}
-        self.vector_sum: dict[str, torch.Tensor] = {}
-        self.vector_count: dict[str, int] = {}
+        self.features: dict[str, tuple[torch.Tensor, int]] = {}
+        self.tembs: list[tuple[str, torch.Tensor]] = []
+        self.sources: list[tuple[str, torch.Tensor]] = []
+        # per layout (the resnets seen in a forward): summed mean vectors, count, widths
+        self.vector_sum: dict[tuple[str, ...], torch.Tensor] = {}
+        self.vector_count: dict[tuple[str, ...], int] = {}
+        self.widths: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._segments: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def install(self, session: ProbeSession) -> None:
-        for name, m in session.modules.items():
-            if is_resnet(m):
-                session.hook(m.conv1, post=self._part(session, name, "feature"))
-                session.hook(m.time_emb_proj, post=self._part(session, name, "temb"))
+        self.name_of: dict[int, str] = {}
+        modules = session.modules
+        for name in session.plan.resnets:
+            m = modules[name]
+            self.name_of[id(m.conv1)] = self.name_of[id(m.time_emb_proj)] = name
+            session.hook(m.conv1, post=self._feature)
+            session.hook(m.time_emb_proj, post=self._temb)
         for name, key in self.SOURCES:
-            if name in session.modules:
-                session.hook(session.modules[name], post=self._source(session, key))
+            if name in modules:
+                self.name_of[id(modules[name])] = key
+                session.hook(modules[name], post=self._source)
+        self.forward = session.forward  # not the session: no reference cycle
 
-    def _kept(self, session: ProbeSession, x: torch.Tensor) -> torch.Tensor:
-        fwd = session.forward
+    def _kept(self, x: torch.Tensor) -> torch.Tensor:
+        fwd = self.forward
         return x[fwd.keep] if x.shape[0] == fwd.batch else x
 
-    def _part(self, session: ProbeSession, resnet: str, kind: str):
-        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            if not isinstance(output, torch.Tensor) or output.is_meta:
-                return
-            slot = self.slots.setdefault(resnet, {})
-            with torch.no_grad():
-                x = self._kept(session, output.detach())
-                if kind == "temb":
-                    x = x.reshape(x.shape[0], -1)
-                    slot["vector"] = x.float().mean(0)
-                slot[kind] = rms(x)
-            if "temb" in slot and "feature" in slot:
-                del self.slots[resnet]
-                self._record(resnet, session.forward.step, slot)
+    def _feature(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and not output.is_meta:
+            x = self._kept(output.detach())
+            norm = torch.linalg.vector_norm(x, dtype=torch.float32)
+            self.features[self.name_of[id(module)]] = (norm, x.numel())
 
-        return post
+    def _temb(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and not output.is_meta:
+            x = self._kept(output.detach())
+            self.tembs.append((self.name_of[id(module)], x.reshape(x.shape[0], -1)))
 
-    def _record(self, resnet: str, step: int, slot: dict[str, torch.Tensor]) -> None:
-        vector = slot["vector"].to("cpu")
-        acc = self.vector_sum.get(resnet)
-        self.vector_sum[resnet] = vector.clone() if acc is None else acc.add_(vector)
-        self.vector_count[resnet] = self.vector_count.get(resnet, 0) + 1
-        kept = None if self.stream else vector  # stream: memory independent of the steps
-
-        def fill(trms: float, frms: float) -> None:
-            ratio = trms / frms if frms > 0 else None
-            ts = self.trace.timesteps[step]
-            self.trace.temb.append(TembRecord(resnet, step, ts, trms, frms, ratio, kept))
-
-        self.steps.defer(fill, slot["temb"], slot["feature"])
-
-    def _source(self, session: ProbeSession, key: str):
-        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            t = first_tensor(output)
-            if t is None or t.is_meta:
-                return
-            step = session.forward.step
-            with torch.no_grad():
-                value = rms(self._kept(session, t.detach()))
-
-            def fill(v: float) -> None:
-                rows = self.trace.temb_sources
-                if not rows or rows[-1].get("step") != step:
-                    rows.append({"step": step})
-                rows[-1][key] = v
-
-            self.steps.defer(fill, value)
-
-        return post
+    def _source(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        t = first_tensor(output)
+        if t is not None and not t.is_meta:
+            self.sources.append((self.name_of[id(module)], rms(self._kept(t.detach()))))
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
-        self.slots.clear()
+        step = session.forward.step
+        pairs = [(n, t) for n, t in self.tembs if n in self.features]
+        if pairs:
+            self._record(step, pairs)
+        if self.sources:
+            keys = [k for k, _ in self.sources]
+
+            def fill(values: list[float]) -> None:
+                self.trace.temb_sources.append(
+                    {"step": step, **dict(zip(keys, values, strict=True))}
+                )
+
+            self.steps.defer(fill, torch.stack([v for _, v in self.sources]))
+        self.features, self.tembs, self.sources = {}, [], []
+
+    def _record(self, step: int, pairs: list[tuple[str, torch.Tensor]]) -> None:
+        """One forward's temb of every resnet: a few batched ops, one deferred callback. The
+        mean vectors go to the host without a sync (the end-of-forward flush syncs once)."""
+        names = tuple(n for n, _ in pairs)
+        widths = tuple(t.shape[1] for _, t in pairs)
+        with torch.no_grad():
+            rows = torch.cat([t for _, t in pairs], dim=1).float()  # (kept, sum of channels)
+            segment, sizes = self._segment(widths, rows.shape[0], rows.device)
+            sums = torch.zeros(len(pairs), device=rows.device)
+            temb_rms = (sums.index_add_(0, segment, rows.square().sum(0)) / sizes).sqrt()
+            mean = rows.mean(0)
+            acc = self.vector_sum.get(names)
+            if acc is None:
+                self.vector_sum[names] = mean.clone()
+            else:
+                acc.add_(mean)
+            self.vector_count[names] = self.vector_count.get(names, 0) + 1
+            self.widths[names] = widths
+            feature_norms = torch.stack([self.features[n][0] for n in names])
+        roots = [math.sqrt(max(self.features[n][1], 1)) for n in names]
+        kept: Any = [None] * len(names)
+        if not self.stream:  # stream: memory independent of the steps
+            kept = mean.to("cpu", non_blocking=True).split(widths)
+
+        def fill(trms: list[float], norms: list[float]) -> None:
+            ts = self.trace.timesteps[step]
+            for name, t, norm, root, v in zip(names, trms, norms, roots, kept, strict=True):
+                f = norm / root
+                ratio = t / f if f > 0 else None
+                self.trace.temb.append(TembRecord(name, step, ts, t, f, ratio, v))
+
+        self.steps.defer(fill, temb_rms, feature_norms)
+
+    def _segment(self, widths: tuple, rows: int, device: torch.device):
+        """(index of the resnet of every channel, elements per resnet), cached per layout."""
+        key = (widths, rows, device)
+        found = self._segments.get(key)
+        if found is None:
+            index = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
+            sizes = torch.tensor([float(w * rows) for w in widths])
+            found = self._segments[key] = (index.to(device), sizes.to(device))
+        return found
 
     def finalize(self, session: ProbeSession) -> None:
-        self.trace.temb_vectors = {b: v / self.vector_count[b] for b, v in self.vector_sum.items()}
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        for names, acc in self.vector_sum.items():
+            n = self.vector_count[names]
+            for name, vector in zip(names, acc.to("cpu").split(self.widths[names]), strict=True):
+                sums[name] = vector.clone() if name not in sums else sums[name].add_(vector)
+                counts[name] = counts.get(name, 0) + n
+        self.trace.temb_vectors = {b: v / counts[b] for b, v in sums.items()}

@@ -15,10 +15,12 @@ from typing import Any
 import torch
 
 from ..outputs import atomic_file, write_folder
+from ..presenters import present
 from . import aggregate
 from .aggregate import MapCache
 from .bundle import FORMAT, JSON_NAME, TENSORS_NAME, VERSION, check_state, read_bundle
 from .errors import MemoryBudgetError, TraceError
+from .features import FeatureRecord, features_from_state, features_state
 from .records import (
     AttentionRecord,
     BlockRecord,
@@ -52,6 +54,8 @@ class Trace:
         self.self_attention: dict[str, SelfAttentionRecord] = {}
         self.tokens: list[str] = []
         self.words: list[str | None] = []
+        #: per block: output feature pictures per step (``capture(features=...)``)
+        self.features: dict[str, FeatureRecord] = {}
         self._index: dict[str, BlockRecord] = {}
         #: stacked maps for re-aggregation (owned and keyed by ``aggregate.MapCache``)
         self.cache = MapCache()
@@ -105,15 +109,11 @@ class Trace:
 
     def _repr_html_(self) -> str:
         """Notebook display hook (summary, inline SVG diagram, module table)."""
-        from ..report.display import trace_html  # lazy: capture never imports render
-
-        return trace_html(self)
+        return present("trace_html", self)
 
     def report(self, path: str | os.PathLike, image: Any = None, title: str | None = None) -> Path:
         """Write one self-contained HTML report of this trace (``unetviz.report``)."""
-        from ..report.html import write_report  # lazy: capture never imports render
-
-        return write_report(self, path, image=image, title=title)
+        return present("write_report", self, path, image=image, title=title)
 
     # ------------------------------------------------------------------ aggregation
     def heatmap(self, token: int | str | list[int], **options: Any) -> torch.Tensor:
@@ -142,6 +142,7 @@ class Trace:
         tensors = [getattr(rec, name, None) for rec in records for name in ("sum", "head_sum")]
         tensors += [m for rec in records for m in rec.maps]
         tensors += [r.vector for r in self.temb] + list(self.temb_vectors.values())
+        tensors += [t for f in self.features.values() for t in (*f.pca, *f.norm)]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None and not t.is_meta)
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -203,6 +204,8 @@ class Trace:
                 n: attn_state(r, "self_attention") for n, r in self.self_attention.items()
             },
         }
+        if self.features:
+            state["features"] = features_state(self.features, tensors)
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         return _jsonable(state), tensors
 
@@ -256,6 +259,7 @@ class Trace:
         trace.self_attention = {
             n: attn(d, SelfAttentionRecord) for n, d in state["self_attention"].items()
         }
+        trace.features = features_from_state(state.get("features"), tensors, len(trace.timesteps))
         return trace
 
     def save(self, path: str | os.PathLike, folder: bool = False) -> Path:
@@ -282,12 +286,13 @@ class Trace:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Trace:
+    def load(cls, path: str | os.PathLike, max_bytes: int | None = None) -> Trace:
         """Read what ``save`` wrote (zip or folder). Sizes are checked before anything is read
         and the tensors are streamed (``bundle.read_bundle``); the structure is checked against
-        its tensors. A missing, corrupt, oversized or foreign file raises ``TraceError`` naming
-        it."""
-        state, tensors = read_bundle(path)
+        the tensors' header first (only tensors it references, of the shapes it implies, at
+        most ``max_bytes`` together). A missing, corrupt, oversized or foreign file raises
+        ``TraceError`` naming it."""
+        state, tensors = read_bundle(path, max_bytes=max_bytes)
         try:
             return cls.from_state(state, tensors)
         except TraceError as exc:

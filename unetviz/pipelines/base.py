@@ -8,13 +8,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import unetviz.callargs as callargs
+from unetviz.callargs import MAX_SEED
 from unetviz.errors import UnetvizError
+from unetviz.presenters import present
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
     from unetviz.capture import Trace
+
+
+__all__ = [
+    "MAX_SEED",
+    "Pipeline",
+    "PipelineError",
+    "ProgressCallback",
+    "Run",
+    "check_finite",
+    "check_seed",
+]
 
 
 class PipelineError(UnetvizError):
@@ -34,15 +48,9 @@ def check_finite(noise: torch.Tensor, step: int, total: int) -> None:
         )
 
 
-#: seeds every pipeline, the CLI and the app accept: torch.Generator's unsigned 64-bit range
-MAX_SEED = 2**64 - 1
-
-
 def check_seed(seed: object, name: str = "seed") -> int:
-    """``seed`` as an exact int in 0..MAX_SEED, else PipelineError naming it."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise PipelineError(f"{name}={str(seed)[:40]}: expected an integer 0..{MAX_SEED} (2**64-1)")
-    return seed
+    """``seed`` as an exact int in 0..MAX_SEED (``unetviz.callargs``), else PipelineError."""
+    return callargs.check_seed(seed, name, error=PipelineError)
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -67,19 +75,16 @@ class Run:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """Notebook display hook: image, tokens, per-word heatmaps (``unetviz.report``)."""
-        from unetviz.report.display import run_mimebundle  # lazy: display code sits above
-
-        return run_mimebundle(self)
+        return present("run_mimebundle", self)
 
     def report(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write one self-contained HTML report of this run (``unetviz.report``)."""
-        from unetviz.report.html import write_report  # lazy: display code sits above
-
-        return write_report(self, path, title=title)
+        return present("write_report", self, path, title=title)
 
 
 class Pipeline(Protocol):
-    """What the app and the CLI call; ``height``/``width`` are pixels (None: the model's size)."""
+    """What the app and the CLI call; ``height``/``width`` are pixels (None: the model's size);
+    ``guidance`` None is the model's own default (7.5 SD 1.x/2.x, 5.0 SDXL, 4.0 the demo)."""
 
     name: str
 
@@ -89,7 +94,7 @@ class Pipeline(Protocol):
         negative_prompt: str = "",
         seed: int = 0,
         steps: int = 25,
-        guidance: float = 4.0,
+        guidance: float | None = None,
         height: int | None = None,
         width: int | None = None,
         progress: ProgressCallback | None = None,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -37,16 +36,19 @@ import torch
 from PIL import Image
 from torch import nn
 
+from unetviz.callargs import uses_cfg
 from unetviz.config import ConfigError, check_demo_config, read_json
 from unetviz.detect import DEMO_DIR
 from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
 
-from ..edits.session import compare, for_pipeline
-from .base import PipelineError, Run, check_finite, check_seed
+from .base import PipelineError, Run, check_finite
+from .captured import Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
 
 __all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
+#: the demo model's guidance scale when a call gives none
+DEFAULT_GUIDANCE = 4.0
 
 
 class UnknownWordError(PipelineError):
@@ -211,9 +213,10 @@ class DemoTextEncoder(nn.Module):
         hidden = self.final_layer_norm(torch.where(is_word[..., None], x, tok))
         if not self.config.projection_dim:
             return hidden, None
-        pos = torch.arange(ids.shape[1]).expand_as(ids)
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         last = torch.where(is_word, pos, -1).max(1).values  # (B,) -1 when no word
-        pooled = self.text_projection(hidden[torch.arange(ids.shape[0]), last.clamp_min(0)])
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        pooled = self.text_projection(hidden[rows, last.clamp_min(0)])
         return hidden, pooled * (last >= 0)[:, None].to(pooled.dtype)
 
 
@@ -252,7 +255,9 @@ class DDIMSchedule:
     def step(self, v: torch.Tensor, t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
         """One deterministic DDIM step from t to t_prev (t_prev < 0 means the clean image)."""
         ab = self.alphas_cumprod[t]
-        ab_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        ab_prev = (
+            self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        )  # 0-d: any device
         x0 = ab.sqrt() * x - (1 - ab).sqrt() * v
         if self.clip_sample:
             x0 = x0.clamp(-1, 1)
@@ -297,7 +302,11 @@ def added_conditions(pooled: torch.Tensor, image_size: int) -> dict[str, torch.T
     """SDXL's added conditions for a ``text_time`` UNet: the pooled caption embedding and the
     six micro-conditioning numbers (original size, crop top-left, target size), here always
     the whole ``image_size`` square image."""
-    ids = torch.tensor([image_size, image_size, 0, 0, image_size, image_size], dtype=pooled.dtype)
+    ids = torch.tensor(
+        [image_size, image_size, 0, 0, image_size, image_size],
+        dtype=pooled.dtype,
+        device=pooled.device,
+    )
     return {"text_embeds": pooled, "time_ids": ids.expand(pooled.shape[0], 6)}
 
 
@@ -308,8 +317,9 @@ def unet_input(unet: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if int(unet.config.in_channels) == x.shape[1]:
         return x
     b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-    xs = torch.linspace(-1, 1, w, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    ys = torch.linspace(-1, 1, h, dtype=x.dtype, device=x.device).view(1, 1, h, 1)
+    xs = torch.linspace(-1, 1, w, dtype=x.dtype, device=x.device).view(1, 1, 1, w)
+    ys, xs = ys.expand(b, 1, h, w), xs.expand(b, 1, h, w)
     return torch.cat([x, xs, ys], 1)
 
 
@@ -328,14 +338,16 @@ def sample(
     """DDIM with classifier-free guidance; returns the final sample (B, C, size, size) in the
     UNet's space: latents for a latent model, pixels in [-1, 1] for a pixel model.
 
-    The UNet sees one batch per step: ``[uncond, cond]`` when guidance != 1, else ``cond``;
+    The UNet sees one batch per step: ``[uncond, cond]`` when guidance > 1 (diffusers' rule,
+    ``unetviz.callargs.uses_cfg``), else ``cond``;
     ``added`` is the (uncond, cond) pair of added conditions of a ``text_time`` UNet.
     """
     b = cond.shape[0]
     size = int(unet.config.sample_size) if size is None else size
     x = torch.randn(b, int(unet.config.out_channels), size, size, generator=generator)
+    x = x.to(device=cond.device, dtype=cond.dtype)  # drawn on the generator's device (CPU)
     ts = schedule.timesteps(steps)
-    cfg = guidance != 1.0
+    cfg = uses_cfg(guidance)
     context = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond
     extra = None
     if added is not None:
@@ -344,7 +356,7 @@ def sample(
             extra = {k: torch.cat([added[0][k].expand_as(v), v]) for k, v in extra.items()}
     for i, t in enumerate(ts):
         inp = unet_input(unet, torch.cat([x, x]) if cfg else x)
-        v = unet(inp, torch.tensor(t), context, added_cond_kwargs=extra)
+        v = unet(inp, torch.tensor(t, device=x.device), context, added_cond_kwargs=extra)
         check_finite(v, i + 1, len(ts))
         if cfg:
             v_u, v_c = v.chunk(2)
@@ -357,7 +369,7 @@ def sample(
 
 def to_pil(x: torch.Tensor) -> Image.Image:
     """(3, H, W) in [-1, 1] -> RGB PIL image."""
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
 
@@ -473,25 +485,45 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 class DemoPipeline:
-    """``pipe(prompt, seed=0, steps=25, guidance=4.0)`` -> ``Run`` (image, captured trace,
+    """``pipe(prompt, seed=0, steps=25, guidance=None)`` -> ``Run`` (image, captured trace,
     token labels). The UNet runs inside ``unetviz.capture`` for every call."""
 
     name = "demo"
-    compare = compare  # pipe.compare(prompt, edits=[...], seed=0) -> Comparison
+    compare = compare_runs  # pipe.compare(prompt, edits=[...] or loras=[...], seed=0)
+    fuse_loras = fuse_pipeline_loras  # pipe.fuse_loras([(file, scale)]) -> FusedLoras
+    loras = None  # the FusedLoras of the LoRAs fused at load time
 
-    def __init__(self, folder: str | Path = DEMO_DIR):
+    def __init__(
+        self,
+        folder: str | Path = DEMO_DIR,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ):
+        """``device`` (default CPU: the demo is small) and ``dtype`` (default float32) of every
+        part; the seeded noise is drawn on the CPU, so images match across devices."""
+        from unetviz.weights import resolve_dtype
+
         self.folder = Path(folder)
+        self.device = torch.device(device or "cpu")
+        self.dtype = resolve_dtype(dtype) or torch.float32
         self.unet, self.text_encoder, self.tokenizer, self.schedule = load_demo_parts(folder)
         self.vae = load_demo_vae(folder)
+        for part in (self.unet, self.text_encoder, self.vae):
+            if part is not None:
+                part.to(device=self.device, dtype=self.dtype)
         self.latent_size = int(self.unet.config.sample_size)
         self.vae_scale_factor = self.vae.config.downsampling_factor if self.vae else 1
         self.size = self.latent_size * self.vae_scale_factor  # the image side in pixels
+
+    def lora_models(self) -> dict[str, nn.Module]:
+        """The modules a LoRA file may change, by the part names its keys use."""
+        return {"unet": self.unet, "text_encoder": self.text_encoder}
 
     @torch.no_grad()
     def encode(self, prompt: str) -> tuple[torch.Tensor, list[str], list[str | None]]:
         """Prompt -> (1, T, width) embeddings, token labels, token words."""
         ids, labels, words = self.tokenizer.encode(prompt)
-        return self.text_encoder(torch.tensor([ids])), labels, words
+        return self.text_encoder(torch.tensor([ids], device=self.device)), labels, words
 
     @torch.no_grad()
     def added(self, prompt: str) -> dict[str, torch.Tensor] | None:
@@ -499,7 +531,8 @@ class DemoPipeline:
         for ``prompt``; None for a UNet without them."""
         if self.unet.config.addition_embed_type != "text_time":
             return None
-        pooled = self.text_encoder.encode(torch.tensor([self.tokenizer.encode(prompt)[0]]))[1]
+        ids = torch.tensor([self.tokenizer.encode(prompt)[0]], device=self.device)
+        pooled = self.text_encoder.encode(ids)[1]
         return added_conditions(pooled, self.size)
 
     @torch.no_grad()
@@ -546,7 +579,7 @@ class DemoPipeline:
         negative_prompt: str = "",
         seed: int = 0,
         steps: int = 25,
-        guidance: float = 4.0,
+        guidance: float | None = None,
         height: int | None = None,
         width: int | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -555,61 +588,53 @@ class DemoPipeline:
         **capture_kwargs: Any,
     ) -> Run:
         """Generate one image for ``prompt`` and capture the UNet while sampling (under
-        ``edits``, unetviz.edits interventions, if given)."""
-        from unetviz.capture import capture  # the capture engine loads with the first call
-
+        ``edits``, unetviz.edits interventions, if given). ``guidance`` None: 4.0; guidance
+        <= 1 runs without classifier-free guidance."""
         size = self.size
         if (height not in (None, size)) or (width not in (None, size)):
             raise PipelineError(
                 f"the demo model generates {size}x{size} images only; got height={height}, "
                 f"width={width}"
             )
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
-            raise PipelineError(f"steps={steps!r}: expected an integer 1..1000")
-        if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise PipelineError(f"guidance={guidance!r}: expected a finite number")
-        _, labels, words = self.tokenizer.encode(prompt)
-        self.tokenizer.encode(negative_prompt)  # an unknown word fails before sampling
-        generator = torch.Generator().manual_seed(check_seed(seed))
-        start = time.perf_counter()
-        options = {"attention": True, "temb": True, "detail": detail, **capture_kwargs}
-        call = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
-        iv = for_pipeline(
-            self, edits, tokens=labels, words=words, steps=steps, cfg=guidance != 1.0, call=call
-        )
-        with _torch_threads(1), iv, capture(self.unet, **options) as trace:
-            x = self.denoise(prompt, negative_prompt, generator, steps, guidance, progress)
-        with _torch_threads(1):
-            image = to_pil(self.decode(x)[0])
-        trace.tokens = labels
-        trace.words = words
-        trace.meta.update(
-            model="demo",
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=int(seed),
-            steps=int(steps),
-            guidance=float(guidance),
-            height=size,
-            width=size,
-            latent_shape=list(x.shape[1:]),
-            vae_scale_factor=self.vae_scale_factor,
-            batch=2 if guidance != 1.0 else 1,
-            cfg=guidance != 1.0,
-            detail=detail,
-            config=self.unet.config.to_dict(),
-            seconds=time.perf_counter() - start,
-            **iv.meta,
-        )
-        return Run(
-            image=image,
-            trace=trace,
+        g = DEFAULT_GUIDANCE if guidance is None else guidance
+        call = check_call(prompt, negative_prompt, seed, steps, g, size, size)
+        _, labels, words = self.tokenizer.encode(call.prompt)
+        _, neg_labels, neg_words = self.tokenizer.encode(call.negative_prompt)  # fails early
+        prep = Prepared(
+            call=call,
             tokens=labels,
             words=words,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=int(seed),
-            steps=int(steps),
-            guidance=float(guidance),
-            latents=x,
+            negative_tokens=neg_labels,
+            negative_words=neg_words,
+            meta={
+                "model": "demo",
+                "model_path": str(self.folder),
+                "family": "demo",
+                "scheduler": "DDIMScheduler",
+                "dtype": str(next(self.unet.parameters()).dtype).removeprefix("torch."),
+                "truncated": "",
+                "syntax": "literal",
+                "emphasis_mode": "embeddings",
+                "chunks": 1,
+                "token_weights": [1.0] * len(labels),
+                "emphasis": [],
+            },
+        )
+        generator = torch.Generator().manual_seed(call.seed)
+
+        def denoise(progress: Callable[[int, int], None] | None) -> torch.Tensor:
+            return self.denoise(
+                call.prompt, call.negative_prompt, generator, call.steps, call.guidance, progress
+            )
+
+        return captured_run(
+            self,
+            prep,
+            denoise,
+            lambda x: to_pil(self.decode(x)[0]),
+            progress=progress,
+            detail=detail,
+            edits=edits,
+            capture_kwargs=capture_kwargs,
+            context=lambda: _torch_threads(1),
         )

@@ -1,13 +1,25 @@
 // unetviz diagram panel: pan/zoom (svg-pan-zoom, vendored next to this file), title and legend
-// moved out of the zoomed area, node <-> table row selection. Runs as a gr.HTML js_on_load
-// body: `element` is the component's root, `watch` re-runs after a new value is drawn.
-(function (element, watch) {
+// moved out of the zoomed area, node <-> table row selection, the search hit highlighted.
+// Runs as a gr.HTML js_on_load body: `element` is the component's root.
+//
+// gradio patches a gr.HTML's DOM in place on a new value (the <svg> element survives, its
+// children are replaced), so nothing here is bound to one drawing: the buttons and clicks are
+// delegated from `element` once and look up the panel's current pan/zoom instance, and
+// `bind()` runs on every change of the element's subtree and (re)binds pan/zoom whenever the
+// SVG has no pan/zoom viewport of its own, i.e. on every new drawing.
+(function (element) {
   const NS = "http://www.w3.org/2000/svg";
   const nameOf = (g) => {
     const t = g.querySelector(":scope > title");
     return t ? t.textContent.replace(/^cluster_/, "") : "";
   };
   const state = (window.__uvPanels = window.__uvPanels || {});
+  const parts = () => {
+    const box = element.querySelector(".unetviz-diagram");
+    const panel = box && box.querySelector(".uv-panel");
+    const svg = panel && panel.querySelector(":scope > svg");
+    return { box, panel, svg };
+  };
 
   function moveTitleAndLegend(box, svg) {
     const g0 = svg.querySelector("g.graph");
@@ -21,8 +33,8 @@
       .filter((e) => e.tagName === "g" && !e.getAttribute("class"))
       .forEach((g) => g.querySelectorAll("polygon").forEach((p) => p.remove()));
     const leg = [...svg.querySelectorAll("g.node")].find((n) => nameOf(n) === "legend");
-    if (!leg) return; // drawn without one: the page gave it as HTML
     const legBox = box.querySelector(".uv-legend");
+    if (!leg) return; // drawn without one: the page gave it as HTML
     legBox.innerHTML = "";
     const bb = leg.getBBox();
     const s = document.createElementNS(NS, "svg");
@@ -35,7 +47,7 @@
 
   function highlight(panel, name, centre) {
     const st = state[panel.id];
-    if (!st) return false;
+    if (!st || !st.svg.isConnected) return false;
     st.svg.querySelectorAll(".uv-selected").forEach((n) => n.classList.remove("uv-selected"));
     const hit = [...st.svg.querySelectorAll("g.node, g.cluster")].find((n) => nameOf(n) === name);
     if (!hit) return false;
@@ -51,6 +63,18 @@
   window.__uvHighlight = (name) => {
     const panel = document.getElementById("diagram-svg");
     return panel ? highlight(panel, name, true) : false;
+  };
+  // the Architecture tab's search: the best hit (the table's first row) is highlighted and
+  // centred; an empty search clears the highlight
+  window.__uvSearchHit = (query) => {
+    const panel = document.getElementById("diagram-svg");
+    if (!panel) return;
+    if (!(query || "").trim()) {
+      panel.querySelectorAll(".uv-selected").forEach((n) => n.classList.remove("uv-selected"));
+      return;
+    }
+    const first = document.querySelector("#block_table [role=row] [role=gridcell]");
+    if (first) highlight(panel, first.textContent.trim(), true);
   };
 
   function selectRow(name, retry) {
@@ -76,29 +100,34 @@
     setTimeout(() => selectRow(name, true), 800);
   }
 
-  function setup() {
-    const box = element.querySelector(".unetviz-diagram");
-    const panel = box && box.querySelector(".uv-panel");
-    const svg = panel && panel.querySelector(":scope > svg");
-    if (!svg || svg.dataset.uvReady) return;
+  function bind() {
+    const { box, panel, svg } = parts();
+    if (!svg || svg.querySelector(":scope > g.svg-pan-zoom_viewport")) return; // none, or bound
     if (!window.svgPanZoom) {
-      setTimeout(setup, 50);
+      setTimeout(bind, 50);
       return;
     }
     if (!panel.clientWidth) {
-      // drawn inside a hidden tab: boxes measure 0 there; set up once the panel is shown
+      // drawn inside a hidden tab: boxes measure 0 there; bind once the panel is shown
       if (!panel.__uvWait) {
         panel.__uvWait = new ResizeObserver(() => {
           if (!panel.clientWidth) return;
           panel.__uvWait.disconnect();
           panel.__uvWait = null;
-          setup();
+          bind();
         });
         panel.__uvWait.observe(panel);
       }
       return;
     }
-    svg.dataset.uvReady = "1";
+    const old = state[panel.id];
+    if (old && old.pz) {
+      try {
+        old.pz.destroy(); // its listeners sit on the <svg> gradio kept
+      } catch (e) {
+        /* its viewport went with the old drawing */
+      }
+    }
     moveTitleAndLegend(box, svg);
     // "fit" fits the viewBox: make it the drawing's own box (graphviz's spans the whole canvas,
     // title and legend included)
@@ -122,19 +151,44 @@
       dblClickZoomEnabled: false,
       controlIconsEnabled: false,
     });
-    state[panel.id] = { svg, pz };
-    const fit = () => {
-      pz.resize();
-      pz.fit();
-      pz.center();
-    };
-    box.querySelector(".uv-fit").onclick = fit;
-    setTimeout(fit, 250); // once the page around it has settled
-    box.querySelector(".uv-in").onclick = () => pz.zoomIn();
-    box.querySelector(".uv-out").onclick = () => pz.zoomOut();
+    const drawn = (old ? old.drawn : 0) + 1;
+    state[panel.id] = { svg, pz, drawn };
+    svg.dataset.uvFitZoom = String(pz.getSizes().realZoom);
+    // fitted again once the page around it has settled; only then is it marked ready (a
+    // zoom before that would be undone by this fit)
+    setTimeout(() => {
+      fit(panel);
+      svg.dataset.uvReady = String(drawn);
+      panel.dataset.uvDrawn = String(drawn);
+    }, 250);
+  }
+
+  function fit(panel) {
+    const st = state[panel.id];
+    if (!st || !st.svg.isConnected) return;
+    st.pz.resize();
+    st.pz.fit();
+    st.pz.center();
+  }
+
+  // bound once per component: every drawing it will show uses them
+  if (!element.__uvDelegated) {
+    element.__uvDelegated = true;
     let down = null;
-    svg.addEventListener("mousedown", (e) => (down = [e.clientX, e.clientY]));
-    svg.addEventListener("click", (e) => {
+    element.addEventListener("mousedown", (e) => (down = [e.clientX, e.clientY]));
+    element.addEventListener("click", (e) => {
+      const { panel, svg } = parts();
+      if (!panel) return;
+      const st = state[panel.id];
+      const tool = e.target.closest(".uv-fit, .uv-in, .uv-out");
+      if (tool) {
+        if (!st) return;
+        if (tool.classList.contains("uv-fit")) fit(panel);
+        else if (tool.classList.contains("uv-in")) st.pz.zoomIn();
+        else st.pz.zoomOut();
+        return;
+      }
+      if (!svg || !svg.contains(e.target)) return;
       if (down && Math.hypot(e.clientX - down[0], e.clientY - down[1]) > 4) return;
       const g = e.target.closest("g.node, g.cluster");
       const name = g && nameOf(g);
@@ -143,20 +197,22 @@
       highlight(panel, name, false);
       if (panel.id === "diagram-svg") selectRow(name, false);
     });
-    svg.dataset.uvFitZoom = String(pz.getSizes().realZoom);
+    new MutationObserver(() => bind()).observe(element, { childList: true, subtree: true });
   }
 
   if (!window.__uvTableHooked) {
     window.__uvTableHooked = true;
-    document.addEventListener("click", (e) => {
-      const cell = e.target.closest && e.target.closest("#block_table [role=gridcell]");
-      const row = cell && cell.closest("[role=row]");
-      if (!row) return;
-      const first = row.querySelector("[role=gridcell]");
-      if (first) window.__uvHighlight(first.textContent.trim());
-    }, true); // capture: the table's own handlers may stop the click
+    document.addEventListener(
+      "click",
+      (e) => {
+        const cell = e.target.closest && e.target.closest("#block_table [role=gridcell]");
+        const row = cell && cell.closest("[role=row]");
+        if (!row) return;
+        const first = row.querySelector("[role=gridcell]");
+        if (first) window.__uvHighlight(first.textContent.trim());
+      },
+      true,
+    ); // capture: the table's own handlers may stop the click
   }
-  setup();
-  if (typeof watch === "function") watch("value", setup);
-  new MutationObserver(() => setup()).observe(element, { childList: true, subtree: true });
-})(element, typeof watch === "undefined" ? null : watch);
+  bind();
+})(element);

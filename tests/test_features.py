@@ -1,0 +1,207 @@
+"""capture(features=...): per-block PCA pictures, norm maps and RMS, saved and loaded, bounded,
+and meaningful on the demo model (the last up block's first component finds the objects)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from unetviz import UNet2DConditionModel, UNetConfig, capture
+from unetviz.capture import Trace, TraceError
+from unetviz.capture.features import SKETCH, bytes_per_step, features_level
+
+SMALL = dict(
+    sample_size=8,
+    block_out_channels=[32, 64],
+    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    layers_per_block=1,
+    norm_num_groups=8,
+    cross_attention_dim=16,
+    attention_head_dim=2,
+)
+
+
+def _unet() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(UNetConfig.from_dict(SMALL)).eval()
+
+
+def _run(unet, steps=3, **options):
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 8, 8)
+    ctx = torch.randn(2, 5, 16)
+    outs = []
+    with torch.no_grad(), capture(unet, **options) as trace:
+        for t in range(steps):
+            outs.append(unet(x, torch.tensor(900.0 - 300 * t), ctx))
+    return trace, outs
+
+
+def test_blocks_and_layers_levels_and_outputs_unchanged():
+    unet = _unet()
+    plain, outs_plain = _run(unet)
+    blocks, outs = _run(unet, features=True)
+    layers, _ = _run(unet, features="layers")
+    for a, b in zip(outs_plain, outs, strict=True):
+        assert torch.equal(a, b)  # recording never changes what flows
+    assert plain.features == {}
+    assert blocks.meta["features"] == "blocks" and layers.meta["features"] == "layers"
+    names = list(blocks.features)
+    assert {"conv_in", "down_blocks.0", "mid_block", "up_blocks.1", "conv_out"} <= set(names)
+    assert not any(".resnets." in n for n in names)
+    assert "down_blocks.0.resnets.0" in layers.features
+    assert "up_blocks.1.attentions.0" in layers.features
+    rec = blocks.features["down_blocks.0"]
+    assert rec.channels == 32 and rec.res == (4, 4) and rec.steps == [0, 1, 2]
+    assert [tuple(p.shape) for p in rec.pca] == [(3, 4, 4)] * 3
+    assert rec.pca[0].dtype == torch.float16 and rec.norm[0].shape == (4, 4)
+    assert all(math.isfinite(v) and v > 0 for v in rec.rms)
+    assert rec.rgb(1).dtype == torch.uint8 and rec.rgb(1).shape == (4, 4, 3)
+    assert 0 < sum(rec.explained) <= 1 + 1e-6
+
+
+def test_values_match_a_direct_computation():
+    """RMS and norm are those of the conditional half's first image; the components are the
+    PCA of the last step's output (C <= SKETCH here: exact), up to sign."""
+    unet = _unet()
+    seen = []
+    handle = unet.up_blocks[1].register_forward_hook(lambda m, a, o: seen.append(o[1].clone()))
+    trace, _ = _run(unet, features=True)
+    handle.remove()
+    rec = trace.features["up_blocks.1"]
+    assert rec.channels <= SKETCH * 4
+    for i, x in enumerate(seen):
+        assert rec.rms[i] == pytest.approx(float(x.pow(2).mean().sqrt()), rel=1e-5)
+        norm = x.norm(dim=0) / math.sqrt(x.shape[0])
+        torch.testing.assert_close(rec.norm[i].float(), norm, rtol=2e-3, atol=2e-3)
+    last = seen[-1].flatten(1).double()
+    centred = last - last.mean(1, keepdim=True)
+    _, vecs = torch.linalg.eigh(centred @ centred.T)
+    pc1 = (vecs[:, -1] @ centred).reshape(rec.res)
+    ours = rec.pca[-1][0].double()
+    cos = float((pc1 * ours).sum() / (pc1.norm() * ours.norm()))
+    if rec.channels <= SKETCH:
+        assert abs(cos) > 0.999
+    else:  # 32 channels, 16 directions sketched at the first step: close, not exact
+        assert abs(cos) > 0.5
+
+
+def test_saved_and_loaded_and_hostile_bundles_refused(tmp_path):
+    trace, _ = _run(_unet(), features="layers")
+    path = trace.save(tmp_path / "t.zip")
+    back = Trace.load(path)
+    assert list(back.features) == list(trace.features)
+    a, b = trace.features["mid_block"], back.features["mid_block"]
+    assert b.steps == a.steps and b.rms == a.rms and b.res == a.res
+    assert all(torch.equal(x, y) for x, y in zip(a.pca, b.pca, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(a.norm, b.norm, strict=True))
+    assert back.nbytes() == trace.nbytes()
+    state, tensors = trace.to_state()
+    bad = dict(state, features={"mid_block": dict(state["features"]["mid_block"], res=[9, 9])})
+    with pytest.raises(TraceError, match="features/mid_block/pca"):
+        Trace.from_state(bad, tensors)
+    bad = dict(state, features={"x": dict(state["features"]["mid_block"], level="evil")})
+    with pytest.raises(TraceError, match="level"):
+        Trace.from_state(bad, tensors)
+    older = {k: v for k, v in state.items() if k != "features"}
+    assert Trace.from_state(older, tensors).features == {}
+
+
+def test_option_checked():
+    assert features_level(True) == "blocks" and features_level(False) is None
+    with pytest.raises(TraceError, match="features='modules'"):
+        capture(_unet(), features="modules")
+
+
+def test_memory_per_step_is_independent_of_channels():
+    """Two UNets alike but for width keep the same feature bytes per step."""
+    narrow = _run(_unet(), features=True)[0]
+    torch.manual_seed(0)
+    wide_cfg = dict(SMALL, block_out_channels=[64, 128], norm_num_groups=16)
+    wide = UNet2DConditionModel(UNetConfig.from_dict(wide_cfg)).eval()
+    wide_trace = _run(wide, features=True)[0]
+    assert _feature_bytes(narrow) == _feature_bytes(wide_trace) > 0
+    # SD 1.5 at 512 px, blocks detail: the 4-D block outputs of its structure trace
+    from unetviz.structure import structure_trace
+
+    sd = structure_trace("sd15", 512, 512, detail="blocks")
+    shapes = [b.outputs["sample"] for b in sd.blocks if len(b.outputs.get("sample", [])) == 4]
+    assert bytes_per_step(shapes) == 218_624  # 213.5 KiB, as docs/trace.md says
+
+
+def _feature_bytes(trace: Trace) -> int:
+    return sum(f.nbytes() for f in trace.features.values())
+
+
+def _otsu(v: torch.Tensor) -> float:
+    """The threshold between two classes of ``v`` with the largest between-class variance."""
+    v = v.flatten()
+    best, best_t = -1.0, 0.0
+    for t in torch.quantile(v, torch.linspace(0.05, 0.95, 91)):
+        a = v <= t
+        score = float(a.float().mean() * (~a).float().mean() * (v[a].mean() - v[~a].mean()) ** 2)
+        if score > best:
+            best, best_t = score, float(t)
+    return best_t
+
+
+@pytest.mark.slow
+def test_first_component_of_the_last_up_block_finds_the_objects():
+    """At the last step, the first component of up_blocks[-1]'s output, upsampled to the
+    image and cut at its Otsu threshold (the smaller side taken as the objects), overlaps the
+    generated objects' masks (the training evaluator's) with mean IoU >= 0.6 over a fixed set
+    of one- and two-object prompts."""
+    from unetviz.pipelines.demo import DemoPipeline
+    from unetviz.training.data import eval_scenes
+    from unetviz.training.evaluate import generated_masks, iou
+
+    pipe = DemoPipeline()
+    last_up = f"up_blocks.{len(pipe.unet.up_blocks) - 1}"
+    scores = []
+    for n_objects in (1, 2):
+        for i, scene in enumerate(eval_scenes(8, pipe.size, n_objects, words=pipe.tokenizer.words)):
+            run = pipe(scene.caption, seed=i, steps=25, features=True)
+            image = np.asarray(run.image, np.float32) / 255
+            objects = np.any(generated_masks(scene, image), 0)
+            pc1 = run.trace.features[last_up].pca[-1][0].float()
+            up = F.interpolate(pc1[None, None], size=image.shape[:2], mode="bilinear")[0, 0]
+            mask = up > _otsu(up)
+            if mask.float().mean() > 0.5:
+                mask = ~mask
+            scores.append(iou(mask.numpy(), objects))
+    assert np.mean(scores) >= 0.6, [round(s, 3) for s in scores]
+
+
+def _main(args: list[str]) -> int:
+    from unetviz import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    return exc.value.code or 0
+
+
+def test_cli_contact_sheet_report_and_bad_input(tmp_path, capsys):
+    """``unetviz features`` writes the sheet, the image and a loadable trace; a bad --at is
+    one error line, exit 2, nothing written. The report and the notebook show the sheet."""
+    from PIL import Image
+
+    out = tmp_path / "sheet"
+    assert _main(["features", "a red circle", "-o", str(out), "--steps", "3"]) == 0
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width > 3 * 96 and sheet.height > 8 * 96
+    trace = Trace.load(out / "run.trace")
+    assert trace.features["up_blocks.2"].steps == [0, 1, 2]
+    capsys.readouterr()
+    assert _main(["features", "a red circle", "-o", str(tmp_path / "x"), "--at", "30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --at '30': step 30 is outside 0..24"]
+    assert not (tmp_path / "x").exists()
+    html = trace._repr_html_()
+    assert "Feature PCA per block" in html and "data:image/png;base64," in html
+    report = trace.report(tmp_path / "r.html").read_text()
+    assert 'id="features"' in report

@@ -1,0 +1,289 @@
+"""What every tab shares: wiring by name, the error rule, the per-session results, the diagram
+panel and the static files.
+
+**Wiring by name.** Every component a handler reads or writes has a name in
+``TabContext.c``. A handler is declared with :func:`handler` (the names of its outputs and of
+its message slot) and takes ``form``, a dict of the named inputs it was wired with; it returns
+a dict ``{name: value}`` holding only what it changes (a generator handler yields such dicts).
+:meth:`TabContext.on` turns names into components both ways, so no handler, test or API route
+depends on an order of outputs.
+
+**Errors keep the user's work.** A user error (:class:`unetviz.errors.UnetvizError`) changes
+no output but the handler's message slot, beside the control that failed, and logs one line;
+anything else is a bug: its traceback goes to the log and the slot says "internal error". No
+toasts, no red pills on outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from unetviz.callargs import as_int
+from unetviz.errors import UnetvizError
+
+from .sessions import Session, SessionStore
+
+log = logging.getLogger("unetviz.app")
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_PROMPT_SHOWN = 60
+#: event options of the app's own follow-up steps (no API route, no progress overlay)
+QUIET = {"api_visibility": "private", "show_progress": "hidden"}
+
+
+def static_text(name: str) -> str:
+    """A file of ``unetviz/app/static`` (CSS, the page's scripts)."""
+    return (STATIC / name).read_text(encoding="utf-8")
+
+
+def static_url(name: str) -> str:
+    """The URL gradio serves ``static/name`` at (``gr.set_static_paths``)."""
+    return f"/gradio_api/file={STATIC / name}"
+
+
+class InputError(UnetvizError):
+    """A value typed in the UI is out of range or not a number."""
+
+
+def parse_int(value: Any, name: str, lo: int, hi: int) -> int:
+    """``value`` (a number or its text) as an exact int in lo..hi, else InputError
+    (``unetviz.callargs.as_int``)."""
+    return as_int(value, name, lo, hi, error=InputError)
+
+
+def clean_message(text: str, limit: int = 400) -> str:
+    """A user-facing message without server temp paths and with long quoted values cut."""
+    tmp = re.escape(str(Path(tempfile.gettempdir())))
+    text = re.sub(tmp + r"/[^\s'\"]*/([^/\s'\"]+)", r"\1", text)
+    text = re.sub(
+        r"(['\"])([^'\"]{" + str(MAX_PROMPT_SHOWN + 1) + r",})\1",
+        lambda m: f"{m[1]}{m[2][: MAX_PROMPT_SHOWN - 1]}…{m[1]}",
+        text,
+    )
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_md(value: Any, limit: int = MAX_PROMPT_SHOWN) -> str:
+    """A string from a user or a file, shown inside Markdown as plain text: cut to ``limit``,
+    on one line, HTML-escaped, and the Markdown that makes elements escaped (images, links,
+    autolinks, emphasis, code, tables, strike-through), so it can create no element and fetch
+    nothing."""
+    s = str(value)
+    s = s if len(s) <= limit else s[: limit - 1] + "…"
+    s = html.escape(" ".join(s.splitlines()), quote=False)
+    s = re.sub(r"([\\`*_\[\]!|~#$])", r"\\\1", s)
+    return s.replace("://", ":\\/\\/").replace("www.", "www\\.")
+
+
+def _message(fn_name: str, exc: Exception) -> str:
+    if isinstance(exc, UnetvizError):
+        msg = clean_message(str(exc))
+        log.warning("%s: %s", fn_name, msg)
+        return f"⚠ {text_md(msg, 400)}"
+    log.exception("internal error in %s", fn_name, exc_info=exc)
+    return f"⚠ internal error in {fn_name} ({type(exc).__name__}); see the log"
+
+
+def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a handler whose outputs are the components named ``outputs`` and whose
+    message slot is ``msg``: it returns (or yields) ``{name: value}`` for what it changes. On
+    an error nothing else changes and ``msg`` says why (the work on screen is kept)."""
+    names = tuple(dict.fromkeys((*outputs, msg)))
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as exc:
+                    yield {msg: _message(fn.__name__, exc)}
+
+            wrapper = gen
+        else:
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    return {msg: _message(fn.__name__, exc)}
+
+        wrapper.outputs = names  # type: ignore[attr-defined]
+        wrapper.msg = msg  # type: ignore[attr-defined]
+        return wrapper
+
+    return deco
+
+
+def session_key(request: Any) -> str:
+    """The browser session's key (gradio's session hash)."""
+    return str(getattr(request, "session_hash", None) or "anonymous")
+
+
+class HandlerBase:
+    """Per-browser results (:attr:`sessions`), the registry and a folder for download files."""
+
+    #: download files older than this are removed (gradio keeps its own copies)
+    KEEP_S = 2 * 3600
+
+    def __init__(
+        self,
+        registry: Any,
+        workdir: Path | None = None,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.registry = registry
+        self.sessions = sessions if sessions is not None else SessionStore()
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="unetviz-app-"))
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        #: set once a page has loaded its diagram's state (the page's load event)
+        self.page_seen = threading.Event()
+
+    def _outdir(self) -> Path:
+        """A fresh folder for one response's files; old ones are pruned."""
+        now = time.time()
+        for old in self.workdir.iterdir():
+            try:
+                if old.is_dir() and now - old.stat().st_mtime > self.KEEP_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        d = self.workdir / uuid.uuid4().hex[:12]
+        d.mkdir(parents=True, mode=0o700)
+        return d
+
+    def session(self, request: Any) -> Session | None:
+        """This browser's results, or None (never ran, or expired)."""
+        return self.sessions.get(session_key(request))
+
+    def forget(self, request: Any) -> None:
+        """Free this browser's results (on disconnect)."""
+        self.sessions.drop(session_key(request))
+
+    def _need(self, request: Any) -> Session:
+        session = self.session(request)
+        if session is None:
+            raise InputError(
+                "nothing to show yet (or your results expired after "
+                f"{self.sessions.ttl_s / 60:.0f} idle minutes): press Run or upload a trace"
+            )
+        return session
+
+
+@dataclass
+class TabContext:
+    """What tab builders share: handlers, registry, the named components, late wiring."""
+
+    handlers: Any
+    registry: Any
+    c: dict[str, Any] = field(default_factory=dict)
+    wiring: list[Callable[[TabContext], None]] = field(default_factory=list)
+
+    def on(
+        self,
+        trigger: Any,
+        fn: Callable[..., Any],
+        inputs: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> Any:
+        """Wire ``fn`` (a :func:`handler`) to ``trigger`` (an event listener, a list of them,
+        or an event to follow with ``then``): its named inputs arrive as ``form`` and its
+        ``{name: value}`` result updates those components. Returns the event."""
+        c = self.c
+        names = tuple(inputs)
+        outs = list(fn.outputs)  # type: ignore[attr-defined]
+        params = inspect.signature(fn).parameters
+        #: what gradio injects, by the parameter's annotation or default, after the inputs
+        special = [
+            (k, p)
+            for k, p in (
+                ("request", {"annotation": gr.Request}),
+                ("evt", {"annotation": gr.SelectData}),
+                ("progress", {"default": gr.Progress()}),
+            )
+            if k in params
+        ]
+
+        def mapped(out: dict[str, Any]) -> dict[Any, Any]:
+            return {c[k]: v for k, v in out.items()}
+
+        n = len(names)
+
+        def invoke(args: tuple, kwargs: dict[str, Any]) -> Any:
+            values, rest = args[:n], args[n:]
+            kw = {k: kwargs[k] if k in kwargs else (rest[i] if i < len(rest) else None)
+                  for i, (k, _) in enumerate(special)}  # fmt: skip
+            return fn(dict(zip(names, values, strict=True)), **kw)
+
+        if inspect.isgeneratorfunction(fn):
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                for out in invoke(args, kwargs):
+                    yield mapped(out)
+        else:
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return mapped(invoke(args, kwargs))
+
+        # gradio reads the signature: one positional parameter per input, then what it injects
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        sig = [inspect.Parameter(f"in{i}", kind) for i in range(n)]
+        sig += [inspect.Parameter(k, kind, **p) for k, p in special]
+        call.__signature__ = inspect.Signature(sig)  # type: ignore[attr-defined]
+        # gradio reads the annotations through typing.get_type_hints, not the signature
+        call.__annotations__ = {k: p["annotation"] for k, p in special if "annotation" in p}
+        call.__name__ = getattr(fn, "__name__", "handler")
+        call.__doc__ = getattr(fn, "__doc__", None)
+        kwargs.setdefault("api_visibility", "private" if "api_name" not in kwargs else "public")
+        args = ([c[n] for n in names], [c[n] for n in outs])
+        if hasattr(trigger, "then") and not isinstance(trigger, list | tuple):
+            return trigger.then(call, *args, **kwargs)
+        if isinstance(getattr(trigger, "__self__", None), gr.Blocks):  # the page's load
+            return trigger(call, *args, **kwargs)
+        triggers = trigger if isinstance(trigger, list | tuple) else [trigger]
+        return gr.on(list(triggers), call, *args, **kwargs)
+
+    def names(self, *names: str) -> list[Any]:
+        """The components named ``names``."""
+        return [self.c[n] for n in names]
+
+
+def diagram_panel(elem_id: str, value: str | None = None, **kwargs: Any) -> gr.HTML:
+    """A gr.HTML whose SVG gets pan/zoom, an outside title and legend and node selection,
+    bound again after every redraw (``static/diagram.js``)."""
+    return gr.HTML(
+        value,
+        elem_id=elem_id,
+        head=f'<script src="{static_url("svg-pan-zoom.min.js")}"></script>',
+        js_on_load=static_text("diagram.js"),
+        **kwargs,
+    )
+
+
+def message_slot(elem_id: str) -> gr.Markdown:
+    """The one message slot beside a tab's controls (errors and notes)."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes=["uv-msg"])
+
+
+def all_of(groups: Iterable[Sequence[str]]) -> tuple[str, ...]:
+    """Names of several groups, each once, in order."""
+    return tuple(dict.fromkeys(n for g in groups for n in g))
