@@ -727,7 +727,7 @@ def _shown_prompts(served) -> set[str]:
 def test_every_example_prompt_is_drawn_right_at_its_shown_seed(served):
     """Colour, shape and count of every object, read from the pixels by the training evaluator
     (25 steps, guidance 4: the app's and the notebook's defaults)."""
-    from unetviz.edits.demo_scores import demo_scores, parse_caption
+    from unetviz.training.edit_scores import demo_scores, parse_caption
 
     pipe = served.registry.pipeline("demo")
     prompts = _shown_prompts(served)
