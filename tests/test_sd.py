@@ -126,14 +126,82 @@ def test_negative_prompt_maps_from_the_unconditional_half():
     assert uncond.trace.heatmap("house").shape == cond.trace.heatmap("cat").shape
 
 
-def test_long_prompt_is_truncated_with_a_warning():
+def test_long_prompt_in_chunks_every_token_keeps_its_map():
     pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
-    prompt = " ".join(["red cat"] * 150)  # 300 tokens
-    with pytest.warns(PromptTruncatedWarning, match="300 tokens.*75.*truncated"):
+    prompt = " ".join(["red cat"] * 40) + " astronaut riding horse"  # 83 tokens: 2 chunks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptTruncatedWarning)
+        run = pipe(prompt, negative_prompt="blurry", seed=0, steps=1)
+    assert len(run.tokens) == len(run.trace.tokens) == 154 and run.trace.meta["chunks"] == 2
+    assert run.tokens[77] == "<|startoftext|>" and run.tokens[76] == "<|endoftext|>"
+    second = run.trace.token_indices("astronaut")
+    assert second and min(second) > 77 and run.words[second[0]] == "astronaut"  # chunk 2
+    assert run.trace.heatmap("horse").ndim == 2
+    assert len(run.extra["negative_tokens"]) == 154  # padded with an empty chunk
+    for rec in run.trace.attention.values():
+        assert rec.maps[-1].shape[-1] == 154
+    assert run.trace.meta["truncated"] == ""
+
+
+def test_prompt_beyond_four_chunks_is_truncated_with_a_warning(tmp_path):
+    from unetviz import Trace
+
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    prompt = " ".join(["red cat"] * 200)  # 400 tokens
+    with pytest.warns(PromptTruncatedWarning, match="400 tokens.*4 chunks of 75.*truncated"):
         run = pipe(prompt, seed=0, steps=1)
-    assert run.extra["truncated"].startswith("cat red cat")
+    assert run.extra["truncated"].startswith("red cat red cat")
     assert run.trace.meta["truncated"] == run.extra["truncated"]
-    assert len(run.tokens) == 77 and run.tokens[-1] == "<|endoftext|>"
+    assert len(run.tokens) == 4 * 77 and run.tokens[-1] == "<|endoftext|>"
+    run.trace.save(tmp_path / "long.trace")  # 308 tokens: the most a trace bundle holds
+    back = Trace.load(tmp_path / "long.trace")
+    assert back.tokens == run.tokens and back.meta["chunks"] == 4
+
+
+def test_emphasis_weights_tokens_meta_and_embeddings():
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    plain = pipe.encode("a red (cat:1.5) on a [mat]", "", False)
+    bare = pipe.encode("a red cat on a mat", "", False)
+    assert plain[2].labels == bare[2].labels  # no bracket tokens
+    assert not torch.equal(plain[0], bare[0])
+    z, w = bare[0], torch.tensor(plain[2].weights).view(1, -1, 1)
+    expected = z * w * (z.mean() / (z * w).mean())  # sd_emphasis.py EmphasisOriginal
+    assert torch.allclose(plain[0], expected, atol=1e-6)
+    literal = pipe.encode("a (cat:1.5)", "", False, syntax="literal")[2]
+    assert "(</w>" in literal.labels or "(" in literal.labels
+    run = pipe("a red (cat:1.5) on a [mat]", seed=0, steps=1)
+    meta = run.trace.meta
+    assert meta["syntax"] == "a1111" and meta["emphasis_mode"] == "embeddings"
+    assert meta["emphasis"] == [
+        {"word": "cat", "weight": 1.5, "tokens": [3]},
+        {"word": "mat", "weight": pytest.approx(1 / 1.1), "tokens": [6]},
+    ]
+    assert meta["token_weights"][3] == 1.5 and run.words[3] == "cat"
+    rew = pipe("a red (cat:1.5) on a [mat]", seed=0, steps=1, emphasis="reweight")
+    edits = rew.trace.meta["edits"]
+    assert [(e["edit"], e["scale"]) for e in edits][0] == ("Reweight", 1.5)
+    with pytest.raises(ValueError, match="syntax='a1112'"):
+        pipe("a cat", steps=1, syntax="a1112")
+
+
+def test_long_prompt_embeddings_equal_compel():
+    """SD pipeline embeddings of a 2-chunk prompt = compel's with truncate_long_prompts=False
+    (split at the 75-token boundary: compel's BRUTAL split, which A1111's equals when no comma
+    is within 20 tokens of it)."""
+    compel = pytest.importorskip("compel")
+    pipe = load_sd_pipeline(tiny_sd_dir("sd1"))
+    prompt = " ".join(["red cat"] * 40) + " astronaut riding horse"
+    ours = pipe.encode(prompt, "", False)[0]
+    comp = compel.Compel(
+        tokenizer=pipe.tokenizers[0],
+        text_encoder=pipe.text_encoders[0],
+        truncate_long_prompts=False,
+        split_long_text_mode=compel.SplitLongTextMode.BRUTAL,
+    )
+    with torch.no_grad():
+        ref = comp(prompt)
+    assert ours.shape == ref.shape == (1, 154, 32)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
 
 
 def test_no_guidance_runs_without_cfg_batch():
@@ -312,3 +380,31 @@ def test_both_pipelines_write_one_meta_schema_and_keep_daam_sums():
     for guidance, cfg in ((0.0, False), (1.0, False), (1.5, True)):
         run = load_pipeline("demo")("a red circle", seed=0, steps=1, guidance=guidance)
         assert run.trace.meta["cfg"] is cfg and run.trace.meta["batch"] == (2 if cfg else 1)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_compel_syntax_is_compels_own_encoding(kind):
+    compel = pytest.importorskip("compel")
+    pipe = load_sd_pipeline(tiny_sd_dir(kind))
+    prompt = "a red++ cat on a (mat)0.8"
+    embeds, pooled, pos, _ = pipe.encode(prompt, "blurry", True, syntax="compel")
+    if kind == "sd1":
+        ref = compel.Compel(pipe.tokenizers[0], pipe.text_encoders[0], truncate_long_prompts=False)
+        cond = ref(prompt)
+    else:
+        ref = compel.Compel(
+            pipe.tokenizers,
+            pipe.text_encoders,
+            returned_embeddings_type=compel.ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            requires_pooled=[False, True],
+            truncate_long_prompts=False,
+        )
+        cond, ref_pooled = ref(prompt)
+        assert torch.equal(pooled[1:], ref_pooled)
+    assert torch.equal(embeds[1:], cond)
+    assert pos.words[1:6] == ["a", "red", "cat", "on", "a"] and pos.labels[6] == "mat</w>"
+    assert pos.weights[2] == pytest.approx(1.1**2) and pos.weights[6] == pytest.approx(0.8)
+    run = pipe(prompt, seed=0, steps=1, syntax="compel")
+    assert run.trace.meta["syntax"] == "compel" and run.trace.heatmap("red").ndim == 2
+    with pytest.raises(ValueError, match="blends, conjunctions or swaps"):
+        pipe('("a cat", "a dog").blend(0.5, 0.5)', steps=1, syntax="compel")

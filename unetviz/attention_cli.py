@@ -117,6 +117,7 @@ def run_attention(
     normalize: str = "none",
     scale: str = "shared",
     grid: bool = False,
+    lora: list[str] | None = None,
 ) -> dict[str, Any]:
     """Generate, then write the image, one captioned heatmap PNG per word (and a contact sheet
     with ``grid``), the trace bundle and tokens.json into ``output``
@@ -127,10 +128,13 @@ def run_attention(
     style = HeatmapStyle(recipe or preset, normalize, scale, grid, specials).check()
     _check_numbers(seed, guidance)
     check_output_folder(output, force)
+    from unetviz.lora import parse_lora_arg
     from unetviz.pipelines import load_pipeline
 
+    loras = [parse_lora_arg(item) for item in lora or []]
     pipe = load_pipeline(
         model,
+        loras=loras,
         dtype=dtype,
         device=device,
         scheduler=scheduler,
@@ -193,10 +197,14 @@ def _fill(tmp: Path, run: Any, style: HeatmapStyle, info: dict[str, Any]) -> Non
     (tmp / "heatmaps").mkdir()
     pictures = heatmap_pictures(trace, run.image, style, info["prompt"])
     files = []
+    weights = trace.meta.get("token_weights") or []
     for n, (label, indices, tile, _) in enumerate(pictures["words"]):
         name = f"heatmaps/{n:02d}_{_file_word(label)}.png"
         tile.save(tmp / name)
-        files.append({"word": label, "tokens": indices, "file": name})
+        entry = {"word": label, "tokens": indices, "file": name}
+        if weights and indices and weights[indices[0]] != 1.0:  # emphasis, e.g. (word:1.3)
+            entry["weight"] = weights[indices[0]]
+        files.append(entry)
     if style.grid:
         pictures["grid"].save(tmp / "grid.png")
     trace.save(tmp / "run.trace")
@@ -316,6 +324,9 @@ def attention(
     normalize: str = typer.Option("none", "--normalize", help="none, max, sum or minmax."),
     scale: str = typer.Option("shared", "--scale", help="shared (words compare) or per-token."),
     grid: bool = typer.Option(False, "--grid", help="Also write grid.png: all words, one sheet."),
+    lora: list[str] = typer.Option(
+        None, "--lora", help="A LoRA .safetensors to fuse: FILE[:SCALE] (repeatable)."
+    ),
     force: bool = typer.Option(
         False,
         "--force",

@@ -53,8 +53,8 @@ __all__ = [
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("unetviz.attention_cli", "Cross-attention heatmaps of a prompt."),
     "app": ("unetviz.app.cli", "Start the web app."),
-    "edit": ("unetviz.edits.cli", "Run a prompt with and without interventions; compare."),
-    "sweep": ("unetviz.edits.cli", "One intervention per block or skip: which parts matter."),
+    "edit": ("unetviz.edits_cli", "Run a prompt with and without interventions; compare."),
+    "sweep": ("unetviz.edits_cli", "One intervention per block or skip: which parts matter."),
     "batch": ("unetviz.batch.cli", "Attention statistics over a prompt set (local or Ray)."),
     "report": ("unetviz.report.cli", "One self-contained HTML report of a run or trace."),
     "features": ("unetviz.features_cli", "What every block sees: a feature-PCA contact sheet."),
@@ -122,8 +122,12 @@ def _model_source(model: str) -> Source:
     from .detect import demo_geometry, detect_model
 
     found = detect_model(model)
+    if found.kind == "single":  # the config its family and conv_in imply (header only)
+        from .single_file import read_unet_config
+
+        return Source(read_unet_config(found.path), str(model))
     if found.unet_config is None or not found.unet_config.is_file():
-        what = "a single-file checkpoint" if found.kind == "single" else "not a local folder"
+        what = "not a local folder"
         raise CliError(
             f"--model {_short(model)!r} is {what}: diagram and summary read only a UNet config; "
             "give a diffusers folder, a unet folder or --config path/to/config.json"
@@ -210,8 +214,13 @@ def diagram(
     ),
     legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the legend."),
     no_cache: bool = _NO_CACHE,
+    lora: list[str] = typer.Option(
+        None,
+        "--lora",
+        help="Fill the blocks by what this LoRA changes, FILE[:SCALE] (repeatable; needs --model).",
+    ),
 ) -> None:
-    """Draw the UNet's architecture (no weights needed)."""
+    """Draw the UNet's architecture (no weights needed; --lora loads the model's)."""
     from .capture.options import DETAILS
     from .outputs import write_file
     from .render.export import format_of, render
@@ -224,12 +233,44 @@ def diagram(
         _check_output_file(output)
     src = resolve_source(preset, config, model)
     trace = structure_of(src, height, width, batch, detail, not no_cache)
-    data = render(trace, fmt, detail=detail, direction=direction, shape=shape, legend=legend)
+    extra: dict[str, Any] = {}
+    if lora:
+        table = lora_block_table(model, lora)
+        names = {b["name"] for b in trace["blocks"]}
+        u = ("down_blocks", "mid_block", "up_blocks")
+        fill = {name: 0.0 for name in names if name.startswith(u)}  # the U, changed or not
+        fill.update({r["block"]: r["change"] for r in table if r["block"] in names})
+        extra = {"fill": fill, "fill_label": "LoRA: sum of ‖ΔW‖/‖W‖"}
+        typer.echo(lora_table_text(table), err=True)
+    data = render(
+        trace, fmt, detail=detail, direction=direction, shape=shape, legend=legend, **extra
+    )
     if output is None:
         _write_stdout(data.decode("utf-8"))
         return
     write_file(output, data)
     typer.echo(f"wrote {output} ({len(data):,} bytes, {detail} detail)", err=True)
+
+
+def lora_block_table(model: str | None, loras: list[str]) -> list[dict[str, Any]]:
+    """What the ``--lora`` files change in ``model``, per block (``unetviz.lora``), largest
+    first; the files and scales are checked before the model loads."""
+    if model is None:
+        raise CliError("--lora needs --model: the base model whose weights the LoRA changes")
+    from .lora import block_changes, parse_lora_arg, relative_changes
+    from .pipelines import load_pipeline
+
+    specs = [parse_lora_arg(item) for item in loras]
+    models = load_pipeline(model).lora_models()
+    rows = [r for path, scale in specs for r in relative_changes(path, models, scale)]
+    return block_changes(rows)
+
+
+def lora_table_text(table: list[dict[str, Any]]) -> str:
+    """The ranking ``unetviz diagram --lora`` prints: block, summed change, module count."""
+    lines = [f"{'block':<16} {'sum ‖ΔW‖/‖W‖':>14} {'modules':>8}"]
+    lines += [f"{r['block']:<16} {r['change']:>14.4f} {r['modules']:>8}" for r in table]
+    return "\n".join(lines)
 
 
 def _check_output_file(output: Path) -> None:

@@ -8,6 +8,7 @@ pipeline, a Stable Diffusion folder, single file or cached repo id as the SD pip
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,22 @@ from .base import Pipeline, PipelineError, ProgressCallback, Run
 __all__ = ["Pipeline", "PipelineError", "ProgressCallback", "Run", "load_pipeline"]
 
 
-def load_pipeline(name_or_path: str | Path = "demo", **sd_options: Any) -> Pipeline:
+def load_pipeline(
+    name_or_path: str | Path = "demo",
+    loras: Sequence[Any] | None = None,
+    **sd_options: Any,
+) -> Pipeline:
     """``"demo"`` or a demo-format folder -> DemoPipeline; a diffusers SD folder, a single-file
     ``.safetensors`` or a cached repo id -> ``load_sd_pipeline(path, **sd_options)``.
 
-    ``sd_options`` (dtype, device, scheduler, offload, config, prediction_type) are only for
-    Stable Diffusion models: given (not None) for a demo model they raise PipelineError."""
+    ``loras``: ``[(file, scale), ...]`` (or plain paths, scale 1) fused into the UNet and text
+    encoder(s) (:mod:`unetviz.lora`; ``pipe.loras.unfuse()`` takes them out). ``device`` and
+    ``dtype`` apply to every model; the other ``sd_options`` (scheduler, offload, config,
+    prediction_type) are only for Stable Diffusion models: given (not None) for a demo model
+    they raise PipelineError."""
     kind = detect_model(name_or_path)
     if kind.is_demo:
+        where = {k: sd_options.pop(k, None) for k in ("device", "dtype")}
         given = sorted(k for k, v in sd_options.items() if v is not None)
         if given:
             raise PipelineError(
@@ -34,7 +43,10 @@ def load_pipeline(name_or_path: str | Path = "demo", **sd_options: Any) -> Pipel
             )
         from .demo import DemoPipeline
 
-        return DemoPipeline(kind.path)
+        pipe = DemoPipeline(kind.path, **where)
+        if loras:
+            pipe.fuse_loras(loras)
+        return pipe
     from .sd import load_sd_pipeline  # imports diffusers/transformers only when it loads
 
-    return load_sd_pipeline(name_or_path, **sd_options)
+    return load_sd_pipeline(name_or_path, loras=loras, **sd_options)

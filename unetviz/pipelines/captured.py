@@ -145,6 +145,7 @@ def captured_run(
         cfg=call.cfg,
         detail=detail,
         tokens_of="negative_prompt" if uncond else "prompt",
+        loras=describe_loras(getattr(pipe, "loras", None)),
         config=pipe.unet.config.to_dict(),
         seconds=time.perf_counter() - start,
         **iv.meta,
@@ -162,4 +163,56 @@ def captured_run(
         latents=latents,
         extra=extra,
         **call.facts,
+    )
+
+
+# ------------------------------------------------------------------------------ LoRAs
+def describe_loras(fused: Any) -> list[dict[str, Any]]:
+    """``[{"file", "scale"}]`` of a FusedLoras (``[]`` for None): the trace meta's ``loras``."""
+    if fused is None:
+        return []
+    return [{"file": str(path), "scale": float(scale)} for path, scale in fused.files]
+
+
+def fuse_pipeline_loras(pipe: Any, loras: Sequence[Any]) -> Any:
+    """Fuse ``[(file, scale), ...]`` into the pipeline's UNet and text encoders
+    (``pipe.lora_models()``); kept as ``pipe.loras`` (the last fused set) and returned, so
+    ``.unfuse()`` restores the weights bit for bit."""
+    from unetviz.lora import fuse_loras
+
+    fused = fuse_loras(pipe.lora_models(), loras)
+    pipe.loras = fused
+    return fused
+
+
+def compare_runs(
+    pipe: Any,
+    prompt: str,
+    edits: Sequence[Any] | Any | None = None,
+    seed: int = 0,
+    loras: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``pipe.compare(prompt, edits=[...], seed=0)`` (``unetviz.edits``) or
+    ``pipe.compare(prompt, loras=[(file, scale)], seed=0)``: the same seed and settings run
+    without, then with the LoRAs fused (unfused again afterwards, bit for bit); a Comparison
+    whose ``edited`` run is the one with the LoRAs."""
+    from ..edits.session import Comparison, compare, pixel_diff
+
+    if loras is None:
+        return compare(pipe, prompt, edits=edits, seed=seed, **kwargs)
+    if edits:
+        raise PipelineError("compare takes edits=[...] or loras=[...], not both")
+    from unetviz.lora import fuse_loras
+
+    base = pipe(prompt, seed=seed, **kwargs)
+    fused = fuse_loras(pipe.lora_models(), loras)
+    try:
+        with_lora = pipe(prompt, seed=seed, **kwargs)
+    finally:
+        fused.unfuse()
+    described = [{"edit": "LoRA", **d} for d in describe_loras(fused)]
+    with_lora.trace.meta["loras"] = with_lora.trace.meta["loras"] + describe_loras(fused)
+    return Comparison(
+        base=base, edited=with_lora, diff=pixel_diff(base.image, with_lora.image), edits=described
     )

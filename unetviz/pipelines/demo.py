@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,13 @@ from PIL import Image
 from torch import nn
 
 from unetviz.callargs import uses_cfg
-from unetviz.config import check_demo_config, read_json
+from unetviz.config import ConfigError, check_demo_config, read_json
 from unetviz.detect import DEMO_DIR
 from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
 
-from ..edits.session import compare
 from .base import PipelineError, Run, check_finite
-from .captured import Prepared, captured_run, check_call
+from .captured import Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
 
 __all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -133,6 +132,17 @@ class TextEncoderConfig:
     projection_dim: int | None = None  # pooled caption embedding size (None: no pooled output)
     causal: bool = True  # False: every token sees the whole caption (padding masked out)
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> TextEncoderConfig:
+        """Read ``text_encoder/config.json`` as every config is read: bounded read, the
+        schema (with its parameter budget), then construction; ConfigError otherwise."""
+        data = check_demo_config("text_encoder", read_json(path, "text_encoder config"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
+        if unknown:
+            raise ConfigError(f"{path}: unknown text_encoder config keys {unknown[:5]}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 class TextEncoderLayer(nn.Module):
     """Pre-norm transformer layer (LayerNorm -> self-attention -> LayerNorm -> MLP); causal
@@ -203,9 +213,10 @@ class DemoTextEncoder(nn.Module):
         hidden = self.final_layer_norm(torch.where(is_word[..., None], x, tok))
         if not self.config.projection_dim:
             return hidden, None
-        pos = torch.arange(ids.shape[1]).expand_as(ids)
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         last = torch.where(is_word, pos, -1).max(1).values  # (B,) -1 when no word
-        pooled = self.text_projection(hidden[torch.arange(ids.shape[0]), last.clamp_min(0)])
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        pooled = self.text_projection(hidden[rows, last.clamp_min(0)])
         return hidden, pooled * (last >= 0)[:, None].to(pooled.dtype)
 
 
@@ -244,7 +255,9 @@ class DDIMSchedule:
     def step(self, v: torch.Tensor, t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
         """One deterministic DDIM step from t to t_prev (t_prev < 0 means the clean image)."""
         ab = self.alphas_cumprod[t]
-        ab_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        ab_prev = (
+            self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        )  # 0-d: any device
         x0 = ab.sqrt() * x - (1 - ab).sqrt() * v
         if self.clip_sample:
             x0 = x0.clamp(-1, 1)
@@ -289,7 +302,11 @@ def added_conditions(pooled: torch.Tensor, image_size: int) -> dict[str, torch.T
     """SDXL's added conditions for a ``text_time`` UNet: the pooled caption embedding and the
     six micro-conditioning numbers (original size, crop top-left, target size), here always
     the whole ``image_size`` square image."""
-    ids = torch.tensor([image_size, image_size, 0, 0, image_size, image_size], dtype=pooled.dtype)
+    ids = torch.tensor(
+        [image_size, image_size, 0, 0, image_size, image_size],
+        dtype=pooled.dtype,
+        device=pooled.device,
+    )
     return {"text_embeds": pooled, "time_ids": ids.expand(pooled.shape[0], 6)}
 
 
@@ -300,8 +317,9 @@ def unet_input(unet: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if int(unet.config.in_channels) == x.shape[1]:
         return x
     b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-    xs = torch.linspace(-1, 1, w, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    ys = torch.linspace(-1, 1, h, dtype=x.dtype, device=x.device).view(1, 1, h, 1)
+    xs = torch.linspace(-1, 1, w, dtype=x.dtype, device=x.device).view(1, 1, 1, w)
+    ys, xs = ys.expand(b, 1, h, w), xs.expand(b, 1, h, w)
     return torch.cat([x, xs, ys], 1)
 
 
@@ -327,6 +345,7 @@ def sample(
     b = cond.shape[0]
     size = int(unet.config.sample_size) if size is None else size
     x = torch.randn(b, int(unet.config.out_channels), size, size, generator=generator)
+    x = x.to(device=cond.device, dtype=cond.dtype)  # drawn on the generator's device (CPU)
     ts = schedule.timesteps(steps)
     cfg = uses_cfg(guidance)
     context = torch.cat([uncond.expand(b, -1, -1), cond]) if cfg else cond
@@ -337,7 +356,7 @@ def sample(
             extra = {k: torch.cat([added[0][k].expand_as(v), v]) for k, v in extra.items()}
     for i, t in enumerate(ts):
         inp = unet_input(unet, torch.cat([x, x]) if cfg else x)
-        v = unet(inp, torch.tensor(t), context, added_cond_kwargs=extra)
+        v = unet(inp, torch.tensor(t, device=x.device), context, added_cond_kwargs=extra)
         check_finite(v, i + 1, len(ts))
         if cfg:
             v_u, v_c = v.chunk(2)
@@ -350,7 +369,7 @@ def sample(
 
 def to_pil(x: torch.Tensor) -> Image.Image:
     """(3, H, W) in [-1, 1] -> RGB PIL image."""
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
 
@@ -420,9 +439,8 @@ def load_demo_parts(
     if missing:
         raise PipelineError(f"demo model folder {folder} is incomplete: missing {missing}")
     unet = load_unet(folder / "unet").eval()
-    te_cfg = check_demo_config("text_encoder", read_json(folder / "text_encoder" / "config.json"))
-    te_cfg.pop("_class_name", None)
-    text_encoder = DemoTextEncoder(TextEncoderConfig(**te_cfg))
+    te_cfg = TextEncoderConfig.from_json(folder / "text_encoder" / "config.json")
+    text_encoder = DemoTextEncoder(te_cfg)
     _load_state(text_encoder, folder / "text_encoder" / "model.safetensors")
     text_encoder.eval()
     tokenizer = WordTokenizer.load(folder / "tokenizer")
@@ -471,21 +489,41 @@ class DemoPipeline:
     token labels). The UNet runs inside ``unetviz.capture`` for every call."""
 
     name = "demo"
-    compare = compare  # pipe.compare(prompt, edits=[...], seed=0) -> Comparison
+    compare = compare_runs  # pipe.compare(prompt, edits=[...] or loras=[...], seed=0)
+    fuse_loras = fuse_pipeline_loras  # pipe.fuse_loras([(file, scale)]) -> FusedLoras
+    loras = None  # the FusedLoras of the LoRAs fused at load time
 
-    def __init__(self, folder: str | Path = DEMO_DIR):
+    def __init__(
+        self,
+        folder: str | Path = DEMO_DIR,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ):
+        """``device`` (default CPU: the demo is small) and ``dtype`` (default float32) of every
+        part; the seeded noise is drawn on the CPU, so images match across devices."""
+        from unetviz.weights import resolve_dtype
+
         self.folder = Path(folder)
+        self.device = torch.device(device or "cpu")
+        self.dtype = resolve_dtype(dtype) or torch.float32
         self.unet, self.text_encoder, self.tokenizer, self.schedule = load_demo_parts(folder)
         self.vae = load_demo_vae(folder)
+        for part in (self.unet, self.text_encoder, self.vae):
+            if part is not None:
+                part.to(device=self.device, dtype=self.dtype)
         self.latent_size = int(self.unet.config.sample_size)
         self.vae_scale_factor = self.vae.config.downsampling_factor if self.vae else 1
         self.size = self.latent_size * self.vae_scale_factor  # the image side in pixels
+
+    def lora_models(self) -> dict[str, nn.Module]:
+        """The modules a LoRA file may change, by the part names its keys use."""
+        return {"unet": self.unet, "text_encoder": self.text_encoder}
 
     @torch.no_grad()
     def encode(self, prompt: str) -> tuple[torch.Tensor, list[str], list[str | None]]:
         """Prompt -> (1, T, width) embeddings, token labels, token words."""
         ids, labels, words = self.tokenizer.encode(prompt)
-        return self.text_encoder(torch.tensor([ids])), labels, words
+        return self.text_encoder(torch.tensor([ids], device=self.device)), labels, words
 
     @torch.no_grad()
     def added(self, prompt: str) -> dict[str, torch.Tensor] | None:
@@ -493,7 +531,8 @@ class DemoPipeline:
         for ``prompt``; None for a UNet without them."""
         if self.unet.config.addition_embed_type != "text_time":
             return None
-        pooled = self.text_encoder.encode(torch.tensor([self.tokenizer.encode(prompt)[0]]))[1]
+        ids = torch.tensor([self.tokenizer.encode(prompt)[0]], device=self.device)
+        pooled = self.text_encoder.encode(ids)[1]
         return added_conditions(pooled, self.size)
 
     @torch.no_grad()
@@ -574,6 +613,11 @@ class DemoPipeline:
                 "scheduler": "DDIMScheduler",
                 "dtype": str(next(self.unet.parameters()).dtype).removeprefix("torch."),
                 "truncated": "",
+                "syntax": "literal",
+                "emphasis_mode": "embeddings",
+                "chunks": 1,
+                "token_weights": [1.0] * len(labels),
+                "emphasis": [],
             },
         )
         generator = torch.Generator().manual_seed(call.seed)

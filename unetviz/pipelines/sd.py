@@ -20,7 +20,7 @@ import contextlib
 import copy
 import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..edits.session import compare
+from ..prompts import (
+    MAX_CHUNKS,
+    PromptError,
+    apply_emphasis,
+    check_emphasis,
+    check_syntax,
+    word_weights,
+)
 from .base import PipelineError, Run, check_finite
-from .captured import Call, Prepared, captured_run, check_call
-from .clip_tokens import PromptTruncatedWarning, Tokens, tokenize
+from .captured import Call, Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
+from .clip_tokens import PromptTruncatedWarning, Tokens, tokenize, tokenize_prompt
 from .hf_cache import from_hf_cache
 from .sd_loading import (
     SCHEDULERS,
@@ -80,7 +87,9 @@ class SDPipeline:
     token labels of the prompt (or of the negative prompt with ``half="uncond"``).
     """
 
-    compare = compare  # pipe.compare(prompt, edits=[...], seed=0) -> Comparison
+    compare = compare_runs  # pipe.compare(prompt, edits=[...] or loras=[...], seed=0)
+    fuse_loras = fuse_pipeline_loras  # pipe.fuse_loras([(file, scale)]) -> FusedLoras
+    loras = None  # the FusedLoras of the LoRAs fused at load time
 
     def __init__(
         self,
@@ -103,6 +112,11 @@ class SDPipeline:
         self.unet.to(self.device)
         for module in [self.vae, *self.text_encoders]:
             module.to("cpu" if offload else self.device)
+
+    def lora_models(self) -> dict[str, nn.Module]:
+        """The modules a LoRA file may change, by the part names its keys use."""
+        names = ("text_encoder", "text_encoder_2")
+        return {"unet": self.unet, **dict(zip(names, self.text_encoders, strict=False))}
 
     @property
     def is_xl(self) -> bool:
@@ -131,62 +145,97 @@ class SDPipeline:
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ text
+    def tokens(
+        self, prompt: str, negative_prompt: str = "", syntax: str = "a1111"
+    ) -> tuple[list[Tokens], list[Tokens]]:
+        """The prompt's and the negative prompt's tokens for every tokenizer, as long as each
+        other (the shorter padded with empty chunks, as A1111 and compel do), with a
+        :class:`PromptTruncatedWarning` for text beyond ``MAX_CHUNKS`` chunks."""
+        parse = check_syntax(syntax) == "a1111"
+        pos = [tokenize_prompt(t, prompt, emphasis=parse) for t in self.tokenizers]
+        neg = [
+            tokenize_prompt(t, negative_prompt, emphasis=parse, min_chunks=pos[0].chunks)
+            for t in self.tokenizers
+        ]
+        if neg[0].chunks > pos[0].chunks:
+            pos = [
+                tokenize_prompt(t, prompt, emphasis=parse, min_chunks=neg[0].chunks)
+                for t in self.tokenizers
+            ]
+        for name, tok in (("prompt", pos[0]), ("negative prompt", neg[0])):
+            if tok.truncated:
+                warnings.warn(
+                    f"{name} has {tok.n_tokens} tokens but at most {MAX_CHUNKS} chunks of "
+                    f"{tok.window - 2} are encoded: truncated, dropped {tok.truncated!r}",
+                    PromptTruncatedWarning,
+                    stacklevel=4,
+                )
+        return pos, neg
+
     @torch.no_grad()
     def encode(
-        self, prompt: str, negative_prompt: str, cfg: bool
+        self,
+        prompt: str,
+        negative_prompt: str,
+        cfg: bool,
+        syntax: str = "a1111",
+        emphasis: str = "embeddings",
     ) -> tuple[torch.Tensor, torch.Tensor | None, Tokens, Tokens]:
         """Prompt embeddings ``[uncond, cond]`` (or ``cond``), SDXL's pooled embeddings, and
-        the tokens of prompt and negative prompt."""
-        pos = [tokenize(t, prompt) for t in self.tokenizers]
-        neg = [
-            tokenize(t, negative_prompt, pos[i].ids.shape[1]) for i, t in enumerate(self.tokenizers)
-        ]
-        if pos[0].truncated:
-            warnings.warn(
-                f"prompt has {pos[0].n_tokens} tokens but the text encoder takes "
-                f"{pos[0].ids.shape[1] - 2}: truncated, dropped {pos[0].truncated!r}",
-                PromptTruncatedWarning,
-                stacklevel=3,
-            )
-        if neg[0].truncated:
-            warnings.warn(
-                f"negative prompt has {neg[0].n_tokens} tokens: truncated, dropped "
-                f"{neg[0].truncated!r}",
-                PromptTruncatedWarning,
-                stacklevel=3,
-            )
-        cond, pooled = self._embed(pos)
+        the tokens of prompt and negative prompt. Long prompts are encoded chunk by chunk and
+        concatenated along the sequence; with ``emphasis="embeddings"`` each chunk's vectors
+        are weighted as A1111 does (:func:`unetviz.prompts.apply_emphasis`)."""
+        weighted = check_emphasis(emphasis) == "embeddings"
+        if check_syntax(syntax) == "compel":
+            if not weighted:
+                raise PromptError("emphasis='reweight' reads A1111's syntax: use syntax='a1111'")
+            from .compel_syntax import compel_encode
+
+            return compel_encode(self, prompt, negative_prompt, cfg)
+        pos, neg = self.tokens(prompt, negative_prompt, syntax)
+        cond, pooled = self._embed(pos, weighted)
         if not cfg:
             return cond, pooled, pos[0], neg[0]
         if self.is_xl and negative_prompt == "" and self.parts.force_zeros_for_empty_prompt:
             uncond, uncond_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
         else:
-            uncond, uncond_pooled = self._embed(neg)
+            uncond, uncond_pooled = self._embed(neg, weighted)
         embeds = torch.cat([uncond, cond])
         if pooled is not None:
             pooled = torch.cat([uncond_pooled, pooled])
         return embeds, pooled, pos[0], neg[0]
 
-    def _embed(self, toks: list[Tokens]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.is_xl:
-            encoder = self.text_encoders[0]
-            with self._on_device(encoder):
-                dev = next(encoder.parameters()).device
-                mask = None
-                if getattr(encoder.config, "use_attention_mask", False):
-                    mask = toks[0].mask.to(dev)
-                out = encoder(toks[0].ids.to(dev), attention_mask=mask)[0]
-            return out.to(device=self.device, dtype=self.dtype), None
-        hidden, pooled = [], None
-        for tok, encoder in zip(toks, self.text_encoders, strict=True):
-            with self._on_device(encoder):
-                dev = next(encoder.parameters()).device
-                out = encoder(tok.ids.to(dev), output_hidden_states=True)
-            if pooled is None and out[0].ndim == 2:
-                pooled = out[0]
-            hidden.append(out.hidden_states[-2])
-        embeds = torch.cat(hidden, dim=-1).to(device=self.device, dtype=self.dtype)
-        return embeds, pooled.to(device=self.device, dtype=self.dtype)
+    def _embed(
+        self, toks: list[Tokens], weighted: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every chunk through the text encoder(s), emphasis applied per chunk and encoder (as
+        A1111's ``process_tokens``), chunks concatenated; SDXL's pooled embedding is the first
+        chunk's (A1111's ``zs[0].pooled``)."""
+        chunks, pooled = [], None
+        window = toks[0].window
+        for k in range(toks[0].chunks):
+            cut = slice(k * window, (k + 1) * window)
+            parts = []
+            for tok, encoder in zip(toks, self.text_encoders, strict=True):
+                with self._on_device(encoder):
+                    dev = next(encoder.parameters()).device
+                    ids = tok.ids[:, cut].to(dev)
+                    if not self.is_xl:
+                        mask = None
+                        if getattr(encoder.config, "use_attention_mask", False):
+                            mask = tok.mask[:, cut].to(dev)
+                        z = encoder(ids, attention_mask=mask)[0]
+                    else:
+                        out = encoder(ids, output_hidden_states=True)
+                        if k == 0 and pooled is None and out[0].ndim == 2:
+                            pooled = out[0]
+                        z = out.hidden_states[-2]
+                parts.append(apply_emphasis(z, tok.weights[cut]) if weighted else z)
+            chunks.append(torch.cat(parts, dim=-1))
+        embeds = torch.cat(chunks, dim=1).to(device=self.device, dtype=self.dtype)
+        if pooled is not None:
+            pooled = pooled.to(device=self.device, dtype=self.dtype)
+        return embeds, pooled
 
     # ------------------------------------------------------------------ call
     def _prepare(
@@ -198,6 +247,8 @@ class SDPipeline:
         guidance: Any,
         height: Any,
         width: Any,
+        syntax: str = "a1111",
+        emphasis: str = "embeddings",
     ) -> _Loop:
         """Everything the denoising loop needs: checked arguments, text embeddings, a fresh
         scheduler, the seeded initial latents and (SDXL) the added conditions."""
@@ -213,7 +264,9 @@ class SDPipeline:
             self.default_size if width is None else width,
         )
         self.unet.config.check_size(call.height, call.width, scale=self.vae_scale_factor)
-        embeds, pooled, pos, neg = self.encode(call.prompt, call.negative_prompt, call.cfg)
+        embeds, pooled, pos, neg = self.encode(
+            call.prompt, call.negative_prompt, call.cfg, syntax, emphasis
+        )
         scheduler = copy.deepcopy(self.scheduler)  # steppers keep state: one per call
         scheduler.set_timesteps(call.steps, device=self.device)
         generator = torch.Generator("cpu").manual_seed(call.seed)
@@ -270,6 +323,8 @@ class SDPipeline:
         progress: Callable[[int, int], None] | None = None,
         detail: str = "layers",
         edits: list[Any] | None = None,
+        syntax: str = "a1111",
+        emphasis: str = "embeddings",
         **capture_kwargs: Any,
     ) -> Run:
         """Generate one image and capture the UNet while sampling (under ``edits``,
@@ -279,8 +334,17 @@ class SDPipeline:
         runs without classifier-free guidance. ``capture_kwargs`` go to ``unetviz.capture``
         (``half="uncond"`` captures the negative prompt's maps; ``mode="stream"`` bounds
         memory; ``daam=False`` drops DAAM's per-head sums).
+
+        Prompts are read as A1111 reads them (``syntax="a1111"``): ``(word:1.3)``, ``((word))``,
+        ``[word]``, ``BREAK``, any length in 75-token chunks. ``syntax="literal"`` takes the
+        brackets as text; ``syntax="compel"`` reads compel's ``word++`` / ``(word)1.3``.
+        ``emphasis="reweight"`` leaves the embeddings unweighted and applies each weight as a
+        ``unetviz.edits.Reweight`` of its tokens' cross-attention instead.
         """
-        loop = self._prepare(prompt, negative_prompt, seed, steps, guidance, height, width)
+        loop = self._prepare(
+            prompt, negative_prompt, seed, steps, guidance, height, width, syntax, emphasis
+        )
+        edits = emphasis_edits(loop.pos, edits) if emphasis == "reweight" else edits
         prep = Prepared(
             call=loop.call,
             tokens=loop.pos.labels,
@@ -294,6 +358,7 @@ class SDPipeline:
                 "scheduler": type(loop.scheduler).__name__,
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "truncated": loop.pos.truncated,
+                **prompt_meta(loop.pos, syntax, emphasis),
             },
             extra={"truncated": loop.pos.truncated, "family": self.family},
         )
@@ -336,6 +401,27 @@ class SDPipeline:
         return Image.fromarray((image[0] * 255).round().astype(np.uint8))
 
 
+def prompt_meta(tokens: Tokens, syntax: str, emphasis: str) -> dict[str, Any]:
+    """The prompt-reading keys of the trace meta (``docs/trace.md``, "Pipeline meta")."""
+    return {
+        "syntax": syntax,
+        "emphasis_mode": emphasis,
+        "chunks": tokens.chunks,
+        "token_weights": [float(w) for w in tokens.weights],
+        "emphasis": word_weights(tokens.words, tokens.weights),
+    }
+
+
+def emphasis_edits(tokens: Tokens, edits: Any) -> list[Any]:
+    """``edits`` plus one ``Reweight(index, weight)`` per weighted token position: the
+    emphasis as prompt-to-prompt's attention equalizer instead of embedding scaling."""
+    from unetviz.edits import Reweight
+
+    given = [] if edits is None else list(edits) if isinstance(edits, (list, tuple)) else [edits]
+    weighted = [(i, w) for i, w in enumerate(tokens.weights) if w != 1.0 and tokens.words[i]]
+    return given + [Reweight(i, float(w)) for i, w in weighted]
+
+
 def load_sd_pipeline(
     path: str | Path,
     dtype: str | torch.dtype | None = None,
@@ -344,6 +430,7 @@ def load_sd_pipeline(
     offload: bool | None = None,
     config: str | Path | None = None,
     prediction_type: str | None = None,
+    loras: Sequence[Any] | None = None,
 ) -> SDPipeline:
     """Open a local Stable Diffusion model (offline) as a pipeline with the demo's call shape.
 
@@ -357,6 +444,8 @@ def load_sd_pipeline(
     ``scheduler`` swaps the scheduler class (``ddim``, ``euler``, ``euler_a``, ``dpm``, ...);
     ``prediction_type`` (``epsilon`` / ``v_prediction``) overrides the scheduler's, e.g. for an
     SD 2.x 512-base single file (2.x files default to the 768-v releases' ``v_prediction``).
+    ``loras``: ``[(file, scale), ...]`` fused into the UNet and text encoders
+    (:mod:`unetviz.lora`); ``pipe.loras.unfuse()`` takes them out again.
     """
     from unetviz.detect import detect_model
 
@@ -382,4 +471,7 @@ def load_sd_pipeline(
                 path, torch_dtype, scheduler=scheduler, prediction_type=prediction_type
             )
     use_offload = dev.type == "cuda" if offload is None else bool(offload)
-    return SDPipeline(parts, device=dev, offload=use_offload)
+    pipe = SDPipeline(parts, device=dev, offload=use_offload)
+    if loras:
+        pipe.fuse_loras(loras)
+    return pipe

@@ -14,6 +14,8 @@ import html
 import io
 from typing import Any
 
+from ..tokens import END_TOKENS, PAD_TOKEN, token_label
+
 #: How the per-word maps of a run are aggregated for display: DAAM's recipe (its DAAM-like
 #: approximation when the capture kept no per-head sums), not normalised per map, so one colour
 #: scale shared by all words compares them.
@@ -255,7 +257,7 @@ def tokens_html(tokens: list[str], words: list[Any]) -> str:
     shown = list(tokens)
     pads = 0
     while len(shown) > 2 and (
-        shown[-1] == "<pad>" or shown[-1] == shown[-2] == "<|endoftext|>"  # CLIP pads with EOS
+        shown[-1] == PAD_TOKEN or shown[-1] == shown[-2] in END_TOKENS  # CLIP pads with EOS
     ):
         shown.pop()
         pads += 1
@@ -264,7 +266,7 @@ def tokens_html(tokens: list[str], words: list[Any]) -> str:
         is_word = i < len(words) and words[i] is not None
         chips.append(
             f'<span class="tok{" word" if is_word else ""}" title="#{i}">'
-            f"{esc(t.replace('</w>', ''))}</span>"
+            f"{esc(token_label(t))}</span>"
         )
     more = f' <span class="small">+ {pads} padding</span>' if pads else ""
     return "".join(chips) + more

@@ -20,9 +20,19 @@ from typing import Any
 
 import typer
 
-from ..outputs import check_output_folder, write_folder
-from .spec import AblateBlock, AblateSkip, Edit, EditError, Patch, Replace, Reweight, ScaleTemb
-from .sweep import Sweep
+from .callargs import index_or_name
+from .edits.spec import (
+    AblateBlock,
+    AblateSkip,
+    Edit,
+    EditError,
+    Patch,
+    Replace,
+    Reweight,
+    ScaleTemb,
+)
+from .edits.sweep import Sweep
+from .outputs import check_output_folder, write_folder
 
 
 def _pair(text: str, flag: str) -> tuple[str, str]:
@@ -58,10 +68,10 @@ def build_edits(
     lay = [s.strip() for s in layers.split(",")] if layers else None
     for item in reweight:
         word, value = _pair(item, "--reweight")
-        token: str | int = int(word) if word.isdigit() else word
+        token = index_or_name(word)
         found.append(Reweight(token, _float(value, "--reweight"), layers=lay))
     for item in ablate_skip:
-        found.append(AblateSkip(int(item) if item.strip().isdigit() else item, _mode(mode)))
+        found.append(AblateSkip(index_or_name(item), _mode(mode)))
     for item in ablate_block:
         found.append(AblateBlock(item, _mode(mode)))
     for item in scale_temb:
@@ -94,21 +104,23 @@ def _progress(label: str) -> Any:
     return bar, tick
 
 
-def _load(model: str, dtype: str | None, device: str | None) -> Any:
+def _load(model: str, dtype: str | None, device: str | None, lora: list[str] | None) -> Any:
+    from unetviz.lora import parse_lora_arg
     from unetviz.pipelines import load_pipeline
 
-    return load_pipeline(model, dtype=dtype, device=device)
+    loras = [parse_lora_arg(item) for item in lora or []]
+    return load_pipeline(model, dtype=dtype, device=device, loras=loras)
 
 
 def run_edit(
     prompt: str, edits: list[Edit], output: Path, model: str = "demo", force: bool = False, **kw
 ) -> dict[str, Any]:
     """Base and edited runs of ``prompt``, written to ``output``; returns summary.json's data."""
-    from .demo_scores import scorer_for
-    from .figures import comparison_strip
+    from .render.edits import comparison_strip
+    from .training.edit_scores import scorer_for
 
     check_output_folder(output, force)
-    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None))
+    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None), kw.pop("lora", None))
     call = {k: v for k, v in kw.items() if v is not None}
     start = time.perf_counter()
     cmp = pipe.compare(prompt, edits=edits, **call)
@@ -151,12 +163,12 @@ def run_sweep(
     """A sweep of ``prompt`` written to ``output``; returns the SweepResult."""
     from unetviz.render.export import to_svg
 
-    from .demo_scores import scorer_for
-    from .figures import sweep_diagram
+    from .render.edits import sweep_diagram
+    from .training.edit_scores import scorer_for
 
     sweep = Sweep(**(spec or {}))
     check_output_folder(output, force)
-    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None))
+    pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None), kw.pop("lora", None))
     call = {k: v for k, v in kw.items() if v is not None}
     result = sweep.run(pipe, prompt, score=scorer_for(pipe), progress=progress, **call)
     svg = to_svg(sweep_diagram(result))
@@ -228,6 +240,7 @@ def _add_edit(app: typer.Typer) -> None:
         negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
         dtype: str = typer.Option(None, help="SD models: float32, float16 or bfloat16."),
         device: str = typer.Option(None, help="SD models: cpu, cuda (default: auto)."),
+        lora: list[str] = typer.Option([], "--lora", help="FILE[:SCALE]: a LoRA to fuse (repeat)."),  # noqa: B008
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
     ) -> None:
         """Run a prompt with and without interventions; write both images and their diff."""
@@ -235,7 +248,7 @@ def _add_edit(app: typer.Typer) -> None:
             chosen = build_edits(
                 reweight, layers, ablate_skip, ablate_block, scale_temb, replace, patch, mode
             )
-            opts = _run_options(seed, steps, guidance, negative, dtype, device)
+            opts = _run_options(seed, steps, guidance, negative, dtype, device) | {"lora": lora}
             summary = run_edit(prompt, chosen, output, model=model, force=force, **opts)
         except UnetvizError as exc:
             raise CliError(str(exc)) from None
@@ -269,6 +282,7 @@ def _add_sweep(app: typer.Typer) -> None:
         negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
         dtype: str = typer.Option(None, help="SD models: float32, float16 or bfloat16."),
         device: str = typer.Option(None, help="SD models: cpu, cuda (default: auto)."),
+        lora: list[str] = typer.Option([], "--lora", help="FILE[:SCALE]: a LoRA to fuse (repeat)."),  # noqa: B008
         force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
     ) -> None:
         """One intervention per block, layer or skip; the diagram filled by each one's effect."""
@@ -278,7 +292,7 @@ def _add_sweep(app: typer.Typer) -> None:
             spec["mode"] = _mode(mode)
             Sweep(**spec)  # checked before the bar shows
             check_output_folder(output, force)
-            opts = _run_options(seed, steps, guidance, negative, dtype, device)
+            opts = _run_options(seed, steps, guidance, negative, dtype, device) | {"lora": lora}
             with bar:
                 result = run_sweep(
                     prompt, output, model=model, force=force, spec=spec, progress=tick, **opts
