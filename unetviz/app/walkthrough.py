@@ -90,7 +90,13 @@ _KINDS = {
 
 def stages(trace: Any) -> list[Stage]:
     """The stages of the forward pass recorded in ``trace`` (a Trace at ``modules`` detail, or
-    ``layers`` without sub-step shapes), in the order the data flows."""
+    ``layers`` without sub-step shapes; or its JSON state, read without torch), in the order
+    the data flows."""
+    if isinstance(trace, dict):  # Trace.to_state()[0] / unetviz.structure.structure()
+        from types import SimpleNamespace
+
+        blocks = [SimpleNamespace(**b) for b in trace.get("blocks", [])]
+        trace = SimpleNamespace(blocks=blocks, meta=trace.get("meta") or {})
     records = {b.name: b for b in trace.blocks}
     config = trace.meta.get("config") or {}
     try:
@@ -507,11 +513,12 @@ class WalkthroughHandlers:
                 cached = session.shown["walkthrough"] = stages(_shapes_of_run(session.trace))
             return cached, session.trace, "run"
         key = "demo" if choice == "run" else choice
-        if key not in self._presets:
-            reg = self.h.registry
-            spec = reg.spec(key)
+        if key not in self._presets:  # the structure's JSON state: no torch on the first page
+            from .registry import architecture_state
+
+            spec = self.h.registry.spec(key)
             size = spec.default_size
-            self._presets[key] = stages(reg.architecture(spec, size, size, 2))
+            self._presets[key] = stages(architecture_state(spec, size, size, 2))
         return self._presets[key], None, key
 
     def show(self, form: dict[str, Any], request: Any = None) -> dict[str, Any]:
