@@ -98,3 +98,15 @@ def test_attention_on_a_demo_model_folder(tmp_path, capsys):
     assert [h["word"] for h in info["heatmaps"]] == [word]
     assert _run(["attention", word, "-m", str(demo), "-o", str(out), "--dtype", "float16"]) == 2
     assert "only for Stable Diffusion models" in capsys.readouterr().err
+
+
+def test_attention_reports_emphasis_per_word_without_brackets(tmp_path, capsys):
+    out = tmp_path / "emph"
+    code = _run(
+        ["attention", "a photo of a (cat:1.3) [house]", "-m", str(tiny_sd_dir("sd1"))]
+        + ["-o", str(out), "--steps", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "tokens.json").read_text())
+    words = {h["word"]: h.get("weight") for h in info["heatmaps"]}
+    assert words == {"a": None, "photo": None, "of": None, "cat": 1.3, "house": 1 / 1.1}

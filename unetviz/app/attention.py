@@ -225,7 +225,8 @@ class AttentionHandlers(HandlerBase):
         s = check_seed(form.get("seed", 0), error=InputError)
         c = controls(form)
         model = (form.get("run_model") or DEMO).strip() or DEMO
-        progress = progress or (lambda *a, **k: None)
+        if progress is None:  # (not `or`: a gr.Progress is falsy until it tracks something)
+            progress = lambda *a, **k: None  # noqa: E731
         key = session_key(request)
         stop = threading.Event()
         with self._running_lock:
