@@ -1,24 +1,27 @@
-"""What capture costs: median forward time under capture / plain forward, measured in one run.
+"""What capture costs per UNet forward: milliseconds added and ratios, measured in one run.
 
-SD1.5-shaped mid-size UNet (block_out_channels 128/256/384/384, 4 heads, 77 tokens, batch 2 =
-classifier-free guidance), CPU. Models with identical weights run interleaved round by round so
-machine noise hits every variant alike. Prints:
+Two SD1.5-shaped workloads (diffusers' UNet2DConditionModel when installed, else unetviz's):
+``tiny`` (block_out_channels 32/64/64/64, latent 8x8) where the forward is cheap enough that
+the capture's own Python work shows, and ``sd15-mid`` (64/128/256/256, latent 32x32); both with
+77 tokens of width 768 and batch 2 (classifier-free guidance). On CPU: CPU time of this process,
+one thread, variants interleaved in shuffled order round by round (each variant on its own
+model object sharing the same weights), medians. With a GPU, the same table on CUDA
+(synchronised wall time) and the full SD 1.5 shape in float16.
 
-- shapes+temb (``capture(attention=False)``)                target <= 1.05
-- + cross-attention maps (``capture()``, per-step float16)  target <= 1.15
-- the same capture on diffusers' UNet, and a DAAM-style attention-processor swap (explicit
-  softmax, maps kept like ours) on diffusers, both against plain diffusers
-- a one-forward capture (pays the first-forward MAC/skip hooks and finalisation)
-- re-aggregation time of a heatmap on a 25-step demo-shaped trace (app slider; target 150 ms)
-- peak extra memory (RSS, in a fresh process each) of a 50-step vs a 10-step streaming capture
-  (target: equal within 10%)
+Variants: ``capture(attention=False)`` and ``capture()`` over a loop of forwards (steady state),
+the same as one capture per forward (``with capture(m): m(...)``), entering and leaving the
+``with`` alone, ``unetviz.intervene`` with one edit, capture + that edit, and the peer: plain
+forward hooks on the 16 cross-attentions keeping their outputs. Also printed: garbage
+collections run during each variant's forwards, the host syncs of a captured CUDA forward, and
+bit-identical outputs.
 
-    .venv/bin/python bench/capture_overhead.py [--rounds 12] [--size 32]
+    python bench/capture_overhead.py [--rounds 30] [--workloads tiny sd15-mid] [--extras]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -27,13 +30,31 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from unetviz import UNet2DConditionModel, UNetConfig, capture
+from unetviz import UNet2DConditionModel, UNetConfig, capture, edits, intervene
+
+WORKLOADS = {
+    "tiny": {"channels": [32, 64, 64, 64], "latent": 8},
+    "sd15-mid": {"channels": [64, 128, 256, 256], "latent": 32},
+    "sd15": {"channels": [320, 640, 1280, 1280], "latent": 64},  # CUDA only
+}
+#: targets of ms added per forward (tiny) and of ratios (sd15-mid)
+TARGETS = {
+    ("tiny", "capture(attention=False)"): "<= +3 ms",
+    ("tiny", "capture()"): "<= +6 ms",
+    ("tiny", "enter + leave (no forward)"): "<= 2 ms",
+    ("sd15-mid", "capture(attention=False)"): "<= 1.04x",
+    ("sd15-mid", "capture()"): "<= 1.08x",
+}
 
 
 def mid_size_sd15() -> dict:
+    """The mid-size SD1.5-shaped config of the memory and re-aggregation checks below."""
     data = UNetConfig.preset("sd15").to_dict()
     data.update(
         block_out_channels=[128, 256, 384, 384], attention_head_dim=4, cross_attention_dim=384
@@ -41,120 +62,196 @@ def mid_size_sd15() -> dict:
     return data
 
 
-class DaamStyleProcessor:
-    """What DAAM-like tools do: replace the attention processor with an explicit-softmax one
-    that keeps the cross-attention probabilities (cond half, mean over heads, float16 CPU)."""
-
-    def __init__(self, store: list):
-        self.store = store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, **kwargs):  # fmt: skip
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(context))
-        v = attn.head_to_batch_dim(attn.to_v(context))
-        probs = attn.get_attention_scores(q, k, None)
-        if encoder_hidden_states is not None:
-            b = hidden_states.shape[0]
-            p = probs.reshape(b, attn.heads, *probs.shape[1:])[b // 2 :].mean((0, 1))
-            self.store.append(p.to("cpu", torch.float16))
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        return attn.to_out[1](attn.to_out[0](out))
+def _config(workload: str) -> dict:
+    data = UNetConfig.preset("sd15").to_dict()
+    data.update(block_out_channels=WORKLOADS[workload]["channels"])
+    return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def _time(fn) -> float:
+def _models(workload: str, n: int, device: str, dtype: torch.dtype) -> list[torch.nn.Module]:
+    """``n`` model objects sharing one set of weights (a capture locks its model)."""
+    data = _config(workload)
+    try:
+        from diffusers import UNet2DConditionModel as Diffusers
+
+        def build() -> torch.nn.Module:
+            return Diffusers(**data)
+    except ImportError:
+
+        def build() -> torch.nn.Module:
+            return UNet2DConditionModel(UNetConfig.from_dict(data))
+
+    torch.manual_seed(0)
+    first = build().to(device, dtype).eval()
+    state = first.state_dict()
+    models = [first]
+    for _ in range(n - 1):
+        with torch.device("meta"):
+            m = build()
+        m.load_state_dict(state, assign=True)
+        models.append(m.to(device).eval())
+    return models
+
+
+def _cross(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for n, m in model.named_modules() if n.endswith("attn2")]
+
+
+class _Clock:
+    """CPU time of this process (CPU) or synchronised wall time (CUDA), in ms."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            return (time.perf_counter() - t) * 1000
+        t = time.process_time()
+        fn()
+        return (time.process_time() - t) * 1000
+
+
+def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[str, float]:
+    """Median ms of every variant (interleaved), printed as ms added and ratios."""
+    side = WORKLOADS[workload]["latent"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, side, side, generator=g).to(device, dtype)
+    ehs = torch.randn(2, 77, 768, generator=g).to(device, dtype)
+    edit = [edits.Reweight(5, 0.0)]
+    names = ["plain", "hooks", "attn_off", "attn", "one_off", "one", "enter", "edit", "cap_edit"]
+    models = dict(zip(names, _models(workload, len(names), device, dtype), strict=True))
+    kept: list[torch.Tensor] = []
+
+    def keep(module: Any, args: Any, output: torch.Tensor) -> None:
+        kept.append(output.detach())
+
+    handles = [m.register_forward_hook(keep) for m in _cross(models["hooks"])]
+    clock = _Clock(device)
+    steady = {
+        "attn_off": capture(models["attn_off"], attention=False),
+        "attn": capture(models["attn"]),
+        "edit": intervene(models["edit"], edit),
+        "cap_edit_iv": intervene(models["cap_edit"], edit),
+        "cap_edit": capture(models["cap_edit"]),
+    }
+    traces = {k: c.__enter__() for k, c in steady.items()}
+
+    def once(key: str, **options: Any) -> Callable[[int], Any]:
+        def run(t: int) -> None:
+            with capture(models[key], **options):
+                models[key](x, t, ehs)
+
+        return run
+
+    def enter(t: int) -> None:
+        with capture(models["enter"]):
+            pass
+
+    def forward(key: str) -> Callable[[int], Any]:
+        return lambda t: models[key](x, t, ehs)
+
+    variants = {k: forward(k) for k in ("plain", "hooks", "attn_off", "attn", "edit", "cap_edit")}
+    variants |= {"one_off": once("one_off", attention=False), "one": once("one"), "enter": enter}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    collections: dict[str, int] = dict.fromkeys(variants, 0)
+    current = ["plain"]
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections[current[0]] += 1
+
+    outputs: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for k, fn in variants.items():  # warm-up (and the first forward of the captures)
+                fn(999)
+                if k in ("plain", "hooks", "attn_off", "attn", "edit", "cap_edit"):
+                    outputs[k] = _sample(models[k](x, 999, ehs))
+            gc.collect()
+            gc.callbacks.append(count)
+            order = list(variants)
+            rng = random.Random(0)
+            for r in range(rounds):
+                rng.shuffle(order)
+                for k in order:
+                    current[0] = k
+                    times[k].append(clock(lambda k=k, r=r: variants[k](998 - r)))
+    finally:
+        if count in gc.callbacks:
+            gc.callbacks.remove(count)
+        for c in reversed(list(steady.values())):
+            c.__exit__(None, None, None)
+        for h in handles:
+            h.remove()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    same = ("plain", "hooks", "attn_off", "attn")
+    identical = all(torch.equal(outputs["plain"], outputs[k]) for k in same)
+    identical &= torch.equal(outputs["edit"], outputs["cap_edit"])
+    hooks_left = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks)
+        for k, model in models.items()
+        if k != "hooks"
+        for m in model.modules()
+    )
+    base = med["plain"]
+    what = "synchronised wall time" if clock.cuda else "CPU time, 1 thread"
+    print(f"\n{workload}: {_config(workload)['block_out_channels']}, latent {side}x{side}, "
+          f"batch 2, 77 tokens, {device} {str(dtype).removeprefix('torch.')}, {what}, "
+          f"{rounds} interleaved rounds, torch {torch.__version__}")  # fmt: skip
+    print(f"  {'plain forward':<44} {base:8.2f} ms")
+    rows = [
+        ("forward hooks on the 16 cross-attentions", "hooks", True),
+        ("capture(attention=False)", "attn_off", True),
+        ("capture()", "attn", True),
+        ("capture(attention=False), one per forward", "one_off", True),
+        ("capture(), one per forward", "one", True),
+        ("enter + leave (no forward)", "enter", False),
+        ("intervene, one edit (Reweight)", "edit", True),
+        ("capture() + the same edit", "cap_edit", True),
+    ]
+    print(f"  {'variant':<44} {'ms added':>9} {'ratio':>7} {'gc runs':>8}  target")
+    for label, key, relative in rows:
+        added = med[key] - base if relative else med[key]
+        ratio = f"{med[key] / base:7.3f}" if relative else f"{'':>7}"
+        target = TARGETS.get((workload, label), "")
+        print(f"  {label:<44} {added:+9.2f} {ratio} {collections[key]:8d}  {target}")
+    print(f"  outputs bit-identical with and without capture: {identical}; hooks left: {hooks_left}; "
+          f"gc runs during {rounds} plain forwards: {collections['plain']}")  # fmt: skip
+    if clock.cuda:
+        print(f"  host syncs in one captured forward: {_syncs(models['attn'], x, ehs)}")
+    assert traces["attn"].steps == rounds + 2 and kept
+    return med
+
+
+def _sample(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.sample if hasattr(out, "sample") else out[0]
+
+
+def _syncs(model: torch.nn.Module, x: torch.Tensor, ehs: torch.Tensor) -> int:
+    """Synchronising CUDA calls in one forward under ``capture()`` (after its first)."""
+    with torch.no_grad(), capture(model):
+        model(x, 999, ehs)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model(x, 998, ehs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _time(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def _both(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the
-    steadier measure (waiting for a core does not count)."""
-    w, c = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - w, time.process_time() - c
-
-
-def overhead(rounds: int, size: int) -> None:
-    from diffusers import UNet2DConditionModel as DiffusersUNet
-
-    torch.manual_seed(0)
-    data = mid_size_sd15()
-    cfg = UNetConfig.from_dict(data)
-    plain = UNet2DConditionModel(cfg).eval()
-    state = plain.state_dict()
-    temb_only = UNet2DConditionModel(cfg).eval()
-    temb_only.load_state_dict(state)
-    full = UNet2DConditionModel(cfg).eval()
-    full.load_state_dict(state)
-    single = UNet2DConditionModel(cfg).eval()
-    single.load_state_dict(state)
-    dkw = {k: v for k, v in data.items() if not k.startswith("_")}
-    d_plain = DiffusersUNet(**dkw).eval()
-    d_plain.load_state_dict(state)
-    d_cap = DiffusersUNet(**dkw).eval()
-    d_cap.load_state_dict(state)
-    d_daam = DiffusersUNet(**dkw).eval()
-    d_daam.load_state_dict(state)
-    store: list = []
-    d_daam.set_attn_processor(DaamStyleProcessor(store))
-
-    x = torch.randn(2, 4, size, size)
-    ehs = torch.randn(2, 77, 384)
-    cpu_times: dict[str, list[float]] = {}
-    times: dict[str, list[float]] = {
-        k: [] for k in ("plain", "temb", "attn", "single", "d_plain", "d_cap", "d_daam")
-    }
-    with (
-        torch.no_grad(),
-        capture(temb_only, attention=False, mode="stream") as t1,
-        capture(full) as t2,
-        capture(d_cap) as t3,
-    ):
-        for m in (plain, temb_only, full, single, d_plain, d_cap, d_daam):  # warm-up
-            m(x, 999, ehs)
-
-        def one(t):
-            with capture(single):
-                single(x, t, ehs)
-
-        variants = {
-            "plain": lambda t: plain(x, t, ehs),
-            "temb": lambda t: temb_only(x, t, ehs),
-            "attn": lambda t: full(x, t, ehs),
-            "single": one,
-            "d_plain": lambda t: d_plain(x, t, ehs),
-            "d_cap": lambda t: d_cap(x, t, ehs),
-            "d_daam": lambda t: d_daam(x, t, ehs),
-        }
-        order = list(variants)
-        rng = random.Random(0)
-        for r in range(rounds):
-            rng.shuffle(order)  # no variant always runs first (or right after a slow one)
-            for k in order:
-                wall, cpu = _both(lambda k=k, r=r: variants[k](999 - r))
-                times[k].append(wall)
-                cpu_times.setdefault(k, []).append(cpu)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    cmed = {k: statistics.median(v) for k, v in cpu_times.items()}
-    assert t1.steps == t2.steps == t3.steps == rounds + 1 and len(store) == 16 * (rounds + 1)
-    print(f"mid-size SD1.5-shaped UNet, latent {size}x{size}, batch 2, 77 tokens, CPU, "
-          f"{rounds} interleaved rounds, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"  plain forward (unetviz UNet)     {med['plain'] * 1000:8.1f} ms")
-
-    def line(label: str, key: str, base: str, target: str = "") -> None:
-        print(f"  {label:<44} median ratio {med[key] / med[base]:.3f}   "
-              f"(CPU time {cmed[key] / cmed[base]:.3f}){target}")  # fmt: skip
-
-    line("shapes + temb", "temb", "plain", "   target <= 1.05")
-    line("+ cross-attention maps (per-step, fp16)", "attn", "plain", "   target <= 1.15")
-    line("one-forward capture (enter, 1st pass, exit)", "single", "plain")
-    print(f"  plain forward (diffusers UNet)   {med['d_plain'] * 1000:8.1f} ms")
-    line("capture on diffusers (+ maps)", "d_cap", "d_plain")
-    line("DAAM-style processor swap on diffusers", "d_daam", "d_plain")
 
 
 def reaggregation() -> None:
@@ -266,16 +363,26 @@ def main() -> None:
         print(json.dumps(_memory_child(int(sys.argv[2]), bool(int(sys.argv[3])), int(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--size", type=int, default=32, help="latent height and width")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--workloads", nargs="+", default=["tiny", "sd15-mid"],
+                        choices=["tiny", "sd15-mid"])  # fmt: skip
+    parser.add_argument("--extras", action="store_true",
+                        help="also heatmap re-aggregation and streaming-capture memory")  # fmt: skip
     parser.add_argument("--memory-size", type=int, default=32, help="latent for the memory test")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier)")
-    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    overhead(args.rounds, args.size)
-    reaggregation()
-    if not args.skip_memory:
+    torch.set_num_threads(1)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    for workload in args.workloads:
+        table(workload, args.rounds, "cpu", torch.float32)
+    if torch.cuda.is_available():
+        print(f"\nCUDA: {torch.cuda.get_device_name()}")
+        for workload in (*args.workloads, "sd15"):
+            dtype = torch.float16 if workload == "sd15" else torch.float32
+            table(workload, args.rounds, "cuda", dtype)
+    else:
+        print("\n(no CUDA device: the CUDA table is skipped)")
+    if args.extras:
+        reaggregation()
         memory(args.memory_size)
 
 

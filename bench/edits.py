@@ -67,7 +67,7 @@ def forward_ratios(repeats: int, size: int) -> None:
 
 
 def demo_times(repeats: int) -> None:
-    from unetviz.edits.demo_scores import scorer_for
+    from unetviz.training.edit_scores import scorer_for
 
     pipe = unetviz.load_pipeline("demo")
     prompt = "a red circle"

@@ -23,7 +23,7 @@ import torch
 
 import unetviz
 from unetviz import edits
-from unetviz.edits.demo_scores import demo_scores, dominant_colour
+from unetviz.training.edit_scores import demo_scores, dominant_colour
 
 LIGHT = {"detail": "blocks", "attention": False, "temb": False}
 

@@ -386,8 +386,8 @@ def test_downloads_bundle_and_report_follow_the_session(ran, served):
     assert t.endswith(".trace.zip") and r.endswith("-report.html")
     assert "<html" in Path(r).read_text()[:500].lower()
     assert "uv-panel" in out["temb_svg"] and out["layer_plot"] is not None
-    assert list(h.post_load(form, request=Request())) == []  # made once per trace
-    assert list(h.post_load(form, request=Request("never-ran"))) == []
+    assert list(h.post_load(form, request=Request()))[0].keys() == {"dl_report"}  # made once
+    assert len(list(h.post_load(form, request=Request("never-ran")))) == 1
 
 
 @pytest.fixture(scope="module")
@@ -440,8 +440,8 @@ def test_a_model_choice_sets_its_size_and_draws_in_one_call(served):
 
 
 def test_experiments_choices_come_from_the_structure_not_the_model(served, ran):
+    from unetviz.app import edit_handlers as eh
     from unetviz.app.experiments import demo_choices
-    from unetviz.edits import handlers as eh
 
     mine = demo_choices(served.registry)
     theirs = eh.choices(served.registry.pipeline("demo"))
@@ -681,3 +681,62 @@ def test_a_gated_warm_up_waits_for_the_first_page(served):
         assert not thread.is_alive() and calls == ["preload"]
     finally:
         del registry.preload
+
+
+def _objects(image) -> dict[str, int]:
+    """Objects per colour in a demo image (connected regions of 6+ pixels of one palette
+    colour, read with the training evaluator's pixel classifier)."""
+    from unetviz.training.data import COLOURS
+    from unetviz.training.evaluate import classify_pixels, largest_component
+
+    labels = classify_pixels(np.asarray(image.convert("RGB"), np.float32) / 255)
+    found = {}
+    for i, colour in enumerate(COLOURS):
+        mask, n = labels == i, 0
+        while mask.sum() >= 6:
+            part = largest_component(mask)
+            if part.sum() < 6:
+                break
+            n, mask = n + 1, mask & ~part
+        if n:
+            found[colour] = n
+    return found
+
+
+def _shown_prompts(served) -> set[str]:
+    """Every example prompt the project shows for the demo model at seed 0: the app's example
+    buttons and defaults, the Experiments tab's swap and the notebook's prompt."""
+    import json
+    import re
+
+    from unetviz.app import attention, experiments
+
+    words = served.registry.demo_words()
+    nb = json.loads((Path(__file__).parents[1] / "examples" / "quickstart.ipynb").read_text())
+    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    return {
+        *views.demo_examples(words),
+        attention.DEFAULT_PROMPT,
+        experiments.DEFAULT_PROMPT,
+        experiments.DEFAULT_SWAP,
+        *re.findall(r'^prompt = "([^"]+)"', code, re.M),
+    }
+
+
+@pytest.mark.slow
+def test_every_example_prompt_is_drawn_right_at_its_shown_seed(served):
+    """Colour, shape and count of every object, read from the pixels by the training evaluator
+    (25 steps, guidance 4: the app's and the notebook's defaults)."""
+    from unetviz.training.edit_scores import demo_scores, parse_caption
+
+    pipe = served.registry.pipeline("demo")
+    prompts = _shown_prompts(served)
+    assert "a red circle and a blue square" in prompts and len(prompts) >= 5
+    for prompt in sorted(prompts):
+        image = pipe(prompt, seed=0, steps=25, guidance=4.0).image
+        scores = demo_scores(prompt, image)
+        assert scores["colour_ok"] == scores["shape_ok"] == 1.0, (prompt, scores)
+        want: dict[str, int] = {}
+        for obj in parse_caption(prompt).objects:
+            want[obj.colour] = want.get(obj.colour, 0) + 1
+        assert _objects(image) == want, (prompt, _objects(image))

@@ -276,3 +276,113 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as ex:
         main(["batch", "-o", str(tmp_path / "o")])
     assert ex.value.code == 2 and "--demo-set" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- options, up front
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--guidance", "nan"], "--guidance=nan: expected a number 0..100"),
+        (["--guidance", "-5"], "--guidance=-5.0: expected a number 0..100"),
+        (["--steps", "100000000"], "--steps=100000000: expected a whole number 1..1000"),
+        (["--steps", "1001"], "--steps=1001: expected a whole number 1..1000"),
+        (["--tau", "1"], "--tau=1: expected a number strictly between 0 and 1"),
+        (["--timeout", "0.5"], "--timeout=0.5: expected a number 1..86400"),
+        (["--gpus-per-worker", "nan"], "--gpus-per-worker=nan: expected a number 0..1024"),
+        (["--gpus-per-worker", "inf"], "--gpus-per-worker=inf: expected a number 0..1024"),
+        (["--ray", "local", "--gpus-per-worker", "inf"], "--gpus-per-worker=inf"),
+        (["--workers", "257"], "--workers=257: expected a whole number 1..256"),
+    ],
+)
+def test_batch_options_are_checked_before_anything_is_written(small_set, tmp_path, capsys, args, needle):  # fmt: skip
+    """`unetviz batch` checks its own defaults (and every option) first: one error line,
+    exit 2, no folder; a row's default guidance of NaN never reaches batch.json."""
+    from unetviz.cli import main
+
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as ex:
+        main(["batch", str(small_set), "-o", str(out), *args])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert needle in err and not out.exists()
+    with pytest.raises(BatchError, match="--steps=1000.5"):
+        run_batch(small_set, out, JobSpec(steps=1000.5))
+
+
+def test_the_limits_of_a_batch_option_at_the_limit():
+    from unetviz.batch.run import check_spec
+
+    check_spec(JobSpec(steps=1000, guidance=100.0, buckets=100, tau=0.999, timeout=86400))
+    check_spec(JobSpec(steps=1, guidance=0.0, buckets=1, tau=0.001, timeout=1))
+    with pytest.raises(BatchError, match="--guidance=100.01"):
+        check_spec(JobSpec(guidance=100.01))
+    with pytest.raises(BatchError, match="--buckets=101"):
+        check_spec(JobSpec(buckets=101))
+
+
+@pytest.mark.parametrize(
+    "args", [["0"], ["-5"], ["1e9"], ["100001"], ["3", "--buckets", "0"], ["3", "-g", "nan"]]
+)
+def test_refused_demo_set_options_leave_no_folder(tmp_path, capsys, args):
+    from unetviz.cli import main
+
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as ex:
+        main(["batch", "--demo-set", *args, "-o", str(out)])
+    assert ex.value.code == 2 and not out.exists(), capsys.readouterr().err
+
+
+def test_the_demo_set_size_at_the_limit_and_one_past():
+    from unetviz.batch.demo_set import MAX_DEMO_SET, check_count
+
+    assert check_count(MAX_DEMO_SET) == MAX_DEMO_SET and check_count(1) == 1
+    for bad in (MAX_DEMO_SET + 1, 0):
+        with pytest.raises(BatchError, match=f"--demo-set={bad}: expected a whole number"):
+            check_count(bad)
+
+
+def test_prompts_cli_errors_are_one_line(tmp_path, capsys):
+    """A deeply nested JSON line, and a prompts file with more bad rows than are shown."""
+    from unetviz.cli import main
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n' + "[" * 60_000 + "\n" + "x\n" * 20)
+    with pytest.raises(SystemExit) as ex:
+        main(["batch", str(f), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and err.count("\n") == 1 and "line 2: JSON nested too deeply" in err
+    assert err.startswith("error: 21 bad row(s)") and "and 13 more" in err
+
+
+def test_two_runs_into_one_folder_take_a_lock(small_set, tmp_path, engine):
+    from unetviz.batch.run import _job
+    from unetviz.batch.store import Store
+
+    out = tmp_path / "out"
+    run_batch(small_set, out, JobSpec(**SPEC), engine=engine)
+    store = Store.open(out, _job(JobSpec(**SPEC), small_set.resolve()))
+    with store.locked():  # another run holds the folder
+        with pytest.raises(BatchError, match="in use by another unetviz batch run"):
+            run_batch(small_set, out, JobSpec(**SPEC), engine=engine, retry_failed=True)
+    assert (out / "table.parquet").is_file()
+    again = run_batch(small_set, out, JobSpec(**SPEC), engine=engine, retry_failed=True)
+    assert again.ran == 1  # the lock is released: the failed row reruns
+
+
+def test_edit_flags_with_non_ascii_digits_are_one_error_line(capsys):
+    """`--reweight "²=0"` and `--ablate-skip "²"`: str.isdigit accepts superscripts that int()
+    refuses; the one rule (callargs.index_or_name) keeps them text, named in the edit's error."""
+    from unetviz.callargs import index_or_name
+    from unetviz.cli import main
+
+    assert (index_or_name(" 3 "), index_or_name("²"), index_or_name("-1"), index_or_name("cat")) == (3, "²", "-1", "cat")  # fmt: skip
+    for flag, value, needle in (
+        ("--reweight", "²=0", "Reweight('²')"),
+        ("--ablate-skip", "²", "AblateSkip skip='²'"),
+        ("--reweight", "٣=0", "Reweight('٣')"),  # Arabic-Indic three
+    ):
+        with pytest.raises(SystemExit) as ex:
+            main(["edit", "a red circle", flag, value, "--steps", "1", "-o", "/nonexistent/x"])
+        err = capsys.readouterr().err
+        assert ex.value.code == 2 and err.startswith("error: ") and needle in err, err
+        assert err.count("\n") == 1

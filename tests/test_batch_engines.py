@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,155 @@ def test_stable_diffusion_pipeline_rows(tmp_path):
         "daam-approx" in set(cat["layer"])
         and cat["location"].isin(["down", "mid", "up", "all"]).all()
     )
+
+
+# ---------------------------------------------------------------------------- bounds and waits
+def _prompts(path, n):
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": "a red circle", "seed": i}) + "\n" for i in range(n)))  # fmt: skip
+    return path
+
+
+def test_workers_are_bounded_by_prompts_cores_and_memory(tmp_path):
+    """No more workers than prompts (2 asked, 1 prompt: 1 started); more than this machine's
+    cores and memory hold is refused before the folder is made."""
+    from unetviz.batch.engines import machine_capacity, model_bytes
+    from unetviz.batch.rows import BatchError
+
+    cores, avail, most = machine_capacity(model_bytes("demo"))
+    assert 1 <= most <= cores and avail > 0
+    if most < 256:
+        with pytest.raises(BatchError, match=f"cores and .* GiB of memory available; .* at most {most}"):  # fmt: skip
+            run_batch(_prompts(tmp_path / "p.jsonl", 1), tmp_path / "big", JobSpec(**SPEC), engine=LocalEngine(most + 1))  # fmt: skip
+        assert not (tmp_path / "big").exists()
+    engine = LocalEngine(min(2, most))
+    res = run_batch(_prompts(tmp_path / "p.jsonl", 1), tmp_path / "one", JobSpec(**SPEC), engine=engine)  # fmt: skip
+    assert (res.ran, res.failed, engine.workers) == (1, 0, 1)
+
+
+def test_a_stalled_local_worker_is_replaced_and_its_prompt_retried(tmp_path):
+    """A worker stopped (SIGSTOP) while it holds a prompt gives no result: after the prompt's
+    timeout it is killed, replaced, and the prompt runs again; every prompt is present once."""
+    engine = LocalEngine(1)
+    stopped = {}
+
+    def progress(p):
+        if p.done == 1 and not stopped:
+            stopped["pid"] = engine.pids()[0]
+            os.kill(stopped["pid"], signal.SIGSTOP)
+
+    spec = JobSpec(**SPEC, timeout=3)
+    res = run_batch(_prompts(tmp_path / "p.jsonl", 3), tmp_path / "o", spec, engine=engine, progress=progress)  # fmt: skip
+    assert stopped and (res.ran, res.failed, res.worker_deaths) == (3, 0, 1)
+    prompts = pq.read_table(tmp_path / "o" / "prompts.parquet").to_pandas()
+    assert sorted(prompts["row"]) == [0, 1, 2] and sorted(prompts["attempts"]) == [1, 1, 2]
+    with pytest.raises(ProcessLookupError):
+        os.kill(stopped["pid"], 0)  # the stopped worker was killed, not left behind
+
+
+def test_the_default_prompt_timeout_follows_the_model_and_steps():
+    from unetviz.batch.engines import TIMEOUT_BASE_S, prompt_timeout
+
+    task = {"row": {"steps": 10}}
+    assert prompt_timeout(JobSpec(), task, 10**6) == TIMEOUT_BASE_S + 10 * 1.0  # demo-sized
+    assert prompt_timeout(JobSpec(), task, 4 * 10**9) == TIMEOUT_BASE_S + 10 * 80.0
+    assert prompt_timeout(JobSpec(steps=5), {"row": {"steps": None}}, 10**6) == TIMEOUT_BASE_S + 5
+    assert prompt_timeout(JobSpec(timeout=7.5), task, 4 * 10**9) == 7.5
+
+
+# ---------------------------------------------------------------------------- ray, bounded
+def test_an_unreachable_ray_address_is_one_error_line_at_once(tmp_path, capsys):
+    pytest.importorskip("ray")
+    from unetviz.cli import main
+
+    out = tmp_path / "o"
+    p = _prompts(tmp_path / "p.jsonl", 1)
+    with pytest.raises(SystemExit) as ex:
+        main(["batch", str(p), "-o", str(out), "--ray", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and err.startswith(
+        "error: cannot reach a Ray cluster at '127.0.0.1:1'"
+    )
+    assert not out.exists()
+
+
+def test_sigterm_ends_a_ray_connect_that_never_answers(tmp_path):
+    """A listener that accepts and never speaks (ray.init would wait for it for minutes):
+    SIGTERM ends the job at once (exit 130), no folder left."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    out = tmp_path / "o"
+    p = _prompts(tmp_path / "p.jsonl", 1)
+    root = str(Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, "-m", "unetviz.cli", "batch", str(p), "-o", str(out), "--ray", f"127.0.0.1:{srv.getsockname()[1]}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": root})  # fmt: skip
+    try:
+        time.sleep(8)  # imported, probed, inside ray.init
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=20)[1]
+    finally:
+        proc.kill()
+        srv.close()
+    assert proc.returncode == 130 and "interrupted before any prompt finished" in err, err
+    assert not out.exists()
+
+
+@pytest.fixture
+def ray_head(monkeypatch):
+    """A Ray cluster started by another Python process (2 CPUs, no GPU, no token auth here):
+    (address, process)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    code = (
+        "import ray, time; c = ray.init(num_cpus=2, include_dashboard=False, "
+        "log_to_driver=False); print(c.address_info['gcs_address'], flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    address = proc.stdout.readline().strip()
+    yield address, proc
+    proc.kill()
+    proc.wait(30)
+
+
+def _descendants(pid):
+    import subprocess
+
+    kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()  # fmt: skip
+    return [int(k) for k in kids] + [g for k in kids for g in _descendants(int(k))]
+
+
+def test_ray_refuses_missing_gpus_and_keeps_prompts_when_the_cluster_dies(ray_head, tmp_path):
+    """Against a cluster without GPUs, --gpus-per-worker 1 is refused before anything is
+    written; then the cluster's processes are killed mid-run: the run ends with an error
+    (no hang), and the prompts done before are in the tables."""
+    from unetviz.batch.rows import BatchError
+
+    address, head = ray_head
+    p = _prompts(tmp_path / "p.jsonl", 40)
+    with pytest.raises(
+        BatchError, match=r"has 0 GPUs; --gpus-per-worker 1 x 1 worker\(s\) needs 1"
+    ):
+        run_batch(p, tmp_path / "gpu", JobSpec(**SPEC), engine=RayEngine(address, 1, 1.0))
+    assert not (tmp_path / "gpu").exists()
+
+    def kill_cluster(pr):
+        if pr.done == 3:
+            for pid in [*_descendants(head.pid), head.pid]:
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(BatchError, match="stopped answering .* prompts done so far are kept"):
+        run_batch(p, tmp_path / "o", JobSpec(**SPEC), engine=RayEngine(address, 1), part_size=1, progress=kill_cluster)  # fmt: skip
+    prompts = pq.read_table(tmp_path / "o" / "prompts.parquet").to_pandas()
+    assert len(prompts) >= 3 and (prompts["status"] == "ok").all()

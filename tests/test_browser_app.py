@@ -218,7 +218,7 @@ def test_a_trace_without_daam_sums_uploads_while_daam_is_chosen(page, served, tm
     from unetviz.app import views
     from unetviz.app.sessions import Session
 
-    run = served.registry.generate("demo", prompt="a red circle", steps=TEST_STEPS)
+    run = served.registry.generate("demo", prompt="a red circle", steps=TEST_STEPS, daam=False)
     assert not views.has_daam(run.trace)
     bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "plain.zip")
     page.get_by_role("tab", name="Attention").click()
@@ -313,3 +313,246 @@ def test_closing_the_page_frees_its_session_on_the_server(browser, served):
         time.sleep(0.2)
     assert not mine & set(served.handlers.sessions.keys())  # ... and freed once it closed
     assert before <= set(served.handlers.sessions.keys())  # other pages keep theirs
+
+
+# ------------------------------------------------------------------ the second action
+def _panel_width(page, panel: str) -> float:
+    return page.evaluate(
+        f"() => document.querySelector('#{panel} svg > g').getBoundingClientRect().width"
+    )
+
+
+def _zooms(page, panel: str) -> bool:
+    """``+`` and the mouse wheel both enlarge the drawing now on screen in ``panel``."""
+    page.locator(f"#{panel}").hover()  # scrolled into view, the mouse over its centre
+    before = _panel_width(page, panel)
+    page.evaluate(
+        "p => document.getElementById(p).closest('.unetviz-diagram').querySelector('.uv-in')"
+        ".click()",
+        panel,
+    )
+    page.wait_for_timeout(200)
+    after_button = _panel_width(page, panel)
+    page.mouse.wheel(0, -400)
+    page.wait_for_timeout(300)
+    after_wheel = _panel_width(page, panel)
+    ok = after_button > before * 1.1 and after_wheel > after_button * 1.05
+    assert ok, (panel, before, after_button, after_wheel)
+    return ok
+
+
+def _drawn(page, panel: str, title: str, after: int = 0) -> int:
+    """Wait until ``panel`` shows a bound drawing (the ``after``-th or a later one) whose title
+    holds ``title``; returns its number."""
+    page.wait_for_function(
+        "([p, t, n]) => { const el = document.getElementById(p);"
+        " return el && +(el.dataset.uvDrawn || 0) > n"
+        " && el.querySelector(':scope > svg > g.svg-pan-zoom_viewport')"
+        " && el.closest('.unetviz-diagram').querySelector('.uv-title').textContent.includes(t); }",
+        arg=[panel, title, after],
+        timeout=WAIT,
+    )
+    return int(page.locator(f"#{panel}").get_attribute("data-uv-drawn"))
+
+
+def test_after_a_model_switch_zoom_works_and_nothing_of_the_old_model_stays(page):
+    page.get_by_role("tab", name="Architecture").click()
+    page.locator("#arch_model input").click()
+    page.get_by_role("option", name="demo model (shipped, runs offline)").click()
+    _drawn(page, "diagram-svg", "demo")
+    # a picked block, its parts and a search on the demo ...
+    page.locator("#diagram-svg g.node", has_text="down_blocks.1").first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#block_parts').innerText.includes('attentions.0')",
+        timeout=WAIT,
+    )
+    search = page.locator("#block_search textarea, #block_search input").first
+    search.fill("IN04")
+    search.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#search_msg').innerText.includes('match')", timeout=WAIT
+    )
+    # ... a model switch replaces every one of them
+    page.locator("#arch_model input").click()
+    shown = int(page.locator("#diagram-svg").get_attribute("data-uv-drawn") or 0)
+    page.get_by_role("option", name="SDXL preset (meta)").click()
+    _drawn(page, "diagram-svg", "sdxl", after=shown)
+    page.wait_for_function(
+        "() => !document.querySelector('#block_parts').innerText.includes('attentions.0')",
+        timeout=WAIT,
+    )
+    assert search.input_value() == ""
+    assert page.locator("#block_picked").inner_text().strip() == ""
+    assert "match" not in page.locator("#search_msg").inner_text()
+    assert "(2,16," not in page.locator("#block_table").inner_text()  # no demo shape left
+    assert _zooms(page, "diagram-svg")
+    # the search highlight follows the hit, off the node clicked before
+    search.fill("mid_block")
+    search.press("Enter")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#diagram-svg .uv-selected')].map("
+        "n => n.querySelector('title').textContent).join() === 'mid_block'",
+        timeout=WAIT,
+    )
+
+
+def test_the_time_embedding_example_redraws_zooms_and_its_report_is_the_new_runs(page, served):
+    import time
+
+    from unetviz.app.attention import DEFAULT_PROMPT
+
+    page.get_by_role("tab", name="Time embedding").click()
+    runs = served.runs
+    page.click("#temb_example")
+    deadline = time.monotonic() + WAIT / 1000
+    while served.runs == runs and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first = _drawn(page, "temb-svg", "")
+    page.locator("#temb_detail").get_by_role("radio", name="layers").check()
+    _drawn(page, "temb-svg", "", after=first)
+    assert _zooms(page, "temb-svg")
+    page.get_by_role("tab", name="Attention").click()
+    page.wait_for_function(
+        "p => document.querySelector('#status').innerText.includes(p)",
+        arg=DEFAULT_PROMPT,
+        timeout=WAIT,
+    )
+    for _ in range(40):  # the post-load step writes the report just after the run
+        with page.expect_download(timeout=WAIT) as info:
+            page.click("#dl_report")
+        if DEFAULT_PROMPT in Path(info.value.path()).read_text():
+            break
+        page.wait_for_timeout(500)
+    assert DEFAULT_PROMPT in Path(info.value.path()).read_text()
+
+
+def test_the_sweep_diagram_is_fitted_and_zoomable(page):
+    page.get_by_role("tab", name="Experiments").click()
+    _drawn(page, "exp-svg", "")
+    inside = page.evaluate(
+        """() => { const p = document.getElementById('exp-svg').getBoundingClientRect();
+                   const g = document.querySelector('#exp-svg svg > g').getBoundingClientRect();
+                   return g.left >= p.left - 1 && g.right <= p.right + 1
+                          && g.top >= p.top - 1 && g.bottom <= p.bottom + 1; }"""
+    )
+    assert inside
+    assert page.locator("#exp_diagram .uv-title").inner_text().strip()  # title outside, whole
+    assert _zooms(page, "exp-svg")
+
+
+def test_the_dataset_tab_opens_a_batch_folder_and_a_failed_open_keeps_it(page, served, tmp_path):
+    import json
+
+    from unetviz.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(json.dumps({"prompt": p}) for p in ("a red circle", "a blue square"))
+    )
+    out = served.root / "run1"
+    with pytest.raises(SystemExit) as done:
+        main(["batch", str(prompts), "-o", str(out), "--steps", "1"])
+    assert done.value.code in (0, None)
+    page.get_by_role("tab", name="Dataset").click()
+    assert not page.locator("#ds_opened").is_visible()  # nothing shown before an Open
+    assert page.locator("#tab-4").get_by_text("Plot", exact=True).count() == 0
+    page.locator("#ds_folder textarea, #ds_folder input").first.fill("run1")
+    page.click("#ds_open")
+    page.wait_for_function(
+        "() => document.querySelector('#ds_msg').innerText.includes('2 prompts')", timeout=WAIT
+    )
+    page.wait_for_selector("#ds_layer_time .js-plotly-plot", timeout=WAIT)
+    page.locator("#ds_folder textarea, #ds_folder input").first.fill("nope")
+    page.click("#ds_open")
+    page.wait_for_function(
+        "() => document.querySelector('#ds_msg').innerText.includes('nope')", timeout=WAIT
+    )
+    assert page.locator("#ds_opened").is_visible()
+    assert "a blue square" in page.locator("#ds_prompts").inner_text()  # still open
+
+
+EVIL = "https://evil.example"
+
+
+def test_an_uploaded_traces_strings_are_text(page, served, tmp_path):
+    """Markdown images, links and HTML in every string of an uploaded trace: shown as text,
+    no element made from them, nothing fetched."""
+    from unetviz.app import views
+    from unetviz.app.sessions import Session
+
+    bad = f"![i]({EVIL}/i.png) <img src={EVIL}/h.png> [l]({EVIL}/l) **b** <b>x</b>"
+    run = served.registry.generate("demo", prompt="a red circle", steps=TEST_STEPS, daam=True)
+    run.trace.meta.update(prompt=bad, model=bad, negative_prompt=bad)
+    bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "evil.zip")
+    page.get_by_role("tab", name="Attention").click()
+    page.locator("#prompt textarea").wait_for(timeout=WAIT)
+    if not page.locator("#upload").is_visible():
+        page.get_by_text("Explore a saved trace bundle").click()
+    page.locator("#upload input[type=file]").set_input_files(str(bundle))
+    page.wait_for_function(
+        "() => document.querySelector('#status').innerText.includes('evil.zip')", timeout=WAIT
+    )
+    page.wait_for_timeout(500)
+    made = page.evaluate(
+        "u => [...document.querySelectorAll('[src], [href]')].filter(e =>"
+        " (e.getAttribute('src') || e.getAttribute('href') || '').includes(u)).length",
+        EVIL,
+    )
+    assert made == 0
+    status = page.locator("#status")
+    assert status.locator("img, a, b, strong strong").count() == 0
+    assert "<img src=" in status.inner_text() and "![i]" in status.inner_text()
+    assert page.locator("#prompt textarea").input_value() == bad  # put back as text
+    assert page.outside == []  # type: ignore[attr-defined]
+
+
+def test_cancel_keeps_the_last_result_while_another_session_draws(page, served, browser):
+    """A slowed model (each step sleeps): Cancel stops at the next step and the page keeps
+    its image and heatmaps; meanwhile a second browser session loads and draws a diagram."""
+    import threading
+    import time
+
+    generate = served.registry.generate
+    running = threading.Event()
+
+    def slow(*args, **kwargs):
+        inner = kwargs.get("progress")
+
+        def step(i, n):
+            running.set()
+            time.sleep(0.5)
+            if inner is not None:
+                inner(i, n)
+
+        return generate(*args, **{**kwargs, "progress": step})
+
+    page.get_by_role("tab", name="Attention").click()
+    page.locator("#prompt textarea").fill("a red circle")
+    image = page.locator("#image img").get_attribute("src")
+    tiles = _srcs(page)
+    served.registry.generate = slow  # type: ignore[method-assign]
+    other = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page.locator("#steps input").fill("60")
+        page.click("#run")
+        assert running.wait(WAIT / 1000)
+        page.wait_for_function(  # per-step progress with the time left
+            r"() => /step \d+\/60 · about \d+ (s|min) left/.test(document.body.innerText)",
+            timeout=WAIT,
+        )
+        second = other.new_page()
+        second.goto(served.url)
+        second.locator("#arch_model input").click()
+        second.get_by_role("option", name="SD 2.1 preset (meta)").click()
+        _drawn(second, "diagram-svg", "sd21")
+        assert served.handlers._running, "the run ended before the second page drew"
+        page.click("#cancel")
+        page.wait_for_function(
+            "() => document.querySelector('#run_msg').innerText.includes('cancelled')",
+            timeout=WAIT,
+        )
+    finally:
+        served.registry.generate = generate  # type: ignore[method-assign]
+        other.close()
+    assert page.locator("#image img").get_attribute("src") == image
+    assert _srcs(page) == tiles

@@ -1,16 +1,20 @@
-"""House rules that a reviewer would otherwise check by hand (DESIGN.md): short functions, no
-import circles between modules, nothing inside the package importing the ``unetviz`` facade,
-and every user-error type deriving from the one base."""
+"""House rules that a reviewer would otherwise check by hand (docs/architecture.md): short
+functions, imports only down the layers of docs/architecture.md and never in a circle (imports
+inside functions count), nothing inside the package importing the ``unetviz`` facade, and every
+user-error type deriving from the one base."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "unetviz"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "unetviz"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 MAX_FUNCTION_LINES = 80
 
 
@@ -39,18 +43,22 @@ def test_no_function_over_80_lines():
     assert not long, "functions over 80 lines:\n" + "\n".join(long)
 
 
-def _imports(module: str, tree: ast.Module, top_level_only: bool) -> set[str]:
-    """Modules of the package that ``module`` imports (at module level if asked)."""
+def _imports(module: str, tree: ast.Module) -> set[str]:
+    """Modules of the package that ``module`` imports anywhere (inside functions too), except
+    under ``if TYPE_CHECKING:`` (never run)."""
     package = (
         module
         if (PACKAGE.parent / module.replace(".", "/") / "__init__.py").exists()
         else module.rpartition(".")[0]
     )
     found = set()
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    for node in nodes:
-        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports never run
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
             continue
+        todo.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("unetviz")}
         elif isinstance(node, ast.ImportFrom):
@@ -67,11 +75,16 @@ def _imports(module: str, tree: ast.Module, top_level_only: bool) -> set[str]:
     return {m for m in found if m in MODULES and m != module}
 
 
-def test_no_import_circle_at_module_level():
-    graph = {m: _imports(m, tree, True) for m, (_, tree) in MODULES.items()}
+IMPORTS = {m: _imports(m, tree) for m, (_, tree) in MODULES.items()}
+
+#: The one circle left while the config / detect split is in review (config's bounded JSON
+#: read lives in detect, detect's demo readers check with config): remove once it is gone.
+PENDING_CIRCLE = "unetviz.config -> unetviz.detect -> unetviz.config"
+
+
+def _circles() -> list[str]:
     # a package importing its own submodules (re-exports) is not a circle
-    for m in graph:
-        graph[m] = {d for d in graph[m] if not d.startswith(m + ".")}
+    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in IMPORTS.items()}
     cycles = []
     state: dict[str, int] = {}
 
@@ -87,7 +100,22 @@ def test_no_import_circle_at_module_level():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+    return cycles
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+    cycles = _circles()
+    if cycles == [PENDING_CIRCLE]:
+        pytest.xfail(f"known, being fixed in the config/detect split: {PENDING_CIRCLE}")
     assert not cycles, "import circles:\n" + "\n".join(cycles)
+
+
+def test_the_import_check_sees_imports_inside_functions_but_not_type_checking():
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .capture import Trace\n"
+        "def f():\n    from .render import plots\n"
+    )
+    assert _imports("unetviz.names", tree) == {"unetviz.render.plots"}
 
 
 def test_nothing_inside_the_package_imports_the_facade():
@@ -124,53 +152,37 @@ def test_every_error_class_in_the_package_derives_from_the_base():
     assert not foreign, "error classes outside the UnetvizError family: " + ", ".join(foreign)
 
 
-#: the layers of DESIGN.md, lowest first: a module may import its own layer and those below
-LAYERS = [
-    ("unetviz.errors", 0),
-    ("unetviz.outputs", 0),
-    ("unetviz.colors", 0),
-    ("unetviz.callargs", 0),
-    ("unetviz.config", 0),
-    ("unetviz.names", 0),
-    ("unetviz.detect", 0),
-    ("unetviz.safetensors_io", 0),
-    ("unetviz.model", 1),
-    ("unetviz.weights", 2),
-    ("unetviz.single_file", 2),
-    ("unetviz.lora", 2),
-    ("unetviz.capture", 2),
-    ("unetviz.edits", 3),
-    ("unetviz.structure", 3),
-    ("unetviz.render", 3),
-    ("unetviz.prompts", 4),
-    ("unetviz.pipelines", 4),
-    ("unetviz.training", 5),
-    ("unetviz.batch", 5),
-    ("unetviz.report", 5),
-    ("unetviz.app", 6),
-    ("unetviz.cli", 6),
-    ("unetviz.attention_cli", 6),
-    ("unetviz", 7),
-]
-#: modules that sit at the top whatever their package (command lines, app glue)
-TOP = (".cli", "unetviz.edits.handlers", "unetviz.edits.figures", "unetviz.edits.demo_scores")
-#: display hooks: ``_repr_html_`` / ``.report()`` import the report package when a notebook or
-#: a user asks for them, never at import time
-DISPLAY_HOOKS = {"unetviz.report.display", "unetviz.report.html"}
+def _layers() -> dict[str, int]:
+    """The layer table of docs/architecture.md: module (prefix) -> layer."""
+    text = ARCHITECTURE.read_text(encoding="utf-8").split("## Layers", 1)[1].split("\n## ", 1)[0]
+    layers = {}
+    for row in re.findall(r"^\| (\d+) \| (.+?) \|", text, flags=re.M):
+        for module in re.findall(r"`([\w.]+)`", row[1]):
+            assert module not in layers, f"{module} is in two rows of docs/architecture.md"
+            layers[module] = int(row[0])
+    return layers
+
+
+#: the layers of docs/architecture.md, lowest first: a module may import its own layer and below
+LAYERS = _layers()
 
 
 def _layer(module: str) -> int:
-    if module.endswith(TOP):
-        return 6
-    prefix = max((p for p, _ in LAYERS if module == p or module.startswith(p + ".")), key=len)
-    return dict(LAYERS)[prefix]
+    prefix = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[prefix]
+
+
+def test_the_layer_table_names_real_modules_and_places_every_module():
+    assert LAYERS["unetviz"] == max(LAYERS.values()) and LAYERS["unetviz.errors"] == 0
+    assert not [m for m in LAYERS if m not in MODULES], "docs/architecture.md names no such module"
+    assert {_layer(m) for m in MODULES} <= set(LAYERS.values())
 
 
 def test_no_import_runs_upward():
     upward = []
-    for name, (_path, tree) in MODULES.items():
-        for dep in _imports(name, tree, top_level_only=False):
-            if dep.startswith(name + ".") or dep in DISPLAY_HOOKS:
+    for name, deps in IMPORTS.items():
+        for dep in deps:
+            if dep.startswith(name + "."):
                 continue
             if _layer(dep) > _layer(name):
                 upward.append(f"{name} -> {dep}")

@@ -294,3 +294,47 @@ def test_forwards_of_other_threads_are_not_edited():
         mine = _out(unet, sample, context, kwargs)
     assert torch.equal(seen["out"], base)
     assert not torch.equal(mine, base)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda: edits.Reweight("red", 0.0, layers=5), "layers=5: expected 'down'"),
+        (lambda: edits.Reweight("red", "0"), "got a string"),
+        (lambda: edits.Reweight("red", 1e9), r"expected a number -1000\.\.1000"),
+        (lambda: edits.Reweight(10**9, 0.0), "expected a whole number 0..4096"),
+        (lambda: edits.Reweight("red", 0.0, steps=("a", 2)), "two numbers"),
+        (lambda: edits.Reweight("red", 0.0, steps=(0, 10**9)), "steps stop=1000000000"),
+        (lambda: edits.Replace("a cat", self_max_queries="x"), "self_max_queries='x'"),
+        (lambda: edits.Replace("a cat", self_max_queries=0), "self_max_queries=0"),
+        (lambda: edits.Replace(42), "expected a prompt"),
+        (lambda: edits.Patch("mid_block", 3.5), "expected a prompt"),
+        (lambda: edits.AblateBlock(7), "expected a module name"),
+        (lambda: edits.ScaleTemb("all", None), "expected a number"),
+        (lambda: edits.Sweep(targets=5), "Sweep targets=5: expected a name"),
+        (lambda: edits.Sweep(targets=["mid_block", 3]), "expected a module name"),
+        (lambda: edits.Sweep(targets=["mid_block"] * 10**6), "1000000 items: expected 1 to 256"),
+        (lambda: edits.Sweep(over=["blocks"]), "expected one of"),
+        (lambda: edits.Sweep(edit="reweight", word=5), "Sweep word=5"),
+        (lambda: edits.Sweep(scale=float("inf")), "Sweep scale=inf"),
+    ],
+)
+def test_wrong_types_and_sizes_are_refused_when_made(bad, message):
+    with pytest.raises(EditError, match=message):
+        bad()
+
+
+def test_a_string_is_one_name_never_its_characters():
+    assert edits.Reweight("red", 0.0, layers="mid_block").layers == ("mid_block",)
+    assert edits.Sweep(targets="mid_block").targets == ("mid_block",)
+    assert edits.Sweep(over="skips", targets=[0, "conv_in -> up_blocks.1"]).targets[0] == 0
+    unet = _our_unet()
+    with pytest.raises(EditError, match="got a string"):
+        intervene(unet, "red")
+    with pytest.raises(EditError, match="expected a list of strings"):
+        intervene(unet, [edits.Reweight("red", 0.0)], tokens="a red circle")
+    with pytest.raises(EditError, match="num_steps=0"):
+        intervene(unet, [edits.Reweight(1, 0.0)], num_steps=0)
+    too_many = (edits.Reweight(1, 0.0) for _ in range(10**6))  # never fully consumed
+    with pytest.raises(EditError, match="more than 64 edits"):
+        intervene(unet, too_many)

@@ -83,15 +83,15 @@ def test_patch_and_replace_run_their_source_prompt(pipe):
 
 
 def test_sweep_fills_the_diagram_and_is_saved_with_the_trace(pipe, tmp_path):
-    from unetviz.edits.demo_scores import scorer_for
-    from unetviz.edits.figures import sweep_diagram
+    from unetviz.render.edits import sweep_diagram
+    from unetviz.training.edit_scores import scorer_for
 
     mm = edits.ModelMap(pipe.unet)
     targets = ("mid_block", mm.blocks[-1])
     result = edits.sweep(pipe, "a red circle", targets=targets, steps=STEPS, score=scorer_for(pipe))
     assert [r["target"] for r in result.rows] == list(targets)
     assert all(r["change"] > 0 and "colour_ok" in r for r in result.rows)
-    from unetviz.edits.demo_scores import unscorable
+    from unetviz.training.edit_scores import unscorable
 
     assert unscorable(["a", "red", "circle"]) == {"position_ok", "size_ok"}
     assert unscorable(["red", "circle", "left", "big"]) == set()

@@ -143,9 +143,17 @@ def test_symlink_loop(tmp_path):
         load_unet(loop)
 
 
+#: Root reads every file through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH; without them (dropped
+#: from the bounding set, so an exec does not get them back) root is held to the mode bits like
+#: anyone, yet still reaches a checkout under a 0700 /root, which it owns.
+_NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
 @pytest.mark.slow  # a child python that imports torch
 def test_unreadable_weights_are_permission_denied(state):
-    """As root every file is readable: the check then runs as nobody (setpriv) in a child."""
+    """As root every file is readable: the check then runs in a child without root's
+    permission-override capabilities (same user, so the checkout and venv stay reachable
+    wherever they were cloned)."""
     folder = Path(tempfile.mkdtemp())
     try:
         folder.chmod(0o755)
@@ -159,8 +167,11 @@ def test_unreadable_weights_are_permission_denied(state):
         command = [sys.executable, "-c", code, str(folder)]
         if os.geteuid() == 0:
             if not shutil.which("setpriv"):
-                pytest.skip("running as root without setpriv")
-            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+                pytest.skip("running as root without setpriv: cannot make a file unreadable")
+            probe = subprocess.run([*_NO_DAC, "true"], capture_output=True, text=True)
+            if probe.returncode:
+                pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE: {probe.stderr}")
+            command = [*_NO_DAC, *command]
         out = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert "permission denied" in out.stdout, out.stdout + out.stderr
         assert "No such file" not in out.stdout
@@ -174,3 +185,70 @@ def test_weights_fifo_fails_fast(state, tmp_path):
     os.mkfifo(folder / "diffusion_pytorch_model.safetensors")  # an open would block forever
     with pytest.raises(WeightsError, match="not a regular file"):
         load_unet(folder)
+
+
+@pytest.mark.parametrize(
+    ("vae_config", "message"),
+    [
+        (b"[" * 100_000, "nested too deeply"),
+        (b" " * (2 << 20) + b"{}", "more than the"),
+        (b'{"block_out_channels": [4096, 4096, 4096, 4096], "layers_per_block": 8}', "parameters"),
+        (b'{"block_out_channels": [16, 32, 64], "layers_per_block": "1"}', "layers_per_block"),
+        (b'{"block_out_channels": [16, 32, 64], "scaling_factor": NaN}', "scaling_factor"),
+        (
+            b'{"block_out_channels": [16, 32, 64], "down_block_types": ["Evil"] }',
+            "down_block_types",
+        ),
+        (b'{"block_out_channels": [16, 30, 64]}', "not divisible"),
+        (b"[1, 2]", "JSON object"),
+    ],
+    ids=["deep", "huge", "budget", "type", "nan", "block", "groups", "list"],
+)
+def test_demo_vae_config_is_read_bounded_and_checked(tmp_path, vae_config, message):
+    """load_pipeline(<demo-format folder>) reads vae/config.json as every config is read:
+    bounded, schema-checked, then built; a hostile one is a ConfigError naming it."""
+
+    from unetviz.detect import DEMO_DIR
+    from unetviz.model.autoencoder import AutoencoderConfig
+    from unetviz.pipelines import load_pipeline
+
+    folder = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, folder)
+    (folder / "vae" / "config.json").write_bytes(vae_config)
+    with pytest.raises(ConfigError, match=message):
+        AutoencoderConfig.from_json(folder / "vae" / "config.json")
+    with pytest.raises(UnetvizError, match=message):
+        load_pipeline(folder)
+
+
+def test_demo_vae_config_fifo_refused(tmp_path):
+
+    from unetviz.model.autoencoder import AutoencoderConfig
+
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        AutoencoderConfig.from_json(tmp_path / "config.json")
+
+
+def test_demo_text_encoder_config_takes_the_same_path(tmp_path):
+    """text_encoder/config.json: bounded read, schema, construction; an unknown key or a
+    budget-breaking width is a ConfigError, never a TypeError or an allocation."""
+    from unetviz.detect import DEMO_DIR
+    from unetviz.pipelines import load_pipeline
+    from unetviz.pipelines.demo import TextEncoderConfig
+
+    folder = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, folder)
+    path = folder / "text_encoder" / "config.json"
+    good = json.loads(path.read_text())
+    assert TextEncoderConfig.from_json(path).width == good["width"]
+    for changes, message in (
+        ({"evil": 1}, "unknown text_encoder config keys"),
+        ({"width": 4096, "layers": 48}, "parameters"),
+        ({"layers": "2"}, "text_encoder.layers"),
+    ):
+        path.write_text(json.dumps(good | changes))
+        with pytest.raises(ConfigError, match=message):
+            TextEncoderConfig.from_json(path)
+        with pytest.raises(UnetvizError, match=message):
+            load_pipeline(folder)

@@ -10,8 +10,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 from PIL import Image
+from plotly.colors import get_colorscale
 
-from unetviz import UNet2DConditionModel, UNetConfig, capture
+from unetviz import UNet2DConditionModel, UNetConfig, capture, colors
 from unetviz.render import plots
 from unetviz.render.heatmaps import layer_order
 
@@ -146,9 +147,11 @@ def test_static_png_heatmap_without_a_browser(trace):
     png = plots.heatmap_png(hm, size=64)
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG" and img.size == (64, 64) and img.mode == "RGB"
-    lut = plots.colormap_lut()
+    lut = colors.lut()
     assert tuple(lut[0]) == (0, 0, 4) and tuple(lut[-1]) == (252, 253, 191)  # magma
-    assert tuple(plots.colormap_lut("Viridis")[0]) == (68, 1, 84)
+    viridis = colors.lut("Viridis")
+    assert tuple(viridis[0]) == (68, 1, 84) and tuple(viridis[-1]) == (253, 231, 37)
+    assert (colors.lut(get_colorscale("Viridis")) == viridis).all()  # a name or its pairs
     a = np.asarray(img).reshape(-1, 3)
     assert (a == lut[-1]).all(1).any()  # the maximum maps to the map's top colour
     photo = Image.new("RGB", (80, 40), (255, 0, 0))

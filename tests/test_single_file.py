@@ -17,6 +17,7 @@ pytest.importorskip("transformers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from tests.ldm_support import clip_to_openclip, unet_to_ldm, vae_to_ldm  # noqa: E402
 from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
 from unetviz.detect import ModelPathError  # noqa: E402
 from unetviz.pipelines.sd import load_sd_pipeline  # noqa: E402
@@ -27,120 +28,6 @@ from unetviz.single_file import (  # noqa: E402
 )
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
-
-# ---------------------------------------------------------------- diffusers -> LDM, by hand
-_RESNET = [
-    ("norm1", "in_layers.0"),
-    ("conv1", "in_layers.2"),
-    ("norm2", "out_layers.0"),
-    ("conv2", "out_layers.3"),
-    ("time_emb_proj", "emb_layers.1"),
-    ("conv_shortcut", "skip_connection"),
-]
-
-
-def unet_to_ldm(state: dict, config: dict) -> dict:
-    """diffusers UNet2DConditionModel state dict -> ``model.diffusion_model.*`` keys."""
-    n = len(config["block_out_channels"])
-    lpb = config["layers_per_block"]
-    prefixes = {
-        "time_embedding.linear_1.": "time_embed.0.",
-        "time_embedding.linear_2.": "time_embed.2.",
-        "add_embedding.linear_1.": "label_emb.0.0.",
-        "add_embedding.linear_2.": "label_emb.0.2.",
-        "conv_in.": "input_blocks.0.0.",
-        "conv_norm_out.": "out.0.",
-        "conv_out.": "out.2.",
-        "mid_block.attentions.0.": "middle_block.1.",
-        "mid_block.resnets.0.": "middle_block.0.",
-        "mid_block.resnets.1.": "middle_block.2.",
-    }
-    for i in range(n):
-        for j in range(lpb):
-            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{i * (lpb + 1) + j + 1}.0."
-            prefixes[f"down_blocks.{i}.attentions.{j}."] = (
-                f"input_blocks.{i * (lpb + 1) + j + 1}.1."
-            )
-        for j in range(lpb + 1):
-            prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (lpb + 1) + j}.0."
-            prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (lpb + 1) + j}.1."
-        if i < n - 1:
-            prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = (
-                f"input_blocks.{(lpb + 1) * (i + 1)}.0.op."
-            )
-            slot = 2 if config["up_block_types"][i].startswith("CrossAttn") else 1
-            prefixes[f"up_blocks.{i}.upsamplers.0."] = (
-                f"output_blocks.{(lpb + 1) * i + lpb}.{slot}."
-            )
-    out = {}
-    for key, value in state.items():
-        new = key
-        if "resnets" in key:
-            for hf, ldm in _RESNET:
-                new = new.replace(f".{hf}.", f".{ldm}.")
-        for hf, ldm in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):
-            if new.startswith(hf):
-                new = ldm + new[len(hf) :]
-                break
-        else:
-            raise AssertionError(f"no LDM name for {key}")
-        out["model.diffusion_model." + new] = value
-    return out
-
-
-def vae_to_ldm(state: dict, config: dict) -> dict:
-    """diffusers AutoencoderKL state dict -> ``first_stage_model.*`` keys."""
-    n = len(config["block_out_channels"])
-    out = {}
-    for key, value in state.items():
-        new = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
-        for i in range(n):
-            new = new.replace(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.")
-            new = new.replace(
-                f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."
-            )
-            new = new.replace(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block.")
-            new = new.replace(
-                f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."
-            )
-        for j in (0, 1):
-            new = new.replace(f"mid_block.resnets.{j}.", f"mid.block_{j + 1}.")
-        attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-        for hf, ldm in attn.items():
-            if f"mid_block.attentions.0.{hf}." in new:
-                new = new.replace(f"mid_block.attentions.0.{hf}.", f"mid.attn_1.{ldm}.")
-                if hf != "group_norm" and value.ndim == 2:
-                    value = value[:, :, None, None]
-        out["first_stage_model." + new] = value
-    return out
-
-
-def clip_to_openclip(state: dict, prefix: str) -> dict:
-    """transformers CLIPTextModelWithProjection state dict -> OpenCLIP text-tower keys."""
-    out = {}
-    layers = sorted({int(k.split(".")[3]) for k in state if ".encoder.layers." in k})
-    for i in layers:
-        src = f"text_model.encoder.layers.{i}."
-        dst = f"{prefix}transformer.resblocks.{i}."
-        for kind in ("weight", "bias"):
-            out[dst + f"attn.in_proj_{kind}"] = torch.cat(
-                [state[src + f"self_attn.{p}_proj.{kind}"] for p in "qkv"]
-            )
-            for hf, oc in (
-                ("self_attn.out_proj", "attn.out_proj"),
-                ("layer_norm1", "ln_1"),
-                ("layer_norm2", "ln_2"),
-                ("mlp.fc1", "mlp.c_fc"),
-                ("mlp.fc2", "mlp.c_proj"),
-            ):
-                out[dst + f"{oc}.{kind}"] = state[src + f"{hf}.{kind}"]
-    out[prefix + "token_embedding.weight"] = state["text_model.embeddings.token_embedding.weight"]
-    out[prefix + "positional_embedding"] = state["text_model.embeddings.position_embedding.weight"]
-    out[prefix + "ln_final.weight"] = state["text_model.final_layer_norm.weight"]
-    out[prefix + "ln_final.bias"] = state["text_model.final_layer_norm.bias"]
-    out[prefix + "text_projection"] = state["text_projection.weight"].T.contiguous()
-    out[prefix + "logit_scale"] = torch.tensor(4.6)
-    return out
 
 
 def _parts(folder):
@@ -365,3 +252,29 @@ def test_sd2_layout_openclip_with_dropped_last_layer(tmp_path):
     b = load_sd_pipeline(folder)("a red house", seed=1, steps=1)
     diff = np.abs(np.asarray(a.image, np.float64) - np.asarray(b.image, np.float64))
     assert diff.mean() <= 1 / 255
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sdxl"])
+def test_unet_config_of_a_single_file_header(preset):
+    """The config a full-size file implies from its keys and shapes alone: the family's
+    published one; a narrowed UNet is refused (it needs its diffusers folder as config)."""
+    from types import SimpleNamespace
+
+    from unetviz import UNetConfig, build_unet
+    from unetviz.names import ldm_key
+    from unetviz.single_file import unet_config_of
+
+    cfg = UNetConfig.preset(preset)
+    model = build_unet(cfg, device="meta")
+    shapes = {
+        "model.diffusion_model." + ldm_key(k, cfg): tuple(v.shape)
+        for k, v in model.state_dict().items()
+    }
+    assert not any(k.endswith(".None") for k in shapes)
+    sf = SimpleNamespace(keys=list(shapes), shapes=shapes, path="x.safetensors")
+    assert unet_config_of(sf) == cfg
+    narrow = {
+        k: ((32, *v[1:]) if k.endswith("input_blocks.0.0.weight") else v) for k, v in shapes.items()
+    }
+    with pytest.raises(SingleFileError, match="not the published"):
+        unet_config_of(SimpleNamespace(keys=list(narrow), shapes=narrow, path="x.safetensors"))

@@ -139,3 +139,50 @@ def test_build_unet_accepts_preset_dict_and_path(tmp_path):
         assert next(model.parameters()).device.type == "meta"
     real = unetviz.build_unet(cfg, device="cpu", dtype="bfloat16")
     assert real.dtype == torch.bfloat16
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@CUDA
+def test_load_and_run_on_cuda(saved):
+    """device="cuda": every weight lands there and a forward runs there, equal to the CPU's."""
+    root, _ = saved
+    cpu = unetviz.load_unet(root)
+    gpu = unetviz.load_unet(root, device="cuda")
+    assert {p.device.type for p in gpu.parameters()} == {"cuda"}
+    g = torch.Generator().manual_seed(0)
+    sample, context = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 5, 32, generator=g)
+    with torch.no_grad():
+        want = cpu(sample, 10, context)
+        got = gpu(sample.cuda(), 10, context.cuda()).cpu()
+    assert (want - got).abs().max().item() < 1e-3
+
+
+@CUDA
+def test_autoencoder_samples_on_cuda_with_a_cpu_generator():
+    """The posterior noise is drawn on the generator's device and moved: the same numbers as
+    on the CPU, no device mismatch."""
+    from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(AutoencoderConfig(block_out_channels=(8, 16), sample_size=16)).eval()
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        want = vae(image, generator=torch.Generator().manual_seed(3))[0]
+        got = vae.cuda()(image.cuda(), generator=torch.Generator().manual_seed(3))[0].cpu()
+    assert (want - got).abs().max().item() < 1e-3
+
+
+def test_autoencoder_noise_follows_the_generator_device():
+    """On the CPU: the sampled reconstruction depends on the generator's seed and only on it."""
+    from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(AutoencoderConfig(block_out_channels=(8, 16), sample_size=16)).eval()
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        a = vae(image, generator=torch.Generator("cpu").manual_seed(3))[0]
+        b = vae(image, generator=torch.Generator("cpu").manual_seed(3))[0]
+        c = vae(image, generator=torch.Generator("cpu").manual_seed(4))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -77,6 +77,11 @@ def venv(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     ).stdout.strip()
     deps = sysconfig.get_paths()["purelib"]  # the development venv: torch, gradio, ...
     (Path(purelib) / "unetviz_test_deps.pth").write_text(deps + "\n")
+    # no extras: the development venv's diffusers and transformers are made unimportable, as
+    # after a plain `pip install unetviz`
+    (Path(purelib) / "unetviz_test_no_extras.pth").write_text(
+        "import sys; sys.modules.update(diffusers=None, transformers=None)\n"
+    )
     install = pip + ["--python", str(python), "install", "--no-deps", "--no-index", wheel]
     subprocess.run(install, check=True, capture_output=True, text=True, cwd=tmp)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -154,3 +159,43 @@ def test_installed_wheel_serves_the_app(venv):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+SD_CHOSEN = r"""
+import json, sys
+from pathlib import Path
+from unetviz.app.registry import ModelRegistry
+from unetviz.config import UNetConfig
+root = Path(sys.argv[1])
+folder = root / "my-sd-model"
+(folder / "unet").mkdir(parents=True)
+(folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+(folder / "unet" / "config.json").write_text(json.dumps(UNetConfig.preset("sd15").to_dict()))
+try:
+    import diffusers
+except ImportError:
+    pass
+else:
+    raise SystemExit("diffusers is importable: the no-extras set-up did not take")
+try:
+    ModelRegistry(roots=[root]).pipeline(str(folder))
+except Exception as exc:
+    print(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def test_installed_wheel_without_extras_names_the_sd_extra(venv, tmp_path):
+    """Choosing a real SD model without the `sd` extra: one line naming it, not a traceback."""
+    env_dir, env = venv
+    out = subprocess.run(
+        [env_dir / "bin" / "python", "-c", SD_CHOSEN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=env["UNETVIZ_TEST_CWD"],
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["type"] == "PipelineError", info
+    assert "unetviz[sd]" in info["message"] and "\n" not in info["message"], info

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .lazy import lazy_exports
+from .presenters import register as register_presenters
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -56,16 +59,21 @@ from . import capture as _capture_package  # noqa: E402, F401
 del capture  # noqa: F821 - the import above bound the package on this name
 
 
-def __getattr__(name: str) -> Any:
-    if name == "edits":  # the interventions module itself: ``unetviz.edits.Reweight(...)``
-        return importlib.import_module("unetviz.edits")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'unetviz' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def _from_report(module: str, name: str) -> Any:
+    """The report layer's ``name``, imported when first called (presenters of lower layers)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS) | {"edits"})
+register_presenters(
+    trace_html=_from_report("unetviz.report.display", "trace_html"),
+    run_mimebundle=_from_report("unetviz.report.display", "run_mimebundle"),
+    comparison_mimebundle=_from_report("unetviz.report.display", "comparison_mimebundle"),
+    write_report=_from_report("unetviz.report.html", "write_report"),
+)
+
+# ``unetviz.edits`` is the interventions module itself: ``unetviz.edits.Reweight(...)``
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, modules=["edits"])

@@ -77,6 +77,14 @@ def as_float(
     return x
 
 
+def index_or_name(text: str) -> int | str:
+    """A command-line item that names a thing by index or by name (a token, a skip): ASCII
+    digits give an int ("3" -> 3), anything else the stripped text ("²" stays text: Python's
+    ``str.isdigit`` accepts superscripts that ``int`` then refuses)."""
+    t = text.strip()
+    return int(t) if t[:1] not in "+-" and _INT_TEXT.fullmatch(t) else t
+
+
 def check_seed(value: Any, name: str = "seed", *, error: type[Exception] = ArgumentError) -> int:
     """A seed in 0..MAX_SEED, exact (a float above 2**53 is refused, never rounded)."""
     return as_int(value, name, 0, MAX_SEED, error=error)

@@ -53,10 +53,11 @@ __all__ = [
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("unetviz.attention_cli", "Cross-attention heatmaps of a prompt."),
     "app": ("unetviz.app.cli", "Start the web app."),
-    "edit": ("unetviz.edits.cli", "Run a prompt with and without interventions; compare."),
-    "sweep": ("unetviz.edits.cli", "One intervention per block or skip: which parts matter."),
+    "edit": ("unetviz.edits_cli", "Run a prompt with and without interventions; compare."),
+    "sweep": ("unetviz.edits_cli", "One intervention per block or skip: which parts matter."),
     "batch": ("unetviz.batch.cli", "Attention statistics over a prompt set (local or Ray)."),
     "report": ("unetviz.report.cli", "One self-contained HTML report of a run or trace."),
+    "features": ("unetviz.features_cli", "What every block sees: a feature-PCA contact sheet."),
 }
 
 DIRECTIONS = ("TB", "LR")
@@ -121,8 +122,12 @@ def _model_source(model: str) -> Source:
     from .detect import demo_geometry, detect_model
 
     found = detect_model(model)
+    if found.kind == "single":  # the config its family and conv_in imply (header only)
+        from .single_file import read_unet_config
+
+        return Source(read_unet_config(found.path), str(model))
     if found.unet_config is None or not found.unet_config.is_file():
-        what = "a single-file checkpoint" if found.kind == "single" else "not a local folder"
+        what = "not a local folder"
         raise CliError(
             f"--model {_short(model)!r} is {what}: diagram and summary read only a UNet config; "
             "give a diffusers folder, a unet folder or --config path/to/config.json"

@@ -12,11 +12,16 @@ token ignores and lights the ones it attends to.
 - :func:`colorize` maps an array to RGB with an explicit ``vmin`` / ``vmax`` (the shared scale
   that makes tokens comparable).
 - :func:`colorscale` gives the same map as a plotly colour scale (no plotly import here).
-- :func:`colorbar_array` / :func:`colorbar_image` draw the colour bar (the latter with PIL).
+- :func:`colorbar_array` / :func:`colorbar_image` draw the colour bar (the latter with PIL);
+  :func:`captioned` puts a picture, its title, caption lines and colour bar on one image.
+- :func:`lut` is the lookup table of any plotly colour scale (this map's by default).
+- :func:`minmax` scales a map to [0, 1] by its own range (numpy or torch alike).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -78,6 +83,22 @@ def unit(a: Any, vmin: float | None = None, vmax: float | None = None) -> np.nda
     return np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
 
 
+def minmax(x: Any, dims: tuple[int, ...] | None = None) -> Any:
+    """``x`` scaled to [0, 1] by its min and max over ``dims`` (all by default); a flat map
+    (max == min) gives zeros. A numpy array (NaN ignored in the range) or a torch tensor (no
+    torch import here: the array's own methods)."""
+    if isinstance(x, np.ndarray):
+        lo = np.nanmin(x, axis=dims, keepdims=True)
+        span = np.nanmax(x, axis=dims, keepdims=True) - lo
+        return (x - lo) / np.where(span > 0, span, 1)
+    if dims is None:
+        lo, hi = x.min(), x.max()
+    else:
+        lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    span = hi - lo
+    return (x - lo) / span.masked_fill(span <= 0, 1)
+
+
 def colorize(a: Any, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """``a`` (any shape) as uint8 RGB (shape + (3,)) through :data:`LUT` on the scale
     ``vmin``..``vmax`` (default: the array's own range)."""
@@ -93,6 +114,29 @@ def colorscale(stops: int = 32) -> list[list[Any]]:
         r, g, b = (int(v) for v in LUT[round(k * 255 / (stops - 1))])
         out.append([k / (stops - 1), f"rgb({r},{g},{b})"])
     return out
+
+
+def lut(colorscale: Any = None) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a plotly colour scale (a name, or ``[position, colour]``
+    pairs); :data:`LUT` for none or this map's name. plotly is imported only for another scale."""
+    if not colorscale or (isinstance(colorscale, str) and colorscale.lower() == NAME):
+        return LUT
+    if isinstance(colorscale, str):
+        return _named_lut(colorscale)
+    from plotly.colors import convert_colors_to_same_type, sample_colorscale, unlabel_rgb
+
+    scale = [[float(p), convert_colors_to_same_type(c, "rgb")[0][0]] for p, c in colorscale]
+    sampled = sample_colorscale(scale, [i / 255 for i in range(256)], colortype="rgb")
+    return np.array([[round(v) for v in unlabel_rgb(c)] for c in sampled], dtype=np.uint8)
+
+
+@lru_cache(maxsize=16)
+def _named_lut(name: str) -> np.ndarray:
+    from plotly.colors import get_colorscale
+
+    table = lut(get_colorscale(name))
+    table.setflags(write=False)
+    return table
 
 
 def colorbar_array(length: int = 256, thickness: int = 16, vertical: bool = False) -> np.ndarray:
@@ -148,3 +192,40 @@ def font(size: int) -> Any:
         except OSError:
             continue
     return ImageFont.load_default(size)
+
+
+def captioned(
+    picture: Any,
+    title: str,
+    lines: Sequence[str] = (),
+    scale: tuple[float, float] | None = None,
+    scale_label: str = "",
+) -> Any:
+    """``picture`` (PIL) with ``title`` above (none if empty) and caption ``lines`` plus a
+    colour bar of ``scale`` below, on white: a heatmap PNG that says what it shows."""
+    from PIL import Image, ImageDraw
+
+    width = max(picture.width + 8, 256)
+    bar = colorbar_image(*scale, width=width, label=scale_label) if scale else None
+    title_h, line_h = (22 if title else 4), 15
+    height = title_h + picture.height + 6 + line_h * len(lines) + (bar.height if bar else 0)
+    out = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text(
+            (width // 2, 4), _fit(title, width, 14), fill=(0, 0, 0), font=font(14), anchor="ma"
+        )
+    out.paste(picture, ((width - picture.width) // 2, title_h))
+    y = title_h + picture.height + 4
+    for line in lines:
+        draw.text((4, y), _fit(line, width, 11), fill=(40, 40, 40), font=font(11))
+        y += line_h
+    if bar is not None:
+        out.paste(bar, (0, y))
+    return out
+
+
+def _fit(text: str, width: int, size: int) -> str:
+    """``text`` cut with an ellipsis to about ``width`` px at font ``size``."""
+    limit = max(8, int(width / (size * 0.58)))
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

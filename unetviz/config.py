@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnetvizError
+from .files import ModelPathError, read_bytes
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -493,8 +494,6 @@ def read_json(path: str | Path, what: str = "config", limit: int = MAX_CONFIG_BY
     """A JSON object from a regular file of at most ``limit`` bytes; ConfigError otherwise
     (FIFOs and devices refused before reading, nesting too deep, not an object). Errors name
     the file, never echo its content."""
-    from .detect import ModelPathError, read_bytes
-
     path = Path(path)
     try:
         raw = read_bytes(path, limit, what)
@@ -515,10 +514,37 @@ def read_json(path: str | Path, what: str = "config", limit: int = MAX_CONFIG_BY
     return data
 
 
-# ---------------------------------------------------------------------------------- demo parts
-#: Bounds of the demo-format parts (text_encoder/config.json, tokenizer/vocab.json,
-#: scheduler/scheduler_config.json); the shipped model: vocab 18, 16 tokens, width 64, 2 layers.
-DEMO_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
+# ---------------------------------------------------------------------------------- other parts
+#: Bounds of a VAE's config.json (diffusers' AutoencoderKL keys; SD's VAE: 128..512 channels,
+#: 2 layers, 4 latent channels), checked before unetviz's or diffusers' autoencoder is built.
+VAE_SCHEMA: dict[str, tuple[str, float, float]] = {
+    "block_out_channels": (_INT, 1, 4096),
+    "layers_per_block": (_INT, 1, 8),
+    "latent_channels": (_INT, 1, 64),
+    "in_channels": (_INT, 1, 16),
+    "out_channels": (_INT, 1, 16),
+    "norm_num_groups": (_INT, 1, 4096),
+    "sample_size": (_INT, 1, 16384),
+    "scaling_factor": (_NUM, 1e-6, 1e6),
+    "shift_factor": (_NUM, -1e6, 1e6),
+    "down_block_types": (_STR, 0, 0),
+    "up_block_types": (_STR, 0, 0),
+}
+#: Bounds of a CLIP text encoder's config.json (transformers' CLIPTextConfig keys; SD 1.x:
+#: width 768, 12 layers; SDXL's second: 1280, 32 layers).
+CLIP_SCHEMA: dict[str, tuple[str, float, float]] = {
+    "hidden_size": (_INT, 1, 8192),
+    "intermediate_size": (_INT, 1, 32768),
+    "num_hidden_layers": (_INT, 1, 64),
+    "num_attention_heads": (_INT, 1, 128),
+    "vocab_size": (_INT, 1, 1_000_000),
+    "max_position_embeddings": (_INT, 1, 4096),
+    "projection_dim": (_INT, 1, 8192),
+}
+#: Bounds of every model part's config other than the UNet's, by part: the demo format's own
+#: text encoder, tokenizer (vocab.json) and scheduler (the shipped model: vocab 18, 16 tokens,
+#: width 64, 2 layers), and any model's ``vae`` and ``clip`` text encoder.
+PART_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
     "text_encoder": {
         "vocab_size": (_INT, 1, 100_000),
         "max_length": (_INT, 3, 1024),
@@ -531,36 +557,19 @@ DEMO_SCHEMAS: dict[str, dict[str, tuple[str, float, float]]] = {
     },
     "tokenizer": {"max_length": (_INT, 3, 1024)},
     "scheduler": {"num_train_timesteps": (_INT, 2, 100_000)},
-    # real SD parts, checked before diffusers / transformers build anything from them
-    "vae": {
-        "block_out_channels": (_INT, 1, 4096),
-        "layers_per_block": (_INT, 1, 8),
-        "latent_channels": (_INT, 1, 64),
-        "in_channels": (_INT, 1, 16),
-        "out_channels": (_INT, 1, 16),
-        "norm_num_groups": (_INT, 1, 4096),
-        "sample_size": (_INT, 1, 16384),
-    },
-    "clip": {
-        "hidden_size": (_INT, 1, 8192),
-        "intermediate_size": (_INT, 1, 32768),
-        "num_hidden_layers": (_INT, 1, 64),
-        "num_attention_heads": (_INT, 1, 128),
-        "vocab_size": (_INT, 1, 1_000_000),
-        "max_position_embeddings": (_INT, 1, 4096),
-        "projection_dim": (_INT, 1, 8192),
-    },
+    "vae": VAE_SCHEMA,
+    "clip": CLIP_SCHEMA,
 }
 MAX_DEMO_TEXT_PARAMS = 50_000_000  # 200 MB in float32
 
 
 def check_part_config(part: str, data: Any) -> dict[str, Any]:
-    """Types and bounds of a model part's config (``DEMO_SCHEMAS[part]``: ``vae``, ``clip``,
+    """Types and bounds of a model part's config (``PART_SCHEMAS[part]``: ``vae``, ``clip``,
     ``scheduler`` and the demo parts); list values (``block_out_channels``) are checked item by
     item, at most 16 items. Returns ``data``; ConfigError naming the key otherwise."""
     if not isinstance(data, dict):
         raise ConfigError(f"{part} config must be a JSON object, found {type(data).__name__}")
-    for key, (kind, low, high) in DEMO_SCHEMAS[part].items():
+    for key, (kind, low, high) in PART_SCHEMAS[part].items():
         value = data.get(key)
         if key not in data or (value is None and part in ("vae", "clip")):
             continue

@@ -22,25 +22,20 @@ are missing paths, FIFOs, devices and symlink loops.
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UnetvizError
+from .config import check_demo_config, check_part_config, read_json
+from .files import ModelPathError, os_message  # ModelPathError: imported from here too
 
 #: The shipped demo model (a diffusers-style folder). The one place this path is written.
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"  # package data (assets/demo links here)
 DEMO = "demo"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ModelPathError(UnetvizError):
-    """A model path that does not exist, cannot be read, or is not a model unetviz opens."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +68,6 @@ def demo_geometry(folder: Path) -> tuple[int, int]:
     configs (no torch): the VAE's downsampling factor, 2 ** (len(block_out_channels) - 1), or
     1 for the pixel model (no ``vae/``); and the text encoder's ``max_length`` (default 16).
     ConfigError for a config out of bounds."""
-    from .config import check_demo_config, check_part_config, read_json
-
     factor = 1
     vae = folder / "vae" / "config.json"
     if vae.is_file():
@@ -88,8 +81,6 @@ def demo_words(folder: Path) -> list[str]:
     """The words a demo-format folder's tokenizer knows (its vocabulary without the ``<...>``
     special tokens), read under the same bounds as ``WordTokenizer.load`` and without torch.
     ConfigError for a file out of bounds or a vocabulary that is not a list of words."""
-    from .config import check_demo_config, read_json
-
     path = folder / "tokenizer" / "vocab.json"
     vocab = check_demo_config("tokenizer", read_json(path, "tokenizer"))["vocab"]
     return [w for w in vocab if not w.startswith("<")]
@@ -111,7 +102,7 @@ def detect_model(path: str | Path) -> ModelKind:
     except RuntimeError:  # pathlib reports symlink loops this way on 3.11
         raise ModelPathError(f"{str(given)!r} is a symlink loop") from None
     except OSError as exc:
-        raise ModelPathError(_os_message(given, exc)) from None
+        raise ModelPathError(os_message(given, exc)) from None
     if stat.S_ISREG(st.st_mode):
         return _detect_file(resolved)
     if not stat.S_ISDIR(st.st_mode):
@@ -155,14 +146,6 @@ def _detect_folder(path: Path) -> ModelKind:
     )
 
 
-def _os_message(path: Path, exc: OSError) -> str:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"{str(path)!r}: permission denied"
-    if exc.errno == errno.ELOOP:
-        return f"{str(path)!r} is a symlink loop"
-    return f"cannot read {str(path)!r}: {exc.strerror or exc}"
-
-
 # ---------------------------------------------------------------------------------- confinement
 def inside(root: str | Path, path: str | Path, what: str = "file") -> Path:
     """``path`` (relative to ``root`` or absolute) resolved, if it stays inside ``root``
@@ -190,32 +173,6 @@ def confined_folder(root: str | Path, name: str | Path) -> Path:
         for entry in folder.iterdir():
             inside(root, entry, f"file in {name}/")
     return folder
-
-
-def read_bytes(path: str | Path, limit: int, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes: FIFOs, devices and
-    ``/dev/zero`` are refused before any read; errors say permission denied / not found /
-    too large, never the content."""
-    path = Path(path)
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ModelPathError(
-                f"{what} {str(path)!r} is not a regular file (a FIFO, socket, device or folder)"
-            )
-        if st.st_size > limit:
-            raise ModelPathError(
-                f"{what} {str(path)!r} is {st.st_size:,} bytes: more than the {limit:,} allowed"
-            )
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-    except FileNotFoundError:
-        raise ModelPathError(f"{what} not found: {str(path)!r}") from None
-    except OSError as exc:
-        raise ModelPathError(f"{what}: {_os_message(path, exc)}") from None
-    if len(data) > limit:
-        raise ModelPathError(f"{what} {str(path)!r} grew past the {limit:,} bytes allowed")
-    return data
 
 
 # ---------------------------------------------------------------------------------- pickles

@@ -274,3 +274,89 @@ def diffusers_name(key: str, config: Any) -> str:
 def a1111_label(name: str, config: Any) -> str | None:
     """A1111 block label (IN04 / M00 / OUT05) of a diffusers name, or ``None``."""
     return unet_names(config).a1111(name)
+
+
+# ---------------------------------------------------------------------------- stages
+#: The UNet's three stages in forward order: diffusers' container -> location name.
+STAGES = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
+#: The location names, in forward order.
+LOCATIONS = tuple(STAGES.values())
+#: Top-level modules that run before the down blocks and after the up blocks.
+_BEFORE = ("time_proj", "time_embedding", "class_embedding", "add_time_proj", "add_embedding")
+_AFTER = ("conv_norm_out", "conv_act", "conv_out")
+
+
+def block_of(name: str) -> str:
+    """``up_blocks.1.attentions.0...`` -> ``up_blocks.1``; ``mid_block...`` -> ``mid_block``;
+    anything else -> its top-level name."""
+    parts = name.split(".")
+    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def _digits(part: str) -> bool:
+    """ASCII digits only: a name from a file may hold "²", which ``str.isdigit`` accepts and
+    ``int`` refuses."""
+    return part.isascii() and part.isdigit()
+
+
+def is_block(name: str) -> bool:
+    """Whether ``name`` is one block of a stage: ``down_blocks.1``, ``mid_block``, ``up_blocks.0``."""
+    parts = name.split(".")
+    if name == "mid_block":
+        return True
+    return len(parts) == 2 and parts[0] in ("down_blocks", "up_blocks") and _digits(parts[1])
+
+
+def location_of(name: str) -> str:
+    """``down`` / ``mid`` / ``up`` for a name in a stage, else its top-level name."""
+    head = name.split(".")[0]
+    return STAGES.get(head, head)
+
+
+def forward_rank(name: str) -> int:
+    """Where a module or location name runs: 0 the time embeddings and ``conv_in``, 1 down,
+    2 mid, 3 up (``down`` / ``mid`` / ``up`` too), 4 the output convolution, 5 anything else
+    (``""``, the root, is -1)."""
+    if not name:
+        return -1
+    head = name.split(".")[0]
+    if head in STAGES or head in LOCATIONS:
+        return 1 + (list(STAGES).index(head) if head in STAGES else LOCATIONS.index(head))
+    if head in _BEFORE or head.startswith("encoder_hid") or head == "conv_in":
+        return 0
+    return 4 if head in _AFTER else 5
+
+
+def forward_key(name: str) -> tuple[int, list[int]]:
+    """Sort key of UNet module names in forward order: stage (:func:`forward_rank`), then the
+    numbers in the name (``down_blocks.1.attentions.0`` -> ``[1, 0]``)."""
+    return forward_rank(name), [int(p) for p in name.split(".") if _digits(p)]
+
+
+def layer_order(names: list[str]) -> list[str]:
+    """``names`` (layers of one kind, blocks or locations) in the UNet's forward order: down,
+    mid, up; names of no stage after them. Ties keep their order."""
+    return sorted(names, key=forward_key)
+
+
+def short_layer(name: str) -> str:
+    """``up_blocks.1.attentions.2.transformer_blocks.0.attn2`` -> ``up1.a2.t0`` (a label for
+    the rows of a dense table)."""
+    p = name.split(".")
+    out = []
+    i = 0
+    while i < len(p):
+        if p[i] in ("down_blocks", "up_blocks") and i + 1 < len(p):
+            out.append(STAGES[p[i]] + p[i + 1])
+            i += 2
+        elif p[i] == "mid_block":
+            out.append(STAGES[p[i]])
+            i += 1
+        elif p[i] in ("attentions", "transformer_blocks") and i + 1 < len(p):
+            out.append(p[i][0] + p[i + 1])
+            i += 2
+        else:
+            i += 1
+    return ".".join(out) if out else name

@@ -187,12 +187,12 @@ def _read_tensors(
             fh = handles.get(e.file) or handles.setdefault(e.file, open(e.file, "rb"))  # noqa: SIM115
             nbytes = e.end - e.start
             if src == target:
-                tensor = torch.empty(e.shape, dtype=src)
+                tensor = torch.empty(e.shape, dtype=src, device="cpu")  # read, then moved
                 buf = tensor.reshape(-1).view(torch.uint8)
             else:
                 if scratch is None:  # one buffer, as large as the largest tensor to cast
                     size = max(x.end - x.start for x in entries if FLOAT_DTYPES[x.dtype] != target)
-                    scratch = torch.empty(size, dtype=torch.uint8)
+                    scratch = torch.empty(size, dtype=torch.uint8, device="cpu")
                 buf = scratch[:nbytes]
             fh.seek(e.start)
             if nbytes and fh.readinto(buf.numpy()) != nbytes:

@@ -168,6 +168,7 @@ def launch_kwargs() -> dict[str, Any]:
     limits (upload size, live gradio sessions) and no run history in the browser."""
     import gradio as gr
 
+    from .i18n import i18n
     from .ui import CSS
     from .views import MAX_UPLOAD_MB
 
@@ -192,6 +193,7 @@ def launch_kwargs() -> dict[str, Any]:
         "max_file_size": f"{MAX_UPLOAD_MB}mb",
         "state_session_capacity": DEFAULT_MAX_SESSIONS,
         "allowed_paths": [],
+        "i18n": i18n(),  # English and Simplified Chinese (app/i18n.py)
     }
 
 

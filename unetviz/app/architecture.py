@@ -18,14 +18,15 @@ import gradio as gr
 from . import views
 from .common import QUIET, HandlerBase, InputError, TabContext, diagram_panel, handler, parse_int
 from .common import message_slot as _msg
+from .i18n import L
 from .registry import DEMO, PRESETS, architecture_state, describe_roots, size_multiple
 
 MODEL_CHOICES = [
-    ("demo model (shipped, runs offline)", DEMO),
-    ("SD 1.5 preset (meta: shapes only)", "sd15"),
-    ("SD 2.1 preset (meta)", "sd21"),
-    ("SDXL preset (meta)", "sdxl"),
-    ("local folder (inside the model roots)", "folder"),
+    (L("demo model (shipped, runs offline)"), DEMO),
+    (L("SD 1.5 preset (meta: shapes only)"), "sd15"),
+    (L("SD 2.1 preset (meta)"), "sd21"),
+    (L("SDXL preset (meta)"), "sdxl"),
+    (L("local folder (inside the model roots)"), "folder"),
 ]
 #: what a drawing reads
 ARCH_IN = ("arch_model", "arch_folder", "arch_h", "arch_w", "arch_batch", "arch_detail")
@@ -248,30 +249,30 @@ def _controls(ctx: TabContext) -> None:
     c = ctx.c
     with gr.Row(equal_height=True):
         c["arch_model"] = gr.Dropdown(
-            MODEL_CHOICES, value=DEMO, label="Model", elem_id="arch_model", scale=3
+            MODEL_CHOICES, value=DEMO, label=L("Model"), elem_id="arch_model", scale=3
         )
         c["arch_folder"] = gr.Textbox(
-            label="Local model folder",
-            placeholder="a diffusers folder inside the model roots",
-            info=f"allowed roots: {describe_roots(ctx.registry.roots)}",
+            label=L("Local model folder"),
+            placeholder=L("a diffusers folder inside the model roots"),
+            info=L("allowed roots: {roots}", roots=describe_roots(ctx.registry.roots)),
             visible=False,
             elem_id="arch_folder",
             scale=3,
         )
         side = demo_side(ctx.registry)
         c["arch_h"] = gr.Number(
-            side, label="height (px)", precision=0, elem_id="arch_h", min_width=90
+            side, label=L("height (px)"), precision=0, elem_id="arch_h", min_width=90
         )
         c["arch_w"] = gr.Number(
-            side, label="width (px)", precision=0, elem_id="arch_w", min_width=90
+            side, label=L("width (px)"), precision=0, elem_id="arch_w", min_width=90
         )
         c["arch_batch"] = gr.Number(
-            2, label="UNet batch (2 = CFG)", precision=0, elem_id="arch_batch", min_width=90
+            2, label=L("UNet batch (2 = CFG)"), precision=0, elem_id="arch_batch", min_width=90
         )
         c["arch_detail"] = gr.Radio(
-            list(views.DETAILS), value="blocks", label="Detail", elem_id="arch_detail", scale=3
+            list(views.DETAILS), value="blocks", label=L("Detail"), elem_id="arch_detail", scale=3
         )
-        c["arch_draw"] = gr.Button("Draw", variant="primary", elem_id="arch_draw", scale=1)
+        c["arch_draw"] = gr.Button(L("Draw"), variant="primary", elem_id="arch_draw", scale=1)
 
 
 def demo_side(registry: Any) -> int:
@@ -295,8 +296,10 @@ def build(ctx: TabContext) -> None:
             c["arch_msg"] = _msg("arch_msg")
             c["arch_status"] = gr.Markdown(status0, elem_id="arch_status")
             gr.Markdown(
-                "Wheel: zoom · drag: pan · **Fit**: the whole diagram · click a block: its row "
-                "and parts below"
+                L(
+                    "Wheel: zoom · drag: pan · **Fit**: the whole diagram · click a block: its "
+                    "row and parts below"
+                )
             )
         for k in ("svg", "png", "dot", "json"):
             c[f"dl_{k}"] = gr.DownloadButton(
@@ -305,8 +308,8 @@ def build(ctx: TabContext) -> None:
     c["diagram"] = diagram_panel("diagram", panel0)
     with gr.Row():
         c["block_search"] = gr.Textbox(
-            label="Find a module",
-            placeholder="diffusers name, LDM key or A1111 label (e.g. IN04, input_blocks.4)",
+            label=L("Find a module"),
+            placeholder=L("diffusers name, LDM key or A1111 label (e.g. IN04, input_blocks.4)"),
             elem_id="block_search",
             scale=3,
         )
@@ -318,7 +321,7 @@ def build(ctx: TabContext) -> None:
         interactive=False,
         wrap=True,
         max_height=420,
-        label="Blocks (click a row: its node is highlighted in the diagram, its parts below)",
+        label=L("Blocks (click a row: its node is highlighted in the diagram, its parts below)"),
         elem_id="block_table",
     )
     c["block_picked"] = gr.Markdown(elem_id="block_picked")
@@ -328,7 +331,7 @@ def build(ctx: TabContext) -> None:
         interactive=False,
         wrap=True,
         column_widths=["18%", "14%", "30%", "30%", "8%"],
-        label="Parts and shapes (click a block above)",
+        label=L("Parts and shapes (click a block above)"),
         elem_id="block_parts",
     )
     draw_kw = {"concurrency_id": "arch", "concurrency_limit": 2}

@@ -40,6 +40,7 @@ from .common import (
     text_md,
 )
 from .common import message_slot as _msg
+from .i18n import L
 from .registry import DEMO
 from .sessions import Session
 
@@ -224,7 +225,8 @@ class AttentionHandlers(HandlerBase):
         s = check_seed(form.get("seed", 0), error=InputError)
         c = controls(form)
         model = (form.get("run_model") or DEMO).strip() or DEMO
-        progress = progress or (lambda *a, **k: None)
+        if progress is None:  # (not `or`: a gr.Progress is falsy until it tracks something)
+            progress = lambda *a, **k: None  # noqa: E731
         key = session_key(request)
         stop = threading.Event()
         with self._running_lock:
@@ -234,8 +236,13 @@ class AttentionHandlers(HandlerBase):
             pipe = self.registry.pipeline(model)
             # DAAM's per-head sums for every model, so the DAAM preset works before or after
             # Run (SD 1.5: +63 MiB a run; the session store's byte budget bounds the total);
-            # the demo's tiny maps are also kept per head for the heads control
-            extra = {"daam": True, "per_head": getattr(pipe, "name", "") == DEMO}
+            # the demo's tiny maps are also kept per head for the heads control; the feature
+            # pictures of every block and layer for the Walkthrough tab (8 bytes/pixel/step)
+            extra = {
+                "daam": True,
+                "per_head": getattr(pipe, "name", "") == DEMO,
+                "features": "layers",
+            }
             t0 = time.perf_counter()
 
             def on_step(i: int, total: int) -> None:
@@ -403,7 +410,7 @@ def trace_inputs(meta: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- layout
 def _prompt_column(ctx: TabContext) -> None:
     c = ctx.c
-    c["prompt"] = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=1, elem_id="prompt")
+    c["prompt"] = gr.Textbox(DEFAULT_PROMPT, label=L("Prompt"), lines=1, elem_id="prompt")
     words = ctx.registry.demo_words()
     with gr.Row(elem_id="examples"):
         for i, ex in enumerate(views.demo_examples(words)):
@@ -417,35 +424,45 @@ def _prompt_column(ctx: TabContext) -> None:
         elem_id="demo_help",
     )
     with gr.Row():
-        c["negative"] = gr.Textbox("", label="Negative prompt", elem_id="negative", scale=2)
+        c["negative"] = gr.Textbox("", label=L("Negative prompt"), elem_id="negative", scale=2)
         c["seed"] = gr.Textbox(
-            "0", label="Seed", info=f"a whole number 0..{MAX_SEED}", elem_id="seed", scale=2
+            "0",
+            label=L("Seed"),
+            info=L("a whole number 0..{max}", max=MAX_SEED),
+            elem_id="seed",
+            scale=2,
         )
         c["steps"] = gr.Number(
-            25, label="Steps", precision=0, info=f"1..{APP_MAX_STEPS}", elem_id="steps", scale=1
+            25, label=L("Steps"), precision=0, info=f"1..{APP_MAX_STEPS}", elem_id="steps", scale=1
         )
         c["guidance"] = gr.Slider(
-            *GUIDANCE_SLIDER, value=4.0, step=0.5, label="Guidance", elem_id="guidance"
+            *GUIDANCE_SLIDER, value=4.0, step=0.5, label=L("Guidance"), elem_id="guidance"
         )
     with gr.Row(equal_height=True):
         c["run_model"] = gr.Textbox(
             DEMO,
-            label="Model",
-            info="'demo' or a diffusers folder inside the model roots",
+            label=L("Model"),
+            info=L("'demo' or a diffusers folder inside the model roots"),
             scale=2,
             elem_id="run_model",
         )
-        c["run"] = gr.Button("Run", variant="primary", scale=1, elem_id="run")
-        c["cancel"] = gr.Button("Cancel", variant="stop", scale=0, min_width=90, elem_id="cancel")
+        c["run"] = gr.Button(L("Run"), variant="primary", scale=1, elem_id="run")
+        c["cancel"] = gr.Button(
+            L("Cancel"), variant="stop", scale=0, min_width=90, elem_id="cancel"
+        )
         c["run_msg"] = _msg("run_msg")
     c["status"] = gr.Markdown(
-        "Nothing generated yet: press **Run** (or pick an example first), or upload a trace "
-        "bundle below.",
+        L(
+            "Nothing generated yet: press **Run** (or pick an example first), or upload a "
+            "trace bundle below."
+        ),
         elem_id="status",
     )
-    with gr.Accordion("Explore a saved trace bundle (no model needed)", open=False):
+    with gr.Accordion(L("Explore a saved trace bundle (no model needed)"), open=False):
         c["upload"] = gr.File(
-            label=f"trace bundle (.zip written by unetviz, up to {views.MAX_UPLOAD_MB} MB)",
+            label=L(
+                "trace bundle (.zip written by unetviz, up to {mb} MB)", mb=views.MAX_UPLOAD_MB
+            ),
             file_types=[".zip"],
             type="filepath",
             elem_id="upload",
@@ -454,7 +471,7 @@ def _prompt_column(ctx: TabContext) -> None:
 
 def _control_column(ctx: TabContext) -> None:
     c = ctx.c
-    c["token_pick"] = gr.CheckboxGroup([], label="Tokens to map", elem_id="token_pick")
+    c["token_pick"] = gr.CheckboxGroup([], label=L("Tokens to map"), elem_id="token_pick")
     c["step_range"] = gr.HTML(
         {"lo": 0, "hi": 24, "max": 24},
         html_template=static_text("range.html").strip(),
@@ -464,32 +481,32 @@ def _control_column(ctx: TabContext) -> None:
     c["preset"] = gr.Radio(
         [("custom", "custom"), ("DAAM", "daam"), ("P2P", "p2p")],
         value="custom",
-        label="Aggregation preset",
+        label=L("Aggregation preset"),
         elem_id="preset",
     )
     c["preset_note"] = gr.Markdown(elem_id="preset_note")
     c["locations"] = gr.CheckboxGroup(
-        list(views.LOCATIONS), value=list(views.LOCATIONS), label="Layers", elem_id="locations"
+        list(views.LOCATIONS), value=list(views.LOCATIONS), label=L("Layers"), elem_id="locations"
     )
-    c["res_pick"] = gr.CheckboxGroup([], label="Resolutions", elem_id="resolutions")
-    c["heads"] = gr.CheckboxGroup([], label="Heads (none ticked: mean)", elem_id="heads")
+    c["res_pick"] = gr.CheckboxGroup([], label=L("Resolutions"), elem_id="resolutions")
+    c["heads"] = gr.CheckboxGroup([], label=L("Heads (none ticked: mean)"), elem_id="heads")
     c["normalize"] = gr.Radio(
-        list(views.NORMALIZE), value="minmax", label="Normalisation", elem_id="normalize",
-        info="minmax: each tile stretched to its own 0..1 (shapes, not strengths); "
-        "none: raw probabilities, comparable across tiles",
+        list(views.NORMALIZE), value="minmax", label=L("Normalisation"), elem_id="normalize",
+        info=L("minmax: each tile stretched to its own 0..1 (shapes, not strengths); "
+               "none: raw probabilities, comparable across tiles"),
     )  # fmt: skip
     c["scale"] = gr.Radio(
         list(views.SCALES),
         value="shared",
-        label="Colour scale",
-        info="shared: one colour scale for all tiles",
+        label=L("Colour scale"),
+        info=L("shared: one colour scale for all tiles"),
         elem_id="scale",
     )
     with gr.Row():
         c["threshold"] = gr.Slider(
-            0, 1, value=0.0, step=0.05, label="Outline at (0 = off)", elem_id="threshold"
+            0, 1, value=0.0, step=0.05, label=L("Outline at (0 = off)"), elem_id="threshold"
         )
-        c["opacity"] = gr.Slider(0, 1, value=0.6, step=0.05, label="Opacity", elem_id="opacity")
+        c["opacity"] = gr.Slider(0, 1, value=0.6, step=0.05, label=L("Opacity"), elem_id="opacity")
     c["ctrl_msg"] = _msg("ctrl_msg")
 
 
@@ -501,7 +518,7 @@ def build(ctx: TabContext) -> None:
             _prompt_column(ctx)
         with gr.Column(scale=1, min_width=260):
             c["image"] = gr.Image(
-                label="Generated image",
+                label=L("Generated image"),
                 type="pil",
                 format="png",
                 interactive=False,
@@ -510,7 +527,7 @@ def build(ctx: TabContext) -> None:
                 elem_id="image",
             )
             c["tokens_view"] = gr.HighlightedText(
-                label="Tokens",
+                label=L("Tokens"),
                 color_map={"word": "#fdae6b", "special": "#d9d9d9"},
                 elem_id="tokens",
             )
@@ -520,7 +537,7 @@ def build(ctx: TabContext) -> None:
         with gr.Column(scale=3):
             c["tiles"] = gr.HTML(
                 TILES_EMPTY,
-                label="Per-token cross-attention heatmaps (over a grey copy of the image)",
+                label=L("Per-token cross-attention heatmaps (over a grey copy of the image)"),
                 show_label=True,
                 container=True,
                 js_on_load=static_text("tiles.js"),
@@ -528,11 +545,11 @@ def build(ctx: TabContext) -> None:
             )
             c["colorbar"] = gr.HTML("", elem_id="colorbar_box")
             with gr.Row():
-                c["dl_zip"] = gr.DownloadButton("Heatmaps (PNG zip)", elem_id="dl_heatmaps")
-                c["dl_trace"] = gr.DownloadButton("Trace bundle", elem_id="dl_trace")
-                c["dl_report"] = gr.DownloadButton("Report (HTML)", elem_id="dl_report")
+                c["dl_zip"] = gr.DownloadButton(L("Heatmaps (PNG zip)"), elem_id="dl_heatmaps")
+                c["dl_trace"] = gr.DownloadButton(L("Trace bundle"), elem_id="dl_trace")
+                c["dl_report"] = gr.DownloadButton(L("Report (HTML)"), elem_id="dl_report")
             c["layer_plot"] = gr.Plot(
-                label="Every layer's own map (rows: layers in UNet order, columns: tokens)",
+                label=L("Every layer's own map (rows: layers in UNet order, columns: tokens)"),
                 elem_id="layer_grid",
             )
     ctx.wiring.append(wire)

@@ -257,6 +257,8 @@ class TabContext:
         args = ([c[n] for n in names], [c[n] for n in outs])
         if hasattr(trigger, "then") and not isinstance(trigger, list | tuple):
             return trigger.then(call, *args, **kwargs)
+        if isinstance(getattr(trigger, "__self__", None), gr.Blocks):  # the page's load
+            return trigger(call, *args, **kwargs)
         triggers = trigger if isinstance(trigger, list | tuple) else [trigger]
         return gr.on(list(triggers), call, *args, **kwargs)
 

@@ -1,7 +1,7 @@
 """The "Experiments" tab: re-weight a word, ablate skips / blocks, scale the time embedding, and
 see base and edited images side by side with their difference; or sweep one edit per block,
 layer or skip and see the diagram filled by effect. A new file that plugs into ``ui.TABS`` as
-``("Experiments", build_experiments)``; the work is done by ``unetviz.edits.handlers``.
+``("Experiments", build_experiments)``; the work is done by ``unetviz.app.edit_handlers``.
 
 Model calls hold the registry's lock and share the "model" queue with generation, as every
 model-touching event does; user errors show beside the controls and the app stays up.
@@ -14,16 +14,32 @@ from typing import Any
 import gradio as gr
 
 from unetviz.errors import UnetvizError
+from unetviz.names import is_block, layer_order
 
+from .common import diagram_panel, text_md
+from .views import panel_html
+
+#: the default experiment: prompt-to-prompt's word swap, which keeps the layout and changes
+#: the colour (the demo model draws it so for 10 prompts of 10)
 DEFAULT_PROMPT = "a red circle"
+DEFAULT_SWAP = "a blue circle"
 MODES = ["zero", "mean", "0.5", "2"]
+#: why a colour word re-weighted to 0 need not lose its colour, said in the tab
+WHY_COLOUR_STAYS = (
+    "Why can a colour word's attention set to 0 leave the colour? The text encoder (CLIP, and "
+    "the demo's) mixes each word into the words after it, so “circle” already carries “red”: "
+    "the UNet still reads the colour there. A swap changes the words themselves and keeps the "
+    "source's attention maps, so the layout stays and the colour follows the new prompt."
+)
+#: a sweep may take at most this many denoising steps in all (runs x steps) on a shared server
+APP_MAX_SWEEP_STEPS = 2000
 
 
 #: the "What changed" table: one row per measure; base and edited are filled where the
 #: measure is read from one image, change always (a pixel difference has only a change)
 CHANGED_HEADERS = ["measure", "base", "edited", "change"]
 NOT_APPLICABLE = "—"
-#: readable names of the rows ``unetviz.edits.handlers.run_edited`` gives
+#: readable names of the rows ``unetviz.app.edit_handlers.run_edited`` gives
 MEASURES = {
     "mean abs pixel change": "pixels: mean |edited − base| (0–1)",
     "max abs pixel change": "pixels: largest |edited − base| (0–1)",
@@ -35,7 +51,7 @@ MEASURES = {
 }
 
 
-#: the "Effect per target" table: a sweep row's keys (``unetviz.edits.handlers.run_sweep``)
+#: the "Effect per target" table: a sweep row's keys (``unetviz.app.edit_handlers.run_sweep``)
 #: -> column titles; the demo model's scores follow its pixel change (other models have none)
 SWEEP_COLUMNS = {
     "target": "target",
@@ -125,14 +141,22 @@ def _call(registry: Any, model: str, fn: Any) -> Any:
 
 
 def _steps_call(seed: Any, steps: Any, guidance: Any) -> dict[str, Any]:
+    """The run's seed, steps and guidance, checked as the Attention tab checks them
+    (``unetviz.callargs``: exact seeds, the shared server's step and guidance limits)."""
+    from unetviz.callargs import (
+        APP_MAX_GUIDANCE,
+        APP_MAX_STEPS,
+        check_guidance,
+        check_seed,
+        check_steps,
+    )
     from unetviz.edits.spec import EditError
 
-    try:
-        return {"seed": int(seed), "steps": int(steps), "guidance": float(guidance)}
-    except (TypeError, ValueError):
-        raise EditError(
-            f"seed={seed!r}, steps={steps!r}, guidance={guidance!r}: expected numbers"
-        ) from None
+    return {
+        "seed": check_seed(seed, error=EditError),
+        "steps": check_steps(steps, APP_MAX_STEPS, error=EditError),
+        "guidance": check_guidance(guidance, 0.0, APP_MAX_GUIDANCE, error=EditError),
+    }
 
 
 def edited(
@@ -151,28 +175,47 @@ def edited(
     temb_target: str,
     temb_scale: float,
     progress: Any = None,
+    swap: str = "",
 ) -> tuple[Any, Any, Any, str]:
-    """The "Run edited" event: strip image, word heatmaps (base | edited), table, message."""
-    from unetviz.edits import handlers as eh
+    """The "Run edited" event: strip image, word heatmaps (base | edited), table, message.
+    ``swap``: an edited prompt drawn with the prompt's attention maps (prompt-to-prompt
+    Replace), besides or instead of the other edits."""
+    from unetviz.edits import Replace
+    from unetviz.edits.spec import EditError
 
+    from . import edit_handlers as eh
+
+    swap = (swap or "").strip()
     try:
-        chosen = eh.edits_from_controls(
-            word=(word or "").strip() or None,
-            weight=weight,
-            layers=None if layers in (None, "", "all") else layers,
-            skips=skips or (),
-            blocks=blocks or (),
-            mode=_mode(mode),
-            temb_target=None if temb_target in (None, "", "none") else temb_target,
-            temb_scale=temb_scale,
-        )
         call = _steps_call(seed, steps, guidance)
+        word = (word or "").strip() or None
+        if swap and not word and not skips and not blocks and temb_target in (None, "", "none"):
+            chosen = [Replace(prompt)]
+        else:
+            chosen = ([Replace(prompt)] if swap else []) + eh.edits_from_controls(
+                word=word,
+                weight=weight,
+                layers=None if layers in (None, "", "all") else layers,
+                skips=skips or (),
+                blocks=blocks or (),
+                mode=_mode(mode),
+                temb_target=None if temb_target in (None, "", "none") else temb_target,
+                temb_scale=temb_scale,
+            )
+        if swap == prompt.strip():
+            raise EditError(f"the edited prompt is the prompt ({text_md(swap)}): change a word")
         tick = _ticker(progress, "edited, then base")
-        out = _call(registry, model, lambda p: eh.run_edited(p, prompt, chosen, tick, **call))
+        out = _call(
+            registry,
+            model,
+            lambda p: eh.run_edited(p, prompt, chosen, tick, edited_prompt=swap or None, **call),
+        )
     except UnetvizError as exc:
-        return None, None, None, f"**{exc}**"
+        return None, None, None, f"**{text_md(str(exc), 400)}**"
     table, edits = changed_table(out["rows"])
     note = f"base | edited | difference · {len(chosen)} edit(s): " + "; ".join(edits)
+    if swap:
+        note = f"“{text_md(prompt)}” → “{text_md(swap)}” · " + note
     return out["strip"], out["heatmaps"], table, note
 
 
@@ -191,33 +234,41 @@ def swept(
     progress: Any = None,
 ) -> tuple[Any, Any, str]:
     """The "Sweep" event: diagram HTML filled by effect, table, message."""
-    from unetviz.edits import handlers as eh
+    from unetviz.edits.spec import EditError
+
+    from . import edit_handlers as eh
+
+    def bounded(pipe: Any) -> Any:
+        """The sweep, once its runs x steps are known to fit the shared server's bound."""
+        targets = (
+            len(eh.choices(pipe).get(over, ())) if over in ("blocks", "layers", "skips") else 0
+        )
+        runs = targets + 1
+        if runs * call["steps"] > APP_MAX_SWEEP_STEPS:
+            raise EditError(
+                f"a sweep over {targets} {over} at {call['steps']} steps is {runs} runs x "
+                f"{call['steps']} = {runs * call['steps']} steps: at most {APP_MAX_SWEEP_STEPS} "
+                "on this server (fewer steps, or sweep blocks rather than layers)"
+            )
+        return eh.run_sweep(
+            pipe,
+            prompt,
+            over=over,
+            edit=edit,
+            mode=_mode(mode),
+            word=word,
+            scale=scale,
+            progress=tick,
+            **call,
+        )
 
     try:
         call = _steps_call(seed, steps, guidance)
         tick = _ticker(progress, "sweep")
-        out = _call(
-            registry,
-            model,
-            lambda p: eh.run_sweep(
-                p,
-                prompt,
-                over=over,
-                edit=edit,
-                mode=_mode(mode),
-                word=word,
-                scale=scale,
-                progress=tick,
-                **call,
-            ),  # fmt: skip
-        )
+        out = _call(registry, model, bounded)
     except UnetvizError as exc:  # the last sweep's diagram and table stay
-        return gr.skip(), gr.skip(), f"**{exc}**"
-    html = (
-        "<style>#exp_diagram a, #exp_diagram a:hover { text-decoration: none !important; }"
-        "</style>"
-        f'<div style="overflow:auto;max-width:100%;max-height:70vh">{out["svg"]}</div>'
-    )
+        return gr.skip(), gr.skip(), f"**{text_md(str(exc), 400)}**"
+    html = panel_html(out["svg"], "exp-svg")
     result = out["result"]
     note = f"{len(result.rows)} edited runs + base in {result.seconds:.1f} s"
     return html, sweep_table(out["headers"], out["rows"]), note
@@ -242,12 +293,8 @@ def demo_choices(registry: Any) -> dict[str, list[Any]]:
 
     spec = registry.spec("demo")
     state = architecture_state(spec, spec.default_size, spec.default_size, 2)
-    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     names = [str(b["name"]) for b in state.get("blocks", [])]
-    blocks = [
-        n for n in names if n == "mid_block" or (n.count(".") == 1 and n.split(".")[0] in stage)
-    ]
-    blocks.sort(key=lambda n: (stage[n.split(".")[0]], int(n.split(".")[1]) if "." in n else 0))
+    blocks = layer_order([n for n in names if is_block(n)])
     skips = sorted(state.get("skips", []), key=lambda s: int(s["index"]))
     return {
         "blocks": list(dict.fromkeys(blocks)),
@@ -257,20 +304,36 @@ def demo_choices(registry: Any) -> dict[str, list[Any]]:
 
 def build_experiments(ctx: Any) -> None:
     """Controls and outputs of the tab; events on the shared "model" queue."""
+    from unetviz.callargs import APP_MAX_STEPS, MAX_SEED
+
     registry = ctx.registry
     opts = demo_choices(registry) if registry else {}
     with gr.Row():
-        model = gr.Textbox("demo", label="Model", scale=1)
+        model = gr.Textbox("demo", label="Model", scale=1, elem_id="exp_model")
         prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="exp_prompt")
-        seed = gr.Number(0, label="Seed", precision=0)
-        steps = gr.Number(25, label="Steps", precision=0, elem_id="exp_steps")
-        guidance = gr.Number(4.0, label="Guidance")
+        # text, not a number box: a float box rounds seeds above 2**53
+        seed = gr.Textbox("0", label="Seed", info=f"0..{MAX_SEED}", elem_id="exp_seed")
+        steps = gr.Number(
+            25, label="Steps", precision=0, minimum=1, maximum=APP_MAX_STEPS,
+            info=f"1..{APP_MAX_STEPS}", elem_id="exp_steps",
+        )  # fmt: skip
+        guidance = gr.Slider(
+            1.0, 15.0, value=4.0, step=0.5, label="Guidance", elem_id="exp_guidance"
+        )
     with gr.Row():
         with gr.Column():
+            gr.Markdown(
+                "**Swap a word** (prompt-to-prompt Replace): the edited prompt is drawn with the "
+                "prompt's attention maps, so the layout stays and what the words say changes"
+            )
+            swap = gr.Textbox(
+                DEFAULT_SWAP, label="Edited prompt (empty: no swap)", elem_id="exp_swap"
+            )
             gr.Markdown("**Re-weight a word** (prompt-to-prompt equalizer, conditional half)")
-            word = gr.Textbox("red", label="Word")
+            word = gr.Textbox("", label="Word (empty: none)", elem_id="exp_word")
             weight = gr.Slider(-2, 3, value=0, step=0.1, label="Weight (1: unchanged)")
             layers = gr.Radio(["all", "down", "mid", "up"], value="all", label="Layers")
+            gr.Markdown(WHY_COLOUR_STAYS, elem_id="exp_why")
         with gr.Column():
             gr.Markdown("**Ablate** skips or blocks; **scale the time embedding**")
             skips = gr.CheckboxGroup(opts.get("skips", []), label="Skips")
@@ -280,6 +343,7 @@ def build_experiments(ctx: Any) -> None:
                                       label="Scale temb in")  # fmt: skip
             temb_scale = gr.Slider(0, 3, value=1, step=0.1, label="temb scale")
     run = gr.Button("Run edited", variant="primary", elem_id="exp_run")
+    message = gr.Markdown("", elem_id="exp_msg")
     with gr.Row():
         strip = gr.Image(
             label="base | edited | difference",
@@ -288,7 +352,7 @@ def build_experiments(ctx: Any) -> None:
             buttons=["download"],
         )
         heat = gr.Image(
-            label="the word's attention: base | edited (one scale)",
+            label="the re-weighted word's attention: base | edited (one scale)",
             format="png",
             buttons=["download"],
             elem_id="exp_heat",
@@ -296,7 +360,6 @@ def build_experiments(ctx: Any) -> None:
     table = gr.Dataframe(
         headers=CHANGED_HEADERS, label="What changed", elem_id="exp_table", interactive=False
     )
-    message = gr.Markdown("", elem_id="exp_msg")
     gr.Markdown("---\n**Sweep**: one edit per block, layer or skip; the diagram filled by effect")
     with gr.Row():
         over = gr.Radio(["blocks", "layers", "skips"], value="blocks", label="Over")
@@ -305,17 +368,20 @@ def build_experiments(ctx: Any) -> None:
         sweep_mode = gr.Radio(MODES, value="mean", label="Ablation")
         sweep_scale = gr.Slider(-2, 3, value=0, step=0.1, label="Scale (reweight / temb)")
     go = gr.Button("Sweep", elem_id="exp_sweep")
-    diagram = gr.HTML(elem_id="exp_diagram")
+    sweep_msg = gr.Markdown(
+        f"At most {APP_MAX_SWEEP_STEPS} denoising steps per sweep (runs × steps).",
+        elem_id="exp_sweep_msg",
+    )
+    diagram = diagram_panel("exp_diagram")
     sweep_out = gr.Dataframe(
         headers=sweep_headers(ctx.registry.demo_words()),
         label="Effect per target",
         elem_id="exp_sweep_table",
         interactive=False,
     )
-    sweep_msg = gr.Markdown("", elem_id="exp_sweep_msg")
 
-    def on_run(m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
-        return edited(registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress)
+    def on_run(m, p, s, n, g, sw, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
+        return edited(registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw)
 
     def on_sweep(m, p, s, n, g, ov, ed, w, mo, sc, progress=gr.Progress()):  # noqa: B008
         return swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)
@@ -323,10 +389,12 @@ def build_experiments(ctx: Any) -> None:
     common = [model, prompt, seed, steps, guidance]
     run.click(
         on_run,
-        common + [word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
+        common + [swap, word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
         [strip, heat, table, message],
         concurrency_id="model",
         concurrency_limit=1,
+        api_name="experiment",
+        show_progress_on=[strip],
     )
     go.click(
         on_sweep,
@@ -334,4 +402,6 @@ def build_experiments(ctx: Any) -> None:
         [diagram, sweep_out, sweep_msg],
         concurrency_id="model",
         concurrency_limit=1,
+        api_name="sweep",
+        show_progress_on=[diagram],  # one progress bar, not one per output
     )

@@ -63,6 +63,7 @@ class AppHandlers(ArchitectureHandlers, AttentionHandlers, TembHandlers):
 
         session = self.session(request)
         if session is None or session.shown.get("post_load"):
+            yield {"dl_report": gr.skip()}  # nothing new (a failed or cancelled Run)
             return
         session.shown["post_load"] = True
         try:

@@ -90,29 +90,32 @@ class ModelRegistry:
         """A typed folder (or, with ``allow_file``, a single checkpoint file) -> its resolved
         path, if it lies inside an allowed root.
 
-        Relative paths are taken relative to each root in turn. Raises ModelAccessError naming
-        the path and the roots otherwise."""
+        A relative path is taken from the folder the app was started in (``models/x`` when
+        ``models`` is a root), then from each root in turn. Raises ModelAccessError naming the
+        path and the roots otherwise."""
         raw = (text or "").strip()
         if not raw:
             raise ModelAccessError("empty model folder: type a folder inside the model roots")
         if "\x00" in raw:
             raise ModelAccessError("model folder path contains a NUL byte")
         p = Path(raw).expanduser()
-        candidates = [p] if p.is_absolute() else [root / p for root in self.roots]
+        candidates = [p] if p.is_absolute() else [Path.cwd() / p, *(r / p for r in self.roots)]
         for cand in candidates:
             real = cand.resolve()
             if any(real == root or real.is_relative_to(root) for root in self.roots):
                 if not (real.is_dir() or (allow_file and real.is_file())):
                     continue
                 return real
-        for cand in candidates:
-            real = cand.resolve()
-            if not any(real == root or real.is_relative_to(root) for root in self.roots):
-                raise ModelAccessError(
-                    f"model folder {raw!r} is outside the allowed model roots "
-                    f"{[str(r) for r in self.roots]}; start the app with --model-root "
-                    f"(or set {ROOTS_ENV}) to allow another folder"
-                )
+        if not any(
+            real == root or real.is_relative_to(root)
+            for real in (cand.resolve() for cand in candidates)
+            for root in self.roots
+        ):
+            raise ModelAccessError(
+                f"model folder {raw!r} is outside the allowed model roots "
+                f"{[str(r) for r in self.roots]}; start the app with --model-root "
+                f"(or set {ROOTS_ENV}) to allow another folder"
+            )
         raise ModelAccessError(
             f"model folder {raw!r} does not exist inside the model roots "
             f"{[str(r) for r in self.roots]}"

@@ -11,6 +11,7 @@ from unetviz.errors import UnetvizError
 
 from . import views
 from .common import HandlerBase, TabContext, diagram_panel, handler, log, parse_int
+from .i18n import L
 from .registry import DEMO
 
 #: what the tab's views read
@@ -67,36 +68,38 @@ def build(ctx: TabContext) -> None:
 
     c = ctx.c
     gr.Markdown(
-        "How big is the projected time embedding next to the feature map it is added to, in "
-        "every ResnetBlock2D, along the denoising trajectory? The sinusoidal embedding below "
-        "needs no run; the ratios need a run or an uploaded trace."
+        L(
+            "How big is the projected time embedding next to the feature map it is added to, "
+            "in every ResnetBlock2D, along the denoising trajectory? The sinusoidal embedding "
+            "below needs no run; the ratios need a run or an uploaded trace."
+        )
     )
     with gr.Row():
         c["temb_example"] = gr.Button(
-            f"Run the example prompt ({DEFAULT_PROMPT!r})",
+            L("Run the example prompt ({prompt})", prompt=repr(DEFAULT_PROMPT)),
             variant="primary",
             elem_id="temb_example",
             scale=2,
         )
         c["temb_msg"] = gr.Markdown("", elem_id="temb_msg", elem_classes=["uv-msg"])
-    c["sinus"] = gr.Plot(label="sinusoidal timestep embedding", elem_id="sinusoid")
+    c["sinus"] = gr.Plot(label=L("sinusoidal timestep embedding"), elem_id="sinusoid")
     with gr.Row():
         c["temb_step"] = gr.Slider(
-            0, 24, value=12, step=1, label="Step for the diagram fill", elem_id="temb_step"
+            0, 24, value=12, step=1, label=L("Step for the diagram fill"), elem_id="temb_step"
         )
         c["temb_detail"] = gr.Radio(
-            ["blocks", "layers"], value="blocks", label="Diagram detail", elem_id="temb_detail"
+            ["blocks", "layers"], value="blocks", label=L("Diagram detail"), elem_id="temb_detail"
         )
         c["temb_by"] = gr.Radio(
-            [("per resnet", "layer"), ("per block", "block")],
+            [(L("per resnet"), "layer"), (L("per block"), "block")],
             value="layer",
-            label="Plots",
+            label=L("Plots"),
             elem_id="temb_by",
         )
     c["temb_svg"] = diagram_panel("temb_diagram")
     with gr.Row():
-        c["temb_heat"] = gr.Plot(label="temb ratio heatmap", elem_id="temb_heat")
-        c["temb_lines"] = gr.Plot(label="temb ratio lines", elem_id="temb_lines")
+        c["temb_heat"] = gr.Plot(label=L("temb ratio heatmap"), elem_id="temb_heat")
+        c["temb_lines"] = gr.Plot(label=L("temb ratio lines"), elem_id="temb_lines")
     ctx.wiring.append(wire)
 
 

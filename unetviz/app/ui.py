@@ -20,16 +20,17 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import architecture, attention, temb
+from . import architecture, attention, temb, walkthrough
 from .common import STATIC, TabContext, diagram_panel, static_text
 from .handlers import AppHandlers
+from .i18n import SWITCH_HTML, SWITCH_JS, L
 from .registry import ModelRegistry
 from .sessions import SessionStore
 
 __all__ = ["CSS", "TABS", "TabContext", "build_blocks", "diagram_panel"]
 
 #: the page's style (``static/app.css``; gradio 6 takes it at ``launch``)
-CSS = static_text("app.css")
+CSS = static_text("app.css") + static_text("walkthrough.css")
 DEFAULT_PROMPT = attention.DEFAULT_PROMPT
 
 
@@ -55,6 +56,7 @@ TABS: list[tuple[str, Callable[[TabContext], None]]] = [
     ("Time embedding", temb.build),
     ("Experiments", build_experiments),
     ("Dataset", build_dataset),
+    ("Walkthrough", walkthrough.build),
 ]
 
 
@@ -67,13 +69,17 @@ def build_blocks(
     gr.set_static_paths([STATIC])
     ctx = TabContext(AppHandlers(registry, workdir, sessions), registry)
     with gr.Blocks(title="unetviz", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
+        gr.HTML(SWITCH_HTML, js_on_load=SWITCH_JS, elem_id="uv_lang_switch")
         gr.Markdown(
-            "# unetviz\nSee inside the Stable Diffusion UNet: its architecture, where each "
-            "prompt token attends, and how strongly the timestep speaks in every ResnetBlock2D."
+            L(
+                "# unetviz\nSee inside the Stable Diffusion UNet: its architecture, where each "
+                "prompt token attends, and how strongly the timestep speaks in every "
+                "ResnetBlock2D."
+            )
         )
         with gr.Tabs(elem_id="tabs"):
             for i, (title, build) in enumerate(TABS):
-                with gr.Tab(title, id=f"tab{i}", elem_id=f"tab-{i}"):
+                with gr.Tab(L(title), id=f"tab{i}", elem_id=f"tab-{i}"):
                     build(ctx)
         for wire in ctx.wiring:
             wire(ctx)

@@ -19,7 +19,10 @@ from PIL import Image
 
 from unetviz.capture.options import DETAILS
 from unetviz.errors import UnetvizError
+from unetviz.names import LOCATIONS
 from unetviz.render import heatmaps as rh
+from unetviz.tokens import END_TOKENS, PAD_TOKEN, label_at
+from unetviz.tokens import token_label as label_of
 
 from .sessions import Session
 
@@ -28,7 +31,6 @@ __all__ = ["DETAILS", "Session"]
 NORMALIZE = ("minmax", "max", "sum", "none")
 SCALES = rh.SCALES  # ("shared", "per-token")
 PRESETS = ("custom", "daam", "p2p")
-LOCATIONS = ("down", "mid", "up")
 TILE = 192  # side of one heatmap tile in pixels
 #: zlib level of the PNGs the app makes: level 6 (PIL's default) took 180 ms for ten 192 px
 #: tiles on this machine, level 1 takes 28 ms for 25 % more bytes (bench/app.py)
@@ -226,34 +228,22 @@ def slug(text: str, default: str = "unet") -> str:
     return s or default
 
 
-def legend_html(types: list[str]) -> str:
-    """A small HTML legend of node colours (for views drawn without graphviz's legend)."""
-    from unetviz.render.diagram import color_of
-
-    cells = "".join(
-        f'<span class="uv-swatch" style="background:{color_of(t)}">{html.escape(t)}</span>'
-        for t in types
-    )
-    return f'<div class="uv-legend-html">{cells}</div>'
-
-
 # ---------------------------------------------------------------------------------- tokens
-_EOS = ("<eos>", "<|endoftext|>", "</s>")
 
 
 def token_label(trace: Any, i: int) -> str:
     """Display label of token ``i``."""
-    return trace.tokens[i].replace("</w>", "") if trace.tokens and i < len(trace.tokens) else str(i)
+    return label_at(trace.tokens, i, "{i}")
 
 
 def token_choices(trace: Any) -> list[tuple[str, int]]:
     """(label, index) of every token up to the first end-of-text (or padding) token."""
     out = []
     for i, tok in enumerate(trace.tokens or []):
-        if tok == "<pad>":
+        if tok == PAD_TOKEN:
             break
-        out.append((f"{i}: {tok.replace('</w>', '')}", i))
-        if tok in _EOS:  # CLIP pads with <|endoftext|>: stop after the first one
+        out.append((f"{i}: {label_of(tok)}", i))
+        if tok in END_TOKENS:  # CLIP pads with <|endoftext|>: stop after the first one
             break
     if not out:  # a trace without labels: address by index
         out = [(f"{i}", i) for i in rh.word_tokens(trace)]

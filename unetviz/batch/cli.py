@@ -139,7 +139,9 @@ def _execute(
     except KeyboardInterrupt:
         typer.echo(
             f"interrupted: finished prompts are in {output}/ (tables rebuilt); run the same "
-            "command again to resume",
+            "command again to resume"
+            if output.exists()
+            else "interrupted before any prompt finished: nothing was written",
             err=True,
         )
         raise SystemExit(130) from None

@@ -61,7 +61,8 @@ def _file(folder: Path, rel: str, limit: int) -> Path:
 def read_table(path: Path, max_rows: int, max_bytes: int = MAX_TABLE_INFLATED) -> Any:
     """A Parquet file read within bounds: its footer length, then its metadata (rows, declared
     uncompressed bytes) are checked before any column is decoded; row groups are then read one
-    at a time and their decoded bytes counted. BatchError naming the file and the bound."""
+    at a time and their decoded bytes counted (at most twice ``max_bytes`` in Arrow's layout).
+    BatchError naming the file and the bound."""
     pa, pq = pa_modules()
     name = f"{path.name!r} in {str(path.parent)!r}"
     with open(path, "rb") as fh:
@@ -75,7 +76,15 @@ def read_table(path: Path, max_rows: int, max_bytes: int = MAX_TABLE_INFLATED) -
         raise BatchError(
             f"{name} is not a Parquet file with a footer of at most {MAX_FOOTER_BYTES:,} bytes"
         )
-    f = pq.ParquetFile(path)
+    try:
+        return _read_bounded(pa, pq.ParquetFile(path), name, max_rows, max_bytes)
+    except BatchError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise BatchError(f"{name} is not a readable Parquet file: {exc}") from None
+
+
+def _read_bounded(pa: Any, f: Any, name: str, max_rows: int, max_bytes: int) -> Any:
     meta = f.metadata
     if meta.num_rows > max_rows:
         raise BatchError(
@@ -94,7 +103,7 @@ def read_table(path: Path, max_rows: int, max_bytes: int = MAX_TABLE_INFLATED) -
     for i in range(meta.num_row_groups):
         group = f.read_row_group(i)
         rows, held = rows + group.num_rows, held + group.nbytes
-        if rows > max_rows or held > max_bytes:
+        if rows > max_rows or held > 2 * max_bytes:  # Arrow adds offsets and bitmaps
             raise BatchError(
                 f"{name} holds more than its metadata says ({rows:,} rows, {held:,} bytes "
                 f"read): a viewer reads at most {max_rows:,} rows, {max_bytes:,} bytes"
@@ -177,7 +186,8 @@ class Dataset:
             from unetviz.capture import Trace
             from unetviz.render.plots import token_grid
 
-            trace = Trace.load(_file(self.folder, p["trace"], MAX_TRACE_BYTES))
+            path = _file(self.folder, p["trace"], MAX_TRACE_BYTES)
+            trace = Trace.load(path, max_bytes=MAX_TRACE_BYTES)
             heatmaps = token_grid(trace, image=image, preset="daam")
         df = self.frame[self.frame["row"] == row]
         return Drill(

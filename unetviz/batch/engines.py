@@ -501,7 +501,12 @@ class RayEngine:
             kwargs["address"] = self.address
         what = f"cannot reach a Ray cluster at {self.address!r}"
         try:
-            _in_thread(lambda: ray.init(**kwargs), RAY_CONNECT_TIMEOUT_S, what)
+            if self.address == "local":  # the processes it starts die with the starting thread
+                ray.init(**kwargs)
+            else:  # a cluster that never answers must not hold the job (or SIGTERM) forever
+                _in_thread(lambda: ray.init(**kwargs), RAY_CONNECT_TIMEOUT_S, what)
+        except BatchError:
+            raise
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BatchError(f"{what}: {exc}") from None
         return ray, True

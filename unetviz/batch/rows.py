@@ -18,7 +18,7 @@ import os
 import stat
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,7 +65,12 @@ class PromptRow:
     key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f: getattr(self, f) for f in _FIELDS} | {"classes": dict(self.classes)}
+
+
+_FIELDS = tuple(f.name for f in fields(PromptRow))
+#: what a row's key hashes: its content, not where it sits
+_CONTENT = tuple(f for f in _FIELDS if f not in ("index", "line", "key"))
 
 
 def _row_key(index: int, row: dict[str, Any]) -> str:
@@ -135,10 +140,7 @@ def parse_row(obj: Any, index: int, line: int, base: Path) -> PromptRow:
         ):
             raise ValueError(f"'classes' must map words to class names, got {cls!r:.80}")
         row.classes = {k.lower(): v for k, v in cls.items()}
-    data = row.to_dict()
-    for k in ("index", "line", "key"):
-        data.pop(k)
-    row.key = _row_key(index, data)
+    row.key = _row_key(index, {f: getattr(row, f) for f in _CONTENT})
     return row
 
 

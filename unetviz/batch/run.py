@@ -245,6 +245,8 @@ def run_demo_set(
     check_count(n)  # everything is checked before the folder is made
     check_spec(spec, kw.get("part_size", PART_SIZE))
     demo_vocabulary(spec.model)
+    if kw.get("engine") is not None:
+        kw["engine"].connect(spec)
     if not spec.known_classes:
         spec.known_classes = known_classes()
     prompts = Path(output) / "prompts.jsonl"

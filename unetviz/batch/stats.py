@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from unetviz.colors import minmax
+
 TAU = 0.4
 MAX_SCORE_SIDE = 128
 DAAM = "daam"
@@ -68,11 +70,6 @@ def word_class(word: str, classes: dict[str, str], known: dict[str, str]) -> str
     return "content"
 
 
-def _minmax(x: torch.Tensor) -> torch.Tensor:
-    lo, hi = x.amin((-2, -1), keepdim=True), x.amax((-2, -1), keepdim=True)
-    return (x - lo) / (hi - lo).clamp_min(1e-12)
-
-
 def map_stats(m: torch.Tensor, mask: np.ndarray | None, tau: float) -> dict[str, Any]:
     """Statistics of one (h, w) non-negative map (see module docstring)."""
     m = m.double().clamp_min(0)
@@ -86,7 +83,7 @@ def map_stats(m: torch.Tensor, mask: np.ndarray | None, tau: float) -> dict[str,
         "concentration": 1.0 - ent,
         "peak_y": ((flat // w) + 0.5) / h,
         "peak_x": ((flat % w) + 0.5) / w,
-        "area": float((_minmax(m) >= tau).double().mean()),
+        "area": float((minmax(m, (-2, -1)) >= tau).double().mean()),
         "has_mask": mask is not None,
         "mass_in": None,
         "mass_out": None,
@@ -102,7 +99,7 @@ def map_stats(m: torch.Tensor, mask: np.ndarray | None, tau: float) -> dict[str,
             up = up.clamp_min(0)
         s = float(up.sum())
         inside = float((up * target).sum()) / s if s > 0 else 0.0
-        binary = _minmax(up) >= tau
+        binary = minmax(up, (-2, -1)) >= tau
         union = int((binary | target).sum())
         out.update(
             mass_in=inside,

@@ -11,30 +11,16 @@ import html
 from pathlib import Path
 from typing import Any
 
+from unetviz.names import layer_order
+from unetviz.names import short_layer as _short
 from unetviz.outputs import write_file
 
 from .stats import AGGREGATES, DAAM
 
-LOCATION_ORDER = {"down": 0, "mid": 1, "up": 2, "all": 3}
-
 
 def short_layer(name: str) -> str:
     """``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` -> ``down1.a0.t0``."""
-    from unetviz.render.plots import short_layer as short
-
-    return {DAAM: "DAAM (all)", "daam-approx": "DAAM-approx (all)"}.get(name) or short(name)
-
-
-def layer_order(names: list[str]) -> list[str]:
-    """Attention layers in the UNet's order: down blocks, mid, up blocks."""
-
-    def key(n: str) -> tuple:
-        p = n.split(".")
-        loc = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}.get(p[0], 3)
-        nums = [int(x) for x in p if x.isdigit()]
-        return (loc, nums)
-
-    return sorted(names, key=key)
+    return {DAAM: "DAAM (all)", "daam-approx": "DAAM-approx (all)"}.get(name) or _short(name)
 
 
 def _frame(table: Any) -> tuple[Any, str, str]:
@@ -107,7 +93,7 @@ def figures(table: Any) -> dict[str, Any]:
     agg = df["layer"].isin(AGGREGATES)
     df = df.assign(place=df["location"].where(~agg, df["layer"].map(short_layer)))
     by_class = df.groupby(["word_class", "place"])[metric].mean().unstack("place")
-    cols = sorted(by_class.columns, key=lambda c: LOCATION_ORDER.get(c, 3))
+    cols = layer_order(list(by_class.columns))
     fig = go.Figure([go.Bar(name=c, x=list(by_class.index), y=by_class[c]) for c in cols])
     fig.update_layout(title=f"Localisation by word class ({label})", barmode="group", height=340)
     out["word_class"] = fig

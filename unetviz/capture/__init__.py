@@ -4,15 +4,18 @@
 package, or ``DETAILS`` from ``unetviz.capture.options``, does not import torch.
 
 Layout: ``options`` (what to record, validated), ``probe`` (the probe interface and the session
-that hooks probes onto a model), ``probes`` / ``attention`` (one recording probe per concern),
-``engine`` (``Capture``: the probes of a capture), ``records`` / ``trace`` (what is recorded),
-``bundle`` (the trace file format, read defensively), ``aggregate`` (heatmaps and presets).
+that hooks probes onto a model: captures and edits alike), ``plan`` (a model's names by role,
+cached per model, and its first-pass facts), ``probes`` / ``attention`` (one recording probe
+per concern), ``engine`` (``Capture``: the probes of a capture), ``records`` / ``trace`` (what
+is recorded), ``bundle`` (the trace file format, read defensively), ``aggregate`` (heatmaps
+and presets). docs/capture.md describes the probe lifecycle.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .engine import Capture, capture
@@ -63,14 +66,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'unetviz.capture' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_NAMES))
+__getattr__, __dir__ = lazy_exports(__name__, {k: f".{v}" for k, v in _NAMES.items()})

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
+from ..colors import minmax
+from ..tokens import match_key
 from .errors import TraceError
 from .records import AttentionRecord
 
@@ -47,10 +49,6 @@ NORMALIZE_MODES = ("minmax", "max", "sum")
 
 
 # ---------------------------------------------------------------------------------- tokens
-def _clean(label: str) -> str:
-    return label.replace("</w>", "").replace("Ġ", "").replace("▁", "").strip().lower()
-
-
 def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
     """Positions of ``token``: an index, a list of indices, or a word. A word selects every
     token whose ``trace.words`` entry equals it (case-insensitive): its sub-tokens are merged
@@ -75,7 +73,7 @@ def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
     if trace.words:
         hits = [i for i, w in enumerate(trace.words) if w is not None and w.lower() == word]
     else:
-        hits = [i for i, t in enumerate(trace.tokens) if _clean(t) == word]
+        hits = [i for i, t in enumerate(trace.tokens) if match_key(t) == word]
     hits = [i for i in hits if i < n]
     if not hits:
         if not trace.tokens:
@@ -83,7 +81,7 @@ def token_indices(trace: Trace, token: int | str | list[int]) -> list[int]:
                 f"token {token!r}: this trace has no token labels (trace.tokens is empty: "
                 f"captured outside a pipeline); address tokens by index 0..{n - 1}"
             )
-        known = sorted({w for w in trace.words if w} or {_clean(t) for t in trace.tokens} - {""})
+        known = sorted({w for w in trace.words if w} or {match_key(t) for t in trace.tokens} - {""})
         raise TraceError(f"word {token!r} is not in the prompt; words: {known}")
     return hits
 
@@ -370,8 +368,49 @@ def daam_grid(trace: Trace) -> tuple[int, int]:
         vae = 8
         if isinstance(height, int) and isinstance(lat, (list, tuple)) and lat and lat[0]:
             vae = max(1, round(height / int(lat[0])))
-    latent_hw = 4096 if sample * vae in (512, 1024) else 9216
+    latent_hw = daam_latent_hw(sample * vae)
     return latent_hw, math.isqrt(latent_hw)
+
+
+def daam_latent_hw(image_side: int) -> int:
+    """DAAM 0.2.0's ``latent_hw`` for a model of native image side ``image_side`` (its
+    ``sample_size`` x VAE factor): 4096 at 512 or 1024 px, else 9216 (daam/trace.py:32-33)."""
+    return 4096 if image_side in (512, 1024) else 9216
+
+
+def daam_upsampled(head_sum: torch.Tensor, side: int) -> torch.Tensor:
+    """One layer's per-head time sums ``(..., heads, h, w, k)`` -> ``(..., heads, k, side,
+    side)``: every (head, token) map bicubic-upsampled and clamped at 0, as DAAM does
+    (daam/trace.py:115-124)."""
+    *lead, heads, h, w, k = head_sum.shape
+    x = head_sum.float().movedim(-1, -3).reshape(-1, 1, h, w)  # every (head, token) map
+    x = F.interpolate(x, size=(side, side), mode="bicubic").clamp_(min=0)
+    return x.reshape(*lead, heads, k, side, side)
+
+
+def daam_average(head_sums: list[torch.Tensor], latent_hw: int) -> torch.Tensor:
+    """DAAM 0.2.0's word maps from per-layer per-head time sums ``(..., heads, h, w, k)``:
+    layers kept by DAAM's factor rule, each map upsampled (:func:`daam_upsampled`), the mean
+    over layers x heads -> ``(..., k, side, side)`` (side = sqrt(latent_hw))."""
+    side = math.isqrt(latent_hw)
+    total, n = None, 0
+    for head_sum in head_sums:
+        h, w = head_sum.shape[-3], head_sum.shape[-2]
+        if not daam_keeps(h * w, latent_hw):
+            continue
+        up = daam_upsampled(head_sum, side).sum(-4)
+        total = up if total is None else total + up
+        n += head_sum.shape[-4]
+    if total is None:
+        raise TraceError(f"no attention map is kept by DAAM's factor rule at latent_hw={latent_hw}")
+    return total / n
+
+
+def daam_keeps(queries: int, latent_hw: int) -> bool:
+    """Whether DAAM records a map of ``queries`` positions: factor = int(sqrt(latent_hw /
+    queries)) in its defaults, never 8 (daam/trace.py:285-289, 103-104)."""
+    factor = int(math.sqrt(latent_hw // queries))
+    return factor != 8 and factor in DAAM_FACTORS
 
 
 def daam(
@@ -399,7 +438,6 @@ def daam(
     latent_hw, side = daam_grid(trace)
     total, n = torch.zeros(side, side), 0
     for rec in _daam_factor_kept(recs, latent_hw):
-        h, w = rec.res
         head_sum = rec.head_sum  # read once: an app may drop a trace's sums to free memory
         if head_sum is None:
             raise TraceError(
@@ -409,10 +447,9 @@ def daam(
         x = head_sum.float()[..., idx]  # (heads, h, w, pieces): DAAM's per-head time sums
         if heads is not None:
             x = x[_head_list(rec, heads, x.shape[0])]
-        x = x.permute(0, 3, 1, 2).reshape(-1, 1, h, w)  # every (head, piece) map
-        x = F.interpolate(x, size=(side, side), mode="bicubic").clamp_(min=0)
+        x = daam_upsampled(x, side)  # (heads, pieces, side, side)
         total += x.sum((0, 1))
-        n += x.shape[0]
+        n += x.shape[0] * x.shape[1]
     if not n:
         raise TraceError(
             "preset='daam': no map left: DAAM keeps maps whose int(sqrt(latent_hw / queries)) "
@@ -428,12 +465,7 @@ def daam(
 def _daam_factor_kept(recs: list[AttentionRecord], latent_hw: int) -> list[AttentionRecord]:
     """The maps DAAM records: factor = int(sqrt(latent_hw / queries)) in its defaults, never
     8 (daam/trace.py:285-289, 103-104)."""
-    kept = []
-    for rec in recs:
-        factor = int(math.sqrt(latent_hw // (rec.res[0] * rec.res[1])))
-        if factor != 8 and factor in DAAM_FACTORS:
-            kept.append(rec)
-    return kept
+    return [rec for rec in recs if daam_keeps(rec.res[0] * rec.res[1], latent_hw)]
 
 
 def preset_layers(trace: Trace, preset: str) -> list[str]:
@@ -479,8 +511,7 @@ def _normalize(x: torch.Tensor, how: str | None) -> torch.Tensor:
     if how in (None, "none"):
         return x
     if how == "minmax":
-        lo, hi = x.min(), x.max()
-        return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+        return minmax(x)
     if how == "max":
         hi = x.max()
         return x / hi if hi > 0 else torch.zeros_like(x)

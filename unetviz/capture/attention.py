@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import MemoryBudgetError, TraceError
 from .options import CaptureOptions
-from .probe import Probe, ProbeSession, probability_edits
+from .probe import Probe, ProbeSession, declared_edits
 from .records import SelfAttentionRecord, block_of, location_of
 from .shapes import grid, transformer_of
 from .trace import Trace
@@ -50,26 +50,37 @@ def _split_qkv(out: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"q": out[..., :third], "k": out[..., third : 2 * third]}
 
 
-def probabilities(
-    attention: nn.Module, q: torch.Tensor, k: torch.Tensor, batch: int, keep: slice
-) -> torch.Tensor:
-    """(b, n, inner), (b, t, inner) -> ``softmax(Q K^T * scale)`` of the kept batch rows as
-    (b_kept, heads, n, t) float32, with any declared probability edits applied."""
-    edits = probability_edits(attention)
-    if not edits:  # slice first: cheaper
-        q = q[keep] if q.shape[0] == batch else q
-        k = k[keep] if k.shape[0] == batch else k
+def softmax_scores(attention: nn.Module, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(b, n, inner), (b, t, inner) -> ``softmax(Q K^T * scale)`` as (b, heads, n, t), in the
+    inputs' dtype and differentiable: the one home of the attention-probability recompute
+    (captures, edits, and the demo's grounding loss and evaluation read it)."""
     heads = attention.heads
     b, n, inner = q.shape
     d = inner // heads
     scale = getattr(attention, "scale", None)
     scale = float(scale) if isinstance(scale, (int, float)) else d**-0.5
-    q = q.detach().float().reshape(b, n, heads, d).transpose(1, 2)
-    k = k.detach().float().reshape(k.shape[0], -1, heads, d).transpose(1, 2)
-    probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
-    if edits:
-        for edit in edits:
-            probs = edit(probs)
+    q = q.reshape(b, n, heads, d).transpose(1, 2)
+    k = k.reshape(k.shape[0], -1, heads, d).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+
+
+def probabilities(
+    attention: nn.Module, q: torch.Tensor, k: torch.Tensor, batch: int, keep: slice
+) -> torch.Tensor:
+    """(b, n, inner), (b, t, inner) -> ``softmax(Q K^T * scale)`` of the kept batch rows as
+    (b_kept, heads, n, t) float32 (:func:`softmax_scores`), with any declared probability
+    edits applied."""
+    edits = declared_edits(attention)
+    whole = any(not rows for _, rows in edits)  # an edit that needs every row
+    if not whole:  # slice first: cheaper
+        q = q[keep] if q.shape[0] == batch else q
+        k = k[keep] if k.shape[0] == batch else k
+    b = q.shape[0]
+    probs = softmax_scores(attention, q.detach().float(), k.detach().float())
+    held = slice(None) if whole or b != len(range(batch)[keep]) else keep
+    for edit, rows in edits:
+        probs = edit(probs, held) if rows else edit(probs)
+    if whole:
         probs = probs[keep] if probs.shape[0] == batch else probs
     return probs
 
@@ -118,10 +129,12 @@ class GridProbe(Probe):
     def __init__(self, trace: Trace, names: list[str], steps: Any, steady: bool) -> None:
         self.trace, self.names, self.steps, self.steady = trace, names, steps, steady
         self.res: dict[str, tuple[int, int]] = {}
+        self.transformer: dict[str, str | None] = {}
 
     def install(self, session: ProbeSession) -> None:
         self.grid_of: dict[str, list[str]] = {}
         self.name_of: dict[int, str] = {}
+        self.transformer = session.plan.transformers
         for name in self.names:
             t = session.plan.transformers.get(name)
             if t is not None and t in session.modules:
@@ -155,7 +168,7 @@ class GridProbe(Probe):
                     rec.res = res
 
     def of(self, attention: str) -> tuple[int, int] | None:
-        t = transformer_of(attention)
+        t = self.transformer.get(attention) or transformer_of(attention)
         return self.res.get(t) if t else None
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
@@ -197,7 +210,9 @@ class _QKProbe(Probe):
                 fwd = session.forward
                 with torch.no_grad():
                     probs = probabilities(attention, slot["q"], slot["k"], fwd.batch, fwd.keep)
-                    self.record(session, name, attention, probs.mean(0))
+                    # the mean over the kept rows (one row: itself, no copy)
+                    probs = probs[0] if probs.shape[0] == 1 else probs.mean(0)
+                    self.record(session, name, attention, probs)
 
         return post
 

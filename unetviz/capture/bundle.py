@@ -243,6 +243,10 @@ def _check_structure(state: Any, tensors: _Refs) -> None:
         _check_self_attention(name, rec, tensors)
     if len(token_dims) > 1:
         raise TraceError(f"attention maps disagree on the number of tokens: {sorted(token_dims)}")
+    if state.get("features") is not None:  # capture(features=...): checked by its own module
+        from .features import features_from_state
+
+        features_from_state(state["features"], tensors, len(state["timesteps"]))
 
 
 _TOP_LEVEL = {

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,13 @@ from .probe import Probe, ProbeSession
 from .probes import BlockProbe, MacsProbe, SkipProbe, StepProbe, TembProbe
 from .records import AttentionRecord, block_of, location_of
 from .trace import Trace
+
+#: Further recording probes: each ``make(trace, options, plan, steps)`` returns a Probe, or
+#: None when its option is off. A new recorded quantity registers its factory here (one line);
+#: its hooks run after the built-in probes' on a shared module. ``steps`` is the capture's
+#: :class:`~unetviz.capture.probes.StepProbe` (``steps.defer`` for end-of-forward floats,
+#: ``steps.facts`` / ``steps.fresh`` for first-pass facts).
+RECORDERS: list[Callable[[Trace, CaptureOptions, ModelPlan, StepProbe], Probe | None]] = []
 
 
 class Capture:
@@ -120,6 +127,10 @@ class Capture:
             probes.append(CrossAttentionProbe(trace, opts, chosen, grids, store))
         if self_chosen:
             probes.append(SelfAttentionProbe(trace, opts, self_chosen, grids, store))
+        for make in RECORDERS:
+            probe = make(trace, opts, plan, steps)
+            if probe is not None:
+                probes.append(probe)
         if opts.features:
             from .features import FeatureProbe
 
@@ -151,11 +162,10 @@ class Capture:
                 config = dict(config)
             except (TypeError, ValueError):
                 config = None
-        try:
-            p = next(model.parameters())
+        p = self.session.plan.parameter(model)
+        device, dtype = "cpu", None
+        if p is not None:
             device, dtype = str(p.device), str(p.dtype).removeprefix("torch.")
-        except StopIteration:
-            device, dtype = "cpu", None
         meta = {
             "model": f"{cls.__module__}.{cls.__name__}",
             "config": {k: v for k, v in (config or {}).items() if not str(k).startswith("_")}

@@ -152,9 +152,7 @@ class FeatureProbe(Probe):
         self.first: dict[str, torch.Tensor] = {}  # first forward: the activations to fit on
 
     def install(self, session: ProbeSession) -> None:
-        from .probes import block_levels
-
-        blocks, layers = block_levels(session.model)
+        blocks, layers = session.plan.blocks, session.plan.layers
         names = [(n, "block") for n in blocks]
         if self.detail == "layers":
             names += [(n, "layer") for n in layers]
@@ -350,9 +348,9 @@ def _ints(value: Any, lo: int, hi: int) -> bool:
 
 
 def _stacked(tensors: dict[str, torch.Tensor], key: str, shape: tuple) -> list[torch.Tensor]:
-    t = tensors.get(key)
-    if t is None:
+    if key not in tensors:
         raise TraceError(f"trace features name tensor {key!r}, which the bundle lacks")
+    t = tensors[key]
     if not t.dtype.is_floating_point or tuple(t.shape) != shape:
         raise TraceError(
             f"trace tensor {key!r}: {t.dtype} of shape {list(t.shape)}, expected floating point "

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..tokens import label_at
+
 if TYPE_CHECKING:
     from .trace import Trace
 
@@ -147,8 +149,7 @@ def heatmap(trace: Trace, token: int | str | list[int], **recipe: Any) -> Heatma
 
 
 def _label(trace: Trace, i: int) -> str:
-    tokens = trace.tokens or []
-    return tokens[i].replace("</w>", "") if i < len(tokens) else f"#{i}"
+    return label_at(trace.tokens, i)
 
 
 def draw(
@@ -159,10 +160,12 @@ def draw(
     vmax: float | None = None,
 ) -> Any:
     """A PIL image: ``heat`` (H, W) through :mod:`unetviz.colors` at ``side`` px (nearest, so
-    map cells stay visible), its colour bar on the scale ``vmin``..``vmax`` (default: the map's
-    range) and ``caption`` wrapped under it."""
+    map cells stay visible), ``caption`` wrapped under it and its colour bar on the scale
+    ``vmin``..``vmax`` (default: the map's range)."""
+    import textwrap
+
     import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     from .. import colors
 
@@ -174,23 +177,8 @@ def draw(
     tile = Image.fromarray(colors.colorize(a, vmin, vmax)).resize(
         (w * scale, h * scale), Image.Resampling.NEAREST
     )
-    bar = colors.colorbar_image(vmin, vmax, width=tile.width, label="attention")
-    font = colors.font(12)
-    width = max(tile.width, bar.width, 320) + 8
-    lines = _wrap(caption, max(16, (width - 8) // 7)) if caption else []
-    out = Image.new("RGB", (width, tile.height + bar.height + 8 + 15 * len(lines)), "white")
-    out.paste(tile, (4, 4))
-    out.paste(bar, (4, 4 + tile.height))
-    pen = ImageDraw.Draw(out)
-    for k, line in enumerate(lines):
-        pen.text((4, 6 + tile.height + bar.height + 15 * k), line, fill=(20, 20, 20), font=font)
-    return out
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width=width) or [""]
+    lines = textwrap.wrap(caption, width=max(40, tile.width // 7)) if caption else []
+    return colors.captioned(tile, "", lines, (vmin, vmax), "attention")
 
 
 __all__ = ["Heatmap", "draw", "heatmap", "recipe_text"]

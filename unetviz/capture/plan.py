@@ -33,10 +33,13 @@ def _tree(model: nn.Module) -> list[nn.Module]:
     """Every module object under ``model`` (breadth first, the root left out so the cache
     holds no reference to its key): the plan's fingerprint."""
     out = [model]
-    i = 0
-    while i < len(out):
-        out.extend(m for m in out[i]._modules.values() if m is not None)
-        i += 1
+    try:
+        for module in out:  # the list grows while it is read: breadth first
+            out.extend(module._modules.values())
+    except AttributeError:  # a child registered as None
+        out = [model]
+        for module in out:
+            out.extend(m for m in module._modules.values() if m is not None)
     return out[1:]
 
 
@@ -76,6 +79,14 @@ class ModelPlan:
             n = self._params[name] = sum(p.numel() for p in self.modules[name].parameters())
         return n
 
+    def parameter(self, model: nn.Module) -> Any:
+        """The first parameter of ``model`` (its device and dtype), or None."""
+        for module in (model, *self.tree):
+            for p in module._parameters.values():
+                if p is not None:
+                    return p
+        return None
+
     def facts(self, key: Any) -> Any:
         """First-pass facts stored under ``key`` (None if none)."""
         with _GUARD:
@@ -112,9 +123,8 @@ def plan_of(model: nn.Module) -> ModelPlan:
     tree = _tree(model)
     with _GUARD:
         plan = _PLANS.get(model)
-    if plan is not None and len(plan.tree) == len(tree):
-        if all(a is b for a, b in zip(plan.tree, tree, strict=True)):
-            return plan
+    if plan is not None and plan.tree == tree:  # modules compare by identity, in C
+        return plan
     plan = ModelPlan(model, tree)
     with _GUARD:
         _PLANS[model] = plan

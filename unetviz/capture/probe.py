@@ -43,7 +43,9 @@ from .plan import plan_of
 _LOCKS_GUARD = threading.Lock()
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 _OWNERS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
-_PROB_EDITS: weakref.WeakKeyDictionary[nn.Module, list[Callable]] = weakref.WeakKeyDictionary()
+_PROB_EDITS: weakref.WeakKeyDictionary[nn.Module, list[tuple[Callable, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def cfg_halves(batch: int, cfg: bool | None, error: type[Exception] = TraceError) -> slice:
@@ -348,24 +350,33 @@ class ProbeSession:
 
 
 def add_probability_edit(
-    attention: nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
+    attention: nn.Module, edit: Callable[..., torch.Tensor], *, rows: bool = False
 ) -> Callable[[], None]:
-    """Declare that ``attention``'s softmax probabilities are changed by ``edit`` (a function of
-    ``(batch, heads, queries, tokens)`` probabilities); returns the function that withdraws it.
-    A capture applies the declared edits to the probabilities it recomputes."""
+    """Declare that ``attention``'s softmax probabilities are changed by ``edit``; returns the
+    function that withdraws it. A capture applies the declared edits to the probabilities it
+    recomputes. ``edit(probs)`` gets the whole batch ``(batch, heads, queries, tokens)``; with
+    ``rows=True``, ``edit(probs, rows)`` gets only the rows the capture keeps (``rows``: their
+    slice of the batch), so the capture need not recompute the others. Either returns the
+    edited probabilities (it may change ``probs`` in place: they are the capture's own)."""
+    entry = (edit, rows)
     with _LOCKS_GUARD:
-        _PROB_EDITS.setdefault(attention, []).append(edit)
+        _PROB_EDITS.setdefault(attention, []).append(entry)
 
     def remove() -> None:
         with _LOCKS_GUARD:
             edits = _PROB_EDITS.get(attention, [])
-            if edit in edits:
-                edits.remove(edit)
+            if entry in edits:
+                edits.remove(entry)
 
     return remove
 
 
-def probability_edits(attention: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+def declared_edits(attention: nn.Module) -> list[tuple[Callable[..., torch.Tensor], bool]]:
+    """``(edit, rows)`` of every probability edit in force on ``attention``, in order."""
+    edits = _PROB_EDITS.get(attention)  # read without the lock: called per layer per forward
+    return list(edits) if edits else []
+
+
+def probability_edits(attention: nn.Module) -> list[Callable[..., torch.Tensor]]:
     """The probability edits in force on ``attention`` (in the order they were added)."""
-    with _LOCKS_GUARD:
-        return list(_PROB_EDITS.get(attention, ()))
+    return [edit for edit, _ in declared_edits(attention)]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from time import perf_counter
 from typing import Any
@@ -132,15 +133,6 @@ def _to_floats(values: list[torch.Tensor]) -> list[Any]:
     return out
 
 
-def _copy(value: Any) -> Any:
-    """A copy of nested shape lists / dicts (facts are shared; records are the user's)."""
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
-
-
 class BlockProbe(Probe):
     """Block records at the chosen detail: shapes of the first call, params, calls, time."""
 
@@ -167,8 +159,9 @@ class BlockProbe(Probe):
     def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
         if session.forward.step != 0 or self.steps.facts is None:
             return
-        for fields in self.steps.facts["blocks"]:  # replay the first call's shapes
-            rec = BlockRecord(**_copy(fields))
+        # replay the first calls' shapes (kept as JSON: facts are shared, records are not)
+        for fields in json.loads(self.steps.facts["blocks"]):
+            rec = BlockRecord(**fields)
             self.records[rec.name] = rec
             self.trace.blocks.append(rec)
             self.shaped.add(rec.name)
@@ -220,10 +213,12 @@ class BlockProbe(Probe):
         self.starts.clear()
         fresh = self.steps.fresh
         if session.forward.step == 0 and fresh is not None:
-            fresh["blocks"] = [
-                _copy({k: v for k, v in dataclasses.asdict(r).items() if k not in _COUNTED})
-                for r in self.trace.blocks
-            ]
+            fresh["blocks"] = json.dumps(
+                [
+                    {k: v for k, v in dataclasses.asdict(r).items() if k not in _COUNTED}
+                    for r in self.trace.blocks
+                ]
+            )
 
 
 _COUNTED = ("calls", "time_ms", "macs")
@@ -242,7 +237,7 @@ class SkipProbe(Probe):
         if session.forward.step != 0:
             return
         if self.steps.facts is not None:
-            self.trace.skips = [SkipRecord(*fields) for fields in _copy(self.steps.facts["skips"])]
+            self.trace.skips = [SkipRecord(*f) for f in json.loads(self.steps.facts["skips"])]
             return
         mods, plan = session.modules, session.plan
         blocks = plan.blocks
@@ -315,9 +310,9 @@ class SkipProbe(Probe):
         self.stack, self.child_out = [], {}
         fresh = self.steps.fresh
         if session.forward.step == 0 and fresh is not None:
-            fresh["skips"] = [
-                [s.index, s.source, s.target, list(s.shape)] for s in self.trace.skips
-            ]
+            fresh["skips"] = json.dumps(
+                [[s.index, s.source, s.target, list(s.shape)] for s in self.trace.skips]
+            )
 
     def finalize(self, session: ProbeSession) -> None:
         """Sort by stack position; put each skip's shape on its target resnet's record."""
@@ -447,10 +442,10 @@ class TembProbe(Probe):
             if name in modules:
                 self.name_of[id(modules[name])] = key
                 session.hook(modules[name], post=self._source)
-        self.session = session
+        self.forward = session.forward  # not the session: no reference cycle
 
     def _kept(self, x: torch.Tensor) -> torch.Tensor:
-        fwd = self.session.forward
+        fwd = self.forward
         return x[fwd.keep] if x.shape[0] == fwd.batch else x
 
     def _feature(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:

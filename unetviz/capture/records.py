@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..names import block_of, location_of
+
 
 @dataclass
 class BlockRecord:
@@ -104,20 +106,6 @@ class SelfAttentionRecord:
     steps: list[int] = field(default_factory=list)
     sum: torch.Tensor | None = field(default=None, repr=False)
     count: int = 0
-
-
-def block_of(name: str) -> str:
-    """``up_blocks.1.attentions.0...`` -> ``up_blocks.1``; ``mid_block...`` -> ``mid_block``."""
-    parts = name.split(".")
-    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
-        return ".".join(parts[:2])
-    return parts[0]
-
-
-def location_of(name: str) -> str:
-    """``down`` / ``mid`` / ``up`` (or the top-level name for anything else)."""
-    head = name.split(".")[0]
-    return {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}.get(head, head)
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..outputs import atomic_file, write_folder
+from ..presenters import present
 from . import aggregate
 from .aggregate import MapCache
 from .bundle import FORMAT, JSON_NAME, TENSORS_NAME, VERSION, check_state, read_bundle
@@ -108,15 +109,11 @@ class Trace:
 
     def _repr_html_(self) -> str:
         """Notebook display hook (summary, inline SVG diagram, module table)."""
-        from ..report.display import trace_html  # lazy: capture never imports render
-
-        return trace_html(self)
+        return present("trace_html", self)
 
     def report(self, path: str | os.PathLike, image: Any = None, title: str | None = None) -> Path:
         """Write one self-contained HTML report of this trace (``unetviz.report``)."""
-        from ..report.html import write_report  # lazy: capture never imports render
-
-        return write_report(self, path, image=image, title=title)
+        return present("write_report", self, path, image=image, title=title)
 
     # ------------------------------------------------------------------ aggregation
     def heatmap(self, token: int | str | list[int], **options: Any) -> torch.Tensor:

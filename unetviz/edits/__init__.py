@@ -10,7 +10,9 @@ cmp = pipe.compare("a red circle", edits=[edits.Reweight("red", 0)], seed=0)
 
 Layers: ``spec`` (edit records), ``model_map`` (names an edit may use), ``probes`` and
 ``intervene`` (hooks; import only torch), ``session`` (pipeline glue, duck-typed), ``sweep``
-(one edit per block or skip). ``cli`` and ``handlers`` sit at the top with the CLI and the app.
+(one edit per block or skip). Their command line is ``unetviz.edits_cli``, their app handlers
+``unetviz.app.edit_handlers``, their pictures ``unetviz.render.edits`` and the demo model's
+adherence scores ``unetviz.training.edit_scores``.
 """
 
 from __future__ import annotations

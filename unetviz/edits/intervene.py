@@ -1,31 +1,36 @@
 """``intervene(unet, [edits...])``: change what flows through a UNet for the length of a ``with``.
 
-Composable with ``capture`` in one ``with`` in either order: every hook is registered with
-``prepend=True``, so on each module the edit runs before any capture hook and a capture
-records what the edited model computed. Every hook is removed on exit (normal or exception);
-parameters are never touched; with no edit nothing is hooked at all.
+An :class:`Intervention` plans (each edit checked against the model's names and the prompt's
+tokens, resolved to one edit probe) and describes; its :class:`~unetviz.capture.probe.
+ProbeSession` hooks the probes, as a capture's session hooks its recording probes: one
+lifecycle. Composable with ``capture`` in one ``with`` in either order: edit probes are
+prepended (``edits = True``), so on each module the edit runs before any capture hook and a
+capture records what the edited model computed. Every hook is removed on exit (normal or
+exception); parameters are never touched; with no edit nothing is hooked at all.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..capture.probe import add_probability_edit
+from ..callargs import MAX_STEPS, as_int
+from ..capture.probe import Probe, ProbeSession
 from .model_map import ModelMap, token_indices
 from .probes import (
-    OutputProbe,
-    Probe,
-    RecordProbe,
-    ReplaceProbe,
-    ReweightProbe,
-    SkipProbe,
-    TembProbe,
+    OutputEdit,
+    ReplaceEdit,
+    ReweightEdit,
+    SkipAblation,
+    SourceRecorder,
+    TembScale,
+)
+from .spec import (
+    MAX_INDEX as MAX_TOKENS,
 )
 from .spec import (
     AblateBlock,
@@ -104,8 +109,10 @@ class Intervention:
             raise EditError(f"intervene needs a torch nn.Module (a UNet), got {type(model)!r}")
         self.model = model
         self.edits = check_edits(edits)
-        self.tokens = list(tokens) if tokens is not None else None
-        self.words = list(words) if words is not None else None
+        self.tokens = _labels(tokens, "tokens", none_items=False)
+        self.words = _labels(words, "words", none_items=True)
+        if num_steps is not None:
+            num_steps = as_int(num_steps, "num_steps", 1, MAX_STEPS, error=EditError)
         self.num_steps = num_steps
         self.cfg = cfg
         self.sources = dict(sources or {})
@@ -114,13 +121,10 @@ class Intervention:
         self.probes: list[Probe] = list(probes)
         for edit in self.edits:
             self.probes.append(self._plan(edit))
-        self.handles: list[Any] = []
-        self.removers: list[Callable[[], None]] = []
-        self.on_forward_end: list[Callable[[], None]] = []
-        self.thread: int | None = None
-        self.step = -1
-        self.batch = 0
-        self.keep = slice(None)
+        self.session = (
+            ProbeSession(model, self.probes, cfg=cfg, error=EditError) if self.probes else None
+        )
+        self._entered = False
 
     # ------------------------------------------------------------------ planning
     def _plan(self, edit: Edit) -> Probe:
@@ -129,26 +133,26 @@ class Intervention:
             layers = self.map.attention_layers(edit.layers, True, what)
             idx = token_indices(edit.token, self.tokens, self.words)
             self._note(edit, layer_count=len(layers), tokens=idx)
-            return ReweightProbe(layers, idx, edit.scale, window(edit.steps, self.num_steps, what))
+            return ReweightEdit(layers, idx, edit.scale, window(edit.steps, self.num_steps, what))
         if isinstance(edit, AblateSkip):
             skip = self.map.skip(edit.skip, what)
             self._note(edit, index=skip.index, source=skip.source, target=skip.target)
             w = window(edit.steps, self.num_steps, what)
-            return SkipProbe(skip.source, skip.target, edit.mode, w)
+            return SkipAblation(skip.source, skip.target, edit.mode, w)
         if isinstance(edit, AblateBlock):
             self.map.module(edit.name, what)
             self._note(edit)
-            return OutputProbe(edit.name, window(edit.steps, self.num_steps, what), edit.mode)
+            return OutputEdit(edit.name, window(edit.steps, self.num_steps, what), edit.mode)
         if isinstance(edit, ScaleTemb):
             resnets = self.map.resnets_under(edit.target, what)
             self._note(edit, resnets=resnets)
-            return TembProbe(resnets, edit.scale, window(edit.steps, self.num_steps, what))
+            return TembScale(resnets, edit.scale, window(edit.steps, self.num_steps, what))
         if isinstance(edit, Patch):
             self.map.module(edit.name, what)
             source = self._source(edit.source, what)
             self._note(edit)
             w = window(edit.steps, self.num_steps, what)
-            return OutputProbe(edit.name, w, source=source, half=edit.half)
+            return OutputEdit(edit.name, w, source=source, half=edit.half)
         if isinstance(edit, Replace):
             return self._plan_replace(edit, what)
         raise EditError(f"{what}: not an edit intervene knows")  # pragma: no cover
@@ -163,7 +167,7 @@ class Intervention:
         small = [n for n in selfs if self._queries(source, n) <= edit.self_max_queries]
         layers.update({n: sw for n in small})
         self._note(edit, cross_layers=len(cross), self_layers=small)
-        return ReplaceProbe(layers, source)
+        return ReplaceEdit(layers, source)
 
     @staticmethod
     def _queries(source: Recording, name: str) -> int:
@@ -194,95 +198,32 @@ class Intervention:
         """What a trace of this run records: ``{"edits": [...]}`` (nothing without edits)."""
         return {"edits": self.describe()} if self.edits else {}
 
-    def live(self) -> bool:
-        return threading.get_ident() == self.thread
-
-    def active(self, steps: tuple[int, int] | None) -> bool:
-        """In the entering thread, inside a forward, and within ``steps``."""
-        if threading.get_ident() != self.thread or self.step < 0:
-            return False
-        return steps is None or steps[0] <= self.step < steps[1]
-
-    def declare_probabilities(self, attention: nn.Module, edit: Callable) -> None:
-        """Tell a capture how this edit changes ``attention``'s softmax probabilities, so the
-        maps it records are the ones the model used (withdrawn on exit)."""
-        self.removers.append(add_probability_edit(attention, edit))
-
-    def hook(self, module: nn.Module, pre=None, post=None) -> None:
-        """Register before every other hook on ``module`` (capture's included)."""
-        if pre is not None:
-            self.handles.append(
-                module.register_forward_pre_hook(pre, prepend=True, with_kwargs=True)
-            )
-        if post is not None:
-            self.handles.append(module.register_forward_hook(post, prepend=True, with_kwargs=True))
-
     def __enter__(self) -> Intervention:
-        if self.thread is not None:
+        if self._entered:
             raise EditError("an Intervention is entered once: call intervene(...) again")
-        self.thread = threading.get_ident()
-        if not self.probes:
-            return self
-        try:
-            self.handles.append(
-                self.model.register_forward_pre_hook(self._root_pre, prepend=True, with_kwargs=True)
-            )
-            self.handles.append(
-                self.model.register_forward_hook(
-                    self._root_post, prepend=True, with_kwargs=True, always_call=True
-                )
-            )
-            for probe in self.probes:
-                probe.install(self)
-        except BaseException:
-            self._remove()
-            raise
+        self._entered = True
+        if self.session is not None:  # no edit: nothing hooked at all
+            self.session.open()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._remove()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.session is not None:
+            self.session.close()
 
-    def _remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        for remove in self.removers:
-            remove()
-        self.removers.clear()
-        for fn in self.on_forward_end:
-            fn()
 
-    def _root_pre(self, module, args, kwargs):
-        if not self.live():
-            return
-        sample = kwargs.get("sample", args[0] if args else None)
-        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        self._check_tokens(context)
-        self.batch = int(sample.shape[0]) if isinstance(sample, torch.Tensor) else 0
-        cfg = self.cfg if self.cfg is not None else self.batch >= 2 and self.batch % 2 == 0
-        if cfg and self.batch % 2:
-            raise EditError(
-                f"cfg=True but the UNet batch is {self.batch} (odd): a classifier-free-guidance "
-                "batch is [uncond, cond] halves of equal size"
-            )
-        self.keep = slice(self.batch // 2, self.batch) if cfg else slice(None)
-        self.step += 1
-
-    def _root_post(self, module, args, kwargs, output):
-        if self.live():
-            for fn in self.on_forward_end:
-                fn()
-
-    def _check_tokens(self, context: Any) -> None:
-        if self.step >= 0 or not isinstance(context, torch.Tensor):
-            return
-        n = context.shape[1]
-        for r in self.resolved:
-            bad = [i for i in r.get("tokens", []) if i >= n]
-            if bad:
-                raise EditError(
-                    f"Reweight token index {bad[0]}: encoder_hidden_states has {n} tokens"
-                )
+def _labels(value: Any, what: str, *, none_items: bool) -> list[Any] | None:
+    """A prompt's token labels / words: a list of strings (words: or None), never a string."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise EditError(f"{what}={value!r}: expected a list of strings, one per token")
+    items = list(value)
+    if len(items) > MAX_TOKENS:
+        raise EditError(f"{what} has {len(items)} items: expected at most {MAX_TOKENS}")
+    for item in items:
+        if not (isinstance(item, str) or (none_items and item is None)):
+            raise EditError(f"{what}: item {item!r} is not a string")
+    return items
 
 
 #: ``intervene(unet, [edits...], ...)`` builds an :class:`Intervention`; one signature.
@@ -308,7 +249,7 @@ class record:  # noqa: N801 - a context manager used like a function, as ``captu
         for name in list(outputs) + list(attention):
             mm.module(name, "record")
         w = window(check_steps(steps), num_steps, "record")
-        probe = RecordProbe(self.recording, list(outputs), list(attention), w)
+        probe = SourceRecorder(self.recording, list(outputs), list(attention), w)
         self.iv = Intervention(model, None, cfg=cfg, probes=[probe])
 
     def __enter__(self) -> Recording:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..capture.plan import plan_of
 from ..capture.shapes import is_attention as capture_is_attention
-from ..capture.shapes import is_cross, is_resnet
-from .spec import LOCATIONS, EditError
-
-_LISTS = ("down_blocks", "up_blocks")
+from ..names import LOCATIONS, forward_rank, is_block, location_of
+from ..tokens import match_key
+from .spec import EditError
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -48,17 +48,17 @@ class ModelMap:
     """Names of one model's parts, in forward order."""
 
     def __init__(self, model: nn.Module):
-        # forward order (down, mid, up): diffusers registers mid_block after up_blocks
-        mods = dict(sorted(model.named_modules(), key=lambda kv: _stage(kv[0])))
-        mods.pop("", None)
+        # forward order (down, mid, up): diffusers registers mid_block after up_blocks; the
+        # names come from the model's cached plan (no tree walk per call)
+        plan = plan_of(model)
+        mods = dict(sorted(plan.modules.items(), key=lambda kv: forward_rank(kv[0])))
         self.modules = mods
-        attn = [n for n, m in mods.items() if is_attention(m)]
-        self.cross = [n for n in attn if is_cross(n, mods[n])]
-        self.selfs = [n for n in attn if n not in self.cross]
-        self.resnets = [n for n, m in mods.items() if is_resnet(m)]
-        self.blocks = [n for n in mods if n.count(".") == 1 and n.split(".")[0] in _LISTS]
-        if "mid_block" in mods:
-            self.blocks.insert(len([b for b in self.blocks if b.startswith("down")]), "mid_block")
+        attn = sorted((n for n in plan.attention if is_attention(mods[n])), key=forward_rank)
+        cross = set(plan.cross)
+        self.cross = [n for n in attn if n in cross]
+        self.selfs = [n for n in attn if n not in cross]
+        self.resnets = sorted(plan.resnets, key=forward_rank)
+        self.blocks = [n for n in mods if is_block(n)]
         self.layers = [
             f"{b}.{kind}.{j}"
             for b in self.blocks
@@ -86,11 +86,12 @@ class ModelMap:
             return list(pool)
         chosen: list[str] = []
         for want in layers:
-            prefix = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}.get(want)
             hits = [
                 n
                 for n in pool
-                if (prefix and n.startswith(prefix)) or n == want or n.startswith(want + ".")
+                if (want in LOCATIONS and location_of(n) == want)
+                or n == want
+                or n.startswith(want + ".")
             ]
             if not hits:
                 kind = "cross-attention (attn2)" if cross else "self-attention (attn1)"
@@ -131,11 +132,6 @@ class ModelMap:
             found = "matches no skip" if not hits else f"matches {len(hits)} skips"
             raise EditError(f"{what}: {key!r} {found}; skips are {listing}")
         return hits[0]
-
-
-def _stage(name: str) -> int:
-    head = name.split(".", 1)[0]
-    return {"down_blocks": 1, "mid_block": 2, "up_blocks": 3}.get(head, 0 if name else -1)
 
 
 def _skips(model: nn.Module, mods: dict[str, nn.Module]) -> list[Skip]:
@@ -183,11 +179,7 @@ def token_indices(
     want = token.strip().lower()
     hits = [i for i, w in enumerate(words or []) if w is not None and w.lower() == want]
     if not hits and tokens is not None:
-        hits = [
-            i
-            for i, t in enumerate(tokens)
-            if t.lower() == want or t.lower().removesuffix("</w>") == want
-        ]
+        hits = [i for i, t in enumerate(tokens) if t.lower() == want or match_key(t) == want]
     if not hits:
         present = [w for w in dict.fromkeys(words or []) if w] or [
             t for t in dict.fromkeys(tokens or []) if not t.startswith("<")

@@ -1,9 +1,12 @@
-"""Probes: one small object per edit, hooked onto named modules for the length of a ``with``.
+"""Edit probes: one :class:`~unetviz.capture.probe.Probe` (``edits = True``) per edit, hooked
+onto named modules by the intervention's :class:`~unetviz.capture.probe.ProbeSession` for the
+length of a ``with``.
 
-Each probe's ``install(iv)`` registers its hooks through the :class:`Intervention` ``iv``
-(``prepend=True``: they run before any capture hook on the same module, so a capture records
-what the edit produced). A probe acts only in the thread that entered the ``with`` and only at
-the forwards its step window covers.
+``edits = True`` makes the session prepend their hooks, so on each module they run before any
+capture hook and a capture records what the edit produced. They act only in the thread that
+entered the ``with`` (the session's thread filter) and only at the forwards their step window
+covers (``session.forward.active(window)``); "the conditional half" is
+``session.forward.cond`` (one rule, :func:`~unetviz.capture.probe.cfg_halves`).
 
 How each edit is computed:
 - Reweight: ``(P * w) V == P (w * V)`` for a per-token weight ``w`` (P2P's equalizer is per
@@ -20,16 +23,20 @@ How each edit is computed:
 from __future__ import annotations
 
 from collections.abc import Callable
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..capture.attention import probabilities
+from ..capture.probe import Forward, Probe, ProbeSession, add_probability_edit
 from .spec import EditError
 
 if TYPE_CHECKING:
-    from .intervene import Intervention, Recording
+    from .intervene import Recording
+
+Window = tuple[int, int] | None
 
 
 def map_output(output: Any, fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Any:
@@ -81,261 +88,311 @@ def _first(output: Any) -> torch.Tensor | None:
     return found[0] if found else None
 
 
-class Probe:
-    """Base: ``window`` is a half-open range of forward indices (None: all)."""
+def _overlap(rows: slice, cond: slice, batch: int) -> tuple[slice, slice] | None:
+    """Where the conditional rows ``cond`` fall in a tensor holding the batch rows ``rows``:
+    (its slice, the slice of a conditional-half tensor), or None when they do not meet."""
+    held, want = range(batch)[rows], range(batch)[cond]
+    start, stop = max(held.start, want.start), min(held.stop, want.stop)
+    if start >= stop:
+        return None
+    return slice(start - held.start, stop - held.start), slice(
+        start - want.start, stop - want.start
+    )
 
-    window: tuple[int, int] | None = None
 
-    def install(self, iv: Intervention) -> None:  # pragma: no cover - abstract
+class EditProbe(Probe):
+    """Base of the edit probes: ``window`` is a half-open range of forward indices (None:
+    all); the probability edits it declares are withdrawn on exit."""
+
+    edits = True
+    window: Window = None
+
+    def install(self, session: ProbeSession) -> None:
+        self.forward: Forward = session.forward
+        self.thread = session.thread
+        self._withdraw: list[Callable[[], None]] = []
+        self.hook(session)
+
+    def hook(self, session: ProbeSession) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def active(self, window: Window = None) -> bool:
+        return self.forward.active(window if window is not None else self.window)
 
-class ReweightProbe(Probe):
+    def declare(self, attention: nn.Module, edit: Callable) -> None:
+        """Tell a capture how this edit changes ``attention``'s softmax probabilities (an
+        ``edit(probs, rows)``), so the maps it records are the ones the model used."""
+        self._withdraw.append(add_probability_edit(attention, edit, rows=True))
+
+    def finalize(self, session: ProbeSession) -> None:
+        for withdraw in self._withdraw:
+            withdraw()
+        self._withdraw.clear()
+
+
+class ReweightEdit(EditProbe):
     """Scale the value rows of ``indices`` by ``scale`` in the conditional half."""
 
-    def __init__(self, layers: list[str], indices: list[int], scale: float, window):
+    def __init__(self, layers: list[str], indices: list[int], scale: float, window: Window):
         self.layers, self.indices, self.scale, self.window = layers, indices, scale, window
         self._index: dict[torch.device, torch.Tensor] = {}
 
-    def install(self, iv: Intervention) -> None:
+    def hook(self, session: ProbeSession) -> None:
         for name in self.layers:
-            module = iv.map.modules[name]
-            iv.hook(module.to_v, post=self._post(iv))
-            iv.declare_probabilities(module, self._probs(iv))
+            module = session.modules[name]
+            session.hook(module.to_v, post=self._post)
+            self.declare(module, self._probs)
 
-    def _probs(self, iv: Intervention):
-        """The same equalizer on the probabilities a capture recomputes (full batch)."""
+    def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
+        if session.forward.step != 0:
+            return
+        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        if isinstance(context, torch.Tensor):
+            bad = [i for i in self.indices if i >= context.shape[1]]
+            if bad:
+                raise EditError(
+                    f"Reweight token index {bad[0]}: encoder_hidden_states has "
+                    f"{context.shape[1]} tokens"
+                )
 
-        def edit(probs: torch.Tensor) -> torch.Tensor:
-            if not iv.active(self.window) or probs.shape[0] != iv.batch:
-                return probs
-            probs = probs.clone()
-            probs[iv.keep, :, :, self.indices] *= self.scale
+    def _probs(self, probs: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The same equalizer on the probabilities a capture recomputes (rows ``rows``)."""
+        fwd = self.forward
+        if get_ident() != self.thread or not self.active():
             return probs
+        where = _overlap(rows, fwd.cond, fwd.batch)
+        if where is None or probs.shape[0] != len(range(fwd.batch)[rows]):
+            return probs
+        rows = probs[where[0]]  # a view; the token index lives on the device: no host copy
+        idx = self._device_index(probs.device)
+        rows.index_copy_(3, idx, rows.index_select(3, idx) * self.scale)
+        return probs
 
-        return edit
+    def _device_index(self, device: torch.device) -> torch.Tensor:
+        idx = self._index.get(device)
+        if idx is None:
+            idx = self._index[device] = torch.tensor(self.indices, device=device)
+        return idx
 
-    def _post(self, iv: Intervention):
-        def post(module, args, kwargs, output):
-            if not iv.active(self.window) or not isinstance(output, torch.Tensor):
-                return None
-            idx = self._index.get(output.device)
-            if idx is None:
-                idx = self._index[output.device] = torch.tensor(self.indices, device=output.device)
-            v = output.clone() if torch.is_grad_enabled() else output
-            rows = v[iv.keep]  # a view: keep is a slice
-            rows.index_copy_(1, idx, rows.index_select(1, idx) * self.scale)
-            return v
-
-        return post
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not self.active() or not isinstance(output, torch.Tensor):
+            return None
+        idx = self._device_index(output.device)
+        v = output.clone() if torch.is_grad_enabled() else output
+        rows = v[self.forward.cond]  # a view: cond is a slice
+        rows.index_copy_(1, idx, rows.index_select(1, idx) * self.scale)
+        return v
 
 
-class ReplaceProbe(Probe):
+class ReplaceEdit(EditProbe):
     """Attention probabilities of the conditional half taken from a recorded source run."""
 
-    def __init__(self, layers: dict[str, tuple[int, int] | None], recording: Recording):
+    def __init__(self, layers: dict[str, Window], recording: Recording):
         self.layers = layers  # name -> window (cross and self layers alike)
         self.recording = recording
         self._v: dict[str, torch.Tensor] = {}
 
-    def install(self, iv: Intervention) -> None:
+    def hook(self, session: ProbeSession) -> None:
+        self.name_of: dict[int, str] = {}
         for name in self.layers:
-            module = iv.map.modules[name]
-            iv.hook(module.to_v, post=self._keep_v(iv, name))
-            iv.hook(module, post=self._replace(iv, name))
-            iv.declare_probabilities(module, self._probs(iv, name))
-        iv.on_forward_end.append(self._v.clear)
+            module = session.modules[name]
+            self.name_of[id(module)] = self.name_of[id(module.to_v)] = name
+            session.hook(module.to_v, post=self._keep_v)
+            session.hook(module, post=self._replace)
+            self.declare(module, self._probs(name))
 
-    def _probs(self, iv: Intervention, name: str):
+    def _probs(self, name: str):
         """The source's probabilities in the conditional rows a capture recomputes."""
 
-        def edit(probs: torch.Tensor) -> torch.Tensor:
-            if not iv.active(self.layers[name]) or probs.shape[0] != iv.batch:
+        def edit(probs: torch.Tensor, rows: slice) -> torch.Tensor:
+            fwd = self.forward
+            if get_ident() != self.thread or not self.active(self.layers[name]):
                 return probs
-            source = self.recording.attention_at(name, iv.step)
-            probs = probs.clone()
-            probs[iv.keep] = source.to(probs.device, probs.dtype)
+            where = _overlap(rows, fwd.cond, fwd.batch)
+            if where is None or probs.shape[0] != len(range(fwd.batch)[rows]):
+                return probs
+            source = self.recording.attention_at(name, fwd.step)
+            probs[where[0]] = source[where[1]].to(probs.device, probs.dtype)
             return probs
 
         return edit
 
-    def _keep_v(self, iv: Intervention, name: str):
-        def post(module, args, kwargs, output):
-            if iv.active(self.layers[name]):
-                self._v[name] = output
+    def _keep_v(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        name = self.name_of[id(module)]
+        if self.active(self.layers[name]):
+            self._v[name] = output
 
-        return post
+    def _replace(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        name = self.name_of[id(module)]
+        v = self._v.pop(name, None)
+        if v is None or not self.active(self.layers[name]):
+            return None
+        cond = self.forward.cond
+        probs = self.recording.attention_at(name, self.forward.step)
+        b = v[cond].shape[0]
+        v = v[cond].reshape(b, v.shape[1], module.heads, -1).transpose(1, 2)
+        if probs.shape[0] != b or probs.shape[-1] != v.shape[2]:
+            raise EditError(
+                f"Replace: the source maps of {name} have shape {tuple(probs.shape)} but "
+                f"this run needs ({b}, heads, queries, {v.shape[2]}): the source must be run "
+                "with the same size, guidance and token count"
+            )
+        rows = probs.to(device=v.device, dtype=torch.float32) @ v.float()
+        rows = rows.transpose(1, 2).reshape(b, rows.shape[2], -1).to(v.dtype)
+        rows = module.to_out[1](module.to_out[0](rows))
+        if getattr(module, "residual_connection", False):
+            rows = rows + args[0][cond]
+        rows = rows / getattr(module, "rescale_output_factor", 1.0)
+        out = output.clone()
+        out[cond] = rows.to(out.dtype)
+        return out
 
-    def _replace(self, iv: Intervention, name: str):
-        def post(module, args, kwargs, output):
-            v = self._v.pop(name, None)
-            if v is None or not iv.active(self.layers[name]):
-                return None
-            probs = self.recording.attention_at(name, iv.step)
-            b = v[iv.keep].shape[0]
-            v = v[iv.keep].reshape(b, v.shape[1], module.heads, -1).transpose(1, 2)
-            if probs.shape[0] != b or probs.shape[-1] != v.shape[2]:
-                raise EditError(
-                    f"Replace: the source maps of {name} have shape {tuple(probs.shape)} but "
-                    f"this run needs ({b}, heads, queries, {v.shape[2]}): the source must be run "
-                    "with the same size, guidance and token count"
-                )
-            rows = probs.to(device=v.device, dtype=torch.float32) @ v.float()
-            rows = rows.transpose(1, 2).reshape(b, rows.shape[2], -1).to(v.dtype)
-            rows = module.to_out[1](module.to_out[0](rows))
-            if getattr(module, "residual_connection", False):
-                rows = rows + args[0][iv.keep]
-            rows = rows / getattr(module, "rescale_output_factor", 1.0)
-            out = output.clone()
-            out[iv.keep] = rows.to(out.dtype)
-            return out
+    def end_forward(self, session: ProbeSession, output: Any) -> None:
+        self._v.clear()
 
-        return post
+    def finalize(self, session: ProbeSession) -> None:
+        super().finalize(session)
+        self._v.clear()
 
 
-class SkipProbe(Probe):
+class SkipAblation(EditProbe):
     """Edit the last ``channels`` of the target resnet's input: the concatenated skip."""
 
-    def __init__(self, source: str, target: str, mode: str | float, window):
+    def __init__(self, source: str, target: str, mode: str | float, window: Window):
         self.source, self.target, self.mode, self.window = source, target, mode, window
         self.channels: int | None = None
 
-    def install(self, iv: Intervention) -> None:
-        iv.hook(iv.map.modules[self.source], post=self._seen(iv))
-        iv.hook(iv.map.modules[self.target], pre=self._edit(iv))
+    def hook(self, session: ProbeSession) -> None:
+        session.hook(session.modules[self.source], post=self._seen)
+        session.hook(session.modules[self.target], pre=self._edit)
 
-    def _seen(self, iv: Intervention):
-        def post(module, args, kwargs, output):
-            t = _first(output)
-            if iv.live() and t is not None and t.ndim == 4:
-                self.channels = int(t.shape[1])
+    def _seen(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        t = _first(output)
+        if t is not None and t.ndim == 4:
+            self.channels = int(t.shape[1])
 
-        return post
-
-    def _edit(self, iv: Intervention):
-        def pre(module, args, kwargs):
-            if not iv.active(self.window) or not self.channels:
-                return None
-            key = (
-                None if args else next(k for k in ("input_tensor", "hidden_states") if k in kwargs)
-            )
-            x = args[0] if args else kwargs[key]
-            c = self.channels
-            x = torch.cat([x[:, :-c], ablate(x[:, -c:], self.mode)], dim=1)
-            if args:
-                return (x, *args[1:]), kwargs
-            return args, {**kwargs, key: x}
-
-        return pre
+    def _edit(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if not self.active() or not self.channels:
+            return None
+        key = None if args else next(k for k in ("input_tensor", "hidden_states") if k in kwargs)
+        x = args[0] if args else kwargs[key]
+        c = self.channels
+        x = torch.cat([x[:, :-c], ablate(x[:, -c:], self.mode)], dim=1)
+        if args:
+            return (x, *args[1:]), kwargs
+        return args, {**kwargs, key: x}
 
 
-class OutputProbe(Probe):
-    """Replace a module's output tensors: ablated (``mode``) or from a recording (Patch)."""
+class OutputEdit(EditProbe):
+    """Replace a module's output tensors: ablated (``mode``, AblateBlock) or from a recording
+    (``source``, Patch)."""
 
     def __init__(
-        self, name: str, window, mode: str | float | None = None, source=None, half="both"
+        self,
+        name: str,
+        window: Window,
+        mode: str | float | None = None,
+        source: Recording | None = None,
+        half: str = "both",
     ):
         self.name, self.window, self.mode = name, window, mode
-        self.source: Recording | None = source
+        self.source = source
         self.half = half
 
-    def install(self, iv: Intervention) -> None:
-        iv.hook(iv.map.modules[self.name], post=self._post(iv))
+    def hook(self, session: ProbeSession) -> None:
+        session.hook(session.modules[self.name], post=self._post)
 
-    def _post(self, iv: Intervention):
-        def post(module, args, kwargs, output):
-            if not iv.active(self.window):
-                return None
-            if self.source is None:
-                return map_output(output, lambda i, t: ablate(t, self.mode))
-            recorded = self.source.outputs_at(self.name, iv.step)
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not self.active():
+            return None
+        if self.source is None:
+            return map_output(output, lambda i, t: ablate(t, self.mode))
+        fwd = self.forward
+        recorded = self.source.outputs_at(self.name, fwd.step)
 
-            def patch(i: int, t: torch.Tensor) -> torch.Tensor:
-                src = recorded[i].to(device=t.device, dtype=t.dtype)
-                if src.shape != t.shape:
-                    raise EditError(
-                        f"Patch {self.name}: the source output has shape {tuple(src.shape)}, "
-                        f"this run {tuple(t.shape)}: run the source with the same size and "
-                        "guidance"
-                    )
-                if self.half == "both":
-                    return src.clone()  # a fresh tensor: the model may add into it in place
-                out = t.clone()
-                out[iv.keep] = src[iv.keep]
-                return out
+        def patch(i: int, t: torch.Tensor) -> torch.Tensor:
+            src = recorded[i].to(device=t.device, dtype=t.dtype)
+            if src.shape != t.shape:
+                raise EditError(
+                    f"Patch {self.name}: the source output has shape {tuple(src.shape)}, "
+                    f"this run {tuple(t.shape)}: run the source with the same size and guidance"
+                )
+            if self.half == "both":
+                return src.clone()  # a fresh tensor: the model may add into it in place
+            out = t.clone()
+            out[fwd.cond] = src[fwd.cond]
+            return out
 
-            return map_output(output, patch)
-
-        return post
+        return map_output(output, patch)
 
 
-class TembProbe(Probe):
+class TembScale(EditProbe):
     """Scale ``time_emb_proj``'s output of the given resnets."""
 
-    def __init__(self, resnets: list[str], scale: float, window):
+    def __init__(self, resnets: list[str], scale: float, window: Window):
         self.resnets, self.scale, self.window = resnets, scale, window
 
-    def install(self, iv: Intervention) -> None:
+    def hook(self, session: ProbeSession) -> None:
         for name in self.resnets:
-            iv.hook(iv.map.modules[name].time_emb_proj, post=self._post(iv))
+            session.hook(session.modules[name].time_emb_proj, post=self._post)
 
-    def _post(self, iv: Intervention):
-        def post(module, args, kwargs, output):
-            if iv.active(self.window) and isinstance(output, torch.Tensor):
-                return output * self.scale
-            return None
-
-        return post
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if self.active() and isinstance(output, torch.Tensor):
+            return output * self.scale
+        return None
 
 
-class RecordProbe(Probe):
+class SourceRecorder(Probe):
     """Keep, per forward in ``window``, module outputs (cloned: the model adds into some in
-    place) and the post-softmax attention probabilities (conditional half) of chosen layers."""
+    place) and the post-softmax attention probabilities (conditional half) of chosen layers:
+    what a Patch or Replace takes from its source run."""
 
     def __init__(
         self,
         recording: Recording,
         outputs: list[str],
         attention: list[str],
-        window,
+        window: Window,
         max_queries: int | None = None,
     ):
         self.recording, self.outputs, self.attention = recording, outputs, attention
         self.window, self.max_queries = window, max_queries
         self._q: dict[str, torch.Tensor] = {}
 
-    def install(self, iv: Intervention) -> None:
+    def install(self, session: ProbeSession) -> None:
+        self.forward = session.forward
+        self.output_of: dict[int, str] = {}
+        self.name_of: dict[int, str] = {}
         for name in self.outputs:
-            iv.hook(iv.map.modules[name], post=self._output(iv, name))
+            self.output_of[id(session.modules[name])] = name
+            session.hook(session.modules[name], post=self._output)
         for name in self.attention:
-            module = iv.map.modules[name]
-            iv.hook(module.to_q, post=self._q_post(iv, name))
-            iv.hook(module.to_k, post=self._k_post(iv, name, module))
-        iv.on_forward_end.append(self._q.clear)
+            module = session.modules[name]
+            self.name_of[id(module.to_q)] = self.name_of[id(module.to_k)] = name
+            session.hook(module.to_q, post=self._q_post)
+            session.hook(module.to_k, post=self._k_post)
+        self.modules = session.modules
 
-    def _output(self, iv: Intervention, name: str):
-        def post(module, args, kwargs, output):
-            if iv.active(self.window):
-                kept = [t.detach().clone() for t in tensors_of(output)]
-                self.recording.outputs.setdefault(name, {})[iv.step] = kept
+    def _output(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.forward.active(self.window):
+            kept = [t.detach().clone() for t in tensors_of(output)]
+            name = self.output_of[id(module)]
+            self.recording.outputs.setdefault(name, {})[self.forward.step] = kept
 
-        return post
+    def _q_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.forward.active(self.window):
+            self._q[self.name_of[id(module)]] = output
 
-    def _q_post(self, iv: Intervention, name: str):
-        def post(module, args, kwargs, output):
-            if iv.active(self.window):
-                self._q[name] = output
+    def _k_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        name = self.name_of[id(module)]
+        q = self._q.pop(name, None)
+        fwd = self.forward
+        if q is None or not fwd.active(self.window):
+            return
+        if self.max_queries is not None and q.shape[1] > self.max_queries:
+            return  # P2P replaces self-attention only in small maps: keep no more
+        probs = probabilities(self.modules[name], q, output, fwd.batch, fwd.cond)
+        self.recording.attention.setdefault(name, {})[fwd.step] = probs
 
-        return post
-
-    def _k_post(self, iv: Intervention, name: str, attn: nn.Module):
-        def post(module, args, kwargs, output):
-            q = self._q.pop(name, None)
-            if q is None or not iv.active(self.window):
-                return
-            if self.max_queries is not None and q.shape[1] > self.max_queries:
-                return  # P2P replaces self-attention only in small maps: keep no more
-            probs = probabilities(attn, q, output, iv.batch, iv.keep)
-            self.recording.attention.setdefault(name, {})[iv.step] = probs
-
-        return post
+    def end_forward(self, session: ProbeSession, output: Any) -> None:
+        self._q.clear()

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ..presenters import present
 from .intervene import Intervention, Recording
 from .model_map import ModelMap
-from .probes import RecordProbe
+from .probes import SourceRecorder
 from .spec import Edit, EditError, Patch, Replace, check_edits, window
 
 
@@ -68,13 +69,13 @@ def _run_source(
         if _source_of(e) != prompt:
             continue
         if isinstance(e, Patch):
-            probes.append(RecordProbe(rec, [e.name], [], window(e.steps, n, repr(e))))
+            probes.append(SourceRecorder(rec, [e.name], [], window(e.steps, n, repr(e))))
         elif isinstance(e, Replace):
             cross = mm.attention_layers(e.layers, True, repr(e))
             selfs = mm.attention_layers(e.layers, False, repr(e))
-            probes.append(RecordProbe(rec, [], cross, window(e.cross_steps, n, repr(e))))
+            probes.append(SourceRecorder(rec, [], cross, window(e.cross_steps, n, repr(e))))
             w = window(e.self_steps, n, repr(e))
-            probes.append(RecordProbe(rec, [], selfs, w, max_queries=e.self_max_queries))
+            probes.append(SourceRecorder(rec, [], selfs, w, max_queries=e.self_max_queries))
     keep = Intervention(pipe.unet, None, cfg=common["cfg"], probes=probes)
     light = {"detail": "blocks", "attention": False, "temb": False}
     with keep:
@@ -114,9 +115,7 @@ class Comparison:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """Notebook display: base | edited | difference and the edits (unetviz.report)."""
-        from unetviz.report.display import comparison_mimebundle
-
-        return comparison_mimebundle(self)
+        return present("comparison_mimebundle", self)
 
     def diff_image(self) -> Any:
         """The difference as a greyscale PIL image (white: the largest possible change)."""

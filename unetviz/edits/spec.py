@@ -8,28 +8,80 @@ Step windows (``steps=``) count UNet forwards inside the ``with`` (one per sampl
 unetviz's pipelines): ``(start, stop)`` as ints is the half-open index range; as floats in
 [0, 1] it is a fraction of the schedule (``int(f * steps)``, as prompt-to-prompt rounds), which
 needs the step count (pipelines pass it). ``None`` means every step.
+
+Every argument is checked when the edit is made, with an :class:`EditError` naming the bad
+value and what was expected: numbers through :mod:`unetviz.callargs` (scales within
+``MAX_SCALE``, step indices within ``callargs.MAX_STEPS``), name lists of at most ``MAX_NAMES``
+entries. A single string where a list of names is expected (``layers="up"``,
+``targets="mid_block"``) is one name, never its characters; a string where edits are
+expected (``edits="red"``) is refused.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..callargs import MAX_STEPS, as_float, as_int
 from ..errors import UnetvizError
 
-LOCATIONS = ("down", "mid", "up")
 MODES = ("zero", "mean")
+#: most names in one list (``layers=``, sweep ``targets=``), edits in one call, and the largest
+#: |scale| of a Reweight, ScaleTemb or scaling ablation
+MAX_NAMES = 256
+MAX_EDITS = 64
+MAX_SCALE = 1000.0
+MAX_NAME_LENGTH = 512
+#: largest token index / skip index an edit may name, and the largest self_max_queries
+MAX_INDEX = 4096
+MAX_QUERIES = 1 << 24
 
 
 class EditError(UnetvizError):
     """An edit that cannot apply: bad parameters, or a token / block / skip the model lacks."""
 
 
+def check_scale(value: Any, what: str) -> float:
+    """A scale factor: a finite number within +-MAX_SCALE."""
+    return _number(value, what)
+
+
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise EditError(f"{what}={value!r}: expected a finite number")
-    return float(value)
+    """A scale: a finite number within +-MAX_SCALE (text is refused: this is the Python API)."""
+    if isinstance(value, str):
+        raise EditError(f"{what}={value!r}: expected a number, got a string")
+    return as_float(value, what, -MAX_SCALE, MAX_SCALE, error=EditError)
+
+
+def _name(value: Any, what: str) -> str:
+    """A module name or prefix: a non-empty string of at most MAX_NAME_LENGTH characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise EditError(f"{what}={value!r}: expected a module name (a non-empty string)")
+    if len(value) > MAX_NAME_LENGTH:
+        raise EditError(
+            f"{what}: a name of {len(value)} characters; expected at most {MAX_NAME_LENGTH}"
+        )
+    return value
+
+
+def names(value: Any, what: str, *, ints: bool = False) -> tuple[Any, ...]:
+    """A list of names (or, with ``ints``, skip indices): one string is one name; at most
+    MAX_NAMES items; anything else is refused naming what was expected."""
+    expected = "a name, or a list of names" + (" or skip indices" if ints else "")
+    if isinstance(value, (str, bytes)):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        raise EditError(f"{what}={value!r}: expected {expected}")
+    if not value or len(value) > MAX_NAMES:
+        raise EditError(f"{what} has {len(value)} items: expected 1 to {MAX_NAMES}")
+    out = []
+    for item in value:
+        if ints and isinstance(item, int) and not isinstance(item, bool):
+            out.append(as_int(item, f"{what} index", 0, MAX_INDEX, error=EditError))
+        else:
+            out.append(_name(item, what))
+    return tuple(out)
 
 
 def check_steps(steps: Any, what: str = "steps") -> tuple[float, float] | tuple[int, int] | None:
@@ -45,12 +97,17 @@ def check_steps(steps: Any, what: str = "steps") -> tuple[float, float] | tuple[
             "fractions of the schedule in [0, 1]"
         )
     a, b = steps
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)):
-        if a < 0 or b < a:
+    if any(isinstance(v, (str, bool)) or not isinstance(v, (int, float)) for v in (a, b)):
+        raise EditError(f"{what}={steps!r}: expected (start, stop) as two numbers")
+    if all(isinstance(v, int) for v in (a, b)):
+        a = as_int(a, f"{what} start", 0, MAX_STEPS, error=EditError)
+        b = as_int(b, f"{what} stop", 0, MAX_STEPS, error=EditError)
+        if b < a:
             raise EditError(f"{what}={steps!r}: expected 0 <= start <= stop")
         return (a, b)
-    a, b = _number(a, what), _number(b, what)
-    if not 0.0 <= a <= b <= 1.0:
+    a = as_float(a, f"{what} start", 0.0, 1.0, error=EditError)
+    b = as_float(b, f"{what} stop", 0.0, 1.0, error=EditError)
+    if not a <= b:
         raise EditError(f"{what}={steps!r}: fractions must satisfy 0 <= start <= stop <= 1")
     return (a, b)
 
@@ -82,13 +139,25 @@ def check_mode(mode: Any) -> str | float:
 def _layers(layers: Any) -> tuple[str, ...] | None:
     if layers is None:
         return None
-    items = (layers,) if isinstance(layers, str) else tuple(layers)
-    if not items or not all(isinstance(x, str) and x for x in items):
+    if not isinstance(layers, (str, list, tuple)):
         raise EditError(
             f"layers={layers!r}: expected 'down', 'mid', 'up', a module name or prefix "
             "(e.g. 'up_blocks.1'), or a list of them"
         )
-    return items
+    return names(layers, "layers")
+
+
+def _source(value: Any, what: str, method: str) -> Any:
+    """A source prompt (a non-empty string) or a Recording (duck-typed: ``method``)."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise EditError(f"{what} '': expected the prompt to take it from")
+        return value
+    if not callable(getattr(value, method, None)):
+        raise EditError(
+            f"{what}={value!r}: expected a prompt (a string) or an unetviz.edits.Recording"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -128,8 +197,12 @@ class Reweight(Edit):
             raise EditError(f"Reweight token {self.token!r}: expected a word or a token index")
         if isinstance(self.token, str) and not self.token.strip():
             raise EditError("Reweight token '': expected a word of the prompt")
+        if isinstance(self.token, str) and len(self.token) > MAX_NAME_LENGTH:
+            raise EditError(f"Reweight token: {len(self.token)} characters, expected a word")
         if isinstance(self.token, int) and self.token < 0:
             raise EditError(f"Reweight token index {self.token}: expected >= 0")
+        if isinstance(self.token, int):
+            as_int(self.token, "Reweight token index", 0, MAX_INDEX, error=EditError)
         self._set(
             scale=_number(self.scale, "Reweight scale"),
             layers=_layers(self.layers),
@@ -152,12 +225,19 @@ class Replace(Edit):
     self_max_queries: int = 256
 
     def __post_init__(self) -> None:
-        if isinstance(self.source_prompt, str) and not self.source_prompt.strip():
-            raise EditError("Replace source_prompt '': expected the prompt to take maps from")
+        _source(self.source_prompt, "Replace source_prompt", "attention_at")
+        if isinstance(self.self_max_queries, str):
+            raise EditError(
+                f"Replace self_max_queries={self.self_max_queries!r}: expected a whole number "
+                f"1..{MAX_QUERIES}, got a string"
+            )
         self._set(
             cross_steps=check_steps(self.cross_steps, "cross_steps"),
             self_steps=check_steps(self.self_steps, "self_steps"),
             layers=_layers(self.layers),
+            self_max_queries=as_int(
+                self.self_max_queries, "Replace self_max_queries", 1, MAX_QUERIES, error=EditError
+            ),
         )
 
 
@@ -177,6 +257,10 @@ class AblateSkip(Edit):
             raise EditError(
                 f"AblateSkip skip={self.skip!r}: expected a skip index >= 0 or 'source -> target'"
             )
+        if ok_int:
+            as_int(self.skip, "AblateSkip skip", 0, MAX_INDEX, error=EditError)
+        else:
+            _name(self.skip, "AblateSkip skip")
         self._set(mode=check_mode(self.mode), steps=check_steps(self.steps))
 
 
@@ -191,8 +275,7 @@ class AblateBlock(Edit):
     steps: tuple | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise EditError(f"AblateBlock name={self.name!r}: expected a module name")
+        _name(self.name, "AblateBlock name")
         self._set(mode=check_mode(self.mode), steps=check_steps(self.steps))
 
 
@@ -206,8 +289,7 @@ class ScaleTemb(Edit):
     steps: tuple | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, str) or not self.target:
-            raise EditError(f"ScaleTemb target={self.target!r}: expected a resnet or block name")
+        _name(self.target, "ScaleTemb target")
         self._set(scale=_number(self.scale, "ScaleTemb scale"), steps=check_steps(self.steps))
 
 
@@ -224,10 +306,8 @@ class Patch(Edit):
     half: str = "both"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise EditError(f"Patch name={self.name!r}: expected a module name")
-        if isinstance(self.source, str) and not self.source.strip():
-            raise EditError("Patch source '': expected a prompt or a Recording")
+        _name(self.name, "Patch name")
+        _source(self.source, "Patch source", "outputs_at")
         if self.half not in ("both", "cond"):
             raise EditError(f"Patch half={self.half!r}: expected 'both' or 'cond'")
         self._set(steps=check_steps(self.steps))
@@ -242,10 +322,17 @@ def check_edits(edits: Any) -> list[Edit]:
         return []
     if isinstance(edits, Edit):
         edits = [edits]
+    if isinstance(edits, (str, bytes)):
+        raise EditError(
+            f"edits={edits!r}: expected a list of unetviz.edits objects (such as "
+            "[edits.Reweight('red', 0.0)]), got a string"
+        )
     try:
-        items = list(edits)
+        items = list(itertools.islice(iter(edits), MAX_EDITS + 1))
     except TypeError:
         raise EditError(f"edits={edits!r}: expected a list of unetviz.edits objects") from None
+    if len(items) > MAX_EDITS:
+        raise EditError(f"more than {MAX_EDITS} edits in one call: expected at most {MAX_EDITS}")
     for e in items:
         if not isinstance(e, Edit):
             names = ", ".join(c.__name__ for c in EDITS)

@@ -5,7 +5,7 @@ The per-target score is the mean absolute pixel change (RGB in [0, 1]); a ``scor
 ``score(prompt, image) -> {name: value}`` adds columns (on the demo model: whether colour,
 shape and position stay as prompted, from the demo evaluation's pixel readers). The result is
 saved with the unedited run's trace (``trace.meta["sweep"]``) and fills the architecture
-diagram (:func:`unetviz.edits.figures.sweep_diagram`).
+diagram (:func:`unetviz.render.edits.sweep_diagram`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ from typing import Any
 
 from .model_map import ModelMap
 from .session import pixel_diff
-from .spec import AblateBlock, AblateSkip, Edit, EditError, Reweight, ScaleTemb, check_mode
+from .spec import (
+    AblateBlock,
+    AblateSkip,
+    Edit,
+    EditError,
+    Reweight,
+    ScaleTemb,
+    check_mode,
+    check_scale,
+    names,
+)
 
 OVER = ("blocks", "layers", "skips")
 KINDS = ("ablate", "reweight", "temb")
@@ -36,7 +46,8 @@ class Sweep:
     samplers) or "skips"; ``edit`` "ablate" (AblateBlock / AblateSkip with ``mode``),
     "reweight" (``Reweight(word, scale, layers=target)``, targets holding cross-attention) or
     "temb" (``ScaleTemb(target, scale)``, targets holding resnets). ``targets`` narrows the
-    list (names, or skip indices for "skips")."""
+    list (names, or skip indices for "skips"; one string is one name; at most
+    ``spec.MAX_NAMES``)."""
 
     over: str = "blocks"
     edit: str = "ablate"
@@ -46,17 +57,21 @@ class Sweep:
     targets: tuple | None = None
 
     def __post_init__(self) -> None:
-        if self.over not in OVER:
+        if not isinstance(self.over, str) or self.over not in OVER:
             raise EditError(f"Sweep over={self.over!r}: expected one of {list(OVER)}")
-        if self.edit not in KINDS:
+        if not isinstance(self.edit, str) or self.edit not in KINDS:
             raise EditError(f"Sweep edit={self.edit!r}: expected one of {list(KINDS)}")
         if self.over == "skips" and self.edit != "ablate":
             raise EditError("Sweep over='skips' ablates each skip: use edit='ablate'")
+        if self.word is not None and (not isinstance(self.word, str) or not self.word.strip()):
+            raise EditError(f"Sweep word={self.word!r}: expected a word of the prompt")
         if self.edit == "reweight" and not self.word:
             raise EditError("Sweep edit='reweight' needs word= (the prompt word to re-weight)")
         check_mode(self.mode)
-        if self.targets is not None:
-            object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "scale", check_scale(self.scale, "Sweep scale"))
+        if self.targets is not None:  # one string is one target; at most MAX_NAMES
+            targets = names(self.targets, "Sweep targets", ints=self.over == "skips")
+            object.__setattr__(self, "targets", targets)
 
     def plan(self, mm: ModelMap) -> list[tuple[str, Edit]]:
         """(target label, edit) pairs for this model, in forward order."""

@@ -17,7 +17,6 @@ exactly as SD scales its latents by 0.18215.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..config import ConfigError, check_part_config, read_json
+
+#: The most parameters a VAE config may describe before anything is built (SD's VAE: 84 M).
+MAX_VAE_PARAMS = 400_000_000
 
 
 @dataclass
@@ -44,10 +48,39 @@ class AutoencoderConfig:
     up_block_types: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        check_part_config("vae", {k: _listed(v) for k, v in asdict(self).items() if v != ()})
         self.block_out_channels = tuple(self.block_out_channels)
         n = len(self.block_out_channels)
         self.down_block_types = tuple(self.down_block_types) or ("DownEncoderBlock2D",) * n
         self.up_block_types = tuple(self.up_block_types) or ("UpDecoderBlock2D",) * n
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """Block types this layout builds, channels divisible by groups, a parameter budget."""
+        for key, kind in (
+            ("down_block_types", "DownEncoderBlock2D"),
+            ("up_block_types", "UpDecoderBlock2D"),
+        ):
+            types = getattr(self, key)
+            if len(types) != len(self.block_out_channels) or set(types) != {kind}:
+                raise ConfigError(
+                    f"vae.{key} = {list(types)[:8]}: expected {kind} once per block_out_channels "
+                    "entry (the Stable Diffusion VAE layout)"
+                )
+        for i, ch in enumerate(self.block_out_channels):
+            if ch % self.norm_num_groups:
+                raise ConfigError(
+                    f"vae.block_out_channels[{i}] = {ch} is not divisible by norm_num_groups = "
+                    f"{self.norm_num_groups}"
+                )
+        # 3x3 convs: the encoder's resnets (2 convs each), the decoder's (one more per block)
+        params = sum(18 * c * c * (2 * self.layers_per_block + 1) for c in self.block_out_channels)
+        params += 4 * 18 * self.block_out_channels[-1] ** 2  # the two mid blocks
+        if params > MAX_VAE_PARAMS:
+            raise ConfigError(
+                f"vae config describes about {params:,} parameters: more than the "
+                f"{MAX_VAE_PARAMS:,} allowed (Stable Diffusion's VAE has 84 million)"
+            )
 
     @property
     def downsampling_factor(self) -> int:
@@ -69,10 +102,17 @@ class AutoencoderConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> AutoencoderConfig:
-        """Read a ``vae/config.json`` (keys diffusers adds and this layout fixes are dropped)."""
-        data = json.loads(Path(path).read_text())
+        """Read a ``vae/config.json`` the way every config is read: a bounded read, the VAE
+        schema, then construction (keys diffusers adds and this layout fixes are dropped;
+        ``shift_factor`` null is 0). ConfigError naming the file or the key otherwise."""
+        data = check_part_config("vae", read_json(path, "vae config"))
         keys = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in keys})
+        kwargs = {k: v for k, v in data.items() if k in keys and v is not None}
+        return cls(**kwargs)
+
+
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 class VAEResnetBlock(nn.Module):
@@ -255,6 +295,10 @@ class AutoencoderKL(nn.Module):
         mean, logvar = self.encode(x)
         z = mean
         if sample:
-            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            # drawn where the generator lives (a CPU generator gives the same numbers for a
+            # CUDA model), then moved to the latent's device
+            where = generator.device if generator is not None else mean.device
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=where)
+            noise = noise.to(mean.device)
             z = mean + (0.5 * logvar).exp() * noise
         return self.decode(z), mean, logvar

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import unetviz.callargs as callargs
 from unetviz.callargs import MAX_SEED
 from unetviz.errors import UnetvizError
+from unetviz.presenters import present
 
 if TYPE_CHECKING:
     import torch
@@ -74,15 +75,11 @@ class Run:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """Notebook display hook: image, tokens, per-word heatmaps (``unetviz.report``)."""
-        from unetviz.report.display import run_mimebundle  # lazy: display code sits above
-
-        return run_mimebundle(self)
+        return present("run_mimebundle", self)
 
     def report(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write one self-contained HTML report of this run (``unetviz.report``)."""
-        from unetviz.report.html import write_report  # lazy: display code sits above
-
-        return write_report(self, path, title=title)
+        return present("write_report", self, path, title=title)
 
 
 class Pipeline(Protocol):

@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from PIL import Image
 from torch import nn
 
 from unetviz.callargs import uses_cfg
-from unetviz.config import check_demo_config, read_json
+from unetviz.config import ConfigError, check_demo_config, read_json
 from unetviz.detect import DEMO_DIR
 from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
@@ -131,6 +131,17 @@ class TextEncoderConfig:
     n_special: int = len(SPECIALS)
     projection_dim: int | None = None  # pooled caption embedding size (None: no pooled output)
     causal: bool = True  # False: every token sees the whole caption (padding masked out)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TextEncoderConfig:
+        """Read ``text_encoder/config.json`` as every config is read: bounded read, the
+        schema (with its parameter budget), then construction; ConfigError otherwise."""
+        data = check_demo_config("text_encoder", read_json(path, "text_encoder config"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
+        if unknown:
+            raise ConfigError(f"{path}: unknown text_encoder config keys {unknown[:5]}")
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class TextEncoderLayer(nn.Module):
@@ -428,9 +439,8 @@ def load_demo_parts(
     if missing:
         raise PipelineError(f"demo model folder {folder} is incomplete: missing {missing}")
     unet = load_unet(folder / "unet").eval()
-    te_cfg = check_demo_config("text_encoder", read_json(folder / "text_encoder" / "config.json"))
-    te_cfg.pop("_class_name", None)
-    text_encoder = DemoTextEncoder(TextEncoderConfig(**te_cfg))
+    te_cfg = TextEncoderConfig.from_json(folder / "text_encoder" / "config.json")
+    text_encoder = DemoTextEncoder(te_cfg)
     _load_state(text_encoder, folder / "text_encoder" / "model.safetensors")
     text_encoder.eval()
     tokenizer = WordTokenizer.load(folder / "tokenizer")

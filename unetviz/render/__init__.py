@@ -8,8 +8,7 @@ imported on first use, so ``import unetviz.render`` is cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "build_graph": "unetviz.render.graph",
@@ -31,7 +30,7 @@ _EXPORTS = {
     "word_tokens": "unetviz.render.heatmaps",
     "word_groups": "unetviz.render.heatmaps",
     "layer_label": "unetviz.render.heatmaps",
-    "layer_order": "unetviz.render.heatmaps",
+    "layer_order": "unetviz.names",
     "captioned": "unetviz.render.heatmaps",
     "contact_sheet": "unetviz.render.heatmaps",
     "HeatmapError": "unetviz.render.heatmaps",
@@ -43,14 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'unetviz.render' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,20 +11,19 @@ numpy and PIL only (no plotly, no torch import).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..colors import NAME as COLORMAP
-from ..colors import colorbar_image, colorize, fmt_value, scale_of, unit
+from ..colors import captioned, colorize, fmt_value, scale_of, unit
 from ..errors import UnetvizError
+from ..names import layer_order
+from ..tokens import END_TOKENS, PAD_TOKEN, SPECIAL_TOKENS, label_at
 from .graph import field_of
 
 #: How several heatmaps are put on colour scales: one shared scale (comparable) or each its own.
 SCALES = ("shared", "per-token")
-_SPECIALS = {"<bos>", "<eos>", "<pad>", "<|startoftext|>", "<|endoftext|>"}
-_LOCATION_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 
 __all__ = [
     "COLORMAP",
@@ -58,9 +57,9 @@ def word_tokens(trace: Any, limit: int | None = None) -> list[int]:
     if not idx and tokens:
         idx = []
         for i, t in enumerate(tokens):
-            if t == "<pad>" or (i > 0 and t in ("<eos>", "<|endoftext|>")):
+            if t == PAD_TOKEN or (i > 0 and t in END_TOKENS):
                 break
-            if t not in _SPECIALS:
+            if t not in SPECIAL_TOKENS:
                 idx.append(i)
     if not idx:
         n = len(tokens) or token_count(trace)
@@ -85,7 +84,7 @@ def word_groups(trace: Any, specials: bool = False) -> list[tuple[str, list[int]
     tokens = list(field_of(trace, "tokens", []) or [])
     groups: dict[str, list[int]] = {}
     for i in word_tokens(trace):
-        word = words[i] if i < len(words) and words[i] is not None else _token_text(tokens, i)
+        word = words[i] if i < len(words) and words[i] is not None else label_at(tokens, i)
         if any(c.isalnum() for c in word):
             groups.setdefault(word, []).append(i)
     out = list(groups.items())
@@ -97,21 +96,7 @@ def word_groups(trace: Any, specials: bool = False) -> list[tuple[str, list[int]
     return out
 
 
-def _token_text(tokens: list[str], i: int) -> str:
-    return tokens[i].replace("</w>", "") if i < len(tokens) else f"#{i}"
-
-
 # ---------------------------------------------------------------------------- layers
-def layer_order(names: list[str]) -> list[str]:
-    """Cross-attention layer names in UNet order: down, mid, up (forward order within each)."""
-    return [
-        n
-        for _, n in sorted(
-            enumerate(names), key=lambda p: (_LOCATION_ORDER.get(p[1].split(".")[0], 3), p[0])
-        )
-    ]
-
-
 def layer_label(name: str, res: Any = None, names: Any = None, depth: int = 1) -> str:
     """``IN04 · down_blocks.1.attentions.0 · 32×32`` for an attn2 layer: A1111 label (with
     ``names``, a :class:`unetviz.names.UNetNames`), the transformer's diffusers name (plus
@@ -246,42 +231,6 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     inner[:, :-1] &= mask[:, 1:]
     edge = mask & ~inner
     return edge | np.roll(edge, 1, 0) | np.roll(edge, 1, 1)
-
-
-def captioned(
-    picture: Any,
-    title: str,
-    lines: Sequence[str] = (),
-    scale: tuple[float, float] | None = None,
-    scale_label: str = "",
-) -> Any:
-    """``picture`` (PIL) with a title above and caption lines plus a colour bar of ``scale``
-    below, on white: a heatmap PNG that says what it shows."""
-    from PIL import Image, ImageDraw
-
-    from ..colors import font as _font
-
-    width = max(picture.width, 256)
-    bar = colorbar_image(*scale, width=width, label=scale_label) if scale else None
-    title_h, line_h = 22, 15
-    height = title_h + picture.height + 6 + line_h * len(lines) + (bar.height if bar else 0)
-    out = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(out)
-    draw.text((width // 2, 4), _fit(title, width, 14), fill=(0, 0, 0), font=_font(14), anchor="ma")
-    out.paste(picture, ((width - picture.width) // 2, title_h))
-    y = title_h + picture.height + 4
-    for line in lines:
-        draw.text((4, y), _fit(line, width, 11), fill=(40, 40, 40), font=_font(11))
-        y += line_h
-    if bar is not None:
-        out.paste(bar, (0, y))
-    return out
-
-
-def _fit(text: str, width: int, size: int) -> str:
-    """``text`` cut with an ellipsis to about ``width`` px at font ``size``."""
-    limit = max(8, int(width / (size * 0.58)))
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def contact_sheet(tiles: list[Any], cols: int = 4, gap: int = 8) -> Any:

@@ -18,14 +18,15 @@ from __future__ import annotations
 import base64
 import io
 import math
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from ..colors import LUT, NAME
 from ..colors import colorscale as _colorscale
+from ..colors import minmax, unit
+from ..names import block_of, layer_order
+from ..tokens import token_label
 from .graph import field_of
 from .heatmaps import (
     HeatmapError,
@@ -34,7 +35,6 @@ from .heatmaps import (
     heat_scales,
     image_array,
     layer_label,
-    layer_order,
     overlay,
     token_count,
     word_tokens,
@@ -47,11 +47,6 @@ FONT = "DejaVu Sans, Arial, sans-serif"
 
 
 # ---------------------------------------------------------------------------- helpers
-def _minmax(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-
-
 def _image_uri(rgb: np.ndarray, max_side: int = 256) -> tuple[str, int, int]:
     """(JPEG data URI of the image shrunk to ``max_side``, its height, width): small enough
     to resend on every slider move."""
@@ -80,7 +75,7 @@ def token_labels(trace: Any) -> list[str]:
     if not tokens:
         n = token_count(trace)
         return [f"#{i}" for i in range(n)]
-    return [t.replace("</w>", "") for t in tokens]
+    return [token_label(t) for t in tokens]
 
 
 def default_tokens(trace: Any, limit: int = 12) -> list[int]:
@@ -137,26 +132,6 @@ def layer_labels(trace: Any, names: list[str]) -> list[str]:
         )
         for n in names
     ]
-
-
-def short_layer(name: str) -> str:
-    """``up_blocks.1.attentions.2.transformer_blocks.0.attn2`` -> ``up1.a2.t0``."""
-    p = name.split(".")
-    out = []
-    i = 0
-    while i < len(p):
-        if p[i] in ("down_blocks", "up_blocks") and i + 1 < len(p):
-            out.append(p[i][:-7] + p[i + 1])
-            i += 2
-        elif p[i] == "mid_block":
-            out.append("mid")
-            i += 1
-        elif p[i] in ("attentions", "transformer_blocks") and i + 1 < len(p):
-            out.append(p[i][0] + p[i + 1])
-            i += 2
-        else:
-            i += 1
-    return ".".join(out) if out else name
 
 
 def _label_rows(fig: go.Figure, labels: list[str]) -> None:
@@ -323,10 +298,9 @@ def _grid_values(
         col_scale = heat_scales(col, "shared")[0]
         for r, m in enumerate(col):
             if scale == "per-cell":
-                m = _minmax(m)
+                m = minmax(m)
             elif scale == "per-token":
-                lo, hi = col_scale
-                m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+                m = unit(m, *col_scale)
             y, x = r * (cell + gap), c * (cell + gap)
             z[y : y + cell, x : x + cell] = _resize(m, cell, cell)
     return z, (shared if scale == "shared" else (0.0, 1.0))
@@ -407,10 +381,7 @@ def temb_table(trace: Any, by: str = "layer") -> tuple[list[str], list[int], np.
     col = {s: i for i, s in enumerate(steps)}
 
     def key(name: str) -> str:
-        if by == "layer":
-            return name
-        p = name.split(".")
-        return ".".join(p[:2]) if p[0] in ("down_blocks", "up_blocks") else p[0]
+        return name if by == "layer" else block_of(name)
 
     rows: list[str] = []
     for r in records:
@@ -503,18 +474,6 @@ def temb_lines(
 
 
 # ---------------------------------------------------------------------------- static PNG
-@lru_cache(maxsize=16)
-def colormap_lut(colorscale: str | None = None) -> np.ndarray:
-    """A (256, 3) uint8 lookup table: unetviz's colour map (:data:`unetviz.colors.LUT`) by
-    default, else sampled from the named plotly colour scale."""
-    if colorscale is None or colorscale.lower() == NAME:
-        return LUT
-    from plotly.colors import sample_colorscale, unlabel_rgb
-
-    colors = sample_colorscale(colorscale, [i / 255 for i in range(256)], colortype="rgb")
-    return np.array([[round(v) for v in unlabel_rgb(c)] for c in colors], dtype=np.uint8)
-
-
 def heatmap_image(
     heatmap: Any,
     image: Any = None,

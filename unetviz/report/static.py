@@ -284,7 +284,7 @@ def _heatmap_png(t: dict[str, Any], flip_x: bool, flip_y: bool) -> bytes | None:
     finite = z[np.isfinite(z)]
     lo = t.get("zmin") if t.get("zmin") is not None else (finite.min() if finite.size else 0)
     hi = t.get("zmax") if t.get("zmax") is not None else (finite.max() if finite.size else 1)
-    rgb = _lut(t.get("colorscale"))[np.rint(colors.unit(z, lo, hi) * 255).astype(np.uint8)]
+    rgb = colors.lut(t.get("colorscale"))[np.rint(colors.unit(z, lo, hi) * 255).astype(np.uint8)]
     alpha = np.where(np.isfinite(z), 255, 0).astype(np.uint8)
     rgba = np.dstack([rgb, alpha])
     if flip_x:
@@ -303,22 +303,6 @@ def _image_png(t: dict[str, Any]) -> bytes | None:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _lut(colorscale: Any) -> np.ndarray:
-    """(256, 3) uint8 table of a plotly colour scale (a list of [position, colour] pairs or
-    a name); unetviz's own map when none is given."""
-    if not colorscale:
-        return colors.LUT
-    from plotly.colors import convert_colors_to_same_type, sample_colorscale, unlabel_rgb
-
-    if isinstance(colorscale, str):
-        from plotly.colors import get_colorscale
-
-        colorscale = get_colorscale(colorscale)
-    scale = [[float(p), convert_colors_to_same_type(c, "rgb")[0][0]] for p, c in colorscale]
-    sampled = sample_colorscale(scale, [i / 255 for i in range(256)], colortype="rgb")
-    return np.array([[round(v) for v in unlabel_rgb(c)] for c in sampled], dtype=np.uint8)
 
 
 def _scatter(

@@ -34,6 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..capture.aggregate import daam_average, daam_latent_hw
+from ..capture.attention import softmax_scores
+from ..colors import minmax
 from .data import COLOURS, PALETTE, SHAPES, SIZE_SPLIT, Scene, eval_scenes, shape_mask
 
 TAU = 0.4
@@ -150,9 +153,7 @@ def adherence(
 # ------------------------------------------------------------------------------ token maps
 def daam_binary(heat: torch.Tensor, tau: float = TAU) -> torch.Tensor:
     """Min-max normalise an (H, W) map and threshold it at tau."""
-    heat = heat.float()
-    lo, hi = heat.min(), heat.max()
-    return (heat - lo) / (hi - lo).clamp_min(1e-12) >= tau
+    return minmax(heat.float()) >= tau
 
 
 def iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -171,14 +172,15 @@ def centred_blob(size: int) -> torch.Tensor:
 
 class AttentionProbe:
     """Forward hooks on every down/up ``attn2`` that keep each head's cross-attention
-    probabilities of the conditional batch half, summed over forwards, and aggregate them as
-    DAAM 0.2.0 does (``sum``). Used during training, and as an independent check of
-    ``unetviz.capture``'s ``"daam"`` preset."""
+    probabilities (``capture.attention.softmax_scores``) of the conditional batch half per
+    batch item, summed over forwards, and aggregate them as DAAM 0.2.0 does (``sum``, by
+    ``capture.aggregate.daam_average``). Used during training, and as an independent check of
+    ``unetviz.capture``'s ``"daam"`` preset (which averages the batch)."""
 
     def __init__(self, unet: nn.Module, size: int, cond_half: bool = True):
         self.size = size
         self.cond_half = cond_half
-        self.sums: dict[str, torch.Tensor] = {}  # (B, heads, T, h, w)
+        self.sums: dict[str, torch.Tensor] = {}  # (B, heads, h, w, T)
         self.handles = [
             m.register_forward_hook(self._hook(n))
             for n, m in unet.named_modules()
@@ -190,32 +192,20 @@ class AttentionProbe:
             hs, ctx = args[0], args[1]
             if self.cond_half:
                 hs, ctx = hs[hs.shape[0] // 2 :], ctx[ctx.shape[0] // 2 :]
-            b, n, _ = hs.shape
-            q = module.to_q(hs).view(b, n, module.heads, -1).transpose(1, 2)
-            k = module.to_k(ctx).view(b, ctx.shape[1], module.heads, -1).transpose(1, 2)
-            probs = (q @ k.transpose(-1, -2) * module.scale).softmax(-1)  # (b, heads, n, T)
+            probs = softmax_scores(module, module.to_q(hs), module.to_k(ctx))  # (b, heads, n, T)
+            b, heads, n, t = probs.shape
             side = int(math.isqrt(n))
-            maps = probs.transpose(2, 3).reshape(b, module.heads, -1, side, side)
+            maps = probs.reshape(b, heads, side, side, t)
             self.sums[name] = maps if name not in self.sums else self.sums[name] + maps
 
         return hook
 
     @property
     def sum(self) -> torch.Tensor:  # computed on every access: read it once
-        """DAAM aggregate (B, T, size, size): every (layer, head) map upsampled bicubically to
-        96 x 96, clamped at 0 and averaged; maps DAAM drops (``int(sqrt(9216 // hw)) == 8``)
-        left out; resized to ``size`` if that differs (DAAM's ``expand_as``)."""
-        total, count = None, 0
-        for maps in self.sums.values():
-            b, heads, t, h, w = maps.shape
-            if math.isqrt(9216 // (h * w)) == 8:
-                continue
-            up = F.interpolate(maps.reshape(b, heads * t, h, w), size=(96, 96), mode="bicubic")
-            up = up.clamp_(min=0).view(b, heads, t, 96, 96).sum(1)
-            total = up if total is None else total + up
-            count += heads
-        out = total / count
-        if self.size != 96:
+        """DAAM aggregate (B, T, size, size) at this image size's DAAM grid (96 x 96 unless
+        512 / 1024 px), resized to ``size`` if that differs (DAAM's ``expand_as``)."""
+        out = daam_average(list(self.sums.values()), daam_latent_hw(self.size))
+        if out.shape[-1] != self.size:
             out = F.interpolate(out, size=(self.size, self.size), mode="bicubic")
         return out
 

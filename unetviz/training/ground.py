@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..capture.attention import softmax_scores
 from .data import COLOURS, POSITIONS, SHAPES, SIZES, Scene
 
 GROUNDED = frozenset((*COLOURS, *SHAPES, *SIZES, *POSITIONS))
@@ -67,10 +68,7 @@ def recording(unet: nn.Module, resolutions: tuple[int, ...] = (24, 12)) -> Itera
         n = hidden.shape[1]
         if round(n**0.5) not in resolutions:
             return
-        b, h, d = hidden.shape[0], module.heads, module.dim_head
-        q = module.to_q(hidden).view(b, n, h, d).transpose(1, 2)
-        k = module.to_k(context).view(b, -1, h, d).transpose(1, 2)
-        probs.append((q @ k.transpose(-1, -2) * module.scale).softmax(-1))
+        probs.append(softmax_scores(module, module.to_q(hidden), module.to_k(context)))
 
     handles = [m.register_forward_hook(hook) for m in cross_attentions(unet)]
     try:

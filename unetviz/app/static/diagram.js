@@ -154,9 +154,13 @@
     const drawn = (old ? old.drawn : 0) + 1;
     state[panel.id] = { svg, pz, drawn };
     svg.dataset.uvFitZoom = String(pz.getSizes().realZoom);
-    svg.dataset.uvReady = String(drawn);
-    panel.dataset.uvDrawn = String(drawn);
-    setTimeout(() => fit(panel), 250); // once the page around it has settled
+    // fitted again once the page around it has settled; only then is it marked ready (a
+    // zoom before that would be undone by this fit)
+    setTimeout(() => {
+      fit(panel);
+      svg.dataset.uvReady = String(drawn);
+      panel.dataset.uvDrawn = String(drawn);
+    }, 250);
   }
 
   function fit(panel) {

@@ -1,7 +1,7 @@
 """Prompt adherence of a demo-model image, read from its pixels by the demo evaluation's readers
 (``unetviz.training.evaluate.adherence``): does the object keep the prompted colour, shape,
-position and size after an edit? Top layer (imports the training package); used by sweeps,
-the CLI, the app and scripts/edits_measure.py.
+position and size after an edit? Used by sweeps in the CLI and the app, and by
+scripts/edits_measure.py.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from .spec import EditError
+from ..edits.spec import EditError
 
 
 def parse_caption(caption: str) -> Any:
     """A demo caption ("a small red circle on the left and a blue square") -> a ``Scene``
     with its objects (shape, colour, position, size word; no masks, no image)."""
-    from unetviz.training.data import COLOURS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject
+    from .data import COLOURS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject
 
     objects = []
     for phrase in caption.lower().replace(",", " ").split(" and "):
@@ -36,8 +36,8 @@ def parse_caption(caption: str) -> Any:
 
 def dominant_colour(image: Any) -> str | None:
     """The palette colour most foreground pixels are closest to (None: no foreground)."""
-    from unetviz.training.data import COLOURS
-    from unetviz.training.evaluate import classify_pixels
+    from .data import COLOURS
+    from .evaluate import classify_pixels
 
     labels = classify_pixels(np.asarray(image.convert("RGB"), np.float32) / 255)
     fg = labels[labels >= 0]
@@ -47,8 +47,8 @@ def dominant_colour(image: Any) -> str | None:
 def demo_scores(prompt: str, image: Any, shapes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``{colour_ok, shape_ok, position_ok, size_ok}`` (fractions of the prompt's objects, None
     where the prompt names no such attribute) and the ``colour`` most pixels have."""
-    from unetviz.training.data import SHAPES
-    from unetviz.training.evaluate import adherence
+    from .data import SHAPES
+    from .evaluate import adherence
 
     scene = parse_caption(prompt)
     pixels = np.asarray(image.convert("RGB"), np.float32) / 255
@@ -63,7 +63,7 @@ def demo_scores(prompt: str, image: Any, shapes: tuple[str, ...] | None = None) 
 def unscorable(words: Any) -> set[str]:
     """The score keys a vocabulary cannot ask for (``position_ok`` for a model without position
     words, ``size_ok`` without size words): columns that would always read "not applicable"."""
-    from unetviz.training.data import absent_classes
+    from .data import absent_classes
 
     return {f"{name}_ok" for name in absent_classes(words)}
 
@@ -75,7 +75,7 @@ def scorer_for(pipe: Any):
     known = getattr(tokenizer, "words", None)
     if getattr(pipe, "name", None) != "demo" or known is None:
         return None
-    from unetviz.training.data import SHAPES
+    from .data import SHAPES
 
     shapes = tuple(s for s in SHAPES if s in known)
     dropped = unscorable(known)

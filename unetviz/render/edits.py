@@ -1,15 +1,14 @@
 """Pictures of interventions: the architecture diagram filled by a sweep's effect, and the
-base / edited / difference strip of a comparison. Presentation, so it sits above render/ (it
-imports it); the CLI and the app call it.
-"""
+base / edited / difference strip of a comparison (the CLI and the app call them)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .sweep import SweepResult
+if TYPE_CHECKING:
+    from ..edits.sweep import SweepResult
 
 FILL_LABEL = "mean abs pixel change"
 
@@ -18,8 +17,8 @@ def sweep_diagram(result: SweepResult, direction: str = "TB") -> Any:
     """A ``graphviz.Digraph`` of the base run's trace with every swept block / layer filled by
     its score (render's generic fill); a skip sweep fills each skip's source layer and adds
     the score to the skip's label."""
-    from unetviz.render.diagram import draw
-    from unetviz.render.graph import build_graph
+    from .diagram import draw
+    from .graph import build_graph
 
     trace = result.base.trace
     over = result.sweep.over

@@ -1,6 +1,6 @@
 """What an "Experiments" tab calls: plain functions from a pipeline and the controls' values to
-images, tables and diagrams (no Gradio here; the app wires them). Top layer, beside the app:
-imports render (through figures) and the demo scorer.
+images, tables and diagrams (no Gradio here; ``app.experiments`` wires them to the
+Experiments tab).
 
 - :func:`choices`: the words, blocks, layers and skips the controls may offer.
 - :func:`run_edited`: base and edited runs side by side, their difference, a summary table and
@@ -16,12 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .demo_scores import scorer_for
-from .figures import comparison_strip, sweep_diagram
-from .model_map import ModelMap
-from .session import Comparison, pixel_diff
-from .spec import AblateBlock, AblateSkip, Edit, EditError, Reweight, ScaleTemb
-from .sweep import Sweep
+from unetviz.edits.model_map import ModelMap
+from unetviz.edits.session import Comparison, pixel_diff
+from unetviz.edits.spec import AblateBlock, AblateSkip, Edit, EditError, Reweight, ScaleTemb
+from unetviz.edits.sweep import Sweep
+from unetviz.render.edits import comparison_strip, sweep_diagram
+from unetviz.training.edit_scores import scorer_for
 
 Progress = Callable[[int, int], None] | None
 
@@ -77,19 +77,27 @@ def edits_from_controls(
 
 
 def run_edited(
-    pipe: Any, prompt: str, edits: list[Edit], progress: Progress = None, **call: Any
+    pipe: Any,
+    prompt: str,
+    edits: list[Edit],
+    progress: Progress = None,
+    edited_prompt: str | None = None,
+    **call: Any,
 ) -> dict[str, Any]:
     """Base and edited runs (same seed): ``{"strip": PIL (base | edited | diff), "base",
     "edited", "diff": PIL images, "heatmaps": the re-weighted word's map on base and edited
-    (None without a word), "rows": summary table rows, "headers", "comparison"}``."""
-    edited = pipe(prompt, edits=edits, progress=progress, **call)  # a bad edit fails first
+    (None without a word), "rows": summary table rows, "headers", "comparison"}``. With
+    ``edited_prompt`` (a prompt-to-prompt swap), the edited run draws that prompt and is
+    scored against it."""
+    after_prompt = edited_prompt or prompt
+    edited = pipe(after_prompt, edits=edits, progress=progress, **call)  # a bad edit fails first
     base = _base_run(pipe, prompt, call)
     cmp = Comparison(base, edited, pixel_diff(base.image, edited.image), edited.trace.meta["edits"])
     score = scorer_for(pipe)
     rows = [["mean abs pixel change", f"{cmp.score:.4f}", ""]]
     rows.append(["max abs pixel change", f"{float(cmp.diff.max()):.4f}", ""])
     if score is not None:
-        before, after = score(prompt, cmp.base.image), score(prompt, cmp.edited.image)
+        before, after = score(prompt, cmp.base.image), score(after_prompt, cmp.edited.image)
         for key, value in before.items():
             if value is not None or after.get(key) is not None:
                 rows.append([key, str(value), str(after.get(key))])

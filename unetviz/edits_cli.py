@@ -20,9 +20,19 @@ from typing import Any
 
 import typer
 
-from ..outputs import check_output_folder, write_folder
-from .spec import AblateBlock, AblateSkip, Edit, EditError, Patch, Replace, Reweight, ScaleTemb
-from .sweep import Sweep
+from .callargs import index_or_name
+from .edits.spec import (
+    AblateBlock,
+    AblateSkip,
+    Edit,
+    EditError,
+    Patch,
+    Replace,
+    Reweight,
+    ScaleTemb,
+)
+from .edits.sweep import Sweep
+from .outputs import check_output_folder, write_folder
 
 
 def _pair(text: str, flag: str) -> tuple[str, str]:
@@ -58,10 +68,10 @@ def build_edits(
     lay = [s.strip() for s in layers.split(",")] if layers else None
     for item in reweight:
         word, value = _pair(item, "--reweight")
-        token: str | int = int(word) if word.isdigit() else word
+        token = index_or_name(word)
         found.append(Reweight(token, _float(value, "--reweight"), layers=lay))
     for item in ablate_skip:
-        found.append(AblateSkip(int(item) if item.strip().isdigit() else item, _mode(mode)))
+        found.append(AblateSkip(index_or_name(item), _mode(mode)))
     for item in ablate_block:
         found.append(AblateBlock(item, _mode(mode)))
     for item in scale_temb:
@@ -106,8 +116,8 @@ def run_edit(
     prompt: str, edits: list[Edit], output: Path, model: str = "demo", force: bool = False, **kw
 ) -> dict[str, Any]:
     """Base and edited runs of ``prompt``, written to ``output``; returns summary.json's data."""
-    from .demo_scores import scorer_for
-    from .figures import comparison_strip
+    from .render.edits import comparison_strip
+    from .training.edit_scores import scorer_for
 
     check_output_folder(output, force)
     pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None), kw.pop("lora", None))
@@ -153,8 +163,8 @@ def run_sweep(
     """A sweep of ``prompt`` written to ``output``; returns the SweepResult."""
     from unetviz.render.export import to_svg
 
-    from .demo_scores import scorer_for
-    from .figures import sweep_diagram
+    from .render.edits import sweep_diagram
+    from .training.edit_scores import scorer_for
 
     sweep = Sweep(**(spec or {}))
     check_output_folder(output, force)
