@@ -278,3 +278,23 @@ def test_unet_config_of_a_single_file_header(preset):
     }
     with pytest.raises(SingleFileError, match="not the published"):
         unet_config_of(SimpleNamespace(keys=list(narrow), shapes=narrow, path="x.safetensors"))
+
+
+def test_single_file_without_config_or_cached_tokenizer_is_one_clear_error(tmp_path):
+    """No config folder and no CLIP tokenizer in the (empty, offline) Hugging Face cache: one
+    SingleFileError naming config=, never transformers' empty stand-in tokenizer (2 tokens,
+    no length limit) that breaks the prompt later."""
+    import os
+
+    from unetviz.single_file import _tokenizer
+
+    old = os.environ.get("HF_HOME")
+    os.environ["HF_HOME"] = str(tmp_path / "empty-hf-home")
+    try:
+        with pytest.raises(SingleFileError, match="pass config="):
+            _tokenizer(None, "tokenizer", openclip=False)
+    finally:
+        if old is None:
+            os.environ.pop("HF_HOME", None)
+        else:
+            os.environ["HF_HOME"] = old
