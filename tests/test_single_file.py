@@ -278,3 +278,18 @@ def test_unet_config_of_a_single_file_header(preset):
     }
     with pytest.raises(SingleFileError, match="not the published"):
         unet_config_of(SimpleNamespace(keys=list(narrow), shapes=narrow, path="x.safetensors"))
+
+
+def test_single_file_without_config_or_cached_tokenizer_is_one_clear_error():
+    """No config folder and no CLIP tokenizer in the (empty, offline) Hugging Face cache: one
+    SingleFileError naming config=, never transformers' empty stand-in tokenizer (2 tokens,
+    no length limit) that breaks the prompt later."""
+    from transformers import CLIPTokenizer
+
+    from unetviz.single_file import TOKENIZER_CACHE_REPO, _tokenizer
+
+    cached = CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)
+    if len(cached) > 1000:
+        pytest.skip("the CLIP tokenizer is in this machine's Hugging Face cache")
+    with pytest.raises(SingleFileError, match="pass config="):
+        _tokenizer(None, "tokenizer", openclip=False)

@@ -467,6 +467,10 @@ def _tokenizer(config_dir: Path | None, sub: str, openclip: bool) -> Any:
         return tok
     try:
         tok = CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)
+        # transformers 5 returns an empty tokenizer (2 tokens, no length limit) when the repo
+        # is not cached: that is "not in the cache" too
+        if len(tok) < 1000 or not 1 <= int(tok.model_max_length) <= 4096:
+            raise ValueError("no cached tokenizer")
     except (OSError, ValueError):
         raise SingleFileError(
             "a single-file checkpoint holds no tokenizer, and the CLIP tokenizer "
