@@ -1,4 +1,4 @@
-"""The demo model's shipped LoRA (examples/yellow_circles.safetensors, trained by
+"""The demo model's shipped LoRA (examples/yellow.safetensors, trained by
 examples/train_demo_lora.py): where it acts, what it does, and the LoRA flags of the CLI."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from unetviz.pipelines import load_pipeline
 from unetviz.pipelines.demo import DEMO_DIR
 from unetviz.weights import WeightsError, load_unet
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "yellow_circles.safetensors"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "yellow.safetensors"
 #: examples/train_demo_lora.py: attn2 to_k/to_v of every block with attention, add_embedding
 TRAINED = {
     "add_embedding": 2,
@@ -42,7 +42,7 @@ def test_change_diagram_puts_the_change_where_it_was_trained():
     assert all(r["change"] > 0 for r in table)  # and the resnet-only blocks are untouched
 
 
-def test_the_lora_paints_circles_yellow():
+def test_the_lora_paints_objects_yellow():
     pipe = load_pipeline("demo")
     cmp = pipe.compare("a red circle", loras=[(EXAMPLE, 1.0)], seed=0, steps=10)
     base, lora = (np.asarray(r.image, dtype=float) / 255 for r in (cmp.base, cmp.edited))
