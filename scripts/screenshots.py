@@ -3,8 +3,9 @@
     .venv/bin/python scripts/screenshots.py [--out docs/img] [--steps 25]
 
 Starts the app on a free port (shipped demo model), opens it in the system Chromium at
-1440x1000, draws the SD 1.5 blocks diagram, runs the default prompt, and writes
-``app-architecture.png``, ``app-attention.png`` and ``app-time-embedding.png``.
+1440x1000, draws the SD 1.5 blocks diagram, runs the default prompt, runs the Experiments
+tab's default word swap, and writes ``app-architecture.png``, ``app-attention.png``,
+``app-time-embedding.png`` and ``app-experiments.png``.
 Every request to a host other than 127.0.0.1 is refused and reported.
 """
 
@@ -59,7 +60,7 @@ def shoot(url: str, out: Path, steps: int) -> list[str]:
         page.get_by_role("option", name="SD 1.5 preset (meta: shapes only)").click()
         page.wait_for_function(
             "() => (document.querySelector('#diagram .uv-title') || {}).textContent"
-            "?.startsWith('sd15') && document.querySelector('#diagram-svg svg').dataset.uvReady",
+            "?.startsWith('sd15') && document.querySelector('#diagram-svg').dataset.uvDrawn > 1",
             timeout=WAIT,
         )
         page.locator("#diagram-svg g.node", has_text="down_blocks.1").first.click()
@@ -86,6 +87,17 @@ def shoot(url: str, out: Path, steps: int) -> list[str]:
         page.wait_for_selector("#temb_heat .js-plotly-plot .main-svg", timeout=WAIT)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "app-time-embedding.png"), full_page=True)
+
+        page.get_by_role("tab", name="Experiments").click()
+        page.locator("#exp_steps input").fill(str(steps))
+        page.click("#exp_run")
+        page.wait_for_function(
+            "() => (document.querySelector('#exp_msg') || {}).innerText?.includes('edit(s)')",
+            timeout=WAIT,
+        )
+        page.wait_for_selector("#exp_strip img", timeout=WAIT)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(out / "app-experiments.png"), full_page=True)
         browser.close()
     return foreign
 
@@ -101,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         foreign = shoot(url, args.out, args.steps)
     finally:
         blocks.close()  # type: ignore[attr-defined]
-    for name in ("app-architecture", "app-attention", "app-time-embedding"):
+    for name in ("app-architecture", "app-attention", "app-time-embedding", "app-experiments"):
         print(args.out / f"{name}.png")
     if foreign:
         print(f"refused {len(foreign)} requests to other hosts: {foreign[:3]}", file=sys.stderr)

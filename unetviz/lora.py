@@ -35,8 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetviz.capture.records import block_of
-from unetviz.names import ldm_key
+from unetviz.names import block_of, ldm_key
 from unetviz.weights import FLOAT_DTYPES, WeightsError, _offenders, _read_tensors, read_index
 from unetviz.weights import load_unet as load_plain_unet
 

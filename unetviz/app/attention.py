@@ -436,7 +436,12 @@ def _prompt_column(ctx: TabContext) -> None:
             25, label=L("Steps"), precision=0, info=f"1..{APP_MAX_STEPS}", elem_id="steps", scale=1
         )
         c["guidance"] = gr.Slider(
-            *GUIDANCE_SLIDER, value=4.0, step=0.5, label=L("Guidance"), elem_id="guidance"
+            *GUIDANCE_SLIDER,
+            value=4.0,
+            step=0.5,
+            label=L("Guidance"),
+            elem_id="guidance",
+            min_width=200,  # narrower, its max label "15" was cut to "1"
         )
     with gr.Row(equal_height=True):
         c["run_model"] = gr.Textbox(
@@ -574,7 +579,8 @@ def after_load(ctx: TabContext, event: Any) -> Any:
     """The post-load step every Run and upload ends with (``AppHandlers.post_load``)."""
     from .temb import TEMB_IN
 
-    return ctx.on(event, ctx.handlers.post_load, (*CONTROLS, *TEMB_IN), **QUIET)
+    shown = ctx.on(event, ctx.handlers.post_load, (*CONTROLS, *TEMB_IN), **QUIET)
+    return ctx.on(shown, ctx.handlers.post_load_files, (), **QUIET)
 
 
 def wire(ctx: TabContext) -> None:

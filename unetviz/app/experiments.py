@@ -356,6 +356,7 @@ def build_experiments(ctx: Any) -> None:
             format="png",
             buttons=["download"],
             elem_id="exp_heat",
+            visible=False,  # shown with a re-weight's maps
         )
     table = gr.Dataframe(
         headers=CHANGED_HEADERS, label="What changed", elem_id="exp_table", interactive=False
@@ -381,7 +382,13 @@ def build_experiments(ctx: Any) -> None:
     )
 
     def on_run(m, p, s, n, g, sw, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
-        return edited(registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw)
+        strip, heat, table, note = edited(
+            registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw
+        )
+        if strip is None:  # refused: what the page shows stays
+            return gr.skip(), gr.skip(), gr.skip(), note
+        # the word's heatmaps exist only for a re-weight: no empty frame otherwise
+        return strip, gr.update(value=heat, visible=heat is not None), table, note
 
     def on_sweep(m, p, s, n, g, ov, ed, w, mo, sc, progress=gr.Progress()):  # noqa: B008
         return swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)

@@ -52,29 +52,36 @@ POST_LOAD = (
 class AppHandlers(ArchitectureHandlers, AttentionHandlers, TembHandlers):
     """Every tab's handlers; results per browser session live in :attr:`sessions`."""
 
-    @handler(*POST_LOAD, msg="ctrl_msg")
-    def post_load(self, form: dict[str, Any], request: gr.Request = None) -> Any:
+    @handler(*POST_LOAD[:7], msg="ctrl_msg")
+    def post_load(self, form: dict[str, Any], request: gr.Request = None) -> dict[str, Any]:
         """The one step after a Run, an upload or an example's Run: the Time-embedding tab,
-        the layer grid, then the heatmaps zip, the trace bundle and the report, all of the
-        session's new trace (each made once per trace; a failed Run changes nothing)."""
+        the layer grid and the heatmaps zip of the session's new trace (made once per trace:
+        after a failed or cancelled Run nothing changes); :meth:`post_load_files` follows."""
+        session = self.session(request)
+        if session is None or session.shown.get("post_load"):
+            return {}
+        session.shown["post_load"] = True
+        try:
+            out = self.temb_views(session, form)
+        except Exception as exc:  # a trace without temb records: the tab says why
+            from .common import _message
+
+            out = {"temb_msg": _message("temb", exc)}
+        c = controls(form)
+        return out | self._grid(session, c) | self._zip(session, c) | {"ctrl_msg": ""}
+
+    @handler("dl_trace", "dl_report", msg="ctrl_msg")
+    def post_load_files(self, form: dict[str, Any], request: gr.Request = None) -> dict:
+        """The post-load step's files: the trace bundle and the report (once per trace)."""
         from unetviz.report.html import write_report
 
         from . import views
 
         session = self.session(request)
-        if session is None or session.shown.get("post_load"):
-            yield {"dl_report": gr.skip()}  # nothing new (a failed or cancelled Run)
-            return
-        session.shown["post_load"] = True
-        try:
-            yield self.temb_views(session, form)
-        except Exception as exc:  # a trace without temb records: the tab says why
-            from .common import _message
-
-            yield {"temb_msg": _message("temb", exc)}
-        c = controls(form)
-        yield self._grid(session, c) | self._zip(session, c)
+        if session is None or session.shown.get("files"):
+            return {}
+        session.shown["files"] = True
         stem = views.slug(session.label, "trace")
         bundle = views.save_bundle(session, self._outdir() / f"{stem}.trace.zip")
         report = write_report(session, self._outdir() / f"{stem}-report.html")
-        yield {"dl_trace": str(bundle), "dl_report": str(report), "ctrl_msg": ""}
+        return {"dl_trace": str(bundle), "dl_report": str(report), "ctrl_msg": ""}

@@ -358,7 +358,12 @@ def heatmap_arrays(trace: Any, c: HeatmapControls) -> list[tuple[int, np.ndarray
         "preset": preset,
     }
     tokens = list(c.tokens) or word_tokens(trace)
-    return [(int(i), trace.heatmap(int(i), **kw).numpy().astype(np.float32)) for i in tokens]
+    # clamped at 0: attention probabilities are not negative, the bicubic upsampling of a
+    # small map undershoots a little below 0 next to a peak (the colour bar read -0.008)
+    return [
+        (int(i), np.clip(trace.heatmap(int(i), **kw).numpy().astype(np.float32), 0, None))
+        for i in tokens
+    ]
 
 
 def has_daam(trace: Any) -> bool:
@@ -468,12 +473,30 @@ def heatmaps_zip(session: Session, c: HeatmapControls, path: Path) -> Path:
             zf.writestr(IMAGE_NAME, _png(session.image))
         for (i, hm), (tile, _) in zip(maps, tiles, strict=True):
             name = f"{i:02d}_{slug(token_label(session.trace, i), 'token')}"
-            zf.writestr(f"{name}_overlay.png", _png(tile))
+            zf.writestr(
+                f"{name}_overlay.png",
+                _png(captioned(tile, f"{token_label(session.trace, i)} ({i})")),
+            )
             grey = Image.fromarray((unit(hm, lo, hi) * 255).round().astype(np.uint8), "L")
             zf.writestr(f"{name}_map.png", _png(grey))
         info = asdict(c) | {"scale_low": lo, "scale_high": hi, "colormap": NAME}
         zf.writestr("controls.json", json.dumps(info, indent=1, default=list))
     return path
+
+
+def captioned(tile: Image.Image, caption: str) -> Image.Image:
+    """``tile`` with ``caption`` written under it (a zip's PNG read on its own says which
+    token it shows)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(12, tile.width // 14))
+    pad = font.size + 8
+    out = Image.new("RGB", (tile.width, tile.height + pad), "white")
+    out.paste(tile.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    width = draw.textlength(caption, font=font)
+    draw.text(((tile.width - width) / 2, tile.height + 4), caption, fill="black", font=font)
+    return out
 
 
 def _png(img: Image.Image, level: int = PNG_LEVEL) -> bytes:
@@ -569,7 +592,8 @@ def _label_every_row(fig: Any) -> Any:
     for tr in fig.data:
         if getattr(tr, "type", "") == "heatmap" and tr.y is not None:
             fig.update_yaxes(tickmode="array", tickvals=list(tr.y), ticktext=list(tr.y))
-            fig.update_layout(height=max(fig.layout.height or 0, 120 + 16 * len(tr.y)))
+            # rows of at least 24 px: a per-block view (few rows) was squashed to ~10 px
+            fig.update_layout(height=max(fig.layout.height or 0, 140 + 24 * len(tr.y)))
     return fig
 
 
@@ -593,7 +617,13 @@ def layer_figure(trace: Any, c: HeatmapControls) -> Any:
 
     tokens = list(c.tokens) or word_tokens(trace)
     scale = "shared" if c.scale == "shared" else "per-cell"
-    return plots.layer_token_grid(trace, tokens=tokens, steps=_steps(trace, c), scale=scale)
+    fig = plots.layer_token_grid(trace, tokens=tokens, steps=_steps(trace, c), scale=scale)
+    # every column labelled (without tickmode "array" plotly shows every other tick), and
+    # each label as text, never as plotly's pseudo-HTML (a token from a file may hold <a>)
+    ticks = fig.layout.xaxis.ticktext
+    if ticks:
+        fig.update_xaxes(tickmode="array", ticktext=[html.escape(str(t)) for t in ticks])
+    return fig
 
 
 def sinusoid_figure(config: dict[str, Any], timesteps: list[Any] | None = None) -> Any:
