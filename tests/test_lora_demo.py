@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from unetviz import load_unet
 from unetviz.cli import main
 from unetviz.lora import lora_change_table, parse_lora_arg
 from unetviz.pipelines import load_pipeline
 from unetviz.pipelines.demo import DEMO_DIR
-from unetviz.weights import WeightsError, load_unet
+from unetviz.weights import WeightsError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "yellow.safetensors"
 #: examples/train_demo_lora.py: attn2 to_k/to_v of every block with attention, add_embedding
