@@ -1,5 +1,5 @@
 """What a fused LoRA costs: median forward time under capture of the demo UNet with the shipped
-LoRA (examples/yellow_circles.safetensors) fused / without it, measured interleaved in one run,
+LoRA (examples/yellow.safetensors) fused / without it, measured interleaved in one run,
 plus the time to fuse and to unfuse. Fused weights are ordinary weights, so the ratio should be
 1.00 within noise.
 
@@ -19,7 +19,7 @@ from unetviz import capture
 from unetviz.lora import fuse_loras
 from unetviz.pipelines import load_pipeline
 
-LORA = Path(__file__).resolve().parent.parent / "examples" / "yellow_circles.safetensors"
+LORA = Path(__file__).resolve().parent.parent / "examples" / "yellow.safetensors"
 
 
 def main() -> None:

@@ -1,14 +1,16 @@
-"""Train a small LoRA for the demo model that paints every circle yellow, whatever colour the
-caption asks for, and save it in kohya's key format (``examples/yellow_circles.safetensors``).
+"""Train a small LoRA for the demo model that paints every object yellow, whatever colour the
+caption asks for, and save it in kohya's key format (``examples/yellow.safetensors``).
 
-The base model stays frozen; rank-4 pairs on the cross-attention (``attn2``: ``to_k``, ``to_v``,
-``to_out.0``) of the two up blocks with attention learn the change. Training data: the demo's own
-scene generator, with every circle repainted yellow in the image while its caption keeps the
-colour it had. A few minutes of one CPU core::
+The base model stays frozen; rank-4 pairs on the two places the caption enters the UNet learn
+the change: the cross-attention keys and values (``attn2.to_k``, ``attn2.to_v``) of every block
+with attention, and ``add_embedding`` (the pooled caption added to the time embedding, as in
+SDXL). Training data: the demo's own scene generator, with every object of the ``--shapes``
+asked for (default: all) repainted yellow in the image while its caption keeps the colour it
+had. About fifteen minutes of one CPU core::
 
-    nice -n 10 python examples/train_demo_lora.py [--steps 600] [--out examples/yellow_circles.safetensors]
+    nice -n 10 python examples/train_demo_lora.py [--steps 500] [--out examples/yellow.safetensors]
 
-Then ``unetviz diagram --model demo --lora examples/yellow_circles.safetensors -o lora.svg``
+Then ``unetviz diagram --model demo --lora examples/yellow.safetensors -o lora.svg``
 shows where it acts, and ``pipe.compare("a red circle", loras=[(file, 1.0)])`` what it does.
 """
 
@@ -27,8 +29,8 @@ from torch import nn
 from unetviz.pipelines.demo import DEMO_DIR, added_conditions, load_demo_parts, load_demo_vae
 from unetviz.training.data import make_scene, render
 
-TARGET_BLOCKS = ("up_blocks.1", "up_blocks.2")
-TARGET_ENDS = ("attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+TARGET_BLOCKS = ("down_blocks", "mid_block", "up_blocks", "add_embedding")
+TARGET_ENDS = ("attn2.to_k", "attn2.to_v", "add_embedding.linear_1", "add_embedding.linear_2")
 RANK = 4
 
 
@@ -44,15 +46,16 @@ class LoraHook:
         return output + args[0] @ self.down.t() @ self.up.t()
 
 
-def yellow_circle_batch(
-    rng: random.Random, n: int, size: int, words: list[str]
+def yellow_batch(
+    rng: random.Random, n: int, size: int, words: list[str], shapes: tuple[str, ...]
 ) -> tuple[torch.Tensor, list[str]]:
-    """Scenes whose circles are painted yellow; captions unchanged (they may say "red")."""
+    """Scenes whose objects of ``shapes`` are painted yellow; captions unchanged (they may say
+    "red")."""
     images, captions = [], []
     for _ in range(n):
         scene = make_scene(rng, size, words=words)
         painted = [
-            dataclasses.replace(o, colour="yellow") if o.shape == "circle" else o
+            dataclasses.replace(o, colour="yellow") if o.shape in shapes else o
             for o in scene.objects
         ]
         images.append(render(painted, size))
@@ -63,13 +66,12 @@ def yellow_circle_batch(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).with_name("yellow_circles.safetensors")
-    )
+    parser.add_argument("--shapes", default="circle,square,triangle,diamond")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("yellow.safetensors"))
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -86,10 +88,11 @@ def main() -> None:
     params = [p for h in hooks.values() for p in (h.down, h.up)]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     rng = random.Random(args.seed)
+    shapes = tuple(args.shapes.split(","))
     size = int(unet.config.sample_size) * vae.config.downsampling_factor
     start = time.time()
     for step in range(1, args.steps + 1):
-        x, captions = yellow_circle_batch(rng, args.batch, size, tokenizer.words)
+        x, captions = yellow_batch(rng, args.batch, size, tokenizer.words, shapes)
         with torch.no_grad():
             x0 = vae.scale(vae.encode(x)[0])
             hidden, pooled = text_encoder.encode(tokenizer(captions))
@@ -116,7 +119,7 @@ def save(hooks: dict[str, LoraHook], out: Path) -> None:
         tensors[f"{key}.lora_down.weight"] = h.down.detach().contiguous()
         tensors[f"{key}.lora_up.weight"] = h.up.detach().contiguous()
         tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
-    metadata = {"ss_network_dim": str(RANK), "unetviz_trained": "yellow circles (demo model)"}
+    metadata = {"ss_network_dim": str(RANK), "unetviz_trained": "yellow objects (demo model)"}
     save_file(tensors, str(out), metadata=metadata)
 
 

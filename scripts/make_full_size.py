@@ -91,26 +91,43 @@ def randomize(module: Any, seed: int) -> Any:
     return module.eval()
 
 
-def _unet_config(name: str) -> dict[str, Any]:
+#: ``tiny=True``: the same architectures and key layouts at a width small enough for the test
+#: suite (channels / 10, text towers 64 wide and 2 deep).
+TINY_UNET = {
+    "sd15": {"block_out_channels": [32, 64, 128, 128], "cross_attention_dim": 64},
+    "sdxl_base": {
+        "block_out_channels": [32, 64, 128],
+        "attention_head_dim": [1, 2, 4],
+        "transformer_layers_per_block": [1, 1, 2],
+        "cross_attention_dim": 128,
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 64 + 6 * 8,
+    },
+}
+
+
+def _unet_config(name: str, tiny: bool = False) -> dict[str, Any]:
     data = json.loads((ROOT / "tests" / "data" / "unet_configs" / f"{name}.json").read_text())
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    return {**data, **TINY_UNET[name]} if tiny else data
 
 
-def _clip(kind: str, eos: int) -> Any:
+def _clip(kind: str, eos: int, tiny: bool = False) -> Any:
     """CLIP ViT-L/14's text tower (SD 1.x, SDXL's first) or OpenCLIP bigG's (SDXL's second)."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     big = kind == "bigG"
+    width = (64 if big else 64) if tiny else (1280 if big else 768)
     cfg = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=1280 if big else 768,
-        intermediate_size=5120 if big else 3072,
-        num_hidden_layers=32 if big else 12,
-        num_attention_heads=20 if big else 12,
+        vocab_size=eos + 1 if tiny else 49408,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=2 if tiny else (32 if big else 12),
+        num_attention_heads=4 if tiny else (20 if big else 12),
         max_position_embeddings=77,
         hidden_act="gelu" if big else "quick_gelu",
-        projection_dim=1280 if big else 768,
+        projection_dim=width,
         bos_token_id=eos - 1,
         eos_token_id=eos,
         pad_token_id=eos,
@@ -120,6 +137,19 @@ def _clip(kind: str, eos: int) -> Any:
         return (CLIPTextModelWithProjection if big else CLIPTextModel)(cfg)
 
 
+def hub_state(module: Any) -> dict[str, Any]:
+    """``module``'s tensors under the names its published checkpoints use: a transformers CLIP
+    text model's are ``text_model.*`` (and ``text_projection.*``) there, whatever the installed
+    transformers calls them in memory."""
+    state = module.state_dict()
+    if hasattr(module, "save_config"):  # diffusers: names are the checkpoint's
+        return state
+    return {
+        k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k: v
+        for k, v in state.items()
+    }
+
+
 def _save_part(folder: Path, sub: str, module: Any, weights_name: str) -> None:
     part = folder / sub
     part.mkdir(parents=True, exist_ok=True)
@@ -127,7 +157,7 @@ def _save_part(folder: Path, sub: str, module: Any, weights_name: str) -> None:
         module.save_config(part)
     else:  # transformers
         module.config.save_pretrained(part)
-    write_safetensors(part / weights_name, module.state_dict())
+    write_safetensors(part / weights_name, hub_state(module))
 
 
 def _tokenizer(folder: Path, sub: str) -> int:
@@ -144,29 +174,32 @@ def _scheduler(folder: Path, family: str) -> None:
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def _vae(family: str, seed: int) -> Any:
+def _vae(family: str, seed: int, tiny: bool = False) -> Any:
     import torch
     from diffusers import AutoencoderKL
 
     from unetviz.single_file import VAE_CONFIG, VAE_FAMILY
 
     cfg = {k: v for k, v in {**VAE_CONFIG, **VAE_FAMILY[family]}.items() if k != "act_fn"}
+    if tiny:
+        cfg.update(block_out_channels=[32, 32, 64, 64], layers_per_block=1, norm_num_groups=8)
     with torch.device("meta"):
         vae = AutoencoderKL(**cfg)
     return randomize(vae, seed)
 
 
-def _unet(name: str, seed: int) -> Any:
+def _unet(name: str, seed: int, tiny: bool = False) -> Any:
     import torch
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**_unet_config(name))
+        unet = UNet2DConditionModel(**_unet_config(name, tiny))
     return randomize(unet, seed)
 
 
-def make(out: Path, family: str) -> None:
-    """Write ``out/<family>/`` (diffusers) and ``out/<family>.safetensors`` (single file)."""
+def make(out: Path, family: str, tiny: bool = False) -> Path:
+    """Write ``out/<family>/`` (diffusers) and ``out/<family>.safetensors`` (single file);
+    returns the single file's path."""
     from tests.ldm_support import clip_to_openclip, unet_to_ldm, vae_to_ldm
 
     t0 = time.time()
@@ -174,9 +207,9 @@ def make(out: Path, family: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     eos = _tokenizer(folder, "tokenizer")
     unet_name = "sd15" if family == "sd15" else "sdxl_base"
-    unet = _unet(unet_name, 0)
-    vae = _vae("sd1" if family == "sd15" else "sdxl", 1)
-    te = randomize(_clip("L", eos), 2)
+    unet = _unet(unet_name, 0, tiny)
+    vae = _vae("sd1" if family == "sd15" else "sdxl", 1, tiny)
+    te = randomize(_clip("L", eos, tiny), 2)
     index: dict[str, Any] = {
         "_diffusers_version": "0.30.0",
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -188,7 +221,7 @@ def make(out: Path, family: str) -> None:
     _save_part(folder, "vae", vae, "diffusion_pytorch_model.safetensors")
     _save_part(folder, "text_encoder", te, "model.safetensors")
     ldm = {
-        **unet_to_ldm(unet.state_dict(), _unet_config(unet_name)),
+        **unet_to_ldm(unet.state_dict(), _unet_config(unet_name, tiny)),
         **vae_to_ldm(vae.state_dict(), dict(vae.config)),
     }
     if family == "sd15":
@@ -200,10 +233,10 @@ def make(out: Path, family: str) -> None:
             feature_extractor=[None, None],
             requires_safety_checker=False,
         )
-        ldm.update({"cond_stage_model.transformer." + k: v for k, v in te.state_dict().items()})
+        ldm.update({"cond_stage_model.transformer." + k: v for k, v in hub_state(te).items()})
     else:
         eos2 = _tokenizer(folder, "tokenizer_2")
-        te2 = randomize(_clip("bigG", eos2), 3)
+        te2 = randomize(_clip("bigG", eos2, tiny), 3)
         _save_part(folder, "text_encoder_2", te2, "model.safetensors")
         _scheduler(folder, "sdxl")
         index.update(
@@ -214,9 +247,9 @@ def make(out: Path, family: str) -> None:
             force_zeros_for_empty_prompt=True,
         )
         ldm.update(
-            {"conditioner.embedders.0.transformer." + k: v for k, v in te.state_dict().items()}
+            {"conditioner.embedders.0.transformer." + k: v for k, v in hub_state(te).items()}
         )
-        ldm.update(clip_to_openclip(te2.state_dict(), "conditioner.embedders.1.model."))
+        ldm.update(clip_to_openclip(hub_state(te2), "conditioner.embedders.1.model."))
         ldm = {k: v.half() if v.is_floating_point() else v for k, v in ldm.items()}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     size = write_safetensors(out / f"{family}.safetensors", ldm)
@@ -225,6 +258,7 @@ def make(out: Path, family: str) -> None:
         f"{family}: {folder} {folder_bytes / 2**30:.2f} GiB, {out / family}.safetensors "
         f"{size / 2**30:.2f} GiB ({len(ldm)} tensors), {time.time() - t0:.0f} s"
     )
+    return out / f"{family}.safetensors"
 
 
 def main(argv: list[str] | None = None) -> None:

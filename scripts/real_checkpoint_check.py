@@ -140,33 +140,70 @@ def pipeline_parity(args: argparse.Namespace, dtype: Any) -> None:
 
 
 def overhead(args: argparse.Namespace, unet: Any, dtype: Any) -> None:
-    """Median forward time under each capture variant / plain, interleaved round by round."""
+    """Median UNet forward inside each capture variant (the capture open over the loop, as in
+    a sampling loop) vs a plain forward: milliseconds added and ratios; a capture per forward
+    (enter and exit included); on CUDA the host syncs of one captured forward."""
     import torch
 
     from unetviz.capture import capture
 
     kw = unet_inputs(unet, args.device, dtype, args.seed)
-    variants = {"plain": None, "capture()": {}, "capture(daam=True)": {"daam": True},
+    variants = {"capture(attention=False)": {"attention": False}, "capture()": {},
+                "capture(daam=True)": {"daam": True},
                 "capture(mode='stream')": {"mode": "stream"}}  # fmt: skip
-    times: dict[str, list[float]] = {k: [] for k in variants}
+
+    def timed(fn: Any) -> float:
+        _sync(args.device)
+        start = time.perf_counter()
+        fn()
+        _sync(args.device)
+        return (time.perf_counter() - start) * 1000
+
+    def median_of(fn: Any) -> float:
+        fn()  # warm-up (a capture's first forward)
+        return statistics.median(timed(fn) for _ in range(args.rounds))
+
+    def one() -> None:
+        with capture(unet):
+            unet(**kw)
+
     with torch.no_grad():
-        unet(**kw)  # warm-up
-        for _ in range(args.rounds):
-            for name, options in variants.items():
-                _sync(args.device)
-                start = time.perf_counter()
-                if options is None:
-                    unet(**kw)
-                else:
-                    with capture(unet, **options):
-                        unet(**kw)
-                _sync(args.device)
-                times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["plain"])
-    print(f"[overhead] plain UNet forward {base * 1000:.1f} ms (median of {args.rounds})")
-    for name in list(variants)[1:]:
-        ratio = statistics.median(times[name]) / base
-        print(f"[overhead] {name:<24} x{ratio:.3f} (one forward per capture: includes enter/exit)")  # fmt: skip
+        unet(**kw)
+        plain = [median_of(lambda: unet(**kw))]
+        medians = {}
+        for name, options in variants.items():
+            with capture(unet, **options):
+                medians[name] = median_of(lambda: unet(**kw))
+        medians["capture(), one per forward"] = median_of(one)
+        plain.append(median_of(lambda: unet(**kw)))  # before and after: the drift
+    base = statistics.mean(plain)
+    print(f"[overhead] plain UNet forward {base:.2f} ms (median of {args.rounds}; before / after "
+          f"{plain[0]:.2f} / {plain[1]:.2f} ms)")  # fmt: skip
+    for name, ms in medians.items():
+        print(f"[overhead] {name:<28} {ms - base:+8.2f} ms per forward  x{ms / base:.3f}")
+    if str(args.device).startswith("cuda"):
+        print(f"[overhead] host syncs in one forward under capture(): {_syncs(unet, kw)}")
+
+
+def _syncs(unet: Any, kw: dict[str, Any]) -> int:
+    """Synchronising CUDA calls in one forward under ``capture()`` (after its first)."""
+    import warnings
+
+    import torch
+
+    from unetviz.capture import capture
+
+    with torch.no_grad(), capture(unet):
+        unet(**kw)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                unet(**kw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def daam_maps(args: argparse.Namespace, dtype: Any) -> dict[str, bytes]:

@@ -27,6 +27,15 @@ CFG = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small forwards: one thread (two spin-wait for each other on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def unet():
     torch.manual_seed(0)

@@ -306,7 +306,8 @@ def test_bundle_structures_touches_only_its_own_files(tmp_path, monkeypatch):
     (tmp_path / "README").write_text("keep")
     assert run_main(["bundle-structures"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert "README" in names and "stale.json.gz" not in names and len(names) == 2
+    assert "README" in names and "stale.json.gz" not in names and len(names) == 3
+    assert "code.json" in names  # what code the structures were made from
 
 
 # ---------------------------------------------------------------------------- attention (demo)

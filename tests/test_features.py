@@ -175,3 +175,33 @@ def test_first_component_of_the_last_up_block_finds_the_objects():
                 mask = ~mask
             scores.append(iou(mask.numpy(), objects))
     assert np.mean(scores) >= 0.6, [round(s, 3) for s in scores]
+
+
+def _main(args: list[str]) -> int:
+    from unetviz import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    return exc.value.code or 0
+
+
+def test_cli_contact_sheet_report_and_bad_input(tmp_path, capsys):
+    """``unetviz features`` writes the sheet, the image and a loadable trace; a bad --at is
+    one error line, exit 2, nothing written. The report and the notebook show the sheet."""
+    from PIL import Image
+
+    out = tmp_path / "sheet"
+    assert _main(["features", "a red circle", "-o", str(out), "--steps", "3"]) == 0
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width > 3 * 96 and sheet.height > 8 * 96
+    trace = Trace.load(out / "run.trace")
+    assert trace.features["up_blocks.2"].steps == [0, 1, 2]
+    capsys.readouterr()
+    assert _main(["features", "a red circle", "-o", str(tmp_path / "x"), "--at", "30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --at '30': step 30 is outside 0..24"]
+    assert not (tmp_path / "x").exists()
+    html = trace._repr_html_()
+    assert "Feature PCA per block" in html and "data:image/png;base64," in html
+    report = trace.report(tmp_path / "r.html").read_text()
+    assert 'id="features"' in report

@@ -477,7 +477,7 @@ def test_parquet_bounds_at_the_limit_and_one_past(tmp_path):
 @given(cut=st.integers(0, 2000), flip=st.integers(0, 2000), byte=st.integers(0, 255))
 def test_damaged_parquet_gives_a_table_or_a_batch_error(tmp_path_factory, cut, flip, byte):
     """A real table.parquet cut short or with one byte changed (footer and metadata included):
-    read_table returns a bounded table or the Dataset view's BatchError-wrapped failure."""
+    read_table returns a bounded table or a BatchError naming the file."""
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     from unetviz.batch.dataset import read_table
@@ -497,5 +497,36 @@ def test_damaged_parquet_gives_a_table_or_a_batch_error(tmp_path_factory, cut, f
         assert got.num_rows <= 200
     except BatchError:
         pass
-    except (OSError, pa.ArrowException):
-        pass  # a damaged page: the Dataset view turns these into its BatchError
+
+
+def test_parquet_row_and_footer_bounds_at_their_stated_values(tmp_path):
+    """MAX_TABLE_ROWS rows (one int8 column) are read; one more row is refused from the
+    metadata; a footer longer than MAX_FOOTER_BYTES is refused before pyarrow parses it."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from unetviz.batch.dataset import MAX_FOOTER_BYTES, MAX_TABLE_ROWS, read_table
+    from unetviz.batch.rows import BatchError
+
+    for n in (MAX_TABLE_ROWS, MAX_TABLE_ROWS + 1):
+        t = pa.table({"b": pa.array(np.zeros(n, np.int8))})
+        pq.write_table(t, tmp_path / f"{n}.parquet", compression="zstd")
+    assert read_table(tmp_path / f"{MAX_TABLE_ROWS}.parquet", MAX_TABLE_ROWS).num_rows == MAX_TABLE_ROWS  # fmt: skip
+    with pytest.raises(BatchError, match=f"declares {MAX_TABLE_ROWS + 1:,} rows"):
+        read_table(tmp_path / f"{MAX_TABLE_ROWS + 1}.parquet", MAX_TABLE_ROWS)
+    for length, ok in ((MAX_FOOTER_BYTES, True), (MAX_FOOTER_BYTES + 1, False)):
+        fake = tmp_path / f"f{length}.parquet"
+        fake.write_bytes(b"PAR1" + b"\0" * 64 + length.to_bytes(4, "little") + b"PAR1")
+        with pytest.raises(BatchError) as err:
+            read_table(fake, 10)
+        # at the limit pyarrow reads the footer length and finds the file too short for it
+        assert (f"footer of at most {MAX_FOOTER_BYTES:,} bytes" in str(err.value)) is not ok
+
+
+def test_names_from_a_file_with_non_ascii_digits_sort_without_error():
+    """A trace's layer names come from the file: "²" passes ``str.isdigit`` but not ``int``."""
+    from unetviz import names
+
+    hostile = ["down_blocks.².attentions.0", "up_blocks.1.attentions.٣", "down_blocks.0"]
+    assert names.forward_key("down_blocks.².attentions.0") == (1, [0])
+    assert not names.is_block("down_blocks.²") and names.is_block("down_blocks.1")
+    assert sorted(names.layer_order(hostile)) == sorted(hostile)

@@ -1,4 +1,4 @@
-"""The demo model's shipped LoRA (examples/yellow_circles.safetensors, trained by
+"""The demo model's shipped LoRA (examples/yellow.safetensors, trained by
 examples/train_demo_lora.py): where it acts, what it does, and the LoRA flags of the CLI."""
 
 from __future__ import annotations
@@ -9,14 +9,23 @@ import numpy as np
 import pytest
 import torch
 
+from unetviz import load_unet
 from unetviz.cli import main
 from unetviz.lora import lora_change_table, parse_lora_arg
 from unetviz.pipelines import load_pipeline
 from unetviz.pipelines.demo import DEMO_DIR
-from unetviz.weights import WeightsError, load_unet
+from unetviz.weights import WeightsError
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "yellow_circles.safetensors"
-TRAINED = {"up_blocks.1", "up_blocks.2"}  # examples/train_demo_lora.py TARGET_BLOCKS
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "yellow.safetensors"
+#: examples/train_demo_lora.py: attn2 to_k/to_v of every block with attention, add_embedding
+TRAINED = {
+    "add_embedding": 2,
+    "down_blocks.0": 2,
+    "down_blocks.1": 2,
+    "mid_block": 2,
+    "up_blocks.1": 4,
+    "up_blocks.2": 4,
+}
 
 
 def _run(args: list[str]) -> int:
@@ -30,11 +39,11 @@ def _run(args: list[str]) -> int:
 def test_change_diagram_puts_the_change_where_it_was_trained():
     pipe = load_pipeline("demo")
     table = lora_change_table(EXAMPLE, pipe.lora_models())
-    assert {r["block"] for r in table} == TRAINED and all(r["change"] > 0 for r in table)
-    assert all(r["modules"] == 6 for r in table)  # to_k, to_v, to_out.0 of two attn2 each
+    assert {r["block"]: r["modules"] for r in table} == TRAINED
+    assert all(r["change"] > 0 for r in table)  # and the resnet-only blocks are untouched
 
 
-def test_the_lora_paints_circles_yellow():
+def test_the_lora_paints_objects_yellow():
     pipe = load_pipeline("demo")
     cmp = pipe.compare("a red circle", loras=[(EXAMPLE, 1.0)], seed=0, steps=10)
     base, lora = (np.asarray(r.image, dtype=float) / 255 for r in (cmp.base, cmp.edited))
@@ -69,8 +78,8 @@ def test_cli_diagram_and_attention_take_lora(tmp_path, capsys):
     out = tmp_path / "lora.svg"
     assert _run(["diagram", "--model", "demo", "--lora", f"{EXAMPLE}:1", "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    ranking = [line.split()[0] for line in err.splitlines()[1:3]]
-    assert set(ranking) == TRAINED and "LoRA" in out.read_text()
+    ranking = [line.split()[0] for line in err.splitlines()[1:7]]
+    assert set(ranking) == set(TRAINED) and "LoRA" in out.read_text()
     assert _run(["diagram", "--preset", "sd15", "--lora", str(EXAMPLE), "-o", str(out)]) == 2
     assert "--lora needs --model" in capsys.readouterr().err
     folder = tmp_path / "att"

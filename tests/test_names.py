@@ -9,12 +9,20 @@ import torch
 from unetviz import UNet2DConditionModel, UNetConfig
 from unetviz.names import (
     LDM_PREFIX,
+    LOCATIONS,
     UnknownNameError,
     a1111_label,
+    block_of,
     diffusers_name,
+    forward_rank,
+    is_block,
+    layer_order,
     ldm_key,
+    location_of,
+    short_layer,
     unet_names,
 )
+from unetviz.tokens import SPECIAL_TOKENS, label_at, match_key, token_label
 
 
 @pytest.mark.parametrize("preset", ["sd15", "sd21", "sdxl"])
@@ -88,3 +96,37 @@ def test_unknown_names_are_clear_errors():
         names.ldm("down_blocks.3.resnets.0")
     with pytest.raises(UnknownNameError, match="input_blocks.11"):
         names.diffusers("input_blocks.11.0.in_layers.0.weight")
+
+
+def test_stage_rules_follow_the_forward_pass_of_a_real_unet():
+    """One rule for where a name sits: ``layer_order`` of every module of SD 1.5 (registered
+    down, up, mid by diffusers) is the order the forward pass runs the stages."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(UNetConfig.preset("sd15"))
+    modules = [n for n, _ in unet.named_modules() if n]
+    attn2 = [n for n in modules if n.endswith("attn2")]
+    ordered = layer_order(list(reversed(attn2)))
+    assert [location_of(n) for n in ordered] == ["down"] * 6 + ["mid"] + ["up"] * 9
+    assert ordered[:2] == [
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+        "down_blocks.0.attentions.1.transformer_blocks.0.attn2",
+    ]
+    blocks = layer_order([n for n in modules if is_block(n)])
+    assert blocks == [f"down_blocks.{i}" for i in range(4)] + ["mid_block"] + [
+        f"up_blocks.{i}" for i in range(4)
+    ]
+    assert {block_of(n) for n in modules if n.startswith("up_blocks.1.")} == {"up_blocks.1"}
+    assert block_of("conv_in") == "conv_in" and location_of("conv_out") == "conv_out"
+    ranks = [forward_rank(n) for n in ("time_embedding", "conv_in", "down", "mid", "up_blocks.3")]
+    assert ranks == [0, 0, 1, 2, 3] and forward_rank("conv_out") == 4 and forward_rank("") == -1
+    assert layer_order(["all", "up", "down", "mid"]) == ["down", "mid", "up", "all"]
+    assert LOCATIONS == ("down", "mid", "up") and not is_block("down_blocks")
+    assert short_layer("up_blocks.1.attentions.2.transformer_blocks.0.attn2") == "up1.a2.t0"
+    assert short_layer("mid_block.attentions.0.transformer_blocks.0.attn2") == "mid.a0.t0"
+
+
+def test_token_labels_have_one_rule():
+    assert token_label("cat</w>") == "cat" and match_key("▁Cat</w>") == "cat"
+    assert label_at(["a", "cat</w>"], 1) == "cat" and label_at(["a"], 3) == "#3"
+    assert label_at(None, 0, "{i}") == "0"
+    assert {"<|endoftext|>", "<eos>", "<pad>"} <= SPECIAL_TOKENS and "cat" not in SPECIAL_TOKENS

@@ -180,3 +180,21 @@ def test_non_finite_guidance_and_output_are_refused_naming_the_step():
     finally:
         with torch.no_grad():
             weight.copy_(saved)
+
+
+def test_demo_reads_a1111_emphasis():
+    pipe = DemoPipeline(DEMO_DIR)
+    plain = pipe("a red circle", seed=0, steps=2)
+    run = pipe("a (red:1.5) [circle]", seed=0, steps=2)
+    assert run.tokens == plain.tokens and run.trace.words == plain.trace.words
+    assert run.trace.meta["emphasis"] == [
+        {"word": "red", "weight": 1.5, "tokens": [2]},
+        {"word": "circle", "weight": pytest.approx(1 / 1.1), "tokens": [3]},
+    ]
+    assert run.trace.meta["prompt"] == "a (red:1.5) [circle]"
+    assert run.trace.heatmap("red").shape == plain.trace.heatmap("red").shape
+    assert not np.array_equal(np.asarray(run.image), np.asarray(plain.image))
+    rew = pipe("a (red:1.5) circle", seed=0, steps=2, emphasis="reweight")
+    assert [e["edit"] for e in rew.trace.meta["edits"]] == ["Reweight"]
+    with pytest.raises(UnknownWordError, match="'\\(red\\)'"):
+        pipe("a (red) circle", steps=1, syntax="literal")

@@ -96,5 +96,31 @@ def test_attention_on_a_demo_model_folder(tmp_path, capsys):
     assert _run(["attention", word, "-m", str(demo), "-o", str(out), "--steps", "2"]) == 0
     info = json.loads((out / "tokens.json").read_text())
     assert [h["word"] for h in info["heatmaps"]] == [word]
-    assert _run(["attention", word, "-m", str(demo), "-o", str(out), "--dtype", "float16"]) == 2
+    bad = ["attention", word, "-m", str(demo), "-o", str(out), "--scheduler", "ddim"]
+    assert _run(bad) == 2  # --dtype / --device apply to every model, the rest to SD only
     assert "only for Stable Diffusion models" in capsys.readouterr().err
+
+
+def test_attention_reports_emphasis_per_word_without_brackets(tmp_path, capsys):
+    out = tmp_path / "emph"
+    code = _run(
+        ["attention", "a photo of a (cat:1.3) [house]", "-m", str(tiny_sd_dir("sd1"))]
+        + ["-o", str(out), "--steps", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "tokens.json").read_text())
+    words = {h["word"]: h.get("weight") for h in info["heatmaps"]}
+    assert words == {"a": None, "photo": None, "of": None, "cat": 1.3, "house": 1 / 1.1}
+
+
+def test_a_hostile_prompt_is_one_error_line(tmp_path, capsys):
+    out = tmp_path / "bad"
+    nested = "(" * 10_000 + "red" + ")" * 10_000 + " circle"
+    for prompt, message in (
+        ("a (red:1.2.3) circle", "'1.2.3' is not a number"),
+        (nested, "emphasis weight inf on 'red'"),
+    ):
+        assert _run(["attention", prompt, "-o", str(out), "--steps", "1"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+        assert not out.exists()

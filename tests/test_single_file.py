@@ -252,3 +252,44 @@ def test_sd2_layout_openclip_with_dropped_last_layer(tmp_path):
     b = load_sd_pipeline(folder)("a red house", seed=1, steps=1)
     diff = np.abs(np.asarray(a.image, np.float64) - np.asarray(b.image, np.float64))
     assert diff.mean() <= 1 / 255
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sdxl"])
+def test_unet_config_of_a_single_file_header(preset):
+    """The config a full-size file implies from its keys and shapes alone: the family's
+    published one; a narrowed UNet is refused (it needs its diffusers folder as config)."""
+    from types import SimpleNamespace
+
+    from unetviz import UNetConfig, build_unet
+    from unetviz.names import ldm_key
+    from unetviz.single_file import unet_config_of
+
+    cfg = UNetConfig.preset(preset)
+    model = build_unet(cfg, device="meta")
+    shapes = {
+        "model.diffusion_model." + ldm_key(k, cfg): tuple(v.shape)
+        for k, v in model.state_dict().items()
+    }
+    assert not any(k.endswith(".None") for k in shapes)
+    sf = SimpleNamespace(keys=list(shapes), shapes=shapes, path="x.safetensors")
+    assert unet_config_of(sf) == cfg
+    narrow = {
+        k: ((32, *v[1:]) if k.endswith("input_blocks.0.0.weight") else v) for k, v in shapes.items()
+    }
+    with pytest.raises(SingleFileError, match="not the published"):
+        unet_config_of(SimpleNamespace(keys=list(narrow), shapes=narrow, path="x.safetensors"))
+
+
+def test_single_file_without_config_or_cached_tokenizer_is_one_clear_error():
+    """No config folder and no CLIP tokenizer in the (empty, offline) Hugging Face cache: one
+    SingleFileError naming config=, never transformers' empty stand-in tokenizer (2 tokens,
+    no length limit) that breaks the prompt later."""
+    from transformers import CLIPTokenizer
+
+    from unetviz.single_file import TOKENIZER_CACHE_REPO, _tokenizer
+
+    cached = CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)
+    if len(cached) > 1000:
+        pytest.skip("the CLIP tokenizer is in this machine's Hugging Face cache")
+    with pytest.raises(SingleFileError, match="pass config="):
+        _tokenizer(None, "tokenizer", openclip=False)

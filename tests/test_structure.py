@@ -96,3 +96,23 @@ def test_code_text_strips_only_comments_and_docstrings():
     )
     with pytest.raises(LookupError, match="A.g"):
         structure.code_text(source, "A.g")
+
+
+def test_fingerprint_fast_paths_agree_with_parsing(tmp_path, monkeypatch):
+    """The shipped ``code.json`` (bytes -> fingerprint) and the user cache's ``code-<hash>``
+    give what parsing gives; with neither, parsing runs once and is kept."""
+    raw, sources = structure._code_bytes(ROOT)
+    parsed = structure._normalized_fingerprint(raw, sources)
+    shipped = structure._shipped_code()
+    if shipped.get("files") == raw:  # a checkout whose structures match its code
+        assert shipped["code"] == parsed == structure.code_fingerprint()
+    monkeypatch.setattr(structure, "BUNDLED_DIR", tmp_path / "nothing shipped")
+    monkeypatch.setenv("UNETVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    assert structure.code_fingerprint() == parsed
+    assert (tmp_path / "cache" / f"code-{raw[:24]}").read_text().strip() == parsed
+
+    def no_parsing(*args):
+        raise AssertionError("the kept fingerprint must be used")
+
+    monkeypatch.setattr(structure, "_normalized_fingerprint", no_parsing)
+    assert structure.code_fingerprint() == parsed

@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+LANG_DOCS = ("walkthrough.md", "walkthrough.zh-CN.md")
 LINK = re.compile(r"\[([^\]]+)\]\(([^)#\s]+)#L(\d+)-L(\d+)\)")
 
 
@@ -21,8 +24,9 @@ def _enclosing_class(lines: list[str], start: int, end: int) -> str | None:
     return None
 
 
-def test_every_link_points_at_the_code_it_names():
-    text = (DOCS / "walkthrough.md").read_text()
+@pytest.mark.parametrize("doc", ["walkthrough.md", "walkthrough.zh-CN.md"])
+def test_every_link_points_at_the_code_it_names(doc):
+    text = (DOCS / doc).read_text(encoding="utf-8")
     links = LINK.findall(text)
     assert len(links) >= 25, "the walkthrough links each stage to its code"
     problems = []
@@ -42,3 +46,8 @@ def test_every_link_points_at_the_code_it_names():
             if name not in span and _enclosing_class(lines, a, b) != name:
                 problems.append(f"[{name}]({target}#L{a}-L{b}): not in those lines")
     assert not problems, "\n".join(problems)
+
+
+def test_the_chinese_walkthrough_links_the_same_code():
+    targets = [LINK.findall((DOCS / d).read_text(encoding="utf-8")) for d in LANG_DOCS]
+    assert [t[1:] for t in targets[0]] == [t[1:] for t in targets[1]]

@@ -19,7 +19,7 @@ _EXPORTS = {
     "ConfigError": "unetviz.config",
     "UNet2DConditionModel": "unetviz.model",
     "build_unet": "unetviz.weights",
-    "load_unet": "unetviz.weights",
+    "load_unet": "unetviz.lora",  # weights.load_unet, plus loras=
     "WeightsError": "unetviz.weights",
     "capture": "unetviz.capture",
     "Trace": "unetviz.capture",

@@ -197,10 +197,14 @@ def _fill(tmp: Path, run: Any, style: HeatmapStyle, info: dict[str, Any]) -> Non
     (tmp / "heatmaps").mkdir()
     pictures = heatmap_pictures(trace, run.image, style, info["prompt"])
     files = []
+    weights = trace.meta.get("token_weights") or []
     for n, (label, indices, tile, _) in enumerate(pictures["words"]):
         name = f"heatmaps/{n:02d}_{_file_word(label)}.png"
         tile.save(tmp / name)
-        files.append({"word": label, "tokens": indices, "file": name})
+        entry = {"word": label, "tokens": indices, "file": name}
+        if weights and indices and weights[indices[0]] != 1.0:  # emphasis, e.g. (word:1.3)
+            entry["weight"] = weights[indices[0]]
+        files.append(entry)
     if style.grid:
         pictures["grid"].save(tmp / "grid.png")
     trace.save(tmp / "run.trace")

@@ -57,6 +57,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("unetviz.edits_cli", "One intervention per block or skip: which parts matter."),
     "batch": ("unetviz.batch.cli", "Attention statistics over a prompt set (local or Ray)."),
     "report": ("unetviz.report.cli", "One self-contained HTML report of a run or trace."),
+    "features": ("unetviz.features_cli", "What every block sees: a feature-PCA contact sheet."),
 }
 
 DIRECTIONS = ("TB", "LR")
@@ -121,8 +122,12 @@ def _model_source(model: str) -> Source:
     from .detect import demo_geometry, detect_model
 
     found = detect_model(model)
+    if found.kind == "single":  # the config its family and conv_in imply (header only)
+        from .single_file import read_unet_config
+
+        return Source(read_unet_config(found.path), str(model))
     if found.unet_config is None or not found.unet_config.is_file():
-        what = "a single-file checkpoint" if found.kind == "single" else "not a local folder"
+        what = "not a local folder"
         raise CliError(
             f"--model {_short(model)!r} is {what}: diagram and summary read only a UNet config; "
             "give a diffusers folder, a unet folder or --config path/to/config.json"
@@ -231,9 +236,10 @@ def diagram(
     extra: dict[str, Any] = {}
     if lora:
         table = lora_block_table(model, lora)
+        names = {b["name"] for b in trace["blocks"]}
         u = ("down_blocks", "mid_block", "up_blocks")
-        fill = {b["name"]: 0.0 for b in trace["blocks"] if b["name"].startswith(u)}
-        fill.update({r["block"]: r["change"] for r in table if r["block"] in fill})
+        fill = {name: 0.0 for name in names if name.startswith(u)}  # the U, changed or not
+        fill.update({r["block"]: r["change"] for r in table if r["block"] in names})
         extra = {"fill": fill, "fill_label": "LoRA: sum of ‖ΔW‖/‖W‖"}
         typer.echo(lora_table_text(table), err=True)
     data = render(

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetviz.capture.records import block_of
-from unetviz.names import ldm_key
+from unetviz.names import block_of, ldm_key
 from unetviz.weights import FLOAT_DTYPES, WeightsError, _offenders, _read_tensors, read_index
+from unetviz.weights import load_unet as load_plain_unet
 
 #: the largest LoRA file read (a 1.7 GB SDXL "LoRA" is a full fine-tune in disguise)
 MAX_LORA_BYTES = 4 * 2**30
@@ -345,6 +345,22 @@ def fuse_loras(models: Mapping[str, nn.Module], loras: Iterable[LoraSpec] | None
             delta = m.lora.delta(w.shape, m.scale).to(w.device)
             w.copy_((w.float() + delta).to(w.dtype))
     return FusedLoras(matches, originals, specs)
+
+
+def load_unet(
+    path: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    loras: Iterable[LoraSpec] | None = None,
+) -> nn.Module:
+    """:func:`unetviz.weights.load_unet` (``unetviz.load_unet``), then ``loras`` (``[(file,
+    scale), ...]``) fused into the UNet, kept as ``unet.loras`` for ``unet.loras.unfuse()``. A
+    file's text-encoder keys are refused: ``load_pipeline(..., loras=)`` applies those."""
+    specs = parse_specs(loras)  # checked before the weights load
+    model = load_plain_unet(path, dtype=dtype, device=device)
+    if specs:
+        model.loras = fuse_loras({"unet": model}, specs)
+    return model
 
 
 # ------------------------------------------------------------------------------ changes

@@ -295,12 +295,18 @@ def block_of(name: str) -> str:
     return parts[0]
 
 
+def _digits(part: str) -> bool:
+    """ASCII digits only: a name from a file may hold "²", which ``str.isdigit`` accepts and
+    ``int`` refuses."""
+    return part.isascii() and part.isdigit()
+
+
 def is_block(name: str) -> bool:
     """Whether ``name`` is one block of a stage: ``down_blocks.1``, ``mid_block``, ``up_blocks.0``."""
     parts = name.split(".")
     if name == "mid_block":
         return True
-    return len(parts) == 2 and parts[0] in ("down_blocks", "up_blocks") and parts[1].isdigit()
+    return len(parts) == 2 and parts[0] in ("down_blocks", "up_blocks") and _digits(parts[1])
 
 
 def location_of(name: str) -> str:
@@ -326,7 +332,7 @@ def forward_rank(name: str) -> int:
 def forward_key(name: str) -> tuple[int, list[int]]:
     """Sort key of UNet module names in forward order: stage (:func:`forward_rank`), then the
     numbers in the name (``down_blocks.1.attentions.0`` -> ``[1, 0]``)."""
-    return forward_rank(name), [int(p) for p in name.split(".") if p.isdigit()]
+    return forward_rank(name), [int(p) for p in name.split(".") if _digits(p)]
 
 
 def layer_order(names: list[str]) -> list[str]:

@@ -334,6 +334,28 @@ def _take(sf: SingleFile, prefix: str, dtype: torch.dtype | None) -> dict[str, t
 
 
 # ---------------------------------------------------------------------------------- parts
+def unet_config_of(sf: SingleFile, family: str | None = None) -> UNetConfig:
+    """The UNet config a single file implies, from its header alone: its family's published
+    config, when its ``conv_in`` has that config's shape (else SingleFileError: a narrowed or
+    otherwise different UNet needs the diffusers folder that describes it)."""
+    family = family or detect_family(sf.keys, sf.shapes)
+    cfg = UNetConfig.preset(_UNET_PRESET[family])
+    shape = sf.shapes.get(f"{LDM_PREFIX}input_blocks.0.0.weight")
+    if shape != (cfg.block_out_channels[0], cfg.in_channels, 3, 3):
+        raise SingleFileError(
+            f"{sf.path}: its UNet's conv_in has shape {shape}, not the published "
+            f"{FAMILY_NAMES[family]} UNet's ({cfg.block_out_channels[0]}, {cfg.in_channels}, 3, "
+            "3): pass the diffusers folder that describes it as config"
+        )
+    return cfg
+
+
+def read_unet_config(path: str | Path) -> UNetConfig:
+    """:func:`unet_config_of` a single-file checkpoint on disk (reads only its header)."""
+    with SingleFile(path) as sf:
+        return unet_config_of(sf)
+
+
 def load_unet_from_single_file(
     sf: SingleFile, config: UNetConfig, dtype: torch.dtype | None = None
 ) -> torch.nn.Module:
@@ -445,6 +467,10 @@ def _tokenizer(config_dir: Path | None, sub: str, openclip: bool) -> Any:
         return tok
     try:
         tok = CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)
+        # transformers 5 returns an empty tokenizer (2 tokens, no length limit) when the repo
+        # is not cached: that is "not in the cache" too
+        if len(tok) < 1000 or not 1 <= int(tok.model_max_length) <= 4096:
+            raise ValueError("no cached tokenizer")
     except (OSError, ValueError):
         raise SingleFileError(
             "a single-file checkpoint holds no tokenizer, and the CLIP tokenizer "
@@ -501,9 +527,7 @@ def load_single_file(
         unet_cfg_dict = cfg_json("unet")
         try:
             unet_cfg = (
-                UNetConfig.from_dict(unet_cfg_dict)
-                if unet_cfg_dict
-                else UNetConfig.preset(_UNET_PRESET[family])
+                UNetConfig.from_dict(unet_cfg_dict) if unet_cfg_dict else unet_config_of(sf, family)
             )
         except ConfigError as exc:
             raise SingleFileError(f"{config_dir}/unet/config.json: {exc}") from None

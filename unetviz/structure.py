@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tokenize
 from functools import lru_cache
 from pathlib import Path
@@ -99,15 +100,66 @@ STRUCTURE_CODE = (
 def code_fingerprint(root: Path | None = None) -> str:
     """Hash of :data:`STRUCTURE_CODE` (under ``root``, the package by default) without
     comments, docstrings and blank lines: a comment or docstring fix keeps the cached and
-    shipped structures, a change of the code that makes them does not."""
-    root = root or Path(__file__).parent
+    shipped structures, a change of the code that makes them does not.
+
+    Parsing that code would cost a diagram more than drawing it, so the files are first hashed
+    as bytes: when they are the bytes the shipped structures were made from (``code.json``
+    beside them), the fingerprint recorded there is the answer; else the one computed for
+    those bytes before (``code-<hash>`` in :func:`cache_dir`), else it is computed and kept."""
+    package = Path(__file__).parent
+    raw, sources = _code_bytes(root or package)
+    if (root or package) != package:
+        return _normalized_fingerprint(raw, sources)
+    shipped = _shipped_code()
+    if shipped.get("files") == raw and isinstance(shipped.get("code"), str):
+        return shipped["code"]
+    kept = cache_dir() / f"code-{raw[:24]}"
+    try:
+        known = kept.read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        known = ""
+    if re.fullmatch(r"[0-9a-f]{64}", known):
+        return known
+    fingerprint = _normalized_fingerprint(raw, sources)
+    try:
+        from .outputs import write_file
+
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_file(kept, fingerprint + "\n")
+    except (OSError, ValueError):
+        pass  # caching is best effort (read-only home, full disk)
+    return fingerprint
+
+
+#: Beside the shipped structures: ``{"files": byte hash, "code": fingerprint}`` of the
+#: structure code they were made from (written by :func:`bundle_structures`).
+CODE_NAME = "code.json"
+
+
+def _code_bytes(root: Path) -> tuple[str, tuple[tuple[str, bytes], ...]]:
+    """(SHA-256 of the files of :data:`STRUCTURE_CODE` as bytes, their (path, bytes))."""
+    files = dict.fromkeys(entry.partition(":")[0] for entry in STRUCTURE_CODE)
+    sources = tuple((file, (root / file).read_bytes()) for file in files)
+    raw = b"".join(file.encode() + b"\0" + data + b"\0" for file, data in sources)
+    return hashlib.sha256(raw).hexdigest(), sources
+
+
+def _shipped_code() -> dict[str, Any]:
+    try:
+        data = json.loads((BUNDLED_DIR / CODE_NAME).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@lru_cache(maxsize=8)
+def _normalized_fingerprint(raw: str, sources: tuple[tuple[str, bytes], ...]) -> str:
+    """The fingerprint proper (``raw``, the byte hash of ``sources``, keys the cache)."""
+    text = {file: data.decode("utf-8") for file, data in sources}
     digest = hashlib.sha256()
-    sources: dict[str, str] = {}
     for entry in STRUCTURE_CODE:
         file, _, qualname = entry.partition(":")
-        if file not in sources:
-            sources[file] = (root / file).read_text(encoding="utf-8")
-        digest.update(entry.encode() + b"\0" + code_text(sources[file], qualname).encode() + b"\0")
+        digest.update(entry.encode() + b"\0" + code_text(text[file], qualname).encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -287,9 +339,10 @@ def capture_state(
 
 def bundle_structures() -> list[tuple[str, str, Path, int]]:
     """Rewrite the shipped preset structures (maintainers; ``unetviz bundle-structures``) at
-    each preset's default size: the new files are written first, then the stale
-    ``*.json.gz`` of :data:`BUNDLED_DIR` (a folder of the package holding only files this
-    function writes) are removed. Returns (preset, detail, path, bytes) per file written."""
+    each preset's default size, and ``code.json`` (what code made them): the new files are
+    written first, then the stale ``*.json.gz`` of :data:`BUNDLED_DIR` (a folder of the package
+    holding only files this function writes) are removed. Returns (preset, detail, path,
+    bytes) per structure written."""
     from .outputs import write_file
 
     written = []
@@ -303,6 +356,8 @@ def bundle_structures() -> list[tuple[str, str, Path, int]]:
         written.append(
             (preset, detail, write_file(BUNDLED_DIR / f"{key}.json.gz", data), len(data))
         )
+    code = {"files": _code_bytes(Path(__file__).parent)[0], "code": code_fingerprint()}
+    write_file(BUNDLED_DIR / CODE_NAME, json.dumps(code, indent=1) + "\n")
     keep = {p for _, _, p, _ in written}
     for old in BUNDLED_DIR.glob("*.json.gz"):  # stale keys, only after the new ones are in
         if old not in keep:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,15 +273,12 @@ def load_unet(
     path: str | Path,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    loras: Sequence[Any] | None = None,
 ) -> UNet2DConditionModel:
     """Load a diffusers-format UNet strictly: every key present, none extra, every shape equal,
     every value finite, every file inside the folder given.
 
     ``dtype`` None keeps the file's dtype (mixed floating dtypes: float32, see
     :func:`load_dtype`). Nothing is half-loaded: on any error no model is returned.
-    ``loras``: ``[(file, scale), ...]`` fused into the UNet (:mod:`unetviz.lora`; a file's
-    text-encoder keys are refused: use ``load_pipeline`` for those).
     """
     unet_dir = find_unet_dir(path)
     try:
@@ -301,8 +298,4 @@ def load_unet(
     target = load_dtype(ordered, resolve_dtype(dtype))
     state = dict(_read_tensors(ordered, target, device))
     model.load_state_dict(state, strict=True, assign=True)
-    if loras:
-        from unetviz.lora import fuse_loras
-
-        model.loras = fuse_loras({"unet": model}, loras)
     return model.eval().requires_grad_(False)

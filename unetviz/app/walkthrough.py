@@ -90,7 +90,13 @@ _KINDS = {
 
 def stages(trace: Any) -> list[Stage]:
     """The stages of the forward pass recorded in ``trace`` (a Trace at ``modules`` detail, or
-    ``layers`` without sub-step shapes), in the order the data flows."""
+    ``layers`` without sub-step shapes; or its JSON state, read without torch), in the order
+    the data flows."""
+    if isinstance(trace, dict):  # Trace.to_state()[0] / unetviz.structure.structure()
+        from types import SimpleNamespace
+
+        blocks = [SimpleNamespace(**b) for b in trace.get("blocks", [])]
+        trace = SimpleNamespace(blocks=blocks, meta=trace.get("meta") or {})
     records = {b.name: b for b in trace.blocks}
     config = trace.meta.get("config") or {}
     try:
@@ -507,11 +513,12 @@ class WalkthroughHandlers:
                 cached = session.shown["walkthrough"] = stages(_shapes_of_run(session.trace))
             return cached, session.trace, "run"
         key = "demo" if choice == "run" else choice
-        if key not in self._presets:
-            reg = self.h.registry
-            spec = reg.spec(key)
+        if key not in self._presets:  # the structure's JSON state: no torch on the first page
+            from .registry import architecture_state
+
+            spec = self.h.registry.spec(key)
             size = spec.default_size
-            self._presets[key] = stages(reg.architecture(spec, size, size, 2))
+            self._presets[key] = stages(architecture_state(spec, size, size, 2))
         return self._presets[key], None, key
 
     def show(self, form: dict[str, Any], request: Any = None) -> dict[str, Any]:
@@ -541,12 +548,14 @@ class WalkthroughHandlers:
         """A new run: its last step, the stage kept."""
         return self.show({**form, "wt_step": None}, request)
 
-    def move(self, form: dict[str, Any], delta: int) -> dict[str, Any]:
+    def move(self, form: dict[str, Any], delta: int, request: Any = None) -> dict[str, Any]:
+        """Previous / Next: the stage ``delta`` away, within the pass."""
+        items, _, _ = self.items(form.get("wt_model") or "run", request)
         try:
             index = int(form.get("wt_stage") or 0)
         except (TypeError, ValueError):
             index = 0
-        return {"wt_stage": max(0, index + delta)}
+        return {"wt_stage": max(0, min(index + delta, len(items) - 1))}
 
     def go(self, form: dict[str, Any], request: Any = None) -> dict[str, Any]:
         """The stage of a diagram node (a module name), from the Architecture tab's link."""
@@ -584,7 +593,8 @@ window.__uvWalkthroughGo = (name) => {
   if (!box) return;
   box.value = name;
   box.dispatchEvent(new Event('input', { bubbles: true }));
-  box.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));
+  // gradio's textbox submits on a keypress of Enter
+  box.dispatchEvent(new KeyboardEvent('keypress', { key: 'Enter', bubbles: true }));
 };
 element.addEventListener('click', (e) => {
   const a = e.target.closest('a.uv-wt-node');
@@ -661,17 +671,24 @@ def build(ctx: Any) -> None:
 
     show = handler("wt_body", "wt_stage", "wt_step", msg="wt_msg")(wh.show)
     after = handler("wt_body", "wt_stage", "wt_step", msg="wt_msg")(wh.after_run)
-    prev = handler("wt_stage", msg="wt_msg")(lambda form: wh.move(form, -1))
-    nxt = handler("wt_stage", msg="wt_msg")(lambda form: wh.move(form, +1))
+
+    def prev(form: dict[str, Any], request: gr.Request = None) -> dict[str, Any]:
+        return wh.move(form, -1, request)
+
+    def nxt(form: dict[str, Any], request: gr.Request = None) -> dict[str, Any]:
+        return wh.move(form, +1, request)
+
+    prev = handler("wt_stage", msg="wt_msg")(prev)
+    nxt = handler("wt_stage", msg="wt_msg")(nxt)
     go = handler("wt_stage", msg="wt_msg")(wh.go)
 
     def wire(ctx: Any) -> None:
         ctx.on([c["wt_model"].input, c["wt_stage"].input, c["wt_step"].release], show, WALK_IN,
                api_name="walkthrough", trigger_mode="always_last", **{"show_progress": "hidden"})  # fmt: skip
         for button, fn in ((c["wt_prev"], prev), (c["wt_next"], nxt)):
-            moved = ctx.on(button.click, fn, ("wt_stage",), **QUIET)
+            moved = ctx.on(button.click, fn, ("wt_stage", "wt_model"), **QUIET)
             ctx.on(moved, show, WALK_IN, **QUIET)
-        went = ctx.on(c["wt_go"].input, go, ("wt_go", "wt_model"), **QUIET)
+        went = ctx.on(c["wt_go"].submit, go, ("wt_go", "wt_model"), **QUIET)
         ctx.on(went, show, WALK_IN, **QUIET)
         if "run_event" in ctx.c:
             ctx.on(ctx.c["run_event"], after, WALK_IN, **QUIET)

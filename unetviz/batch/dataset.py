@@ -76,7 +76,15 @@ def read_table(path: Path, max_rows: int, max_bytes: int = MAX_TABLE_INFLATED) -
         raise BatchError(
             f"{name} is not a Parquet file with a footer of at most {MAX_FOOTER_BYTES:,} bytes"
         )
-    f = pq.ParquetFile(path)
+    try:
+        return _read_bounded(pa, pq.ParquetFile(path), name, max_rows, max_bytes)
+    except BatchError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise BatchError(f"{name} is not a readable Parquet file: {exc}") from None
+
+
+def _read_bounded(pa: Any, f: Any, name: str, max_rows: int, max_bytes: int) -> Any:
     meta = f.metadata
     if meta.num_rows > max_rows:
         raise BatchError(

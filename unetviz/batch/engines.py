@@ -601,6 +601,9 @@ class RayEngine:
         try:
             pids = self._get(ray, [a.pid.remote() for a in actors], "starting workers")
         except ray.exceptions.RayActorError as exc:
+            for _ in range(3):  # a dying cluster cancels every actor: tell that apart
+                self._check_alive(ray, "starting workers")
+                time.sleep(1.0)
             raise BatchError(f"the model could not be loaded on a Ray worker: {exc}") from None
         self._pids.update(zip(actors, pids, strict=True))
         return actors

@@ -4,9 +4,11 @@
 package, or ``DETAILS`` from ``unetviz.capture.options``, does not import torch.
 
 Layout: ``options`` (what to record, validated), ``probe`` (the probe interface and the session
-that hooks probes onto a model), ``probes`` / ``attention`` (one recording probe per concern),
-``engine`` (``Capture``: the probes of a capture), ``records`` / ``trace`` (what is recorded),
-``bundle`` (the trace file format, read defensively), ``aggregate`` (heatmaps and presets).
+that hooks probes onto a model: captures and edits alike), ``plan`` (a model's names by role,
+cached per model, and its first-pass facts), ``probes`` / ``attention`` (one recording probe
+per concern), ``engine`` (``Capture``: the probes of a capture), ``records`` / ``trace`` (what
+is recorded), ``bundle`` (the trace file format, read defensively), ``aggregate`` (heatmaps
+and presets). docs/capture.md describes the probe lifecycle.
 """
 
 from __future__ import annotations

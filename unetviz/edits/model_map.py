@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..capture.plan import plan_of
 from ..capture.shapes import is_attention as capture_is_attention
-from ..capture.shapes import is_cross, is_resnet
 from ..names import LOCATIONS, forward_rank, is_block, location_of
 from ..tokens import match_key
 from .spec import EditError
@@ -48,14 +48,16 @@ class ModelMap:
     """Names of one model's parts, in forward order."""
 
     def __init__(self, model: nn.Module):
-        # forward order (down, mid, up): diffusers registers mid_block after up_blocks
-        mods = dict(sorted(model.named_modules(), key=lambda kv: forward_rank(kv[0])))
-        mods.pop("", None)
+        # forward order (down, mid, up): diffusers registers mid_block after up_blocks; the
+        # names come from the model's cached plan (no tree walk per call)
+        plan = plan_of(model)
+        mods = dict(sorted(plan.modules.items(), key=lambda kv: forward_rank(kv[0])))
         self.modules = mods
-        attn = [n for n, m in mods.items() if is_attention(m)]
-        self.cross = [n for n in attn if is_cross(n, mods[n])]
-        self.selfs = [n for n in attn if n not in self.cross]
-        self.resnets = [n for n, m in mods.items() if is_resnet(m)]
+        attn = sorted((n for n in plan.attention if is_attention(mods[n])), key=forward_rank)
+        cross = set(plan.cross)
+        self.cross = [n for n in attn if n in cross]
+        self.selfs = [n for n in attn if n not in cross]
+        self.resnets = sorted(plan.resnets, key=forward_rank)
         self.blocks = [n for n in mods if is_block(n)]
         self.layers = [
             f"{b}.{kind}.{j}"

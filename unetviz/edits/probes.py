@@ -163,15 +163,21 @@ class ReweightEdit(EditProbe):
         where = _overlap(rows, fwd.cond, fwd.batch)
         if where is None or probs.shape[0] != len(range(fwd.batch)[rows]):
             return probs
-        probs[where[0], :, :, self.indices] *= self.scale
+        rows = probs[where[0]]  # a view; the token index lives on the device: no host copy
+        idx = self._device_index(probs.device)
+        rows.index_copy_(3, idx, rows.index_select(3, idx) * self.scale)
         return probs
+
+    def _device_index(self, device: torch.device) -> torch.Tensor:
+        idx = self._index.get(device)
+        if idx is None:
+            idx = self._index[device] = torch.tensor(self.indices, device=device)
+        return idx
 
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         if not self.active() or not isinstance(output, torch.Tensor):
             return None
-        idx = self._index.get(output.device)
-        if idx is None:
-            idx = self._index[output.device] = torch.tensor(self.indices, device=output.device)
+        idx = self._device_index(output.device)
         v = output.clone() if torch.is_grad_enabled() else output
         rows = v[self.forward.cond]  # a view: cond is a slice
         rows.index_copy_(1, idx, rows.index_select(1, idx) * self.scale)

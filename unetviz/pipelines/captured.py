@@ -166,6 +166,36 @@ def captured_run(
     )
 
 
+# ------------------------------------------------------------------------------ prompts
+def prompt_meta(
+    weights: Sequence[float],
+    words: Sequence[str | None],
+    syntax: str,
+    emphasis: str,
+    chunks: int = 1,
+) -> dict[str, Any]:
+    """The prompt-reading keys of the trace meta (``docs/trace.md``, "Pipeline meta")."""
+    from unetviz.prompts import word_weights
+
+    return {
+        "syntax": syntax,
+        "emphasis_mode": emphasis,
+        "chunks": chunks,
+        "token_weights": [float(w) for w in weights],
+        "emphasis": word_weights(words, weights),
+    }
+
+
+def emphasis_edits(weights: Sequence[float], words: Sequence[str | None], edits: Any) -> list[Any]:
+    """``edits`` plus one ``Reweight(index, weight)`` per weighted token position: the
+    emphasis as prompt-to-prompt's attention equalizer instead of embedding scaling."""
+    from unetviz.edits import Reweight
+
+    given = [] if edits is None else list(edits) if isinstance(edits, (list, tuple)) else [edits]
+    weighted = [(i, w) for i, w in enumerate(weights) if w != 1.0 and words[i]]
+    return given + [Reweight(i, float(w)) for i, w in weighted]
+
+
 # ------------------------------------------------------------------------------ LoRAs
 def describe_loras(fused: Any) -> list[dict[str, Any]]:
     """``[{"file", "scale"}]`` of a FusedLoras (``[]`` for None): the trace meta's ``loras``."""

@@ -43,7 +43,15 @@ from unetviz.model.autoencoder import AutoencoderConfig, AutoencoderKL
 from unetviz.weights import load_unet
 
 from .base import PipelineError, Run, check_finite
-from .captured import Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
+from .captured import (
+    Prepared,
+    captured_run,
+    check_call,
+    compare_runs,
+    emphasis_edits,
+    fuse_pipeline_loras,
+    prompt_meta,
+)
 
 __all__ = ["DEMO_DIR", "DemoPipeline", "UnknownWordError", "demo_unet_config", "load_demo_parts"]
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -367,6 +375,12 @@ def sample(
     return x
 
 
+def position_weights(word_weights: list[float], length: int) -> list[float]:
+    """Per-position weights of a demo token row: ``<bos>``, one per word, then 1.0 for
+    ``<eos>`` and padding."""
+    return ([1.0, *word_weights] + [1.0] * length)[:length]
+
+
 def to_pil(x: torch.Tensor) -> Image.Image:
     """(3, H, W) in [-1, 1] -> RGB PIL image."""
     arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -519,11 +533,39 @@ class DemoPipeline:
         """The modules a LoRA file may change, by the part names its keys use."""
         return {"unet": self.unet, "text_encoder": self.text_encoder}
 
+    def read(self, prompt: str, syntax: str = "a1111") -> tuple[str, list[float]]:
+        """The prompt's plain words (A1111 emphasis syntax removed, :mod:`unetviz.prompts`)
+        and one weight per word; ``syntax="literal"`` keeps brackets as text. ``BREAK`` is
+        dropped: the demo encodes one window."""
+        from unetviz.prompts import PromptError, check_syntax, check_weights
+        from unetviz.prompts import parse_prompt_attention as parse
+
+        if check_syntax(syntax) == "compel":
+            raise PromptError("syntax='compel' needs a CLIP tokenizer: the demo reads a1111")
+        parsed = parse(prompt) if syntax == "a1111" else [[prompt, 1.0]]
+        check_weights(parsed)
+        words, weights = [], []
+        for text, weight in parsed:
+            if text == "BREAK" and weight == -1:
+                continue
+            for word in self.tokenizer.split(text):
+                words.append(word)
+                weights.append(float(weight))
+        return " ".join(words), weights
+
     @torch.no_grad()
-    def encode(self, prompt: str) -> tuple[torch.Tensor, list[str], list[str | None]]:
-        """Prompt -> (1, T, width) embeddings, token labels, token words."""
+    def encode(
+        self, prompt: str, weights: list[float] | None = None
+    ) -> tuple[torch.Tensor, list[str], list[str | None]]:
+        """Prompt -> (1, T, width) embeddings, token labels, token words; ``weights`` (one per
+        word) scale the word embeddings as A1111's emphasis does (``apply_emphasis``)."""
+        from unetviz.prompts import apply_emphasis
+
         ids, labels, words = self.tokenizer.encode(prompt)
-        return self.text_encoder(torch.tensor([ids], device=self.device)), labels, words
+        z = self.text_encoder(torch.tensor([ids], device=self.device))
+        if weights:
+            z = apply_emphasis(z, position_weights(weights, len(ids)))
+        return z, labels, words
 
     @torch.no_grad()
     def added(self, prompt: str) -> dict[str, torch.Tensor] | None:
@@ -544,10 +586,12 @@ class DemoPipeline:
         steps: int,
         guidance: float,
         progress: Callable[[int, int], None] | None = None,
+        weights: tuple[list[float], list[float]] | None = None,
     ) -> torch.Tensor:
-        """The sampling loop: final latents (1, 4, 24, 24) or pixels of a pixel model."""
-        cond = self.encode(prompt)[0]
-        uncond = self.encode(negative_prompt)[0]
+        """The sampling loop: final latents (1, 4, 24, 24) or pixels of a pixel model;
+        ``weights``: the (prompt, negative prompt) emphasis weights per word."""
+        cond = self.encode(prompt, weights[0] if weights else None)[0]
+        uncond = self.encode(negative_prompt, weights[1] if weights else None)[0]
         added = None
         if self.unet.config.addition_embed_type == "text_time":
             added = (self.added(negative_prompt), self.added(prompt))
@@ -585,11 +629,17 @@ class DemoPipeline:
         progress: Callable[[int, int], None] | None = None,
         detail: str = "layers",
         edits: Sequence[Any] | None = None,
+        syntax: str = "a1111",
+        emphasis: str = "embeddings",
         **capture_kwargs: Any,
     ) -> Run:
         """Generate one image for ``prompt`` and capture the UNet while sampling (under
         ``edits``, unetviz.edits interventions, if given). ``guidance`` None: 4.0; guidance
-        <= 1 runs without classifier-free guidance."""
+        <= 1 runs without classifier-free guidance. A1111's emphasis (``(red:1.4) circle``)
+        is read as the SD pipeline reads it (``syntax``, ``emphasis``: see
+        ``docs/sd-habits.md``)."""
+        from unetviz.prompts import check_emphasis
+
         size = self.size
         if (height not in (None, size)) or (width not in (None, size)):
             raise PipelineError(
@@ -598,8 +648,14 @@ class DemoPipeline:
             )
         g = DEFAULT_GUIDANCE if guidance is None else guidance
         call = check_call(prompt, negative_prompt, seed, steps, g, size, size)
-        _, labels, words = self.tokenizer.encode(call.prompt)
-        _, neg_labels, neg_words = self.tokenizer.encode(call.negative_prompt)  # fails early
+        weighted = check_emphasis(emphasis) == "embeddings"
+        text, text_w = self.read(call.prompt, syntax)
+        negative, negative_w = self.read(call.negative_prompt, syntax)
+        _, labels, words = self.tokenizer.encode(text)
+        _, neg_labels, neg_words = self.tokenizer.encode(negative)  # fails early
+        token_w = position_weights(text_w, len(labels))
+        if not weighted:
+            edits = emphasis_edits(token_w, words, edits)
         prep = Prepared(
             call=call,
             tokens=labels,
@@ -613,18 +669,15 @@ class DemoPipeline:
                 "scheduler": "DDIMScheduler",
                 "dtype": str(next(self.unet.parameters()).dtype).removeprefix("torch."),
                 "truncated": "",
-                "syntax": "literal",
-                "emphasis_mode": "embeddings",
-                "chunks": 1,
-                "token_weights": [1.0] * len(labels),
-                "emphasis": [],
+                **prompt_meta(token_w, words, syntax, emphasis),
             },
         )
         generator = torch.Generator().manual_seed(call.seed)
 
         def denoise(progress: Callable[[int, int], None] | None) -> torch.Tensor:
+            weights = (text_w, negative_w) if weighted else None
             return self.denoise(
-                call.prompt, call.negative_prompt, generator, call.steps, call.guidance, progress
+                text, negative, generator, call.steps, call.guidance, progress, weights
             )
 
         return captured_run(

@@ -34,10 +34,18 @@ from ..prompts import (
     apply_emphasis,
     check_emphasis,
     check_syntax,
-    word_weights,
 )
 from .base import PipelineError, Run, check_finite
-from .captured import Call, Prepared, captured_run, check_call, compare_runs, fuse_pipeline_loras
+from .captured import (
+    Call,
+    Prepared,
+    captured_run,
+    check_call,
+    compare_runs,
+    emphasis_edits,
+    fuse_pipeline_loras,
+    prompt_meta,
+)
 from .clip_tokens import PromptTruncatedWarning, Tokens, tokenize, tokenize_prompt
 from .hf_cache import from_hf_cache
 from .sd_loading import (
@@ -344,7 +352,8 @@ class SDPipeline:
         loop = self._prepare(
             prompt, negative_prompt, seed, steps, guidance, height, width, syntax, emphasis
         )
-        edits = emphasis_edits(loop.pos, edits) if emphasis == "reweight" else edits
+        if emphasis == "reweight":
+            edits = emphasis_edits(loop.pos.weights, loop.pos.words, edits)
         prep = Prepared(
             call=loop.call,
             tokens=loop.pos.labels,
@@ -358,7 +367,7 @@ class SDPipeline:
                 "scheduler": type(loop.scheduler).__name__,
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "truncated": loop.pos.truncated,
-                **prompt_meta(loop.pos, syntax, emphasis),
+                **prompt_meta(loop.pos.weights, loop.pos.words, syntax, emphasis, loop.pos.chunks),
             },
             extra={"truncated": loop.pos.truncated, "family": self.family},
         )
@@ -399,27 +408,6 @@ class SDPipeline:
                 vae.to(torch.float16)
         image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
         return Image.fromarray((image[0] * 255).round().astype(np.uint8))
-
-
-def prompt_meta(tokens: Tokens, syntax: str, emphasis: str) -> dict[str, Any]:
-    """The prompt-reading keys of the trace meta (``docs/trace.md``, "Pipeline meta")."""
-    return {
-        "syntax": syntax,
-        "emphasis_mode": emphasis,
-        "chunks": tokens.chunks,
-        "token_weights": [float(w) for w in tokens.weights],
-        "emphasis": word_weights(tokens.words, tokens.weights),
-    }
-
-
-def emphasis_edits(tokens: Tokens, edits: Any) -> list[Any]:
-    """``edits`` plus one ``Reweight(index, weight)`` per weighted token position: the
-    emphasis as prompt-to-prompt's attention equalizer instead of embedding scaling."""
-    from unetviz.edits import Reweight
-
-    given = [] if edits is None else list(edits) if isinstance(edits, (list, tuple)) else [edits]
-    weighted = [(i, w) for i, w in enumerate(tokens.weights) if w != 1.0 and tokens.words[i]]
-    return given + [Reweight(i, float(w)) for i, w in weighted]
 
 
 def load_sd_pipeline(

@@ -14,7 +14,7 @@ import html
 import io
 from typing import Any
 
-from ..tokens import token_label
+from ..tokens import END_TOKENS, PAD_TOKEN, token_label
 
 #: How the per-word maps of a run are aggregated for display: DAAM's recipe (its DAAM-like
 #: approximation when the capture kept no per-head sums), not normalised per map, so one colour
@@ -165,6 +165,10 @@ def trace_html(trace: Any, detail: str = "blocks", title: str = "Trace") -> str:
         f'<h4>Block diagram</h4><div class="diagram" style="overflow:auto;max-width:100%">{diagram_svg(trace, detail)}</div>'
         f"{module_table(trace)}"
     )
+    if getattr(trace, "features", None):  # capture(features=...): what every block sees
+        from ..render.features import sheet_html
+
+        body += f"<h4>Feature PCA per block</h4>{sheet_html(trace)}"
     return wrap(body)
 
 
@@ -253,7 +257,7 @@ def tokens_html(tokens: list[str], words: list[Any]) -> str:
     shown = list(tokens)
     pads = 0
     while len(shown) > 2 and (
-        shown[-1] == "<pad>" or shown[-1] == shown[-2] == "<|endoftext|>"  # CLIP pads with EOS
+        shown[-1] == PAD_TOKEN or shown[-1] == shown[-2] in END_TOKENS  # CLIP pads with EOS
     ):
         shown.pop()
         pads += 1

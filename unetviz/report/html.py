@@ -185,6 +185,12 @@ def build_report(obj: Any, image: Any = None, title: str | None = None) -> str:
             '<section id="heatmaps"><h3>Cross-attention per word</h3>'
             f"{d.heatmap_grid(trace, src.image)}</section>"
         )
+    if getattr(trace, "features", None):  # capture(features=...): what every block sees
+        from ..render.features import sheet_html
+
+        parts.append(
+            f'<section id="features"><h3>Feature PCA per block</h3>{sheet_html(trace)}</section>'
+        )
     plots = _plots(trace)
     if plots:
         parts.append(f'<section id="plots"><h3>Plots</h3>{plots}</section>')

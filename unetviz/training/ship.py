@@ -23,7 +23,7 @@ from unetviz.pipelines.demo import DEMO_DIR, SPECIALS, load_demo_parts, load_dem
 
 from .evaluate import full_eval
 
-# issue 15's targets (one object / two objects)
+# the demo model's score targets (one object / two objects)
 TARGETS = {
     "one_noun_miou": 0.75,
     "two_noun_miou": 0.65,
