@@ -478,6 +478,60 @@ def test_the_dataset_tab_opens_a_batch_folder_and_a_failed_open_keeps_it(page, s
     assert "a blue square" in page.locator("#ds_prompts").inner_text()  # still open
 
 
+def test_cancel_keeps_the_last_result_while_another_session_draws(page, served, browser):
+    """A slowed model (each step sleeps): Cancel stops at the next step and the page keeps
+    its image and heatmaps; meanwhile a second browser session loads and draws a diagram."""
+    import threading
+    import time
+
+    generate = served.registry.generate
+    running = threading.Event()
+
+    def slow(*args, **kwargs):
+        inner = kwargs.get("progress")
+
+        def step(i, n):
+            running.set()
+            time.sleep(0.5)
+            if inner is not None:
+                inner(i, n)
+
+        return generate(*args, **{**kwargs, "progress": step})
+
+    page.get_by_role("tab", name="Attention").click()
+    page.locator("#prompt textarea").fill("a red circle")
+    page.locator("#prompt textarea").press("Tab")  # the page takes the value before Run
+    page.wait_for_timeout(300)
+    image = page.locator("#image img").get_attribute("src")  # the last Run's
+    tiles = _srcs(page)
+    served.registry.generate = slow  # type: ignore[method-assign]
+    other = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page.locator("#steps input").fill("60")
+        page.click("#run")
+        assert running.wait(WAIT / 1000)
+        page.wait_for_function(  # per-step progress with the time left
+            r"() => /step \d+\/60 · about \d+ (s|min) left/.test(document.body.innerText)",
+            timeout=WAIT,
+        )
+        second = other.new_page()
+        second.goto(served.url)
+        second.locator("#arch_model input").click()
+        second.get_by_role("option", name="SD 2.1 preset (meta)").click()
+        _drawn(second, "diagram-svg", "sd21")
+        assert served.handlers._running, "the run ended before the second page drew"
+        page.click("#cancel")
+        page.wait_for_function(
+            "() => document.querySelector('#run_msg').innerText.includes('cancelled')",
+            timeout=WAIT,
+        )
+    finally:
+        served.registry.generate = generate  # type: ignore[method-assign]
+        other.close()
+    assert page.locator("#image img").get_attribute("src") == image
+    assert _srcs(page) == tiles
+
+
 EVIL = "https://evil.example"
 
 
@@ -514,55 +568,3 @@ def test_an_uploaded_traces_strings_are_text(page, served, tmp_path):
     assert "<img src=" in status.inner_text() and "![i]" in status.inner_text()
     assert page.locator("#prompt textarea").input_value() == bad  # put back as text
     assert page.outside == []  # type: ignore[attr-defined]
-
-
-def test_cancel_keeps_the_last_result_while_another_session_draws(page, served, browser):
-    """A slowed model (each step sleeps): Cancel stops at the next step and the page keeps
-    its image and heatmaps; meanwhile a second browser session loads and draws a diagram."""
-    import threading
-    import time
-
-    generate = served.registry.generate
-    running = threading.Event()
-
-    def slow(*args, **kwargs):
-        inner = kwargs.get("progress")
-
-        def step(i, n):
-            running.set()
-            time.sleep(0.5)
-            if inner is not None:
-                inner(i, n)
-
-        return generate(*args, **{**kwargs, "progress": step})
-
-    page.get_by_role("tab", name="Attention").click()
-    page.locator("#prompt textarea").fill("a red circle")
-    image = page.locator("#image img").get_attribute("src")
-    tiles = _srcs(page)
-    served.registry.generate = slow  # type: ignore[method-assign]
-    other = browser.new_context(viewport={"width": 1200, "height": 900})
-    try:
-        page.locator("#steps input").fill("60")
-        page.click("#run")
-        assert running.wait(WAIT / 1000)
-        page.wait_for_function(  # per-step progress with the time left
-            r"() => /step \d+\/60 · about \d+ (s|min) left/.test(document.body.innerText)",
-            timeout=WAIT,
-        )
-        second = other.new_page()
-        second.goto(served.url)
-        second.locator("#arch_model input").click()
-        second.get_by_role("option", name="SD 2.1 preset (meta)").click()
-        _drawn(second, "diagram-svg", "sd21")
-        assert served.handlers._running, "the run ended before the second page drew"
-        page.click("#cancel")
-        page.wait_for_function(
-            "() => document.querySelector('#run_msg').innerText.includes('cancelled')",
-            timeout=WAIT,
-        )
-    finally:
-        served.registry.generate = generate  # type: ignore[method-assign]
-        other.close()
-    assert page.locator("#image img").get_attribute("src") == image
-    assert _srcs(page) == tiles
