@@ -115,7 +115,7 @@
   }
 
   function bindNow(box) {
-    const { panel, svg } = parts(box);
+    let { panel, svg } = parts(box);
     if (!svg || svg.querySelector(":scope > g.svg-pan-zoom_viewport")) return; // none, or bound
     if (!window.svgPanZoom) {
       setTimeout(bind, 50);
@@ -137,11 +137,19 @@
     const old = state[panel.id];
     if (old && old.pz) {
       try {
-        old.pz.destroy(); // its listeners sit on the <svg> gradio kept
+        old.pz.destroy();
       } catch (e) {
         /* its viewport went with the old drawing */
       }
     }
+    if (svg.dataset.uvBound) {
+      // the <svg> gradio kept still carries the old instance's listeners, and svg-pan-zoom
+      // hands back an element's existing instance: bind a fresh copy of the new drawing
+      const fresh = svg.cloneNode(true);
+      svg.replaceWith(fresh);
+      svg = fresh;
+    }
+    svg.dataset.uvBound = "1";
     moveTitleAndLegend(box, svg);
     // "fit" fits the viewBox: make it the drawing's own box (graphviz's spans the whole canvas,
     // title and legend included)
@@ -171,9 +179,12 @@
     // fitted again once the page around it has settled; only then is it marked ready (a
     // zoom before that would be undone by this fit)
     setTimeout(() => {
-      fit(panel);
-      svg.dataset.uvReady = String(drawn);
-      panel.dataset.uvDrawn = String(drawn);
+      try {
+        fit(panel);
+      } finally {
+        svg.dataset.uvReady = String(drawn);
+        panel.dataset.uvDrawn = String(drawn);
+      }
     }, 250);
   }
 
