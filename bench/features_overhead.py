@@ -68,7 +68,8 @@ def main() -> None:
     with torch.no_grad():
         for fn in variants.values():  # warm-up
             fn()
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
             order = list(variants)
             random.shuffle(order)
             for name in order:

@@ -205,3 +205,18 @@ def test_cli_contact_sheet_report_and_bad_input(tmp_path, capsys):
     assert "Feature PCA per block" in html and "data:image/png;base64," in html
     report = trace.report(tmp_path / "r.html").read_text()
     assert 'id="features"' in report
+
+
+def test_sketch_above_64_channels_spans_the_top_directions_and_leaves_rng_alone():
+    from unetviz.capture.features import top_directions
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(320, 12, generator=g) @ torch.randn(12, 1024, generator=g) * 3
+    x = x + torch.randn(320, 1024, generator=g)
+    x = x - x.mean(1, keepdim=True)
+    state = torch.random.get_rng_state()
+    v = top_directions(x, 16)
+    assert torch.equal(state, torch.random.get_rng_state())
+    exact = torch.linalg.eigh((x @ x.T).double())[1][:, -3:].float()
+    assert torch.linalg.svdvals(exact.T @ v).min() > 0.999  # the top 3 lie in the sketch
+    assert torch.allclose(v.T @ v, torch.eye(16), atol=1e-4)

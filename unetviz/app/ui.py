@@ -68,6 +68,7 @@ def build_blocks(
     """The whole app as a ``gr.Blocks`` (serve it with :func:`unetviz.app.serve`)."""
     gr.set_static_paths([STATIC])
     ctx = TabContext(AppHandlers(registry, workdir, sessions), registry)
+    ctx.c["tab_titles"] = [title for title, _ in TABS]  # the order tabs are built in
     with gr.Blocks(title="unetviz", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
         gr.HTML(SWITCH_HTML, js_on_load=SWITCH_JS, elem_id="uv_lang_switch")
         gr.Markdown(

@@ -630,7 +630,6 @@ def build(ctx: Any) -> None:
 
     from .common import QUIET, handler, message_slot
     from .i18n import L
-    from .ui import TABS
 
     wh = WalkthroughHandlers(ctx.handlers)
     ctx.c["walkthrough_handlers"] = wh
@@ -661,7 +660,7 @@ def build(ctx: Any) -> None:
                                  min_width=120)  # fmt: skip
         c["wt_msg"] = message_slot("wt_msg")
     c["wt_go"] = gr.Textbox("", elem_id="wt_go", elem_classes=["uv-hidden"], show_label=False)
-    titles = [t for t, _ in TABS]
+    titles = ctx.c["tab_titles"]
     js = (
         WALK_JS.replace("__ARCH__", str(ARCHITECTURE_TAB))
         .replace("__WALK__", str(titles.index("Walkthrough")))

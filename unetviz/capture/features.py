@@ -21,8 +21,9 @@ norm per pixel: 8 bytes per pixel per step (SD 1.5 at 512 px: 213.5 KiB a step a
 detail, 690 KiB at layers; :func:`bytes_per_step`), 32 bytes per pixel per step while
 capturing.
 
-Cost: one C x C covariance and eigendecomposition per block at the first forward (float64 on
-the CPU: one extra device sync there), then one (h*w, C) x (C, 16) product per block and step.
+Cost: the sketch once per block at the first forward (:func:`top_directions`: exact up to 64
+channels, else subspace iteration; one device sync there for the small eigendecompositions),
+then one (h*w, C) x (C, 16) product per block and step.
 """
 
 from __future__ import annotations
@@ -205,19 +206,14 @@ class FeatureProbe(Probe):
             slot.pending.clear()
 
     def _fit(self) -> None:
-        """The sketch of each block first seen in this forward: top principal directions of
-        its channels (float64 on the CPU), then the pending maps projected onto it."""
+        """The sketch of each block first seen in this forward: its top principal directions
+        (:func:`top_directions`), then the pending maps projected onto it."""
         for name, xf in self.first.items():
             slot = self.slots[name]
             c = xf.shape[0]
             flat = xf.reshape(c, -1)
             mean = flat.mean(1)
-            centred = flat - mean[:, None]
-            cov = (centred @ centred.T).to("cpu", torch.float64)
-            _, vecs = torch.linalg.eigh(cov)
-            k = min(SKETCH, c)
-            basis = vecs[:, -k:].flip(1)
-            slot.basis = basis.to(xf.device, torch.float32)
+            slot.basis = top_directions(flat - mean[:, None], min(SKETCH, c))
             slot.mean = mean
             slot.pending = [
                 (s, torch.einsum("chw,ck->khw", y - mean[:, None, None], slot.basis), n, r)
@@ -235,6 +231,30 @@ class FeatureProbe(Probe):
             self.trace.features[name] = rec
             slot.sketched = []
         self.slots.clear()
+
+
+#: channels up to which the sketch is an exact eigendecomposition (above: subspace iteration)
+EXACT_CHANNELS = 64
+
+
+def top_directions(centred: torch.Tensor, k: int, iterations: int = 4) -> torch.Tensor:
+    """(C, k) float32 on ``centred``'s device: the top-``k`` principal directions of the
+    columns of ``centred`` (C channels x N pixels, channel mean removed). Exact (float64
+    eigendecomposition) up to :data:`EXACT_CHANNELS` channels; above, a few rounds of subspace
+    iteration from a fixed-seed start (Halko et al.), which costs O(C N k) instead of O(C^2 N +
+    C^3) and leaves the global random state alone."""
+    c = centred.shape[0]
+    if c <= EXACT_CHANNELS:
+        cov = (centred @ centred.T).to("cpu", torch.float64)
+        vecs = torch.linalg.eigh(cov)[1][:, -k:].flip(1)
+        return vecs.to(centred.device, torch.float32)
+    g = torch.Generator(device=centred.device).manual_seed(0)
+    q = torch.randn(c, k + 8, generator=g, device=centred.device, dtype=centred.dtype)
+    for _ in range(iterations):
+        q = torch.linalg.qr(centred @ (centred.T @ q))[0]
+    small = q.T @ (centred @ (centred.T @ q))
+    vals, vecs = torch.linalg.eigh(small.double())
+    return (q.double() @ vecs[:, -k:].flip(1)).to(torch.float32)
 
 
 def _setter(values: list[float], i: int):
