@@ -334,6 +334,12 @@ def build(ctx: TabContext) -> None:
         label=L("Parts and shapes (click a block above)"),
         elem_id="block_parts",
     )
+    _wire(ctx)
+
+
+def _wire(ctx: TabContext) -> None:
+    """The tab's events: draw, exports, model choice, search, a row picked."""
+    h, c = ctx.handlers, ctx.c
     draw_kw = {"concurrency_id": "arch", "concurrency_limit": 2}
     drawn = ctx.on(
         [c["arch_draw"].click, c["arch_detail"].input, c["arch_folder"].submit],

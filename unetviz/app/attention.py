@@ -30,6 +30,7 @@ from unetviz.callargs import (
 from . import views
 from .common import (
     QUIET,
+    TEMB_IN,
     HandlerBase,
     InputError,
     TabContext,
@@ -577,8 +578,6 @@ def run_event(ctx: TabContext, trigger: Any, **kwargs: Any) -> Any:
 
 def after_load(ctx: TabContext, event: Any) -> Any:
     """The post-load step every Run and upload ends with (``AppHandlers.post_load``)."""
-    from .temb import TEMB_IN
-
     shown = ctx.on(event, ctx.handlers.post_load, (*CONTROLS, *TEMB_IN), **QUIET)
     return ctx.on(shown, ctx.handlers.post_load_files, (), **QUIET)
 

@@ -44,6 +44,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_PROMPT_SHOWN = 60
 #: event options of the app's own follow-up steps (no API route, no progress overlay)
 QUIET = {"api_visibility": "private", "show_progress": "hidden"}
+#: what the Time-embedding tab's views read (every post-load step passes them on)
+TEMB_IN = ("temb_step", "temb_detail", "temb_by")
 
 
 def static_text(name: str) -> str:

@@ -361,6 +361,33 @@ def build_experiments(ctx: Any) -> None:
     table = gr.Dataframe(
         headers=CHANGED_HEADERS, label="What changed", elem_id="exp_table", interactive=False
     )
+
+    def on_run(m, p, s, n, g, sw, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
+        strip, heat, table, note = edited(
+            registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw
+        )
+        if strip is None:  # refused: what the page shows stays
+            return gr.skip(), gr.skip(), gr.skip(), note
+        # the word's heatmaps exist only for a re-weight: no empty frame otherwise
+        return strip, gr.update(value=heat, visible=heat is not None), table, note
+
+    common = [model, prompt, seed, steps, guidance]
+    run.click(
+        on_run,
+        common + [swap, word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
+        [strip, heat, table, message],
+        concurrency_id="model",
+        concurrency_limit=1,
+        api_name="experiment",
+        show_progress_on=[strip],
+    )
+    build_sweep(ctx, common)
+
+
+def build_sweep(ctx: Any, common: list[Any]) -> None:
+    """The Sweep part of the tab: one edit per block, layer or skip, the diagram filled by
+    effect; ``common`` are the model, prompt, seed, steps and guidance controls."""
+    registry = ctx.registry
     gr.Markdown("---\n**Sweep**: one edit per block, layer or skip; the diagram filled by effect")
     with gr.Row():
         over = gr.Radio(["blocks", "layers", "skips"], value="blocks", label="Over")
@@ -381,28 +408,9 @@ def build_experiments(ctx: Any) -> None:
         interactive=False,
     )
 
-    def on_run(m, p, s, n, g, sw, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
-        strip, heat, table, note = edited(
-            registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw
-        )
-        if strip is None:  # refused: what the page shows stays
-            return gr.skip(), gr.skip(), gr.skip(), note
-        # the word's heatmaps exist only for a re-weight: no empty frame otherwise
-        return strip, gr.update(value=heat, visible=heat is not None), table, note
-
     def on_sweep(m, p, s, n, g, ov, ed, w, mo, sc, progress=gr.Progress()):  # noqa: B008
         return swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)
 
-    common = [model, prompt, seed, steps, guidance]
-    run.click(
-        on_run,
-        common + [swap, word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
-        [strip, heat, table, message],
-        concurrency_id="model",
-        concurrency_limit=1,
-        api_name="experiment",
-        show_progress_on=[strip],
-    )
     go.click(
         on_sweep,
         common + [over, edit, sweep_word, sweep_mode, sweep_scale],

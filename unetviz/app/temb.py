@@ -14,8 +14,6 @@ from .common import HandlerBase, TabContext, diagram_panel, handler, log, parse_
 from .i18n import L
 from .registry import DEMO
 
-#: what the tab's views read
-TEMB_IN = ("temb_step", "temb_detail", "temb_by")
 #: everything the tab shows from a trace
 TEMB_OUT = ("temb_heat", "temb_lines", "sinus", "temb_svg")
 
