@@ -140,6 +140,15 @@ def test_temb_heatmap_and_lines(trace):
     assert [t.name for t in lines.data] == brows
     assert list(lines.data[0].x) == [900, 500, 100]
     assert lines.layout.yaxis.type == "log"
+    per_resnet = plots.temb_lines(trace, by="layer")
+    assert len(per_resnet.data) == len(resnets)
+    colours = [t.line.color for t in per_resnet.data]
+    assert None not in colours and len(set(colours)) == len(colours)  # no two lines alike
+
+
+def test_eleven_temb_lines_have_eleven_colours():
+    """SD 1.5's per-resnet plot has more lines than plotly's 10-colour cycle."""
+    assert len(set(plots.LINE_COLOURS)) == len(plots.LINE_COLOURS) >= 24
 
 
 def test_static_png_heatmap_without_a_browser(trace):

@@ -12,6 +12,7 @@ The CLI stays English.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from pathlib import Path
@@ -48,7 +49,9 @@ def L(key: str, **values: Any) -> Any:  # noqa: N802 - short on purpose: it wrap
     if key not in table["en"]:
         raise KeyError(f"no translation for {key!r}: add it to unetviz/app/locales/app.*.json")
     if values:
-        filled = key + json.dumps(values, sort_keys=True, default=str)
+        # no braces in a key: the page finds a key's end by its first "}"
+        digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode())
+        filled = f"{key.replace('{', '').replace('}', '')} #{digest.hexdigest()[:12]}"
         for lang in LANGS:
             table[lang].setdefault(filled, table[lang][key].format(**values))
         key = filled

@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 import numpy as np
+import plotly.colors as pc
 import plotly.graph_objects as go
 
 from ..colors import colorscale as _colorscale
@@ -439,6 +440,11 @@ def temb_heatmap(
     return _layout(fig, title, height=int(160 + 18 * len(rows)))
 
 
+#: one distinct colour per line for up to 24 lines (plotly's default cycle repeats after 10:
+#: SD 1.5's 11 up/down resnets shared a colour)
+LINE_COLOURS: tuple[str, ...] = tuple(pc.qualitative.Dark24)
+
+
 def temb_lines(
     trace: Any,
     by: str = "block",
@@ -465,6 +471,7 @@ def temb_lines(
                 y=z[i],
                 mode="lines+markers" if len(xs) < 30 else "lines",
                 name=name,
+                line={"color": LINE_COLOURS[i % len(LINE_COLOURS)]},
                 hovertemplate=name + "<br>" + xtitle + " %{x}<br>ratio %{y:.4g}<extra></extra>",
             )
         )
