@@ -6,9 +6,9 @@
 Demo part (all in one run, same prompt set, same options): the in-process engine, ``--workers 2``
 (local processes) and Ray actors (2, on a local Ray cluster started here with 2 CPUs, no
 dashboard). For each engine it prints
-- rows/s in steady state (first to last finished prompt; model loading excluded) and the
+- prompts/s in steady state (first to last finished prompt; model loading excluded) and the
   whole run's wall time (start-up included);
-- rows/s relative to in-process (2 workers on this 2-core machine, shared with other jobs, can
+- prompts/s relative to in-process (2 workers on this 2-core machine, shared with other jobs, can
   at best double it);
 - worker seconds per prompt (median time inside ``Worker.process``, as the workers report it);
 - engine overhead per prompt: median of (round trip from handing a prompt to a worker to
@@ -99,7 +99,7 @@ def bench_engines(n: int, steps: int, ray_too: bool) -> None:
         base = runs[0]
         print(f"demo model, {n} demo-set prompts, {steps} steps, CFG 4.0, 4 buckets")
         print(
-            f"{'engine':<16}{'wall s':>8}{'rows/s':>8}{'x in-proc':>10}{'worker s':>10}"
+            f"{'engine':<16}{'wall s':>8}{'prompts/s':>8}{'x in-proc':>10}{'worker s':>10}"
             f"{'engine overhead':>20}{'peak MiB':>10}  equal"
         )
         for r in runs:

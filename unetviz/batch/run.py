@@ -61,7 +61,7 @@ class BatchResult:
 
 
 def text_progress(stream: Any = None) -> Callable[[Progress], None]:
-    """A progress line on stderr: prompts done, rows/s, ETA (rewritten in place on a TTY)."""
+    """A progress line on stderr: prompts done, prompts/s, ETA (rewritten in place on a TTY)."""
     stream = stream or sys.stderr
     tty = stream.isatty()
     last = [0.0]
@@ -75,7 +75,7 @@ def text_progress(stream: Any = None) -> Callable[[Progress], None]:
         eta = "?" if p.eta is None else f"{int(p.eta) // 60}m{int(p.eta) % 60:02d}s"
         line = (
             f"[batch {p.engine.name} x{p.engine.workers}] {p.done}/{p.total} prompts "
-            f"({p.failed} failed, {p.skipped} already done)  {p.rate:.2f} rows/s  ETA {eta}"
+            f"({p.failed} failed, {p.skipped} already done)  {p.rate:.2f} prompts/s  ETA {eta}"
         )
         stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
         stream.flush()

@@ -14,15 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .aggregate import DAAM_LOCATIONS
 from .errors import MemoryBudgetError, TraceError
 from .options import CaptureOptions
 from .probe import Probe, ProbeSession, declared_edits
 from .records import SelfAttentionRecord, block_of, location_of
 from .shapes import grid, transformer_of
 from .trace import Trace
-
-#: DAAM hooks the down and up blocks' cross-attention, never the mid block (daam/hook.py).
-DAAM_LOCATIONS = ("down", "up")
 
 
 def taps(attention: nn.Module) -> list[tuple[nn.Module, Callable[[torch.Tensor], dict]]]:

@@ -73,4 +73,20 @@ def comparison_strip(comparison: Any, scale: int = 1) -> Any:
         strip.paste(im, (i * (w + gap), 0))
     if scale != 1:
         strip = strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST)
-    return strip
+    return _captioned_strip(strip, (w + gap) * scale, w * scale, peak)
+
+
+def _captioned_strip(strip: Any, step: int, width: int, peak: float) -> Any:
+    """``strip`` with a caption under each panel, so the PNG reads alone."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    band = max(14, width // 10)
+    out = Image.new("RGB", (strip.width, strip.height + band), "white")
+    out.paste(strip, (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=max(10, band * 7 // 10))
+    captions = ("base", "edited", f"|difference| (white = {peak:.3g})")
+    for i, text in enumerate(captions):
+        draw.text((i * step + width // 2, strip.height + band // 2), text, fill="black",
+                  font=font, anchor="mm")  # fmt: skip
+    return out
