@@ -590,8 +590,9 @@ def wire(ctx: TabContext) -> None:
     # not on the model's queue: it must get through while the run holds it
     ctx.on(c["cancel"].click, h.cancel, (), api_name="cancel", concurrency_id="cancel",
            concurrency_limit=None, show_progress="hidden")  # fmt: skip
+    # one upload held at a time: each is capped at the session budget before it is read
     up = ctx.on(c["upload"].upload, h.upload, ("upload", *CONTROLS), api_name="upload_trace",
-                concurrency_limit=2)  # fmt: skip
+                concurrency_limit=1)  # fmt: skip
     after_load(ctx, up)
     preset_ev = ctx.on(c["preset"].input, h.preset_changed, ("preset",), **QUIET)
     drawn = ctx.on(preset_ev, h.heatmaps, CONTROLS, api_name="preset_heatmaps", **QUIET)

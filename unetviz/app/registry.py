@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -82,7 +83,8 @@ class ModelRegistry:
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self.max_pipelines = max_pipelines
         env = os.environ.get(THREADS_ENV, "").strip()
-        self.threads = threads if threads else (int(env) if env.isdigit() and int(env) else None)
+        # ASCII digits only ("²".isdigit() is True); a bad value means "not set"
+        self.threads = threads if threads else (int(env) if re.fullmatch("[0-9]{1,4}", env) and int(env) else None)  # fmt: skip
         self._default_threads: int | None = None
 
     # ------------------------------------------------------------------ paths
