@@ -5,7 +5,9 @@ two concurrent clients."""
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -618,7 +620,18 @@ def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
         "demo", prompt="a red circle", seed=0, steps=TEST_STEPS, guidance=4.0, daam=False
     )
     assert not views.has_daam(run.trace)
-    bundle = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "p.zip")
+    saved = views.save_bundle(Session(trace=run.trace, image=run.image), tmp_path / "p.zip")
+    # a file handed over from Python is the caller's: loaded, never deleted
+    out = h.upload({"upload": str(saved), **controls_form(preset="daam")}, request=user)
+    assert out["run_msg"] == "" and saved.is_file()
+    # gradio's copy of an upload lives in a folder of its own under its upload folder
+    from gradio.utils import get_upload_folder
+
+    uploads = Path(get_upload_folder())
+    uploads.mkdir(parents=True, exist_ok=True)
+    copy = Path(tempfile.mkdtemp(dir=uploads))
+    bundle = copy / "p.zip"
+    shutil.copyfile(saved, bundle)
     out = h.upload({"upload": str(bundle), **controls_form(preset="daam")}, request=user)
     assert out["run_msg"] == "", out["run_msg"]
     caps = [c for _, c in views.tiles_from_html(out["tiles"])]
@@ -630,7 +643,7 @@ def test_a_trace_without_daam_sums_loads_while_daam_is_chosen(served, tmp_path):
     boxes = {k: out.get(k) for k in ("prompt", "negative", "seed", "steps", "guidance")}
     assert boxes == {"prompt": "a red circle", "negative": "", "seed": "0",
                      "steps": TEST_STEPS, "guidance": 4.0}  # fmt: skip
-    assert not bundle.exists()  # the upload's copy is deleted once loaded
+    assert not bundle.exists() and not copy.exists()  # gradio's copy deleted once loaded
     full = {"step_to": TEST_STEPS - 1}
     out = h.preset_changed({"preset": "daam"}, request=user)
     assert "does not hold" in out["preset_note"] and out["ctrl_msg"] == ""

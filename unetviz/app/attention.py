@@ -143,8 +143,14 @@ def controls(form: dict[str, Any]) -> views.HeatmapControls:
 
 def _forget_upload(path: Path) -> None:
     """Delete gradio's copy of an upload once it is loaded (gradio would keep it in its temp
-    folder for hours): the file and the folder gradio made for it, when that is empty."""
+    folder for hours): the file and the folder gradio made for it, when that is empty. Only
+    inside gradio's upload folder: a path handed to the handler from Python is the caller's."""
+    from gradio.utils import get_upload_folder
+
     try:
+        root = Path(get_upload_folder()).resolve()
+        if root == path.resolve().parent or root not in path.resolve().parents:
+            return
         path.unlink(missing_ok=True)
         path.parent.rmdir()  # only when empty
     except OSError:
