@@ -19,12 +19,26 @@ from .probes import BlockProbe, MacsProbe, SkipProbe, StepProbe, TembProbe
 from .records import AttentionRecord, block_of, location_of
 from .trace import Trace
 
+
+def _feature_probe(
+    trace: Trace, opts: CaptureOptions, plan: ModelPlan, steps: StepProbe
+) -> Probe | None:
+    """``features=``: per-block feature PCA (capture/features.py, imported only when asked)."""
+    if not opts.features:
+        return None
+    from .features import FeatureProbe
+
+    return FeatureProbe(trace, opts.features, steps)
+
+
 #: Further recording probes: each ``make(trace, options, plan, steps)`` returns a Probe, or
 #: None when its option is off. A new recorded quantity registers its factory here (one line);
 #: its hooks run after the built-in probes' on a shared module. ``steps`` is the capture's
 #: :class:`~unetviz.capture.probes.StepProbe` (``steps.defer`` for end-of-forward floats,
 #: ``steps.facts`` / ``steps.fresh`` for first-pass facts).
-RECORDERS: list[Callable[[Trace, CaptureOptions, ModelPlan, StepProbe], Probe | None]] = []
+RECORDERS: list[Callable[[Trace, CaptureOptions, ModelPlan, StepProbe], Probe | None]] = [
+    _feature_probe
+]
 
 
 class Capture:
@@ -131,10 +145,6 @@ class Capture:
             probe = make(trace, opts, plan, steps)
             if probe is not None:
                 probes.append(probe)
-        if opts.features:
-            from .features import FeatureProbe
-
-            probes.append(FeatureProbe(trace, opts.features, steps))
         return probes
 
     # ------------------------------------------------------------------ lifecycle
