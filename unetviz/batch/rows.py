@@ -324,6 +324,11 @@ def _npz_masks(target: Path, rel: str) -> dict[str, np.ndarray]:
                 nbytes = shape[0] * shape[1] * dtype.itemsize
                 total += nbytes
                 _budget(total, rel)
+                if info.file_size - fh.tell() != nbytes:  # the zip's own size, before allocating
+                    raise BatchError(
+                        f"mask of {word!r} in {rel}: its header says {nbytes} bytes of data; "
+                        "the file holds a different number"
+                    )
                 arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
                 try:
                     read_into(fh, arr.T if fortran else arr, nbytes)
