@@ -319,6 +319,21 @@ def _panel_width(page, panel: str) -> float:
     )
 
 
+def _grown(page, panel: str, above: float, timeout_ms: int = 3000) -> float:
+    """The drawing's width once it exceeds ``above`` (zoom animates and a fresh drawing binds
+    a moment after it lands), or as it is after ``timeout_ms``."""
+    try:
+        page.wait_for_function(
+            "([p, w]) => document.querySelector('#' + p + ' svg > g')"
+            ".getBoundingClientRect().width > w",
+            arg=[panel, above],
+            timeout=timeout_ms,
+        )
+    except Exception:  # the caller's assertion reports the widths
+        pass
+    return _panel_width(page, panel)
+
+
 def _zooms(page, panel: str) -> bool:
     """``+`` and the mouse wheel both enlarge the drawing now on screen in ``panel``."""
     page.locator(f"#{panel}").hover()  # scrolled into view, the mouse over its centre
@@ -328,11 +343,9 @@ def _zooms(page, panel: str) -> bool:
         ".click()",
         panel,
     )
-    page.wait_for_timeout(200)
-    after_button = _panel_width(page, panel)
+    after_button = _grown(page, panel, before * 1.1)
     page.mouse.wheel(0, -400)
-    page.wait_for_timeout(300)
-    after_wheel = _panel_width(page, panel)
+    after_wheel = _grown(page, panel, after_button * 1.05)
     ok = after_button > before * 1.1 and after_wheel > after_button * 1.05
     assert ok, (panel, before, after_button, after_wheel)
     return ok
