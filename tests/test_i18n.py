@@ -12,17 +12,21 @@ from pathlib import Path
 import pytest
 
 from unetviz.app import walkthrough
-from unetviz.app.i18n import LANGS, LOCALES, L, translations
+from unetviz.app.i18n import LANGS, L, locale_files, translations
 
 APP = Path(walkthrough.__file__).resolve().parent
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def _files(kind: str) -> dict[str, dict[str, str]]:
-    return {
-        lang: json.loads((LOCALES / f"{kind}.{lang}.json").read_text(encoding="utf-8"))
-        for lang in LANGS
-    }
+    out: dict[str, dict[str, str]] = {}
+    for lang in LANGS:
+        out[lang] = {}
+        for path in locale_files(kind, lang):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            assert not set(data) & set(out[lang]), f"{path.name} repeats keys"
+            out[lang].update(data)
+    return out
 
 
 def _fields(text: str) -> set[str]:

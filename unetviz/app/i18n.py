@@ -2,7 +2,7 @@
 handler writes as HTML through :func:`unetviz.app.walkthrough.both` (both languages in the page).
 
 ``L("Prompt")`` is the label a component shows: the English text is the key, and
-``locales/app.<lang>.json`` holds every key in every language (``tests/test_i18n.py`` fails on a
+``locales/app.<lang>.json`` (with its per-area ``app.<area>.<lang>.json``) holds every key in every language (``tests/test_i18n.py`` fails on a
 key missing in either, or used in the code and absent from the files). The page starts in the
 browser's language (gradio picks it); the language switch in the page header changes it at once
 and remembers the choice in the browser (:data:`SWITCH_JS`; its CSS in
@@ -26,12 +26,30 @@ LANG_NAMES = {"en": "English", "zh-CN": "中文"}
 
 @cache
 def translations() -> dict[str, dict[str, str]]:
-    """Every language's ``{key: text}`` (``locales/app.<lang>.json``)."""
+    """Every language's ``{key: text}``: ``locales/app.<lang>.json`` merged with the per-area
+    files ``locales/app.<area>.<lang>.json`` (one per tab or feature, so parallel work on two
+    tabs never edits one file). A key defined twice is a bug, refused here."""
     out = {}
     for lang in LANGS:
-        data = json.loads((LOCALES / f"app.{lang}.json").read_text(encoding="utf-8"))
-        out[lang] = {str(k): str(v) for k, v in data.items()}
+        out[lang] = {}
+        for path in locale_files("app", lang):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            twice = sorted(set(data) & set(out[lang]))
+            if twice:
+                raise ValueError(f"{path.name}: keys defined in another locale file: {twice}")
+            out[lang].update({str(k): str(v) for k, v in data.items()})
     return out
+
+
+def locale_files(kind: str, lang: str) -> list[Path]:
+    """``<kind>.<lang>.json`` first, then ``<kind>.<area>.<lang>.json`` in name order."""
+    main = LOCALES / f"{kind}.{lang}.json"
+    areas = [
+        p
+        for p in sorted(LOCALES.glob(f"{kind}.*.{lang}.json"))
+        if p != main and p.name.count(".") == lang.count(".") + 3
+    ]
+    return [main, *areas]
 
 
 @cache
