@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from threading import get_ident
 from time import perf_counter
 from typing import Any
 
@@ -162,9 +163,10 @@ class BlockProbe(Probe):
         self.plan = plan
         self.recorded = set(recorded)
         self.name_of = {id(plan.modules[n]): n for n in recorded}
+        self.thread = session.thread
         pre, post = self._pre, self._post
         for name in recorded:
-            session.hook(plan.modules[name], pre, post)
+            session.hook(plan.modules[name], pre, post, filtered=True)
 
     def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
         if session.forward.step != 0 or self.steps.facts is None:
@@ -178,6 +180,8 @@ class BlockProbe(Probe):
             self.by_id[id(modules[rec.name])] = rec
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if get_ident() != self.thread:
+            return
         if id(module) not in self.by_id:
             self._first_call(module, args, kwargs)
         self.stack.append(perf_counter())
@@ -197,6 +201,8 @@ class BlockProbe(Probe):
         self.unshaped.add(id(module))
 
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if get_ident() != self.thread:
+            return
         rec = self.by_id[id(module)]
         if self.stack:
             rec.time_ms += (perf_counter() - self.stack.pop()) * 1000.0
@@ -434,6 +440,7 @@ class TembProbe(Probe):
         # per layout (the resnets seen in a forward): summed mean vectors, count, widths
         self.vector_sum: dict[tuple[str, ...], torch.Tensor] = {}
         self.vector_count: dict[tuple[str, ...], int] = {}
+        self.vector_steps: dict[tuple[str, ...], list[torch.Tensor]] = {}  # per-step mode
         self.widths: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._segments: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
@@ -445,8 +452,8 @@ class TembProbe(Probe):
         feature, temb = self._feature, self._temb
         for i, (_, conv1, proj) in enumerate(parts):
             self.index_of[id(conv1)] = self.index_of[id(proj)] = i
-            session.hook(conv1, post=feature)
-            session.hook(proj, post=temb)
+            session.hook(conv1, post=feature, filtered=True)
+            session.hook(proj, post=temb, filtered=True)
         modules = session.modules
         for name, key in self.SOURCES:
             if name in modules:
@@ -455,21 +462,28 @@ class TembProbe(Probe):
         self.norms: list[Any] = [None] * len(parts)  # per resnet: (row norms, numel per row)
         self.tembs: list[Any] = [None] * len(parts)
         self.forward = session.forward  # not the session: no reference cycle
+        self.thread = session.thread
 
     def _feature(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if get_ident() != self.thread:
+            return
         if isinstance(output, torch.Tensor) and not output.is_meta and output.ndim > 1:
             x = output.detach() if output.requires_grad else output
             dtype = None if x.dtype == torch.float32 else torch.float32
-            norms = torch.linalg.vector_norm(x, dim=_ROW_DIMS[x.ndim], dtype=dtype)
-            self.norms[self.index_of[id(module)]] = (norms, x.numel() // max(x.shape[0], 1))
+            self.norms[self.index_of[id(module)]] = (
+                torch.linalg.vector_norm(x, dim=_ROW_DIMS[x.ndim], dtype=dtype),
+                x.numel() // max(x.shape[0], 1),
+            )
 
     def _temb(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if get_ident() != self.thread:
+            return
         if isinstance(output, torch.Tensor) and not output.is_meta:
             self.tembs[self.index_of[id(module)]] = output
 
     def _source(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         t = first_tensor(output)
-        if t is not None and not t.is_meta:
+        if t is not None and not t.is_meta and t.ndim > 1:
             self.sources.append((self.source_of[id(module)], t))
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
@@ -484,81 +498,86 @@ class TembProbe(Probe):
         with torch.no_grad():
             self._record(session.forward, pairs, norms, tembs, sources)
 
-    def _kept(self, x: torch.Tensor) -> torch.Tensor:
-        fwd = self.forward
-        return x[fwd.keep] if x.shape[0] == fwd.batch and fwd.keep != _ALL else x
-
     def _record(self, fwd: Any, pairs: list[int], norms: list, tembs: list, sources: list) -> None:
-        """One forward's temb of every resnet: a few batched ops, one deferred tensor. The
+        """One forward's temb of every resnet: a few batched ops into one deferred tensor
+        (sums of squares per resnet, per-row norms), turned into RMS values on the host. The
         mean vectors go to the host without a sync (the end-of-forward flush syncs once)."""
-        step = fwd.step
+        step, batch, keep = fwd.step, fwd.batch, fwd.keep
+        kept_rows = list(range(batch)[keep])
         names = tuple(self.names[i] for i in pairs)
         values: list[torch.Tensor] = []
-        roots: list[float] = []
-        kept: Any = [None] * len(names)
+        counts: list[float] = []  # elements behind each sum of squares
+        vectors: Any = [None] * len(names)
         if pairs:
             outs = [tembs[i] for i in pairs]
             outs = [t if t.ndim == 2 else t.reshape(t.shape[0], -1) for t in outs]
             widths = tuple(t.shape[1] for t in outs)
-            rows = self._kept(torch.cat(outs, dim=1))  # (kept, sum of channels)
+            rows = torch.cat(outs, dim=1)  # (batch, sum of channels)
+            if rows.shape[0] == batch and keep != _ALL:
+                rows = rows[keep]
             rows = rows if rows.dtype == torch.float32 else rows.float()
-            segment, sizes, zeros = self._segment(widths, rows.shape[0], rows.device)
-            sums = zeros.index_add(0, segment, rows.square().sum(0))  # per resnet
-            values.append(sums.div_(sizes).sqrt_())
+            segment, zeros = self._segment(widths, rows.device)
+            values.append(zeros.index_add(0, segment, rows.square().sum(0)))  # per resnet
+            counts += [float(w * rows.shape[0]) for w in widths]
             mean = rows.mean(0)
-            acc = self.vector_sum.get(names)
-            if acc is None:
-                self.vector_sum[names] = mean.clone()
-            else:
-                acc.add_(mean)
+            if self.stream:  # memory independent of the steps
+                acc = self.vector_sum.get(names)
+                if acc is None:
+                    self.vector_sum[names] = mean
+                else:
+                    acc.add_(mean)
+            else:  # the host copies are the records' vectors and, at the end, their mean
+                host = mean.to("cpu", non_blocking=True)
+                self.vector_steps.setdefault(names, []).append(host)
+                vectors = host.split(widths)
             self.vector_count[names] = self.vector_count.get(names, 0) + 1
             self.widths[names] = widths
-            feature = self._kept(torch.stack([norms[i][0] for i in pairs], 1))  # (kept, n)
-            held = feature.shape[0]
-            feature = feature[0] if held == 1 else feature.square().sum(0).sqrt_()
-            values.append(feature)
-            roots = [math.sqrt(max(norms[i][1] * held, 1)) for i in pairs]
-            if not self.stream:  # stream: memory independent of the steps
-                kept = mean.to("cpu", non_blocking=True).split(widths)
-        keys = [k for k, _ in sources]
+        # per-row norms, the kept rows combined on the host: one cat for everything
+        rows_of = [norms[i] for i in pairs]
         for _, t in sources:
-            x = self._kept(t.detach())
-            dtype = None if x.dtype == torch.float32 else torch.float32
-            values.append(torch.linalg.vector_norm(x, dtype=dtype).reshape(1))
-        counts = [math.sqrt(max(self._kept(t).numel(), 1)) for _, t in sources]
-        r = len(names)
+            dtype = None if t.dtype == torch.float32 else torch.float32
+            norm = torch.linalg.vector_norm(t, dim=_ROW_DIMS[t.ndim], dtype=dtype)
+            rows_of.append((norm, t.numel() // max(t.shape[0], 1)))
+        values += [r for r, _ in rows_of]
+        sizes = [(r.shape[0], per_row) for r, per_row in rows_of]
+        keys, r = [k for k, _ in sources], len(names)
 
         def fill(floats: list[float]) -> None:
-            if r:
-                ts = self.trace.timesteps[step]
-                trms, fnorms = floats[:r], floats[r : 2 * r]
-                for name, t, norm, root, v in zip(names, trms, fnorms, roots, kept, strict=True):
-                    f = norm / root
-                    ratio = t / f if f > 0 else None
-                    self.trace.temb.append(TembRecord(name, step, ts, t, f, ratio, v))
+            rms = [math.sqrt(v / c) if c else 0.0 for v, c in zip(floats, counts, strict=False)]
+            at, found = len(counts), []
+            for b, per_row in sizes:
+                got = floats[at : at + b]
+                held = kept_rows if b == batch else range(b)
+                norm = got[held[0]] if len(held) == 1 else math.sqrt(sum(got[j] ** 2 for j in held))
+                found.append(norm / math.sqrt(max(per_row * len(held), 1)))
+                at += b
+            ts = self.trace.timesteps[step]
+            for name, t, f, v in zip(names, rms, found, vectors, strict=False):
+                self.trace.temb.append(
+                    TembRecord(name, step, ts, t, f, t / f if f > 0 else None, v)
+                )
             if keys:
-                rms_values = [v / c for v, c in zip(floats[2 * r :], counts, strict=True)]
                 self.trace.temb_sources.append(
-                    {"step": step, **dict(zip(keys, rms_values, strict=True))}
+                    {"step": step, **dict(zip(keys, found[r:], strict=True))}
                 )
 
         self.steps.defer(fill, values[0] if len(values) == 1 else torch.cat(values))
 
-    def _segment(self, widths: tuple, rows: int, device: torch.device):
-        """(index of the resnet of every channel, elements per resnet, zeros), cached per
-        layout."""
-        key = (widths, rows, device)
+    def _segment(self, widths: tuple, device: torch.device):
+        """(index of the resnet of every channel, zeros per resnet), cached per layout."""
+        key = (widths, device)
         found = self._segments.get(key)
         if found is None:
             index = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
-            sizes = torch.tensor([float(w * rows) for w in widths])
             zeros = torch.zeros(len(widths))
-            found = self._segments[key] = (index.to(device), sizes.to(device), zeros.to(device))
+            found = self._segments[key] = (index.to(device), zeros.to(device))
         return found
 
     def finalize(self, session: ProbeSession) -> None:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
+        for names, means in self.vector_steps.items():
+            self.vector_sum[names] = torch.stack(means).sum(0)
         for names, acc in self.vector_sum.items():
             n = self.vector_count[names]
             for name, vector in zip(names, acc.to("cpu").split(self.widths[names]), strict=True):
