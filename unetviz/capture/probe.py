@@ -171,13 +171,12 @@ def _direct_hooks() -> bool:
     counter, without a handle object per hook (a capture enters ~200 of them per ``with``)."""
     try:
         seen: list[str] = []
-        module = nn.Identity()
-        pre = _add_hook(module, True, lambda m, a, k: seen.append("pre"), False, False)
-        post = _add_hook(module, False, lambda m, a, k, o: seen.append("post"), True, True)
+        module, added = nn.Identity(), []
+        _add_hook(added, module, True, lambda m, a, k: seen.append("pre"), False, False)
+        _add_hook(added, module, False, lambda m, a, k, o: seen.append("post"), True, True)
         module(torch.zeros(1))
-        for added in (pre, post):
-            for hooks, hid in zip(added[::2], added[1::2], strict=True):
-                del hooks[hid]
+        for hooks, hid in zip(added[::2], added[1::2], strict=True):
+            del hooks[hid]
         module(torch.zeros(1))  # nothing left to run
         empty = not (module._forward_hooks or module._forward_pre_hooks)
         return seen == ["pre", "post"] and empty
@@ -185,25 +184,25 @@ def _direct_hooks() -> bool:
         return False
 
 
-def _add_hook(module: nn.Module, pre: bool, hook: Callable, always: bool, prepend: bool) -> list:
+def _add_hook(
+    handles: list, module: nn.Module, pre: bool, hook: Callable, always: bool, prepend: bool
+) -> None:
     """Enter ``hook`` (kwargs-style) into ``module``'s hook dicts as torch's ``register_*``
-    would; returns ``[dict, id, dict, id, ...]``, what removing it deletes."""
+    would; appends ``dict, id`` to ``handles`` for each dict entry (what removing deletes)."""
     hid = RemovableHandle.next_id
     RemovableHandle.next_id = hid + 1
     if pre:
-        hooks, flags = module._forward_pre_hooks, [module._forward_pre_hooks_with_kwargs]
+        hooks, kwargs = module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs
     else:
-        hooks, flags = module._forward_hooks, [module._forward_hooks_with_kwargs]
+        hooks, kwargs = module._forward_hooks, module._forward_hooks_with_kwargs
         if always:
-            flags.append(module._forward_hooks_always_called)
+            module._forward_hooks_always_called[hid] = True
+            handles += (module._forward_hooks_always_called, hid)
     hooks[hid] = hook
-    added = [hooks, hid]
-    for flag in flags:
-        flag[hid] = True
-        added += (flag, hid)
+    kwargs[hid] = True
+    handles += (hooks, hid, kwargs, hid)
     if prepend:
         hooks.move_to_end(hid, last=False)
-    return added
 
 
 def _unhook(handles: list) -> None:
@@ -310,7 +309,7 @@ class ProbeSession:
             else:
                 hook = (_pre_dispatch if pre else _post_dispatch)(thread, fns)
             if _DIRECT:
-                handles += _add_hook(module, pre, hook, kind == "post!", prepend)
+                _add_hook(handles, module, pre, hook, kind == "post!", prepend)
             elif pre:
                 handles.append(
                     module.register_forward_pre_hook(hook, with_kwargs=True, prepend=prepend)
