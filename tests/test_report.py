@@ -57,6 +57,10 @@ def test_run_report_is_one_self_contained_file(report):
     for item in ("attention_mode", "torch", "plotly", "python", PROMPT):
         assert item in html
     assert html.count('class="tok word"') == 7
+    # the layer x token grid labels every column (upright when they do not fit side by side)
+    grid = re.search(r'<div class="plot" title="cross-attention.*?</svg>', html, re.S).group(0)
+    labels = re.findall(r'(?:rotate\(-90\)" text-anchor="end"|text-anchor="middle")>([^<]+)<', grid)
+    assert labels == ["a", "red", "circle", "and", "a", "blue", "square"]
 
 
 def test_trace_report_and_cli_read_saved_runs(run, tmp_path, capsys):
