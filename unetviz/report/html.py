@@ -259,33 +259,58 @@ def _layer_grids(trace: Any) -> list[tuple[str, str]]:
     return out
 
 
+#: one line per section: how to read it without the app or the docs
+READ = {
+    "diagram": "The UNet as captured, block by block: type, input \u2192 output shape, parameters "
+    "and multiply-adds per call. Solid arrows: the main path; dashed blue: the skip connections "
+    "(down-path outputs concatenated into the up path); orange markers: where the time "
+    "embedding is added; green: where the text enters (cross-attention).",
+    "heatmaps": "Where each prompt word's cross-attention lands: the attention its tokens "
+    "received, aggregated over layers and denoising steps by the recipe under the tiles, drawn "
+    "over the image. Brighter is more attention; all tiles share one colour scale, so they "
+    "compare.",
+    "grid": "Each row is one cross-attention layer (A1111 label \u00b7 diffusers name \u00b7 map "
+    "size) in UNet order, each column one prompt token, each cell that layer's own map over "
+    "the steps; one colour scale for every panel.",
+    "temb": "How strongly the timestep speaks in every ResnetBlock2D: the RMS of the projected "
+    "time embedding over the RMS of the feature map it is added to, per denoising step.",
+}
+
+
+def _read(key: str) -> str:
+    return f'<p class="small read">{d.esc(READ[key])}</p>'
+
+
 def _plots(trace: Any) -> str:
-    """Layer x token grid and temb plots as static SVG (absent parts are skipped)."""
+    """Layer x token grid and temb plots as static SVG, each group under its reading line
+    (absent parts are skipped)."""
     from ..render import plots
     from .static import figure_svg
 
-    panels: list[tuple[str, str]] = []
+    def temb(make: Any) -> list[tuple[str, str]]:
+        return [("", figure_svg(make(trace)))]
+
     makers = []
     if any(a.captured for a in trace.attention.values()):
-        makers.append(("Cross-attention: layers x tokens", lambda: _layer_grids(trace)))
+        makers.append(("grid", "Cross-attention: layers x tokens", lambda: _layer_grids(trace)))
     if trace.temb:
-        makers.append(
-            ("Time embedding per resnet", lambda: [("", figure_svg(plots.temb_heatmap(trace)))])
-        )
-        makers.append(
-            ("Time embedding per block", lambda: [("", figure_svg(plots.temb_lines(trace)))])
-        )
-    for title, make in makers:
+        makers.append(("temb", "Time embedding per resnet", lambda: temb(plots.temb_heatmap)))
+        makers.append(("", "Time embedding per block", lambda: temb(plots.temb_lines)))
+    out = []
+    for read, title, make in makers:
+        out.append(_read(read) if read else "")
         try:
-            panels += [(t or title, svg) for t, svg in make()]
+            panels = [(t or title, svg) for t, svg in make()]
         except ValueError as exc:
-            panels.append((title, f'<p class="small">{d.esc(exc)}</p>'))
-    return "".join(
-        svg
-        if title == "note"
-        else f'<div class="plot" title="{d.esc(title)}" style="overflow-x:auto">{d.readable_svg(svg)}</div>'
-        for title, svg in panels
-    )
+            panels = [("note", f'<p class="small">{d.esc(exc)}</p>')]
+        for name, svg in panels:
+            out.append(
+                svg
+                if name == "note"
+                else f'<div class="plot" title="{d.esc(name)}" style="overflow-x:auto">'
+                f"{d.readable_svg(svg)}</div>"
+            )
+    return "".join(out)
 
 
 def build_report(obj: Any, image: Any = None, title: str | None = None) -> str:
@@ -300,13 +325,13 @@ def build_report(obj: Any, image: Any = None, title: str | None = None) -> str:
         f"<header><h1>{d.esc(title)}</h1><p class='small'>made {when}</p>"
         f"{d.facts_table(d.trace_facts(trace))}</header>",
         image_section(src),
-        f'<section id="diagram"><h3>Block diagram</h3>{d.diagram_html(trace, "blocks")}'
-        f"{d.module_table(trace)}</section>",
+        f'<section id="diagram"><h3>Block diagram</h3>{_read("diagram")}'
+        f"{d.diagram_html(trace, 'blocks')}{d.module_table(trace)}</section>",
     ]
     if any(a.captured for a in trace.attention.values()):
         parts.append(
             '<section id="heatmaps"><h3>Cross-attention per word</h3>'
-            f"{d.heatmap_grid(trace, src.image)}</section>"
+            f"{_read('heatmaps')}{d.heatmap_grid(trace, src.image)}</section>"
         )
     if getattr(trace, "features", None):  # capture(features=...): what every block sees
         from ..render.features import sheet_html
