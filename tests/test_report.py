@@ -117,6 +117,11 @@ def test_a_saved_trace_carries_its_image_downscaled(run, tmp_path):
         assert Trace.load(path).tokens == run.trace.tokens  # the bundle still loads
         html = build_report(path)
         assert 'alt="generated image"' in html and "No image" not in html
+    from unetviz.capture import TraceError
+
+    with pytest.raises(TraceError, match="image=ndarray: expected a PIL image"):
+        run.trace.save(tmp_path / "bad.trace", image=rng.random((8, 8)))
+    assert not (tmp_path / "bad.trace").exists()
 
 
 def test_attention_output_trace_alone_reports_its_image(run, tmp_path, capsys):

@@ -204,6 +204,8 @@ def image_png(image: Any) -> bytes:
 
     from PIL import Image
 
+    if not isinstance(image, Image.Image):
+        raise TraceError(f"image={type(image).__name__}: expected a PIL image (run.image)")
     img = image.convert("RGB")
     side = MAX_IMAGE_SIDE
     while True:
