@@ -15,7 +15,7 @@ import io
 import re
 from typing import Any
 
-from ..tokens import END_TOKENS, PAD_TOKEN, token_label
+from ..tokens import END_TOKENS, PAD_TOKEN, START_TOKENS, token_label
 
 #: How the per-word maps of a run are aggregated for display: DAAM's recipe (its DAAM-like
 #: approximation when the capture kept no per-head sums), not normalised per map, so one colour
@@ -27,7 +27,6 @@ SMALL_TILE = 112  # px of a tile when a prompt has more than MANY_WORDS words
 MANY_WORDS = 24
 IMAGE_SIDE = 256  # px of the generated image (small images are enlarged, pixels kept)
 MIN_TEXT_PX = 9.0  # the smallest text a drawn SVG may show: below it, it scrolls instead
-START_TOKENS = ("<bos>", "<|startoftext|>", "<s>")
 
 CSS = """
 .uvz{font-family:"DejaVu Sans",Arial,sans-serif;font-size:13px;color:#222;max-width:100%}
