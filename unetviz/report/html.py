@@ -195,9 +195,8 @@ def _token_mass(trace: Any, idx: list[int]) -> list[float]:
 
     total = torch.zeros(len(idx))
     for rec in trace.attention.values():
-        if rec.maps:
-            maps = torch.stack([m.float() for m in rec.maps])
-            t = maps.mean(dim=(0, 1, 2, 3))
+        if rec.maps:  # per step (heads, h, w, tokens); h, w may differ between steps
+            t = torch.stack([m.float().mean(dim=(0, 1, 2)) for m in rec.maps]).mean(0)
         elif rec.sum is not None:
             t = rec.sum.float().mean(dim=(0, 1, 2)) / max(rec.count or 1, 1)
         else:
@@ -252,7 +251,7 @@ def _layer_grids(trace: Any) -> list[tuple[str, str]]:
         rows = len(fig.layout.yaxis.ticktext or ())
         step = GRID_CELL + max(1, GRID_CELL // 8)
         left = label_room(fig.layout.yaxis.ticktext or ())
-        width = max(480, 20 + left + len(chunk) * step + 84)  # margins, labels, colour bar
+        width = max(560, 20 + left + len(chunk) * step + 84)  # margins, labels, colour bar
         # title, cells, axis and the labels turned upright (static.figure_svg's rooms)
         height = 50 + rows * step + 10 + 36 + upright_room(fig.layout.xaxis.ticktext or ())
         out.append((fig.layout.title.text, figure_svg(fig, width=width, height=height)))
