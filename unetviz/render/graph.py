@@ -166,9 +166,9 @@ def _depth(name: str, cfg: Mapping[str, Any] | None) -> str | None:
     up = cfg.get("reverse_transformer_layers_per_block") or list(reversed(tl))
     i = 0 if name == "mid_block" else int(name.split(".")[1])
     depth = tl[-1] if name == "mid_block" else tl[i] if name.startswith("down") else up[i]
-    if isinstance(depth, (list, tuple)):  # per-layer depths (SSD-1B: up_blocks.0 4, 4, 10)
+    if isinstance(depth, (list, tuple)):  # per-layer depths (SSD-1B: up_blocks.0 4/4/10)
         depth = depth[:1] if name == "mid_block" else depth
-        return ", ".join(map(str, depth)) if len(set(depth)) > 1 else str(depth[0])
+        return "/".join(map(str, depth)) if len(set(depth)) > 1 else str(depth[0])
     return str(int(depth))
 
 
