@@ -112,7 +112,7 @@ def test_the_dataset_tab_has_no_english_label_in_chinese(page, served, tmp_path)
     page.locator("#ds_row input").first.fill("0")
     page.click("#ds_show")
     _wait_text(page, "#ds_drill_msg", "第 0 行")
-    page.wait_for_selector("#ds_figure .js-plotly-plot", timeout=WAIT)
+    page.wait_for_selector("#ds_words th", timeout=WAIT)
     labels = page.locator(
         "#tab-4 label, #tab-4 button, #tab-4 th, #tab-4 .label, #tab-4 [data-testid=block-label],"
         " #tab-4 .gtitle, #tab-4 .cbtitle"

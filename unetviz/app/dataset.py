@@ -22,6 +22,10 @@ from .common import text_md
 from .i18n import L, bilingual, in_language, request_language
 
 
+#: the headline table's columns
+HEADLINE = ("measure", "value")
+
+
 def open_folder(registry: Any, folder: str) -> tuple:
     """(message, headline rows, 3 figures, prompt table, state) for the Open button."""
     try:
@@ -84,7 +88,10 @@ def localise(out: tuple, lang: str) -> tuple:
     if lang == "en" or out[-1] is None:
         return out
     msg, headline, f1, f2, f3, prompts, ds = out
-    headline = [[in_language(str(k), lang), in_language(str(v), lang)] for k, v in headline or []]
+    headline = {
+        "headers": [in_language(h, lang) for h in HEADLINE],
+        "data": [[in_language(str(k), lang), in_language(str(v), lang)] for k, v in headline],
+    }
     if prompts:
         prompts = {**prompts, "headers": [in_language(h, lang) for h in prompts["headers"]]}
     return (msg, headline, *(_figure_in(f, lang) for f in (f1, f2, f3)), prompts, ds)
@@ -131,8 +138,9 @@ def build_dataset(ctx: Any) -> None:
     msg = gr.Markdown("", elem_id="ds_msg")
     state = gr.State(None)
     with gr.Column(visible=False, elem_id="ds_opened") as opened:
+        # a table's column names can hold no label: they come with its data (localise)
         headline = gr.Dataframe(
-            headers=[L("measure"), L("value")], label=L("Headline"), elem_id="ds_head", wrap=True
+            headers=list(HEADLINE), label=L("Headline"), elem_id="ds_head", wrap=True
         )
         f1 = gr.Plot(label=L("Localisation by layer and timestep (noisiest steps left)"),
                      elem_id="ds_layer_time")  # fmt: skip
