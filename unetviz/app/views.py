@@ -603,9 +603,11 @@ def data_uri(img: Image.Image, fmt: str = "png") -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(data).decode("ascii")
 
 
-def tiles_html(tiles: list[tuple[Image.Image, str]]) -> str:
-    """The heatmap tiles as one HTML block of inline images with captions: a control change is
-    one message to the browser, with no file per tile to write, serve and fetch. The page's
+def tiles_html(tiles: list[tuple[Image.Image, str]], cls: str = "") -> str:
+    """The heatmap tiles as one HTML block of inline images with captions (a CSS grid that
+    wraps: a long prompt's tiles fill rows, never one row; ``cls``: ``uv-pairs`` for wide
+    without | with pairs): a control change is one message to the browser, with no file per
+    tile to write, serve and fetch. The page's
     script (``ui.TILES_JS``) enlarges a tile on click and saves it with its button."""
     figures = []
     for img, caption in tiles:
@@ -616,7 +618,8 @@ def tiles_html(tiles: list[tuple[Image.Image, str]]) -> str:
             f'<figcaption>{cap}</figcaption><button type="button" class="uv-save" '
             f'title="save this tile">⤓</button></figure>'
         )
-    return f'<div class="uv-tiles">{"".join(figures)}</div>'
+    classes = html.escape(f"uv-tiles {cls}".strip())
+    return f'<div class="{classes}">{"".join(figures)}</div>'
 
 
 def tiles_from_html(text: str) -> list[tuple[Image.Image, str]]:
