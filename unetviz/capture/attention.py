@@ -209,6 +209,10 @@ class GridProbe(Probe):
 
 
 _ALL = slice(None)
+#: the most probabilities (elements) recomputed in one batch: small maps together (the ops'
+#: fixed cost dominates), large ones alone (a batch that leaves the CPU's cache is slower)
+BATCHED_ELEMENTS = 1 << 18
+BATCHED_ELEMENTS_DEVICE = 1 << 24  # a GPU: fewer kernel launches, plenty of memory
 
 
 def _full(raw: list[Any]) -> bool:
@@ -279,6 +283,7 @@ class _QKProbe(Probe):
 
     def _compute(self, layers: list[int], session: Any = None) -> None:
         groups: dict[tuple, list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]] = {}
+        fwd = self.forward
         with torch.no_grad():
             for i in layers:
                 name, raw = self.names[i], self.raw[i]
@@ -294,7 +299,13 @@ class _QKProbe(Probe):
                     key = (q.shape, k.shape, q.dtype, k.dtype, q.device, attention.heads, scale)
                 groups.setdefault(key, []).append((name, attention, q, k))
             for members in groups.values():
-                self._group(session, members)
+                _, _, q, k = members[0]
+                rows = len(range(fwd.batch)[fwd.keep]) if q.shape[0] == fwd.batch else q.shape[0]
+                size = rows * q.shape[1] * k.shape[1] * members[0][1].heads
+                budget = BATCHED_ELEMENTS if q.is_cpu else BATCHED_ELEMENTS_DEVICE
+                step = max(1, budget // max(size, 1))
+                for at in range(0, len(members), step):
+                    self._group(session, members[at : at + step])
 
     def _group(self, session: Any, members: list) -> None:
         """One softmax recompute for layers of one shape: (layers, heads, queries, tokens)."""
