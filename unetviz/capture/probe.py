@@ -185,7 +185,12 @@ def _direct_hooks() -> bool:
 
 
 def _add_hook(
-    handles: list, module: nn.Module, pre: bool, hook: Callable, always: bool, prepend: bool
+    handles: list,
+    module: nn.Module,
+    pre: bool,
+    hook: Callable,
+    always: bool = False,
+    prepend: bool = False,
 ) -> None:
     """Enter ``hook`` (kwargs-style) into ``module``'s hook dicts as torch's ``register_*``
     would; appends ``dict, id`` to ``handles`` for each dict entry (what removing deletes)."""
@@ -222,8 +227,8 @@ _DIRECT = _direct_hooks()
 class ProbeSession:
     """Hooks ``probes`` onto ``model`` between ``open()`` and ``close()`` (or a ``with``).
 
-    Every probe's hooks on one module run from one torch hook per kind (pre / post), in the
-    order they were added, with the thread filter applied once. The model's names come from
+    Probes' hooks on one module run in the order they were added (an edit probe's first), each
+    behind the thread filter. The model's names come from
     its cached :class:`~unetviz.capture.plan.ModelPlan` (``session.plan``; ``session.modules``
     is its name -> module dict, read-only): no tree walk per ``with``.
 
@@ -274,9 +279,18 @@ class ProbeSession:
         args, kwargs, output)``) for this session's thread only; ``first_pass``: removed after
         the forward in which it was added; ``always``: the post hook also runs when the
         forward raised; ``filtered``: the functions check the thread themselves (``get_ident()
-        == session.thread``: one call less on a hot path). Hooks added in ``install`` /
-        ``begin_forward`` are registered when it returns."""
+        == session.thread``: one call less on a hot path). Recording hooks are entered at
+        once, in call order; an edit probe's are queued and entered (first, in the order they
+        were added) when its ``install`` / ``begin_forward`` returns."""
         prepend = bool(self._installing is not None and self._installing.edits)
+        if _DIRECT and not prepend:
+            handles = self._first_pass if first_pass else self._handles
+            if pre is not None:
+                _add_hook(handles, module, True, pre if filtered else self._wrap(True, pre))
+            if post is not None:
+                hook = post if filtered else self._wrap(False, post)
+                _add_hook(handles, module, False, hook, always)
+            return
         for kind, fn in (("pre", pre), ("post", post)):
             if fn is None:
                 continue
@@ -289,23 +303,27 @@ class ProbeSession:
             entry[2].append(fn)
             entry[3] = entry[3] and filtered
 
+    def _wrap(self, pre: bool, fn: Callable) -> Callable:
+        """``fn`` behind this session's thread filter (one wrapper per function)."""
+        hook = self._wrappers.get((pre, fn))
+        if hook is None:
+            assert self.thread is not None
+            dispatch = _pre_dispatch if pre else _post_dispatch
+            hook = self._wrappers[(pre, fn)] = dispatch(self.thread, [fn])
+        return hook
+
     def _register(self) -> None:
         """One torch hook per queued (module, kind). A probe that hooks many modules with one
         function gets one thread-filtered wrapper for all of them (few objects per ``with``)."""
         thread = self.thread
         assert thread is not None
-        wrappers = self._wrappers
         for (_, kind, first_pass, _), (module, prepend, fns, filtered) in self._queued.items():
             handles = self._first_pass if first_pass else self._handles
             pre = kind == "pre"
             if len(fns) == 1 and filtered:
                 hook = fns[0]
             elif len(fns) == 1:
-                key = (pre, fns[0])
-                hook = wrappers.get(key)
-                if hook is None:
-                    dispatch = _pre_dispatch if pre else _post_dispatch
-                    hook = wrappers[key] = dispatch(thread, fns)
+                hook = self._wrap(pre, fns[0])
             else:
                 hook = (_pre_dispatch if pre else _post_dispatch)(thread, fns)
             if _DIRECT:
