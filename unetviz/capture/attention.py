@@ -212,7 +212,7 @@ _ALL = slice(None)
 #: the most probabilities (elements) recomputed in one batch: small maps together (the ops'
 #: fixed cost dominates), large ones alone (a batch that leaves the CPU's cache is slower)
 BATCHED_ELEMENTS = 1 << 18
-BATCHED_ELEMENTS_DEVICE = 1 << 24  # a GPU: fewer kernel launches, plenty of memory
+BATCHED_ELEMENTS_DEVICE = 1 << 22  # a GPU: fewer kernel launches, memory to spare
 
 
 def _full(raw: list[Any]) -> bool:
@@ -224,10 +224,12 @@ def _full(raw: list[Any]) -> bool:
 
 
 class _QKProbe(Probe):
-    """Keeps the Q and K projections of each chosen attention layer during a forward (a
-    reference per tap: no tensor op in the hooks), then recomputes every layer's
-    probabilities at the end of the forward, layers of one shape together (a few batched
-    ops per shape instead of a few per layer), and hands them to ``record``."""
+    """Takes the Q and K projections of each chosen attention layer (a reference per tap: no
+    tensor op in the tap hooks) and recomputes its probabilities, layers of one shape together
+    (a few batched ops per batch instead of a few per layer): a batch is computed as soon as
+    it is full (so the Q and K kept meanwhile stay bounded), the rest at the end of the
+    forward. Layers too large to batch, and layers whose probabilities an edit changes, are
+    computed at once. Each batch goes to ``record``."""
 
     #: recompute layers of one shape together (cross-attention); else one by one
     batched: ClassVar[bool] = True
@@ -242,6 +244,7 @@ class _QKProbe(Probe):
     ):
         self.trace, self.options = trace, options
         self.names, self.grids, self.store = names, grids, store
+        self.waiting: dict[tuple, list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]] = {}
 
     def install(self, session: ProbeSession) -> None:
         self.forward = session.forward  # not the session: no reference cycle
@@ -260,9 +263,10 @@ class _QKProbe(Probe):
         if isinstance(output, torch.Tensor) and not output.is_meta:
             i, j = self.slot[id(module)]
             raw = self.raw[i]
-            if raw[j] is not None and _full(raw):  # a layer called twice in a forward
-                self._compute([i])
             raw[j] = output
+            if _full(raw):
+                with torch.no_grad():
+                    self._ready(i)
 
     def prepare(self, session: ProbeSession, name: str, out: dict) -> dict:
         """Hook for subclasses: adjust the tapped ``{"q": ..., "k": ...}`` before use."""
@@ -273,39 +277,43 @@ class _QKProbe(Probe):
         batch, of the attention layers ``names``."""
         raise NotImplementedError
 
+    def _ready(self, i: int) -> None:
+        """Layer ``i`` has its Q and K: compute it now, or wait for a batch of its shape."""
+        name, raw = self.names[i], self.raw[i]
+        got: dict[str, torch.Tensor] = {}
+        for take, out in zip(self.takes[i], raw, strict=True):
+            got.update(take(out))
+        raw[:] = [None] * len(raw)
+        got = self.prepare(None, name, got)  # type: ignore[arg-type]
+        q, k, attention = got["q"], got["k"], self.modules[name]
+        member = (name, attention, q, k)
+        if not self.batched or declared_edits(attention) or q.shape[0] != k.shape[0]:
+            self._group(None, [member])
+            return
+        fwd = self.forward
+        rows = len(range(fwd.batch)[fwd.keep]) if q.shape[0] == fwd.batch else q.shape[0]
+        budget = BATCHED_ELEMENTS if q.is_cpu else BATCHED_ELEMENTS_DEVICE
+        batch = budget // max(rows * q.shape[1] * k.shape[1] * attention.heads, 1)
+        if batch <= 1:
+            self._group(None, [member])
+            return
+        scale = getattr(attention, "scale", None)
+        key = (q.shape, k.shape, q.dtype, k.dtype, q.device, attention.heads, scale)
+        waiting = self.waiting.setdefault(key, [])
+        waiting.append(member)
+        if len(waiting) >= batch:
+            del self.waiting[key]
+            self._group(None, waiting)
+
     def end_forward(self, session: ProbeSession, output: Any) -> None:
-        if output is not None:  # a forward that raised records no maps
-            ready = [i for i, raw in enumerate(self.raw) if _full(raw)]
-            if ready:
-                self._compute(ready, session)
+        waiting, self.waiting = self.waiting, {}
         for raw in self.raw:
             raw[:] = [None] * len(raw)
-
-    def _compute(self, layers: list[int], session: Any = None) -> None:
-        groups: dict[tuple, list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]] = {}
-        fwd = self.forward
+        if output is None:  # a forward that raised records no more maps
+            return
         with torch.no_grad():
-            for i in layers:
-                name, raw = self.names[i], self.raw[i]
-                got: dict[str, torch.Tensor] = {}
-                for take, out in zip(self.takes[i], raw, strict=True):
-                    got.update(take(out))
-                raw[:] = [None] * len(raw)
-                got = self.prepare(session, name, got)
-                q, k, attention = got["q"], got["k"], self.modules[name]
-                key: tuple = (i,)  # alone: declared edits, unbatched probes, odd shapes
-                if self.batched and not declared_edits(attention) and q.shape[0] == k.shape[0]:
-                    scale = getattr(attention, "scale", None)
-                    key = (q.shape, k.shape, q.dtype, k.dtype, q.device, attention.heads, scale)
-                groups.setdefault(key, []).append((name, attention, q, k))
-            for members in groups.values():
-                _, _, q, k = members[0]
-                rows = len(range(fwd.batch)[fwd.keep]) if q.shape[0] == fwd.batch else q.shape[0]
-                size = rows * q.shape[1] * k.shape[1] * members[0][1].heads
-                budget = BATCHED_ELEMENTS if q.is_cpu else BATCHED_ELEMENTS_DEVICE
-                step = max(1, budget // max(size, 1))
-                for at in range(0, len(members), step):
-                    self._group(session, members[at : at + step])
+            for members in waiting.values():
+                self._group(session, members)
 
     def _group(self, session: Any, members: list) -> None:
         """One softmax recompute for layers of one shape: (layers, heads, queries, tokens)."""
