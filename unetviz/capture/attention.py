@@ -265,8 +265,7 @@ class _QKProbe(Probe):
             raw = self.raw[i]
             raw[j] = output
             if _full(raw):
-                with torch.no_grad():
-                    self._ready(i)
+                self._ready(i)
 
     def prepare(self, session: ProbeSession, name: str, out: dict) -> dict:
         """Hook for subclasses: adjust the tapped ``{"q": ..., "k": ...}`` before use."""
@@ -311,10 +310,10 @@ class _QKProbe(Probe):
             raw[:] = [None] * len(raw)
         if output is None:  # a forward that raised records no more maps
             return
-        with torch.no_grad():
-            for members in waiting.values():
-                self._group(session, members)
+        for members in waiting.values():
+            self._group(session, members)
 
+    @torch.no_grad()
     def _group(self, session: Any, members: list) -> None:
         """One softmax recompute for layers of one shape: (layers, heads, queries, tokens)."""
         fwd = self.forward
