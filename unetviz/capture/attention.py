@@ -228,8 +228,9 @@ class _QKProbe(Probe):
     tensor op in the tap hooks) and recomputes its probabilities, layers of one shape together
     (a few batched ops per batch instead of a few per layer): a batch is computed as soon as
     it is full (so the Q and K kept meanwhile stay bounded), the rest at the end of the
-    forward. Layers too large to batch, and layers whose probabilities an edit changes, are
-    computed at once. Each batch goes to ``record``."""
+    forward; declared probability edits apply to each layer's rows of a batch. Layers too
+    large to batch, and layers whose edit needs the whole batch, are computed at once. Each
+    batch goes to ``record``."""
 
     #: recompute layers of one shape together (cross-attention); else one by one
     batched: ClassVar[bool] = True
@@ -286,7 +287,8 @@ class _QKProbe(Probe):
         got = self.prepare(None, name, got)  # type: ignore[arg-type]
         q, k, attention = got["q"], got["k"], self.modules[name]
         member = (name, attention, q, k)
-        if not self.batched or declared_edits(attention) or q.shape[0] != k.shape[0]:
+        whole = any(not rows for _, rows in declared_edits(attention))  # needs every row
+        if not self.batched or whole or q.shape[0] != k.shape[0]:
             self._group(None, [member])
             return
         fwd = self.forward
@@ -336,6 +338,13 @@ class _QKProbe(Probe):
             q, k = q.float(), k.float()
         probs = softmax_scores(attention, q, k)
         probs = probs.view(rows, layers, *probs.shape[1:])
+        held = fwd.keep if rows == len(range(fwd.batch)[fwd.keep]) else _ALL
+        for j, (_, module, _, _) in enumerate(members):
+            for edit, _ in declared_edits(module):  # each layer's edits, on its kept rows
+                mine = probs[:, j]
+                edited = edit(mine, held)
+                if edited is not mine:
+                    mine.copy_(edited)
         self.record(session, names, probs[0] if rows == 1 else probs.mean(0))
 
 
