@@ -226,6 +226,9 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
               f"{collections[key]:8d}  {target}")  # fmt: skip
     print(f"  outputs bit-identical with and without capture: {identical}; hooks left: {hooks_left}; "
           f"gc runs during {rounds} plain forwards: {collections['plain']}")  # fmt: skip
+    ops = _ops(models, x, ehs, edit)
+    print("  tensor ops per forward (load-independent): plain "
+          + ", ".join(f"{k} {v:+d}" if k != "plain" else str(v) for k, v in ops.items()))  # fmt: skip
     if clock.cuda:
         print(f"  host syncs in one captured forward: {_syncs(models['attn'], x, ehs)}")
     assert traces["attn"].steps == rounds + 2 and kept
@@ -241,6 +244,39 @@ def _sample(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     return out.sample if hasattr(out, "sample") else out[0]
+
+
+def _ops(models: dict, x: torch.Tensor, ehs: torch.Tensor, edit: list) -> dict[str, int]:
+    """Tensor ops (aten calls) of one steady forward, plain and what each variant adds: on a
+    GPU each is a kernel launch or at least a dispatch, whatever the machine's load."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(model: torch.nn.Module) -> int:
+        model(x, 998, ehs)  # the first forward of a capture also reads shapes
+        Count.n = 0
+        with Count():
+            model(x, 997, ehs)
+        return Count.n
+
+    model = models["plain"]
+    out: dict[str, int] = {}
+    with torch.no_grad():
+        out["plain"] = base = count(model)
+        for label, ctx in (
+            ("capture(attention=False)", lambda: capture(model, attention=False)),
+            ("capture()", lambda: capture(model)),
+            ("intervene", lambda: intervene(model, edit)),
+        ):
+            with ctx():
+                out[label] = count(model) - base
+    return out
 
 
 def _syncs(model: torch.nn.Module, x: torch.Tensor, ehs: torch.Tensor) -> int:
