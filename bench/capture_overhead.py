@@ -10,10 +10,11 @@ model object sharing the same weights), medians. With a GPU, the same table on C
 
 Variants: ``capture(attention=False)`` and ``capture()`` over a loop of forwards (steady state),
 the same as one capture per forward (``with capture(m): m(...)``), entering and leaving the
-``with`` alone, ``unetviz.intervene`` with one edit, capture + that edit, and the peer: plain
-forward hooks on the 16 cross-attentions keeping their outputs. Also printed: garbage
-collections run during each variant's forwards, the host syncs of a captured CUDA forward, and
-bit-identical outputs.
+``with`` alone, ``unetviz.intervene`` with one edit, capture + that edit, and the peers: plain
+forward hooks on the 16 cross-attentions keeping their outputs, and no-op forward hooks on
+every module (torch's hook dispatch alone). Also printed: garbage collections run during each
+variant's forwards, the host syncs of a captured CUDA forward, bit-identical outputs, and the
+tensor ops each variant adds to a forward.
 
     python bench/capture_overhead.py [--rounds 30] [--workloads tiny sd15-mid] [--extras]
 """
@@ -122,7 +123,8 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
     x = torch.randn(2, 4, side, side, generator=g).to(device, dtype)
     ehs = torch.randn(2, 77, 768, generator=g).to(device, dtype)
     edit = [edits.Reweight(5, 0.0)]
-    names = ["plain", "hooks", "attn_off", "attn", "one_off", "one", "enter", "edit", "cap_edit"]
+    names = ["plain", "hooks", "noop", "attn_off", "attn", "one_off", "one", "enter", "edit"]
+    names.append("cap_edit")
     models = dict(zip(names, _models(workload, len(names), device, dtype), strict=True))
     kept: list[torch.Tensor] = []
 
@@ -130,6 +132,7 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
         kept.append(output.detach())
 
     handles = [m.register_forward_hook(keep) for m in _cross(models["hooks"])]
+    handles += [m.register_forward_hook(_noop) for m in models["noop"].modules()]
     clock = _Clock(device)
     steady = {
         "attn_off": capture(models["attn_off"], attention=False),
@@ -154,7 +157,8 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
     def forward(key: str) -> Callable[[int], Any]:
         return lambda t: models[key](x, t, ehs)
 
-    variants = {k: forward(k) for k in ("plain", "hooks", "attn_off", "attn", "edit", "cap_edit")}
+    steady_keys = ("plain", "hooks", "noop", "attn_off", "attn", "edit", "cap_edit")
+    variants = {k: forward(k) for k in steady_keys}
     variants |= {"one_off": once("one_off", attention=False), "one": once("one"), "enter": enter}
     times: dict[str, list[float]] = {k: [] for k in variants}
     collections: dict[str, int] = dict.fromkeys(variants, 0)
@@ -169,7 +173,7 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
         with torch.no_grad():
             for k, fn in variants.items():  # warm-up (and the first forward of the captures)
                 fn(999)
-                if k in ("plain", "hooks", "attn_off", "attn", "edit", "cap_edit"):
+                if k in steady_keys:
                     outputs[k] = _sample(models[k](x, 999, ehs))
             gc.collect()
             gc.callbacks.append(count)
@@ -189,13 +193,13 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
             h.remove()
     med = {k: statistics.median(v) for k, v in times.items()}
     low = {k: _quantile(v, 0.1) for k, v in times.items()}  # least disturbed by other load
-    same = ("plain", "hooks", "attn_off", "attn")
+    same = ("plain", "hooks", "noop", "attn_off", "attn")
     identical = all(torch.equal(outputs["plain"], outputs[k]) for k in same)
     identical &= torch.equal(outputs["edit"], outputs["cap_edit"])
     hooks_left = sum(
         len(m._forward_hooks) + len(m._forward_pre_hooks)
         for k, model in models.items()
-        if k != "hooks"
+        if k not in ("hooks", "noop")
         for m in model.modules()
     )
     base = med["plain"]
@@ -206,6 +210,7 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
     print(f"  {'plain forward':<44} {base:8.2f} ms (10th percentile {low['plain']:.2f} ms)")
     rows = [
         ("forward hooks on the 16 cross-attentions", "hooks", True),
+        ("no-op forward hooks on every module", "noop", True),
         ("capture(attention=False)", "attn_off", True),
         ("capture()", "attn", True),
         ("capture(attention=False), one per forward", "one_off", True),
@@ -233,6 +238,10 @@ def table(workload: str, rounds: int, device: str, dtype: torch.dtype) -> dict[s
         print(f"  host syncs in one captured forward: {_syncs(models['attn'], x, ehs)}")
     assert traces["attn"].steps == rounds + 2 and kept
     return med
+
+
+def _noop(module: Any, args: Any, output: Any) -> None:
+    """A forward hook that does nothing: what torch's hook dispatch alone costs."""
 
 
 def _quantile(values: list[float], q: float) -> float:
