@@ -403,3 +403,18 @@ def lora_change_table(
 ) -> list[dict[str, Any]]:
     """What a LoRA changes, per block: :func:`relative_changes` summed by :func:`block_changes`."""
     return block_changes(relative_changes(lora, models, scale))
+
+
+#: the diagram's fill label for a LoRA's change (the CLI's and the app's U diagrams)
+FILL_LABEL = "LoRA: sum of ‖ΔW‖/‖W‖"
+
+
+def block_fill(table: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dict[str, float]:
+    """A diagram's ``fill`` from :func:`block_changes`' table: every block of the U among
+    ``names`` (the drawn trace's block names) at its summed change, unchanged ones at 0, so
+    the U shows where the LoRA acts and where it does not."""
+    names = set(names)
+    u = ("down_blocks", "mid_block", "up_blocks")
+    fill = {name: 0.0 for name in names if name.startswith(u)}
+    fill.update({r["block"]: float(r["change"]) for r in table if r["block"] in names})
+    return fill
