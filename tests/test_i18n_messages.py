@@ -222,3 +222,24 @@ def test_progress_text_in_the_pages_language():
     Request.headers = {"cookie": "unetviz-lang=en", "accept-language": "zh-CN"}
     assert i18n.request_language(Request()) == "en"
     assert i18n.request_language(None) == "en"
+
+
+def test_events_not_declared_with_handler_get_both_languages_too():
+    """A tab wired with plain gradio functions (tuples in output order): its message output
+    is localised by the page-level pass, its other outputs are untouched."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        msg = gr.Markdown("nothing is running", elem_id="x_msg")
+        other = gr.Markdown(elem_id="x_other")
+        button = gr.Button()
+        button.click(lambda v: (v, "nothing is running"), box, [other, msg])
+        button.click(lambda v: "nothing is running", box, other)
+    assert common.localise_events(demo) == 1
+    fns = list(demo.fns.values())
+    assert fns[0].fn("nothing is running")[0] == "nothing is running"  # not a message output
+    assert 'lang="zh-CN"' in fns[0].fn("x")[1]
+    assert fns[1].fn("x") == "nothing is running"
+    assert 'lang="zh-CN"' in msg.value  # the first value too
+    assert common.localise_events(demo) == 0  # once

@@ -21,7 +21,6 @@ from unetviz.errors import UnetvizError
 from .common import text_md
 from .i18n import L, bilingual, in_language, request_language
 
-
 #: the headline table's columns
 HEADLINE = ("measure", "value")
 

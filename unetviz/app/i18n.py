@@ -201,6 +201,15 @@ def bilingual(message: str) -> str:
     return spans({k: v if v is not None else message for k, v in texts.items()})
 
 
+def one_language(text: str, lang: str = "en") -> str:
+    """The ``lang`` part of a message written in every language (:func:`spans`); text with no
+    spans as it is. For readers of a handler's output that are not the page (tests, logs)."""
+    m = re.search(
+        rf'<span class="uv-l uv-l-{re.escape(lang)}" lang="[^"]*">(.*?)</span>', text, re.S
+    )
+    return m[1] if m else text
+
+
 def in_language(message: str, lang: str) -> str:
     """``message`` in ``lang`` where it must be plain text of one language (a progress bar's
     text): the catalogue's translation, else the English."""
@@ -287,6 +296,7 @@ __all__ = [
     "catalogue",
     "i18n",
     "in_language",
+    "one_language",
     "request_language",
     "text",
     "translate",
