@@ -236,11 +236,10 @@ def diagram(
     extra: dict[str, Any] = {}
     if lora:
         table = lora_block_table(model, lora)
-        names = {b["name"] for b in trace["blocks"]}
-        u = ("down_blocks", "mid_block", "up_blocks")
-        fill = {name: 0.0 for name in names if name.startswith(u)}  # the U, changed or not
-        fill.update({r["block"]: r["change"] for r in table if r["block"] in names})
-        extra = {"fill": fill, "fill_label": "LoRA: sum of ‖ΔW‖/‖W‖"}
+        from .lora import FILL_LABEL, block_fill
+
+        fill = block_fill(table, (b["name"] for b in trace["blocks"]))  # the U, changed or not
+        extra = {"fill": fill, "fill_label": FILL_LABEL}
         typer.echo(lora_table_text(table), err=True)
     data = render(
         trace, fmt, detail=detail, direction=direction, shape=shape, legend=legend, **extra

@@ -16,10 +16,19 @@ from typing import Any
 import gradio as gr
 
 from . import views
-from .common import QUIET, HandlerBase, InputError, TabContext, diagram_panel, handler, parse_int
+from .common import (
+    QUIET,
+    HandlerBase,
+    InputError,
+    TabContext,
+    diagram_panel,
+    handler,
+    parse_int,
+    text_md,
+)
 from .common import message_slot as _msg
 from .i18n import L, bilingual
-from .registry import DEMO, PRESETS, architecture_state, describe_roots, size_multiple
+from .registry import DEMO, PRESETS, LoraChange, architecture_state, describe_roots, size_multiple
 
 MODEL_CHOICES = [
     (L("demo model (shipped, runs offline)"), DEMO),
@@ -28,8 +37,20 @@ MODEL_CHOICES = [
     (L("SDXL preset (meta)"), "sdxl"),
     (L("local folder (inside the model roots)"), "folder"),
 ]
-#: what a drawing reads
-ARCH_IN = ("arch_model", "arch_folder", "arch_h", "arch_w", "arch_batch", "arch_detail")
+#: what a drawing reads (the LoRA last: the routes' older positional inputs keep their places)
+ARCH_IN = (
+    "arch_model",
+    "arch_folder",
+    "arch_h",
+    "arch_w",
+    "arch_batch",
+    "arch_detail",
+    "arch_lora",
+    "arch_lora_scale",
+)
+ARCH_LORA_INFO = "a LoRA file in the model roots: the U filled by what it changes"
+#: the LoRA ranking table's columns
+LORA_HEADERS = ["block", "sum ‖ΔW‖/‖W‖", "modules"]
 #: what a drawing replaces: the diagram, its table and status, and everything that described
 #: the previous drawing (picked block, its parts, the search)
 DRAWN = (
@@ -41,6 +62,7 @@ DRAWN = (
     "block_picked",
     "block_search",
     "search_msg",
+    "lora_table",
 )
 
 
@@ -79,13 +101,18 @@ class ArchitectureHandlers(HandlerBase):
             }
         spec = self.registry.spec(model, folder)
         size, step = spec.default_size, size_multiple(spec)
-        drawn = self._draw(spec, size, size, form.get("arch_batch", 2), form.get("arch_detail"))
+        lora, note = self.registry.lora_change(
+            spec, form.get("arch_lora"), form.get("arch_lora_scale")
+        )
+        drawn = self._draw(
+            spec, size, size, form.get("arch_batch", 2), form.get("arch_detail"), lora
+        )
         # two updates, not one object twice: gradio consumes an update as it applies it
         return drawn | {
             "arch_h": gr.update(value=size, step=step),
             "arch_w": gr.update(value=size, step=step),
             "arch_folder": show,
-            "arch_msg": "",
+            "arch_msg": note,
         }
 
     @handler(*DRAWN, msg="arch_msg")
@@ -93,19 +120,32 @@ class ArchitectureHandlers(HandlerBase):
         """The drawing of the chosen model at the typed size and detail (the downloads follow
         in :meth:`exports`, after the diagram is on screen)."""
         spec = self.registry.spec(form.get("arch_model") or DEMO, form.get("arch_folder") or "")
+        lora, note = self.registry.lora_change(
+            spec, form.get("arch_lora"), form.get("arch_lora_scale")
+        )
         drawn = self._draw(
             spec,
             form.get("arch_h"),
             form.get("arch_w"),
             form.get("arch_batch", 2),
             form.get("arch_detail"),
+            lora,
         )
         self.page_seen.set()  # the load event's handler when the page has no first drawing
-        return drawn | {"arch_msg": ""}
+        return drawn | {"arch_msg": note}
 
-    def _draw(self, spec: Any, height: Any, width: Any, batch: Any, detail: Any) -> dict:
-        """Everything :data:`DRAWN` names for ``spec`` at that size and detail; the panel and
-        rows come from :attr:`_drawn` when this exact diagram was drawn before."""
+    def _draw(
+        self,
+        spec: Any,
+        height: Any,
+        width: Any,
+        batch: Any,
+        detail: Any,
+        lora: LoraChange | None = None,
+    ) -> dict:
+        """Everything :data:`DRAWN` names for ``spec`` at that size and detail (filled by
+        ``lora``'s change per block when given); the panel and rows come from :attr:`_drawn`
+        when this exact diagram was drawn before."""
         detail = detail or "blocks"
         if detail not in views.DETAILS:
             raise InputError(f"detail={detail!r}: expected one of {list(views.DETAILS)}")
@@ -114,35 +154,42 @@ class ArchitectureHandlers(HandlerBase):
         w = parse_int(width, "width", 8, 4096)
         b = parse_int(batch, "batch", 1, 64)
         key = (spec.key, json.dumps(spec.config, sort_keys=True), h, w, b, detail)
+        key += (lora.key,) if lora else ()
         trace = self.registry.architecture(spec, h, w, b)
+        fill = views.lora_fill(trace, lora.table) if lora else None
         with self._drawn_lock:
             hit = self._drawn.get(key)
             if hit is not None:
                 self._drawn.move_to_end(key)
         if hit is None or hit[0] is not trace:
-            hit = (trace, *views.drawing(trace, detail))
+            hit = (trace, *views.drawing(trace, detail, fill))
             with self._drawn_lock:
                 self._drawn[key] = hit
                 while len(self._drawn) > self.MAX_DRAWN:
                     self._drawn.popitem(last=False)
         _, panel, rows = hit
         total = sum(r.params for r in trace.blocks if r.level == "block")
-        stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}"
+        stem = f"{views.slug(spec.label)}-{w}x{h}-{detail}" + ("-lora" if lora else "")
+        status = _status(spec.label, h, w, b, detail, len(rows), total, t0)
+        if lora:
+            status += f" · filled by what LoRA {text_md(lora.names)} changes (‖ΔW‖/‖W‖)"
         return {
             "diagram": panel,
             "block_table": rows,
-            "arch_status": _status(spec.label, h, w, b, detail, len(rows), total, t0),
+            "arch_status": status,
             "arch_state": {
                 "trace": trace,
                 "rows": rows,
                 "detail": detail,
                 "stem": stem,
                 "key": key,
+                "fill": fill,
             },  # fmt: skip
             "block_parts": [],
             "block_picked": "",
             "block_search": "",
             "search_msg": "",
+            "lora_table": views.lora_rows(lora.table) if lora else [],
         }
 
     def first_drawing(self) -> tuple[str, list[list[Any]], str] | None:
@@ -208,7 +255,7 @@ class ArchitectureHandlers(HandlerBase):
             files = self._exported.get(key)
         if files is None or not all(p.is_file() for p in files.values()):
             trace, detail = arch["trace"], arch["detail"]
-            graph = diagram(trace, detail=detail)
+            graph = diagram(trace, detail=detail, **views.lora_fill_args(arch.get("fill")))
             svg = views.render_svg(graph)
             files = views.write_exports(trace, detail, self._outdir(), arch["stem"], graph, svg)
             with self._drawn_lock:
@@ -306,6 +353,7 @@ def build(ctx: TabContext) -> None:
                 k.upper(), size="sm", min_width=60, elem_id=f"dl_{k}", scale=0
             )
     c["diagram"] = diagram_panel("diagram", panel0)
+    _lora_row(ctx)
     with gr.Row():
         c["block_search"] = gr.Textbox(
             label=L("Find a module"),
@@ -337,12 +385,34 @@ def build(ctx: TabContext) -> None:
     _wire(ctx)
 
 
+def _lora_row(ctx: TabContext) -> None:
+    """A LoRA and its scale: the U filled by what it changes, and the ranking per block."""
+    from .attention import lora_controls
+
+    with gr.Row(equal_height=True):
+        lora_controls(ctx, "arch_lora", "arch_lora_scale", ARCH_LORA_INFO)
+    ctx.c["lora_table"] = gr.Dataframe(
+        headers=LORA_HEADERS,
+        type="array",
+        interactive=False,
+        max_height=300,
+        label=L("What the LoRA changes, per block (largest first)"),
+        elem_id="lora_table",
+    )
+
+
 def _wire(ctx: TabContext) -> None:
     """The tab's events: draw, exports, model choice, search, a row picked."""
     h, c = ctx.handlers, ctx.c
     draw_kw = {"concurrency_id": "arch", "concurrency_limit": 2}
     drawn = ctx.on(
-        [c["arch_draw"].click, c["arch_detail"].input, c["arch_folder"].submit],
+        [
+            c["arch_draw"].click,
+            c["arch_detail"].input,
+            c["arch_folder"].submit,
+            c["arch_lora"].input,
+            c["arch_lora_scale"].release,
+        ],  # fmt: skip
         h.architecture,
         ARCH_IN,
         api_name="architecture",

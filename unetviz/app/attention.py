@@ -55,6 +55,10 @@ TILES_EMPTY = '<p class="uv-tiles-empty">The heatmaps appear here after a Run.</
 
 #: what a Run reads besides the controls
 RUN_IN = ("run_model", "prompt", "negative", "seed", "steps", "guidance")
+#: the LoRA a Run fuses for its length (after the controls: the /run route's older
+#: positional inputs keep their places)
+LORA_IN = ("lora_pick", "lora_scale")
+LORA_INFO = "a LoRA file in the model roots, fused for this run only"
 #: the heatmap controls, in :meth:`AttentionHandlers.controls`' order
 CONTROLS = (
     "token_pick",
@@ -172,7 +176,13 @@ class AttentionHandlers(HandlerBase):
         say so (the preset control moves)."""
         tr = session.trace
         n = session.steps
-        words = views.word_tokens(tr)
+        words = views.default_tokens(tr)
+        total = len(views.word_tokens(tr))
+        if total > len(words):
+            note += (
+                f" · heatmaps of the first {len(words)} of {total} words: tick others in "
+                "**Tokens to map**"
+            )
         preset, out = c.preset, {}
         if preset == "daam" and views.daam_missing(session):
             preset = out["preset"] = "custom"
@@ -232,6 +242,7 @@ class AttentionHandlers(HandlerBase):
         s = check_seed(form.get("seed", 0), error=InputError)
         c = controls(form)
         model = (form.get("run_model") or DEMO).strip() or DEMO
+        loras = self.registry.loras(form.get("lora_pick"), form.get("lora_scale"))
         if progress is None:  # (not `or`: a gr.Progress is falsy until it tracks something)
             progress = lambda *a, **k: None  # noqa: E731
         key = session_key(request)
@@ -268,6 +279,7 @@ class AttentionHandlers(HandlerBase):
                 steps=n,
                 guidance=g,
                 progress=on_step,
+                loras=loras,
                 **extra,
             )
         finally:
@@ -278,8 +290,10 @@ class AttentionHandlers(HandlerBase):
         out = self._loaded(session, c, "")
         self.sessions.put(key, session)
         out["status"] = (
-            f"Showing **{text_md(prompt)}** · seed {s} · {n} steps · guidance {g:g} · generated "
-            f"and captured in {time.perf_counter() - t0:.1f} s"
+            f"Showing **{text_md(prompt)}** · seed {s} · {n} steps · guidance {g:g}"
+            + "".join(f" · LoRA {text_md(p.name)} ×{w:g}" for p, w in loras)
+            + f" · generated and captured in {time.perf_counter() - t0:.1f} s"
+            + out["status"]
         )
         return out
 
@@ -451,6 +465,8 @@ def _prompt_column(ctx: TabContext) -> None:
             min_width=200,  # narrower, its max label "15" was cut to "1"
         )
     with gr.Row(equal_height=True):
+        lora_controls(ctx, "lora_pick", "lora_scale")
+    with gr.Row(equal_height=True):
         c["run_model"] = gr.Textbox(
             DEMO,
             label=L("Model"),
@@ -479,6 +495,23 @@ def _prompt_column(ctx: TabContext) -> None:
             type="filepath",
             elem_id="upload",
         )
+
+
+def lora_controls(ctx: TabContext, pick: str, scale: str, info: str = LORA_INFO) -> None:
+    """A LoRA dropdown (the files the registry offers) and its scale slider, named ``pick``
+    and ``scale`` (the Attention, Architecture and Experiments tabs each have one)."""
+    c = ctx.c
+    c[pick] = gr.Dropdown(
+        ctx.registry.lora_choices(),
+        value="none",
+        label=L("LoRA"),
+        info=L(info),
+        elem_id=pick,
+        scale=3,
+    )
+    c[scale] = gr.Slider(
+        -2.0, 2.0, value=1.0, step=0.05, label=L("LoRA scale"), elem_id=scale, scale=2
+    )
 
 
 def _control_column(ctx: TabContext) -> None:
@@ -574,7 +607,7 @@ def run_event(ctx: TabContext, trigger: Any, **kwargs: Any) -> Any:
     ev = ctx.on(
         trigger,
         h.run,
-        (*RUN_IN, *CONTROLS),
+        (*RUN_IN, *CONTROLS, *LORA_IN),
         concurrency_id="model",
         concurrency_limit=1,
         **kwargs,

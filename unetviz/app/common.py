@@ -188,6 +188,10 @@ def session_key(request: Any) -> str:
     return str(getattr(request, "session_hash", None) or "anonymous")
 
 
+#: the file that marks a download folder as the app's own (only those are ever pruned)
+OUT_MARKER = ".unetviz-download"
+
+
 class HandlerBase:
     """Per-browser results (:attr:`sessions`), the registry and a folder for download files."""
 
@@ -210,16 +214,23 @@ class HandlerBase:
         self.page_seen = threading.Event()
 
     def _outdir(self) -> Path:
-        """A fresh folder for one response's files; old ones are pruned."""
+        """A fresh folder for one response's files; old ones are pruned — only folders this
+        app made (their marker file inside), never anything else in a caller-given workdir."""
         now = time.time()
         for old in self.workdir.iterdir():
             try:
-                if old.is_dir() and now - old.stat().st_mtime > self.KEEP_S:
+                if (
+                    old.is_dir()
+                    and not old.is_symlink()
+                    and (old / OUT_MARKER).is_file()
+                    and now - old.stat().st_mtime > self.KEEP_S
+                ):
                     shutil.rmtree(old, ignore_errors=True)
             except OSError:
                 pass
         d = self.workdir / uuid.uuid4().hex[:12]
         d.mkdir(parents=True, mode=0o700)
+        (d / OUT_MARKER).touch()
         return d
 
     def session(self, request: Any) -> Session | None:

@@ -6,6 +6,8 @@ Experiments tab).
 - :func:`run_edited`: base and edited runs side by side, their difference, a summary table and
   the edited run's trace (for its heatmaps).
 - :func:`run_sweep`: the diagram filled by effect (SVG) and the table, with a progress callback.
+- :func:`run_lora_compare`: the same seed without and with LoRAs (``pipe.compare``): images
+  side by side and every word's map without | with on one scale.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def run_edited(
         "rows": rows,
         "headers": ["", "base", "edited"],
         "comparison": cmp,
+        "edits": cmp.edits,
     }
 
 
@@ -137,9 +140,10 @@ def _base_run(pipe: Any, prompt: str, call: dict[str, Any]) -> Any:
     return run
 
 
-def heatmap_pair(cmp: Any, word: str, side: int = 192) -> Any:
-    """The word's cross-attention heatmap over the base and the edited image, side by side on
-    one shared scale (not normalised per map: a re-weighted word's map shrinks visibly)."""
+def heatmap_pair(cmp: Any, word: str | int, side: int = 192) -> Any:
+    """The word's (or token position's) cross-attention heatmap over the base and the edited
+    image, side by side on one shared scale (not normalised per map: a re-weighted word's map
+    shrinks visibly)."""
     from PIL import Image
 
     from unetviz.render.heatmaps import heat_scales, overlay
@@ -154,6 +158,33 @@ def heatmap_pair(cmp: Any, word: str, side: int = 192) -> Any:
     for i, tile in enumerate(tiles):
         pair.paste(tile, (i * (side + 8), 0))
     return pair
+
+
+#: the word maps a LoRA comparison draws at most (the first words of a long prompt)
+LORA_WORDS = 12
+
+
+def run_lora_compare(
+    pipe: Any,
+    prompt: str,
+    loras: Sequence[tuple[Any, float]],
+    progress: Progress = None,
+    **call: Any,
+) -> dict[str, Any]:
+    """``pipe.compare(prompt, loras=...)`` on one seed: ``{"strip": without | with |
+    difference, "pairs": [(PIL without | with, token position)] for the first
+    :data:`LORA_WORDS` words, each pair on its own shared scale, "comparison"}``. The LoRAs
+    are unfused again when it returns (``compare`` restores the weights bit for bit)."""
+    from unetviz.render.heatmaps import word_tokens
+
+    cmp = pipe.compare(prompt, loras=list(loras), progress=progress, **call)
+    positions = word_tokens(cmp.base.trace)[:LORA_WORDS]
+    side = 160
+    return {
+        "strip": comparison_strip(cmp, scale=max(1, 256 // cmp.base.image.width)),
+        "pairs": [(heatmap_pair(cmp, i, side), i) for i in positions],
+        "comparison": cmp,
+    }
 
 
 def run_sweep(

@@ -31,6 +31,20 @@ WHY_COLOUR_STAYS = (
     "the UNet still reads the colour there. A swap changes the words themselves and keeps the "
     "source's attention maps, so the layout stays and the colour follows the new prompt."
 )
+#: the tab's help lines (``L`` keys: translated in the page)
+SWAP_HELP = (
+    "**Swap a word** (prompt-to-prompt Replace): the edited prompt is drawn with the prompt's "
+    "attention maps, so the layout stays and what the words say changes"
+)
+REWEIGHT_HELP = "**Re-weight a word** (prompt-to-prompt equalizer, conditional half)"
+ABLATE_HELP = "**Ablate** skips or blocks; **scale the time embedding**"
+MODE_HELP = "zero: set to 0; mean: its spatial mean per channel; a number: scaled by it"
+LORA_HELP = (
+    "---\n**With / without LoRA**: the prompt drawn twice on one seed, without and with the "
+    "LoRA fused into the weights: both images, their difference and every word's map"
+)
+LORA_COMPARE_INFO = "a LoRA file in the model roots, fused for the second run only"
+SWEEP_HELP = "---\n**Sweep**: one edit per block, layer or skip; the diagram filled by effect"
 #: a sweep may take at most this many denoising steps in all (runs x steps) on a shared server
 APP_MAX_SWEEP_STEPS = 2000
 
@@ -114,6 +128,43 @@ def changed_table(rows: list[list[Any]]) -> tuple[dict[str, Any], list[str]]:
             change = NOT_APPLICABLE if NOT_APPLICABLE in (base, edited) else _change(base, edited)
             data.append([MEASURES.get(name, name.replace("_", " ")), base, edited, change])
     return {"headers": CHANGED_HEADERS, "data": data}, edits
+
+
+#: an edit's parameters its one-line summary names (the rest are under "all parameters")
+SUMMARY_KEYS = {
+    "Replace": ("source_prompt",),
+    "Reweight": ("token", "scale"),
+    "ScaleTemb": ("target", "scale"),
+    "AblateBlock": ("block", "mode"),
+    "AblateSkip": ("index", "mode"),
+}
+
+
+def edit_summary(edit: dict[str, Any]) -> str:
+    """One edit in a few words: its name and its main parameters (``**Reweight** token=red,
+    scale=0.0``); an edit not in :data:`SUMMARY_KEYS` names its first two short ones."""
+    name = str(edit.get("edit", "edit"))
+    params = {k: v for k, v in edit.items() if k != "edit"}
+    keys = (
+        SUMMARY_KEYS.get(name)
+        or [k for k, v in params.items() if not isinstance(v, list | dict) and len(str(v)) <= 40][
+            :2
+        ]
+    )
+    shown = ", ".join(f"{k}={text_md(params[k], 40)}" for k in keys if k in params)
+    return f"**{text_md(name)}** {shown}".strip()
+
+
+def edits_note(edits: list[dict[str, Any]]) -> str:
+    """The edits a run applied: one summary each on the line, every parameter in a folded
+    "all parameters" block under it (a Replace lists its layers and steps: ~600 characters)."""
+    summary = "; ".join(edit_summary(e) for e in edits)
+    full = "\n".join(
+        f"- **{text_md(e.get('edit', 'edit'))}** "
+        + text_md(", ".join(f"{k}={v}" for k, v in e.items() if k != "edit"), 2000)
+        for e in edits
+    )
+    return f"{summary}\n\n<details><summary>all parameters</summary>\n\n{full}\n\n</details>"
 
 
 def _short(detail: str, limit: int = 160) -> str:
@@ -212,8 +263,8 @@ def edited(
         )
     except UnetvizError as exc:
         return None, None, None, f"**{text_md(str(exc), 400)}**"
-    table, edits = changed_table(out["rows"])
-    note = f"base | edited | difference · {len(chosen)} edit(s): " + "; ".join(edits)
+    table, _ = changed_table(out["rows"])
+    note = f"base | edited | difference · {len(chosen)} edit(s): " + edits_note(out["edits"])
     if swap:
         note = f"“{text_md(prompt)}” → “{text_md(swap)}” · " + note
     return out["strip"], out["heatmaps"], table, note
@@ -302,64 +353,105 @@ def demo_choices(registry: Any) -> dict[str, list[Any]]:
     }
 
 
+def lora_compared(
+    registry: Any,
+    model: str,
+    prompt: str,
+    seed: Any,
+    steps: Any,
+    guidance: Any,
+    lora: Any,
+    scale: Any,
+    progress: Any = None,
+) -> tuple[Any, str, str]:
+    """The "Compare with / without LoRA" event: (strip image, word maps HTML, message). The
+    LoRA is fused for the second run only and unfused before the model lock is released;
+    a refusal (no LoRA chosen, a LoRA for another base, unknown keys) is the message and the
+    page keeps what it showed."""
+    from unetviz.edits.spec import EditError
+
+    from . import edit_handlers as eh
+    from . import views
+
+    try:
+        call = _steps_call(seed, steps, guidance)
+        loras = registry.loras(lora, scale)
+        if not loras:
+            raise EditError("choose a LoRA to compare with (the LoRA box says none)")
+        tick = _ticker(progress, "without, then with the LoRA")
+        out = _call(registry, model, lambda p: eh.run_lora_compare(p, prompt, loras, tick, **call))
+    except UnetvizError as exc:
+        return None, "", f"**{text_md(str(exc), 400)}**"
+    trace = out["comparison"].base.trace
+    tiles = [(img, f"{views.token_caption(trace, i)}: without | with") for img, i in out["pairs"]]
+    names = " + ".join(f"{text_md(p.name)} ×{w:g}" for p, w in loras)
+    note = (
+        f"“{text_md(prompt)}” · seed {call['seed']} · without | with LoRA {names} · mean pixel "
+        f"change {out['comparison'].score:.4f}"
+    )
+    return out["strip"], views.tiles_html(tiles, "uv-pairs"), note
+
+
 def build_experiments(ctx: Any) -> None:
     """Controls and outputs of the tab; events on the shared "model" queue."""
     from unetviz.callargs import APP_MAX_STEPS, MAX_SEED
 
+    from .i18n import L
+
     registry = ctx.registry
     opts = demo_choices(registry) if registry else {}
     with gr.Row():
-        model = gr.Textbox("demo", label="Model", scale=1, elem_id="exp_model")
-        prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="exp_prompt")
+        model = gr.Textbox("demo", label=L("Model"), scale=1, elem_id="exp_model")
+        prompt = gr.Textbox(DEFAULT_PROMPT, label=L("Prompt"), scale=3, elem_id="exp_prompt")
         # text, not a number box: a float box rounds seeds above 2**53
-        seed = gr.Textbox("0", label="Seed", info=f"0..{MAX_SEED}", elem_id="exp_seed")
+        seed = gr.Textbox(
+            "0", label=L("Seed"), info=L("a whole number 0..{max}", max=MAX_SEED),
+            elem_id="exp_seed",
+        )  # fmt: skip
         steps = gr.Number(
-            25, label="Steps", precision=0, minimum=1, maximum=APP_MAX_STEPS,
+            25, label=L("Steps"), precision=0, minimum=1, maximum=APP_MAX_STEPS,
             info=f"1..{APP_MAX_STEPS}", elem_id="exp_steps",
         )  # fmt: skip
         guidance = gr.Slider(
-            1.0, 15.0, value=4.0, step=0.5, label="Guidance", elem_id="exp_guidance"
+            1.0, 15.0, value=4.0, step=0.5, label=L("Guidance"), elem_id="exp_guidance"
         )
     with gr.Row():
         with gr.Column():
-            gr.Markdown(
-                "**Swap a word** (prompt-to-prompt Replace): the edited prompt is drawn with the "
-                "prompt's attention maps, so the layout stays and what the words say changes"
-            )
+            gr.Markdown(L(SWAP_HELP))
             swap = gr.Textbox(
-                DEFAULT_SWAP, label="Edited prompt (empty: no swap)", elem_id="exp_swap"
+                DEFAULT_SWAP, label=L("Edited prompt (empty: no swap)"), elem_id="exp_swap"
             )
-            gr.Markdown("**Re-weight a word** (prompt-to-prompt equalizer, conditional half)")
-            word = gr.Textbox("", label="Word (empty: none)", elem_id="exp_word")
-            weight = gr.Slider(-2, 3, value=0, step=0.1, label="Weight (1: unchanged)")
-            layers = gr.Radio(["all", "down", "mid", "up"], value="all", label="Layers")
-            gr.Markdown(WHY_COLOUR_STAYS, elem_id="exp_why")
+            gr.Markdown(L(REWEIGHT_HELP))
+            word = gr.Textbox("", label=L("Word (empty: none)"), elem_id="exp_word")
+            weight = gr.Slider(-2, 3, value=0, step=0.1, label=L("Weight (1: unchanged)"))
+            layers = gr.Radio(["all", "down", "mid", "up"], value="all", label=L("Layers"))
+            gr.Markdown(L(WHY_COLOUR_STAYS), elem_id="exp_why")
         with gr.Column():
-            gr.Markdown("**Ablate** skips or blocks; **scale the time embedding**")
-            skips = gr.CheckboxGroup(opts.get("skips", []), label="Skips")
-            blocks = gr.CheckboxGroup(opts.get("blocks", []), label="Blocks")
-            mode = gr.Radio(MODES, value="zero", label="Ablation")
+            gr.Markdown(L(ABLATE_HELP))
+            skips = gr.CheckboxGroup(opts.get("skips", []), label=L("Skips"))
+            blocks = gr.CheckboxGroup(opts.get("blocks", []), label=L("Blocks"))
+            mode = gr.Radio(MODES, value="zero", label=L("Ablation"), info=L(MODE_HELP))
             temb_target = gr.Dropdown(["none", "all", *opts.get("blocks", [])], value="none",
-                                      label="Scale temb in")  # fmt: skip
-            temb_scale = gr.Slider(0, 3, value=1, step=0.1, label="temb scale")
-    run = gr.Button("Run edited", variant="primary", elem_id="exp_run")
+                                      label=L("Scale temb in"))  # fmt: skip
+            temb_scale = gr.Slider(0, 3, value=1, step=0.1, label=L("temb scale"))
+    run = gr.Button(L("Run edited"), variant="primary", elem_id="exp_run")
     message = gr.Markdown("", elem_id="exp_msg")
     with gr.Row():
         strip = gr.Image(
-            label="base | edited | difference",
+            label=L("base | edited | difference"),
             format="png",
             elem_id="exp_strip",
             buttons=["download"],
         )
         heat = gr.Image(
-            label="the re-weighted word's attention: base | edited (one scale)",
+            label=L("the re-weighted word's attention: base | edited (one scale)"),
             format="png",
             buttons=["download"],
             elem_id="exp_heat",
             visible=False,  # shown with a re-weight's maps
         )
     table = gr.Dataframe(
-        headers=CHANGED_HEADERS, label="What changed", elem_id="exp_table", interactive=False
+        headers=CHANGED_HEADERS, label=L("What changed"), elem_id="exp_table", interactive=False
     )
 
     def on_run(m, p, s, n, g, sw, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
@@ -381,29 +473,80 @@ def build_experiments(ctx: Any) -> None:
         api_name="experiment",
         show_progress_on=[strip],
     )
+    build_lora_compare(ctx, common)
     build_sweep(ctx, common)
+
+
+def build_lora_compare(ctx: Any, common: list[Any]) -> None:
+    """The "with / without LoRA" part of the tab: one seed, both images and every word's map
+    side by side; ``common`` are the model, prompt, seed, steps and guidance controls."""
+    from .attention import lora_controls
+    from .common import static_text
+    from .i18n import L
+
+    registry = ctx.registry
+    gr.Markdown(L(LORA_HELP))
+    with gr.Row(equal_height=True):
+        lora_controls(ctx, "exp_lora", "exp_lora_scale", LORA_COMPARE_INFO)
+        go = gr.Button(L("Compare with / without LoRA"), elem_id="exp_lora_run", scale=1)
+    lora_msg = gr.Markdown("", elem_id="exp_lora_msg")
+    with gr.Row():
+        lora_strip = gr.Image(
+            label=L("without LoRA | with LoRA | difference"),
+            format="png",
+            elem_id="exp_lora_strip",
+            buttons=["download"],
+            scale=1,
+        )
+        lora_maps = gr.HTML(
+            "",
+            label=L("each word's attention: without | with LoRA (one scale per word)"),
+            show_label=True,
+            container=True,
+            js_on_load=static_text("tiles.js"),
+            elem_id="exp_lora_maps",
+            scale=2,
+        )
+
+    def on_compare(m, p, s, n, g, lo, sc, progress=gr.Progress()):  # noqa: B008
+        strip, maps, note = lora_compared(registry, m, p, s, n, g, lo, sc, progress)
+        if strip is None:  # refused: what the page shows stays
+            return gr.skip(), gr.skip(), note
+        return strip, maps, note
+
+    go.click(
+        on_compare,
+        common + [ctx.c["exp_lora"], ctx.c["exp_lora_scale"]],
+        [lora_strip, lora_maps, lora_msg],
+        concurrency_id="model",
+        concurrency_limit=1,
+        api_name="lora_compare",
+        show_progress_on=[lora_strip],
+    )
 
 
 def build_sweep(ctx: Any, common: list[Any]) -> None:
     """The Sweep part of the tab: one edit per block, layer or skip, the diagram filled by
     effect; ``common`` are the model, prompt, seed, steps and guidance controls."""
+    from .i18n import L
+
     registry = ctx.registry
-    gr.Markdown("---\n**Sweep**: one edit per block, layer or skip; the diagram filled by effect")
+    gr.Markdown(L(SWEEP_HELP))
     with gr.Row():
-        over = gr.Radio(["blocks", "layers", "skips"], value="blocks", label="Over")
-        edit = gr.Radio(["ablate", "reweight", "temb"], value="ablate", label="Edit")
-        sweep_word = gr.Textbox("red", label="Word (reweight)")
-        sweep_mode = gr.Radio(MODES, value="mean", label="Ablation")
-        sweep_scale = gr.Slider(-2, 3, value=0, step=0.1, label="Scale (reweight / temb)")
-    go = gr.Button("Sweep", elem_id="exp_sweep")
+        over = gr.Radio(["blocks", "layers", "skips"], value="blocks", label=L("Over"))
+        edit = gr.Radio(["ablate", "reweight", "temb"], value="ablate", label=L("Edit"))
+        sweep_word = gr.Textbox("red", label=L("Word (reweight)"))
+        sweep_mode = gr.Radio(MODES, value="mean", label=L("Ablation"))
+        sweep_scale = gr.Slider(-2, 3, value=0, step=0.1, label=L("Scale (reweight / temb)"))
+    go = gr.Button(L("Sweep"), elem_id="exp_sweep")
     sweep_msg = gr.Markdown(
-        f"At most {APP_MAX_SWEEP_STEPS} denoising steps per sweep (runs × steps).",
+        L("At most {n} denoising steps per sweep (runs × steps).", n=APP_MAX_SWEEP_STEPS),
         elem_id="exp_sweep_msg",
     )
     diagram = diagram_panel("exp_diagram")
     sweep_out = gr.Dataframe(
         headers=sweep_headers(ctx.registry.demo_words()),
-        label="Effect per target",
+        label=L("Effect per target"),
         elem_id="exp_sweep_table",
         interactive=False,
     )

@@ -7,16 +7,20 @@
   serialised by :attr:`ModelRegistry.lock` so two sessions never interleave their captures.
 - A folder typed in the UI must resolve (symlinks followed) inside one of the allowed model
   roots: nothing else on disk is ever read.
+- LoRA files are the ``.safetensors`` files inside the roots whose keys name LoRA pairs (read
+  from the header only), plus the demo LoRAs shipped in ``examples/``; a run fuses the chosen
+  ones for its length only (:meth:`ModelRegistry.generate`), so none leaks into the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,21 @@ THREADS_ENV = "UNETVIZ_TORCH_THREADS"
 DEMO_THREADS = 1
 #: latent side per pixel side for latent-diffusion models (SD's VAE downsamples 8x)
 VAE_FACTOR = 8
+#: the LoRAs shipped for the demo model (offered whatever the roots hold)
+SHIPPED_LORAS = ("examples/yellow.safetensors",)
+NO_LORA = "none"
+#: how many files and folder levels a scan of the roots for LoRA files visits at most
+LORA_SCAN_FILES, LORA_SCAN_DEPTH = 4000, 4
+
+
+@dataclass(frozen=True)
+class LoraChange:
+    """What LoRAs change in one model's weights, per block: ``names`` (files and scales), the
+    cache ``key`` and ``table`` (``unetviz.lora.block_changes``: block, change, modules)."""
+
+    names: str
+    key: tuple
+    table: list[dict[str, Any]]
 
 
 class ModelAccessError(UnetvizError):
@@ -81,6 +100,7 @@ class ModelRegistry:
         self._arch_lock = threading.Lock()
         self._arch: OrderedDict[tuple, Any] = OrderedDict()
         self._pipes: OrderedDict[str, Any] = OrderedDict()
+        self._lora_changes: OrderedDict[tuple, LoraChange] = OrderedDict()
         self.max_pipelines = max_pipelines
         env = os.environ.get(THREADS_ENV, "").strip()
         # ASCII digits only ("²".isdigit() is True); a bad value means "not set"
@@ -122,6 +142,85 @@ class ModelRegistry:
             f"model folder {raw!r} does not exist inside the model roots "
             f"{[str(r) for r in self.roots]}"
         )
+
+    # ------------------------------------------------------------------ LoRAs
+    def lora_choices(self) -> list[tuple[str, str]]:
+        """(label, value) of every LoRA file the app offers: "none", the shipped demo LoRAs,
+        then the adapter files inside the roots (by path below their root). Read from the
+        safetensors headers only (no torch): the page's dropdowns are built with it."""
+        out = [(NO_LORA, NO_LORA)]
+        for rel in SHIPPED_LORAS:
+            if (REPO_ROOT / rel).is_file():
+                out.append((f"{rel} (demo model)", rel))
+        seen = {str((REPO_ROOT / rel).resolve()) for rel in SHIPPED_LORAS}
+        for root in self.roots:
+            for path in _scan_safetensors(root):
+                real = str(path.resolve())
+                if real not in seen and looks_like_adapter(path):
+                    seen.add(real)
+                    rel = str(path.relative_to(root))
+                    out.append((rel, rel))
+        return out
+
+    def resolve_lora(self, text: str) -> Path:
+        """A LoRA choice (a shipped demo LoRA, or a ``.safetensors`` file inside the roots) ->
+        its path; ModelAccessError for anything else (the dropdown's value can be forged)."""
+        raw = (text or "").strip()
+        if raw in SHIPPED_LORAS:
+            return REPO_ROOT / raw
+        try:
+            path = self.resolve_folder(raw, allow_file=True)
+        except ModelAccessError as exc:
+            raise ModelAccessError(f"LoRA: {exc}") from None
+        if not path.is_file() or path.suffix.lower() != ".safetensors":
+            raise ModelAccessError(f"LoRA {raw!r}: expected a .safetensors file in the model roots")
+        return path
+
+    def loras(self, choice: Any, scale: Any) -> list[tuple[Path, float]]:
+        """The run's ``[(path, scale)]`` from a LoRA control (one value or a list; "none" and
+        empty: no LoRA) and its scale slider."""
+        values = choice if isinstance(choice, list | tuple) else [choice]
+        picked = [v for v in values if v and str(v).strip() not in ("", NO_LORA)]
+        if not picked:
+            return []
+        from unetviz.callargs import as_float
+
+        s = as_float(scale if scale is not None else 1.0, "LoRA scale", -10.0, 10.0,
+                     error=ModelAccessError)  # fmt: skip
+        return [(self.resolve_lora(str(v)), s) for v in dict.fromkeys(picked)]
+
+    def lora_change(self, spec: ModelSpec, choice: Any, scale: Any) -> tuple[Any, str]:
+        """(what the chosen LoRA changes in ``spec``'s weights per block, a note): (None, "")
+        when no LoRA is chosen, (None, why) for a model without weights here (a preset: the
+        diagram is drawn unfilled). Read under the model lock (a run fuses LoRAs into the
+        same weights) and cached by model, file (with its mtime) and scale; a LoRA that does
+        not fit the model raises ``unetviz.lora``'s WeightsError."""
+        loras = self.loras(choice, scale)
+        if not loras:
+            return None, ""
+        if spec.folder is None:
+            return None, (
+                f"no LoRA fill: a LoRA's change is read from the model's weights, and "
+                f"{spec.label} has none here (shapes only); choose the demo model or a folder"
+            )
+        key = (spec.key, tuple((str(p), p.stat().st_mtime_ns, w) for p, w in loras))
+        with self._arch_lock:
+            hit = self._lora_changes.get(key)
+        if hit is not None:
+            return hit, ""
+        from unetviz.lora import block_changes, relative_changes
+
+        with self.lock:
+            pipe = self.pipeline(DEMO if spec.key == DEMO else str(spec.folder))
+            models = pipe.lora_models()
+            rows = [r for p, w in loras for r in relative_changes(p, models, w)]
+        names = " + ".join(f"{p.name} ×{w:g}" for p, w in loras)
+        change = LoraChange(names, key, block_changes(rows))
+        with self._arch_lock:
+            self._lora_changes[key] = change
+            while len(self._lora_changes) > 16:
+                self._lora_changes.popitem(last=False)
+        return change, ""
 
     # ------------------------------------------------------------------ specs
     def demo_dir(self) -> Path:
@@ -244,26 +343,49 @@ class ModelRegistry:
                 self._default_threads = torch.get_num_threads()
                 torch.set_num_threads(self.threads or DEMO_THREADS)
 
-    def generate(self, choice: str, **kwargs: Any) -> Any:
-        """Run a pipeline under the model lock; returns its Run. Torch threads for the call:
-        ``threads`` if set, else 1 for the demo model and torch's default for others."""
-        import torch
-
+    def generate(self, choice: str, loras: Sequence[tuple[Path, float]] = (), **kwargs: Any) -> Any:
+        """Run a pipeline under the model lock; returns its Run. ``loras`` (``[(path,
+        scale)]``) are fused for this call only and unfused (bit for bit) before the lock is
+        released, so the next run never sees them. Torch threads for the call: ``threads`` if
+        set, else 1 for the demo model and torch's default for others."""
         self.apply_thread_policy()  # no-op once applied
         with self.lock:
             pipe = self.pipeline(choice)
-            if self.threads:
-                want = self.threads
-            elif getattr(pipe, "name", "") == DEMO:
-                want = DEMO_THREADS
-            else:
-                want = self._default_threads or torch.get_num_threads()
-            before = torch.get_num_threads()
-            torch.set_num_threads(want)
-            try:
-                return pipe(**kwargs)
-            finally:
-                torch.set_num_threads(before)
+            with self.fused(pipe, loras):
+                return self._call(pipe, **kwargs)
+
+    @contextlib.contextmanager
+    def fused(self, pipe: Any, loras: Sequence[tuple[Path, float]] = ()) -> Iterator[Any]:
+        """``loras`` fused into ``pipe`` for the ``with`` (hold :attr:`lock`); the weights and
+        ``pipe.loras`` are put back on the way out, also after an error. A file that does not
+        fit is refused before any weight changes (``unetviz.lora``)."""
+        if not loras:
+            yield None
+            return
+        before = getattr(pipe, "loras", None)
+        fused = pipe.fuse_loras(list(loras))
+        try:
+            yield fused
+        finally:
+            fused.unfuse()
+            pipe.loras = before
+
+    def _call(self, pipe: Any, **kwargs: Any) -> Any:
+        """``pipe(**kwargs)`` on the torch threads the policy gives it (hold :attr:`lock`)."""
+        import torch
+
+        if self.threads:
+            want = self.threads
+        elif getattr(pipe, "name", "") == DEMO:
+            want = DEMO_THREADS
+        else:
+            want = self._default_threads or torch.get_num_threads()
+        before = torch.get_num_threads()
+        torch.set_num_threads(want)
+        try:
+            return pipe(**kwargs)
+        finally:
+            torch.set_num_threads(before)
 
     def preload(self) -> threading.Thread:
         """Import torch, apply the thread policy and load the demo pipeline in a background
@@ -291,6 +413,51 @@ def _demo_geometry(folder: Path) -> tuple[int, int]:
         return demo_geometry(folder)
     except (OSError, ValueError):
         return 1, 16
+
+
+def _scan_safetensors(root: Path) -> Iterator[Path]:
+    """``*.safetensors`` files below ``root`` (at most :data:`LORA_SCAN_DEPTH` levels and
+    :data:`LORA_SCAN_FILES` entries; symlinks leaving the root skipped), in name order."""
+    seen = 0
+    stack = [(root, 0)]
+    found = []
+    while stack and seen < LORA_SCAN_FILES:
+        folder, depth = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            seen += 1
+            if seen > LORA_SCAN_FILES:
+                break
+            path = Path(e.path)
+            try:
+                if not path.resolve().is_relative_to(root):
+                    continue
+                if e.is_dir() and depth + 1 < LORA_SCAN_DEPTH:
+                    stack.append((path, depth + 1))
+                elif e.is_file() and e.name.lower().endswith(".safetensors"):
+                    found.append(path)
+            except OSError:
+                continue
+    return iter(sorted(found))
+
+
+def looks_like_adapter(path: Path) -> bool:
+    """Whether a safetensors file's header names adapter weights (a key with ``lora``, or
+    LyCORIS' ``hada_`` / ``lokr_``): such files are offered as LoRAs, and ``unetviz.lora``
+    decides at run time whether it can fuse one (its refusal names the keys). A model
+    checkpoint has none of these. Reads the header only."""
+    from unetviz.safetensors_io import read_header
+
+    try:
+        with open(path, "rb") as fh:
+            entries, _ = read_header(fh, os.fstat(fh.fileno()).st_size)
+    except (OSError, EOFError, ValueError):
+        return False
+    marks = ("lora", "hada_", "lokr_")
+    return any(any(m in e.name.lower() for m in marks) for e in entries)
 
 
 def size_multiple(spec: ModelSpec) -> int:

@@ -22,7 +22,6 @@ from unetviz.errors import UnetvizError
 from unetviz.names import LOCATIONS
 from unetviz.render import heatmaps as rh
 from unetviz.tokens import END_TOKENS, PAD_TOKEN, label_at
-from unetviz.tokens import token_label as label_of
 
 from .sessions import Session
 
@@ -123,28 +122,52 @@ def panel_html(svg: str, elem: str = "diagram-svg", title: str = "", legend: str
     )
 
 
-def lean_panel(trace: Any, detail: str) -> str:
+def lean_panel(trace: Any, detail: str, fill: dict[str, float] | None = None) -> str:
     """The blocks view for the panel: no edge labels, title and legend as HTML
     outside it (shapes are in the boxes and the table), so the whole SD 1.5 or SDXL U fits a
-    1,200 px panel at >= 10 px text."""
+    1,200 px panel at >= 10 px text. ``fill``: block -> a LoRA's change (:func:`lora_fill`)."""
     from unetviz.render.diagram import draw, legend_html, title_text
     from unetviz.render.graph import build_graph
 
-    graph = build_graph(trace, detail=detail)
+    graph = build_graph(trace, detail=detail, **lora_fill_args(fill))
     svg = render_svg(draw(graph, legend=False, edge_labels=False, title=False))
     return panel_html(svg, title=title_text(graph), legend=legend_html(graph))
 
 
-def drawing(trace: Any, detail: str) -> tuple[str, list[list[Any]]]:
+def drawing(
+    trace: Any, detail: str, fill: dict[str, float] | None = None
+) -> tuple[str, list[list[Any]]]:
     """(panel HTML, block-table rows) of ``trace`` at ``detail``: the lean blocks view, else
-    graphviz's full diagram."""
+    graphviz's full diagram; ``fill``: the blocks filled by a LoRA's change."""
     if detail == "blocks":
-        panel = lean_panel(trace, detail)
+        panel = lean_panel(trace, detail, fill)
     else:
         from unetviz.render.diagram import diagram
 
-        panel = panel_html(render_svg(diagram(trace, detail=detail)))
+        panel = panel_html(render_svg(diagram(trace, detail=detail, **lora_fill_args(fill))))
     return panel, block_table(trace, detail)
+
+
+def lora_fill(trace: Any, table: list[dict[str, Any]]) -> dict[str, float]:
+    """The diagram's fill for a LoRA's per-block change (``unetviz.lora.block_fill``): every
+    U block of ``trace``, unchanged ones at 0."""
+    from unetviz.lora import block_fill
+
+    return block_fill(table, (b.name for b in trace.blocks))
+
+
+def lora_fill_args(fill: dict[str, float] | None) -> dict[str, Any]:
+    """The diagram's ``fill`` and ``fill_label`` arguments for a LoRA's fill ({} for none)."""
+    if not fill:
+        return {}
+    from unetviz.lora import FILL_LABEL
+
+    return {"fill": fill, "fill_label": FILL_LABEL}
+
+
+def lora_rows(table: list[dict[str, Any]]) -> list[list[Any]]:
+    """The ranking table: block, summed ‖ΔW‖/‖W‖ (4 significant digits), module count."""
+    return [[r["block"], float(f"{r['change']:.4g}"), int(r["modules"])] for r in table]
 
 
 def _shape(shape: Any) -> str:
@@ -236,15 +259,68 @@ def token_label(trace: Any, i: int) -> str:
     return label_at(trace.tokens, i, "{i}")
 
 
-def token_choices(trace: Any) -> list[tuple[str, int]]:
-    """(label, index) of every token up to the first end-of-text (or padding) token."""
+START_TOKENS = ("<bos>", "<|startoftext|>")
+#: at most this many word tokens are mapped by default (a 150-token prompt would draw 150
+#: tiles); the token chooser picks any others
+DEFAULT_TILES = 16
+
+
+def token_weight(trace: Any, i: int) -> float:
+    """The emphasis weight of token ``i`` (``(word:1.3)`` -> 1.3; 1.0 when none was given)."""
+    weights = (getattr(trace, "meta", None) or {}).get("token_weights") or []
+    try:
+        w = float(weights[i]) if 0 <= i < len(weights) else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+    return w if np.isfinite(w) else 1.0
+
+
+def weight_badge(weight: float) -> str:
+    """`` ×1.3`` for an emphasised token, ``""`` at weight 1 (two decimals at most)."""
+    if weight == 1.0:
+        return ""
+    return f" ×{weight:.2f}".rstrip("0").rstrip(".")
+
+
+def token_caption(trace: Any, i: int) -> str:
+    """A tile's caption: the word without its brackets, its weight badge and its position
+    (``red ×1.3 (2)``)."""
+    return f"{token_label(trace, i)}{weight_badge(token_weight(trace, i))} ({i})"
+
+
+def shown_positions(trace: Any) -> list[int]:
+    """The token positions the page lists: every word, and the start and first end token of
+    each chunk (a long prompt is several 77-token chunks); the padding after them is left out.
+    A trace without word labels: up to its first end-of-text (or padding) token."""
+    tokens = list(trace.tokens or [])
+    words = list(getattr(trace, "words", None) or [])
+    if words and any(w is not None for w in words):
+        out, open_ = [], False  # open_: a word or a start token came since the last end
+        for i, tok in enumerate(tokens):
+            if (i < len(words) and words[i] is not None) or tok in START_TOKENS:
+                out.append(i)
+                open_ = True
+            elif tok in END_TOKENS and open_:
+                out.append(i)
+                open_ = False
+        return out
     out = []
-    for i, tok in enumerate(trace.tokens or []):
+    for i, tok in enumerate(tokens):
         if tok == PAD_TOKEN:
             break
-        out.append((f"{i}: {label_of(tok)}", i))
+        out.append(i)
         if tok in END_TOKENS:  # CLIP pads with <|endoftext|>: stop after the first one
             break
+    return out
+
+
+def token_choices(trace: Any) -> list[tuple[str, int]]:
+    """(label, index) of the tokens the page lists (:func:`shown_positions`), each word with
+    its weight badge."""
+    out = [
+        (f"{i}: {token_label(trace, i)}{weight_badge(token_weight(trace, i))}", i)
+        for i in shown_positions(trace)
+    ]
     if not out:  # a trace without labels: address by index
         out = [(f"{i}", i) for i in rh.word_tokens(trace)]
     return out
@@ -255,11 +331,20 @@ def word_tokens(trace: Any) -> list[int]:
     return rh.word_tokens(trace)
 
 
+def default_tokens(trace: Any) -> list[int]:
+    """The tokens mapped when none is chosen: the first :data:`DEFAULT_TILES` words."""
+    return word_tokens(trace)[:DEFAULT_TILES]
+
+
 def highlighted_tokens(trace: Any) -> list[tuple[str, str]]:
-    """(token, "word" | "special") pairs for ``gr.HighlightedText``."""
+    """(token, "word" | "special") pairs for ``gr.HighlightedText``; an emphasised word shows
+    its weight (``red ×1.3``)."""
     words = set(word_tokens(trace))
     return [
-        (token_label(trace, i), "word" if i in words else "special")
+        (
+            token_label(trace, i) + weight_badge(token_weight(trace, i)),
+            "word" if i in words else "special",
+        )
         for _, i in token_choices(trace)
     ]
 
@@ -357,7 +442,7 @@ def heatmap_arrays(trace: Any, c: HeatmapControls) -> list[tuple[int, np.ndarray
         "normalize": None if c.normalize == "none" else c.normalize,
         "preset": preset,
     }
-    tokens = list(c.tokens) or word_tokens(trace)
+    tokens = list(c.tokens) or default_tokens(trace)
     # clamped at 0: attention probabilities are not negative, the bicubic upsampling of a
     # small map undershoots a little below 0 next to a peak (the colour bar read -0.008)
     return [
@@ -454,7 +539,7 @@ def heatmap_tiles(
     tiles = [
         (
             rh.overlay(hm, session.image, vmin, vmax, size, c.opacity, c.threshold),
-            f"{token_label(session.trace, i)} ({i})",
+            token_caption(session.trace, i),
         )
         for (i, hm), (vmin, vmax) in zip(maps, scales, strict=True)
     ]
@@ -475,7 +560,7 @@ def heatmaps_zip(session: Session, c: HeatmapControls, path: Path) -> Path:
             name = f"{i:02d}_{slug(token_label(session.trace, i), 'token')}"
             zf.writestr(
                 f"{name}_overlay.png",
-                _png(captioned(tile, f"{token_label(session.trace, i)} ({i})")),
+                _png(captioned(tile, token_caption(session.trace, i))),
             )
             grey = Image.fromarray((unit(hm, lo, hi) * 255).round().astype(np.uint8), "L")
             zf.writestr(f"{name}_map.png", _png(grey))
@@ -518,9 +603,11 @@ def data_uri(img: Image.Image, fmt: str = "png") -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(data).decode("ascii")
 
 
-def tiles_html(tiles: list[tuple[Image.Image, str]]) -> str:
-    """The heatmap tiles as one HTML block of inline images with captions: a control change is
-    one message to the browser, with no file per tile to write, serve and fetch. The page's
+def tiles_html(tiles: list[tuple[Image.Image, str]], cls: str = "") -> str:
+    """The heatmap tiles as one HTML block of inline images with captions (a CSS grid that
+    wraps: a long prompt's tiles fill rows, never one row; ``cls``: ``uv-pairs`` for wide
+    without | with pairs): a control change is one message to the browser, with no file per
+    tile to write, serve and fetch. The page's
     script (``ui.TILES_JS``) enlarges a tile on click and saves it with its button."""
     figures = []
     for img, caption in tiles:
@@ -531,7 +618,8 @@ def tiles_html(tiles: list[tuple[Image.Image, str]]) -> str:
             f'<figcaption>{cap}</figcaption><button type="button" class="uv-save" '
             f'title="save this tile">⤓</button></figure>'
         )
-    return f'<div class="uv-tiles">{"".join(figures)}</div>'
+    classes = html.escape(f"uv-tiles {cls}".strip())
+    return f'<div class="{classes}">{"".join(figures)}</div>'
 
 
 def tiles_from_html(text: str) -> list[tuple[Image.Image, str]]:
@@ -615,7 +703,7 @@ def layer_figure(trace: Any, c: HeatmapControls) -> Any:
     window, in the tiles' colour map."""
     from unetviz.render import plots
 
-    tokens = list(c.tokens) or word_tokens(trace)
+    tokens = list(c.tokens) or default_tokens(trace)
     scale = "shared" if c.scale == "shared" else "per-cell"
     fig = plots.layer_token_grid(trace, tokens=tokens, steps=_steps(trace, c), scale=scale)
     # every column labelled (without tickmode "array" plotly shows every other tick), and
