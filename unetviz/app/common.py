@@ -183,6 +183,16 @@ def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[
     return deco
 
 
+def demo_side(registry: Any) -> int:
+    """The demo model's native image side (24 when its folder cannot be read)."""
+    from .registry import DEMO
+
+    try:
+        return registry.spec(DEMO).default_size
+    except Exception:  # a broken demo folder: the Architecture tab says so on load
+        return 24
+
+
 def session_key(request: Any) -> str:
     """The browser session's key (gradio's session hash)."""
     return str(getattr(request, "session_hash", None) or "anonymous")
