@@ -21,6 +21,7 @@ from .common import (
     HandlerBase,
     InputError,
     TabContext,
+    demo_side,
     diagram_panel,
     handler,
     parse_int,
@@ -320,14 +321,6 @@ def _controls(ctx: TabContext) -> None:
             list(views.DETAILS), value="blocks", label=L("Detail"), elem_id="arch_detail", scale=3
         )
         c["arch_draw"] = gr.Button(L("Draw"), variant="primary", elem_id="arch_draw", scale=1)
-
-
-def demo_side(registry: Any) -> int:
-    """The demo model's native image side (24 when its folder cannot be read)."""
-    try:
-        return registry.spec(DEMO).default_size
-    except Exception:  # a broken demo folder: the Architecture tab says so on load
-        return 24
 
 
 def build(ctx: TabContext) -> None:

@@ -21,7 +21,14 @@ from pathlib import Path
 import gradio as gr
 
 from . import architecture, attention, temb, walkthrough
-from .common import STATIC, TabContext, diagram_panel, static_text, text_slots_in_every_language
+from .common import (
+    STATIC,
+    TabContext,
+    diagram_panel,
+    localise_events,
+    static_text,
+    text_slots_in_every_language,
+)
 from .handlers import AppHandlers
 from .i18n import SWITCH_HTML, SWITCH_JS, L
 from .registry import ModelRegistry
@@ -92,6 +99,7 @@ def build_blocks(
             ctx.handlers.forget(request)
 
         demo.unload(forget)
+    localise_events(demo)  # the events not declared with `handler` (plain gradio functions)
     demo.unetviz_handlers = ctx.handlers  # type: ignore[attr-defined]
     demo.unetviz_context = ctx  # type: ignore[attr-defined]
     return demo
