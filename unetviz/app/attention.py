@@ -180,7 +180,7 @@ class AttentionHandlers(HandlerBase):
         total = len(views.word_tokens(tr))
         if total > len(words):
             note += (
-                f" · heatmaps of the first {len(words)} of {total} words: tick others in "
+                f" · heatmaps of the first {len(words)} of {total} word tokens: tick others in "
                 "**Tokens to map**"
             )
         preset, out = c.preset, {}
@@ -574,6 +574,7 @@ def build(ctx: TabContext) -> None:
             c["tokens_view"] = gr.HighlightedText(
                 label=L("Tokens"),
                 color_map={"word": "#fdae6b", "special": "#d9d9d9"},
+                show_inline_category=False,  # colour says word / special; chips stay small
                 elem_id="tokens",
             )
     with gr.Row():
@@ -636,8 +637,9 @@ def wire(ctx: TabContext) -> None:
     preset_ev = ctx.on(c["preset"].input, h.preset_changed, ("preset",), **QUIET)
     drawn = ctx.on(preset_ev, h.heatmaps, CONTROLS, api_name="preset_heatmaps", **QUIET)
     ctx.on(drawn, h.follow_controls, CONTROLS, **QUIET)
-    triggers = [c[k].input for k in CONTROLS if k not in ("step_range", "preset")]
-    triggers.append(c["step_range"].change)
+    # every control's user event (the step range's too: see static/range.js), never a change
+    # a Run makes, which would re-aggregate with the previous trace's tokens
+    triggers = [c[k].input for k in CONTROLS if k != "preset"]
     agg = ctx.on(
         triggers,
         h.heatmaps,

@@ -490,23 +490,21 @@ def build_lora_compare(ctx: Any, common: list[Any]) -> None:
         lora_controls(ctx, "exp_lora", "exp_lora_scale", LORA_COMPARE_INFO)
         go = gr.Button(L("Compare with / without LoRA"), elem_id="exp_lora_run", scale=1)
     lora_msg = gr.Markdown("", elem_id="exp_lora_msg")
-    with gr.Row():
-        lora_strip = gr.Image(
-            label=L("without LoRA | with LoRA | difference"),
-            format="png",
-            elem_id="exp_lora_strip",
-            buttons=["download"],
-            scale=1,
-        )
-        lora_maps = gr.HTML(
-            "",
-            label=L("each word's attention: without | with LoRA (one scale per word)"),
-            show_label=True,
-            container=True,
-            js_on_load=static_text("tiles.js"),
-            elem_id="exp_lora_maps",
-            scale=2,
-        )
+    lora_strip = gr.Image(
+        label=L("without LoRA | with LoRA | difference"),
+        format="png",
+        elem_id="exp_lora_strip",
+        buttons=["download"],
+        height=240,
+    )
+    lora_maps = gr.HTML(
+        "",
+        label=L("each word's attention: without | with LoRA (one scale per word)"),
+        show_label=True,
+        container=True,
+        js_on_load=static_text("tiles.js"),
+        elem_id="exp_lora_maps",
+    )
 
     def on_compare(m, p, s, n, g, lo, sc, progress=gr.Progress()):  # noqa: B008
         strip, maps, note = lora_compared(registry, m, p, s, n, g, lo, sc, progress)
