@@ -23,6 +23,7 @@ from .common import (
     TabContext,
     diagram_panel,
     handler,
+    lora_controls,
     parse_int,
     text_md,
 )
@@ -321,8 +322,6 @@ def _controls(ctx: TabContext) -> None:
         )
         c["arch_draw"] = gr.Button(L("Draw"), variant="primary", elem_id="arch_draw", scale=1)
     with gr.Row(equal_height=True):  # a LoRA: the U filled by what it changes
-        from .attention import lora_controls
-
         lora_controls(ctx, "arch_lora", "arch_lora_scale", ARCH_LORA_INFO)
 
 

@@ -36,6 +36,7 @@ from .common import (
     TabContext,
     handler,
     log,
+    lora_controls,
     session_key,
     static_text,
     text_md,
@@ -465,7 +466,7 @@ def _prompt_column(ctx: TabContext) -> None:
             min_width=200,  # narrower, its max label "15" was cut to "1"
         )
     with gr.Row(equal_height=True):
-        lora_controls(ctx, "lora_pick", "lora_scale")
+        lora_controls(ctx, "lora_pick", "lora_scale", LORA_INFO)
     with gr.Row(equal_height=True):
         c["run_model"] = gr.Textbox(
             DEMO,
@@ -495,23 +496,6 @@ def _prompt_column(ctx: TabContext) -> None:
             type="filepath",
             elem_id="upload",
         )
-
-
-def lora_controls(ctx: TabContext, pick: str, scale: str, info: str = LORA_INFO) -> None:
-    """A LoRA dropdown (the files the registry offers) and its scale slider, named ``pick``
-    and ``scale`` (the Attention, Architecture and Experiments tabs each have one)."""
-    c = ctx.c
-    c[pick] = gr.Dropdown(
-        ctx.registry.lora_choices(),
-        value="none",
-        label=L("LoRA"),
-        info=L(info),
-        elem_id=pick,
-        scale=3,
-    )
-    c[scale] = gr.Slider(
-        -2.0, 2.0, value=1.0, step=0.05, label=L("LoRA scale"), elem_id=scale, scale=2
-    )
 
 
 def _control_column(ctx: TabContext) -> None:

@@ -290,3 +290,22 @@ def message_slot(elem_id: str) -> gr.Markdown:
 def all_of(groups: Iterable[Sequence[str]]) -> tuple[str, ...]:
     """Names of several groups, each once, in order."""
     return tuple(dict.fromkeys(n for g in groups for n in g))
+
+
+def lora_controls(ctx: TabContext, pick: str, scale: str, info: str) -> None:
+    """A LoRA dropdown (the files the registry offers) and its scale slider, named ``pick``
+    and ``scale`` (the Attention, Architecture and Experiments tabs each have one)."""
+    from .i18n import L
+
+    c = ctx.c
+    c[pick] = gr.Dropdown(
+        ctx.registry.lora_choices(),
+        value="none",
+        label=L("LoRA"),
+        info=L(info),
+        elem_id=pick,
+        scale=3,
+    )
+    c[scale] = gr.Slider(
+        -2.0, 2.0, value=1.0, step=0.05, label=L("LoRA scale"), elem_id=scale, scale=2
+    )
