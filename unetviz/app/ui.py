@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import architecture, attention, temb, walkthrough
-from .common import STATIC, TabContext, diagram_panel, static_text
+from .common import STATIC, TabContext, diagram_panel, refresh_loras, static_text
 from .handlers import AppHandlers
 from .i18n import SWITCH_HTML, SWITCH_JS, L
 from .registry import ModelRegistry
@@ -85,6 +85,7 @@ def build_blocks(
         for wire in ctx.wiring:
             wire(ctx)
         architecture.wire_load(ctx, demo)
+        refresh_loras(ctx, demo)
         demo.load(ctx.handlers.temb_intro, None, ctx.c["sinus"], api_visibility="private")
 
         def forget(request: gr.Request) -> None:
