@@ -254,8 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from unetviz.app import views
+    from unetviz.app.attention import CONTROLS
+    from unetviz.app.handlers import AppHandlers
     from unetviz.app.registry import ModelRegistry
-    from unetviz.app.ui import AppHandlers
 
     with tempfile.TemporaryDirectory() as tmp:
         registry = ModelRegistry()
@@ -289,12 +290,12 @@ def main(argv: list[str] | None = None) -> None:
         session = views.Session(trace=run.trace, image=run.image, label=PROMPT)
         words = views.word_tokens(run.trace)
         n = run.trace.steps
+        # the Attention tab's heatmap controls by component name (``attention.CONTROLS``)
         base = dict(
-            tokens=words,
-            step_from=0,
-            step_to=n - 1,
+            token_pick=words,
+            step_range={"lo": 0, "hi": n - 1, "max": n - 1},
             locations=list(views.LOCATIONS),
-            resolutions=[],
+            res_pick=[],
             heads=[],
             preset="custom",
             normalize="minmax",
@@ -302,9 +303,14 @@ def main(argv: list[str] | None = None) -> None:
             threshold=0.0,
             opacity=0.6,
         )
+        assert set(base) == set(CONTROLS), sorted(set(CONTROLS) ^ set(base))
+
+        def window(lo: int, hi: int) -> dict[str, Any]:
+            return {"step_range": {"lo": min(lo, n - 1), "hi": min(hi, n - 1), "max": n - 1}}
+
         changes = [
-            ("step window 0..5", {"step_to": min(5, n - 1)}),
-            ("step window 10..20", {"step_from": min(10, n - 1), "step_to": min(20, n - 1)}),
+            ("step window 0..5", window(0, 5)),
+            ("step window 10..20", window(10, 20)),
             ("preset DAAM", {"preset": "daam"}),
             ("preset P2P", {"preset": "p2p"}),
             ("layers: up only", {"locations": ["up"]}),
@@ -319,14 +325,12 @@ def main(argv: list[str] | None = None) -> None:
         handlers.sessions.put("bench", session)
 
         def call(over: dict) -> float:
-            c = base | over
-            window = {"lo": c["step_from"], "hi": c["step_to"], "max": n - 1}
-            values = [c["tokens"], window, *(c[k] for k in list(base)[3:])]
+            form = base | over
             t0 = time.perf_counter()
-            out = handlers.heatmaps(_Request(), *values)
+            out = handlers.heatmaps(form, request=_Request())
             dt = time.perf_counter() - t0
-            if out[2]:
-                raise SystemExit(f"heatmaps failed for {over}: {out[2]}")
+            if out.get("ctrl_msg") or "tiles" not in out:
+                raise SystemExit(f"heatmaps failed for {over}: {out.get('ctrl_msg')}")
             return dt
 
         call({})  # first aggregation stacks the per-step maps (cached on the trace)

@@ -47,16 +47,16 @@ def clients(url: str, sessions: int, steps: int) -> int:
     """The child process: ``sessions`` new gradio_client sessions, one Run each."""
     from gradio_client import Client
 
-    from tests.app_support import heatmap_args
+    from tests.app_support import named, run_args
+    from unetviz.app.handlers import AppHandlers
 
     prompts = ["a red circle", "a blue square and a green triangle", "a yellow triangle"]
     for i in range(sessions):
         c = Client(url, verbose=False)
-        out = c.predict(
-            "demo", prompts[i % 3], "", str(i), steps, 4.0, *heatmap_args(), api_name="/run"
-        )
-        if out[10]:
-            print(f"run {i} failed: {out[10]}", file=sys.stderr)
+        out = c.predict(*run_args(prompts[i % 3], steps, seed=str(i)), api_name="/run")
+        msg = named(AppHandlers.run, out)["run_msg"]  # the route's outputs, by name
+        if msg:
+            print(f"run {i} failed: {msg}", file=sys.stderr)
             return 1
         c.close()
         print(i, flush=True)
@@ -76,16 +76,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from gradio_client import Client
 
-    from tests.app_support import heatmap_args
+    from tests.app_support import named, run_args
     from unetviz.app import create_app, serve
 
     blocks, registry = create_app(preload=False, session_ttl_s=args.ttl)
     store = blocks.unetviz_handlers.sessions
     url = serve(blocks)
     # warm: the model loaded and one run done, so the baseline includes what every run needs
-    Client(url, verbose=False).predict(
-        "demo", "a red circle", "", "0", args.steps, 4.0, *heatmap_args(), api_name="/run"
-    )
+    warm = Client(url, verbose=False).predict(*run_args(steps=args.steps), api_name="/run")
+    if named(blocks.unetviz_handlers.run, warm)["run_msg"]:
+        raise SystemExit(f"the warm-up run failed: {named(blocks.unetviz_handlers.run, warm)}")
     time.sleep(args.ttl + 2)
     store.sweep()
     trim()

@@ -11,6 +11,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread (``UNETVIZ_TEST_THREADS`` overrides): the suite's models are small, so a
+    second thread mostly spins — measured on 2 cores, a third less CPU for the same tests."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("UNETVIZ_TEST_THREADS", "1")))
+
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

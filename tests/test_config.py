@@ -41,7 +41,10 @@ def test_round_trip_through_json(tmp_path):
         ({"attention_head_dim": 7}, "not divisible by 7 attention heads"),
         ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift = 'scale_shift'"),
         ({"addition_embed_type": "text_image"}, "addition_embed_type 'text_image'"),
-        ({"mid_block_type": "UNetMidBlock2D"}, "unknown mid block type 'UNetMidBlock2D'"),
+        (
+            {"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"},
+            "unknown mid block type 'UNetMidBlock2DSimpleCrossAttn'",
+        ),
         ({"brand_new_key": 3}, "unknown config key 'brand_new_key'"),
     ],
 )

@@ -63,8 +63,21 @@ def diffusers_kwargs(draw) -> dict:
         act_fn=draw(st.sampled_from(["silu", "swish"])),
         dropout=draw(st.sampled_from([0.0, 0.1])),
     )
-    rare = draw(st.sampled_from(["none"] * 4 + ["class", "text_time"] + ["refused"] * 3))
-    if rare == "class":
+    rare = draw(
+        st.sampled_from(["none"] * 4 + ["class", "text_time", "asymmetric"] + ["refused"] * 3)
+    )
+    if rare == "asymmetric":  # SSD-1B / Vega: per-layer depths, a resnet-only mid block
+        layers = _per_block_list(kwargs["layers_per_block"], n)
+        kwargs.update(
+            transformer_layers_per_block=[
+                [draw(st.sampled_from([1, 2])) for _ in range(k)] for k in layers
+            ],
+            reverse_transformer_layers_per_block=[
+                [draw(st.sampled_from([1, 2, 3])) for _ in range(k + 1)] for k in reversed(layers)
+            ],
+            mid_block_type=draw(st.sampled_from(["UNetMidBlock2D", "UNetMidBlock2DCrossAttn"])),
+        )
+    elif rare == "class":
         kwargs.update(num_class_embeds=3)
     elif rare == "text_time":
         kwargs.update(
@@ -89,14 +102,18 @@ def diffusers_kwargs(draw) -> dict:
                         {"attention_head_dim": 3},
                         {"cross_attention_dim": [cross] * (n - 1) + [16]},
                         {
-                            "transformer_layers_per_block": [[1, 2]] * n,
-                            "reverse_transformer_layers_per_block": [[1, 1, 1]] * n,
+                            "transformer_layers_per_block": [[1, 2, 1]] * n,
+                            "reverse_transformer_layers_per_block": [[1, 1, 1, 1]] * n,
                         },
                     ]
                 )
             )
         )
     return kwargs
+
+
+def _per_block_list(value: object, n: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
 def _inputs(kwargs: dict, n: int) -> tuple:
@@ -172,6 +189,32 @@ def test_default_sample_size_null_loads(tmp_path):
     assert unetviz.load_unet(tmp_path).config.sample_size == 64
 
 
+def test_asymmetric_unet_like_ssd_1b_has_parity(tmp_path):
+    """Segmind's SSD-1B layout at tiny width: per-layer depths that differ between the down
+    and up paths, and a mid block of one resnet (diffusers' ``UNetMidBlock2D``)."""
+    kwargs = dict(
+        sample_size=8,
+        block_out_channels=(8, 16, 24),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        norm_num_groups=GROUPS,
+        cross_attention_dim=8,
+        attention_head_dim=(1, 2, 4),
+        transformer_layers_per_block=[1, [2, 1], [3, 2]],
+        reverse_transformer_layers_per_block=[[2, 1, 3], [2, 1, 1], 1],
+        mid_block_type="UNetMidBlock2D",
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=8 + 6 * 4,
+    )
+    assert _check_one(kwargs, tmp_path) == "parity"
+    ours = unetviz.load_unet(tmp_path)
+    assert [len(a.transformer_blocks) for a in ours.up_blocks[0].attentions] == [2, 1, 3]
+    assert not hasattr(ours.mid_block, "attentions")
+
+
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
@@ -181,7 +224,12 @@ def test_default_sample_size_null_loads(tmp_path):
         ({"transformer_layers_per_block": [[1, 1], 1, 1, 1]}, "transformer_layers_per_block"),
         ({"time_cond_proj_dim": 256}, "time_cond_proj_dim"),
         ({"only_cross_attention": [False, True, False, False]}, "only_cross_attention"),
-        ({"reverse_transformer_layers_per_block": [[1, 1, 1]] * 4}, "reverse_transformer"),
+        ({"reverse_transformer_layers_per_block": [[1, 1]] * 4}, "reverse_transformer"),
+        (
+            {"transformer_layers_per_block": [1, [1, 2, 3], 1, 1]}
+            | {"reverse_transformer_layers_per_block": [1, 1, 1, 1]},
+            "transformer_layers_per_block[1]",
+        ),
     ],
 )
 def test_refusals_name_the_feature(changes, key):
@@ -203,6 +251,10 @@ def test_refusals_name_the_feature(changes, key):
         {"time_embedding_dim": 1280},
         {"mid_block_only_cross_attention": False},
         {"upcast_attention": None},
+        {"reverse_transformer_layers_per_block": [[1, 1, 1]] * 4},
+        {"reverse_transformer_layers_per_block": [1, [1, 1, 1], 1, 1]},
+        {"transformer_layers_per_block": [[1, 1], 1, 1, 1]}
+        | {"reverse_transformer_layers_per_block": [1, 1, 1, 1]},
     ],
 )
 def test_values_that_build_the_same_model_are_accepted(changes):

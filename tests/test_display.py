@@ -223,3 +223,20 @@ def test_token_list_folds_padding_but_keeps_the_end_token():
     assert '<span class="tok word" title="#2">cat</span>' in html
     html = tokens_html(["<bos>", "a", "<eos>", "<pad>", "<pad>"], [None, "a", None, None, None])
     assert "&lt;eos&gt;" in html and "&lt;pad&gt;" not in html and "+ 2 padding" in html
+
+
+def test_readable_svg_fits_the_width_but_never_shrinks_text_under_9_px():
+    from unetviz.report.display import readable_svg
+
+    def widths(svg: str) -> tuple[int, int]:
+        m = re.search(r"min-width:(\d+)px;max-width:(\d+)px", svg)
+        return int(m.group(1)), int(m.group(2))
+
+    # graphviz: 1000 pt = 1333 px; 8 pt text = 10.7 px -> at most shrunk to 9/10.7
+    small = '<svg width="1000pt" height="50pt" viewBox="0.00 0.00 1000.00 50.00">'
+    assert widths(readable_svg(small + '<text font-size="8.00">x</text></svg>')) == (1125, 1333)
+    # text too small even at its own size: drawn larger than its own size, never smaller
+    tiny = '<svg width="600" height="50" viewBox="0 0 600 50" font-size="6"><text>x</text></svg>'
+    assert widths(readable_svg(tiny)) == (900, 900)
+    plain = '<svg width="100%" viewBox="0 0 10 10"><text font-size="8">x</text></svg>'
+    assert readable_svg(plain) == plain  # no absolute size: left alone

@@ -150,12 +150,41 @@ def _otsu(v: torch.Tensor) -> float:
     return best_t
 
 
+def objects_of(pc1: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The pixels a first-component map sets apart from the background, at image ``size``.
+
+    - Smoothing: the last up block's output feeds ``conv_out``, which predicts the noise left
+      in the latent: at the last step its map carries pixel-scale noise over the layout. The
+      question is whether the component separates *objects*, so each value is averaged with
+      its 8 neighbours (3 x 3 at the map's resolution) before the cut.
+    - Threshold: Otsu's, on the map upsampled (bilinear) to the image.
+    - Polarity: a component's sign is arbitrary; the side most of the image border falls on
+      is the background (the scenes' objects lie inside the frame), the other the objects.
+    """
+    smooth = F.avg_pool2d(pc1[None, None], 3, stride=1, padding=1, count_include_pad=False)
+    up = F.interpolate(smooth, size=size, mode="bilinear")[0, 0]
+    above = up > _otsu(up)
+    border = torch.cat([above[0], above[-1], above[:, 0], above[:, -1]])
+    return ~above if border.float().mean() > 0.5 else above
+
+
+def test_objects_of_a_map_takes_the_background_from_the_border():
+    pc1 = torch.zeros(12, 12)
+    pc1[3:7, 4:9] = -2.0  # the object on the low side of the component: polarity from the border
+    pc1 += 0.05 * torch.randn(12, 12, generator=torch.Generator().manual_seed(0))
+    found = objects_of(pc1, (48, 48))
+    truth = torch.zeros(48, 48, dtype=torch.bool)
+    truth[12:28, 16:36] = True
+    inter, union = (found & truth).sum(), (found | truth).sum()
+    assert float(inter / union) > 0.7
+
+
 @pytest.mark.slow
 def test_first_component_of_the_last_up_block_finds_the_objects():
-    """At the last step, the first component of up_blocks[-1]'s output, upsampled to the
-    image and cut at its Otsu threshold (the smaller side taken as the objects), overlaps the
-    generated objects' masks (the training evaluator's) with mean IoU >= 0.6 over a fixed set
-    of one- and two-object prompts."""
+    """At the last step, the first component of up_blocks[-1]'s output, cut into objects and
+    background (:func:`objects_of`), overlaps the generated objects' masks (the training
+    evaluator's) with mean IoU >= 0.6 over a fixed set of one- and two-object prompts (the
+    first 8 evaluation scenes of each kind, seeds 0..7: none chosen or left out)."""
     from unetviz.pipelines.demo import DemoPipeline
     from unetviz.training.data import eval_scenes
     from unetviz.training.evaluate import generated_masks, iou
@@ -169,12 +198,9 @@ def test_first_component_of_the_last_up_block_finds_the_objects():
             image = np.asarray(run.image, np.float32) / 255
             objects = np.any(generated_masks(scene, image), 0)
             pc1 = run.trace.features[last_up].pca[-1][0].float()
-            up = F.interpolate(pc1[None, None], size=image.shape[:2], mode="bilinear")[0, 0]
-            mask = up > _otsu(up)
-            if mask.float().mean() > 0.5:
-                mask = ~mask
-            scores.append(iou(mask.numpy(), objects))
+            scores.append(iou(objects_of(pc1, image.shape[:2]).numpy(), objects))
     assert np.mean(scores) >= 0.6, [round(s, 3) for s in scores]
+    print(f"feature PCA vs masks: mean IoU {np.mean(scores):.3f}, min {np.min(scores):.3f}")
 
 
 def _main(args: list[str]) -> int:

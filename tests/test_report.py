@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from unetviz import cli
-from unetviz.report.html import write_report
+from unetviz.report.html import build_report, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -46,8 +46,10 @@ def test_run_report_is_one_self_contained_file(report):
     assert "<script" not in html.lower() and not EXTERNAL.search(html)
     for section in ("run", "diagram", "heatmaps", "plots", "options"):
         assert f'<section id="{section}">' in html
-    figures = re.findall(r'<figure><img src="data:image/png;base64,[^"]+"', html)
+    figures = re.findall(r'<figure><img src="data:image/png;base64,[^"]+" alt="heatmap', html)
     assert len(figures) == len(WORDS)
+    # the image is captioned with what made it
+    assert "<figcaption>generated image: 96x96 px, seed 0, steps 5, guidance 4.0" in html
     for word in WORDS:
         assert f"<b>{word}</b>" in html
     assert "recipe:" in html and "DAAM" in html  # the aggregation recipe is spelt out
@@ -55,6 +57,10 @@ def test_run_report_is_one_self_contained_file(report):
     for item in ("attention_mode", "torch", "plotly", "python", PROMPT):
         assert item in html
     assert html.count('class="tok word"') == 7
+    # the layer x token grid labels every column (upright when they do not fit side by side)
+    grid = re.search(r'<div class="plot" title="cross-attention.*?</svg>', html, re.S).group(0)
+    labels = re.findall(r'(?:rotate\(-90\)" text-anchor="end"|text-anchor="middle")>([^<]+)<', grid)
+    assert labels == ["a", "red", "circle", "and", "a", "blue", "square"]
 
 
 def test_trace_report_and_cli_read_saved_runs(run, tmp_path, capsys):
@@ -83,9 +89,57 @@ def test_trace_report_and_cli_read_saved_runs(run, tmp_path, capsys):
     )
     assert "unetviz report: from the app" in app.read_text()
     assert 'alt="generated image"' in app.read_text()
-    bare = run.trace.report(tmp_path / "trace.html")  # no image: maps over grey
-    assert 'alt="generated image"' not in bare.read_text()
-    assert bare.read_text().count("<figure>") == len(WORDS)
+    bare = run.trace.report(tmp_path / "trace.html")  # no image: maps over grey, and why
+    text = bare.read_text()
+    assert 'alt="generated image"' not in text
+    assert text.count('alt="heatmap of') == len(WORDS)
+    assert "No image: this trace was saved without the image" in text
+    assert "trace.save(path, image=run.image)" in text and "over flat grey (no image)" in text
+
+
+def test_a_saved_trace_carries_its_image_downscaled(run, tmp_path):
+    from unetviz.capture import Trace
+    from unetviz.capture.bundle import IMAGE_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE
+
+    rng = __import__("numpy").random.default_rng(0)  # noise: the worst case for PNG bytes
+    big = Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), dtype="uint8"))
+    for folder in (False, True):
+        path = run.trace.save(tmp_path / f"big{int(folder)}.trace", folder=folder, image=big)
+        if folder:
+            data = (path / IMAGE_NAME).read_bytes()
+        else:
+            with zipfile.ZipFile(path) as zf:
+                data = zf.read(IMAGE_NAME)
+        kept = Image.open(io.BytesIO(data))
+        assert kept.format == "PNG" and max(kept.size) <= MAX_IMAGE_SIDE
+        assert kept.size[0] * 3 == kept.size[1] * 4  # the aspect ratio is kept
+        assert len(data) <= MAX_IMAGE_BYTES
+        assert Trace.load(path).tokens == run.trace.tokens  # the bundle still loads
+        html = build_report(path)
+        assert 'alt="generated image"' in html and "No image" not in html
+    from unetviz.capture import TraceError
+
+    with pytest.raises(TraceError, match="image=ndarray: expected a PIL image"):
+        run.trace.save(tmp_path / "bad.trace", image=rng.random((8, 8)))
+    assert not (tmp_path / "bad.trace").exists()
+
+
+def test_attention_output_trace_alone_reports_its_image(run, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_main(["attention", PROMPT, "-o", str(out), "--steps", "2"]) == 0
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    (alone / "copy.trace").write_bytes((out / "run.trace").read_bytes())  # no image.png beside
+    assert run_main(["report", str(alone / "copy.trace"), "-o", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert 'alt="generated image"' in text and "No image" not in text
+    # a run.trace saved before traces kept their image: the image.png beside it is used
+    old = tmp_path / "old"
+    old.mkdir()
+    run.trace.save(old / "run.trace")
+    run.image.save(old / "image.png")
+    assert 'alt="generated image"' in build_report(old / "run.trace")
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("case", ["missing", "not-html", "corrupt", "no-folder", "huge-image"])

@@ -8,6 +8,8 @@ single-file converters.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,12 +24,14 @@ from tests.sd_tiny import one_thread, tiny_sd_dir  # noqa: E402
 from unetviz.detect import ModelPathError  # noqa: E402
 from unetviz.pipelines.sd import load_sd_pipeline  # noqa: E402
 from unetviz.single_file import (  # noqa: E402
+    SingleFile,
     SingleFileError,
     detect_family,
     load_single_file,
 )
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parts(folder):
@@ -293,3 +297,98 @@ def test_single_file_without_config_or_cached_tokenizer_is_one_clear_error():
         pytest.skip("the CLIP tokenizer is in this machine's Hugging Face cache")
     with pytest.raises(SingleFileError, match="pass config="):
         _tokenizer(None, "tokenizer", openclip=False)
+
+
+# ---------------------------------------------------------------- memory
+def _torch_peak(fn):
+    """(result, peak, final): bytes held by torch's CPU allocator while ``fn`` runs, from the
+    profiler's allocation and free events in time order. Deterministic: it counts the bytes of
+    tensors alive, not pages (so it is blind to a memory-mapped file: the test after checks that
+    separately)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    now = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        now += event.self_cpu_memory_usage
+        peak = max(peak, now)
+    return out, peak, now
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16], ids=["file-dtype", "cast-float16"])
+def test_single_file_load_holds_one_copy_of_the_weights(ldm_file, dtype):
+    """Converting every part (key renames, q/k/v splits, 1x1 convs, a dtype cast) never holds
+    more than the loaded model plus one tensor: no upcast or copy of the whole state dict."""
+    kind, path, ldm = ldm_file
+    parts, peak, final = _torch_peak(
+        lambda: load_single_file(path, dtype=dtype, config=tiny_sd_dir(kind))
+    )
+    assert parts.family == kind
+    size = path.stat().st_size  # the tiny files are float32
+    largest = max(v.numel() * v.element_size() for v in ldm.values())
+    assert final <= size * (0.5 if dtype == torch.float16 else 1.0)
+    assert peak <= final + largest, (peak, final, largest)
+
+
+def test_single_file_is_read_not_mapped(ldm_file):
+    """Tensors are read into their own storage: the file is never memory-mapped, whose pages
+    would count towards the process's memory on top of the converted model (a full-size
+    SD 1.5 file loaded at 3.1x its size that way, against 2.1x read)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("no /proc/self/maps on this system")
+    _, path, _ = ldm_file
+    with SingleFile(path) as sf:
+        assert sf.tensor(sf.keys[0]).numel() > 0
+        assert str(path) not in maps.read_text()
+
+
+def test_openclip_conversion_can_consume_its_input():
+    """``consume=True`` pops each tensor as it converts it, so a split in_proj is never held
+    twice (a quarter of OpenCLIP bigG's weights); the default leaves the input as it was."""
+    from unetviz.single_file import convert_openclip
+
+    width = 8
+    raw = {
+        "token_embedding.weight": torch.zeros(10, width),
+        "positional_embedding": torch.zeros(4, width),
+        "transformer.resblocks.0.attn.in_proj_weight": torch.zeros(3 * width, width),
+        "transformer.resblocks.0.attn.in_proj_bias": torch.zeros(3 * width),
+    }
+    kept = convert_openclip(dict(raw), 1)
+    consumed = dict(raw)
+    assert convert_openclip(consumed, 1, consume=True).keys() == kept.keys()
+    assert consumed == {}
+
+
+def test_asymmetric_single_file_loads_with_its_config(tmp_path):
+    """An SSD-1B-layout UNet (per-layer depths, a one-resnet mid block) as LDM keys loads with
+    its config, tensor for tensor."""
+    import json
+
+    from unetviz import build_unet
+    from unetviz.config import UNetConfig
+    from unetviz.single_file import load_unet_from_single_file
+
+    data = json.loads((ROOT / "tests/data/unet_configs/ssd_1b.json").read_text())
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    data.update(
+        block_out_channels=[16, 32, 64],
+        attention_head_dim=[1, 2, 4],
+        cross_attention_dim=16,
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=16 + 6 * 8,
+        norm_num_groups=8,
+    )
+    cfg = UNetConfig.from_dict(data)
+    model = build_unet(cfg, device="cpu")
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.data.normal_()
+    ldm = unet_to_ldm(model.state_dict(), cfg.to_dict())
+    path = tmp_path / "ssd.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(path))
+    with SingleFile(path) as sf:
+        loaded = load_unet_from_single_file(sf, cfg)
+    _equal(loaded.state_dict(), model.state_dict())

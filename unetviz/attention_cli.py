@@ -207,7 +207,7 @@ def _fill(tmp: Path, run: Any, style: HeatmapStyle, info: dict[str, Any]) -> Non
         files.append(entry)
     if style.grid:
         pictures["grid"].save(tmp / "grid.png")
-    trace.save(tmp / "run.trace")
+    trace.save(tmp / "run.trace", image=run.image)
     info.update(
         tokens=list(trace.tokens),
         words=list(trace.words),

@@ -18,7 +18,7 @@ from .files import ModelPathError, read_bytes
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
-MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn",)
+MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D")
 CLASS_EMBED_TYPES = (None, "timestep", "identity", "projection")
 #: The largest latent side accepted (SDXL's native size is 128; 2048 is 16,384 pixels).
 MAX_LATENT_SIDE = 2048
@@ -55,11 +55,6 @@ _FIXED: dict[str, tuple[Any, str]] = {
     "cross_attention_norm": (None, "SD does not normalise encoder_hidden_states in attention"),
     "mid_block_only_cross_attention": (None, "SD mid blocks use self- and cross-attention"),
     "attention_type": ("default", "gated (GLIGEN) attention is not implemented"),
-    "reverse_transformer_layers_per_block": (
-        None,
-        "per-layer transformer depths in the up blocks (Segmind's SSD-1B / Vega) are not "
-        "implemented",
-    ),
     "addition_embed_type_num_heads": (64, "only used by text_image embeddings"),
     "dropout": (0.0, "inference tool: dropout is always 0"),
 }
@@ -80,12 +75,21 @@ UNSUPPORTED: dict[str, str] = {
     **{k: why for k, (_, why) in _FIXED.items() if k not in _INERT},
     "down_block_types": "only CrossAttnDownBlock2D and DownBlock2D are implemented",
     "up_block_types": "only CrossAttnUpBlock2D and UpBlock2D are implemented",
-    "mid_block_type": "only UNetMidBlock2DCrossAttn is implemented (no mid block: not either)",
+    "mid_block_type": (
+        "only UNetMidBlock2DCrossAttn and UNetMidBlock2D (one resnet) are implemented "
+        "(no mid block: not either)"
+    ),
     "norm_num_groups": "SD always normalises the output (norm_num_groups None is not built)",
     "class_embed_type": "only None, 'timestep', 'identity' and 'projection' are implemented",
     "addition_embed_type": "only None and 'text_time' (SDXL) are implemented",
     "cross_attention_dim": "one text width for every block (per-block widths are not built)",
-    "transformer_layers_per_block": "one depth per block (per-layer lists are not built)",
+    "transformer_layers_per_block": (
+        "a per-layer list gives one depth per layer of its block, and needs "
+        "reverse_transformer_layers_per_block (as diffusers does)"
+    ),
+    "reverse_transformer_layers_per_block": (
+        "one entry per up block; a per-layer list gives one depth per layer of its block"
+    ),
     "attention_head_dim": "the heads must divide each block's channels",
     "sample_size": "a square default size (a [height, width] pair must be equal)",
 }
@@ -101,6 +105,9 @@ MAX_TRANSFORMER_BLOCKS = 256
 MAX_CONFIG_BYTES = 1 << 20
 
 _INT, _NUM, _BOOL, _STR = "an integer", "a finite number", "true or false", "a string"
+#: Per-block keys whose entries may also be per-layer lists (asymmetric UNets: Segmind's SSD-1B
+#: and Vega give each transformer of a block its own depth, and the up path its own depths).
+PER_LAYER_KEYS = ("transformer_layers_per_block", "reverse_transformer_layers_per_block")
 # key -> (kind, low, high, may be None, may be one value per block)
 _SCHEMA: dict[str, tuple[str, float, float, bool, bool]] = {
     "sample_size": (_INT, 1, MAX_LATENT_SIDE, False, False),
@@ -120,6 +127,7 @@ _SCHEMA: dict[str, tuple[str, float, float, bool, bool]] = {
     "norm_eps": (_NUM, 1e-30, 1.0, False, False),
     "cross_attention_dim": (_INT, 1, MAX_CHANNELS, False, True),
     "transformer_layers_per_block": (_INT, 1, MAX_LAYERS, False, True),
+    "reverse_transformer_layers_per_block": (_INT, 1, MAX_LAYERS, True, True),
     "attention_head_dim": (_INT, 1, MAX_CHANNELS, False, True),
     "num_attention_heads": (_INT, 1, MAX_CHANNELS, True, True),
     "use_linear_projection": (_BOOL, 0, 0, False, False),
@@ -170,6 +178,15 @@ def _check_types(data: Mapping[str, Any]) -> None:
                     f"{key} has {len(value)} entries: expected 1 to {MAX_BLOCKS} (one per block)"
                 )
             for i, item in enumerate(value):
+                if isinstance(item, (list, tuple)) and key in PER_LAYER_KEYS:
+                    if not 1 <= len(item) <= MAX_LAYERS + 1:
+                        raise ConfigError(
+                            f"{key}[{i}] has {len(item)} entries: expected 1 to "
+                            f"{MAX_LAYERS + 1} (one per layer of the block)"
+                        )
+                    for j, depth in enumerate(item):
+                        check_value(f"{key}[{i}][{j}]", depth, kind, low, high)
+                    continue
                 if isinstance(item, (list, tuple)) and key in UNSUPPORTED:
                     raise ConfigError(
                         f"{key}[{i}] = {_short(item)}: per-layer values are not supported "
@@ -212,7 +229,8 @@ class UNetConfig:
     norm_num_groups: int = 32
     norm_eps: float = 1e-5
     cross_attention_dim: int = 768
-    transformer_layers_per_block: int | tuple[int, ...] = 1
+    transformer_layers_per_block: int | tuple[int | tuple[int, ...], ...] = 1
+    reverse_transformer_layers_per_block: tuple[int | tuple[int, ...], ...] | None = None
     attention_head_dim: int | tuple[int, ...] = 8
     num_attention_heads: int | tuple[int, ...] | None = None
     use_linear_projection: bool = False
@@ -231,13 +249,14 @@ class UNetConfig:
             "block_out_channels",
             "layers_per_block",
             "transformer_layers_per_block",
+            "reverse_transformer_layers_per_block",
             "attention_head_dim",
             "num_attention_heads",
             "cross_attention_dim",
         ):
             value = getattr(self, key)
-            if isinstance(value, list):
-                setattr(self, key, tuple(value))
+            if isinstance(value, (list, tuple)):
+                setattr(self, key, tuple(tuple(v) if isinstance(v, list) else v for v in value))
         self.sample_size = _sample_size(self.sample_size)
         self.validate()
 
@@ -266,7 +285,29 @@ class UNetConfig:
 
     @property
     def transformer_layers(self) -> tuple[int, ...]:
-        return _per_block(self.transformer_layers_per_block, self.n_blocks)
+        """Transformer depth per down block (a block with per-layer depths: its deepest)."""
+        return tuple(
+            max(v) if isinstance(v, tuple) else v
+            for v in _per_block(self.transformer_layers_per_block, self.n_blocks)
+        )
+
+    @property
+    def transformer_depths(
+        self,
+    ) -> tuple[tuple[tuple[int, ...], ...], int, tuple[tuple[int, ...], ...]]:
+        """(down, mid, up): the depth of every Transformer2DModel, per layer of each down block
+        (``layers`` of them) and up block (``layers + 1``, in up-block order), and the mid
+        block's, as diffusers builds them: the up path mirrors the down path unless
+        ``reverse_transformer_layers_per_block`` gives its own (SSD-1B: up ``[[4, 4, 10],
+        [2, 1, 1], 1]`` against down ``[1, 2, 4]``); a mid block takes the first depth of the
+        last down entry."""
+        n, layers = self.n_blocks, self.layers
+        down_given = _per_block(self.transformer_layers_per_block, n)
+        up_given = self.reverse_transformer_layers_per_block or tuple(reversed(down_given))
+        down = tuple(_per_layer(v, layers[i]) for i, v in enumerate(down_given))
+        up = tuple(_per_layer(v, layers[n - 1 - i] + 1) for i, v in enumerate(up_given))
+        last = down_given[-1]
+        return down, last[0] if isinstance(last, tuple) else last, up
 
     @property
     def num_downsamplers(self) -> int:
@@ -343,6 +384,7 @@ class UNetConfig:
         for key in (
             "layers_per_block",
             "transformer_layers_per_block",
+            "reverse_transformer_layers_per_block",
             "attention_head_dim",
             "num_attention_heads",
         ):
@@ -352,6 +394,7 @@ class UNetConfig:
                     f"{key} has {len(value)} entries but block_out_channels has {n}: "
                     "give one value per block or a single int"
                 )
+        self._check_per_layer()
         if isinstance(self.cross_attention_dim, tuple):
             if len(set(self.cross_attention_dim)) != 1:
                 raise ConfigError(
@@ -359,6 +402,35 @@ class UNetConfig:
                     "are not supported (no SD checkpoint uses them); give one int"
                 )
             self.cross_attention_dim = self.cross_attention_dim[0]
+
+    def _check_per_layer(self) -> None:
+        """Per-layer depth lists: one depth per transformer of their block (diffusers ignores
+        extra entries and fails on missing ones: both are refused here), and down-path lists
+        only with an up path given (diffusers refuses them otherwise too)."""
+        tl, rev = self.transformer_layers_per_block, self.reverse_transformer_layers_per_block
+        if isinstance(rev, int):
+            raise ConfigError(
+                f"reverse_transformer_layers_per_block = {rev}: expected a list, one entry per "
+                "up block"
+            )
+        nested = isinstance(tl, tuple) and any(isinstance(v, tuple) for v in tl)
+        if nested and rev is None:
+            why = UNSUPPORTED["transformer_layers_per_block"]
+            raise ConfigError(
+                f"transformer_layers_per_block = {_short(list(tl))}: per-layer lists are not "
+                f"supported without reverse_transformer_layers_per_block ({why})"
+            )
+        layers = self.layers
+        for key, value, count in (
+            ("transformer_layers_per_block", tl, layers),
+            ("reverse_transformer_layers_per_block", rev, [x + 1 for x in reversed(layers)]),
+        ):
+            for i, v in enumerate(value if isinstance(value, tuple) else ()):
+                if isinstance(v, tuple) and len(v) != count[i]:
+                    raise ConfigError(
+                        f"{key}[{i}] = {_short(list(v))} is not supported: {len(v)} depths for "
+                        f"a block of {count[i]} layers ({UNSUPPORTED[key]})"
+                    )
 
     def _check_channels(self) -> None:
         """Channels divisible by groups and heads; the transformer-block budget."""
@@ -374,10 +446,9 @@ class UNetConfig:
                     f"block_out_channels[{i}] = {ch} is not divisible by {heads} attention heads "
                     "(attention_head_dim / num_attention_heads): head size must be an integer"
                 )
-        blocks = sum(
-            (2 * lay + 1) * t for lay, t in zip(self.layers, self.transformer_layers, strict=True)
-        )
-        if blocks + self.transformer_layers[-1] > MAX_TRANSFORMER_BLOCKS:
+        down, mid, up = self.transformer_depths
+        blocks = sum(map(sum, down)) + sum(map(sum, up))
+        if blocks + mid > MAX_TRANSFORMER_BLOCKS:
             raise ConfigError(
                 f"layers_per_block {self.layers_per_block} x transformer_layers_per_block "
                 f"{self.transformer_layers_per_block} make {blocks} transformer blocks: more "
@@ -479,7 +550,9 @@ class UNetConfig:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            if isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[f.name] = value
         out.update(self.extra)
         return out
 
@@ -634,7 +707,11 @@ def _sample_size(value: Any) -> Any:
     return value
 
 
-def _per_block(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
+def _per_block(value: Any, n: int) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, tuple) else (value,) * n
+
+
+def _per_layer(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, tuple) else (value,) * n
 
 

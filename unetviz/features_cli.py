@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         def fill(tmp: Path) -> None:
             sheet.save(tmp / "contact_sheet.png")
             run.image.save(tmp / "image.png")
-            run.trace.save(tmp / "run.trace")
+            run.trace.save(tmp / "run.trace", image=run.image)
 
         write_folder(output, fill, force=force)
         typer.echo(f"wrote {output}/contact_sheet.png ({len(columns)} steps)", err=True)

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from unetviz.names import block_of, ldm_key
-from unetviz.weights import FLOAT_DTYPES, WeightsError, _offenders, _read_tensors, read_index
+from unetviz.safetensors_io import offenders, read_tensors
+from unetviz.weights import FLOAT_DTYPES, WeightsError, read_index
 from unetviz.weights import load_unet as load_plain_unet
 
 #: the largest LoRA file read (a 1.7 GB SDXL "LoRA" is a full fine-tune in disguise)
@@ -124,7 +125,7 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
     lycoris = sorted(k for k in entries if any(tag in k for tag in _LYCORIS))
     if lycoris:
         raise WeightsError(
-            f"{path}: {len(lycoris)} LyCORIS / other adapter keys ({_offenders(lycoris)}): only "
+            f"{path}: {len(lycoris)} LyCORIS / other adapter keys ({offenders(lycoris)}): only "
             "plain LoRA (down/up pairs, kohya or PEFT keys) is supported"
         )
     modules: dict[tuple[str, str], LoraModule] = {}
@@ -142,15 +143,15 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
     if unknown:
         raise WeightsError(
             f"{path}: {len(unknown)} of {len(entries)} keys are not LoRA keys "
-            f"({_offenders(sorted(unknown))}); expected kohya (lora_unet_*/lora_te_* with "
+            f"({offenders(sorted(unknown))}); expected kohya (lora_unet_*/lora_te_* with "
             "lora_down/lora_up/alpha) or PEFT (unet.*/text_encoder.* with lora_A/lora_B)"
         )
     if len(formats) > 1:
         raise WeightsError(f"{path} mixes kohya and PEFT keys: one format per file")
     bad = [e.key for e in entries.values() if e.dtype not in FLOAT_DTYPES]
     if bad:
-        raise WeightsError(f"{path}: non-floating tensors {_offenders(bad)}: not a LoRA file")
-    tensors = dict(_read_tensors(list(entries.values()), torch.float32, "cpu"))
+        raise WeightsError(f"{path}: non-floating tensors {offenders(bad)}: not a LoRA file")
+    tensors = dict(read_tensors(entries.values(), torch.float32, error=WeightsError))
     for mod in modules.values():
         for key in mod.keys:
             role = _ROLE[(_KOHYA.match(key) or _PEFT.match(key)).group(3)]
@@ -253,9 +254,9 @@ def match_lora(lora: LoraFile, models: Mapping[str, nn.Module], scale: float = 1
         if missing:
             absent = sorted({m.part for m in lora.modules} - set(models))
             where = f" (this model has no {', '.join(absent)})" if absent else ""
-            parts.append(f"{len(missing)} modules not in the model{where}: {_offenders(missing)}")
+            parts.append(f"{len(missing)} modules not in the model{where}: {offenders(missing)}")
         if misshaped:
-            parts.append(f"{len(misshaped)} of another shape: {_offenders(misshaped)}")
+            parts.append(f"{len(misshaped)} of another shape: {offenders(misshaped)}")
         raise WeightsError(
             f"{lora.path}: LoRA does not fit this model ({len(matched)} of {len(lora.modules)} "
             f"modules matched; a LoRA for another base model?): " + "; ".join(parts)

@@ -125,8 +125,9 @@ class UNetNames:
         self.n_input_blocks = idx
 
         self._to_ldm["mid_block.resnets.0"] = "middle_block.0"
-        self._to_ldm["mid_block.attentions.0"] = "middle_block.1"
-        self._to_ldm["mid_block.resnets.1"] = "middle_block.2"
+        if _get(config, "mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2D":
+            self._to_ldm["mid_block.attentions.0"] = "middle_block.1"
+            self._to_ldm["mid_block.resnets.1"] = "middle_block.2"  # (SSD-1B, Vega: one resnet)
         self._block_span["mid_block"] = ["middle_block"]
 
         rlayers = list(reversed(layers))

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from .errors import UnetvizError
@@ -45,6 +47,12 @@ FLOAT_NAMES = ("F64", "F32", "F16", "BF16")
 MAX_HEADER_BYTES = 100 * 2**20
 MAX_RANK = 8
 CHUNK = 2**20
+
+
+def offenders(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` joined for an error message, with how many more."""
+    head = ", ".join(names[:limit])
+    return head + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 class SafetensorsFormatError(UnetvizError):
@@ -169,3 +177,79 @@ def read_tensor(fh: IO[bytes], entry: Entry) -> Any:
     if entry.nbytes:
         read_into(fh, t.view(-1).view(torch.uint8).numpy(), entry.nbytes)
     return t
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives in a safetensors file on disk (offsets from the file's start)."""
+
+    file: Path
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def read_at(fh: IO[bytes], entry: Entry | TensorEntry, out: Any = None) -> Any:
+    """The tensor of ``entry`` read from the seekable file ``fh`` with one ``readinto`` (no
+    mmap, so pages of the file never count towards the process's memory). ``out``: a uint8
+    tensor of at least the entry's bytes to read into instead of a tensor of its own (the
+    result is then a view of it). EOFError when the file is cut short."""
+    import torch
+
+    start = entry.begin if isinstance(entry, Entry) else entry.start
+    nbytes = entry.end - start
+    if out is None:
+        tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
+        buf = tensor.reshape(-1).view(torch.uint8)
+    else:
+        buf = out[:nbytes]
+    fh.seek(start)
+    if nbytes and fh.readinto(buf.numpy()) != nbytes:  # type: ignore[attr-defined]
+        raise EOFError(f"tensor data ends before {nbytes} bytes")
+    return tensor if out is None else buf.view(torch_dtype(entry.dtype)).reshape(entry.shape)
+
+
+def read_tensors(
+    entries: Iterable[TensorEntry],
+    target: Any,
+    device: Any = "cpu",
+    error: type[Exception] = SafetensorsFormatError,
+) -> Iterator[tuple[str, Any]]:
+    """(key, tensor at ``target`` dtype) for each floating-point entry, read one at a time with
+    plain file reads and checked finite (``error`` naming the file and key otherwise). Without
+    a cast the bytes land in the final tensor; with one they land in one reused scratch
+    buffer, so the peak is the tensors at ``target`` plus the largest one (a float32 file
+    loads as float16 at ~0.5x its size)."""
+    import torch
+
+    entries = list(entries)
+    scratch: Any = None
+    handles: dict[Path, Any] = {}
+    e: TensorEntry | None = None
+    try:
+        for e in entries:
+            src = torch_dtype(e.dtype)
+            fh = handles.get(e.file) or handles.setdefault(e.file, open(e.file, "rb"))  # noqa: SIM115
+            if src == target:
+                tensor = read_at(fh, e)
+            else:
+                if scratch is None:  # one buffer, as large as the largest tensor to cast
+                    size = max(x.end - x.start for x in entries if torch_dtype(x.dtype) != target)
+                    scratch = torch.empty(size, dtype=torch.uint8)
+                tensor = read_at(fh, e, scratch).to(target)
+            if not bool(torch.isfinite(tensor).all()):
+                raise error(
+                    f"{e.file}: tensor {e.key!r} holds NaN or infinite values"
+                    + (f" (after casting {e.dtype} to {target})" if src != target else "")
+                )
+            yield e.key, tensor.to(device) if str(device) != "cpu" else tensor
+    except EOFError:
+        assert e is not None
+        raise error(f"{e.file}: tensor {e.key!r} is cut short (truncated file?)") from None
+    except OSError as exc:
+        raise error(f"cannot read the weights: {exc}") from None
+    finally:
+        for fh in handles.values():
+            fh.close()

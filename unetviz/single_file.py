@@ -16,18 +16,19 @@ folder of the same family) or, offline, from the Hugging Face cache
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .config import ConfigError, UNetConfig, check_part_config, read_json
 from .detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_message
 from .errors import UnetvizError
 from .names import LDM_PREFIX, UnknownNameError, unet_names
-from .weights import _offenders, build_unet, check_weight, key_mismatches
+from .safetensors_io import offenders, read_at, read_header
+from .weights import build_unet, check_weight, key_mismatches
 
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIXES = {
@@ -86,7 +87,10 @@ class SingleFileError(UnetvizError):
 
 # ---------------------------------------------------------------------------------- reading
 class SingleFile:
-    """Lazy view of one safetensors file: keys and shapes now, tensors on demand."""
+    """Lazy view of one safetensors file: keys and shapes now (from its checked header),
+    tensors on demand, each read with plain file reads into its own storage. No mmap: the
+    file's pages would count towards the process's memory as it is read, adding a copy of
+    the file to the load's peak on top of the converted model."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -94,26 +98,31 @@ class SingleFile:
             raise SingleFileError(f"checkpoint not found: {self.path}")
         if self.path.suffix.lower() in PICKLE_SUFFIXES:
             raise SingleFileError(pickle_message(self.path))
-        if not self.path.is_file():  # a FIFO would block safetensors' open
+        if not self.path.is_file():  # a FIFO would block the open forever
             raise SingleFileError(f"{self.path} is not a regular file")
         try:
-            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-            self._file = self._handle.__enter__()
-            self.keys = list(self._file.keys())
-            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self.keys}
-        except (SafetensorError, OSError, ValueError) as exc:
+            self._fh = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+        except OSError as exc:
+            raise SingleFileError(f"{self.path}: cannot open: {exc}") from None
+        try:
+            entries, self.metadata = read_header(self._fh, os.fstat(self._fh.fileno()).st_size)
+        except (OSError, EOFError, ValueError) as exc:
+            self._fh.close()
             raise SingleFileError(
                 f"{self.path} is not a readable safetensors file (truncated or corrupt?): {exc}"
             ) from None
+        self._entries = {e.name: e for e in entries}
+        self.keys = list(self._entries)  # file order: reads go forward through the file
+        self.shapes = {e.name: e.shape for e in entries}
 
     def tensor(self, key: str) -> torch.Tensor:
         try:
-            return self._file.get_tensor(key)
-        except (SafetensorError, OSError, RuntimeError) as exc:
+            return read_at(self._fh, self._entries[key])
+        except (OSError, EOFError) as exc:
             raise SingleFileError(f"{self.path}: cannot read tensor {key!r}: {exc}") from None
 
     def close(self) -> None:
-        self._handle.__exit__(None, None, None)
+        self._fh.close()
 
     def __enter__(self) -> SingleFile:
         return self
@@ -224,12 +233,17 @@ _OPENCLIP_LAYER = {
 }
 
 
-def convert_openclip(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+def convert_openclip(
+    state: dict[str, torch.Tensor], n_layers: int, consume: bool = False
+) -> dict[str, torch.Tensor]:
     """OpenCLIP text tower keys (prefix removed) -> transformers CLIPTextModel(WithProjection)
     names. ``in_proj`` is split into q/k/v; ``text_projection`` is transposed; resblocks past
-    ``n_layers`` (SD 2.x uses the penultimate layer, diffusers drops the last) are skipped."""
+    ``n_layers`` (SD 2.x uses the penultimate layer, diffusers drops the last) are skipped.
+    ``consume``: pop each tensor from ``state`` as it is converted, so a split ``in_proj`` is
+    never held twice (a quarter of OpenCLIP bigG's weights)."""
     out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
+    for key in list(state):
+        value = state.pop(key) if consume else state[key]
         if key == "token_embedding.weight":
             out["text_model.embeddings.token_embedding.weight"] = value
         elif key == "positional_embedding":
@@ -385,7 +399,7 @@ def load_unet_from_single_file(
     if unknown:
         raise SingleFileError(
             f"{sf.path}: {len(unknown)} UNet keys do not fit the UNet layout of its config: "
-            f"{_offenders(sorted(unknown))}"
+            f"{offenders(sorted(unknown))}"
         )
     _load_module(model, state, f"the UNet in {sf.path}")
     if dtype is None and len({p.dtype for p in model.parameters()}) > 1:
@@ -435,7 +449,7 @@ def load_text_encoder_from_single_file(
             - (0 if with_projection else 1)  # SD 2.x: diffusers drops the last layer
         )
         try:
-            state = convert_openclip(raw, n_layers)
+            state = convert_openclip(raw, n_layers, consume=True)
         except UnknownNameError as exc:
             raise SingleFileError(f"{sf.path}: {exc}") from None
     else:

@@ -66,6 +66,8 @@ STRUCTURE_CODE = (
     "config.py:UNetConfig.time_embed_dim",
     "config.py:UNetConfig.to_dict",
     "config.py:UNetConfig.transformer_layers",
+    "config.py:UNetConfig.transformer_depths",
+    "config.py:_per_layer",
     "names.py:block_of",
     "names.py:location_of",
     "weights.py:build_unet",

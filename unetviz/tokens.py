@@ -7,6 +7,8 @@ Token labels are the tokenizer's own strings: CLIP's BPE marks a word's last pie
 
 from __future__ import annotations
 
+#: Tokens that start a text (each 77-token chunk of a long prompt starts with one).
+START_TOKENS = ("<bos>", "<|startoftext|>", "<s>")
 #: Tokens that end the text; what follows them is padding (CLIP pads with ``<|endoftext|>``).
 END_TOKENS = ("<eos>", "<|endoftext|>", "</s>")
 #: Start, end and padding tokens (unetviz's demo tokenizer and CLIP's): never a prompt word.

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -19,7 +17,14 @@ from .config import ConfigError, UNetConfig, read_json
 from .detect import ModelPathError, detect_model, inside, pickle_folder_message
 from .errors import UnetvizError
 from .model import UNet2DConditionModel
-from .safetensors_io import FLOAT_NAMES, read_header, torch_dtype
+from .safetensors_io import (
+    FLOAT_NAMES,
+    TensorEntry,
+    offenders,
+    read_header,
+    read_tensors,
+    torch_dtype,
+)
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 _DTYPES = {
@@ -144,18 +149,6 @@ def _weight_files(unet_dir: Path) -> list[Path]:
 FLOAT_DTYPES = {name: torch_dtype(name) for name in FLOAT_NAMES}
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lives in a safetensors file (offsets from the file's start)."""
-
-    file: Path
-    key: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-
 def read_index(file: Path) -> dict[str, TensorEntry]:
     """Every tensor's dtype, shape and byte range, from the file's header only
     (``safetensors_io.read_header``: a truncated or corrupt file raises WeightsError naming it)."""
@@ -173,45 +166,6 @@ def read_index(file: Path) -> dict[str, TensorEntry]:
     return {e.name: TensorEntry(file, e.name, e.dtype, e.shape, e.begin, e.end) for e in entries}
 
 
-def _read_tensors(
-    entries: list[TensorEntry], target: torch.dtype, device: str | torch.device
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Read tensors one at a time with plain file reads. Without a cast the bytes land in the
-    final tensor; with a cast they land in one reused scratch buffer, so the peak is the model
-    at ``target`` plus the largest tensor (a float32 file loads as float16 at ~0.5x its size)."""
-    scratch: torch.Tensor | None = None
-    handles: dict[Path, Any] = {}
-    try:
-        for e in entries:
-            src = FLOAT_DTYPES[e.dtype]
-            fh = handles.get(e.file) or handles.setdefault(e.file, open(e.file, "rb"))  # noqa: SIM115
-            nbytes = e.end - e.start
-            if src == target:
-                tensor = torch.empty(e.shape, dtype=src, device="cpu")  # read, then moved
-                buf = tensor.reshape(-1).view(torch.uint8)
-            else:
-                if scratch is None:  # one buffer, as large as the largest tensor to cast
-                    size = max(x.end - x.start for x in entries if FLOAT_DTYPES[x.dtype] != target)
-                    scratch = torch.empty(size, dtype=torch.uint8, device="cpu")
-                buf = scratch[:nbytes]
-            fh.seek(e.start)
-            if nbytes and fh.readinto(buf.numpy()) != nbytes:
-                raise WeightsError(f"{e.file}: tensor {e.key!r} is cut short (truncated file?)")
-            if src != target:
-                tensor = buf.view(src).reshape(e.shape).to(target)
-            if not bool(torch.isfinite(tensor).all()):
-                raise WeightsError(
-                    f"{e.file}: tensor {e.key!r} holds NaN or infinite values"
-                    + (f" (after casting {e.dtype} to {target})" if src != target else "")
-                )
-            yield e.key, tensor.to(device) if str(device) != "cpu" else tensor
-    except OSError as exc:
-        raise WeightsError(f"cannot read the UNet weights: {exc}") from None
-    finally:
-        for fh in handles.values():
-            fh.close()
-
-
 def check_weight(tensor: torch.Tensor, key: str, where: str | Path) -> torch.Tensor:
     """``tensor`` if it is a finite floating-point weight; else WeightsError naming ``key``
     (for loaders that get tensors from elsewhere, such as single-file checkpoints)."""
@@ -223,11 +177,6 @@ def check_weight(tensor: torch.Tensor, key: str, where: str | Path) -> torch.Ten
     if not bool(torch.isfinite(tensor).all()):
         raise WeightsError(f"{where}: tensor {key!r} holds NaN or infinite values")
     return tensor
-
-
-def _offenders(names: list[str], limit: int = 5) -> str:
-    head = ", ".join(names[:limit])
-    return head + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def key_mismatches(
@@ -244,11 +193,11 @@ def key_mismatches(
     ]
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing keys: {_offenders(missing)}")
+        parts.append(f"{len(missing)} missing keys: {offenders(missing)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {_offenders(unexpected)}")
+        parts.append(f"{len(unexpected)} unexpected keys: {offenders(unexpected)}")
     if misshaped:
-        parts.append(f"{len(misshaped)} keys with the wrong shape: {_offenders(misshaped)}")
+        parts.append(f"{len(misshaped)} keys with the wrong shape: {offenders(misshaped)}")
     return "; ".join(parts) or None
 
 
@@ -296,6 +245,6 @@ def load_unet(
         raise WeightsError(f"weights in {unet_dir} do not match its config.json: {problem}")
     ordered = list(entries.values())
     target = load_dtype(ordered, resolve_dtype(dtype))
-    state = dict(_read_tensors(ordered, target, device))
+    state = dict(read_tensors(ordered, target, device, error=WeightsError))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)

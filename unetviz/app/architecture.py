@@ -28,7 +28,7 @@ from .common import (
     text_md,
 )
 from .common import message_slot as _msg
-from .i18n import L
+from .i18n import L, bilingual
 from .registry import DEMO, PRESETS, LoraChange, architecture_state, describe_roots, size_multiple
 
 MODEL_CHOICES = [
@@ -276,7 +276,7 @@ class ArchitectureHandlers(HandlerBase):
         if not rows:
             return {"search_msg": f"no module matches {query.strip()[:60]!r}"}
         n = len(rows)
-        note = "" if not query.strip() else f"{n} match{'es' * (n != 1)}"
+        note = "" if not query.strip() else ("1 match" if n == 1 else f"{n} matches")
         return {"block_table": rows, "search_msg": note}
 
     @handler("block_parts", "block_picked", msg="arch_msg")
@@ -344,7 +344,7 @@ def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=True):
         with gr.Column(scale=4):
             c["arch_msg"] = _msg("arch_msg")
-            c["arch_status"] = gr.Markdown(status0, elem_id="arch_status")
+            c["arch_status"] = gr.Markdown(bilingual(status0), elem_id="arch_status")
             gr.Markdown(
                 L(
                     "Wheel: zoom · drag: pan · **Fit**: the whole diagram · click a block: its "

@@ -12,6 +12,12 @@ depends on an order of outputs.
 no output but the handler's message slot, beside the control that failed, and logs one line;
 anything else is a bug: its traceback goes to the log and the slot says "internal error". No
 toasts, no red pills on outputs.
+
+**Messages in both languages.** Everything a handler writes into its message slot or into a
+status line (:data:`TEXT_SLOTS`) passes through the message catalogue here, in one place
+(:func:`unetviz.app.i18n.bilingual`): the page gets every language at once and its switch shows
+one. A progress bar's text can hold no markup: it goes out in the page's language
+(:class:`LocalProgress`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+import json
 import logging
 import re
 import shutil
@@ -36,6 +43,7 @@ import gradio as gr
 from unetviz.callargs import as_int
 from unetviz.errors import UnetvizError
 
+from .i18n import LANGS, bilingual, in_language, request_language, spans, translate
 from .sessions import Session, SessionStore
 
 log = logging.getLogger("unetviz.app")
@@ -46,6 +54,11 @@ MAX_PROMPT_SHOWN = 60
 QUIET = {"api_visibility": "private", "show_progress": "hidden"}
 #: what the Time-embedding tab's views read (every post-load step passes them on)
 TEMB_IN = ("temb_step", "temb_detail", "temb_by")
+#: outputs that hold a status line or a note (beside each handler's message slot): what a
+#: handler writes there is shown in every language (:func:`unetviz.app.i18n.bilingual`)
+TEXT_SLOTS = frozenset(
+    {"status", "arch_status", "preset_note", "search_msg", "temb_msg", "ds_msg", "ds_drill_msg"}
+)
 
 
 def static_text(name: str) -> str:
@@ -93,12 +106,46 @@ def text_md(value: Any, limit: int = MAX_PROMPT_SHOWN) -> str:
 
 
 def _message(fn_name: str, exc: Exception) -> str:
+    """The message slot's text for ``exc``, in every language: a user error's message (from
+    the catalogue, else English), or "internal error" for a bug (its traceback to the log)."""
     if isinstance(exc, UnetvizError):
         msg = clean_message(str(exc))
         log.warning("%s: %s", fn_name, msg)
-        return f"⚠ {text_md(msg, 400)}"
+        # translated before the Markdown escaping: the catalogue holds the raised text
+        texts = {lang: translate(msg, lang) for lang in LANGS}
+        if all(texts[lang] is None for lang in LANGS[1:]):
+            return f"⚠ {text_md(msg, 400)}"
+        return spans({k: f"⚠ {text_md(v or msg, 400)}" for k, v in texts.items()})
     log.exception("internal error in %s", fn_name, exc_info=exc)
-    return f"⚠ internal error in {fn_name} ({type(exc).__name__}); see the log"
+    return bilingual(f"⚠ internal error in {fn_name} ({type(exc).__name__}); see the log")
+
+
+def _localised(out: Any, slots: frozenset[str]) -> Any:
+    """A handler's ``{name: value}`` with the text in ``slots`` in every language."""
+    if not isinstance(out, dict):
+        return out
+    for name in slots.intersection(out):
+        value = out[name]
+        if isinstance(value, str):
+            out[name] = bilingual(value)
+        elif isinstance(value, dict) and isinstance(value.get("value"), str):  # gr.update
+            out[name] = {**value, "value": bilingual(value["value"])}
+    return out
+
+
+class LocalProgress:
+    """A ``gr.Progress`` whose text (``desc``, ``unit``) is shown in the page's language: a
+    progress bar holds plain text, so it cannot carry both languages as a message does."""
+
+    def __init__(self, progress: Any, lang: str) -> None:
+        self.progress, self.lang = progress, lang
+
+    def __call__(self, *args: Any, desc: str | None = None, unit: str = "steps", **kw: Any) -> Any:
+        desc = in_language(desc, self.lang) if desc else desc
+        return self.progress(*args, desc=desc, unit=in_language(unit, self.lang), **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.progress, name)
 
 
 def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -106,6 +153,7 @@ def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[
     message slot is ``msg``: it returns (or yields) ``{name: value}`` for what it changes. On
     an error nothing else changes and ``msg`` says why (the work on screen is kept)."""
     names = tuple(dict.fromkeys((*outputs, msg)))
+    slots = frozenset(n for n in names if n == msg or n in TEXT_SLOTS)
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isgeneratorfunction(fn):
@@ -113,7 +161,8 @@ def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[
             @functools.wraps(fn)
             def gen(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    yield from fn(*args, **kwargs)
+                    for out in fn(*args, **kwargs):
+                        yield _localised(out, slots)
                 except Exception as exc:
                     yield {msg: _message(fn.__name__, exc)}
 
@@ -123,7 +172,7 @@ def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    return fn(*args, **kwargs)
+                    return _localised(fn(*args, **kwargs), slots)
                 except Exception as exc:
                     return {msg: _message(fn.__name__, exc)}
 
@@ -137,6 +186,10 @@ def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[
 def session_key(request: Any) -> str:
     """The browser session's key (gradio's session hash)."""
     return str(getattr(request, "session_hash", None) or "anonymous")
+
+
+#: the file that marks a download folder as the app's own (only those are ever pruned)
+OUT_MARKER = ".unetviz-download"
 
 
 class HandlerBase:
@@ -161,16 +214,23 @@ class HandlerBase:
         self.page_seen = threading.Event()
 
     def _outdir(self) -> Path:
-        """A fresh folder for one response's files; old ones are pruned."""
+        """A fresh folder for one response's files; old ones are pruned — only folders this
+        app made (their marker file inside), never anything else in a caller-given workdir."""
         now = time.time()
         for old in self.workdir.iterdir():
             try:
-                if old.is_dir() and now - old.stat().st_mtime > self.KEEP_S:
+                if (
+                    old.is_dir()
+                    and not old.is_symlink()
+                    and (old / OUT_MARKER).is_file()
+                    and now - old.stat().st_mtime > self.KEEP_S
+                ):
                     shutil.rmtree(old, ignore_errors=True)
             except OSError:
                 pass
         d = self.workdir / uuid.uuid4().hex[:12]
         d.mkdir(parents=True, mode=0o700)
+        (d / OUT_MARKER).touch()
         return d
 
     def session(self, request: Any) -> Session | None:
@@ -215,6 +275,7 @@ class TabContext:
         outs = list(fn.outputs)  # type: ignore[attr-defined]
         params = inspect.signature(fn).parameters
         #: what gradio injects, by the parameter's annotation or default, after the inputs
+        # the request always (its language is the progress bar's), the rest when asked for
         special = [
             (k, p)
             for k, p in (
@@ -222,7 +283,7 @@ class TabContext:
                 ("evt", {"annotation": gr.SelectData}),
                 ("progress", {"default": gr.Progress()}),
             )
-            if k in params
+            if k in params or k == "request"
         ]
 
         def mapped(out: dict[str, Any]) -> dict[Any, Any]:
@@ -235,6 +296,10 @@ class TabContext:
             values, rest = args[:n], args[n:]
             kw = {k: kwargs[k] if k in kwargs else (rest[i] if i < len(rest) else None)
                   for i, (k, _) in enumerate(special)}  # fmt: skip
+            if kw.get("progress") is not None:
+                kw["progress"] = LocalProgress(kw["progress"], request_language(kw["request"]))
+            if "request" not in params:
+                del kw["request"]
             return fn(dict(zip(names, values, strict=True)), **kw)
 
         if inspect.isgeneratorfunction(fn):
@@ -282,9 +347,26 @@ def diagram_panel(elem_id: str, value: str | None = None, **kwargs: Any) -> gr.H
     )
 
 
-def message_slot(elem_id: str) -> gr.Markdown:
-    """The one message slot beside a tab's controls (errors and notes)."""
-    return gr.Markdown("", elem_id=elem_id, elem_classes=["uv-msg"])
+def message_slot(elem_id: str, value: str = "") -> gr.Markdown:
+    """The one message slot beside a tab's controls (errors and notes; ``value`` in every
+    language, :func:`unetviz.app.i18n.bilingual`)."""
+    return gr.Markdown(bilingual(value), elem_id=elem_id, elem_classes=["uv-msg"])
+
+
+def text_slots_in_every_language(c: dict[str, Any]) -> None:
+    """Give every status line (:data:`TEXT_SLOTS`) whose first value is an ``L()`` label its
+    text in every language instead: gradio re-applies a label on each language switch, which
+    would put the first value back over whatever a handler wrote there since."""
+    from .i18n import translations
+
+    for name in TEXT_SLOTS:
+        comp = c.get(name)
+        value = getattr(comp, "value", None)
+        m = re.fullmatch(r"__i18n__(\{.*\})", value or "", re.S) if isinstance(value, str) else None
+        if m is None:
+            continue
+        key = json.loads(m[1]).get("key", "")
+        comp.value = spans({lang: translations()[lang].get(key, key) for lang in LANGS})
 
 
 def all_of(groups: Iterable[Sequence[str]]) -> tuple[str, ...]:

@@ -3,6 +3,11 @@ its summary plots, its prompt table and one prompt's drill-down, with no model r
 
 The work is in :mod:`unetviz.batch.dataset` (confinement, size caps, figures); this file only
 lays it out. pyarrow is an optional extra: without it the tab says how to install it.
+
+Language: the controls' labels are ``L()`` keys (``locales/app.dataset.<lang>.json``) and the
+messages go through the message catalogue in both languages (switched in the page). What lives
+inside a table or a plot (column names, the headline's measures, plot titles) can hold no
+markup: it is written in the page's language when the dataset is opened (:func:`localise`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ import gradio as gr
 from unetviz.errors import UnetvizError
 
 from .common import text_md
+from .i18n import L, bilingual, in_language, request_language
+
+
+#: the headline table's columns
+HEADLINE = ("measure", "value")
 
 
 def open_folder(registry: Any, folder: str) -> tuple:
@@ -56,12 +66,49 @@ def drill(ds: Any, row: Any) -> tuple:
     except UnetvizError as exc:
         return (f"**Error:** {text_md(str(exc), 400)}", None, None, None, None)
     heads, rows = d.words
-    status = f"row {row}: {text_md(d.status)}" + (f" ({text_md(d.error, 300)})" if d.error else "")
     words = {"headers": heads, "data": rows} if rows else None
     image = d.image
     if image is not None and image.width < 256:  # the demo's 24 px: enlarge, keep the pixels
         image = image.resize((image.width * 12, image.height * 12), resample=0)
-    return (f"{status}: {text_md(d.prompt, 300)}", image, words, d.figure, d.heatmaps)
+    return (_drill_status(row, d), image, words, d.figure, d.heatmaps)
+
+
+def _drill_status(row: int, d: Any) -> str:
+    """The drill-down's line: the row, its status (and error) and its prompt."""
+    prompt = text_md(d.prompt, 300)
+    if d.error:
+        return f"row {row}: {text_md(d.status)} ({text_md(d.error, 300)}): {prompt}"
+    return f"row {row}: {text_md(d.status)}: {prompt}"
+
+
+def localise(out: tuple, lang: str) -> tuple:
+    """``open_folder``'s tables and figures with their words (headline measures, column
+    names, plot titles and axis titles) in ``lang`` (the catalogue's; numbers and names of
+    layers, words and files stay as they are)."""
+    if lang == "en" or out[-1] is None:
+        return out
+    msg, headline, f1, f2, f3, prompts, ds = out
+    headline = {
+        "headers": [in_language(h, lang) for h in HEADLINE],
+        "data": [[in_language(str(k), lang), in_language(str(v), lang)] for k, v in headline],
+    }
+    if prompts:
+        prompts = {**prompts, "headers": [in_language(h, lang) for h in prompts["headers"]]}
+    return (msg, headline, *(_figure_in(f, lang) for f in (f1, f2, f3)), prompts, ds)
+
+
+def _figure_in(fig: Any, lang: str) -> Any:
+    """A plotly figure whose title and colour-bar titles are in ``lang``."""
+    if fig is None:
+        return fig
+    title = fig.layout.title.text
+    if title:
+        fig.update_layout(title=in_language(title, lang))
+    for trace in fig.data:
+        bar = getattr(trace, "colorbar", None)
+        if bar is not None and bar.title.text:
+            trace.colorbar.title.text = in_language(bar.title.text, lang)
+    return fig
 
 
 def build_dataset(ctx: Any) -> None:
@@ -71,50 +118,66 @@ def build_dataset(ctx: Any) -> None:
 
     registry = ctx.registry
     gr.Markdown(
-        "Open the output folder of `unetviz batch` to see which layers and timesteps localise "
-        "each word, over the whole prompt set. The folder must lie inside the model roots "
-        f"({describe_roots(registry.roots)}): write it there, e.g. "
-        "`unetviz batch prompts.jsonl -o models/run1`, then type `models/run1` (or a path "
-        "relative to a root, or an absolute one)."
+        L(
+            "Open the output folder of `unetviz batch` to see which layers and timesteps "
+            "localise each word, over the whole prompt set. The folder must lie inside the "
+            "model roots ({roots}): write it there, e.g. `unetviz batch prompts.jsonl -o "
+            "models/run1`, then type `models/run1` (or a path relative to a root, or an "
+            "absolute one).",
+            roots=describe_roots(registry.roots),
+        )
     )
     with gr.Row():
-        folder = gr.Textbox(label="Batch output folder", scale=4, elem_id="ds_folder")
-        open_btn = gr.Button("Open", scale=1, elem_id="ds_open")
+        folder = gr.Textbox(
+            label=L("Batch output folder"),
+            placeholder=L("a folder written by unetviz batch, e.g. models/run1"),
+            scale=4,
+            elem_id="ds_folder",
+        )
+        open_btn = gr.Button(L("Open"), scale=1, elem_id="ds_open")
     msg = gr.Markdown("", elem_id="ds_msg")
     state = gr.State(None)
     with gr.Column(visible=False, elem_id="ds_opened") as opened:
+        # a table's column names can hold no label: they come with its data (localise)
         headline = gr.Dataframe(
-            headers=["measure", "value"], label="Headline", elem_id="ds_head", wrap=True
+            headers=list(HEADLINE), label=L("Headline"), elem_id="ds_head", wrap=True
         )
-        f1 = gr.Plot(label="Localisation by layer and timestep", elem_id="ds_layer_time")
-        f2 = gr.Plot(label="Localisation by resolution", elem_id="ds_resolution")
-        f3 = gr.Plot(label="Localisation by word class", elem_id="ds_word_class")
-        prompts = gr.Dataframe(label="Prompts", elem_id="ds_prompts", wrap=True)
+        f1 = gr.Plot(label=L("Localisation by layer and timestep (noisiest steps left)"),
+                     elem_id="ds_layer_time")  # fmt: skip
+        f2 = gr.Plot(label=L("Localisation by resolution"), elem_id="ds_resolution")
+        f3 = gr.Plot(label=L("Localisation by word class"), elem_id="ds_word_class")
+        prompts = gr.Dataframe(label=L("Prompts"), elem_id="ds_prompts", wrap=True)
         with gr.Row():
-            row = gr.Number(0, label="Prompt row", precision=0, elem_id="ds_row")
-            show = gr.Button("Show prompt", elem_id="ds_show")
+            row = gr.Number(0, label=L("Prompt row"), precision=0, elem_id="ds_row")
+            show = gr.Button(L("Show prompt"), elem_id="ds_show")
         drill_msg = gr.Markdown("", elem_id="ds_drill_msg")
         with gr.Column(visible=False) as drilled:
             with gr.Row():
                 image = gr.Image(
-                    label="Generated image", format="png", buttons=["download"], height=288,
+                    label=L("Generated image"), format="png", buttons=["download"], height=288,
                     elem_id="ds_image", scale=1,
                 )  # fmt: skip
-                figure = gr.Plot(label="This prompt's words by layer", elem_id="ds_figure", scale=2)
-            words = gr.Dataframe(label="Per-word statistics", wrap=True, elem_id="ds_words")
-            heat = gr.Plot(label="This prompt's heatmaps", elem_id="ds_heat")
+                figure = gr.Plot(label=L("This prompt's words by layer"), elem_id="ds_figure",
+                                 scale=2)  # fmt: skip
+            words = gr.Dataframe(label=L("Per-word statistics"), wrap=True, elem_id="ds_words")
+            heat = gr.Plot(label=L("This prompt's heatmaps"), elem_id="ds_heat")
 
-    def on_open(text: str) -> tuple:
-        out = open_folder(registry, text or "")
+    def on_open(text: str, request: gr.Request) -> tuple:
+        lang = request_language(request)
+        out = localise(open_folder(registry, text or ""), lang)
         if out[-1] is None:  # refused: the dataset already open stays, with its views
-            return (out[0], *[gr.skip()] * 7)
-        return (*out, gr.update(visible=True))
+            return (bilingual(out[0]), *[gr.skip()] * 7)
+        return (bilingual(out[0]), *out[1:], gr.update(visible=True))
 
-    def on_show(ds: Any, number: Any) -> tuple:
-        out = drill(ds, number)
-        if out[1] is None and out[2] is None and out[3] is None:
-            return (out[0], *[gr.skip()] * 5)
-        return (*out, gr.update(visible=True))
+    def on_show(ds: Any, number: Any, request: gr.Request) -> tuple:
+        lang = request_language(request)
+        msg, image, words, fig, heat = drill(ds, number)
+        if image is None and words is None and fig is None:
+            return (bilingual(msg), *[gr.skip()] * 5)
+        if words:
+            words = {**words, "headers": [in_language(h, lang) for h in words["headers"]]}
+        return (bilingual(msg), image, words, _figure_in(fig, lang), heat,
+                gr.update(visible=True))  # fmt: skip
 
     open_btn.click(
         on_open,

@@ -8,12 +8,21 @@ browser's language (gradio picks it); the language switch in the page header cha
 and remembers the choice in the browser (:data:`SWITCH_JS`; its CSS in
 ``static/walkthrough.css``). No translation happens at run time.
 The CLI stays English.
+
+**Messages** (what handlers write while the page runs: status lines, notes, errors) are not
+labels: their numbers and names change. The English message is looked up in a catalogue of
+templates (``locales/messages.<lang>.json``: ``"loaded {model} in {s} s"`` -> its translation,
+compiled to regexes once) and written in every language at once (:func:`bilingual`), so the
+switch needs no round trip; a message the catalogue does not know stays English. Text that can
+hold no markup (a progress bar's) is sent in the page's language only (:func:`in_language`,
+:func:`request_language`: the switch keeps the language in a cookie).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -41,15 +50,16 @@ def translations() -> dict[str, dict[str, str]]:
     return out
 
 
-def locale_files(kind: str, lang: str) -> list[Path]:
-    """``<kind>.<lang>.json`` first, then ``<kind>.<area>.<lang>.json`` in name order."""
+def locale_files(kind: str, lang: str, english: bool = True) -> list[Path]:
+    """``<kind>.<lang>.json`` first, then ``<kind>.<area>.<lang>.json`` in name order (only
+    those that exist when ``english`` is False: a message catalogue has no English file)."""
     main = LOCALES / f"{kind}.{lang}.json"
     areas = [
         p
         for p in sorted(LOCALES.glob(f"{kind}.*.{lang}.json"))
         if p != main and p.name.count(".") == lang.count(".") + 3
     ]
-    return [main, *areas]
+    return [main, *areas] if english or main.is_file() else areas
 
 
 @cache
@@ -81,6 +91,138 @@ def text(key: str, lang: str = "en") -> str:
     return translations()[lang].get(key, key)
 
 
+# ------------------------------------------------------------------------- messages
+#: a ``{name}`` placeholder of a message template (other braces are literal text)
+FIELD = re.compile(r"\{(\w+)\}")
+#: placeholders whose captured text is itself a message (translated in turn)
+NESTED = ("error", "label", "message", "note", "reason", "status")
+#: the cookie the language switch keeps the page's language in (read for plain-text progress)
+LANG_COOKIE = "unetviz-lang"
+
+
+@cache
+def catalogue() -> dict[str, dict[str, str]]:
+    """Every non-English language's ``{English template: its translation}``:
+    ``locales/messages.<lang>.json`` merged with ``messages.<area>.<lang>.json`` (a template
+    defined twice is refused). A template is a message as the app writes it (Markdown), with
+    ``{name}`` for the values that change: ``"loaded {model} in {s} s"``."""
+    out: dict[str, dict[str, str]] = {}
+    for lang in LANGS[1:]:
+        out[lang] = {}
+        for path in locale_files("messages", lang, english=False):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            twice = sorted(set(data) & set(out[lang]))
+            if twice:
+                raise ValueError(f"{path.name}: templates defined in another file: {twice}")
+            out[lang].update({str(k): str(v) for k, v in data.items()})
+    return out
+
+
+class _Template:
+    """One English template compiled once: a literal prefix (a cheap first test) and the
+    anchored regex whose named groups capture the placeholders' values."""
+
+    __slots__ = ("prefix", "regex", "text")
+
+    def __init__(self, text: str) -> None:
+        parts = FIELD.split(text)
+        pattern, seen = [], set()
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                pattern.append(re.escape(part))
+            elif part in seen:
+                pattern.append(f"(?P={part})")
+            else:
+                seen.add(part)
+                pattern.append(f"(?P<{part}>.+?)")
+        self.text = text
+        self.prefix = parts[0]
+        self.regex = re.compile("".join(pattern), re.S)
+
+
+@cache
+def _compiled(lang: str) -> tuple[dict[str, str], list[tuple[_Template, str]]]:
+    """(exact messages, templates with placeholders, most literal text first) of ``lang``."""
+    table = catalogue()[lang]
+    exact = {k: v for k, v in table.items() if not FIELD.search(k)}
+    templates = [(_Template(k), v) for k, v in table.items() if FIELD.search(k)]
+    templates.sort(key=lambda tv: -len(FIELD.sub("", tv[0].text)))
+    return exact, templates
+
+
+def translate(message: str, lang: str, _depth: int = 0) -> str | None:
+    """``message`` (English, as the app wrote it) in ``lang`` from the catalogue, or None when
+    no template matches. A placeholder named in :data:`NESTED` is translated in turn."""
+    if lang == LANGS[0]:
+        return message
+    if lang not in catalogue():
+        return None
+    exact, templates = _compiled(lang)
+    hit = exact.get(message)
+    if hit is not None:
+        return hit
+    for template, target in templates:
+        if not message.startswith(template.prefix):
+            continue
+        m = template.regex.fullmatch(message)
+        if m is None:
+            continue
+        values = m.groupdict()
+        if _depth < 3:
+            for k in NESTED:
+                if k in values:
+                    values[k] = translate(values[k], lang, _depth + 1) or values[k]
+        return _fill(target, values)
+    return None
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """``template`` with its ``{name}`` placeholders replaced (no ``str.format``: a message
+    may hold literal braces)."""
+    return FIELD.sub(lambda f: values.get(f[1], f[0]), template)
+
+
+def spans(texts: dict[str, str]) -> str:
+    """One language's text per span; the page's CSS shows the chosen language's only."""
+    return "".join(
+        f'<span class="uv-l uv-l-{lang}" lang="{lang}">{texts[lang]}</span>' for lang in LANGS
+    )
+
+
+def bilingual(message: str) -> str:
+    """A message for the page (Markdown, English) in every language: a span per language
+    (:func:`spans`) when the catalogue knows it, the English text alone when it does not.
+    Already bilingual text and empty text are returned as they are."""
+    if not message or 'class="uv-l ' in message:
+        return message
+    texts = {lang: translate(message, lang) for lang in LANGS}
+    if all(texts[lang] is None for lang in LANGS[1:]):
+        return message
+    return spans({k: v if v is not None else message for k, v in texts.items()})
+
+
+def in_language(message: str, lang: str) -> str:
+    """``message`` in ``lang`` where it must be plain text of one language (a progress bar's
+    text): the catalogue's translation, else the English."""
+    return translate(message, lang) or message if message else message
+
+
+def request_language(request: Any) -> str:
+    """The page's language as a request carries it: the switch's cookie, else the browser's
+    ``Accept-Language``; English when neither says."""
+    headers = getattr(request, "headers", None)
+    try:
+        cookie = headers.get("cookie", "") if headers is not None else ""
+        accept = headers.get("accept-language", "") if headers is not None else ""
+    except Exception:  # a request object without a mapping of headers
+        return LANGS[0]
+    m = re.search(rf"(?:^|;)\s*{LANG_COOKIE}=([\w-]+)", cookie or "")
+    if m and m[1] in LANGS:
+        return m[1]
+    first = (accept or "").split(",")[0].strip().lower()
+    return "zh-CN" if first.startswith("zh") else LANGS[0]
+
+
 #: the page header's language switch (a gr.HTML body): gradio's own ``changeLocale`` (found in
 #: the page's loaded modules), a ``data-uv-lang`` attribute on <body> for the handler-made HTML,
 #: and the choice kept in localStorage
@@ -95,7 +237,7 @@ SWITCH_HTML = (
 
 SWITCH_JS = """
 const KEY = 'unetviz-lang';
-const LANGS = __LANGS__;
+const LANGS = __LANGS__, COOKIE = '__COOKIE__';
 const pick = (l) => {
   if (!l) return 'en';
   if (LANGS.includes(l)) return l;
@@ -117,6 +259,8 @@ function apply(lang, save) {
   element.querySelectorAll('button[data-lang]').forEach(
     (b) => b.classList.toggle('uv-on', b.dataset.lang === lang));
   if (save) { try { localStorage.setItem(KEY, lang); } catch (e) {} }
+  // the server reads it for the text it cannot send in both languages (a progress bar's)
+  document.cookie = `${COOKIE}=${lang}; path=/; SameSite=Strict`;
   return gradioLocale(lang);
 }
 window.__uvSetLang = (lang) => apply(lang, true);
@@ -130,7 +274,20 @@ const first = saved || navigator.language;
 document.body.dataset.uvLang = pick(first);
 if (saved) setTimeout(() => apply(saved, false), 300);
 else apply(first, false);
-""".replace("__LANGS__", json.dumps(list(LANGS)))
+""".replace("__LANGS__", json.dumps(list(LANGS))).replace("__COOKIE__", LANG_COOKIE)
 
 
-__all__ = ["LANGS", "LANG_NAMES", "L", "SWITCH_HTML", "SWITCH_JS", "i18n", "text"]
+__all__ = [
+    "LANGS",
+    "LANG_NAMES",
+    "L",
+    "SWITCH_HTML",
+    "SWITCH_JS",
+    "bilingual",
+    "catalogue",
+    "i18n",
+    "in_language",
+    "request_language",
+    "text",
+    "translate",
+]

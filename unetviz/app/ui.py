@@ -21,7 +21,14 @@ from pathlib import Path
 import gradio as gr
 
 from . import architecture, attention, temb, walkthrough
-from .common import STATIC, TabContext, diagram_panel, refresh_loras, static_text
+from .common import (
+    STATIC,
+    TabContext,
+    diagram_panel,
+    refresh_loras,
+    static_text,
+    text_slots_in_every_language,
+)
 from .handlers import AppHandlers
 from .i18n import SWITCH_HTML, SWITCH_JS, L
 from .registry import ModelRegistry
@@ -84,6 +91,7 @@ def build_blocks(
                     build(ctx)
         for wire in ctx.wiring:
             wire(ctx)
+        text_slots_in_every_language(ctx.c)
         architecture.wire_load(ctx, demo)
         refresh_loras(ctx, demo)
         demo.load(ctx.handlers.temb_intro, None, ctx.c["sinus"], api_visibility="private")

@@ -24,6 +24,10 @@ FORMAT = "unetviz-trace"
 VERSION = 1
 JSON_NAME = "trace.json"
 TENSORS_NAME = "tensors.safetensors"
+#: the generated image beside the capture (optional): ``Trace.save(path, image=...)``, the app
+IMAGE_NAME = "image.png"
+MAX_IMAGE_SIDE = 512  # px: a larger image is saved downscaled (a report shows ~256 px)
+MAX_IMAGE_BYTES = 2 * 1024**2  # PNG bytes of that preview
 
 # limits (a real SDXL capture of 50 steps, every layer, per step: ~1 GB of tensors)
 MAX_JSON_BYTES = 8 * 1024**2  # parses into at most ~210 MB of Python objects
@@ -191,6 +195,29 @@ def read_safetensors(fh: IO[bytes], size: int) -> dict[str, torch.Tensor]:
     if bad is not None:
         raise ValueError(f"safetensors tensor {bad.name!r}: unsupported dtype {bad.dtype!r}")
     return {e.name: read_tensor(fh, e) for e in entries}
+
+
+def image_png(image: Any) -> bytes:
+    """The PNG bytes a bundle keeps of ``image`` (a PIL image): at most
+    :data:`MAX_IMAGE_SIDE` px a side and :data:`MAX_IMAGE_BYTES` bytes (halved until it fits)."""
+    import io
+
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise TraceError(f"image={type(image).__name__}: expected a PIL image (run.image)")
+    img = image.convert("RGB")
+    side = MAX_IMAGE_SIDE
+    while True:
+        if max(img.size) > side:
+            scale = side / max(img.size)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img = img.resize(size, Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+        if buf.tell() <= MAX_IMAGE_BYTES or side <= 16:
+            return buf.getvalue()
+        side //= 2
 
 
 # ---------------------------------------------------------------------------------- checking

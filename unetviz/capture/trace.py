@@ -18,7 +18,16 @@ from ..outputs import atomic_file, write_folder
 from ..presenters import present
 from . import aggregate
 from .aggregate import MapCache
-from .bundle import FORMAT, JSON_NAME, TENSORS_NAME, VERSION, check_state, read_bundle
+from .bundle import (
+    FORMAT,
+    IMAGE_NAME,
+    JSON_NAME,
+    TENSORS_NAME,
+    VERSION,
+    check_state,
+    image_png,
+    read_bundle,
+)
 from .errors import MemoryBudgetError, TraceError
 from .features import FeatureRecord, features_from_state, features_state
 from .records import (
@@ -262,13 +271,16 @@ class Trace:
         trace.features = features_from_state(state.get("features"), tensors, len(trace.timesteps))
         return trace
 
-    def save(self, path: str | os.PathLike, folder: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, folder: bool = False, image: Any = None) -> Path:
         """Write one zip (``trace.json`` + ``tensors.safetensors``), or a folder of those two
-        files with ``folder=True``. Written to a temporary name first: nothing half-written is
-        left behind. Returns the path."""
+        files with ``folder=True``; with ``image`` (the generated PIL image) also ``image.png``
+        (at most 512 px a side, ``bundle.image_png``), so a report of the file alone shows it.
+        Written to a temporary name first: nothing half-written is left behind. Returns the
+        path."""
         from safetensors.torch import save as st_save
 
         path = Path(path)
+        png = None if image is None else image_png(image)
         state, tensors = self.to_state()
         blob = st_save(tensors, metadata={"format": FORMAT})
         text = json.dumps(state, indent=1, allow_nan=False)
@@ -278,11 +290,15 @@ class Trace:
             def fill(tmp: Path) -> None:
                 (tmp / JSON_NAME).write_text(text)
                 (tmp / TENSORS_NAME).write_bytes(blob)
+                if png is not None:
+                    (tmp / IMAGE_NAME).write_bytes(png)
 
             return write_folder(path, fill)
         with atomic_file(path) as fh, zipfile.ZipFile(fh, "w") as zf:
             zf.writestr(JSON_NAME, text, compress_type=zipfile.ZIP_DEFLATED)
             zf.writestr(TENSORS_NAME, blob, compress_type=zipfile.ZIP_STORED)
+            if png is not None:
+                zf.writestr(IMAGE_NAME, png, compress_type=zipfile.ZIP_STORED)
         return path
 
     @classmethod

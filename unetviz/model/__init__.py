@@ -5,6 +5,7 @@ from .blocks import (
     CrossAttnDownBlock2D,
     CrossAttnUpBlock2D,
     DownBlock2D,
+    UNetMidBlock2D,
     UNetMidBlock2DCrossAttn,
     UpBlock2D,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Timesteps",
     "Transformer2DModel",
     "UNet2DConditionModel",
+    "UNetMidBlock2D",
     "UNetMidBlock2DCrossAttn",
     "UpBlock2D",
     "Upsample2D",

@@ -36,15 +36,15 @@ def resnet(
     )
 
 
-def transformer(config: UNetConfig, level: int, channels: int) -> Transformer2DModel:
-    """The Transformer2DModel of ``level``: its heads (diffusers' ``attention_head_dim`` quirk
-    included, see :attr:`UNetConfig.heads`) and transformer layers."""
+def transformer(config: UNetConfig, level: int, channels: int, depth: int) -> Transformer2DModel:
+    """A Transformer2DModel of ``level``, ``depth`` BasicTransformerBlocks deep: its heads
+    (diffusers' ``attention_head_dim`` quirk included, see :attr:`UNetConfig.heads`)."""
     heads = config.heads[level]
     return Transformer2DModel(
         heads,
         channels // heads,
         channels,
-        num_layers=config.transformer_layers[level],
+        num_layers=depth,
         cross_attention_dim=config.cross_attention_dim,
         norm_num_groups=config.norm_num_groups,
         use_linear_projection=config.use_linear_projection,
@@ -137,9 +137,8 @@ class CrossAttnDownBlock2D(nn.Module):
     ):
         super().__init__()
         # attentions registered first, as diffusers does, so state_dict order matches
-        self.attentions = nn.ModuleList(
-            transformer(config, level, out_channels) for _ in range(config.layers[level])
-        )
+        depths = config.transformer_depths[0][level]  # SDXL level 2: (10, 10); SSD-1B: (4, 4)
+        self.attentions = nn.ModuleList(transformer(config, level, out_channels, d) for d in depths)
         self.resnets = _down_resnets(config, level, in_channels, out_channels)
         self.downsamplers = _downsamplers(config, out_channels, add_downsample)
 
@@ -168,7 +167,8 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         level = config.n_blocks - 1
         channels = config.block_out_channels[level]
         scale = config.mid_block_scale_factor
-        self.attentions = nn.ModuleList([transformer(config, level, channels)])
+        depth = config.transformer_depths[1]
+        self.attentions = nn.ModuleList([transformer(config, level, channels, depth)])
         self.resnets = nn.ModuleList(resnet(config, channels, channels, scale) for _ in range(2))
 
     def forward(
@@ -182,6 +182,23 @@ class UNetMidBlock2DCrossAttn(nn.Module):
             hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states)
             hidden_states = block(hidden_states, temb)
         return hidden_states
+
+
+class UNetMidBlock2D(nn.Module):
+    """One ResnetBlock2D and no attention at the lowest resolution: the mid block of the
+    distilled SDXLs (Segmind's SSD-1B and Vega; diffusers' ``mid_block_type`` "UNetMidBlock2D",
+    built with no attention layer as diffusers' UNet2DConditionModel builds it)."""
+
+    has_cross_attention = False
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        channels = config.block_out_channels[-1]
+        scale = config.mid_block_scale_factor
+        self.resnets = nn.ModuleList([resnet(config, channels, channels, scale)])
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        return self.resnets[0](hidden_states, temb)
 
 
 def _up_resnets(
@@ -257,9 +274,10 @@ class CrossAttnUpBlock2D(nn.Module):
         add_upsample: bool,
     ):
         super().__init__()
-        self.attentions = nn.ModuleList(
-            transformer(config, level, out_channels) for _ in range(config.layers[level] + 1)
-        )
+        # up block i mirrors level n - 1 - i; its depths are reverse_transformer_layers_per_block
+        # [i] when the config gives them (SSD-1B's first up block: (4, 4, 10))
+        depths = config.transformer_depths[2][config.n_blocks - 1 - level]
+        self.attentions = nn.ModuleList(transformer(config, level, out_channels, d) for d in depths)
         self.resnets = _up_resnets(config, level, in_channels, out_channels, prev_output_channel)
         self.upsamplers = _upsamplers(out_channels, add_upsample)
 

@@ -10,6 +10,7 @@ from .blocks import (
     CrossAttnDownBlock2D,
     CrossAttnUpBlock2D,
     DownBlock2D,
+    UNetMidBlock2D,
     UNetMidBlock2DCrossAttn,
     UpBlock2D,
 )
@@ -17,6 +18,7 @@ from .embeddings import TimestepEmbedding, Timesteps
 
 _DOWN = {"CrossAttnDownBlock2D": CrossAttnDownBlock2D, "DownBlock2D": DownBlock2D}
 _UP = {"CrossAttnUpBlock2D": CrossAttnUpBlock2D, "UpBlock2D": UpBlock2D}
+_MID = {"UNetMidBlock2DCrossAttn": UNetMidBlock2DCrossAttn, "UNetMidBlock2D": UNetMidBlock2D}
 
 
 class UNet2DConditionModel(nn.Module):
@@ -57,7 +59,7 @@ class UNet2DConditionModel(nn.Module):
             block = _DOWN[kind](c, i, input_channel, output_channel, not is_final_block)
             self.down_blocks.append(block)
 
-        self.mid_block = UNetMidBlock2DCrossAttn(c)
+        self.mid_block = _MID[c.mid_block_type](c)
 
         reversed_channels = list(reversed(channels))  # SD 1.5: (1280, 1280, 640, 320)
         output_channel = reversed_channels[0]
@@ -154,7 +156,8 @@ class UNet2DConditionModel(nn.Module):
             skips += res  # SD 1.5: 1 + 3 + 3 + 3 + 2 = 12 skips
 
         # 3. mid: resnet, transformer, resnet at the lowest resolution, (2,1280,8,8)
-        sample = self.mid_block(hidden_states=sample, temb=emb, encoder_hidden_states=text)
+        # (SSD-1B / Vega: one resnet, no text)
+        sample = self.mid_block(hidden_states=sample, temb=emb, **_text(self.mid_block, text))
 
         # 4. up path: each block pops one skip per resnet (3 in SD 1.5) and upsamples:
         # (2,1280,16,16) -> (2,1280,32,32) -> (2,640,64,64) -> (2,320,64,64)

@@ -155,7 +155,7 @@ def _composition(name: str, cfg: Mapping[str, Any] | None, all_names: list[str])
     return None
 
 
-def _depth(name: str, cfg: Mapping[str, Any] | None) -> int | None:
+def _depth(name: str, cfg: Mapping[str, Any] | None) -> str | None:
     if not cfg:
         return None
     n = len(cfg.get("down_block_types") or ())
@@ -163,10 +163,13 @@ def _depth(name: str, cfg: Mapping[str, Any] | None) -> int | None:
     tl = list(tl) if isinstance(tl, (list, tuple)) else [tl] * n
     if not tl:
         return None
-    if name == "mid_block":
-        return int(tl[-1])
-    i = int(name.split(".")[1])
-    return int(tl[i] if name.startswith("down") else list(reversed(tl))[i])
+    up = cfg.get("reverse_transformer_layers_per_block") or list(reversed(tl))
+    i = 0 if name == "mid_block" else int(name.split(".")[1])
+    depth = tl[-1] if name == "mid_block" else tl[i] if name.startswith("down") else up[i]
+    if isinstance(depth, (list, tuple)):  # per-layer depths (SSD-1B: up_blocks.0 4/4/10)
+        depth = depth[:1] if name == "mid_block" else depth
+        return "/".join(map(str, depth)) if len(set(depth)) > 1 else str(depth[0])
+    return str(int(depth))
 
 
 class GraphError(UnetvizError):

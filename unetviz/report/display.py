@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from typing import Any
 
-from ..tokens import END_TOKENS, PAD_TOKEN, token_label
+from ..tokens import END_TOKENS, PAD_TOKEN, START_TOKENS, token_label
 
 #: How the per-word maps of a run are aggregated for display: DAAM's recipe (its DAAM-like
 #: approximation when the capture kept no per-head sums), not normalised per map, so one colour
@@ -22,7 +23,10 @@ from ..tokens import END_TOKENS, PAD_TOKEN, token_label
 WORD_RECIPE: dict[str, Any] = {"preset": "daam", "normalize": None}
 APPROX_RECIPE: dict[str, Any] = {"preset": "daam-approx", "normalize": None}
 TILE = 160  # px of one heatmap tile
+SMALL_TILE = 112  # px of a tile when a prompt has more than MANY_WORDS words
+MANY_WORDS = 24
 IMAGE_SIDE = 256  # px of the generated image (small images are enlarged, pixels kept)
+MIN_TEXT_PX = 9.0  # the smallest text a drawn SVG may show: below it, it scrolls instead
 
 CSS = """
 .uvz{font-family:"DejaVu Sans",Arial,sans-serif;font-size:13px;color:#222;max-width:100%}
@@ -31,11 +35,12 @@ CSS = """
 .uvz td,.uvz th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 .uvz th{background:#f4f4f4}.uvz .num{text-align:right}
 .uvz .diagram{overflow:auto;max-width:100%;max-height:1000px;border:1px solid #eee}
-.uvz .diagram svg{max-width:100%;height:auto}
 .uvz .grid{display:flex;flex-wrap:wrap;gap:8px}
 .uvz figure{margin:0;text-align:center}.uvz figcaption{font-size:12px;max-width:220px}
+.uvz .tokens{line-height:1.7;overflow-wrap:anywhere}.uvz .chunk{margin:2px 0}
 .uvz .tok{display:inline-block;border-radius:3px;padding:0 4px;margin:1px;background:#eee}
 .uvz .tok.word{background:#ffe9b3}.uvz .small{font-size:11px;color:#555}
+.uvz .note{background:#fff6e0;border-left:3px solid #e0a000;padding:4px 8px;max-width:760px}
 .uvz img.px{image-rendering:pixelated}
 """
 
@@ -158,12 +163,48 @@ def diagram_svg(trace: Any, detail: str = "blocks") -> str:
     return svg[start:] if start >= 0 else svg
 
 
+_SIZE = re.compile(
+    r'<svg\b[^>]*?\swidth="([\d.]+)(pt|px)?"[^>]*?\bviewBox="[\d.-]+ [\d.-]+ ([\d.]+)'
+)
+_FONT = re.compile(r'font-size[=:]\s*"?([\d.]+)')
+
+
+def readable_svg(svg: str, min_px: float = MIN_TEXT_PX) -> str:
+    """``svg`` sized by CSS to fit its container's width, but never so small that its
+    smallest text is under ``min_px`` px (the container then scrolls) nor larger than its own
+    size. Inline styles, so notebook frontends that drop ``<style>`` keep them."""
+    m = _SIZE.search(svg)
+    fonts = [float(f) for f in _FONT.findall(svg) if float(f) > 0]
+    if not m or not fonts:
+        return svg
+    width, unit, view_w = float(m.group(1)), m.group(2) or "px", float(m.group(3))
+    natural = width * (4 / 3 if unit == "pt" else 1.0)  # CSS px at the SVG's own size
+    per_unit = natural / max(view_w, 1e-6)  # px per user unit
+    smallest = min(fonts) * per_unit  # px of the smallest text at the SVG's own size
+    low = natural * min_px / smallest
+    high = max(natural, low)
+    style = f"width:100%;min-width:{low:.0f}px;max-width:{high:.0f}px;height:auto;display:block"
+    start = svg.find("<svg") + len("<svg")
+    return svg[:start] + f' style="{style}" data-min-text="{min_px:g}"' + svg[start:]
+
+
+def diagram_html(trace: Any, detail: str = "blocks") -> str:
+    """The block diagram in a scrolling box: as wide as the page allows, its text never
+    under :data:`MIN_TEXT_PX` px (a wide diagram scrolls sideways instead of shrinking)."""
+    svg = readable_svg(diagram_svg(trace, detail))
+    return (
+        f'<div class="diagram" style="overflow:auto;max-width:100%;max-height:1000px">{svg}'
+        '</div><p class="small">drawn at a readable size: scroll it sideways and down; '
+        "<code>unetviz diagram</code> exports it as SVG or PNG</p>"
+    )
+
+
 def trace_html(trace: Any, detail: str = "blocks", title: str = "Trace") -> str:
-    """Summary, block diagram (inline SVG) and a collapsible per-module table."""
+    """Summary, block diagram (inline SVG, text kept legible) and a collapsible per-module
+    table."""
     body = (
         f"<h3>{esc(title)}</h3>{facts_table(trace_facts(trace))}"
-        f'<h4>Block diagram</h4><div class="diagram" style="overflow:auto;max-width:100%">{diagram_svg(trace, detail)}</div>'
-        f"{module_table(trace)}"
+        f"<h4>Block diagram</h4>{diagram_html(trace, detail)}{module_table(trace)}"
     )
     if getattr(trace, "features", None):  # capture(features=...): what every block sees
         from ..render.features import sheet_html
@@ -225,23 +266,30 @@ def heatmap_grid(
     maps = word_maps(trace, recipe)
     if not maps:
         return '<p class="small">no cross-attention maps in this trace</p>'
+    if len(maps) > MANY_WORDS:  # a long prompt: smaller tiles, still wrapped into rows
+        tile = min(tile, SMALL_TILE)
     lo, hi = heat_scales([m for _, m in maps], "shared")[0]
     side = _native_side(maps[0][1], image, tile)
     figures = []
     for word, heat in maps:
         picture = overlay(heat, image, vmin=lo, vmax=hi, size=side)
-        tokens = ", ".join(map(str, heat.tokens))
+        idx = list(heat.tokens)
+        tokens = ", ".join(map(str, idx[:6])) + (
+            f" \u2026 {len(idx)} in all" if len(idx) > 6 else ""
+        )
         figures.append(
             f"<figure>{img_tag(picture, f'heatmap of {word}', tile, 'heatmap px')}"
             f"<figcaption><b>{esc(word)}</b> (token {esc(tokens)})</figcaption></figure>"
         )
-    bar = colorbar_image(lo, hi, width=2 * tile, label="attention (shared scale)")
+    bar = colorbar_image(lo, hi, width=max(2 * tile, 256), label="attention (shared scale)")
     recipe_line = maps[0][1].recipe_text
+    under = "the generated image (in grey)" if image is not None else "flat grey (no image)"
     return (
         f'<div class="grid" style="display:flex;flex-wrap:wrap;gap:8px">{"".join(figures)}</div>'
         f"<div>{img_tag(bar, 'colour bar')}</div>"
-        f'<p class="small scale" data-vmin="{lo!r}" data-vmax="{hi!r}">one colour scale for '
-        f"all words: {esc(scale_text((lo, hi)))}; recipe: {esc(recipe_line)}</p>"
+        f'<p class="small scale" data-vmin="{lo!r}" data-vmax="{hi!r}">{len(maps)} words, each '
+        f"map drawn over {under}; one colour scale for all words: "
+        f"{esc(scale_text((lo, hi)))}; recipe: {esc(recipe_line)}</p>"
     )
 
 
@@ -253,21 +301,40 @@ def _native_side(heat: Any, image: Any, tile: int) -> int:
 
 
 def tokens_html(tokens: list[str], words: list[Any]) -> str:
-    """The token list as chips, the prompt's words highlighted; trailing padding folded."""
-    shown = list(tokens)
-    pads = 0
-    while len(shown) > 2 and (
-        shown[-1] == PAD_TOKEN or shown[-1] == shown[-2] in END_TOKENS  # CLIP pads with EOS
-    ):
-        shown.pop()
-        pads += 1
+    """The token list as chips that wrap, the prompt's words highlighted, each chunk's
+    trailing padding folded; a long prompt (several 77-token chunks, each from its start
+    token) gets one labelled line per chunk."""
+    starts = [i for i, t in enumerate(tokens) if i == 0 or t in START_TOKENS] or [0]
+    bounds = list(zip(starts, [*starts[1:], len(tokens)], strict=True))
+    lines = [_chunk_chips(tokens, words, a, b) for a, b in bounds]
+    if len(lines) == 1:
+        return f'<span class="tokens">{lines[0]}</span>'
+    return (
+        '<div class="tokens">'
+        + "".join(
+            f'<div class="chunk"><span class="small">chunk {k + 1} (tokens {a}\u2013{b - 1}):'
+            f"</span> {line}</div>"
+            for k, ((a, b), line) in enumerate(zip(bounds, lines, strict=True))
+        )
+        + "</div>"
+    )
+
+
+def _chunk_chips(tokens: list[str], words: list[Any], start: int, stop: int) -> str:
+    """Chips of ``tokens[start:stop]`` (titles give the absolute index), padding folded."""
+    end = stop
+    while end - start > 2 and (
+        tokens[end - 1] == PAD_TOKEN or tokens[end - 1] == tokens[end - 2] in END_TOKENS
+    ):  # CLIP pads with EOS
+        end -= 1
     chips = []
-    for i, t in enumerate(shown):
+    for i in range(start, end):
         is_word = i < len(words) and words[i] is not None
         chips.append(
             f'<span class="tok{" word" if is_word else ""}" title="#{i}">'
-            f"{esc(token_label(t))}</span>"
+            f"{esc(token_label(tokens[i]))}</span>"
         )
+    pads = stop - end
     more = f' <span class="small">+ {pads} padding</span>' if pads else ""
     return "".join(chips) + more
 

@@ -23,7 +23,6 @@ from typing import Any
 from ..errors import UnetvizError
 from . import display as d
 
-IMAGE_NAME = "image.png"  # the image beside a trace: in the app's bundle or an attention folder
 RUN_TRACE = "run.trace"  # the trace in a ``unetviz attention -o`` folder
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -32,7 +31,6 @@ PAGE_CSS = """
 body{margin:16px auto;max-width:1180px;padding:0 12px;background:#fff}
 section{border-top:1px solid #ddd;padding:6px 0 12px}
 header h1{font-size:20px;margin:4px 0}
-.plot svg{max-width:100%;height:auto}
 """
 
 
@@ -67,8 +65,9 @@ def source_of(obj: Any, image: Any = None) -> Source:
 
 
 def load_source(path: Path) -> Source:
-    """Read a saved trace (zip bundle, possibly with the app's ``image.png``; a trace folder;
-    or a ``unetviz attention -o`` folder holding ``run.trace`` and ``image.png``)."""
+    """Read a saved trace (zip bundle, possibly with its ``image.png``; a trace folder; or a
+    ``unetviz attention -o`` folder holding ``run.trace`` and ``image.png``, or that folder's
+    ``run.trace`` alone, whose image lies beside it)."""
     from ..capture.errors import TraceError
     from ..capture.trace import Trace
 
@@ -79,20 +78,33 @@ def load_source(path: Path) -> Source:
         trace = Trace.load(trace_path)
     except TraceError as exc:
         raise ReportError(str(exc)) from None
-    image = None
-    if path.is_dir() and (path / IMAGE_NAME).is_file():
-        size = (path / IMAGE_NAME).stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ReportError(f"{path / IMAGE_NAME}: {size:,} bytes: too big for an image")
-        image = read_image((path / IMAGE_NAME).read_bytes(), path / IMAGE_NAME)
-    elif path.is_file():
+    found = _image_bytes(path)
+    image = read_image(*found) if found else None
+    return Source(trace, image, str(trace.meta.get("prompt") or path.name))
+
+
+def _image_bytes(path: Path) -> tuple[bytes, Path] | None:
+    """The PNG saved with a trace: ``image.png`` in its folder or zip, else (for an attention
+    folder's ``run.trace``) the one beside it. Sizes checked before reading."""
+    from ..capture.bundle import IMAGE_NAME  # the image a bundle (or an attention folder) keeps
+
+    candidates = [path / IMAGE_NAME] if path.is_dir() else []
+    if path.is_file():
         with zipfile.ZipFile(path) as zf:
             if IMAGE_NAME in zf.namelist():
                 info = zf.getinfo(IMAGE_NAME)
                 if info.file_size > MAX_IMAGE_BYTES:
                     raise ReportError(f"{path}: {IMAGE_NAME} is {info.file_size:,} bytes: too big")
-                image = read_image(zf.read(IMAGE_NAME), path / IMAGE_NAME)
-    return Source(trace, image, str(trace.meta.get("prompt") or path.name))
+                return zf.read(IMAGE_NAME), path / IMAGE_NAME
+        if path.name == RUN_TRACE:
+            candidates.append(path.parent / IMAGE_NAME)
+    for file in candidates:
+        if file.is_file():
+            size = file.stat().st_size
+            if size > MAX_IMAGE_BYTES:
+                raise ReportError(f"{file}: {size:,} bytes: too big for an image")
+            return file.read_bytes(), file
+    return None
 
 
 def read_image(data: bytes, where: Path) -> Any:
@@ -138,24 +150,165 @@ def options_rows(meta: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+#: why a report shows no image, and how to keep it next time
+NO_IMAGE = (
+    "No image: this trace was saved without the image it generated, so the maps below are "
+    "drawn over flat grey. To keep it: <code>unetviz attention PROMPT -o DIR</code> saves both "
+    "(then <code>unetviz report DIR</code>); in Python, <code>trace.save(path, "
+    "image=run.image)</code>, or <code>run.report(path)</code> straight from the run."
+)
+GRID_COLUMNS = 24  # tokens per layer x token panel (one row of labels stays readable)
+GRID_CELLS = 2400  # layer x token cells drawn at most; beyond, the most-attended tokens
+GRID_CELL = 24  # px of one cell
+
+
+def image_section(src: Source) -> str:
+    """The generated image with its caption (size, seed, steps, guidance) and the prompt's
+    tokens; or, for a generation saved without its image, a note saying how to keep it."""
+    trace = src.trace
+    meta = dict(trace.meta or {})
+    if src.image is None and not trace.tokens:
+        return ""
+    if src.image is not None:
+        facts = [f"{src.image.width}x{src.image.height} px"]
+        facts += [
+            f"{k} {meta[k]}" for k in ("seed", "steps", "guidance") if meta.get(k) is not None
+        ]
+        picture = (
+            f"<figure>{d.img_tag(d.enlarge(src.image), 'generated image', d.IMAGE_SIDE, 'px image')}"
+            f"<figcaption>generated image: {d.esc(', '.join(facts))}</figcaption></figure>"
+        )
+    else:
+        picture = f'<p class="note no-image">{NO_IMAGE}</p>'
+    tokens = d.tokens_html(list(trace.tokens), list(trace.words or []))
+    count = f"<h4>Tokens ({len(trace.tokens)})</h4>" if trace.tokens else ""
+    return (
+        '<section id="run"><h3>Image and tokens</h3><div class="grid" style="display:flex;'
+        f'flex-wrap:wrap;gap:16px;align-items:flex-start">{picture}'
+        f'<div style="flex:1 1 420px;min-width:0">{count}{tokens}</div></div></section>'
+    )
+
+
+def _token_mass(trace: Any, idx: list[int]) -> list[float]:
+    """Mean attention each token of ``idx`` receives, over every captured layer and step."""
+    import torch
+
+    total = torch.zeros(len(idx))
+    for rec in trace.attention.values():
+        if rec.maps:  # per step (heads, h, w, tokens); h, w may differ between steps
+            t = torch.stack([m.float().mean(dim=(0, 1, 2)) for m in rec.maps]).mean(0)
+        elif rec.sum is not None:
+            t = rec.sum.float().mean(dim=(0, 1, 2)) / max(rec.count or 1, 1)
+        else:
+            continue
+        total += t[idx]
+    return total.tolist()
+
+
+def grid_tokens(trace: Any) -> tuple[list[int], str]:
+    """The word tokens the layer x token grid shows, and a note when it leaves some out:
+    all of them up to :data:`GRID_CELLS` cells, else the most attended ones (prompt order)."""
+    from ..render.heatmaps import word_tokens
+
+    idx = word_tokens(trace)
+    layers = sum(1 for a in trace.attention.values() if a.captured)
+    room = max(GRID_COLUMNS, GRID_CELLS // max(layers, 1))
+    if len(idx) <= room:
+        return idx, ""
+    mass = _token_mass(trace, idx)
+    keep = sorted(sorted(range(len(idx)), key=lambda k: -mass[k])[:room])
+    shown = [idx[k] for k in keep]
+    note = (
+        f"showing {len(shown)} of the prompt's {len(idx)} word tokens: the {len(shown)} with "
+        "the highest mean attention over all layers and steps, in prompt order (tokens "
+        f"{', '.join(map(str, shown[:8]))}\u2026); every word's own map is in the section above"
+    )
+    return shown, note
+
+
+def _layer_grids(trace: Any) -> list[tuple[str, str]]:
+    """(title, SVG) panels of the layer x token grid, :data:`GRID_COLUMNS` tokens each, on
+    one colour scale; a note first when tokens were left out."""
+    from ..render import plots
+    from .static import figure_svg, label_room, upright_room
+
+    idx, note = grid_tokens(trace)
+    chunks = [idx[i : i + GRID_COLUMNS] for i in range(0, len(idx), GRID_COLUMNS)]
+    figs = []
+    for k, chunk in enumerate(chunks):
+        part = (
+            f" ({k + 1}/{len(chunks)}: tokens {chunk[0]}\u2013{chunk[-1]})"
+            if len(chunks) > 1
+            else ""
+        )
+        title = "cross-attention: layers x tokens" + part
+        figs.append(plots.layer_token_grid(trace, tokens=chunk, cell=GRID_CELL, title=title))
+    lo = min(f.data[0].zmin for f in figs)
+    hi = max(f.data[0].zmax for f in figs)
+    out = [("note", f'<p class="small grid-note">{d.esc(note)}</p>')] if note else []
+    for fig, chunk in zip(figs, chunks, strict=True):
+        fig.data[0].update(zmin=lo, zmax=hi)  # one scale: panels compare
+        rows = len(fig.layout.yaxis.ticktext or ())
+        step = GRID_CELL + max(1, GRID_CELL // 8)
+        left = label_room(fig.layout.yaxis.ticktext or ())
+        width = max(560, 20 + left + len(chunk) * step + 84)  # margins, labels, colour bar
+        # title, cells, axis and the labels turned upright (static.figure_svg's rooms)
+        height = 50 + rows * step + 10 + 36 + upright_room(fig.layout.xaxis.ticktext or ())
+        out.append((fig.layout.title.text, figure_svg(fig, width=width, height=height)))
+    return out
+
+
+#: one line per section: how to read it without the app or the docs
+READ = {
+    "diagram": "The UNet as captured, block by block: type, input \u2192 output shape, parameters "
+    "and multiply-adds per call. Solid arrows: the main path; dashed blue: the skip connections "
+    "(down-path outputs concatenated into the up path); orange markers: where the time "
+    "embedding is added; green: where the text enters (cross-attention).",
+    "heatmaps": "Where each prompt word's cross-attention lands: the attention its tokens "
+    "received, aggregated over layers and denoising steps by the recipe under the tiles, drawn "
+    "over the image. Brighter is more attention; all tiles share one colour scale, so they "
+    "compare.",
+    "grid": "Each row is one cross-attention layer (A1111 label \u00b7 diffusers name \u00b7 map "
+    "size) in UNet order, each column one prompt token, each cell that layer's own map over "
+    "the steps; one colour scale for every panel.",
+    "temb": "How strongly the timestep speaks in every ResnetBlock2D: the RMS of the projected "
+    "time embedding over the RMS of the feature map it is added to, per denoising step.",
+}
+
+
+def _read(key: str) -> str:
+    return f'<p class="small read">{d.esc(READ[key])}</p>'
+
+
 def _plots(trace: Any) -> str:
-    """Layer x token grid and temb plots as static SVG (absent parts are skipped)."""
+    """Layer x token grid and temb plots as static SVG, each group under its reading line
+    (absent parts are skipped)."""
     from ..render import plots
     from .static import figure_svg
 
-    out = []
+    def temb(make: Any) -> list[tuple[str, str]]:
+        return [("", figure_svg(make(trace)))]
+
     makers = []
     if any(a.captured for a in trace.attention.values()):
-        makers.append(("Cross-attention: layers x words", lambda: plots.layer_token_grid(trace)))
+        makers.append(("grid", "Cross-attention: layers x tokens", lambda: _layer_grids(trace)))
     if trace.temb:
-        makers.append(("Time embedding per resnet", lambda: plots.temb_heatmap(trace)))
-        makers.append(("Time embedding per block", lambda: plots.temb_lines(trace)))
-    for title, make in makers:
+        makers.append(("temb", "Time embedding per resnet", lambda: temb(plots.temb_heatmap)))
+        makers.append(("", "Time embedding per block", lambda: temb(plots.temb_lines)))
+    out = []
+    for read, title, make in makers:
+        out.append(_read(read) if read else "")
         try:
-            svg = figure_svg(make())
+            panels = [(t or title, svg) for t, svg in make()]
         except ValueError as exc:
-            svg = f'<p class="small">{d.esc(exc)}</p>'
-        out.append(f'<div class="plot" title="{d.esc(title)}">{svg}</div>')
+            panels = [("note", f'<p class="small">{d.esc(exc)}</p>')]
+        for name, svg in panels:
+            out.append(
+                svg
+                if name == "note"
+                else f'<div class="plot" title="{d.esc(name)}" style="overflow-x:auto">'
+                f"{d.readable_svg(svg)}</div>"
+            )
     return "".join(out)
 
 
@@ -164,26 +317,20 @@ def build_report(obj: Any, image: Any = None, title: str | None = None) -> str:
     src = source_of(obj, image)
     trace = src.trace
     meta = dict(trace.meta or {})
-    title = title or "unetviz report" + (f": {src.label}" if src.label else "")
+    label = src.label if len(src.label) <= 90 else src.label[:89] + "\u2026"  # the prompt
+    title = title or "unetviz report" + (f": {label}" if label else "")
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"<header><h1>{d.esc(title)}</h1><p class='small'>made {when}</p>"
-        f"{d.facts_table(d.trace_facts(trace))}</header>"
+        f"{d.facts_table(d.trace_facts(trace))}</header>",
+        image_section(src),
+        f'<section id="diagram"><h3>Block diagram</h3>{_read("diagram")}'
+        f"{d.diagram_html(trace, 'blocks')}{d.module_table(trace)}</section>",
     ]
-    if src.image is not None or trace.tokens:
-        img = ""
-        if src.image is not None:
-            img = d.img_tag(d.enlarge(src.image), "generated image", d.IMAGE_SIDE, "px image")
-        tokens = d.tokens_html(list(trace.tokens), list(trace.words or []))
-        parts.append(f'<section id="run"><h3>Image and tokens</h3>{img}<p>{tokens}</p></section>')
-    parts.append(
-        f'<section id="diagram"><h3>Block diagram</h3><div class="diagram" style="overflow:auto;max-width:100%">'
-        f"{d.diagram_svg(trace, 'blocks')}</div>{d.module_table(trace)}</section>"
-    )
     if any(a.captured for a in trace.attention.values()):
         parts.append(
             '<section id="heatmaps"><h3>Cross-attention per word</h3>'
-            f"{d.heatmap_grid(trace, src.image)}</section>"
+            f"{_read('heatmaps')}{d.heatmap_grid(trace, src.image)}</section>"
         )
     if getattr(trace, "features", None):  # capture(features=...): what every block sees
         from ..render.features import sheet_html

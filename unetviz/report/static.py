@@ -73,6 +73,7 @@ class _Axis:
     categories: list[tuple[float, str]] = field(default_factory=list)
     visible: bool = True
     title: str = ""
+    upright: bool = False  # category labels drawn vertically (set by figure_svg)
 
     def to(self, v: float, p0: float, p1: float) -> float:
         v = math.log10(v) if self.log and v > 0 else v
@@ -98,6 +99,9 @@ def figure_svg(fig: Any, width: int | None = None, height: int | None = None) ->
     right += _right_room(traces)
     left += max((_label_room(ay) for _, ay in axes.values()), default=0)
     bottom += 36 if any(ax.visible for ax, _ in axes.values()) else 0
+    for ax, _ in axes.values():  # categories too many to read side by side: turned upright
+        ax.upright = ax.visible and _needs_upright(ax, w - left - right)
+    bottom += max((_upright_room(ax) for ax, _ in axes.values() if ax.upright), default=0)
     body: list[str] = []
     skipped: set[str] = set()
     for (xk, yk), ts in groups.items():
@@ -220,19 +224,47 @@ def _box(
 
 def _right_room(traces: list[dict[str, Any]]) -> int:
     if any(t.get("type") == "heatmap" and t.get("showscale", True) is not False for t in traces):
-        return 60
+        return 84  # the bar and labels such as 0.00451
     names = [str(t.get("name") or "") for t in traces if t.get("type", "scatter") == "scatter"]
     if len(names) > 1:
         return min(220, 30 + 7 * max(len(n) for n in names))
     return 0
 
 
+CHAR_PX = 6.5  # width of one character at the 11 px font, for label room
+UPRIGHT_PX = 13  # room one upright label takes along the axis
+
+
+def label_room(labels: Any) -> int:
+    """Pixels a column of category ``labels`` takes beside a y axis (at most 340)."""
+    labels = list(labels or [])
+    return min(340, 12 + int(CHAR_PX * max(len(str(c)) for c in labels))) if labels else 0
+
+
 def _label_room(ay: _Axis) -> int:
     if not ay.visible:
         return 0
     if ay.categories:
-        return min(340, 12 + int(6.5 * max(len(str(c[1])) for c in ay.categories)))
+        return label_room(c[1] for c in ay.categories)
     return 48 + (16 if ay.title else 0)
+
+
+def _needs_upright(ax: _Axis, room: float) -> bool:
+    """True when ``ax``'s category labels, side by side, would skip some to fit ``room``."""
+    cats = ax.categories
+    if not cats:
+        return False
+    return CHAR_PX * (2 + max(len(str(c[1])) for c in cats)) * min(len(cats), 40) > room
+
+
+def upright_room(labels: Any) -> int:
+    """Extra pixels under a plot for upright category ``labels`` (at most 120)."""
+    labels = list(labels or [])
+    return min(120, 8 + int(CHAR_PX * max(len(str(c)) for c in labels))) if labels else 0
+
+
+def _upright_room(ax: _Axis) -> int:
+    return upright_room(c[1] for c in ax.categories)
 
 
 # ---------------------------------------------------------------------------- traces
@@ -335,11 +367,13 @@ def _scatter(
 # ---------------------------------------------------------------------------- decorations
 def _ticks(axis: _Axis, room: float = 800.0, char: float = 0.0) -> list[tuple[float, str]]:
     """(data value, label) pairs: the categories (every k-th, so that labels ``char`` px per
-    character fit in ``room`` px; at most 40), else ~5 round numbers (powers of ten on a log
-    axis spanning a decade or more)."""
+    character - or :data:`UPRIGHT_PX` each when upright - fit in ``room`` px; at most 40),
+    else ~5 round numbers (powers of ten on a log axis spanning a decade or more)."""
     if axis.categories:
         cats = axis.categories
         need = char * (2 + max(len(str(c[1])) for c in cats)) * len(cats)
+        if axis.upright:
+            need = UPRIGHT_PX * len(cats)
         step = max(1, math.ceil(len(cats) / 40), math.ceil(need / max(room, 1.0)))
         return [(float(v), str(label)) for v, label in cats[::step]]
     if axis.log and axis.hi - axis.lo >= 1:
@@ -362,16 +396,24 @@ def _axis_labels(ax: _Axis, ay: _Axis, box: tuple[float, float, float, float]) -
     out = []
     if ax.visible:
         out.append(f'<line x1="{x0:.1f}" y1="{y1:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="#999"/>')
-        for v, label in _ticks(ax, x1 - x0, 6.5):
+        for v, label in _ticks(ax, x1 - x0, CHAR_PX):
             px = ax.to(v, x0, x1)
-            if x0 - 1 <= px <= x1 + 1:
+            if not x0 - 1 <= px <= x1 + 1:
+                continue
+            if ax.upright:  # read bottom to top, ending at the axis
+                out.append(
+                    f'<text transform="translate({px + 4:.1f},{y1 + 6:.1f}) rotate(-90)" '
+                    f'text-anchor="end">{html.escape(label)}</text>'
+                )
+            else:
                 out.append(
                     f'<text x="{px:.1f}" y="{y1 + 14:.1f}" text-anchor="middle">'
                     f"{html.escape(label)}</text>"
                 )
         if ax.title:
+            below = y1 + 30 + (_upright_room(ax) - 6 if ax.upright else 0)
             out.append(
-                f'<text x="{(x0 + x1) / 2:.1f}" y="{y1 + 30:.1f}" text-anchor="middle">'
+                f'<text x="{(x0 + x1) / 2:.1f}" y="{below:.1f}" text-anchor="middle">'
                 f"{ax.title}</text>"
             )
     if ay.visible:
