@@ -444,3 +444,42 @@ def _localising(fn: Callable[..., Any], outputs: list[Any], where: list[int]) ->
 def all_of(groups: Iterable[Sequence[str]]) -> tuple[str, ...]:
     """Names of several groups, each once, in order."""
     return tuple(dict.fromkeys(n for g in groups for n in g))
+
+
+def lora_controls(ctx: TabContext, pick: str, scale: str, info: str) -> None:
+    """A LoRA dropdown (the files the registry offers) and its scale slider, named ``pick``
+    and ``scale`` (the Attention, Architecture and Experiments tabs each have one)."""
+    from .i18n import L
+
+    c = ctx.c
+    c[pick] = gr.Dropdown(
+        ctx.registry.lora_choices(),
+        value="none",
+        label=L("LoRA"),
+        info=L(info),
+        elem_id=pick,
+        scale=3,
+    )
+    c[scale] = gr.Slider(
+        -2.0, 2.0, value=1.0, step=0.05, label=L("LoRA scale"), elem_id=scale, scale=2
+    )
+    ctx.c.setdefault("lora_picks", []).append(pick)
+
+
+def refresh_loras(ctx: TabContext, demo: gr.Blocks) -> None:
+    """Every LoRA dropdown lists the files in the roots as they are when a page loads (a file
+    copied there after start-up appears on the next page load; a header read each)."""
+    picks = ctx.c.get("lora_picks", [])
+
+    def choices() -> dict[Any, Any]:
+        found = ctx.registry.lora_choices()
+        return {ctx.c[p]: gr.update(choices=found) for p in picks}
+
+    if picks:
+        demo.load(
+            choices,
+            None,
+            [ctx.c[p] for p in picks],
+            api_visibility="private",
+            show_progress="hidden",
+        )

@@ -26,6 +26,7 @@ from .common import (
     TabContext,
     diagram_panel,
     localise_events,
+    refresh_loras,
     static_text,
     text_slots_in_every_language,
 )
@@ -93,6 +94,7 @@ def build_blocks(
             wire(ctx)
         text_slots_in_every_language(ctx.c)
         architecture.wire_load(ctx, demo)
+        refresh_loras(ctx, demo)
         demo.load(ctx.handlers.temb_intro, None, ctx.c["sinus"], api_visibility="private")
 
         def forget(request: gr.Request) -> None:
