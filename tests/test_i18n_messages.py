@@ -198,6 +198,9 @@ def test_templates_fill_values_and_nest():
     assert zh is not None and "seed='x'" in zh and "0..18446744073709551615" in zh
     assert "整数" in zh
     assert translate("an unknown message", "zh-CN") is None
+    bold = translate("**the edited prompt is the prompt (a red circle): change a word**", "zh-CN")
+    assert bold is not None and bold.startswith("**编辑后") and bold.endswith("**")
+    assert translate("⚠ nothing is running", "zh-CN") == "⚠ 当前没有正在运行的任务"
     assert translate("an unknown message", "en") == "an unknown message"
 
 
