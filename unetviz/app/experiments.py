@@ -16,8 +16,8 @@ import gradio as gr
 from unetviz.errors import UnetvizError
 from unetviz.names import is_block, layer_order
 
-from .common import diagram_panel, lora_controls, text_md
-from .i18n import L
+from .common import _message, diagram_panel, lora_controls, text_md
+from .i18n import L, bilingual
 from .views import panel_html
 
 #: the default experiment: prompt-to-prompt's word swap, which keeps the layout and changes
@@ -263,7 +263,7 @@ def edited(
             lambda p: eh.run_edited(p, prompt, chosen, tick, edited_prompt=swap or None, **call),
         )
     except UnetvizError as exc:
-        return None, None, None, f"**{text_md(str(exc), 400)}**"
+        return None, None, None, _message("experiment", exc)
     table, _ = changed_table(out["rows"])
     note = f"base | edited | difference · {len(chosen)} edit(s): " + edits_note(out["edits"])
     if swap:
@@ -319,7 +319,7 @@ def swept(
         tick = _ticker(progress, "sweep")
         out = _call(registry, model, bounded)
     except UnetvizError as exc:  # the last sweep's diagram and table stay
-        return gr.skip(), gr.skip(), f"**{text_md(str(exc), 400)}**"
+        return gr.skip(), gr.skip(), _message("sweep", exc)
     html = panel_html(out["svg"], "exp-svg")
     result = out["result"]
     note = f"{len(result.rows)} edited runs + base in {result.seconds:.1f} s"
@@ -382,7 +382,7 @@ def lora_compared(
         tick = _ticker(progress, "without, then with the LoRA")
         out = _call(registry, model, lambda p: eh.run_lora_compare(p, prompt, loras, tick, **call))
     except UnetvizError as exc:
-        return None, "", f"**{text_md(str(exc), 400)}**"
+        return None, "", _message("lora_compare", exc)
     trace = out["comparison"].base.trace
     tiles = [(img, f"{views.token_caption(trace, i)}: without | with") for img, i in out["pairs"]]
     names = " + ".join(f"{text_md(p.name)} ×{w:g}" for p, w in loras)
@@ -463,6 +463,7 @@ def build_experiments(ctx: Any) -> None:
         strip, heat, table, note = edited(
             registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw
         )
+        note = bilingual(note)
         if strip is None:  # refused: what the page shows stays
             return gr.skip(), gr.skip(), gr.skip(), note
         # the word's heatmaps exist only for a re-weight: no empty frame otherwise
@@ -510,6 +511,7 @@ def build_lora_compare(ctx: Any, common: list[Any]) -> None:
 
     def on_compare(m, p, s, n, g, lo, sc, progress=gr.Progress()):  # noqa: B008
         strip, maps, note = lora_compared(registry, m, p, s, n, g, lo, sc, progress)
+        note = bilingual(note)
         if strip is None:  # refused: what the page shows stays
             return gr.skip(), gr.skip(), note
         return strip, maps, note
@@ -550,7 +552,8 @@ def build_sweep(ctx: Any, common: list[Any]) -> None:
     )
 
     def on_sweep(m, p, s, n, g, ov, ed, w, mo, sc, progress=gr.Progress()):  # noqa: B008
-        return swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)
+        diagram, table, note = swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)
+        return diagram, table, bilingual(note)
 
     go.click(
         on_sweep,
