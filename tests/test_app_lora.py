@@ -201,14 +201,13 @@ def test_the_with_and_without_lora_comparison(app):
         assert strip is None and maps == "" and msg in note
 
 
-def test_an_edits_note_is_a_summary_with_every_parameter_folded(app):
-    from unetviz.app.experiments import edited
+def test_an_edits_note_is_a_summary_and_every_parameter_is_apart(app):
+    from unetviz.app.experiments import edit_result, edited
 
     call = (app.registry, "demo", "a red circle", 0, 2, 4.0)
-    note = edited(*call, "", 0, "all", [], [], "zero", "none", 1, None, "a blue circle")[3]
-    line, _, folded = note.partition("\n\n")
-    assert line.endswith("**Replace** source_prompt=a red circle") and len(line) < 200
-    assert folded.startswith("<details><summary>all parameters</summary>")
-    assert "self\\_layers" in folded and "self_layers" not in line
+    out = edit_result(*call, "", 0, "all", [], [], "zero", "none", 1, None, "a blue circle")
+    assert out["note"].endswith("**Replace** source_prompt=a red circle")
+    assert len(out["note"]) < 200 and "self_layers" not in out["note"]
+    assert out["edits"][0]["edit"] == "Replace" and "self_layers" in out["edits"][0]
     note = edited(*call, "red", 0.0, "all", [], [], "zero", "all", 1.5)[3]
     assert "**Reweight** token=red, scale=0.0; **ScaleTemb** target=all, scale=1.5" in note

@@ -195,10 +195,10 @@ def test_the_u_filled_by_a_lora_and_the_comparison(page):
     # the default word swap: a one-line note, every parameter folded under it
     page.click("#exp_run")
     _wait_text(page, "#exp_msg", "edit(s)")
-    details = page.locator("#exp_msg details")
-    assert details.count() == 1 and not details.evaluate("d => d.open")
     assert "self_layers" not in page.locator("#exp_msg").inner_text()
-    assert _boxes(page, "#exp_msg")[0]["h"] < 120
+    assert _boxes(page, "#exp_msg")[0]["h"] < 60  # one line
+    page.locator("#exp_details_box").get_by_text("All parameters of the edits").click()
+    _wait_text(page, "#exp_details", "self_layers")  # the whole description, on demand
 
 
 def test_the_experiments_tab_in_chinese(page):
@@ -209,6 +209,8 @@ def test_the_experiments_tab_in_chinese(page):
         assert "对比有 / 无 LoRA" in page.locator("#exp_lora_run").inner_text()
         assert "LoRA 强度" in page.locator("#exp_lora_scale").inner_text()
         assert "消融" in page.locator("#tab-3").inner_text()
+        note = page.locator("#exp_msg").inner_text()  # the shown language's text only
+        assert "项编辑" in note and "edit(s)" not in note
     finally:
         page.evaluate("() => window.__uvSetLang('en')")
     _wait_text(page, "#exp_run", "Run edited")
