@@ -21,6 +21,7 @@ from .common import (
     HandlerBase,
     InputError,
     TabContext,
+    demo_side,
     diagram_panel,
     handler,
     lora_controls,
@@ -323,14 +324,6 @@ def _controls(ctx: TabContext) -> None:
         c["arch_draw"] = gr.Button(L("Draw"), variant="primary", elem_id="arch_draw", scale=1)
     with gr.Row(equal_height=True):  # a LoRA: the U filled by what it changes
         lora_controls(ctx, "arch_lora", "arch_lora_scale", ARCH_LORA_INFO)
-
-
-def demo_side(registry: Any) -> int:
-    """The demo model's native image side (24 when its folder cannot be read)."""
-    try:
-        return registry.spec(DEMO).default_size
-    except Exception:  # a broken demo folder: the Architecture tab says so on load
-        return 24
 
 
 def build(ctx: TabContext) -> None:

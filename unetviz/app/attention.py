@@ -446,7 +446,7 @@ def _prompt_column(ctx: TabContext) -> None:
         for i, ex in enumerate(views.demo_examples(words)):
             b = gr.Button(ex, size="sm", elem_id=f"example_{i}", elem_classes=["uv-example"])
             b.click(None, None, c["prompt"], js=f"() => {json.dumps(ex)}")
-    from .architecture import demo_side
+    from .common import demo_side
 
     gr.Markdown(
         (f"**Demo vocabulary** ({len(words)} words): " + " · ".join(f"`{w}`" for w in words))

@@ -25,6 +25,7 @@ from .common import (
     STATIC,
     TabContext,
     diagram_panel,
+    localise_events,
     refresh_loras,
     static_text,
     text_slots_in_every_language,
@@ -100,6 +101,7 @@ def build_blocks(
             ctx.handlers.forget(request)
 
         demo.unload(forget)
+    localise_events(demo)  # the events not declared with `handler` (plain gradio functions)
     demo.unetviz_handlers = ctx.handlers  # type: ignore[attr-defined]
     demo.unetviz_context = ctx  # type: ignore[attr-defined]
     return demo
