@@ -83,7 +83,7 @@ def test_a_run_fuses_the_lora_for_that_run_only(app):
     out = app.h.run(form, request=Request("yellow"))
     assert out["run_msg"] == "", out["run_msg"]
     assert "LoRA yellow.safetensors ×1" in out["status"]
-    assert "LoRA yellow.safetensors ×1 · 生成并捕获用时" in out["status"]  # and in Chinese
+    assert "LoRA yellow.safetensors，强度 ×1 · 生成并捕获用时" in out["status"]  # and in Chinese
     session = app.h.session(Request("yellow"))
     assert session.trace.meta["loras"] == [{"file": str(app.registry.resolve_lora(EXAMPLE)),
                                             "scale": 1.0}]  # fmt: skip

@@ -181,7 +181,7 @@ class AttentionHandlers(HandlerBase):
         total = len(views.word_tokens(tr))
         if total > len(words):
             note += (
-                f" · heatmaps of the first {len(words)} of {total} word tokens: tick others in "
+                f" · heatmaps of the first {len(words)} of {total} words: tick others in "
                 "**Tokens to map**"
             )
         preset, out = c.preset, {}
@@ -401,11 +401,12 @@ class AttentionHandlers(HandlerBase):
 
 
 def run_status(prompt: str, seed: int, steps: int, g: float, loras: list, took: float) -> str:
-    """The status line of a Run: what it drew, with which settings and LoRAs, how fast."""
-    names = " + ".join(f"{text_md(p.name)} ×{w:g}" for p, w in loras)
+    """The status line of a Run: what it drew, with which settings and LoRAs, how fast (its
+    " · "-joined parts are translated one by one: ``unetviz.app.i18n.translate``)."""
+    lora = " · ".join(f"LoRA {text_md(p.name)} ×{w:g}" for p, w in loras)
     return (
-        f"Showing **{text_md(prompt)}** · seed {seed} · {steps} steps · guidance {g:g} · "
-        f"LoRA {names} · generated and captured in {took:.1f} s"
+        f"Showing **{text_md(prompt)}** · seed {seed} · {steps} steps · guidance {g:g} · {lora} "
+        f"· generated and captured in {took:.1f} s"
         if loras
         else f"Showing **{text_md(prompt)}** · seed {seed} · {steps} steps · guidance {g:g} · "
         f"generated and captured in {took:.1f} s"

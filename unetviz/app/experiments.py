@@ -17,7 +17,7 @@ from unetviz.errors import UnetvizError
 from unetviz.names import is_block, layer_order
 
 from .common import _message, diagram_panel, lora_controls, text_md
-from .i18n import L, bilingual
+from .i18n import L
 from .views import panel_html
 
 #: the default experiment: prompt-to-prompt's word swap, which keeps the layout and changes
@@ -466,7 +466,7 @@ def build_experiments(ctx: Any) -> None:
 
     def on_run(m, p, s, n, g, sw, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
         out = edit_result(registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw)
-        note = bilingual(out["note"])
+        note = out["note"]  # in every language: ui.localise_events
         if out["strip"] is None:  # refused: what the page shows stays
             return gr.skip(), gr.skip(), gr.skip(), note, gr.skip()
         # the word's heatmaps exist only for a re-weight: no empty frame otherwise
@@ -516,7 +516,6 @@ def build_lora_compare(ctx: Any, common: list[Any]) -> None:
 
     def on_compare(m, p, s, n, g, lo, sc, progress=gr.Progress()):  # noqa: B008
         strip, maps, note = lora_compared(registry, m, p, s, n, g, lo, sc, progress)
-        note = bilingual(note)
         if strip is None:  # refused: what the page shows stays
             return gr.skip(), gr.skip(), note
         return strip, maps, note
@@ -557,8 +556,7 @@ def build_sweep(ctx: Any, common: list[Any]) -> None:
     )
 
     def on_sweep(m, p, s, n, g, ov, ed, w, mo, sc, progress=gr.Progress()):  # noqa: B008
-        diagram, table, note = swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)
-        return diagram, table, bilingual(note)
+        return swept(registry, m, p, s, n, g, ov, ed, w, mo, sc, progress)
 
     go.click(
         on_sweep,
