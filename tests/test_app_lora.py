@@ -139,6 +139,12 @@ def test_the_u_is_filled_by_what_the_lora_changes(app):
     assert "LoRA" in Path(files["dl_svg"]).read_text() and files["dl_svg"].endswith("-lora.svg")
     half = app.h.architecture(arch_form("demo", h=96, w=96) | lora | {"arch_lora_scale": 0.5})
     assert half["lora_table"][0][1] == pytest.approx(ranking["up_blocks.1"][1] / 2, rel=1e-3)
+    layers = app.h.architecture(arch_form("demo", h=96, w=96, detail="layers") | lora)
+    fill = layers["arch_state"]["fill"]  # each layer by the modules inside it
+    assert fill["up_blocks.1.attentions.1"] > 0 and fill["up_blocks.1.resnets.0"] == 0
+    assert fill["up_blocks.1"] == pytest.approx(
+        fill["up_blocks.1.attentions.0"] + fill["up_blocks.1.attentions.1"]
+    )
     plain = app.h.architecture(arch_form("demo", h=96, w=96))
     assert plain["lora_table"] == [] and "fill: LoRA" not in plain["diagram"]
     preset = app.h.choose_model(arch_form("sd15") | lora)  # no weights: drawn, not filled

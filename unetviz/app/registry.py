@@ -46,12 +46,14 @@ LORA_SCAN_FILES, LORA_SCAN_DEPTH = 4000, 4
 
 @dataclass(frozen=True)
 class LoraChange:
-    """What LoRAs change in one model's weights, per block: ``names`` (files and scales), the
-    cache ``key`` and ``table`` (``unetviz.lora.block_changes``: block, change, modules)."""
+    """What LoRAs change in one model's weights: ``names`` (files and scales), the cache
+    ``key``, ``table`` per block (``unetviz.lora.block_changes``: block, change, modules) and
+    ``modules`` per module (what a layers or modules diagram is filled by)."""
 
     names: str
     key: tuple
     table: list[dict[str, Any]]
+    modules: list[dict[str, Any]]  # ``unetviz.lora.relative_changes``: per module
 
 
 class ModelAccessError(UnetvizError):
@@ -215,7 +217,7 @@ class ModelRegistry:
             models = pipe.lora_models()
             rows = [r for p, w in loras for r in relative_changes(p, models, w)]
         names = " + ".join(f"{p.name} ×{w:g}" for p, w in loras)
-        change = LoraChange(names, key, block_changes(rows))
+        change = LoraChange(names, key, block_changes(rows), rows)
         with self._arch_lock:
             self._lora_changes[key] = change
             while len(self._lora_changes) > 16:

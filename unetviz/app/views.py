@@ -148,12 +148,12 @@ def drawing(
     return panel, block_table(trace, detail)
 
 
-def lora_fill(trace: Any, table: list[dict[str, Any]]) -> dict[str, float]:
-    """The diagram's fill for a LoRA's per-block change (``unetviz.lora.block_fill``): every
-    U block of ``trace``, unchanged ones at 0."""
+def lora_fill(trace: Any, modules: list[dict[str, Any]]) -> dict[str, float]:
+    """The diagram's fill for a LoRA's per-module change (``unetviz.lora.block_fill``): every
+    block, layer or module of ``trace``'s U at the change summed inside it, unchanged ones 0."""
     from unetviz.lora import block_fill
 
-    return block_fill(table, (b.name for b in trace.blocks))
+    return block_fill(modules, (b.name for b in trace.blocks))
 
 
 def lora_fill_args(fill: dict[str, float] | None) -> dict[str, Any]:
