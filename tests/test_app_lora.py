@@ -106,6 +106,7 @@ def test_a_run_fuses_the_lora_for_that_run_only(app):
         ("../../etc/passwd", 1.0, "LoRA: model folder"),
         (EXAMPLE, "lots", "LoRA scale='lots': expected a number"),
         (EXAMPLE, 1e9, "LoRA scale=1000000000.0: expected a number"),
+        ([f"loras/{i}.safetensors" for i in range(9)], 1.0, "9 LoRAs chosen: at most 8 per run"),
     ],
 )
 def test_a_refused_lora_is_the_librarys_message_and_changes_nothing(app, choice, scale, message):

@@ -40,6 +40,7 @@ VAE_FACTOR = 8
 #: the LoRAs shipped for the demo model (offered whatever the roots hold)
 SHIPPED_LORAS = ("examples/yellow.safetensors",)
 NO_LORA = "none"
+MAX_LORAS = 8  # LoRAs fused into one run at most
 #: how many files and folder levels a scan of the roots for LoRA files visits at most
 LORA_SCAN_FILES, LORA_SCAN_DEPTH = 4000, 4
 
@@ -185,6 +186,8 @@ class ModelRegistry:
         picked = [v for v in values if v and str(v).strip() not in ("", NO_LORA)]
         if not picked:
             return []
+        if len(picked) > MAX_LORAS:
+            raise ModelAccessError(f"{len(picked)} LoRAs chosen: at most {MAX_LORAS} per run")
         from unetviz.callargs import as_float
 
         s = as_float(scale if scale is not None else 1.0, "LoRA scale", -10.0, 10.0,
