@@ -7,6 +7,7 @@ one page for the module; a tiny random SD 1.x folder in its model root for the l
 from __future__ import annotations
 
 import json
+import shutil
 from urllib.parse import urlparse
 
 import numpy as np
@@ -28,11 +29,12 @@ def served(tmp_path_factory):
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
     from tests.lora_support import make_lora
-    from tests.sd_tiny import build_tiny_sd
+    from tests.sd_tiny import tiny_sd_dir
     from unetviz.pipelines import load_pipeline
 
     s = Served(tmp_path_factory.mktemp("sd-habits"))
-    folder = build_tiny_sd(s.root / "tiny-sd", "sd1")
+    folder = s.root / "tiny-sd"  # the session's tiny SD 1.x (built once), copied into the root
+    shutil.copytree(tiny_sd_dir("sd1"), folder)
     cfg = folder / "unet" / "config.json"
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "sample_size": 12}))
     # a LoRA for the tiny SD model: offered in the page, refused on the demo model
