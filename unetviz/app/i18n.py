@@ -140,6 +140,8 @@ class _Template:
         self.regex = re.compile("".join(pattern), re.S)
 
 
+#: marks around a whole message that leave its words alone (its inside is looked up)
+WRAPPERS = (("**", "**"), ("⚠ ", ""))
 #: the separator of a status line's parts ("Showing … · seed 0 · 25 steps · …")
 SEGMENT = " · "
 
@@ -171,8 +173,16 @@ def translate(message: str, lang: str, _depth: int = 0) -> str | None:
         return None
     exact, templates, part_exact, part_templates = _compiled(lang)
     hit = _match(message, lang, exact, templates, _depth)
-    if hit is not None or SEGMENT not in message or _depth >= 3:
+    if hit is not None or _depth >= 3:
         return hit
+    for pre, post in WRAPPERS:  # an error shown in bold, a warning sign before a message
+        inner = message[len(pre) : len(message) - len(post)]
+        if inner and message.startswith(pre) and message.endswith(post):
+            done = translate(inner, lang, _depth + 1)
+            if done is not None:
+                return pre + done + post
+    if SEGMENT not in message:
+        return None
     parts = []
     for part in message.split(SEGMENT):
         done = _match(part, lang, part_exact, part_templates, _depth)

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from ..names import layer_order
 from .shapes import is_attention, is_cross, is_resnet, transformer_of
 
 #: first-pass facts kept per plan (distinct input shapes); the oldest go first
@@ -80,8 +81,11 @@ class ModelPlan:
             n for n, m in mods.items() if isinstance(m, (nn.ModuleList, nn.ModuleDict))
         }
         self.transformers = {n: transformer_of(n) for n in self.attention}
-        #: per resnet: (name, conv1, time_emb_proj), the two modules the temb probe hooks
-        self.resnet_parts = [(n, mods[n].conv1, mods[n].time_emb_proj) for n in self.resnets]
+        #: per resnet in forward order (down, mid, up: diffusers registers up_blocks before
+        #: mid_block): (name, conv1, time_emb_proj), the two modules the temb probe hooks
+        self.resnet_parts = [
+            (n, mods[n].conv1, mods[n].time_emb_proj) for n in layer_order(self.resnets)
+        ]
         self._params: dict[str, int] = {}
         self._taps: dict[str, Any] = {}
         self._facts: OrderedDict[Any, Any] = OrderedDict()
