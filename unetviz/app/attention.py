@@ -181,7 +181,7 @@ class AttentionHandlers(HandlerBase):
         total = len(views.word_tokens(tr))
         if total > len(words):
             note += (
-                f" · heatmaps of the first {len(words)} of {total} words: tick others in "
+                f" · heatmaps of the first {len(words)} of {total} word tokens: tick others in "
                 "**Tokens to map**"
             )
         preset, out = c.preset, {}
