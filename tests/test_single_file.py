@@ -392,3 +392,21 @@ def test_asymmetric_single_file_loads_with_its_config(tmp_path):
     with SingleFile(path) as sf:
         loaded = load_unet_from_single_file(sf, cfg)
     _equal(loaded.state_dict(), model.state_dict())
+
+
+def test_missing_tokenizer_fails_before_any_weight_is_read(ldm_file, monkeypatch):
+    """No config folder and no cached tokenizer: the one clear error comes before the
+    gigabytes of a full-size file are read (only its header is)."""
+    from transformers import CLIPTokenizer
+
+    from unetviz.single_file import TOKENIZER_CACHE_REPO
+
+    if len(CLIPTokenizer.from_pretrained(TOKENIZER_CACHE_REPO, local_files_only=True)) > 1000:
+        pytest.skip("the CLIP tokenizer is in this machine's Hugging Face cache")
+    kind, path, _ = ldm_file
+    read: list[str] = []
+    monkeypatch.setattr(SingleFile, "tensor", lambda self, key: read.append(key))
+    monkeypatch.setattr("unetviz.single_file.unet_config_of", lambda sf, family=None: None)
+    with pytest.raises(SingleFileError, match="pass config="):
+        load_single_file(path)
+    assert read == []

@@ -545,6 +545,12 @@ def load_single_file(
             )
         except ConfigError as exc:
             raise SingleFileError(f"{config_dir}/unet/config.json: {exc}") from None
+        # the tokenizers before any weight: a missing one is an error in a second, not after
+        # a minute of reading gigabytes
+        tokenizers = [
+            _tokenizer(config_dir, tok_sub, openclip)
+            for _, tok_sub, _, openclip, _ in _TEXT_SPECS[family]
+        ]
         unet = load_unet_from_single_file(sf, unet_cfg, dtype)
 
         vae_cfg = cfg_json("vae") or {**VAE_CONFIG, **VAE_FAMILY[family]}
@@ -554,7 +560,7 @@ def load_single_file(
         else:
             vae = _from_folder(config_dir, "vae", path, dtype)
 
-        encoders, tokenizers = _load_text_parts(sf, family, config_dir, dtype)
+        encoders = _load_text_parts(sf, family, config_dir, dtype)
     sched_cfg = cfg_json("scheduler", "scheduler_config.json") or {
         **SCHEDULER_CONFIG,
         **SCHEDULER_FAMILY[family],
@@ -599,12 +605,11 @@ _TEXT_SPECS = {  # (encoder subfolder, tokenizer subfolder, key prefix, OpenCLIP
 
 def _load_text_parts(
     sf: SingleFile, family: str, config_dir: Path | None, dtype: torch.dtype | None
-) -> tuple[list[torch.nn.Module], list[Any]]:
-    """The family's text encoder(s), from the file or else from ``config_dir``, and their
-    tokenizers."""
+) -> list[torch.nn.Module]:
+    """The family's text encoder(s), from the file or else from ``config_dir``."""
     keys = set(sf.keys)
-    encoders, tokenizers = [], []
-    for enc_sub, tok_sub, prefix, openclip, proj in _TEXT_SPECS[family]:
+    encoders = []
+    for enc_sub, _, prefix, openclip, proj in _TEXT_SPECS[family]:
         if any(k.startswith(prefix) for k in keys):
             te_cfg = None
             te_json = _cfg_json(config_dir, enc_sub, "config.json")
@@ -618,8 +623,7 @@ def _load_text_parts(
             )
         else:
             encoders.append(_from_folder(config_dir, enc_sub, sf.path, dtype, proj))
-        tokenizers.append(_tokenizer(config_dir, tok_sub, openclip))
-    return encoders, tokenizers
+    return encoders
 
 
 def _from_folder(
