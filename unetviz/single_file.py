@@ -27,7 +27,7 @@ from .config import ConfigError, UNetConfig, check_part_config, read_json
 from .detect import PICKLE_SUFFIXES, confined_folder, inside, pickle_message
 from .errors import UnetvizError
 from .names import LDM_PREFIX, UnknownNameError, unet_names
-from .safetensors_io import offenders, read_at, read_header
+from .safetensors_io import offenders, read_at, read_header, torch_dtype
 from .weights import build_unet, check_weight, key_mismatches
 
 VAE_PREFIX = "first_stage_model."
@@ -114,14 +114,27 @@ class SingleFile:
         self._entries = {e.name: e for e in entries}
         self.keys = list(self._entries)  # file order: reads go forward through the file
         self.shapes = {e.name: e.shape for e in entries}
+        self._scratch: torch.Tensor | None = None
 
-    def tensor(self, key: str) -> torch.Tensor:
+    def tensor(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor ``key``, cast to ``dtype`` when given (floating tensors only). A cast
+        reads into one reused scratch buffer the size of the file's largest tensor, so the
+        only allocations are the final tensors: a temporary per tensor would leave the freed
+        ones as holes in the heap (a gigabyte of resident memory on an SDXL file)."""
+        entry = self._entries[key]
+        src = torch_dtype(entry.dtype)
         try:
-            return read_at(self._fh, self._entries[key])
+            if dtype is None or src == dtype or not src.is_floating_point:
+                return read_at(self._fh, entry)
+            if self._scratch is None:
+                size = max(e.nbytes for e in self._entries.values())
+                self._scratch = torch.empty(size, dtype=torch.uint8)
+            return read_at(self._fh, entry, self._scratch).to(dtype)
         except (OSError, EOFError) as exc:
             raise SingleFileError(f"{self.path}: cannot read tensor {key!r}: {exc}") from None
 
     def close(self) -> None:
+        self._scratch = None
         self._fh.close()
 
     def __enter__(self) -> SingleFile:
@@ -340,10 +353,7 @@ def _take(sf: SingleFile, prefix: str, dtype: torch.dtype | None) -> dict[str, t
     out = {}
     for key in sf.keys:
         if key.startswith(prefix):
-            t = sf.tensor(key)
-            if dtype is not None and t.is_floating_point():
-                t = t.to(dtype)
-            out[key[len(prefix) :]] = t
+            out[key[len(prefix) :]] = sf.tensor(key, dtype)
     return out
 
 
@@ -390,11 +400,10 @@ def load_unet_from_single_file(
         if name not in expected:
             unknown.append(key)
             continue
-        t = check_weight(sf.tensor(key), key, sf.path)
+        where = f"{sf.path} (cast to {dtype})" if dtype is not None else sf.path
+        t = check_weight(sf.tensor(key, dtype), key, where)
         if len(expected[name]) == 2 and t.ndim == 4 and t.shape[2:] == (1, 1):
             t = t[:, :, 0, 0]  # 1x1 conv proj_in/proj_out in a linear-projection UNet
-        if dtype is not None:
-            t = check_weight(t.to(dtype), key, f"{sf.path} (cast to {dtype})")
         state[name] = t
     if unknown:
         raise SingleFileError(
