@@ -28,6 +28,7 @@ from tests.app_support import (
     run_form,
 )
 from tests.demo_support import latent_demo_folder
+from unetviz.app.i18n import one_language
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -72,7 +73,8 @@ def test_run_gives_image_tokens_heatmaps_and_a_colour_bar(ran, served):
     assert [cap for _, cap in shown] == ["a (1)", "red (2)", "circle (3)"]
     assert all(img.size == (views.TILE, views.TILE) for img, _ in shown)
     assert steps == {"lo": 0, "hi": TEST_STEPS - 1, "max": TEST_STEPS - 1}
-    assert "one scale for all tiles" in bar and status.startswith("Showing **a red circle**")
+    assert "one scale for all tiles" in bar
+    assert one_language(status).startswith("Showing **a red circle**")
     assert heads["choices"][0] == ("head 0", 0)
 
 

@@ -54,16 +54,28 @@ def _wait_text(page, selector: str, pattern: str) -> None:
 
 def _switch(page, lang: str) -> None:
     page.click(f"#uv_lang_switch button[data-lang='{lang}']")
-    page.wait_for_function(
-        "l => document.body.dataset.uvLang === l", arg=lang, timeout=WAIT
-    )
+    page.wait_for_function("l => document.body.dataset.uvLang === l", arg=lang, timeout=WAIT)
+
+
+def _wait_seen(seen: list, n: int) -> None:
+    import time
+
+    end = time.monotonic() + WAIT / 1000
+    while len(seen) < n and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(seen) >= n, seen
 
 
 def _english_words(text: str) -> list[str]:
     return [w for w in re.findall(r"[A-Za-z][A-Za-z_]{2,}", text) if w not in KEPT]
 
 
-def test_an_error_and_a_status_line_in_chinese_then_in_english(page, served):
+def test_an_error_and_a_status_line_in_chinese_then_in_english(page, served, monkeypatch):
+    from unetviz.app import common
+
+    seen = []  # the language each event's progress text is written in (the switch's cookie)
+    real = common.request_language
+    monkeypatch.setattr(common, "request_language", lambda r: seen.append(real(r)) or seen[-1])
     page.locator("#tabs [role=tab]").nth(1).click()
     page.wait_for_selector("#seed")
     page.locator("#seed textarea, #seed input").first.fill("-1")
@@ -75,6 +87,10 @@ def test_an_error_and_a_status_line_in_chinese_then_in_english(page, served):
     _switch(page, "en")  # the other language is already in the page: no request
     en = _text(page, "#run_msg")
     assert "seed=-1: expected a whole number" in en and not CJK.search(en), en
+    assert seen == ["zh-CN"], seen
+    page.click("#run")  # in English now: the switch's cookie outranks the browser's language
+    _wait_seen(seen, 2)
+    assert seen[-1] == "en", seen
     _switch(page, "zh-CN")
 
     # a status line: a demo Run's
@@ -82,6 +98,7 @@ def test_an_error_and_a_status_line_in_chinese_then_in_english(page, served):
     prompt = page.locator("#prompt textarea").first.input_value()
     page.click("#run")
     _wait_text(page, "#status", "种子 0")
+    assert seen[-1] == "zh-CN", seen
     zh = _text(page, "#status")
     assert "当前显示" in zh and prompt in zh and "Showing" not in zh, zh
     assert page.locator("#status strong").first.inner_text() == prompt  # the Markdown is kept

@@ -57,7 +57,8 @@ def test_captured_forwards_and_captures_leave_no_reference_cycles(unet):
         gc.disable()
         try:
             with capture(unet, mode="stream") as trace:
-                unet(x, 999, ehs)
+                for t in range(3):  # the first forwards fill the capture's per-layout caches
+                    unet(x, 999 - t, ehs)
                 before = gc.get_count()[0]
                 for t in range(40):
                     unet(x, t, ehs)
@@ -68,7 +69,7 @@ def test_captured_forwards_and_captures_leave_no_reference_cycles(unet):
             cycles = gc.collect()
         finally:
             gc.enable()
-    assert trace.steps == 41 and other.steps == 1
+    assert trace.steps == 43 and other.steps == 1
     assert cycles == 0
     # what a forward keeps is its records (a temb record per resnet, a temb-source row):
     # about one tracked object per resnet, far below a young collection's 700
@@ -135,3 +136,39 @@ def test_replayed_first_pass_facts_equal_a_cold_first_pass(unet, detail):
     assert len(plan._facts) == 2
     assert other["conv_in"].outputs["sample"] == [2, 32, 8, 8]
     assert other.meta["latent"] == [8, 8]
+
+
+def _hooks(model) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._forward_hooks_with_kwargs)
+        for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_hooks_entered_directly_or_through_torch_record_the_same(unet, monkeypatch, direct):
+    """Hooks go straight into torch's hook dicts (ids from torch's own counter) or, where that
+    self-check failed, through ``register_forward_hook``: the same records either way, and
+    nothing left behind."""
+    from torch.utils.hooks import RemovableHandle
+
+    from unetviz.capture import probe as probe_module
+
+    x, ehs = _inputs()
+
+    def run():
+        with torch.no_grad(), capture(unet) as trace:
+            unet(x, 999, ehs)
+            unet(x, 500, ehs)
+        return trace
+
+    reference = run()
+    monkeypatch.setattr(probe_module, "_DIRECT", direct)
+    start = RemovableHandle.next_id
+    trace = run()
+    assert _first_pass(trace) == _first_pass(reference)
+    for name, rec in reference.attention.items():
+        assert all(torch.equal(a, b) for a, b in zip(rec.maps, trace[name].maps, strict=True))
+    assert [r.temb_rms for r in trace.temb] == [r.temb_rms for r in reference.temb]
+    assert _hooks(unet) == 0
+    assert RemovableHandle.next_id > start  # ids taken from torch's counter: never reused

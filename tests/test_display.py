@@ -240,3 +240,17 @@ def test_readable_svg_fits_the_width_but_never_shrinks_text_under_9_px():
     assert widths(readable_svg(tiny)) == (900, 900)
     plain = '<svg width="100%" viewBox="0 0 10 10"><text font-size="8">x</text></svg>'
     assert readable_svg(plain) == plain  # no absolute size: left alone
+
+
+def test_emphasis_weights_show_on_chips_and_captions(trace):
+    from unetviz.report.display import heatmap_grid, tokens_html
+
+    weighted = copy.copy(trace)
+    weighted.meta = {**trace.meta, "token_weights": [1.0, 1.0, 1.3, 0.5, 1.0, 1.0, 1.0, 1.0]}
+    chips = tokens_html(weighted.tokens, weighted.words, weighted.meta["token_weights"])
+    assert '>big<sup class="w">×1.3</sup></span>' in chips
+    assert '>cat<sup class="w">×0.5</sup></span>' in chips and ">a</span>" in chips
+    grid = heatmap_grid(weighted)
+    assert "<b>big</b> ×1.3 (token 2)" in grid and "<b>a</b> (token 1)" in grid
+    for bad in (["x"] * 8, [float("nan")] * 8, None, [1.0]):  # unreadable: no badge
+        assert "sup" not in tokens_html(trace.tokens, trace.words, bad)

@@ -34,3 +34,20 @@ def match_key(token: str) -> str:
     """A token as a typed word matches it: word marks and case dropped (``Cat</w>`` -> ``cat``,
     ``▁cat`` -> ``cat``)."""
     return token_label(token).replace("Ġ", "").replace("▁", "").strip().lower()
+
+
+def weight_at(weights: list | None, i: int) -> float:
+    """The emphasis weight of token ``i`` (``(word:1.3)`` -> 1.3), from a trace's
+    ``meta["token_weights"]``; 1.0 when none was given or it is not a finite number."""
+    try:
+        w = float((weights or [])[i]) if 0 <= i < len(weights or []) else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+    return w if w == w and abs(w) != float("inf") else 1.0
+
+
+def weight_badge(weight: float) -> str:
+    """`` ×1.3`` for an emphasised token, ``""`` at weight 1 (two decimals at most)."""
+    if weight == 1.0:
+        return ""
+    return f" ×{weight:.2f}".rstrip("0").rstrip(".")

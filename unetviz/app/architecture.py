@@ -21,8 +21,10 @@ from .common import (
     HandlerBase,
     InputError,
     TabContext,
+    demo_side,
     diagram_panel,
     handler,
+    lora_controls,
     parse_int,
     text_md,
 )
@@ -320,14 +322,8 @@ def _controls(ctx: TabContext) -> None:
             list(views.DETAILS), value="blocks", label=L("Detail"), elem_id="arch_detail", scale=3
         )
         c["arch_draw"] = gr.Button(L("Draw"), variant="primary", elem_id="arch_draw", scale=1)
-
-
-def demo_side(registry: Any) -> int:
-    """The demo model's native image side (24 when its folder cannot be read)."""
-    try:
-        return registry.spec(DEMO).default_size
-    except Exception:  # a broken demo folder: the Architecture tab says so on load
-        return 24
+    with gr.Row(equal_height=True):  # a LoRA: the U filled by what it changes
+        lora_controls(ctx, "arch_lora", "arch_lora_scale", ARCH_LORA_INFO)
 
 
 def build(ctx: TabContext) -> None:
@@ -353,7 +349,7 @@ def build(ctx: TabContext) -> None:
                 k.upper(), size="sm", min_width=60, elem_id=f"dl_{k}", scale=0
             )
     c["diagram"] = diagram_panel("diagram", panel0)
-    _lora_row(ctx)
+    _lora_table(ctx)
     with gr.Row():
         c["block_search"] = gr.Textbox(
             label=L("Find a module"),
@@ -385,12 +381,8 @@ def build(ctx: TabContext) -> None:
     _wire(ctx)
 
 
-def _lora_row(ctx: TabContext) -> None:
-    """A LoRA and its scale: the U filled by what it changes, and the ranking per block."""
-    from .attention import lora_controls
-
-    with gr.Row(equal_height=True):
-        lora_controls(ctx, "arch_lora", "arch_lora_scale", ARCH_LORA_INFO)
+def _lora_table(ctx: TabContext) -> None:
+    """The ranking per block of what the chosen LoRA changes (below the diagram it fills)."""
     ctx.c["lora_table"] = gr.Dataframe(
         headers=LORA_HEADERS,
         type="array",

@@ -36,6 +36,7 @@ from .common import (
     TabContext,
     handler,
     log,
+    lora_controls,
     session_key,
     static_text,
     text_md,
@@ -180,7 +181,7 @@ class AttentionHandlers(HandlerBase):
         total = len(views.word_tokens(tr))
         if total > len(words):
             note += (
-                f" · heatmaps of the first {len(words)} of {total} words: tick others in "
+                f" · heatmaps of the first {len(words)} of {total} word tokens: tick others in "
                 "**Tokens to map**"
             )
         preset, out = c.preset, {}
@@ -437,7 +438,7 @@ def _prompt_column(ctx: TabContext) -> None:
         for i, ex in enumerate(views.demo_examples(words)):
             b = gr.Button(ex, size="sm", elem_id=f"example_{i}", elem_classes=["uv-example"])
             b.click(None, None, c["prompt"], js=f"() => {json.dumps(ex)}")
-    from .architecture import demo_side
+    from .common import demo_side
 
     gr.Markdown(
         (f"**Demo vocabulary** ({len(words)} words): " + " · ".join(f"`{w}`" for w in words))
@@ -465,7 +466,7 @@ def _prompt_column(ctx: TabContext) -> None:
             min_width=200,  # narrower, its max label "15" was cut to "1"
         )
     with gr.Row(equal_height=True):
-        lora_controls(ctx, "lora_pick", "lora_scale")
+        lora_controls(ctx, "lora_pick", "lora_scale", LORA_INFO)
     with gr.Row(equal_height=True):
         c["run_model"] = gr.Textbox(
             DEMO,
@@ -495,23 +496,6 @@ def _prompt_column(ctx: TabContext) -> None:
             type="filepath",
             elem_id="upload",
         )
-
-
-def lora_controls(ctx: TabContext, pick: str, scale: str, info: str = LORA_INFO) -> None:
-    """A LoRA dropdown (the files the registry offers) and its scale slider, named ``pick``
-    and ``scale`` (the Attention, Architecture and Experiments tabs each have one)."""
-    c = ctx.c
-    c[pick] = gr.Dropdown(
-        ctx.registry.lora_choices(),
-        value="none",
-        label=L("LoRA"),
-        info=L(info),
-        elem_id=pick,
-        scale=3,
-    )
-    c[scale] = gr.Slider(
-        -2.0, 2.0, value=1.0, step=0.05, label=L("LoRA scale"), elem_id=scale, scale=2
-    )
 
 
 def _control_column(ctx: TabContext) -> None:
@@ -574,6 +558,7 @@ def build(ctx: TabContext) -> None:
             c["tokens_view"] = gr.HighlightedText(
                 label=L("Tokens"),
                 color_map={"word": "#fdae6b", "special": "#d9d9d9"},
+                show_inline_category=False,  # colour says word / special; chips stay small
                 elem_id="tokens",
             )
     with gr.Row():
@@ -636,8 +621,9 @@ def wire(ctx: TabContext) -> None:
     preset_ev = ctx.on(c["preset"].input, h.preset_changed, ("preset",), **QUIET)
     drawn = ctx.on(preset_ev, h.heatmaps, CONTROLS, api_name="preset_heatmaps", **QUIET)
     ctx.on(drawn, h.follow_controls, CONTROLS, **QUIET)
-    triggers = [c[k].input for k in CONTROLS if k not in ("step_range", "preset")]
-    triggers.append(c["step_range"].change)
+    # every control's user event (the step range's too: see static/range.js), never a change
+    # a Run makes, which would re-aggregate with the previous trace's tokens
+    triggers = [c[k].input for k in CONTROLS if k != "preset"]
     agg = ctx.on(
         triggers,
         h.heatmaps,

@@ -183,6 +183,16 @@ def handler(*outputs: str, msg: str) -> Callable[[Callable[..., Any]], Callable[
     return deco
 
 
+def demo_side(registry: Any) -> int:
+    """The demo model's native image side (24 when its folder cannot be read)."""
+    from .registry import DEMO
+
+    try:
+        return registry.spec(DEMO).default_size
+    except Exception:  # a broken demo folder: the Architecture tab says so on load
+        return 24
+
+
 def session_key(request: Any) -> str:
     """The browser session's key (gradio's session hash)."""
     return str(getattr(request, "session_hash", None) or "anonymous")
@@ -320,6 +330,7 @@ class TabContext:
         # gradio reads the annotations through typing.get_type_hints, not the signature
         call.__annotations__ = {k: p["annotation"] for k, p in special if "annotation" in p}
         call.__name__ = getattr(fn, "__name__", "handler")
+        call.__uv__ = True  # type: ignore[attr-defined]  # its messages: the handler's own
         call.__doc__ = getattr(fn, "__doc__", None)
         kwargs.setdefault("api_visibility", "private" if "api_name" not in kwargs else "public")
         args = ([c[n] for n in names], [c[n] for n in outs])
@@ -369,6 +380,106 @@ def text_slots_in_every_language(c: dict[str, Any]) -> None:
         comp.value = spans({lang: translations()[lang].get(key, key) for lang in LANGS})
 
 
+def is_message_output(component: Any) -> bool:
+    """A Markdown output that holds a message or a status line: a message slot, a
+    :data:`TEXT_SLOTS` name, or any ``elem_id`` ending in ``_msg``."""
+    elem_id = getattr(component, "elem_id", None) or ""
+    return isinstance(component, gr.Markdown) and (
+        elem_id.endswith("_msg")
+        or elem_id in TEXT_SLOTS
+        or "uv-msg" in (component.elem_classes or [])
+    )
+
+
+def localise_events(blocks: gr.Blocks) -> int:
+    """Every event of ``blocks`` not declared with :func:`handler` (a tab wired with plain
+    gradio functions) gets its messages in every language too: what it returns into a message
+    output (:func:`is_message_output`) goes through :func:`unetviz.app.i18n.bilingual`, and
+    the first value of those outputs as well. Returns how many events were wrapped."""
+    done = 0
+    for block_fn in getattr(blocks, "fns", {}).values():
+        fn, outputs = block_fn.fn, list(block_fn.outputs or [])
+        where = [i for i, c in enumerate(outputs) if is_message_output(c)]
+        if fn is None or not where or getattr(fn, "outputs", None) or hasattr(fn, "__uv__"):
+            continue
+        block_fn.fn = _localising(fn, outputs, where)
+        done += 1
+    for comp in getattr(blocks, "blocks", {}).values():
+        if is_message_output(comp) and isinstance(comp.value, str) and "__i18n__" not in comp.value:
+            comp.value = bilingual(comp.value)
+    return done
+
+
+def _localising(fn: Callable[..., Any], outputs: list[Any], where: list[int]) -> Any:
+    """``fn`` whose results (a tuple in output order, a dict by component, or one value) have
+    their message outputs (positions ``where``) in every language."""
+
+    def fix(result: Any) -> Any:
+        if isinstance(result, dict) and not (len(outputs) == 1 and "__type__" in result):
+            return {k: bilingual(v) if isinstance(v, str) and is_message_output(k) else v
+                    for k, v in result.items()}  # fmt: skip
+        if isinstance(result, tuple | list) and len(outputs) > 1:
+            return type(result)(
+                bilingual(v) if i in where and isinstance(v, str) else v
+                for i, v in enumerate(result)
+            )
+        return bilingual(result) if isinstance(result, str) and where == [0] else result
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            for result in fn(*args, **kwargs):
+                yield fix(result)
+    else:
+
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            return fix(fn(*args, **kwargs))
+
+    wrapped.__uv__ = True  # type: ignore[attr-defined]
+    return wrapped
+
+
 def all_of(groups: Iterable[Sequence[str]]) -> tuple[str, ...]:
     """Names of several groups, each once, in order."""
     return tuple(dict.fromkeys(n for g in groups for n in g))
+
+
+def lora_controls(ctx: TabContext, pick: str, scale: str, info: str) -> None:
+    """A LoRA dropdown (the files the registry offers) and its scale slider, named ``pick``
+    and ``scale`` (the Attention, Architecture and Experiments tabs each have one)."""
+    from .i18n import L
+
+    c = ctx.c
+    c[pick] = gr.Dropdown(
+        ctx.registry.lora_choices(),
+        value="none",
+        label=L("LoRA"),
+        info=L(info),
+        elem_id=pick,
+        scale=3,
+    )
+    c[scale] = gr.Slider(
+        -2.0, 2.0, value=1.0, step=0.05, label=L("LoRA scale"), elem_id=scale, scale=2
+    )
+    ctx.c.setdefault("lora_picks", []).append(pick)
+
+
+def refresh_loras(ctx: TabContext, demo: gr.Blocks) -> None:
+    """Every LoRA dropdown lists the files in the roots as they are when a page loads (a file
+    copied there after start-up appears on the next page load; a header read each)."""
+    picks = ctx.c.get("lora_picks", [])
+
+    def choices() -> dict[Any, Any]:
+        found = ctx.registry.lora_choices()
+        return {ctx.c[p]: gr.update(choices=found) for p in picks}
+
+    if picks:
+        demo.load(
+            choices,
+            None,
+            [ctx.c[p] for p in picks],
+            api_visibility="private",
+            show_progress="hidden",
+        )

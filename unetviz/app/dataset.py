@@ -19,8 +19,7 @@ import gradio as gr
 from unetviz.errors import UnetvizError
 
 from .common import text_md
-from .i18n import L, bilingual, in_language, request_language
-
+from .i18n import L, in_language, request_language
 
 #: the headline table's columns
 HEADLINE = ("measure", "value")
@@ -111,6 +110,25 @@ def _figure_in(fig: Any, lang: str) -> Any:
     return fig
 
 
+def opened_views(registry: Any, text: str, lang: str) -> tuple:
+    """The Open button's outputs in ``lang`` (the message: in every language, by the page's
+    pass over plain events, :func:`unetviz.app.common.localise_events`)."""
+    out = localise(open_folder(registry, text or ""), lang)
+    if out[-1] is None:  # refused: the dataset already open stays, with its views
+        return (out[0], *[gr.skip()] * 7)
+    return (*out, gr.update(visible=True))
+
+
+def drilled_views(ds: Any, number: Any, lang: str) -> tuple:
+    """The Show prompt button's outputs in ``lang``."""
+    msg, image, words, fig, heat = drill(ds, number)
+    if image is None and words is None and fig is None:
+        return (msg, *[gr.skip()] * 5)
+    if words:
+        words = {**words, "headers": [in_language(h, lang) for h in words["headers"]]}
+    return (msg, image, words, _figure_in(fig, lang), heat, gr.update(visible=True))
+
+
 def build_dataset(ctx: Any) -> None:
     """Folder box + Open -> headline, plots, prompts; a row number -> that prompt's details.
     Nothing but the box shows before a dataset is open; a failed Open keeps the open one."""
@@ -163,21 +181,10 @@ def build_dataset(ctx: Any) -> None:
             heat = gr.Plot(label=L("This prompt's heatmaps"), elem_id="ds_heat")
 
     def on_open(text: str, request: gr.Request) -> tuple:
-        lang = request_language(request)
-        out = localise(open_folder(registry, text or ""), lang)
-        if out[-1] is None:  # refused: the dataset already open stays, with its views
-            return (bilingual(out[0]), *[gr.skip()] * 7)
-        return (bilingual(out[0]), *out[1:], gr.update(visible=True))
+        return opened_views(registry, text, request_language(request))
 
     def on_show(ds: Any, number: Any, request: gr.Request) -> tuple:
-        lang = request_language(request)
-        msg, image, words, fig, heat = drill(ds, number)
-        if image is None and words is None and fig is None:
-            return (bilingual(msg), *[gr.skip()] * 5)
-        if words:
-            words = {**words, "headers": [in_language(h, lang) for h in words["headers"]]}
-        return (bilingual(msg), image, words, _figure_in(fig, lang), heat,
-                gr.update(visible=True))  # fmt: skip
+        return drilled_views(ds, number, request_language(request))
 
     open_btn.click(
         on_open,

@@ -16,7 +16,8 @@ import gradio as gr
 from unetviz.errors import UnetvizError
 from unetviz.names import is_block, layer_order
 
-from .common import diagram_panel, text_md
+from .common import diagram_panel, lora_controls, text_md
+from .i18n import L
 from .views import panel_html
 
 #: the default experiment: prompt-to-prompt's word swap, which keeps the layout and changes
@@ -392,14 +393,10 @@ def lora_compared(
     return out["strip"], views.tiles_html(tiles, "uv-pairs"), note
 
 
-def build_experiments(ctx: Any) -> None:
-    """Controls and outputs of the tab; events on the shared "model" queue."""
+def _call_row() -> list[Any]:
+    """The model, prompt, seed, steps and guidance controls every experiment reads."""
     from unetviz.callargs import APP_MAX_STEPS, MAX_SEED
 
-    from .i18n import L
-
-    registry = ctx.registry
-    opts = demo_choices(registry) if registry else {}
     with gr.Row():
         model = gr.Textbox("demo", label=L("Model"), scale=1, elem_id="exp_model")
         prompt = gr.Textbox(DEFAULT_PROMPT, label=L("Prompt"), scale=3, elem_id="exp_prompt")
@@ -415,6 +412,14 @@ def build_experiments(ctx: Any) -> None:
         guidance = gr.Slider(
             1.0, 15.0, value=4.0, step=0.5, label=L("Guidance"), elem_id="exp_guidance"
         )
+    return [model, prompt, seed, steps, guidance]
+
+
+def build_experiments(ctx: Any) -> None:
+    """Controls and outputs of the tab; events on the shared "model" queue."""
+    registry = ctx.registry
+    opts = demo_choices(registry) if registry else {}
+    common = _call_row()
     with gr.Row():
         with gr.Column():
             gr.Markdown(L(SWAP_HELP))
@@ -463,7 +468,6 @@ def build_experiments(ctx: Any) -> None:
         # the word's heatmaps exist only for a re-weight: no empty frame otherwise
         return strip, gr.update(value=heat, visible=heat is not None), table, note
 
-    common = [model, prompt, seed, steps, guidance]
     run.click(
         on_run,
         common + [swap, word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
@@ -480,9 +484,7 @@ def build_experiments(ctx: Any) -> None:
 def build_lora_compare(ctx: Any, common: list[Any]) -> None:
     """The "with / without LoRA" part of the tab: one seed, both images and every word's map
     side by side; ``common`` are the model, prompt, seed, steps and guidance controls."""
-    from .attention import lora_controls
     from .common import static_text
-    from .i18n import L
 
     registry = ctx.registry
     gr.Markdown(L(LORA_HELP))
@@ -490,23 +492,21 @@ def build_lora_compare(ctx: Any, common: list[Any]) -> None:
         lora_controls(ctx, "exp_lora", "exp_lora_scale", LORA_COMPARE_INFO)
         go = gr.Button(L("Compare with / without LoRA"), elem_id="exp_lora_run", scale=1)
     lora_msg = gr.Markdown("", elem_id="exp_lora_msg")
-    with gr.Row():
-        lora_strip = gr.Image(
-            label=L("without LoRA | with LoRA | difference"),
-            format="png",
-            elem_id="exp_lora_strip",
-            buttons=["download"],
-            scale=1,
-        )
-        lora_maps = gr.HTML(
-            "",
-            label=L("each word's attention: without | with LoRA (one scale per word)"),
-            show_label=True,
-            container=True,
-            js_on_load=static_text("tiles.js"),
-            elem_id="exp_lora_maps",
-            scale=2,
-        )
+    lora_strip = gr.Image(
+        label=L("without LoRA | with LoRA | difference"),
+        format="png",
+        elem_id="exp_lora_strip",
+        buttons=["download"],
+        height=240,
+    )
+    lora_maps = gr.HTML(
+        "",
+        label=L("each word's attention: without | with LoRA (one scale per word)"),
+        show_label=True,
+        container=True,
+        js_on_load=static_text("tiles.js"),
+        elem_id="exp_lora_maps",
+    )
 
     def on_compare(m, p, s, n, g, lo, sc, progress=gr.Progress()):  # noqa: B008
         strip, maps, note = lora_compared(registry, m, p, s, n, g, lo, sc, progress)
@@ -528,8 +528,6 @@ def build_lora_compare(ctx: Any, common: list[Any]) -> None:
 def build_sweep(ctx: Any, common: list[Any]) -> None:
     """The Sweep part of the tab: one edit per block, layer or skip, the diagram filled by
     effect; ``common`` are the model, prompt, seed, steps and guidance controls."""
-    from .i18n import L
-
     registry = ctx.registry
     gr.Markdown(L(SWEEP_HELP))
     with gr.Row():

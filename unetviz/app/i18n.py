@@ -140,24 +140,62 @@ class _Template:
         self.regex = re.compile("".join(pattern), re.S)
 
 
+#: marks around a whole message that leave its words alone (its inside is looked up)
+WRAPPERS = (("**", "**"), ("⚠ ", ""))
+#: the separator of a status line's parts ("Showing … · seed 0 · 25 steps · …")
+SEGMENT = " · "
+
+
 @cache
-def _compiled(lang: str) -> tuple[dict[str, str], list[tuple[_Template, str]]]:
-    """(exact messages, templates with placeholders, most literal text first) of ``lang``."""
+def _compiled(lang: str) -> tuple[dict[str, str], list[tuple[_Template, str]], dict, list]:
+    """(exact messages, templates with placeholders, most literal text first) of ``lang``,
+    for whole messages and for the parts of a status line (keys written ``"· part"``)."""
     table = catalogue()[lang]
-    exact = {k: v for k, v in table.items() if not FIELD.search(k)}
-    templates = [(_Template(k), v) for k, v in table.items() if FIELD.search(k)]
-    templates.sort(key=lambda tv: -len(FIELD.sub("", tv[0].text)))
-    return exact, templates
+    out: list[Any] = []
+    for part in (False, True):
+        items = {k[2:] if part else k: v for k, v in table.items() if k.startswith("· ") == part}
+        exact = {k: v for k, v in items.items() if not FIELD.search(k)}
+        templates = [(_Template(k), v) for k, v in items.items() if FIELD.search(k)]
+        templates.sort(key=lambda tv: -len(FIELD.sub("", tv[0].text)))
+        out += [exact, templates]
+    return tuple(out)  # type: ignore[return-value]
 
 
 def translate(message: str, lang: str, _depth: int = 0) -> str | None:
     """``message`` (English, as the app wrote it) in ``lang`` from the catalogue, or None when
-    no template matches. A placeholder named in :data:`NESTED` is translated in turn."""
+    no template matches. A placeholder named in :data:`NESTED` is translated in turn. A status
+    line no whole template matches is translated part by part (its parts joined by
+    :data:`SEGMENT`, each a whole or a part template, or free of words); any part unknown:
+    None."""
     if lang == LANGS[0]:
         return message
     if lang not in catalogue():
         return None
-    exact, templates = _compiled(lang)
+    exact, templates, part_exact, part_templates = _compiled(lang)
+    hit = _match(message, lang, exact, templates, _depth)
+    if hit is not None or _depth >= 3:
+        return hit
+    for pre, post in WRAPPERS:  # an error shown in bold, a warning sign before a message
+        inner = message[len(pre) : len(message) - len(post)]
+        if inner and message.startswith(pre) and message.endswith(post):
+            done = translate(inner, lang, _depth + 1)
+            if done is not None:
+                return pre + done + post
+    if SEGMENT not in message:
+        return None
+    parts = []
+    for part in message.split(SEGMENT):
+        done = _match(part, lang, part_exact, part_templates, _depth)
+        if done is None:
+            done = translate(part, lang, _depth + 1)
+        if done is None and re.search(r"[A-Za-z]{2}", part):
+            return None
+        parts.append(part if done is None else done)
+    return SEGMENT.join(parts)
+
+
+def _match(message: str, lang: str, exact: dict, templates: list, depth: int) -> str | None:
+    """``message`` by one of ``exact`` or ``templates``, its nested values translated."""
     hit = exact.get(message)
     if hit is not None:
         return hit
@@ -168,10 +206,10 @@ def translate(message: str, lang: str, _depth: int = 0) -> str | None:
         if m is None:
             continue
         values = m.groupdict()
-        if _depth < 3:
+        if depth < 3:
             for k in NESTED:
                 if k in values:
-                    values[k] = translate(values[k], lang, _depth + 1) or values[k]
+                    values[k] = translate(values[k], lang, depth + 1) or values[k]
         return _fill(target, values)
     return None
 
@@ -183,7 +221,14 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
 
 def spans(texts: dict[str, str]) -> str:
-    """One language's text per span; the page's CSS shows the chosen language's only."""
+    """One language's text per span; the page's CSS shows the chosen language's only. Text of
+    several lines (Markdown paragraphs, lists) goes in a ``div`` per language instead, with
+    blank lines around it so that Markdown still reads what is inside."""
+    if any("\n" in t for t in texts.values()):
+        return "".join(
+            f'<div class="uv-l uv-l-{lang}" lang="{lang}">\n\n{texts[lang]}\n\n</div>\n\n'
+            for lang in LANGS
+        )
     return "".join(
         f'<span class="uv-l uv-l-{lang}" lang="{lang}">{texts[lang]}</span>' for lang in LANGS
     )
@@ -199,6 +244,15 @@ def bilingual(message: str) -> str:
     if all(texts[lang] is None for lang in LANGS[1:]):
         return message
     return spans({k: v if v is not None else message for k, v in texts.items()})
+
+
+def one_language(text: str, lang: str = "en") -> str:
+    """The ``lang`` part of a message written in every language (:func:`spans`); text with no
+    spans as it is. For readers of a handler's output that are not the page (tests, logs)."""
+    m = re.search(
+        rf'<(span|div) class="uv-l uv-l-{re.escape(lang)}" lang="[^"]*">(.*?)</\1>', text, re.S
+    )
+    return m[2].strip("\n") if m else text
 
 
 def in_language(message: str, lang: str) -> str:
@@ -287,6 +341,7 @@ __all__ = [
     "catalogue",
     "i18n",
     "in_language",
+    "one_language",
     "request_language",
     "text",
     "translate",

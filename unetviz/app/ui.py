@@ -21,7 +21,15 @@ from pathlib import Path
 import gradio as gr
 
 from . import architecture, attention, temb, walkthrough
-from .common import STATIC, TabContext, diagram_panel, static_text, text_slots_in_every_language
+from .common import (
+    STATIC,
+    TabContext,
+    diagram_panel,
+    localise_events,
+    refresh_loras,
+    static_text,
+    text_slots_in_every_language,
+)
 from .handlers import AppHandlers
 from .i18n import SWITCH_HTML, SWITCH_JS, L
 from .registry import ModelRegistry
@@ -86,12 +94,14 @@ def build_blocks(
             wire(ctx)
         text_slots_in_every_language(ctx.c)
         architecture.wire_load(ctx, demo)
+        refresh_loras(ctx, demo)
         demo.load(ctx.handlers.temb_intro, None, ctx.c["sinus"], api_visibility="private")
 
         def forget(request: gr.Request) -> None:
             ctx.handlers.forget(request)
 
         demo.unload(forget)
+    localise_events(demo)  # the events not declared with `handler` (plain gradio functions)
     demo.unetviz_handlers = ctx.handlers  # type: ignore[attr-defined]
     demo.unetviz_context = ctx  # type: ignore[attr-defined]
     return demo

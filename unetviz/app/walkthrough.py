@@ -23,7 +23,7 @@ from functools import cache
 from typing import Any
 
 from ..names import unet_names
-from .i18n import LANGS, LOCALES
+from .i18n import LANGS, LOCALES, spans
 
 #: the Architecture tab's position in the app's tab list (the stage links switch to it)
 ARCHITECTURE_TAB = 0
@@ -238,15 +238,15 @@ def _transformer_steps(r: Any, records: dict[str, Any]) -> tuple[list, dict[str,
 def both(key: str, **values: Any) -> str:
     """The text ``key`` in every language, each in a span the page's CSS shows or hides (the
     language switch needs no round trip); ``values`` fill its ``{placeholders}``."""
-    parts = []
+    parts = {}
     for lang in LANGS:
         text = texts(lang).get(key, texts("en").get(key, key))
         try:
             text = text.format_map(_Known(values))
         except (IndexError, ValueError):
             pass
-        parts.append(f'<span class="uv-l uv-l-{lang}" lang="{lang}">{_inline(text)}</span>')
-    return "".join(parts)
+        parts[lang] = _inline(text)
+    return spans(parts)
 
 
 class _Known(dict):

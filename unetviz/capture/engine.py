@@ -120,7 +120,7 @@ class Capture:
         if opts.self_attention_layers is not None:
             self_chosen = select("self-attention", opts.self_attention_layers, plan.selfs)
         for name in chosen + self_chosen:
-            taps(modules[name])  # refuses fused projections it cannot read, before any hook
+            plan.taps(name, taps)  # refuses fused projections it cannot read, before any hook
         for name in cross:  # every cross-attention layer gets a record (shapes, res, heads)
             trace.attention[name] = AttentionRecord(
                 name=name,

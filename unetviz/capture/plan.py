@@ -17,16 +17,24 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from itertools import chain
 from typing import Any
 
 from torch import nn
 
+from ..names import layer_order
 from .shapes import is_attention, is_cross, is_resnet, transformer_of
 
 #: first-pass facts kept per plan (distinct input shapes); the oldest go first
 MAX_FACTS = 8
 _GUARD = threading.Lock()
 _PLANS: weakref.WeakKeyDictionary[nn.Module, ModelPlan] = weakref.WeakKeyDictionary()
+
+
+def _children(dicts: list[dict]) -> list[Any]:
+    """Every child of every ``_modules`` dict in ``dicts``, in one C-level pass: the cheap
+    check that a cached plan still describes the tree (no Python loop over ~700 modules)."""
+    return list(chain.from_iterable(map(dict.values, dicts)))
 
 
 def _tree(model: nn.Module) -> list[nn.Module]:
@@ -54,6 +62,10 @@ class ModelPlan:
 
     def __init__(self, model: nn.Module, tree: list[nn.Module]) -> None:
         self.tree = tree
+        #: every module's ``_modules`` dict (the root's included) and their children: the
+        #: fingerprint :func:`plan_of` compares (the same child objects, in the same order)
+        self.dicts = [model._modules] + [m._modules for m in tree]
+        self.children = _children(self.dicts)
         self.modules: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if n}
         mods = self.modules
         self.blocks, self.layers = _levels(model, mods)
@@ -69,7 +81,13 @@ class ModelPlan:
             n for n, m in mods.items() if isinstance(m, (nn.ModuleList, nn.ModuleDict))
         }
         self.transformers = {n: transformer_of(n) for n in self.attention}
+        #: per resnet in forward order (down, mid, up: diffusers registers up_blocks before
+        #: mid_block): (name, conv1, time_emb_proj), the two modules the temb probe hooks
+        self.resnet_parts = [
+            (n, mods[n].conv1, mods[n].time_emb_proj) for n in layer_order(self.resnets)
+        ]
         self._params: dict[str, int] = {}
+        self._taps: dict[str, Any] = {}
         self._facts: OrderedDict[Any, Any] = OrderedDict()
 
     def params(self, name: str) -> int:
@@ -78,6 +96,13 @@ class ModelPlan:
         if n is None:
             n = self._params[name] = sum(p.numel() for p in self.modules[name].parameters())
         return n
+
+    def taps(self, name: str, read: Any) -> Any:
+        """``read(module)`` of attention layer ``name`` (``attention.taps``), once per plan."""
+        found = self._taps.get(name)
+        if found is None:
+            found = self._taps[name] = read(self.modules[name])
+        return found
 
     def parameter(self, model: nn.Module) -> Any:
         """The first parameter of ``model`` (its device and dtype), or None."""
@@ -120,12 +145,15 @@ def _levels(model: nn.Module, mods: dict[str, nn.Module]) -> tuple[list[str], li
 
 def plan_of(model: nn.Module) -> ModelPlan:
     """The (cached) plan of ``model``, rebuilt when its module tree changed."""
-    tree = _tree(model)
     with _GUARD:
         plan = _PLANS.get(model)
-    if plan is not None and plan.tree == tree:  # modules compare by identity, in C
+    if (
+        plan is not None
+        and plan.dicts[0] is model._modules
+        and _children(plan.dicts) == plan.children  # modules compare by identity, in C
+    ):
         return plan
-    plan = ModelPlan(model, tree)
+    plan = ModelPlan(model, _tree(model))
     with _GUARD:
         _PLANS[model] = plan
     return plan

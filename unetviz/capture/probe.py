@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .errors import TraceError
 from .plan import plan_of
@@ -162,6 +163,62 @@ def _post_dispatch(thread: int, fns: list[Callable]) -> Callable:
     return many
 
 
+def _direct_hooks() -> bool:
+    """Whether torch keeps a module's hooks in the dicts ``register_forward_hook`` fills
+    (checked once, on a throwaway module: a pre and an always-called post hook with kwargs,
+    entered the way :meth:`ProbeSession._add` enters them, must both run and come out). Then a
+    session enters its hooks into those dicts itself: the same hooks, ids from torch's own
+    counter, without a handle object per hook (a capture enters ~200 of them per ``with``)."""
+    try:
+        seen: list[str] = []
+        module, added = nn.Identity(), []
+        _add_hook(added, module, True, lambda m, a, k: seen.append("pre"), False, False)
+        _add_hook(added, module, False, lambda m, a, k, o: seen.append("post"), True, True)
+        module(torch.zeros(1))
+        for hooks, hid in zip(added[::2], added[1::2], strict=True):
+            del hooks[hid]
+        module(torch.zeros(1))  # nothing left to run
+        empty = not (module._forward_hooks or module._forward_pre_hooks)
+        return seen == ["pre", "post"] and empty
+    except Exception:  # noqa: BLE001 - any change in torch's internals: use its public API
+        return False
+
+
+def _add_hook(
+    handles: list, module: nn.Module, pre: bool, hook: Callable, always: bool, prepend: bool
+) -> None:
+    """Enter ``hook`` (kwargs-style) into ``module``'s hook dicts as torch's ``register_*``
+    would; appends ``dict, id`` to ``handles`` for each dict entry (what removing deletes)."""
+    hid = RemovableHandle.next_id
+    RemovableHandle.next_id = hid + 1
+    if pre:
+        hooks, kwargs = module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs
+    else:
+        hooks, kwargs = module._forward_hooks, module._forward_hooks_with_kwargs
+        if always:
+            module._forward_hooks_always_called[hid] = True
+            handles += (module._forward_hooks_always_called, hid)
+    hooks[hid] = hook
+    kwargs[hid] = True
+    handles += (hooks, hid, kwargs, hid)
+    if prepend:
+        hooks.move_to_end(hid, last=False)
+
+
+def _unhook(handles: list) -> None:
+    """Remove the hooks behind ``handles`` (``[dict, id, ...]`` or torch handles); empty it."""
+    if _DIRECT:
+        for hooks, hid in zip(handles[::2], handles[1::2], strict=True):
+            hooks.pop(hid, None)
+    else:
+        for h in handles:
+            h.remove()
+    handles.clear()
+
+
+_DIRECT = _direct_hooks()
+
+
 class ProbeSession:
     """Hooks ``probes`` onto ``model`` between ``open()`` and ``close()`` (or a ``with``).
 
@@ -198,7 +255,8 @@ class ProbeSession:
         self._lock: threading.Lock | None = None
         self._handles: list[Any] = []
         self._first_pass: list[Any] = []
-        self._queued: dict[tuple, tuple[nn.Module, bool, list[Callable]]] = {}
+        self._queued: dict[tuple, list[Any]] = {}  # [module, prepend, fns, filtered]
+        self._wrappers: dict[tuple[bool, Callable], Callable] = {}
         self._installing: Probe | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -210,12 +268,14 @@ class ProbeSession:
         *,
         first_pass: bool = False,
         always: bool = False,
+        filtered: bool = False,
     ) -> None:
         """Hook ``module`` (kwargs-style hooks: ``pre(module, args, kwargs)``, ``post(module,
         args, kwargs, output)``) for this session's thread only; ``first_pass``: removed after
         the forward in which it was added; ``always``: the post hook also runs when the
-        forward raised. Hooks added in ``install`` / ``begin_forward`` are registered when it
-        returns."""
+        forward raised; ``filtered``: the functions check the thread themselves (``get_ident()
+        == session.thread``: one call less on a hot path). Hooks added in ``install`` /
+        ``begin_forward`` are registered when it returns."""
         prepend = bool(self._installing is not None and self._installing.edits)
         for kind, fn in (("pre", pre), ("post", post)):
             if fn is None:
@@ -225,28 +285,39 @@ class ProbeSession:
             key = (id(module), kind, first_pass, prepend)
             entry = self._queued.get(key)
             if entry is None:
-                entry = self._queued[key] = (module, prepend, [])
+                entry = self._queued[key] = [module, prepend, [], filtered]
             entry[2].append(fn)
+            entry[3] = entry[3] and filtered
 
     def _register(self) -> None:
-        """One torch hook per queued (module, kind)."""
+        """One torch hook per queued (module, kind). A probe that hooks many modules with one
+        function gets one thread-filtered wrapper for all of them (few objects per ``with``)."""
         thread = self.thread
         assert thread is not None
-        for (_, kind, first_pass, _), (module, prepend, fns) in self._queued.items():
+        wrappers = self._wrappers
+        for (_, kind, first_pass, _), (module, prepend, fns, filtered) in self._queued.items():
             handles = self._first_pass if first_pass else self._handles
-            if kind == "pre":
+            pre = kind == "pre"
+            if len(fns) == 1 and filtered:
+                hook = fns[0]
+            elif len(fns) == 1:
+                key = (pre, fns[0])
+                hook = wrappers.get(key)
+                if hook is None:
+                    dispatch = _pre_dispatch if pre else _post_dispatch
+                    hook = wrappers[key] = dispatch(thread, fns)
+            else:
+                hook = (_pre_dispatch if pre else _post_dispatch)(thread, fns)
+            if _DIRECT:
+                _add_hook(handles, module, pre, hook, kind == "post!", prepend)
+            elif pre:
                 handles.append(
-                    module.register_forward_pre_hook(
-                        _pre_dispatch(thread, fns), with_kwargs=True, prepend=prepend
-                    )
+                    module.register_forward_pre_hook(hook, with_kwargs=True, prepend=prepend)
                 )
             else:
                 handles.append(
                     module.register_forward_hook(
-                        _post_dispatch(thread, fns),
-                        with_kwargs=True,
-                        always_call=kind == "post!",
-                        prepend=prepend,
+                        hook, with_kwargs=True, always_call=kind == "post!", prepend=prepend
                     )
                 )
         self._queued.clear()
@@ -309,13 +380,19 @@ class ProbeSession:
                 self._register()
 
     def _root_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """Every probe's ``end_forward`` runs even when one raises (the first error is raised
+        after the others ran and this forward's first-pass hooks are gone)."""
+        error: BaseException | None = None
         for probe in reversed(self.probes):
-            probe.end_forward(self, output)
+            try:
+                probe.end_forward(self, output)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                error = error or exc
         if self._first_pass:
-            for h in self._first_pass:
-                h.remove()
-            self._first_pass.clear()
+            _unhook(self._first_pass)
         self.forward.scratch.clear()
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------------ lock
     def _acquire(self, ident: int) -> None:
@@ -343,10 +420,9 @@ class ProbeSession:
         self._lock = None
 
     def _remove(self) -> None:
-        for h in self._handles + self._first_pass:
-            h.remove()
-        self._handles.clear()
-        self._first_pass.clear()
+        _unhook(self._handles)
+        _unhook(self._first_pass)
+        self._wrappers.clear()  # they hold the session's own root hooks: no cycle left
 
 
 def add_probability_edit(
@@ -367,12 +443,16 @@ def add_probability_edit(
             edits = _PROB_EDITS.get(attention, [])
             if entry in edits:
                 edits.remove(entry)
+            if not edits:
+                _PROB_EDITS.pop(attention, None)
 
     return remove
 
 
 def declared_edits(attention: nn.Module) -> list[tuple[Callable[..., torch.Tensor], bool]]:
     """``(edit, rows)`` of every probability edit in force on ``attention``, in order."""
+    if not _PROB_EDITS:  # none declared anywhere (the usual case): no weak-key lookup
+        return []
     edits = _PROB_EDITS.get(attention)  # read without the lock: called per layer per forward
     return list(edits) if edits else []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from threading import get_ident
 from time import perf_counter
 from typing import Any
 
@@ -22,7 +23,6 @@ from .shapes import (
     macs_of,
     named_inputs,
     named_outputs,
-    rms,
 )
 from .trace import Trace
 
@@ -81,10 +81,10 @@ class StepProbe(Probe):
             return float(t)
         if isinstance(t, torch.Tensor) and not t.is_meta and t.numel() > 0:
 
-            def fill(v: float) -> None:
-                self.trace.timesteps[step] = v
+            def fill(v: Any) -> None:
+                self.trace.timesteps[step] = float(v[0] if isinstance(v, list) else v)
 
-            self.pending.append((fill, (t.detach().reshape(-1)[0],)))
+            self.pending.append((fill, (t,)))
         return None
 
     def defer(self, callback: Any, *values: torch.Tensor) -> None:
@@ -93,10 +93,15 @@ class StepProbe(Probe):
         self.pending.append((callback, values))
 
     def flush(self) -> None:
-        """Every pending tensor of this forward to floats, with one device sync."""
+        """Every pending tensor of this forward to floats, with one device sync (none on
+        the CPU, where each is read in place)."""
         if not self.pending:
             return
-        floats = _to_floats([v for _, vs in self.pending for v in vs])
+        values = [v for _, vs in self.pending for v in vs]
+        if all(v.is_cpu for v in values):
+            floats = [v.tolist() for v in values]
+        else:
+            floats = _to_floats(values)
         i = 0
         for callback, vs in self.pending:
             callback(*floats[i : i + len(vs)])
@@ -134,13 +139,18 @@ def _to_floats(values: list[torch.Tensor]) -> list[Any]:
 
 
 class BlockProbe(Probe):
-    """Block records at the chosen detail: shapes of the first call, params, calls, time."""
+    """Block records at the chosen detail: shapes of the first call, params, calls, time.
+
+    After a module's first call its hooks only read the clock: the pre hook pushes the start
+    on one stack (calls nest, so the post hook pops its own start), the post hook adds the
+    time and counts the call on the record it finds by the module's id."""
 
     def __init__(self, trace: Trace, detail: str, steps: StepProbe) -> None:
         self.trace, self.detail, self.steps = trace, detail, steps
         self.records: dict[str, BlockRecord] = {}
-        self.shaped: set[str] = set()
-        self.starts: dict[str, list[float]] = {}
+        self.by_id: dict[int, BlockRecord] = {}
+        self.unshaped: set[int] = set()  # modules whose output shapes are not recorded yet
+        self.stack: list[float] = []
 
     def install(self, session: ProbeSession) -> None:
         plan = session.plan
@@ -153,53 +163,54 @@ class BlockProbe(Probe):
         self.plan = plan
         self.recorded = set(recorded)
         self.name_of = {id(plan.modules[n]): n for n in recorded}
+        self.thread = session.thread
+        pre, post = self._pre, self._post
         for name in recorded:
-            session.hook(plan.modules[name], self._pre, self._post)
+            session.hook(plan.modules[name], pre, post, filtered=True)
 
     def begin_forward(self, session: ProbeSession, args: tuple, kwargs: dict) -> None:
         if session.forward.step != 0 or self.steps.facts is None:
             return
         # replay the first calls' shapes (kept as JSON: facts are shared, records are not)
+        modules = self.plan.modules
         for fields in json.loads(self.steps.facts["blocks"]):
             rec = BlockRecord(**fields)
             self.records[rec.name] = rec
             self.trace.blocks.append(rec)
-            self.shaped.add(rec.name)
+            self.by_id[id(modules[rec.name])] = rec
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        name = self.name_of[id(module)]
-        if name not in self.records:
-            plan = self.plan
-            rec = self.records[name] = BlockRecord(
-                name=name,
-                type=type(module).__name__,
-                level="block"
-                if name in plan.blocks
-                else "layer"
-                if name in plan.layers
-                else "module",
-                parent=self._parent(name),
-                inputs=named_inputs(module, args, kwargs),
-                params=plan.params(name),
-            )
-            self.trace.blocks.append(rec)
-        stack = self.starts.get(name)
-        if stack is None:
-            self.starts[name] = [perf_counter()]
-        else:
-            stack.append(perf_counter())
+        if get_ident() != self.thread:
+            return
+        if id(module) not in self.by_id:
+            self._first_call(module, args, kwargs)
+        self.stack.append(perf_counter())
+
+    def _first_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        name, plan = self.name_of[id(module)], self.plan
+        rec = self.records[name] = BlockRecord(
+            name=name,
+            type=type(module).__name__,
+            level="block" if name in plan.blocks else "layer" if name in plan.layers else "module",
+            parent=self._parent(name),
+            inputs=named_inputs(module, args, kwargs),
+            params=plan.params(name),
+        )
+        self.trace.blocks.append(rec)
+        self.by_id[id(module)] = rec
+        self.unshaped.add(id(module))
 
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        name = self.name_of[id(module)]
-        rec = self.records[name]
-        stack = self.starts.get(name)
-        if stack:
-            rec.time_ms += (perf_counter() - stack.pop()) * 1000.0
-        if name not in self.shaped:
-            self.shaped.add(name)
+        if get_ident() != self.thread:
+            return
+        rec = self.by_id[id(module)]
+        if self.stack:
+            rec.time_ms += (perf_counter() - self.stack.pop()) * 1000.0
+        rec.calls += 1
+        if self.unshaped and id(module) in self.unshaped:
+            self.unshaped.discard(id(module))
             rec.outputs = named_outputs(output)
             rec.dtype = dtype_of(output)
-        rec.calls += 1
 
     def _parent(self, name: str) -> str | None:
         parts = name.split(".")
@@ -210,7 +221,7 @@ class BlockProbe(Probe):
         return None
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
-        self.starts.clear()
+        self.stack.clear()
         fresh = self.steps.fresh
         if session.forward.step == 0 and fresh is not None:
             fresh["blocks"] = json.dumps(
@@ -222,6 +233,9 @@ class BlockProbe(Probe):
 
 
 _COUNTED = ("calls", "time_ms", "macs")
+_ALL = slice(None)
+#: the dims of a per-row (per batch item) reduction, by rank
+_ROW_DIMS = {n: tuple(range(1, n)) for n in range(2, 9)}
 
 
 class SkipProbe(Probe):
@@ -409,9 +423,10 @@ class TembProbe(Probe):
     conv1 feature map it is added to, the mean projected vector; the sources' RMS
     (``time_embedding``, SDXL's ``add_embedding``, ``class_embedding``).
 
-    Per resnet a hook only takes the kept rows (and the feature map's norm: the model adds
-    into it in place); the reductions of every resnet run together at the end of the forward
-    (a few tensor ops per forward, not a few per resnet)."""
+    Per resnet one tensor op: the per-row norms of the feature map (the model adds temb into
+    it in place, so they are taken in conv1's hook); ``time_emb_proj``'s output and the
+    sources are only kept. Everything else runs batched at the end of the forward (a few
+    tensor ops per forward, not a few per resnet), into one tensor read with the flush."""
 
     SOURCES = (
         ("time_embedding", "time_rms"),
@@ -421,111 +436,148 @@ class TembProbe(Probe):
 
     def __init__(self, trace: Trace, steps: StepProbe, stream: bool) -> None:
         self.trace, self.steps, self.stream = trace, steps, stream
-        self.features: dict[str, tuple[torch.Tensor, int]] = {}
-        self.tembs: list[tuple[str, torch.Tensor]] = []
         self.sources: list[tuple[str, torch.Tensor]] = []
         # per layout (the resnets seen in a forward): summed mean vectors, count, widths
         self.vector_sum: dict[tuple[str, ...], torch.Tensor] = {}
         self.vector_count: dict[tuple[str, ...], int] = {}
+        self.vector_steps: dict[tuple[str, ...], list[torch.Tensor]] = {}  # per-step mode
         self.widths: dict[tuple[str, ...], tuple[int, ...]] = {}
-        self._segments: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._segments: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def install(self, session: ProbeSession) -> None:
-        self.name_of: dict[int, str] = {}
+        parts = session.plan.resnet_parts
+        self.names = [name for name, _, _ in parts]
+        self.index_of: dict[int, int] = {}
+        self.source_of: dict[int, str] = {}
+        feature, temb = self._feature, self._temb
+        for i, (_, conv1, proj) in enumerate(parts):
+            self.index_of[id(conv1)] = self.index_of[id(proj)] = i
+            session.hook(conv1, post=feature, filtered=True)
+            session.hook(proj, post=temb, filtered=True)
         modules = session.modules
-        for name in session.plan.resnets:
-            m = modules[name]
-            self.name_of[id(m.conv1)] = self.name_of[id(m.time_emb_proj)] = name
-            session.hook(m.conv1, post=self._feature)
-            session.hook(m.time_emb_proj, post=self._temb)
         for name, key in self.SOURCES:
             if name in modules:
-                self.name_of[id(modules[name])] = key
+                self.source_of[id(modules[name])] = key
                 session.hook(modules[name], post=self._source)
+        self.norms: list[Any] = [None] * len(parts)  # per resnet: (row norms, numel per row)
+        self.tembs: list[Any] = [None] * len(parts)
         self.forward = session.forward  # not the session: no reference cycle
-
-    def _kept(self, x: torch.Tensor) -> torch.Tensor:
-        fwd = self.forward
-        return x[fwd.keep] if x.shape[0] == fwd.batch else x
+        self.thread = session.thread
 
     def _feature(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and not output.is_meta:
-            x = self._kept(output.detach())
-            norm = torch.linalg.vector_norm(x, dtype=torch.float32)
-            self.features[self.name_of[id(module)]] = (norm, x.numel())
+        if get_ident() != self.thread:
+            return
+        if isinstance(output, torch.Tensor) and not output.is_meta and output.ndim > 1:
+            x = output.detach() if output.requires_grad else output
+            dtype = None if x.dtype == torch.float32 else torch.float32
+            self.norms[self.index_of[id(module)]] = (
+                torch.linalg.vector_norm(x, dim=_ROW_DIMS[x.ndim], dtype=dtype),
+                x.numel() // max(x.shape[0], 1),
+            )
 
     def _temb(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if get_ident() != self.thread:
+            return
         if isinstance(output, torch.Tensor) and not output.is_meta:
-            x = self._kept(output.detach())
-            self.tembs.append((self.name_of[id(module)], x.reshape(x.shape[0], -1)))
+            self.tembs[self.index_of[id(module)]] = output
 
     def _source(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         t = first_tensor(output)
-        if t is not None and not t.is_meta:
-            self.sources.append((self.name_of[id(module)], rms(self._kept(t.detach()))))
+        if t is not None and not t.is_meta and t.ndim > 1:
+            self.sources.append((self.source_of[id(module)], t))
 
     def end_forward(self, session: ProbeSession, output: Any) -> None:
-        step = session.forward.step
-        pairs = [(n, t) for n, t in self.tembs if n in self.features]
-        if pairs:
-            self._record(step, pairs)
-        if self.sources:
-            keys = [k for k, _ in self.sources]
-
-            def fill(values: list[float]) -> None:
-                self.trace.temb_sources.append(
-                    {"step": step, **dict(zip(keys, values, strict=True))}
-                )
-
-            self.steps.defer(fill, torch.stack([v for _, v in self.sources]))
-        self.features, self.tembs, self.sources = {}, [], []
-
-    def _record(self, step: int, pairs: list[tuple[str, torch.Tensor]]) -> None:
-        """One forward's temb of every resnet: a few batched ops, one deferred callback. The
-        mean vectors go to the host without a sync (the end-of-forward flush syncs once)."""
-        names = tuple(n for n, _ in pairs)
-        widths = tuple(t.shape[1] for _, t in pairs)
+        norms, tembs, sources = self.norms, self.tembs, self.sources
+        n = len(norms)
+        self.norms, self.tembs, self.sources = [None] * n, [None] * n, []
+        if output is None:  # a forward that raised records nothing
+            return
+        pairs = [i for i in range(n) if norms[i] is not None and tembs[i] is not None]
+        if not pairs and not sources:
+            return
         with torch.no_grad():
-            rows = torch.cat([t for _, t in pairs], dim=1).float()  # (kept, sum of channels)
-            segment, sizes = self._segment(widths, rows.shape[0], rows.device)
-            sums = torch.zeros(len(pairs), device=rows.device)
-            temb_rms = (sums.index_add_(0, segment, rows.square().sum(0)) / sizes).sqrt()
+            self._record(session.forward, pairs, norms, tembs, sources)
+
+    def _record(self, fwd: Any, pairs: list[int], norms: list, tembs: list, sources: list) -> None:
+        """One forward's temb of every resnet: a few batched ops into one deferred tensor
+        (sums of squares per resnet, per-row norms), turned into RMS values on the host. The
+        mean vectors go to the host without a sync (the end-of-forward flush syncs once)."""
+        step, batch, keep = fwd.step, fwd.batch, fwd.keep
+        kept_rows = list(range(batch)[keep])
+        names = tuple(self.names[i] for i in pairs)
+        values: list[torch.Tensor] = []
+        counts: list[float] = []  # elements behind each sum of squares
+        vectors: Any = [None] * len(names)
+        if pairs:
+            outs = [tembs[i] for i in pairs]
+            outs = [t if t.ndim == 2 else t.reshape(t.shape[0], -1) for t in outs]
+            widths = tuple(t.shape[1] for t in outs)
+            rows = torch.cat(outs, dim=1)  # (batch, sum of channels)
+            if rows.shape[0] == batch and keep != _ALL:
+                rows = rows[keep]
+            rows = rows if rows.dtype == torch.float32 else rows.float()
+            segment, zeros = self._segment(widths, rows.device)
+            values.append(zeros.index_add(0, segment, rows.square().sum(0)))  # per resnet
+            counts += [float(w * rows.shape[0]) for w in widths]
             mean = rows.mean(0)
-            acc = self.vector_sum.get(names)
-            if acc is None:
-                self.vector_sum[names] = mean.clone()
-            else:
-                acc.add_(mean)
+            if self.stream:  # memory independent of the steps
+                acc = self.vector_sum.get(names)
+                if acc is None:
+                    self.vector_sum[names] = mean
+                else:
+                    acc.add_(mean)
+            else:  # the host copies are the records' vectors and, at the end, their mean
+                host = mean.to("cpu", non_blocking=True)
+                self.vector_steps.setdefault(names, []).append(host)
+                vectors = host.split(widths)
             self.vector_count[names] = self.vector_count.get(names, 0) + 1
             self.widths[names] = widths
-            feature_norms = torch.stack([self.features[n][0] for n in names])
-        roots = [math.sqrt(max(self.features[n][1], 1)) for n in names]
-        kept: Any = [None] * len(names)
-        if not self.stream:  # stream: memory independent of the steps
-            kept = mean.to("cpu", non_blocking=True).split(widths)
+        # per-row norms, the kept rows combined on the host: one cat for everything
+        rows_of = [norms[i] for i in pairs]
+        for _, t in sources:
+            dtype = None if t.dtype == torch.float32 else torch.float32
+            norm = torch.linalg.vector_norm(t, dim=_ROW_DIMS[t.ndim], dtype=dtype)
+            rows_of.append((norm, t.numel() // max(t.shape[0], 1)))
+        values += [r for r, _ in rows_of]
+        sizes = [(r.shape[0], per_row) for r, per_row in rows_of]
+        keys, r = [k for k, _ in sources], len(names)
 
-        def fill(trms: list[float], norms: list[float]) -> None:
+        def fill(floats: list[float]) -> None:
+            rms = [math.sqrt(v / c) if c else 0.0 for v, c in zip(floats, counts, strict=False)]
+            at, found = len(counts), []
+            for b, per_row in sizes:
+                got = floats[at : at + b]
+                held = kept_rows if b == batch else range(b)
+                norm = got[held[0]] if len(held) == 1 else math.sqrt(sum(got[j] ** 2 for j in held))
+                found.append(norm / math.sqrt(max(per_row * len(held), 1)))
+                at += b
             ts = self.trace.timesteps[step]
-            for name, t, norm, root, v in zip(names, trms, norms, roots, kept, strict=True):
-                f = norm / root
-                ratio = t / f if f > 0 else None
-                self.trace.temb.append(TembRecord(name, step, ts, t, f, ratio, v))
+            for name, t, f, v in zip(names, rms, found, vectors, strict=False):
+                self.trace.temb.append(
+                    TembRecord(name, step, ts, t, f, t / f if f > 0 else None, v)
+                )
+            if keys:
+                self.trace.temb_sources.append(
+                    {"step": step, **dict(zip(keys, found[r:], strict=True))}
+                )
 
-        self.steps.defer(fill, temb_rms, feature_norms)
+        self.steps.defer(fill, values[0] if len(values) == 1 else torch.cat(values))
 
-    def _segment(self, widths: tuple, rows: int, device: torch.device):
-        """(index of the resnet of every channel, elements per resnet), cached per layout."""
-        key = (widths, rows, device)
+    def _segment(self, widths: tuple, device: torch.device):
+        """(index of the resnet of every channel, zeros per resnet), cached per layout."""
+        key = (widths, device)
         found = self._segments.get(key)
         if found is None:
             index = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
-            sizes = torch.tensor([float(w * rows) for w in widths])
-            found = self._segments[key] = (index.to(device), sizes.to(device))
+            zeros = torch.zeros(len(widths))
+            found = self._segments[key] = (index.to(device), zeros.to(device))
         return found
 
     def finalize(self, session: ProbeSession) -> None:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
+        for names, means in self.vector_steps.items():
+            self.vector_sum[names] = torch.stack(means).sum(0)
         for names, acc in self.vector_sum.items():
             n = self.vector_count[names]
             for name, vector in zip(names, acc.to("cpu").split(self.widths[names]), strict=True):

@@ -1,9 +1,10 @@
 """``unetviz report RUN_OR_TRACE -o out.html``: one self-contained HTML report of a saved run.
 
 RUN_OR_TRACE is a trace bundle written by ``Trace.save`` (a zip, or a folder with
-``folder=True``), the app's downloaded bundle (the zip plus ``image.png``), or a
-``unetviz attention -o`` output folder (``run.trace`` + ``image.png``). Bad input prints one
-``error:`` line and exits with status 2, leaving no file behind.
+``folder=True``; with ``image=`` it keeps the image as ``image.png``), the app's downloaded
+bundle, a ``unetviz attention -o`` output folder or its ``run.trace`` (which carries the
+image). A trace saved without its image gets a report that says so and how to keep it. Bad
+input prints one ``error:`` line and exits with status 2, leaving no file behind.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import io
 import re
 from typing import Any
 
-from ..tokens import END_TOKENS, PAD_TOKEN, START_TOKENS, token_label
+from ..tokens import END_TOKENS, PAD_TOKEN, START_TOKENS, token_label, weight_at, weight_badge
 
 #: How the per-word maps of a run are aggregated for display: DAAM's recipe (its DAAM-like
 #: approximation when the capture kept no per-head sums), not normalised per map, so one colour
@@ -39,7 +39,7 @@ CSS = """
 .uvz figure{margin:0;text-align:center}.uvz figcaption{font-size:12px;max-width:220px}
 .uvz .tokens{line-height:1.7;overflow-wrap:anywhere}.uvz .chunk{margin:2px 0}
 .uvz .tok{display:inline-block;border-radius:3px;padding:0 4px;margin:1px;background:#eee}
-.uvz .tok.word{background:#ffe9b3}.uvz .small{font-size:11px;color:#555}
+.uvz .tok.word{background:#ffe9b3}.uvz .tok sup.w{color:#b04000;font-size:10px}.uvz .small{font-size:11px;color:#555}
 .uvz .note{background:#fff6e0;border-left:3px solid #e0a000;padding:4px 8px;max-width:760px}
 .uvz img.px{image-rendering:pixelated}
 """
@@ -271,15 +271,19 @@ def heatmap_grid(
     lo, hi = heat_scales([m for _, m in maps], "shared")[0]
     side = _native_side(maps[0][1], image, tile)
     figures = []
+    weights = (trace.meta or {}).get("token_weights")
     for word, heat in maps:
         picture = overlay(heat, image, vmin=lo, vmax=hi, size=side)
         idx = list(heat.tokens)
+        found = {weight_at(weights, i) for i in idx}
+        badge = weight_badge(found.pop()) if len(found) == 1 else ""  # (word:1.3) throughout
         tokens = ", ".join(map(str, idx[:6])) + (
             f" \u2026 {len(idx)} in all" if len(idx) > 6 else ""
         )
         figures.append(
             f"<figure>{img_tag(picture, f'heatmap of {word}', tile, 'heatmap px')}"
-            f"<figcaption><b>{esc(word)}</b> (token {esc(tokens)})</figcaption></figure>"
+            f"<figcaption><b>{esc(word)}</b>{esc(badge)} (token {esc(tokens)})</figcaption>"
+            "</figure>"
         )
     bar = colorbar_image(lo, hi, width=max(2 * tile, 256), label="attention (shared scale)")
     recipe_line = maps[0][1].recipe_text
@@ -300,13 +304,13 @@ def _native_side(heat: Any, image: Any, tile: int) -> int:
     return int(min(tile, max(sides)))
 
 
-def tokens_html(tokens: list[str], words: list[Any]) -> str:
-    """The token list as chips that wrap, the prompt's words highlighted, each chunk's
-    trailing padding folded; a long prompt (several 77-token chunks, each from its start
-    token) gets one labelled line per chunk."""
+def tokens_html(tokens: list[str], words: list[Any], weights: list | None = None) -> str:
+    """The token list as chips that wrap, the prompt's words highlighted (with their emphasis
+    weight, ``×1.3``, from ``weights``), each chunk's trailing padding folded; a long prompt
+    (several 77-token chunks, each from its start token) gets one labelled line per chunk."""
     starts = [i for i, t in enumerate(tokens) if i == 0 or t in START_TOKENS] or [0]
     bounds = list(zip(starts, [*starts[1:], len(tokens)], strict=True))
-    lines = [_chunk_chips(tokens, words, a, b) for a, b in bounds]
+    lines = [_chunk_chips(tokens, words, a, b, weights) for a, b in bounds]
     if len(lines) == 1:
         return f'<span class="tokens">{lines[0]}</span>'
     return (
@@ -320,7 +324,9 @@ def tokens_html(tokens: list[str], words: list[Any]) -> str:
     )
 
 
-def _chunk_chips(tokens: list[str], words: list[Any], start: int, stop: int) -> str:
+def _chunk_chips(
+    tokens: list[str], words: list[Any], start: int, stop: int, weights: list | None
+) -> str:
     """Chips of ``tokens[start:stop]`` (titles give the absolute index), padding folded."""
     end = stop
     while end - start > 2 and (
@@ -330,9 +336,12 @@ def _chunk_chips(tokens: list[str], words: list[Any], start: int, stop: int) -> 
     chips = []
     for i in range(start, end):
         is_word = i < len(words) and words[i] is not None
+        badge = weight_badge(weight_at(weights, i))
         chips.append(
             f'<span class="tok{" word" if is_word else ""}" title="#{i}">'
-            f"{esc(token_label(tokens[i]))}</span>"
+            f"{esc(token_label(tokens[i]))}"
+            + (f'<sup class="w">{esc(badge.strip())}</sup>' if badge else "")
+            + "</span>"
         )
     pads = stop - end
     more = f' <span class="small">+ {pads} padding</span>' if pads else ""
@@ -351,12 +360,14 @@ def run_html(run: Any, title: str = "Run") -> str:
     if run.negative_prompt:
         facts.insert(1, ("negative prompt", run.negative_prompt))
     image = enlarge(run.image)
+    weights = (trace.meta or {}).get("token_weights")
     body = (
         f"<h3>{esc(title)}</h3>"
         f'<div class="grid" style="display:flex;flex-wrap:wrap;gap:8px"><figure>{img_tag(image, "generated image", IMAGE_SIDE, "px")}'
         f"<figcaption>{run.image.width}x{run.image.height} px</figcaption></figure>"
         f"<div>{facts_table(facts)}<h4>Tokens</h4>"
-        f"{tokens_html(list(run.tokens), list(run.words or trace.words or []))}</div></div>"
+        f"{tokens_html(list(run.tokens), list(run.words or trace.words or []), weights)}"
+        "</div></div>"
         f"<h4>Cross-attention per word</h4>{heatmap_grid(trace, run.image)}"
     )
     return wrap(body)

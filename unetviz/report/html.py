@@ -180,7 +180,7 @@ def image_section(src: Source) -> str:
         )
     else:
         picture = f'<p class="note no-image">{NO_IMAGE}</p>'
-    tokens = d.tokens_html(list(trace.tokens), list(trace.words or []))
+    tokens = d.tokens_html(list(trace.tokens), list(trace.words or []), meta.get("token_weights"))
     count = f"<h4>Tokens ({len(trace.tokens)})</h4>" if trace.tokens else ""
     return (
         '<section id="run"><h3>Image and tokens</h3><div class="grid" style="display:flex;'
