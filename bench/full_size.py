@@ -155,8 +155,8 @@ blocks, registry = create_app(model_roots=[root], preload=False)
 handlers = blocks.unetviz_handlers
 choice = args["choice"]
 t0 = time.perf_counter()
-registry.pipeline(choice)
-out = {"load_s": time.perf_counter() - t0}
+pipe = registry.pipeline(choice)
+out = {"load_s": time.perf_counter() - t0, "side": pipe.unet.config.sample_size * 8}
 gc.collect()
 out["after_load"] = vm("VmRSS")
 runs = []
@@ -269,7 +269,7 @@ def run_cli(kind: str, model: Path, config: str | None, args: argparse.Namespace
             dtype: str, out: Path) -> tuple:  # fmt: skip
     opts = ["--config", config] if config else []
     folder = out / kind
-    steps, side = (args.steps, args.size) if kind == "attention" else (args.edit_steps, 0)
+    steps, side = (args.steps, args.size) if kind == "attention" else (args.edit_steps, "own")
     if kind == "attention":
         cmd = ["attention", PROMPT, "-m", str(model), "-o", str(folder), "--steps", str(steps),
                "--height", str(side), "--width", str(side), "--dtype", dtype, *opts]  # fmt: skip
@@ -282,7 +282,7 @@ def run_cli(kind: str, model: Path, config: str | None, args: argparse.Namespace
     log = out / f"{kind}.log"
     status, wall, peak = _cli(cmd, log)
     note = f"exit {status}: {_written(folder)}; last line: {_last_line(log)}"
-    return (dtype if kind != "diagram" else "-", side, steps, wall, peak), note
+    return (dtype if kind != "diagram" else "-", side if steps else 0, steps, wall, peak), note
 
 
 def run_app(model: Path, config: str | None, args: argparse.Namespace, dtype: str) -> tuple:
@@ -299,7 +299,7 @@ def run_app(model: Path, config: str | None, args: argparse.Namespace, dtype: st
         f"runs {r[f'after_{n}']:.2f} ({r['sessions']} sessions hold {r['held']:.2f} GiB of the "
         f"{r['budget']:.0f} GiB budget); s/run {', '.join(f'{t:.0f}' for t in r['run_s'])}"
     )
-    return ("float32", 0, args.app_steps, r["load_s"], r["peak"]), note
+    return ("float32", r["side"], args.app_steps, r["load_s"], r["peak"]), note
 
 
 def _tail(err: str) -> str:

@@ -83,6 +83,7 @@ def test_a_run_fuses_the_lora_for_that_run_only(app):
     out = app.h.run(form, request=Request("yellow"))
     assert out["run_msg"] == "", out["run_msg"]
     assert "LoRA yellow.safetensors ×1" in out["status"]
+    assert "LoRA yellow.safetensors，强度 ×1 · 生成并捕获用时" in out["status"]  # and in Chinese
     session = app.h.session(Request("yellow"))
     assert session.trace.meta["loras"] == [{"file": str(app.registry.resolve_lora(EXAMPLE)),
                                             "scale": 1.0}]  # fmt: skip
@@ -100,17 +101,19 @@ def test_a_run_fuses_the_lora_for_that_run_only(app):
     ("choice", "scale", "message"),
     [
         ("loras/other-base.safetensors", 1.0, "LoRA does not fit this model"),
+        ("loras/other-base.safetensors", 1.0, "该 LoRA 与此模型不匹配"),
         ("loras/unknown.safetensors", 1.0, "are not LoRA keys"),
         ("../../etc/passwd", 1.0, "LoRA: model folder"),
         (EXAMPLE, "lots", "LoRA scale='lots': expected a number"),
         (EXAMPLE, 1e9, "LoRA scale=1000000000.0: expected a number"),
+        ([f"loras/{i}.safetensors" for i in range(9)], 1.0, "9 LoRAs chosen: at most 8 per run"),
     ],
 )
 def test_a_refused_lora_is_the_librarys_message_and_changes_nothing(app, choice, scale, message):
     before = _weights(app.pipe)
     form = run_form("a red circle", STEPS) | {"lora_pick": choice, "lora_scale": scale}
     out = app.h.run(form, request=Request("refused"))
-    assert list(out) == ["run_msg"] and out["run_msg"].startswith("⚠")  # the page keeps its work
+    assert list(out) == ["run_msg"] and "⚠" in out["run_msg"]  # the page keeps its work
     assert message.replace("_", "\\_") in out["run_msg"] or message in out["run_msg"], out
     assert _same(before, _weights(app.pipe)) and app.pipe.loras is None
 
@@ -137,6 +140,12 @@ def test_the_u_is_filled_by_what_the_lora_changes(app):
     assert "LoRA" in Path(files["dl_svg"]).read_text() and files["dl_svg"].endswith("-lora.svg")
     half = app.h.architecture(arch_form("demo", h=96, w=96) | lora | {"arch_lora_scale": 0.5})
     assert half["lora_table"][0][1] == pytest.approx(ranking["up_blocks.1"][1] / 2, rel=1e-3)
+    layers = app.h.architecture(arch_form("demo", h=96, w=96, detail="layers") | lora)
+    fill = layers["arch_state"]["fill"]  # each layer by the modules inside it
+    assert fill["up_blocks.1.attentions.1"] > 0 and fill["up_blocks.1.resnets.0"] == 0
+    assert fill["up_blocks.1"] == pytest.approx(
+        fill["up_blocks.1.attentions.0"] + fill["up_blocks.1.attentions.1"]
+    )
     plain = app.h.architecture(arch_form("demo", h=96, w=96))
     assert plain["lora_table"] == [] and "fill: LoRA" not in plain["diagram"]
     preset = app.h.choose_model(arch_form("sd15") | lora)  # no weights: drawn, not filled
@@ -199,14 +208,13 @@ def test_the_with_and_without_lora_comparison(app):
         assert strip is None and maps == "" and msg in note
 
 
-def test_an_edits_note_is_a_summary_with_every_parameter_folded(app):
-    from unetviz.app.experiments import edited
+def test_an_edits_note_is_a_summary_and_every_parameter_is_apart(app):
+    from unetviz.app.experiments import edit_result, edited
 
     call = (app.registry, "demo", "a red circle", 0, 2, 4.0)
-    note = edited(*call, "", 0, "all", [], [], "zero", "none", 1, None, "a blue circle")[3]
-    line, _, folded = note.partition("\n\n")
-    assert line.endswith("**Replace** source_prompt=a red circle") and len(line) < 200
-    assert folded.startswith("<details><summary>all parameters</summary>")
-    assert "self\\_layers" in folded and "self_layers" not in line
+    out = edit_result(*call, "", 0, "all", [], [], "zero", "none", 1, None, "a blue circle")
+    assert out["note"].endswith("**Replace** source_prompt=a red circle")
+    assert len(out["note"]) < 200 and "self_layers" not in out["note"]
+    assert out["edits"][0]["edit"] == "Replace" and "self_layers" in out["edits"][0]
     note = edited(*call, "red", 0.0, "all", [], [], "zero", "all", 1.5)[3]
     assert "**Reweight** token=red, scale=0.0; **ScaleTemb** target=all, scale=1.5" in note

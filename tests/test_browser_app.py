@@ -351,6 +351,21 @@ def _zooms(page, panel: str) -> bool:
     return ok
 
 
+def _settled(page, panel: str, quiet_ms: int = 1500) -> None:
+    """Wait (up to WAIT) until ``panel``'s drawing has not been replaced for ``quiet_ms``: a
+    zoom checked on a drawing about to be replaced measures the wrong one."""
+    page.wait_for_function(
+        """([p, q]) => { const el = document.getElementById(p); if (!el) return false;
+             const n = el.dataset.uvDrawn, now = performance.now();
+             if (window.__uvSeen?.[p]?.n !== n) {
+               (window.__uvSeen ||= {})[p] = {n, t: now}; return false; }
+             return now - window.__uvSeen[p].t >= q; }""",
+        arg=[panel, quiet_ms],
+        timeout=WAIT,
+        polling=100,
+    )
+
+
 def _drawn(page, panel: str, title: str, after: int = 0) -> int:
     """Wait until ``panel`` shows a bound drawing (the ``after``-th or a later one) whose title
     holds ``title``; returns its number."""
@@ -429,13 +444,18 @@ def test_the_time_embedding_example_redraws_zooms_and_its_report_is_the_new_runs
     before = page.evaluate("() => +(document.getElementById('temb-svg')?.dataset.uvDrawn || 0)")
     runs = served.runs
     page.click("#temb_example")
-    first = _drawn(page, "temb-svg", "", after=before)  # the run's post-load step redrew it
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT / 1000  # a loaded machine may queue the run a while
     while served.runs == runs and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert served.runs == runs + 1
+    assert served.runs == runs + 1, page.evaluate(
+        "() => ['run_msg', 'status', 'temb_msg'].map(i => document.getElementById(i)?.innerText)"
+    )
+    _drawn(page, "temb-svg", "", after=before)  # the run's post-load step redrew it ...
+    _settled(page, "temb-svg", quiet_ms=2500)  # ... and nothing else is about to
+    first = int(page.locator("#temb-svg").get_attribute("data-uv-drawn"))
     page.locator("#temb_detail").get_by_role("radio", name="layers").check()
     _drawn(page, "temb-svg", "", after=first)
+    _settled(page, "temb-svg")
     assert _zooms(page, "temb-svg")
     page.get_by_role("tab", name="Attention").click()
     page.wait_for_function(

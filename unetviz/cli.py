@@ -235,10 +235,11 @@ def diagram(
     trace = structure_of(src, height, width, batch, detail, not no_cache)
     extra: dict[str, Any] = {}
     if lora:
-        table = lora_block_table(model, lora)
-        from .lora import FILL_LABEL, block_fill
+        rows = lora_module_changes(model, lora)
+        from .lora import FILL_LABEL, block_changes, block_fill
 
-        fill = block_fill(table, (b["name"] for b in trace["blocks"]))  # the U, changed or not
+        table = block_changes(rows)
+        fill = block_fill(rows, (b["name"] for b in trace["blocks"]))  # the U, at any detail
         extra = {"fill": fill, "fill_label": FILL_LABEL}
         typer.echo(lora_table_text(table), err=True)
     data = render(
@@ -251,18 +252,18 @@ def diagram(
     typer.echo(f"wrote {output} ({len(data):,} bytes, {detail} detail)", err=True)
 
 
-def lora_block_table(model: str | None, loras: list[str]) -> list[dict[str, Any]]:
-    """What the ``--lora`` files change in ``model``, per block (``unetviz.lora``), largest
+def lora_module_changes(model: str | None, loras: list[str]) -> list[dict[str, Any]]:
+    """What the ``--lora`` files change in ``model``, per module (``unetviz.lora``), largest
     first; the files and scales are checked before the model loads."""
     if model is None:
         raise CliError("--lora needs --model: the base model whose weights the LoRA changes")
-    from .lora import block_changes, parse_lora_arg, relative_changes
+    from .lora import parse_lora_arg, relative_changes
     from .pipelines import load_pipeline
 
     specs = [parse_lora_arg(item) for item in loras]
     models = load_pipeline(model).lora_models()
     rows = [r for path, scale in specs for r in relative_changes(path, models, scale)]
-    return block_changes(rows)
+    return sorted(rows, key=lambda r: -r["change"])
 
 
 def lora_table_text(table: list[dict[str, Any]]) -> str:

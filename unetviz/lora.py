@@ -409,12 +409,20 @@ def lora_change_table(
 FILL_LABEL = "LoRA: sum of ‖ΔW‖/‖W‖"
 
 
-def block_fill(table: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dict[str, float]:
-    """A diagram's ``fill`` from :func:`block_changes`' table: every block of the U among
-    ``names`` (the drawn trace's block names) at its summed change, unchanged ones at 0, so
-    the U shows where the LoRA acts and where it does not."""
-    names = set(names)
+def block_fill(rows: Sequence[Mapping[str, Any]], names: Iterable[str]) -> dict[str, float]:
+    """A diagram's ``fill``: every node of the U among ``names`` (the drawn trace's block,
+    layer or module names) at the summed change of the rows inside it, unchanged ones at 0, so
+    the U shows where the LoRA acts and where it does not. ``rows``: :func:`relative_changes`'
+    modules (any detail) or :func:`block_changes`' blocks (blocks detail)."""
+    keyed = [
+        (str(r.get("module") or r["block"]), float(r["change"]))
+        for r in rows
+        if r.get("part", "unet") == "unet"
+    ]
     u = ("down_blocks", "mid_block", "up_blocks")
-    fill = {name: 0.0 for name in names if name.startswith(u)}
-    fill.update({r["block"]: float(r["change"]) for r in table if r["block"] in names})
+    fill = {}
+    for name in set(names):
+        inside = [c for key, c in keyed if key == name or key.startswith(name + ".")]
+        if inside or name.startswith(u):
+            fill[name] = sum(inside)
     return fill

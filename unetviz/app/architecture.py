@@ -158,7 +158,7 @@ class ArchitectureHandlers(HandlerBase):
         key = (spec.key, json.dumps(spec.config, sort_keys=True), h, w, b, detail)
         key += (lora.key,) if lora else ()
         trace = self.registry.architecture(spec, h, w, b)
-        fill = views.lora_fill(trace, lora.table) if lora else None
+        fill = views.lora_fill(trace, lora.modules) if lora else None
         with self._drawn_lock:
             hit = self._drawn.get(key)
             if hit is not None:

@@ -290,12 +290,8 @@ class AttentionHandlers(HandlerBase):
         session = Session(trace=result.trace, image=result.image, label=prompt)
         out = self._loaded(session, c, "")
         self.sessions.put(key, session)
-        out["status"] = (
-            f"Showing **{text_md(prompt)}** · seed {s} · {n} steps · guidance {g:g}"
-            + "".join(f" · LoRA {text_md(p.name)} ×{w:g}" for p, w in loras)
-            + f" · generated and captured in {time.perf_counter() - t0:.1f} s"
-            + out["status"]
-        )
+        took = time.perf_counter() - t0
+        out["status"] = run_status(prompt, s, n, g, loras, took) + out["status"]
         return out
 
     @handler("run_msg", msg="run_msg")
@@ -402,6 +398,19 @@ class AttentionHandlers(HandlerBase):
             return {"ctrl_msg": ""}
         c = controls(form)
         return self._grid(session, c) | self._zip(session, c) | {"ctrl_msg": ""}
+
+
+def run_status(prompt: str, seed: int, steps: int, g: float, loras: list, took: float) -> str:
+    """The status line of a Run: what it drew, with which settings and LoRAs, how fast (its
+    " · "-joined parts are translated one by one: ``unetviz.app.i18n.translate``)."""
+    lora = " · ".join(f"LoRA {text_md(p.name)} ×{w:g}" for p, w in loras)
+    return (
+        f"Showing **{text_md(prompt)}** · seed {seed} · {steps} steps · guidance {g:g} · {lora} "
+        f"· generated and captured in {took:.1f} s"
+        if loras
+        else f"Showing **{text_md(prompt)}** · seed {seed} · {steps} steps · guidance {g:g} · "
+        f"generated and captured in {took:.1f} s"
+    )
 
 
 def trace_inputs(meta: dict[str, Any]) -> dict[str, Any]:

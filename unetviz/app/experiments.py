@@ -16,7 +16,7 @@ import gradio as gr
 from unetviz.errors import UnetvizError
 from unetviz.names import is_block, layer_order
 
-from .common import diagram_panel, lora_controls, text_md
+from .common import _message, diagram_panel, lora_controls, text_md
 from .i18n import L
 from .views import panel_html
 
@@ -157,15 +157,9 @@ def edit_summary(edit: dict[str, Any]) -> str:
 
 
 def edits_note(edits: list[dict[str, Any]]) -> str:
-    """The edits a run applied: one summary each on the line, every parameter in a folded
-    "all parameters" block under it (a Replace lists its layers and steps: ~600 characters)."""
-    summary = "; ".join(edit_summary(e) for e in edits)
-    full = "\n".join(
-        f"- **{text_md(e.get('edit', 'edit'))}** "
-        + text_md(", ".join(f"{k}={v}" for k, v in e.items() if k != "edit"), 2000)
-        for e in edits
-    )
-    return f"{summary}\n\n<details><summary>all parameters</summary>\n\n{full}\n\n</details>"
+    """The edits a run applied, one short summary each (a Replace lists its layers and steps
+    in ~600 characters: those are in the tab's "All parameters" box, not in the note)."""
+    return "; ".join(edit_summary(e) for e in edits)
 
 
 def _short(detail: str, limit: int = 160) -> str:
@@ -211,7 +205,13 @@ def _steps_call(seed: Any, steps: Any, guidance: Any) -> dict[str, Any]:
     }
 
 
-def edited(
+def edited(*args: Any, **kwargs: Any) -> tuple[Any, Any, Any, str]:
+    """:func:`edit_result` as (strip image, word heatmaps, table, message)."""
+    out = edit_result(*args, **kwargs)
+    return out["strip"], out["heatmaps"], out["table"], out["note"]
+
+
+def edit_result(
     registry: Any,
     model: str,
     prompt: str,
@@ -228,10 +228,11 @@ def edited(
     temb_scale: float,
     progress: Any = None,
     swap: str = "",
-) -> tuple[Any, Any, Any, str]:
-    """The "Run edited" event: strip image, word heatmaps (base | edited), table, message.
-    ``swap``: an edited prompt drawn with the prompt's attention maps (prompt-to-prompt
-    Replace), besides or instead of the other edits."""
+) -> dict[str, Any]:
+    """The "Run edited" event: ``{"strip", "heatmaps" (the word's, base | edited), "table",
+    "note" (one line), "edits" (every parameter of the edits applied)}``; a refusal leaves
+    all but the note None. ``swap``: an edited prompt drawn with the prompt's attention maps
+    (prompt-to-prompt Replace), besides or instead of the other edits."""
     from unetviz.edits import Replace
     from unetviz.edits.spec import EditError
 
@@ -263,12 +264,14 @@ def edited(
             lambda p: eh.run_edited(p, prompt, chosen, tick, edited_prompt=swap or None, **call),
         )
     except UnetvizError as exc:
-        return None, None, None, f"**{text_md(str(exc), 400)}**"
+        note = _message("experiment", exc)
+        return {"strip": None, "heatmaps": None, "table": None, "note": note, "edits": None}
     table, _ = changed_table(out["rows"])
     note = f"base | edited | difference · {len(chosen)} edit(s): " + edits_note(out["edits"])
     if swap:
         note = f"“{text_md(prompt)}” → “{text_md(swap)}” · " + note
-    return out["strip"], out["heatmaps"], table, note
+    return {"strip": out["strip"], "heatmaps": out["heatmaps"], "table": table, "note": note,
+            "edits": out["edits"]}  # fmt: skip
 
 
 def swept(
@@ -319,7 +322,7 @@ def swept(
         tick = _ticker(progress, "sweep")
         out = _call(registry, model, bounded)
     except UnetvizError as exc:  # the last sweep's diagram and table stay
-        return gr.skip(), gr.skip(), f"**{text_md(str(exc), 400)}**"
+        return gr.skip(), gr.skip(), _message("sweep", exc)
     html = panel_html(out["svg"], "exp-svg")
     result = out["result"]
     note = f"{len(result.rows)} edited runs + base in {result.seconds:.1f} s"
@@ -382,7 +385,7 @@ def lora_compared(
         tick = _ticker(progress, "without, then with the LoRA")
         out = _call(registry, model, lambda p: eh.run_lora_compare(p, prompt, loras, tick, **call))
     except UnetvizError as exc:
-        return None, "", f"**{text_md(str(exc), 400)}**"
+        return None, "", _message("lora_compare", exc)
     trace = out["comparison"].base.trace
     tiles = [(img, f"{views.token_caption(trace, i)}: without | with") for img, i in out["pairs"]]
     names = " + ".join(f"{text_md(p.name)} ×{w:g}" for p, w in loras)
@@ -441,6 +444,8 @@ def build_experiments(ctx: Any) -> None:
             temb_scale = gr.Slider(0, 3, value=1, step=0.1, label=L("temb scale"))
     run = gr.Button(L("Run edited"), variant="primary", elem_id="exp_run")
     message = gr.Markdown("", elem_id="exp_msg")
+    with gr.Accordion(L("All parameters of the edits"), open=False, elem_id="exp_details_box"):
+        details = gr.JSON(None, elem_id="exp_details", show_label=False)
     with gr.Row():
         strip = gr.Image(
             label=L("base | edited | difference"),
@@ -460,18 +465,19 @@ def build_experiments(ctx: Any) -> None:
     )
 
     def on_run(m, p, s, n, g, sw, w, wt, lay, sk, bl, mo, tt, ts, progress=gr.Progress()):  # noqa: B008
-        strip, heat, table, note = edited(
-            registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw
-        )
-        if strip is None:  # refused: what the page shows stays
-            return gr.skip(), gr.skip(), gr.skip(), note
+        out = edit_result(registry, m, p, s, n, g, w, wt, lay, sk, bl, mo, tt, ts, progress, sw)
+        note = out["note"]  # in every language: ui.localise_events
+        if out["strip"] is None:  # refused: what the page shows stays
+            return gr.skip(), gr.skip(), gr.skip(), note, gr.skip()
         # the word's heatmaps exist only for a re-weight: no empty frame otherwise
-        return strip, gr.update(value=heat, visible=heat is not None), table, note
+        heat = out["heatmaps"]
+        shown = gr.update(value=heat, visible=heat is not None)
+        return out["strip"], shown, out["table"], note, out["edits"]
 
     run.click(
         on_run,
         common + [swap, word, weight, layers, skips, blocks, mode, temb_target, temb_scale],
-        [strip, heat, table, message],
+        [strip, heat, table, message, details],
         concurrency_id="model",
         concurrency_limit=1,
         api_name="experiment",

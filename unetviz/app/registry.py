@@ -40,18 +40,21 @@ VAE_FACTOR = 8
 #: the LoRAs shipped for the demo model (offered whatever the roots hold)
 SHIPPED_LORAS = ("examples/yellow.safetensors",)
 NO_LORA = "none"
+MAX_LORAS = 8  # LoRAs fused into one run at most
 #: how many files and folder levels a scan of the roots for LoRA files visits at most
 LORA_SCAN_FILES, LORA_SCAN_DEPTH = 4000, 4
 
 
 @dataclass(frozen=True)
 class LoraChange:
-    """What LoRAs change in one model's weights, per block: ``names`` (files and scales), the
-    cache ``key`` and ``table`` (``unetviz.lora.block_changes``: block, change, modules)."""
+    """What LoRAs change in one model's weights: ``names`` (files and scales), the cache
+    ``key``, ``table`` per block (``unetviz.lora.block_changes``: block, change, modules) and
+    ``modules`` per module (what a layers or modules diagram is filled by)."""
 
     names: str
     key: tuple
     table: list[dict[str, Any]]
+    modules: list[dict[str, Any]]  # ``unetviz.lora.relative_changes``: per module
 
 
 class ModelAccessError(UnetvizError):
@@ -183,6 +186,8 @@ class ModelRegistry:
         picked = [v for v in values if v and str(v).strip() not in ("", NO_LORA)]
         if not picked:
             return []
+        if len(picked) > MAX_LORAS:
+            raise ModelAccessError(f"{len(picked)} LoRAs chosen: at most {MAX_LORAS} per run")
         from unetviz.callargs import as_float
 
         s = as_float(scale if scale is not None else 1.0, "LoRA scale", -10.0, 10.0,
@@ -215,7 +220,7 @@ class ModelRegistry:
             models = pipe.lora_models()
             rows = [r for p, w in loras for r in relative_changes(p, models, w)]
         names = " + ".join(f"{p.name} ×{w:g}" for p, w in loras)
-        change = LoraChange(names, key, block_changes(rows))
+        change = LoraChange(names, key, block_changes(rows), rows)
         with self._arch_lock:
             self._lora_changes[key] = change
             while len(self._lora_changes) > 16:

@@ -21,7 +21,7 @@ from unetviz.capture.options import DETAILS
 from unetviz.errors import UnetvizError
 from unetviz.names import LOCATIONS
 from unetviz.render import heatmaps as rh
-from unetviz.tokens import END_TOKENS, PAD_TOKEN, label_at
+from unetviz.tokens import END_TOKENS, PAD_TOKEN, label_at, weight_at, weight_badge
 
 from .sessions import Session
 
@@ -148,12 +148,12 @@ def drawing(
     return panel, block_table(trace, detail)
 
 
-def lora_fill(trace: Any, table: list[dict[str, Any]]) -> dict[str, float]:
-    """The diagram's fill for a LoRA's per-block change (``unetviz.lora.block_fill``): every
-    U block of ``trace``, unchanged ones at 0."""
+def lora_fill(trace: Any, modules: list[dict[str, Any]]) -> dict[str, float]:
+    """The diagram's fill for a LoRA's per-module change (``unetviz.lora.block_fill``): every
+    block, layer or module of ``trace``'s U at the change summed inside it, unchanged ones 0."""
     from unetviz.lora import block_fill
 
-    return block_fill(table, (b.name for b in trace.blocks))
+    return block_fill(modules, (b.name for b in trace.blocks))
 
 
 def lora_fill_args(fill: dict[str, float] | None) -> dict[str, Any]:
@@ -266,20 +266,8 @@ DEFAULT_TILES = 16
 
 
 def token_weight(trace: Any, i: int) -> float:
-    """The emphasis weight of token ``i`` (``(word:1.3)`` -> 1.3; 1.0 when none was given)."""
-    weights = (getattr(trace, "meta", None) or {}).get("token_weights") or []
-    try:
-        w = float(weights[i]) if 0 <= i < len(weights) else 1.0
-    except (TypeError, ValueError):
-        return 1.0
-    return w if np.isfinite(w) else 1.0
-
-
-def weight_badge(weight: float) -> str:
-    """`` ×1.3`` for an emphasised token, ``""`` at weight 1 (two decimals at most)."""
-    if weight == 1.0:
-        return ""
-    return f" ×{weight:.2f}".rstrip("0").rstrip(".")
+    """The emphasis weight of token ``i`` of ``trace`` (``unetviz.tokens.weight_at``)."""
+    return weight_at((getattr(trace, "meta", None) or {}).get("token_weights"), i)
 
 
 def token_caption(trace: Any, i: int) -> str:
