@@ -20,11 +20,9 @@ one ``error:`` line (exit status 2) and leave no partial output folder behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import typer
 
+from unetviz.cli_progress import StepProgress, loaded, loading
 from unetviz.errors import UnetvizError
 from unetviz.outputs import check_output_folder, write_folder
 from unetviz.pipelines.base import MAX_SEED, check_seed
@@ -132,6 +131,7 @@ def run_attention(
     from unetviz.pipelines import load_pipeline
 
     loras = [parse_lora_arg(item) for item in lora or []]
+    started = loading(model)
     pipe = load_pipeline(
         model,
         loras=loras,
@@ -141,6 +141,7 @@ def run_attention(
         config=config,
         prediction_type=prediction_type,
     )
+    loaded(started)
     kwargs: dict[str, Any] = {"negative_prompt": negative_prompt, "seed": seed}
     sizes = {"steps": steps, "guidance": guidance, "height": height, "width": width}
     kwargs.update({k: v for k, v in sizes.items() if v is not None})
@@ -159,8 +160,9 @@ def run_attention(
         "seed": seed,
         "truncated": run.extra.get("truncated", "") if run.extra else "",
     }
+    took = run.extra.get("took", "") if isinstance(run.extra, dict) else ""
     write_folder(output, lambda tmp: _fill(tmp, run, style, info), force=force)
-    return info
+    return {**info, "took": took} if took else info
 
 
 def _check_numbers(seed: int, guidance: float | None) -> None:
@@ -170,24 +172,16 @@ def _check_numbers(seed: int, guidance: float | None) -> None:
 
 
 def _generate(pipe: Any, prompt: str, kwargs: dict[str, Any], total: int, progress: bool) -> Any:
-    """Run the pipeline, with a progress bar of its sampling steps on stderr. The bar starts
-    at the first step, so an error found before sampling prints only its ``error:`` line."""
+    """Run the pipeline, with the progress of its sampling steps on stderr (a bar on a
+    terminal, lines on a pipe). The bar starts at the first step, so an error found before
+    sampling prints only its ``error:`` line; the steps' timing ends in ``run.extra``."""
     if not progress:
         return pipe(prompt, **kwargs)
-    with contextlib.ExitStack() as stack:
-        state: dict[str, Any] = {"bar": None, "done": 0}
-
-        def tick(i: int, n: int) -> None:
-            bar = state["bar"]
-            if bar is None:
-                bar = typer.progressbar(length=n or total, label="sampling", file=sys.stderr)
-                state["bar"] = bar = stack.enter_context(bar)
-            if bar.length != n:
-                bar.length = n
-            bar.update(i - state["done"])
-            state["done"] = i
-
-        return pipe(prompt, progress=tick, **kwargs)
+    with StepProgress("sampling") as tick:
+        run = pipe(prompt, progress=tick, **kwargs)
+    if isinstance(getattr(run, "extra", None), dict):
+        run.extra["took"] = tick.summary()
+    return run
 
 
 def _fill(tmp: Path, run: Any, style: HeatmapStyle, info: dict[str, Any]) -> None:
@@ -349,6 +343,6 @@ def attention(
     grid_note = f", {output}/grid.png" if grid else ""
     typer.echo(
         f"wrote {output}/image.png, {len(info['heatmaps'])} heatmaps in {output}/heatmaps/"
-        f"{grid_note}, {output}/run.trace",
+        f"{grid_note}, {output}/run.trace" + (f" ({info['took']})" if info.get("took") else ""),
         err=True,
     )

@@ -12,7 +12,6 @@ write is refused unless ``--force``), checked before the model loads.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import typer
 
 from .callargs import index_or_name
+from .cli_progress import StepProgress, loaded, loading
 from .edits.spec import (
     AblateBlock,
     AblateSkip,
@@ -90,26 +90,15 @@ def build_edits(
     return found
 
 
-def _progress(label: str) -> Any:
-    """A typer progress bar on stderr and its ``progress(step, total)`` callback."""
-    bar = typer.progressbar(length=1, label=label, file=sys.stderr)
-    done = [0]
-
-    def tick(i: int, n: int) -> None:
-        if bar.length != n:
-            bar.length = n
-        bar.update(i - done[0])
-        done[0] = i
-
-    return bar, tick
-
-
 def _load(model: str, dtype: str | None, device: str | None, lora: list[str] | None) -> Any:
     from unetviz.lora import parse_lora_arg
     from unetviz.pipelines import load_pipeline
 
     loras = [parse_lora_arg(item) for item in lora or []]
-    return load_pipeline(model, dtype=dtype, device=device, loras=loras)
+    started = loading(model)
+    pipe = load_pipeline(model, dtype=dtype, device=device, loras=loras)
+    loaded(started)
+    return pipe
 
 
 def run_edit(
@@ -123,7 +112,8 @@ def run_edit(
     pipe = _load(model, kw.pop("dtype", None), kw.pop("device", None), kw.pop("lora", None))
     call = {k: v for k, v in kw.items() if v is not None}
     start = time.perf_counter()
-    cmp = pipe.compare(prompt, edits=edits, **call)
+    with StepProgress("edited and base runs", runs=2) as tick:
+        cmp = pipe.compare(prompt, edits=edits, progress=tick, **call)
     score = scorer_for(pipe)
     summary = {
         "prompt": prompt,
@@ -190,11 +180,13 @@ _FORCE_HELP = (
 )
 
 
-def _run_options(seed, steps, guidance, negative, dtype, device) -> dict[str, Any]:
+def _run_options(seed, steps, guidance, negative, dtype, device, height, width) -> dict[str, Any]:
     return dict(
         seed=seed,
         steps=steps,
         guidance=guidance,
+        height=height,
+        width=width,
         negative_prompt=negative or None,
         dtype=dtype,
         device=device,
@@ -237,6 +229,8 @@ def _add_edit(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", "-s"),
         steps: int = typer.Option(None, help="Sampling steps (default 25)."),
         guidance: float = typer.Option(None, "--guidance", "-g", help="CFG scale."),
+        height: int = typer.Option(None, help="Image height in pixels (default: the model's)."),
+        width: int = typer.Option(None, help="Image width in pixels (default: the model's)."),
         negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
         dtype: str = typer.Option(None, help="SD models: float32, float16 or bfloat16."),
         device: str = typer.Option(None, help="SD models: cpu, cuda (default: auto)."),
@@ -248,14 +242,16 @@ def _add_edit(app: typer.Typer) -> None:
             chosen = build_edits(
                 reweight, layers, ablate_skip, ablate_block, scale_temb, replace, patch, mode
             )
-            opts = _run_options(seed, steps, guidance, negative, dtype, device) | {"lora": lora}
+            opts = _run_options(seed, steps, guidance, negative, dtype, device, height, width) | {
+                "lora": lora
+            }
             summary = run_edit(prompt, chosen, output, model=model, force=force, **opts)
         except UnetvizError as exc:
             raise CliError(str(exc)) from None
         typer.echo(
             f"wrote {output}/base.png, edited.png, diff.png, strip.png, base.trace, "
             f"edited.trace, summary.json (mean abs pixel change "
-            f"{summary['mean_abs_pixel_change']:.4f})",
+            f"{summary['mean_abs_pixel_change']:.4f}; 2 runs in {summary['seconds']:.1f} s)",
             err=True,
         )
 
@@ -279,6 +275,8 @@ def _add_sweep(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", "-s"),
         steps: int = typer.Option(None, help="Sampling steps (default 25)."),
         guidance: float = typer.Option(None, "--guidance", "-g", help="CFG scale."),
+        height: int = typer.Option(None, help="Image height in pixels (default: the model's)."),
+        width: int = typer.Option(None, help="Image width in pixels (default: the model's)."),
         negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
         dtype: str = typer.Option(None, help="SD models: float32, float16 or bfloat16."),
         device: str = typer.Option(None, help="SD models: cpu, cuda (default: auto)."),
@@ -287,13 +285,15 @@ def _add_sweep(app: typer.Typer) -> None:
     ) -> None:
         """One intervention per block, layer or skip; the diagram filled by each one's effect."""
         spec = dict(over=over, edit=edit, mode=mode, word=word, scale=scale)
-        bar, tick = _progress("sweep")
+        tick = StepProgress("sweep")
         try:
             spec["mode"] = _mode(mode)
             Sweep(**spec)  # checked before the bar shows
             check_output_folder(output, force)
-            opts = _run_options(seed, steps, guidance, negative, dtype, device) | {"lora": lora}
-            with bar:
+            opts = _run_options(seed, steps, guidance, negative, dtype, device, height, width) | {
+                "lora": lora
+            }
+            with tick:
                 result = run_sweep(
                     prompt, output, model=model, force=force, spec=spec, progress=tick, **opts
                 )
