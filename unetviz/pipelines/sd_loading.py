@@ -317,8 +317,9 @@ def load_diffusers_components(
         check_tokenizer(tok, tok_dir)
         encoder = _third_party(
             enc_dir,
+            # read in the wanted dtype: a float32 load then .to(dtype) held both copies
             lambda c=enc_cls, d=enc_dir, v=variants[enc_name]: c.from_pretrained(
-                d, use_safetensors=True, variant=v
+                d, use_safetensors=True, variant=v, **_dtype_kw(dtype)
             ),
         )
         tokenizers.append(tok)
@@ -362,3 +363,12 @@ def _single_file_components(
         force_zeros_for_empty_prompt=sf.force_zeros_for_empty_prompt,
         extra={"path": sf.path, "single_file": True},
     )
+
+
+def _dtype_kw(dtype: Any) -> dict[str, Any]:
+    """transformers' ``from_pretrained`` dtype keyword: ``dtype`` since 4.56, ``torch_dtype``
+    before (still read, with a deprecation warning, after)."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
