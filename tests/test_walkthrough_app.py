@@ -220,6 +220,10 @@ def test_chinese_for_a_zh_cn_browser_and_back(served, browser):
             assert word in zh, (word, zh)
         english = re.findall(r"\b(Prompt|Negative|Seed|Steps|Guidance|Run|Model|Walkthrough)\b", zh)
         assert not english, zh
+        page.locator("#tabs [role=tab]").nth(0).click()  # the detail radio's choices too
+        detail = page.locator("#arch_detail").inner_text()
+        assert "模块" in detail and "子模块" in detail and "层" in detail, detail
+        assert not re.search(r"(?i)\b(blocks|layers|modules)\b", detail), detail
         _walk_tab(page)
         assert page.locator("#wt_body .uv-l-zh-CN").first.is_visible()
         assert not page.locator("#wt_body .uv-l-en").first.is_visible()
@@ -230,5 +234,7 @@ def test_chinese_for_a_zh_cn_browser_and_back(served, browser):
         assert page.locator("#wt_body .uv-l-en").first.is_visible()
         en = _labels(page)
         assert "Prompt" in en and "Walkthrough" in en and "提示词" not in en
+        page.locator("#tabs [role=tab]").nth(0).click()
+        assert "Modules" in page.locator("#arch_detail").inner_text()
     finally:
         context.close()

@@ -29,7 +29,7 @@ from .common import (
     text_md,
 )
 from .common import message_slot as _msg
-from .i18n import L, bilingual
+from .i18n import L, bilingual, choices
 from .registry import DEMO, PRESETS, LoraChange, architecture_state, describe_roots, size_multiple
 
 MODEL_CHOICES = [
@@ -319,7 +319,11 @@ def _controls(ctx: TabContext) -> None:
             2, label=L("UNet batch (2 = CFG)"), precision=0, elem_id="arch_batch", min_width=90
         )
         c["arch_detail"] = gr.Radio(
-            list(views.DETAILS), value="blocks", label=L("Detail"), elem_id="arch_detail", scale=3
+            choices(*views.DETAILS),
+            value="blocks",
+            label=L("Detail"),
+            elem_id="arch_detail",
+            scale=3,
         )
         c["arch_draw"] = gr.Button(L("Draw"), variant="primary", elem_id="arch_draw", scale=1)
     with gr.Row(equal_height=True):  # a LoRA: the U filled by what it changes

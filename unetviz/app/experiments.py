@@ -17,7 +17,7 @@ from unetviz.errors import UnetvizError
 from unetviz.names import is_block, layer_order
 
 from .common import _message, diagram_panel, lora_controls, text_md
-from .i18n import L
+from .i18n import L, choices
 from .views import panel_html
 
 #: the default experiment: prompt-to-prompt's word swap, which keeps the layout and changes
@@ -537,7 +537,7 @@ def build_sweep(ctx: Any, common: list[Any]) -> None:
     registry = ctx.registry
     gr.Markdown(L(SWEEP_HELP))
     with gr.Row():
-        over = gr.Radio(["blocks", "layers", "skips"], value="blocks", label=L("Over"))
+        over = gr.Radio(choices("blocks", "layers", "skips"), value="blocks", label=L("Over"))
         edit = gr.Radio(["ablate", "reweight", "temb"], value="ablate", label=L("Edit"))
         sweep_word = gr.Textbox("red", label=L("Word (reweight)"))
         sweep_mode = gr.Radio(MODES, value="mean", label=L("Ablation"))

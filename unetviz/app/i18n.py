@@ -346,3 +346,19 @@ __all__ = [
     "text",
     "translate",
 ]
+
+
+#: the label of a choice whose value is an API word (``detail="blocks"``): capitalised keys, as
+#: gradio's own translations hold a ``blocks`` namespace that a lower-case key would hit
+CHOICE_LABELS = {
+    "blocks": "Blocks",
+    "layers": "Layers",
+    "modules": "Modules",
+    "skips": "Skips",
+}
+
+
+def choices(*values: str) -> list[tuple[Any, str]]:
+    """Radio choices ``(translated label, value)``: the page shows the label in its language,
+    the handler receives the API word."""
+    return [(L(CHOICE_LABELS[v]), v) for v in values]

@@ -11,7 +11,7 @@ from unetviz.errors import UnetvizError
 
 from . import views
 from .common import HandlerBase, TabContext, diagram_panel, handler, log, parse_int
-from .i18n import L
+from .i18n import L, choices
 from .registry import DEMO
 
 #: everything the tab shows from a trace
@@ -86,7 +86,10 @@ def build(ctx: TabContext) -> None:
             0, 24, value=12, step=1, label=L("Step for the diagram fill"), elem_id="temb_step"
         )
         c["temb_detail"] = gr.Radio(
-            ["blocks", "layers"], value="blocks", label=L("Diagram detail"), elem_id="temb_detail"
+            choices("blocks", "layers"),
+            value="blocks",
+            label=L("Diagram detail"),
+            elem_id="temb_detail",
         )
         c["temb_by"] = gr.Radio(
             [(L("per resnet"), "layer"), (L("per block"), "block")],
