@@ -140,3 +140,27 @@ def named(fn: Any, values: Any) -> dict[str, Any]:
 
 #: the app's gr.State components (per-browser values the API does not return)
 STATES = ("arch_state",)
+
+
+def local_page(browser: Any, url: str, **context_kw: Any) -> tuple[Any, Any]:
+    """(context, page) at ``url`` where any request to a host other than 127.0.0.1 is recorded
+    in ``page.outside`` and aborted, and console errors are printed (shown on a failure)."""
+    from urllib.parse import urlparse
+
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, **context_kw)
+    outside: list[str] = []
+
+    def route(r: Any) -> None:
+        host = urlparse(r.request.url).hostname
+        if r.request.url.startswith(("data:", "blob:")) or host == "127.0.0.1":
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("console", lambda m: m.type == "error" and print("console error:", m.text[:300]))
+    page.outside = outside
+    page.goto(url)
+    return context, page

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.app_support import TEST_STEPS, Served
+from tests.app_support import TEST_STEPS, Served, local_page
 
 pytest.importorskip("playwright")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -29,22 +29,7 @@ def served(tmp_path_factory):
 def page(served, browser):
     """One page for the module; any request to a host other than 127.0.0.1 is recorded and
     aborted."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
-    outside: list[str] = []
-
-    def route(r):
-        host = urlparse(r.request.url).hostname
-        if r.request.url.startswith(("data:", "blob:")) or host == "127.0.0.1":
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    context.route("**/*", route)
-    p = context.new_page()
-    p.on("console", lambda m: m.type == "error" and print("console error:", m.text[:300]))
-    p.outside = outside  # type: ignore[attr-defined]
-    p.goto(served.url)
+    context, p = local_page(browser, served.url, accept_downloads=True)
     yield p
     context.close()
 

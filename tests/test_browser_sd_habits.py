@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 
-from tests.app_support import Request, Served
+from tests.app_support import Request, Served, local_page
 
 pytest.importorskip("playwright")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -45,21 +44,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(served, browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    outside: list[str] = []
-
-    def route(r):
-        host = urlparse(r.request.url).hostname
-        if r.request.url.startswith(("data:", "blob:")) or host == "127.0.0.1":
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    context.route("**/*", route)
-    p = context.new_page()
-    p.outside = outside  # type: ignore[attr-defined]
-    p.goto(served.url)
+    context, p = local_page(browser, served.url)
     p.wait_for_selector("#diagram-svg svg g.node", timeout=WAIT)
     yield p
     context.close()
