@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="memory budget in MiB for all sessions' traces and images together (default 2048)",
     )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="Stable Diffusion models: float32 (default), float16, bfloat16",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
     return p.parse_args(argv)
 
 
@@ -60,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             demo_folder=args.demo,
             threads=args.threads,
             session_mb=args.session_mb,
+            dtype=args.dtype,
+            device=args.device,
         )
     except UnetvizError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -324,6 +324,8 @@ def test_two_clients_at_once_get_their_own_results(served):
         (["--threads", "-1"], "--threads -1"),
         (["--model-root", "/nonexistent"], "--model-root '/nonexistent'"),
         (["--demo", "/nonexistent"], "--demo '/nonexistent'"),
+        (["--dtype", "float8"], "--dtype 'float8'"),
+        (["--device", "tpu; rm"], "--device 'tpu; rm'"),
     ],
 )
 def test_bad_launch_options_are_one_error_line_and_exit_2(args, want, capsys):

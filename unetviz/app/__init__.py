@@ -38,6 +38,10 @@ class LaunchError(UnetvizError):
     """An ``app`` option that cannot work (bad host or port, port in use, missing folder)."""
 
 
+#: the dtypes ``unetviz app --dtype`` takes (``unetviz.weights`` reads them)
+DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+
+
 def check_launch(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -45,12 +49,20 @@ def check_launch(
     model_roots: Iterable[str | os.PathLike] | None = None,
     demo_folder: str | os.PathLike | None = None,
     session_mb: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
 ) -> None:
     """Refuse, before anything is imported or served, options that cannot work: LaunchError
     naming the value (the CLI prints it as one ``error:`` line, exit 2)."""
     import ipaddress
+    import re
     import socket
     from pathlib import Path
+
+    if dtype is not None and dtype not in DTYPES:
+        raise LaunchError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if device is not None and not re.fullmatch(r"cpu|mps|cuda(:[0-9]{1,2})?", str(device)):
+        raise LaunchError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
 
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise LaunchError(f"--port {port}: expected a port number 0..65535")
@@ -113,6 +125,8 @@ def create_app(
     session_ttl_s: float = DEFAULT_TTL_S,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     max_session_bytes: int = DEFAULT_MAX_BYTES,
+    dtype: str | None = None,
+    device: str | None = None,
 ) -> tuple[Any, ModelRegistry]:
     """Build the Blocks and their registry; ``preload`` warms the app in the background (see
     :func:`warm_up`) so the first Run and the first model choice do not wait; ``preload=None``
@@ -122,10 +136,13 @@ def create_app(
     ``session_ttl_s`` idle seconds, on disconnect, or when more than ``max_sessions`` are live
     (least recently used first); beyond ``max_session_bytes`` held together, the least
     recently used first give up their DAAM per-head sums, then go (``sessions.SessionStore``).
+    ``dtype`` / ``device``: how Stable Diffusion models load (the demo takes the device).
     Building imports gradio but not torch."""
     from .ui import build_blocks
 
-    registry = ModelRegistry(roots=model_roots, demo_folder=demo_folder, threads=threads)
+    registry = ModelRegistry(
+        roots=model_roots, demo_folder=demo_folder, threads=threads, dtype=dtype, device=device
+    )
     sessions = SessionStore(session_ttl_s, max_sessions, max_session_bytes)
     sessions.start_sweeper()
     blocks = build_blocks(registry, sessions=sessions)
@@ -223,11 +240,13 @@ def launch(
     quiet: bool = False,
     threads: int | None = None,
     session_mb: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
 ) -> tuple[Any, ModelRegistry, str]:
     """Build and serve the app on ``host:port``; returns (blocks, registry, local url).
     ``session_mb``: MiB all sessions' results may hold (default 2048). LaunchError (before
     anything starts) for options that cannot work."""
-    check_launch(host, port, threads, model_roots, demo_folder, session_mb)
+    check_launch(host, port, threads, model_roots, demo_folder, session_mb, dtype, device)
     budget = int(session_mb) * 2**20 if session_mb else DEFAULT_MAX_BYTES
     blocks, registry = create_app(
         model_roots=model_roots,
@@ -235,6 +254,8 @@ def launch(
         threads=threads,
         preload=None,
         max_session_bytes=budget,
+        dtype=dtype,
+        device=device,
     )
     url = serve(blocks, host, port)  # gradio's banner silenced; ours says where the page is
     # torch, the demo model, the preset diagrams: once the first page is drawn

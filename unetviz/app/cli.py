@@ -29,6 +29,10 @@ def register(app: typer.Typer) -> None:
             help="MiB all browser sessions' results may hold together (default 2048; the "
             "least recently used give up DAAM's per-head sums first, then go).",
         ),
+        dtype: str = typer.Option(
+            None, help="Stable Diffusion models: float32 (default), float16 or bfloat16."
+        ),
+        device: str = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: auto)."),
     ) -> None:
         from unetviz.app import launch
 
@@ -39,4 +43,6 @@ def register(app: typer.Typer) -> None:
             demo_folder=demo,
             threads=threads,
             session_mb=session_mb,
+            dtype=dtype,
+            device=device,
         )

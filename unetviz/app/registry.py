@@ -96,6 +96,8 @@ class ModelRegistry:
         demo_folder: str | os.PathLike | None = None,
         max_pipelines: int = 2,
         threads: int | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
     ) -> None:
         self.roots = [Path(r).expanduser().resolve() for r in (roots or default_roots())]
         self.demo_folder = Path(demo_folder) if demo_folder else None
@@ -105,6 +107,9 @@ class ModelRegistry:
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self._lora_changes: OrderedDict[tuple, LoraChange] = OrderedDict()
         self.max_pipelines = max_pipelines
+        #: Stable Diffusion models load in ``dtype`` on ``device`` (``unetviz app --dtype
+        #: bfloat16``: SDXL's weights in half the memory); the demo only takes the device
+        self.dtype, self.device = dtype, device
         env = os.environ.get(THREADS_ENV, "").strip()
         # ASCII digits only ("²".isdigit() is True); a bad value means "not set"
         self.threads = threads if threads else (int(env) if re.fullmatch("[0-9]{1,4}", env) and int(env) else None)  # fmt: skip
@@ -328,9 +333,9 @@ class ModelRegistry:
                 self._pipes.move_to_end(key)
                 return self._pipes[key]
             if key == DEMO:
-                pipe = load_pipeline(self.demo_folder) if self.demo_folder else load_pipeline(DEMO)
+                pipe = load_pipeline(self.demo_folder or DEMO, device=self.device)
             else:
-                pipe = load_pipeline(key)
+                pipe = load_pipeline(key, dtype=self.dtype, device=self.device)
             self._pipes[key] = pipe
             while len(self._pipes) > self.max_pipelines:
                 self._pipes.popitem(last=False)
