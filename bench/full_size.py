@@ -151,7 +151,7 @@ from tests.app_support import Request, run_form
 from unetviz.app import create_app
 
 root = Path(args["root"])
-blocks, registry = create_app(model_roots=[root], preload=False)
+blocks, registry = create_app(model_roots=[root], preload=False, dtype=args["dtype"])
 handlers = blocks.unetviz_handlers
 choice = args["choice"]
 t0 = time.perf_counter()
@@ -289,7 +289,8 @@ def run_app(model: Path, config: str | None, args: argparse.Namespace, dtype: st
     if config:
         return None, "the app opens a single file from a model root; run app:sd15 / app:sdxl"
     payload = {"repo": str(REPO), "root": str(model.parent), "choice": model.name,
-               "runs": args.app_runs, "steps": args.app_steps, "prompt": PROMPT}  # fmt: skip
+               "runs": args.app_runs, "steps": args.app_steps, "prompt": PROMPT,
+               "dtype": dtype}  # fmt: skip
     r, err = _child(APP_CHILD, payload)
     if r is None:
         return None, _tail(err)
@@ -299,7 +300,7 @@ def run_app(model: Path, config: str | None, args: argparse.Namespace, dtype: st
         f"runs {r[f'after_{n}']:.2f} ({r['sessions']} sessions hold {r['held']:.2f} GiB of the "
         f"{r['budget']:.0f} GiB budget); s/run {', '.join(f'{t:.0f}' for t in r['run_s'])}"
     )
-    return ("float32", r["side"], args.app_steps, r["load_s"], r["peak"]), note
+    return (dtype, r["side"], args.app_steps, r["load_s"], r["peak"]), note
 
 
 def _tail(err: str) -> str:
