@@ -218,7 +218,9 @@ def test_sigterm_ends_a_ray_connect_that_never_answers(tmp_path):
     p = _prompts(tmp_path / "p.jsonl", 1)
     root = str(Path(__file__).resolve().parents[1])
     cmd = [sys.executable, "-m", "unetviz.cli", "batch", str(p), "-o", str(out), "--ray", f"127.0.0.1:{srv.getsockname()[1]}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": root})  # fmt: skip
+    # a dead cluster found after 2 s of silence, not 10: the same code path, a shorter test
+    env = {**os.environ, "PYTHONPATH": root, "UNETVIZ_RAY_PROBE_S": "2"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         time.sleep(8)  # imported, probed, inside ray.init
         assert proc.poll() is None
@@ -294,3 +296,11 @@ def test_ray_refuses_missing_gpus_and_keeps_prompts_when_the_cluster_dies(ray_he
     ), err
     prompts = pq.read_table(out / "prompts.parquet").to_pandas()
     assert len(prompts) >= 16 and (prompts["status"] == "ok").all()
+
+
+@pytest.mark.parametrize("text, want", [("2", 2.0), ("600", 600.0), ("0", 10.0), ("abc", 10.0), ("nan", 10.0), ("1e9", 10.0), ("", 10.0)])  # fmt: skip
+def test_the_ray_probe_interval_comes_from_the_environment_within_bounds(monkeypatch, text, want):
+    from unetviz.batch.engines import _probe_s
+
+    monkeypatch.setenv("UNETVIZ_RAY_PROBE_S", text)
+    assert _probe_s() == want

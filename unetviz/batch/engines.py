@@ -44,7 +44,20 @@ TIMEOUT_S_PER_GB_STEP = 20.0
 DEFAULT_STEPS = 50
 #: seconds to reach a Ray cluster, and to wait for its answer to a liveness check
 RAY_CONNECT_TIMEOUT_S = 30.0
-RAY_PROBE_TIMEOUT_S = 10.0
+
+
+def _probe_s(default: float = 10.0) -> float:
+    """``$UNETVIZ_RAY_PROBE_S``: seconds of silence after which a Ray cluster is asked whether
+    it is alive, and how long its answer is waited for (1..600; anything else: the default)."""
+    text = os.environ.get("UNETVIZ_RAY_PROBE_S", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return default
+    return value if 1.0 <= value <= 600.0 else default
+
+
+RAY_PROBE_TIMEOUT_S = _probe_s()
 
 
 class Engine(Protocol):
@@ -533,8 +546,11 @@ class RayEngine:
         return n if total is None else max(1, min(n, total))
 
     def _alive(self, ray: Any) -> bool:
-        """Whether the cluster answers a liveness question in time with a live node."""
+        """Whether the cluster answers a liveness question in time with a live node. A
+        ``host:port`` cluster whose port refuses connections is dead at once: Ray's own client
+        keeps answering from its cache for about 30 s after the head is gone."""
         try:
+            _probe(self.address)
             nodes = _in_thread(ray.nodes, RAY_PROBE_TIMEOUT_S, "the Ray cluster")
         except Exception:
             return False
