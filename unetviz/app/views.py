@@ -25,6 +25,10 @@ from unetviz.tokens import END_TOKENS, PAD_TOKEN, label_at, weight_at, weight_ba
 
 from .sessions import Session
 
+#: the image entry of a trace bundle: ``unetviz.capture.bundle.IMAGE_NAME``, not imported here
+#: (that module imports torch; building the app must not)
+IMAGE_NAME = "image.png"
+
 __all__ = ["DETAILS", "Session"]
 
 NORMALIZE = ("minmax", "max", "sum", "none")
@@ -36,7 +40,6 @@ TILE = 192  # side of one heatmap tile in pixels
 PNG_LEVEL = 1
 #: how heatmap tiles travel to the page (see :func:`data_uri`)
 TILE_FORMAT = "jpeg"
-IMAGE_NAME = "image.png"  # extra entry the app adds to a trace bundle
 #: largest trace bundle the app accepts (also gradio's upload limit, stated in the UI)
 MAX_UPLOAD_MB = 64
 
@@ -622,12 +625,9 @@ def tiles_from_html(text: str) -> list[tuple[Image.Image, str]]:
 
 
 def save_bundle(session: Session, path: Path) -> Path:
-    """The trace bundle (``Trace.save``) with the generated image added as ``image.png``."""
-    session.trace.save(path)
-    if session.image is not None:
-        with zipfile.ZipFile(path, "a") as zf:
-            zf.writestr(IMAGE_NAME, _png(session.image))
-    return path
+    """The trace bundle with the generated image (``Trace.save(image=)``: written atomically
+    with the bundle, the image bounded as every bundle's is)."""
+    return session.trace.save(path, image=session.image)
 
 
 def load_bundle(path: str | Path, max_bytes: int | None = None) -> Session:
