@@ -21,7 +21,7 @@ from unetviz.capture.options import DETAILS
 from unetviz.errors import UnetvizError
 from unetviz.names import LOCATIONS
 from unetviz.render import heatmaps as rh
-from unetviz.tokens import END_TOKENS, PAD_TOKEN, label_at, weight_at, weight_badge
+from unetviz.tokens import END_TOKENS, PAD_TOKEN, START_TOKENS, label_at, weight_at, weight_badge
 
 from .sessions import Session
 
@@ -262,7 +262,6 @@ def token_label(trace: Any, i: int) -> str:
     return label_at(trace.tokens, i, "{i}")
 
 
-START_TOKENS = ("<bos>", "<|startoftext|>")
 #: at most this many word tokens are mapped by default (a 150-token prompt would draw 150
 #: tiles); the token chooser picks any others
 DEFAULT_TILES = 16
