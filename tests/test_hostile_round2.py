@@ -530,3 +530,24 @@ def test_names_from_a_file_with_non_ascii_digits_sort_without_error():
     assert names.forward_key("down_blocks.².attentions.0") == (1, [0])
     assert not names.is_block("down_blocks.²") and names.is_block("down_blocks.1")
     assert sorted(names.layer_order(hostile)) == sorted(hostile)
+
+
+def test_an_uploaded_bundles_huge_image_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A few kB of PNG can declare 6000x6000 px (108 MB decoded): the app reads the declared size
+    from the header and never decodes it; the trace itself still loads."""
+    from PIL import Image
+
+    from unetviz.app import views
+
+    path = tiny_capture().save(tmp_path / "t.zip")
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, "PNG")
+    assert len(buf.getvalue()) < 16 * 2**20
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr(views.IMAGE_NAME, buf.getvalue())
+    decoded = []
+    convert = Image.Image.convert
+    monkeypatch.setattr(Image.Image, "convert", lambda im, *a, **k: decoded.append(im.size) or convert(im, *a, **k))  # fmt: skip
+    session = views.load_bundle(path)
+    assert session.image is None and session.trace is not None
+    assert decoded == [], "the image was decoded before its size was checked"

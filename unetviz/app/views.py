@@ -652,9 +652,9 @@ def load_bundle(path: str | Path, max_bytes: int | None = None) -> Session:
         with zipfile.ZipFile(path) as zf:
             info = zf.getinfo(IMAGE_NAME) if IMAGE_NAME in zf.namelist() else None
             if info is not None and info.file_size < 16 * 2**20:
-                image = Image.open(io.BytesIO(zf.read(info))).convert("RGB")
-                if max(image.size) > 4096:
-                    image = None
+                image = Image.open(io.BytesIO(zf.read(info)))  # reads the header only
+                # pixels checked before decoding: a small PNG can declare a huge image
+                image = image.convert("RGB") if max(image.size) <= 4096 else None
     except (zipfile.BadZipFile, OSError, ValueError, Image.DecompressionBombError):
         image = None
     label = str(trace.meta.get("prompt") or path.name)
